@@ -1,0 +1,58 @@
+"""The transport-neutral core of the platform: jobs, events, stores, plugins and executors.
+
+Nothing here imports grpc or generated protobuf code; the gRPC layer converts at its edge.
+"""
+
+from synapse_server.core._errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    JobAlreadyFinishedError,
+    JobNotFoundError,
+    PermissionDeniedError,
+    RequestIdConflictError,
+    ServerError,
+    ServiceUnavailableError,
+    UnauthenticatedError,
+)
+from synapse_server.core._hub import EventHub, NewEvent
+from synapse_server.core._models import (
+    KEEPALIVE,
+    TERMINAL_STATES,
+    ErrorOrigin,
+    EventKind,
+    Job,
+    JobError,
+    JobEvent,
+    JobFilter,
+    JobPage,
+    JobState,
+    Keepalive,
+)
+from synapse_server.core._store import JobStore, SqliteJobStore
+
+__all__ = [
+    "KEEPALIVE",
+    "TERMINAL_STATES",
+    "ErrorOrigin",
+    "EventHub",
+    "EventKind",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "Job",
+    "JobAlreadyFinishedError",
+    "JobError",
+    "JobEvent",
+    "JobFilter",
+    "JobNotFoundError",
+    "JobPage",
+    "JobState",
+    "JobStore",
+    "Keepalive",
+    "NewEvent",
+    "PermissionDeniedError",
+    "RequestIdConflictError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "SqliteJobStore",
+    "UnauthenticatedError",
+]

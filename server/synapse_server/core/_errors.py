@@ -1,0 +1,66 @@
+"""The server's domain errors, on top of the SDK's hierarchy.
+
+The SDK's errors (``ParamsValidationError``, ``PluginNotFoundError``, ``ActionNotFoundError``,
+``ModelNotFoundError`` ...) are raised as they are; the ones here cover what only the platform
+can say. The gRPC layer maps every one of them to a status code in a single table.
+"""
+
+from __future__ import annotations
+
+from synapse_sdk.errors import SynapseError
+
+__all__ = [
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "JobAlreadyFinishedError",
+    "JobNotFoundError",
+    "PermissionDeniedError",
+    "RequestIdConflictError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "UnauthenticatedError",
+]
+
+
+class ServerError(SynapseError):
+    """Base of the errors only the platform raises."""
+
+
+class JobNotFoundError(ServerError, LookupError):
+    """No job with this id visible to the caller (another tenant's job is reported the same)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} not found")
+
+
+class InvalidArgumentError(ServerError, ValueError):
+    """A request field is malformed (other than action params, see ParamsValidationError)."""
+
+
+class RequestIdConflictError(ServerError):
+    """A request id was reused by the same tenant for a different request."""
+
+
+class FailedPreconditionError(ServerError):
+    """The request is valid but the target is not in a state that allows it."""
+
+
+class JobAlreadyFinishedError(FailedPreconditionError):
+    """Something tried to add to the history of a job that already ended."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} has already finished")
+
+
+class UnauthenticatedError(ServerError):
+    """The call carries no valid credential."""
+
+
+class PermissionDeniedError(ServerError):
+    """The credential is valid but does not allow this call."""
+
+
+class ServiceUnavailableError(ServerError):
+    """The server cannot take the request now (shutting down, executor gone); retry later."""

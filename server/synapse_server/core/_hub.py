@@ -1,0 +1,229 @@
+"""The event hub: gives each job event its seq, stores it, and feeds every subscriber.
+
+Design: an event is persisted *before* it becomes visible, so a subscriber never sees an event
+that a crash could take back, and replay from the store and live delivery agree. Subscribers
+do not get a queue each; they keep a cursor (the last seq they delivered) and read forward
+from a bounded in-memory tail of the job's recent events, falling back to the store when they
+are further behind. A per-job ``asyncio.Condition`` wakes them. A slow subscriber therefore
+costs no memory, and one that disconnects leaves nothing behind but a counter decrement.
+
+A subscriber that lags far behind may skip progress events that a later progress event of the
+same category supersedes; logs, steps, metrics, state changes and the terminal event are
+always delivered, and the latest progress value always arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from synapse_server.core._errors import JobAlreadyFinishedError
+from synapse_server.core._models import KEEPALIVE, EventKind, Job, JobEvent, Keepalive
+from synapse_server.core._store import JobStore
+
+__all__ = ["EventHub", "NewEvent"]
+
+logger = logging.getLogger(__name__)
+
+_TAIL_SIZE = 1024
+_REPLAY_PAGE = 512
+# A subscriber with more than this many undelivered events is lagging: superseded progress
+# events in what it reads next are skipped.
+_COALESCE_BACKLOG = 256
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append: its kind, payload and the time it happened."""
+
+    kind: EventKind
+    data: dict[str, Any]
+    timestamp: float = field(default_factory=time.time)
+
+
+class _JobChannel:
+    """Per-job state shared by its publisher and subscribers."""
+
+    __slots__ = ("cond", "finished", "last_seq", "lock", "subscribers", "tail")
+
+    def __init__(self, last_seq: int, finished: bool) -> None:
+        self.last_seq = last_seq
+        self.finished = finished
+        self.tail: collections.deque[JobEvent] = collections.deque(maxlen=_TAIL_SIZE)
+        self.cond = asyncio.Condition()
+        # Serialises appends to this job so seqs are assigned and persisted in one order.
+        self.lock = asyncio.Lock()
+        self.subscribers = 0
+
+    def tail_after(self, cursor: int) -> list[JobEvent] | None:
+        """Events after ``cursor`` from memory, or ``None`` when memory no longer has them."""
+        if not self.tail:
+            return None
+        first = self.tail[0].seq
+        if cursor + 1 < first:
+            return None
+        return [e for e in self.tail if e.seq > cursor]
+
+
+def coalesce(events: Sequence[JobEvent]) -> list[JobEvent]:
+    """Drop progress events superseded by a later one of the same category in ``events``."""
+    latest: dict[Any, int] = {}
+    for event in events:
+        if event.kind is EventKind.PROGRESS:
+            latest[event.data.get("category")] = event.seq
+    return [
+        e
+        for e in events
+        if e.kind is not EventKind.PROGRESS or latest[e.data.get("category")] == e.seq
+    ]
+
+
+class EventHub:
+    """Appends job events with gap-free seqs and serves replay-then-live subscriptions."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+        self._channels: dict[str, _JobChannel] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+
+    @property
+    def open_channels(self) -> int:
+        """Jobs with in-memory state (live or subscribed); for leak checks."""
+        return len(self._channels)
+
+    async def _channel(self, job_id: str) -> _JobChannel:
+        channel = self._channels.get(job_id)
+        if channel is not None:
+            return channel
+        lock = self._opening.setdefault(job_id, asyncio.Lock())
+        async with lock:
+            channel = self._channels.get(job_id)
+            if channel is None:
+                last = await self._store.last_event(job_id)
+                channel = _JobChannel(
+                    last_seq=0 if last is None else last.seq,
+                    finished=last is not None and last.is_terminal,
+                )
+                self._channels[job_id] = channel
+        if self._opening.get(job_id) is lock and not lock.locked():
+            del self._opening[job_id]
+        return channel
+
+    def _maybe_release(self, job_id: str, channel: _JobChannel) -> None:
+        # Finished jobs without subscribers are served from the store; live jobs keep their
+        # channel so the next append does not have to look up the last seq again.
+        if channel.finished and channel.subscribers == 0 and self._channels.get(job_id) is channel:
+            del self._channels[job_id]
+
+    async def append(
+        self,
+        job_id: str,
+        events: Sequence[NewEvent],
+        job_update: Job | None = None,
+    ) -> list[JobEvent]:
+        """Store ``events`` (with ``job_update``'s row, atomically) and wake subscribers.
+
+        Returns the stored events with their seqs. ``job_update.last_seq`` is set to the last
+        seq. Raises :class:`JobAlreadyFinishedError` if the job already has its terminal event,
+        or if a terminal event is not the last of ``events``.
+        """
+        channel = await self._channel(job_id)
+        async with channel.lock:
+            if channel.finished:
+                raise JobAlreadyFinishedError(job_id)
+            for index, new in enumerate(events):
+                if new.kind is EventKind.TERMINAL and index != len(events) - 1:
+                    raise ValueError("a terminal event must be the last event of a job")
+            stored = [
+                JobEvent(
+                    job_id=job_id,
+                    seq=channel.last_seq + offset + 1,
+                    kind=new.kind,
+                    data=new.data,
+                    timestamp=new.timestamp,
+                )
+                for offset, new in enumerate(events)
+            ]
+            if not stored and job_update is None:
+                return []
+            if job_update is not None:
+                job_update = job_update.evolve(last_seq=channel.last_seq + len(stored))
+            await self._store.append_events(stored, job_update)
+            if stored:
+                channel.tail.extend(stored)
+                channel.last_seq = stored[-1].seq
+                channel.finished = stored[-1].is_terminal
+        async with channel.cond:
+            channel.cond.notify_all()
+        self._maybe_release(job_id, channel)
+        return stored
+
+    async def last_seq(self, job_id: str) -> int:
+        """The seq of the job's newest event (0 when it has none)."""
+        channel = self._channels.get(job_id)
+        if channel is not None:
+            return channel.last_seq
+        last = await self._store.last_event(job_id)
+        return 0 if last is None else last.seq
+
+    async def subscribe(
+        self,
+        job_id: str,
+        after_seq: int = 0,
+        *,
+        keepalive_seconds: float | None = None,
+        follow: bool = True,
+    ) -> AsyncIterator[JobEvent | Keepalive]:
+        """Every event with ``seq > after_seq`` in order, then live ones, ending after terminal.
+
+        Yields :data:`KEEPALIVE` after ``keepalive_seconds`` without an event. With
+        ``follow=False`` it stops once the stored history is replayed. The caller checks that
+        the job exists; the hub only knows events.
+        """
+        channel = await self._channel(job_id)
+        channel.subscribers += 1
+        cursor = after_seq
+        try:
+            while True:
+                if cursor < channel.last_seq:
+                    batch = channel.tail_after(cursor)
+                    if batch is None:
+                        batch = await self._store.list_events(job_id, cursor, _REPLAY_PAGE)
+                    if not batch:
+                        # The store is behind the channel only if an append is mid-flight;
+                        # it completes before the channel's seq moves, so this cannot loop.
+                        raise RuntimeError(f"job {job_id}: events after seq {cursor} missing")
+                    if channel.last_seq - cursor > _COALESCE_BACKLOG:
+                        delivered = coalesce(batch)
+                    else:
+                        delivered = batch
+                    for event in delivered:
+                        yield event
+                        if event.is_terminal:
+                            return
+                    cursor = batch[-1].seq
+                    continue
+                if channel.finished or not follow:
+                    return
+                def _has_news(seen: int = cursor) -> bool:
+                    return channel.last_seq > seen or channel.finished
+
+                async with channel.cond:
+                    try:
+                        await asyncio.wait_for(
+                            channel.cond.wait_for(_has_news),
+                            timeout=keepalive_seconds,
+                        )
+                    except TimeoutError:
+                        pass
+                    else:
+                        continue
+                yield KEEPALIVE
+        finally:
+            channel.subscribers -= 1
+            self._maybe_release(job_id, channel)

@@ -1,0 +1,444 @@
+"""Job persistence: a :class:`JobStore` protocol and its embedded SQLite implementation.
+
+SQLite runs in WAL mode with one writer connection and one reader connection, each owned by
+its own thread, so the event loop never blocks on disk and long replays do not stall writes.
+Events are written in batches (one transaction per batch) together with any job-row change
+they imply, so a job's row and its event history are always consistent on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from synapse_server.core._errors import InvalidArgumentError, RequestIdConflictError
+from synapse_server.core._models import (
+    EventKind,
+    Job,
+    JobError,
+    JobEvent,
+    JobFilter,
+    JobPage,
+    JobState,
+)
+
+__all__ = ["JobStore", "SqliteJobStore"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    ord         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    tenant      TEXT NOT NULL,
+    plugin      TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    mode        TEXT NOT NULL,
+    params      TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    request_id  TEXT,
+    created_at  REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    result      TEXT,
+    error       TEXT,
+    reason      TEXT NOT NULL DEFAULT '',
+    progress    REAL NOT NULL DEFAULT 0,
+    plugin_version   TEXT NOT NULL DEFAULT '',
+    last_seq         INTEGER NOT NULL DEFAULT 0,
+    pending_reason   TEXT NOT NULL DEFAULT '',
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id
+    ON jobs (tenant, request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id    TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    kind      TEXT NOT NULL,
+    ts        REAL NOT NULL,
+    data      TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+"""
+
+_JOB_COLUMNS = (
+    "id, tenant, plugin, action, mode, params, state, request_id, created_at, started_at, "
+    "finished_at, result, error, reason, progress, plugin_version, last_seq, pending_reason, "
+    "cancel_requested"
+)
+
+
+class JobStore(Protocol):
+    """Where jobs and their events live; a server database can replace the SQLite one."""
+
+    async def open(self) -> None:
+        """Create or migrate the schema."""
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    async def create_job(self, job: Job) -> tuple[Job, bool]:
+        """Insert ``job``; with a ``request_id`` already used by the tenant return that job.
+
+        Returns ``(job, created)``. Raises :class:`RequestIdConflictError` when the earlier
+        job with the same request id asked for something different.
+        """
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job, or ``None``."""
+
+    async def list_jobs(self, flt: JobFilter, page_size: int, page_token: str) -> JobPage:
+        """Jobs matching ``flt``, newest first."""
+
+    async def jobs_in_states(self, states: Iterable[JobState]) -> list[Job]:
+        """All jobs currently in one of ``states`` (used at startup for recovery)."""
+
+    async def append_events(self, events: Sequence[JobEvent], job: Job | None = None) -> None:
+        """Persist ``events`` (and ``job``'s new row, if given) in one transaction."""
+
+    async def update_job(self, job: Job) -> None:
+        """Persist ``job``'s mutable fields."""
+
+    async def list_events(self, job_id: str, after_seq: int, limit: int) -> list[JobEvent]:
+        """Up to ``limit`` events of the job with ``seq > after_seq``, in order."""
+
+    async def last_event(self, job_id: str) -> JobEvent | None:
+        """The job's latest event, or ``None``."""
+
+
+def _encode_token(ord_: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{ord_}".encode()).decode()
+
+
+def _decode_token(token: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        prefix, _, value = text.partition(":")
+        if prefix != "o":
+            raise ValueError(prefix)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError("page_token is not a token this server returned") from exc
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
+    (
+        id_,
+        tenant,
+        plugin,
+        action,
+        mode,
+        params,
+        state,
+        request_id,
+        created_at,
+        started_at,
+        finished_at,
+        result,
+        error,
+        reason,
+        progress,
+        plugin_version,
+        last_seq,
+        pending_reason,
+        cancel_requested,
+    ) = row
+    return Job(
+        id=id_,
+        tenant=tenant,
+        plugin=plugin,
+        action=action,
+        mode=mode,
+        params=json.loads(params),
+        state=JobState(state),
+        request_id=request_id,
+        created_at=created_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        result=None if result is None else json.loads(result),
+        error=None if error is None else JobError.from_dict(json.loads(error)),
+        reason=reason,
+        progress=progress,
+        plugin_version=plugin_version,
+        last_seq=last_seq,
+        pending_reason=pending_reason,
+        cancel_requested=bool(cancel_requested),
+    )
+
+
+def _row_to_event(job_id: str, row: tuple[Any, ...]) -> JobEvent:
+    seq, kind, ts, data = row
+    return JobEvent(
+        job_id=job_id, seq=seq, kind=EventKind(kind), data=json.loads(data), timestamp=ts
+    )
+
+
+class SqliteJobStore:
+    """The embedded :class:`JobStore`: one SQLite file in WAL mode."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    def _connection(self) -> sqlite3.Connection:
+        # Each pool thread owns one connection for its whole life.
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process kill (only an OS crash may lose the
+            # last transactions), which is the failure the server must tolerate.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer_pool, lambda: fn(self._connection()))
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader_pool, lambda: fn(self._connection()))
+
+    async def open(self) -> None:
+        """Create the file and schema if needed."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+
+        def _init(conn: sqlite3.Connection) -> None:
+            conn.executescript(_SCHEMA)
+
+        await self._write(_init)
+
+    async def close(self) -> None:
+        """Close every connection and stop the I/O threads."""
+
+        def _close_all() -> None:
+            with self._connections_lock:
+                for conn in self._connections:
+                    conn.close()
+                self._connections.clear()
+
+        # Drain both pools first so no query is mid-flight when connections close.
+        await self._read(lambda _c: None)
+        await self._write(lambda _c: None)
+        _close_all()
+        self._writer_pool.shutdown(wait=True)
+        self._reader_pool.shutdown(wait=True)
+
+    async def journal_mode(self) -> str:
+        """The journal mode SQLite reports (``wal`` once opened)."""
+        return await self._read(lambda c: str(c.execute("PRAGMA journal_mode").fetchone()[0]))
+
+    async def create_job(self, job: Job) -> tuple[Job, bool]:
+        """Insert ``job`` or return the tenant's earlier job with the same request id."""
+
+        def _create(conn: sqlite3.Connection) -> tuple[Job, bool]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if job.request_id is not None:
+                    row = conn.execute(
+                        f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant=? AND request_id=?",
+                        (job.tenant, job.request_id),
+                    ).fetchone()
+                    if row is not None:
+                        existing = _row_to_job(row)
+                        conn.execute("COMMIT")
+                        same = (existing.plugin, existing.action, existing.params, existing.mode)
+                        if same != (job.plugin, job.action, job.params, job.mode):
+                            raise RequestIdConflictError(
+                                f"request_id {job.request_id!r} was already used for a "
+                                "different request"
+                            )
+                        return existing, False
+                conn.execute(
+                    f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES "
+                    "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    _job_values(job),
+                )
+                conn.execute("COMMIT")
+                return job, True
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        return await self._write(_create)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job, or ``None``."""
+
+        def _get(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
+            return None if row is None else _row_to_job(row)
+
+        return await self._read(_get)
+
+    async def list_jobs(self, flt: JobFilter, page_size: int, page_token: str) -> JobPage:
+        """Jobs matching ``flt``, newest first; ``page_token`` continues an earlier listing."""
+        if page_size <= 0:
+            raise InvalidArgumentError("page_size must be positive")
+        clauses: list[str] = []
+        args: list[Any] = []
+        if page_token:
+            clauses.append("ord < ?")
+            args.append(_decode_token(page_token))
+        if flt.tenant is not None:
+            clauses.append("tenant = ?")
+            args.append(flt.tenant)
+        if flt.plugin:
+            clauses.append("plugin = ?")
+            args.append(flt.plugin)
+        if flt.action:
+            clauses.append("action = ?")
+            args.append(flt.action)
+        if flt.states:
+            clauses.append(f"state IN ({','.join('?' * len(flt.states))})")
+            args.extend(sorted(s.value for s in flt.states))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT ord, {_JOB_COLUMNS} FROM jobs {where} ORDER BY ord DESC LIMIT ?"
+        args.append(page_size + 1)
+
+        def _list(conn: sqlite3.Connection) -> JobPage:
+            rows = conn.execute(sql, args).fetchall()
+            more = len(rows) > page_size
+            rows = rows[:page_size]
+            jobs = [_row_to_job(row[1:]) for row in rows]
+            token = _encode_token(rows[-1][0]) if more and rows else ""
+            return JobPage(jobs=jobs, next_page_token=token)
+
+        return await self._read(_list)
+
+    async def jobs_in_states(self, states: Iterable[JobState]) -> list[Job]:
+        """All jobs in ``states``, oldest first."""
+        values = sorted(s.value for s in states)
+
+        def _find(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({','.join('?' * len(values))}) "
+                "ORDER BY ord",
+                values,
+            ).fetchall()
+            return [_row_to_job(row) for row in rows]
+
+        return await self._read(_find)
+
+    async def append_events(self, events: Sequence[JobEvent], job: Job | None = None) -> None:
+        """Persist ``events`` and, if given, ``job``'s row, atomically."""
+        rows = [(e.job_id, e.seq, e.kind.value, e.timestamp, _dump(e.data)) for e in events]
+
+        def _append(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN")
+            try:
+                conn.executemany(
+                    "INSERT INTO job_events (job_id, seq, kind, ts, data) VALUES (?,?,?,?,?)", rows
+                )
+                if job is not None:
+                    _update(conn, job)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._write(_append)
+
+    async def update_job(self, job: Job) -> None:
+        """Persist ``job``'s state, timestamps, outcome and progress."""
+        await self._write(lambda conn: _update(conn, job))
+
+    async def list_events(self, job_id: str, after_seq: int, limit: int) -> list[JobEvent]:
+        """Events with ``seq > after_seq`` in order, at most ``limit``."""
+
+        def _list(conn: sqlite3.Connection) -> list[JobEvent]:
+            rows = conn.execute(
+                "SELECT seq, kind, ts, data FROM job_events WHERE job_id=? AND seq>? "
+                "ORDER BY seq LIMIT ?",
+                (job_id, after_seq, limit),
+            ).fetchall()
+            return [_row_to_event(job_id, row) for row in rows]
+
+        return await self._read(_list)
+
+    async def last_event(self, job_id: str) -> JobEvent | None:
+        """The event with the highest seq, or ``None``."""
+
+        def _last(conn: sqlite3.Connection) -> JobEvent | None:
+            row = conn.execute(
+                "SELECT seq, kind, ts, data FROM job_events WHERE job_id=? "
+                "ORDER BY seq DESC LIMIT 1",
+                (job_id,),
+            ).fetchone()
+            return None if row is None else _row_to_event(job_id, row)
+
+        return await self._read(_last)
+
+
+def _job_values(job: Job) -> tuple[Any, ...]:
+    return (
+        job.id,
+        job.tenant,
+        job.plugin,
+        job.action,
+        job.mode,
+        _dump(job.params),
+        job.state.value,
+        job.request_id,
+        job.created_at,
+        job.started_at,
+        job.finished_at,
+        None if job.result is None else _dump(job.result),
+        None if job.error is None else _dump(job.error.to_dict()),
+        job.reason,
+        job.progress,
+        job.plugin_version,
+        job.last_seq,
+        job.pending_reason,
+        int(job.cancel_requested),
+    )
+
+
+def _update(conn: sqlite3.Connection, job: Job) -> None:
+    conn.execute(
+        "UPDATE jobs SET state=?, started_at=?, finished_at=?, result=?, error=?, reason=?, "
+        "progress=?, last_seq=?, pending_reason=?, cancel_requested=? WHERE id=?",
+        (
+            job.state.value,
+            job.started_at,
+            job.finished_at,
+            None if job.result is None else _dump(job.result),
+            None if job.error is None else _dump(job.error.to_dict()),
+            job.reason,
+            job.progress,
+            job.last_seq,
+            job.pending_reason,
+            int(job.cancel_requested),
+            job.id,
+        ),
+    )

@@ -1,0 +1,157 @@
+"""Server settings: one pydantic-settings class, read from flags and ``SYNAPSE_*`` variables.
+
+The settings object is built once (by ``synapse serve`` or a test) and passed to the
+composition root; no component reads the environment on its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ServerSettings", "parse_tokens"]
+
+logger = logging.getLogger(__name__)
+
+_SECRET_FILE = "server.secret"
+
+
+def parse_tokens(value: str | dict[str, str] | None) -> dict[str, str]:
+    """Read a token → tenant table from ``"tok=tenant,tok2=tenant2"`` or a file of such lines.
+
+    A file holds one ``token=tenant`` per line (``#`` starts a comment). An entry without a
+    tenant, an empty token or tenant, or a token listed twice is a configuration error.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    text = value.strip()
+    if not text:
+        return {}
+    entries: list[str]
+    path = Path(text)
+    if "=" not in text or (path.exists() and path.is_file()):
+        if not path.is_file():
+            raise ValueError(f"tokens: {text!r} is neither 'token=tenant,...' nor a readable file")
+        entries = [
+            line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()
+        ]
+    else:
+        entries = [part.strip() for part in text.split(",")]
+    table: dict[str, str] = {}
+    for index, entry in enumerate(e for e in entries if e):
+        token, sep, tenant = entry.partition("=")
+        token, tenant = token.strip(), tenant.strip()
+        if not sep or not token or not tenant:
+            # Never echo the entry: it holds a secret.
+            raise ValueError(f"tokens: entry #{index + 1} is not of the form token=tenant")
+        if token in table:
+            raise ValueError(f"tokens: entry #{index + 1} repeats an earlier token")
+        table[token] = tenant
+    return table
+
+
+class ServerSettings(BaseSettings):
+    """Everything ``synapse serve`` can be told; env prefix ``SYNAPSE_``.
+
+    Lists and tables accept the comma forms used on the command line:
+    ``SYNAPSE_PLUGIN_DIRS=a,b`` and ``SYNAPSE_TOKENS=tok=tenant,tok2=tenant2`` (or a path to a
+    file with one ``token=tenant`` per line).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SYNAPSE_", extra="ignore")
+
+    listen_address: str = "127.0.0.1:50051"
+    data_dir: Path = Path(".synapse")
+    plugin_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    tokens: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict, repr=False)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    allow_public_bind: bool = False
+    cancel_grace_seconds: float = Field(default=5.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    worker_memory_limit_mb: int | None = Field(default=None, gt=0)
+    max_concurrent_jobs: int = Field(default=4, gt=0)
+    ray_address: str | None = None
+    server_secret: SecretStr | None = None
+    worker_python: str | None = None
+    keepalive_seconds: float = Field(default=15.0, gt=0)
+
+    @field_validator("plugin_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [Path(p.strip()) for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _parse_tokens(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str | dict):
+            return parse_tokens(value)
+        return value
+
+    @field_validator("listen_address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen_address must be host:port, got {value!r}")
+        return value
+
+    @property
+    def tls_enabled(self) -> bool:
+        """True when a certificate and key are configured."""
+        return self.tls_cert_file is not None
+
+    @property
+    def listen_host(self) -> str:
+        """The host part of the listen address, brackets removed."""
+        return self.listen_address.rpartition(":")[0].strip("[]")
+
+    def is_loopback_bind(self) -> bool:
+        """True when the listen address only accepts connections from this machine."""
+        host = self.listen_host
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def check(self) -> None:
+        """Reject combinations that would be unsafe or cannot work, with a clear message."""
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file not found: {path}")
+        if not self.tokens and not self.is_loopback_bind() and not self.allow_public_bind:
+            raise ValueError(
+                f"refusing to listen on {self.listen_address} without auth tokens; configure "
+                "tokens or set allow_public_bind to accept unauthenticated remote callers"
+            )
+
+    def resolve_secret(self) -> bytes:
+        """The server secret: the configured one, or one generated once in the data dir (0600)."""
+        if self.server_secret is not None:
+            return self.server_secret.get_secret_value().encode()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / _SECRET_FILE
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+            logger.info("generated a server secret in %s", path)
+        return path.read_text(encoding="utf-8").strip().encode()
