@@ -106,18 +106,20 @@ class StepFinishedEvent(_message.Message):
     def __init__(self, name: _Optional[str] = ..., index: _Optional[int] = ..., status: _Optional[_Union[StepStatus, str]] = ..., error: _Optional[_Union[_job_pb2.JobError, _Mapping]] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class TerminalEvent(_message.Message):
-    __slots__ = ("state", "error", "result_json", "result_size_bytes", "result_inline")
+    __slots__ = ("state", "error", "result_json", "result_size_bytes", "result_inline", "reason")
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     RESULT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESULT_INLINE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     state: _job_pb2.JobState
     error: _job_pb2.JobError
     result_json: bytes
     result_size_bytes: int
     result_inline: bool
-    def __init__(self, state: _Optional[_Union[_job_pb2.JobState, str]] = ..., error: _Optional[_Union[_job_pb2.JobError, _Mapping]] = ..., result_json: _Optional[bytes] = ..., result_size_bytes: _Optional[int] = ..., result_inline: _Optional[bool] = ...) -> None: ...
+    reason: str
+    def __init__(self, state: _Optional[_Union[_job_pb2.JobState, str]] = ..., error: _Optional[_Union[_job_pb2.JobError, _Mapping]] = ..., result_json: _Optional[bytes] = ..., result_size_bytes: _Optional[int] = ..., result_inline: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("seq", "job_id", "time", "state_changed", "progress", "log", "metric", "step_started", "step_finished", "terminal")
