@@ -1,0 +1,3 @@
+"""Action base classes by kind; see :mod:`synapse_sdk.plugins.actions.inference`."""
+
+__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""The reference document's inference examples, packaged as a plugin."""
