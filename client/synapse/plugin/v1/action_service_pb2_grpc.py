@@ -91,8 +91,9 @@ class ActionServiceServicer:
         """Starts an action as a new job and returns it (normally still PENDING). With a request_id
         the call is idempotent: repeating it returns the job created the first time.
         Errors: NOT_FOUND (unknown plugin or action), INVALID_ARGUMENT (params fail the action's
-        schema, or a mode the action does not support), ALREADY_EXISTS (request_id reused for a
-        different request).
+        schema, or a mode the action does not support), FAILED_PRECONDITION (the action is an
+        ACTION_KIND_SERVE entrypoint: call InferenceService.Infer), ALREADY_EXISTS (request_id
+        reused for a different request).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

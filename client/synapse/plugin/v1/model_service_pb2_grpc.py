@@ -73,7 +73,8 @@ class ModelServiceServicer:
         a chunk of the archive. The server verifies expected_sha256 (if given) and that the
         archive is a valid, safe archive of the declared format before storing it.
         Errors: INVALID_ARGUMENT (first message not info, missing name or format, empty archive,
-        corrupt or unsafe archive, size over the server limit), DATA_LOSS (sha256 mismatch).
+        corrupt or unsafe archive), DATA_LOSS (sha256 mismatch), RESOURCE_EXHAUSTED (archive over
+        the server's size limit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
