@@ -1,0 +1,144 @@
+"""``synapse plugin ...``: run a plugin's action from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from synapse_sdk.errors import (
+    ActionCancelledError,
+    ActionFailedError,
+    ActionNotFoundError,
+    ParamsValidationError,
+    SynapseError,
+)
+from synapse_sdk.plugins import LocalModelBackend, load_plugin, run_action
+from synapse_sdk.runtime import RunContext
+
+from synapse_server.cli._progress import ConsoleProgressSink
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["register"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+
+class _UsageError(Exception):
+    """Bad command-line input (exit code 2)."""
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``plugin`` command group to the top-level parser."""
+    plugin = subparsers.add_parser("plugin", help="work with plugins")
+    commands = plugin.add_subparsers(dest="plugin_command", metavar="SUBCOMMAND", required=True)
+    run = commands.add_parser(
+        "run",
+        help="run a plugin action",
+        description="Run ACTION of the plugin at --plugin; the result JSON goes to stdout, "
+        "progress and logs to stderr.",
+    )
+    run.add_argument("action", metavar="ACTION", help="action name from the plugin's config")
+    run.add_argument(
+        "--plugin",
+        default=".",
+        help="plugin directory (with config.yaml), .py file or module name (default: .)",
+    )
+    run.add_argument(
+        "--params", default="{}", help="params as JSON text, or @FILE to read JSON from a file"
+    )
+    run.add_argument(
+        "--mode",
+        default="local",
+        choices=["local"],
+        help="where to run: local (in this process)",
+    )
+    run.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="local model backend: model ID is the directory MODELS_DIR/ID",
+    )
+    run.add_argument("--no-progress", action="store_true", help="do not render progress on stderr")
+    run.set_defaults(handler=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Handle ``synapse plugin run``."""
+    try:
+        params = _read_params(args.params)
+        plugin = load_plugin(args.plugin)
+        action_cls = plugin.get_action_class(args.action)
+    except (_UsageError, ActionNotFoundError, ParamsValidationError) as exc:
+        return _fail(exc, EXIT_USAGE)
+    except SynapseError as exc:
+        return _fail(exc, EXIT_FAILED)
+
+    sink = ConsoleProgressSink(sys.stderr)
+    backend = LocalModelBackend(root=args.models_dir) if args.models_dir is not None else None
+    ctx = RunContext(
+        sink=sink if not args.no_progress else RunContext().sink,
+        plugin_code=plugin.code,
+        action_name=args.action,
+        model_backend=backend,
+        mode=args.mode,
+    )
+
+    def _on_interrupt(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        if ctx.cancel_event.is_set():
+            raise KeyboardInterrupt
+        sys.stderr.write("\ncancelling (press Ctrl-C again to abort)\n")
+        ctx.cancel_event.set()
+
+    previous = signal.signal(signal.SIGINT, _on_interrupt)
+    try:
+        result = run_action(action_cls, params, ctx)
+    except ParamsValidationError as exc:
+        return _fail(exc, EXIT_USAGE, sink)
+    except ActionCancelledError as exc:
+        return _fail(exc, EXIT_CANCELLED, sink)
+    except ActionFailedError as exc:
+        logger.debug("traceback of the failure:\n%s", exc.error.traceback)
+        return _fail(exc, EXIT_FAILED, sink)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    sink.close()
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _read_params(raw: str) -> Any:
+    text = raw
+    if raw.startswith("@"):
+        path = Path(raw[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise _UsageError(f"cannot read params file '{path}': {exc.strerror}") from exc
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _UsageError(f"--params is not valid JSON: {exc}") from exc
+    if not isinstance(params, dict):
+        raise _UsageError(f"--params must be a JSON object, got {type(params).__name__}")
+    return params
+
+
+def _fail(exc: BaseException, code: int, sink: ConsoleProgressSink | None = None) -> int:
+    if sink is not None:
+        sink.close()
+    message = " ".join(str(exc).split())
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    return code

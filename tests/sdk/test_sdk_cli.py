@@ -1,0 +1,85 @@
+"""``synapse plugin run`` through the installed console script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DOC_PLUGIN_DIR, MODEL_ID
+
+SYNAPSE = Path(sys.executable).parent / "synapse"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SYNAPSE), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_run_step_action_prints_result_json(models_root: Path, reference_model: object) -> None:
+    params = {"model_id": MODEL_ID, "inputs": [{"input": [1, 2, 3]}, {"input": [3, 2, 1]}]}
+    proc = _run(
+        "plugin", "run", "inference_steps",
+        "--plugin", str(DOC_PLUGIN_DIR),
+        "--params", json.dumps(params),
+        "--mode", "local",
+        "--models-dir", str(models_root),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["processed_count"] == 2
+    with torch.no_grad():
+        expected = reference_model(torch.tensor([3, 2, 1]).float()).tolist()  # type: ignore[operator]
+    assert result["results"][1]["prediction"] == pytest.approx(expected, abs=1e-6)
+    # Not a terminal: one line per progress update, ending at 100 percent.
+    bars = [line for line in proc.stderr.splitlines() if line.startswith("[")]
+    assert "100.0%" in bars[-1]
+    assert any("30.0%" in line and "step load_model" in line for line in bars)
+    assert "step 2/2 inference started" in proc.stderr
+
+
+def test_params_from_file(models_root: Path, tmp_path: Path) -> None:
+    params_file = tmp_path / "params.json"
+    params_file.write_text(json.dumps({"model_id": MODEL_ID, "inputs": [{"tensor": [1, 1, 1]}]}))
+    proc = _run(
+        "plugin", "run", "inference", "--plugin", str(DOC_PLUGIN_DIR),
+        "--params", f"@{params_file}", "--models-dir", str(models_root), "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["results"]) == 1
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "reason"),
+    [
+        (["inference", "--params", '{"model_id": "x", "inputs": []}'], 2, "model_id"),
+        (["inference", "--params", "[1]"], 2, "must be a JSON object"),
+        (["inference", "--params", "{nope"], 2, "not valid JSON"),
+        (["nosuch", "--params", "{}"], 2, "has no action 'nosuch'"),
+        (["inference", "--params", '{"model_id": 1, "inputs": []}'], 1, "needs a model backend"),
+    ],
+)
+def test_failures_give_one_line_reason(args: list[str], code: int, reason: str) -> None:
+    proc = _run("plugin", "run", *args[:1], "--plugin", str(DOC_PLUGIN_DIR), *args[1:])
+    assert proc.returncode == code
+    assert proc.stdout == ""
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and reason in lines[0], proc.stderr
+
+
+def test_bad_plugin_config_names_file(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("code: x\nname: x\nversion: '1'\ncategory: nope\n")
+    proc = _run("plugin", "run", "a", "--plugin", str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ")
+    assert "config.yaml" in proc.stderr and "'category'" in proc.stderr
+
+
+def test_unknown_mode_is_usage_error() -> None:
+    proc = _run("plugin", "run", "inference", "--plugin", str(DOC_PLUGIN_DIR), "--mode", "ray")
+    assert proc.returncode == 2
