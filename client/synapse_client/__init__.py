@@ -1,0 +1,124 @@
+"""Python client of the Synapse plugin platform (gRPC).
+
+::
+
+    from synapse_client import Client
+
+    with Client("localhost:50051", token="...") as client:
+        job = client.run_action("my_plugin", "batch_inference", {"inputs": [1, 2, 3]})
+        for event in job.progress():
+            print(event.payload.overall_percent)
+        print(job.result(timeout=60))
+
+:class:`AsyncClient` offers the same methods for asyncio code. Every failure is a
+:class:`SynapseClientError` subclass.
+"""
+
+from ._async_client import AsyncClient, AsyncJobHandle
+from ._client import Client, JobHandle
+from ._config import ENV_SERVER, ENV_TOKEN, RetryPolicy, TLSConfig
+from ._errors import (
+    STATUS_TO_ERROR,
+    AbortedError,
+    AlreadyExistsError,
+    ClientConfigError,
+    DataLossError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    JobCancelledError,
+    JobFailedError,
+    JobTimeoutError,
+    NotFoundError,
+    OutOfRangeError,
+    PermissionDeniedError,
+    ProtocolError,
+    RequestCancelledError,
+    ResourceExhaustedError,
+    RpcFailedError,
+    SynapseClientError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+    UnknownError,
+    from_grpc_error,
+)
+from ._types import (
+    ActionInfo,
+    ActionKind,
+    ErrorOrigin,
+    EventPayload,
+    Job,
+    JobErrorInfo,
+    JobEvent,
+    JobState,
+    LogEvent,
+    LogLevel,
+    MetricEvent,
+    PluginInfo,
+    ProgressEvent,
+    RunMode,
+    StateChangedEvent,
+    StepFinishedEvent,
+    StepStartedEvent,
+    StepStatus,
+    TerminalEvent,
+)
+
+__all__ = [
+    "ENV_SERVER",
+    "ENV_TOKEN",
+    "STATUS_TO_ERROR",
+    "AbortedError",
+    "ActionInfo",
+    "ActionKind",
+    "AlreadyExistsError",
+    "AsyncClient",
+    "AsyncJobHandle",
+    "Client",
+    "ClientConfigError",
+    "DataLossError",
+    "DeadlineExceededError",
+    "ErrorOrigin",
+    "EventPayload",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "InternalError",
+    "InvalidArgumentError",
+    "Job",
+    "JobCancelledError",
+    "JobErrorInfo",
+    "JobEvent",
+    "JobFailedError",
+    "JobHandle",
+    "JobState",
+    "JobTimeoutError",
+    "LogEvent",
+    "LogLevel",
+    "MetricEvent",
+    "NotFoundError",
+    "OutOfRangeError",
+    "PermissionDeniedError",
+    "PluginInfo",
+    "ProgressEvent",
+    "ProtocolError",
+    "RequestCancelledError",
+    "ResourceExhaustedError",
+    "RetryPolicy",
+    "RpcFailedError",
+    "RunMode",
+    "StateChangedEvent",
+    "StepFinishedEvent",
+    "StepStartedEvent",
+    "StepStatus",
+    "SynapseClientError",
+    "TLSConfig",
+    "TerminalEvent",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "UnknownError",
+    "from_grpc_error",
+]

@@ -1,0 +1,207 @@
+"""Connection settings shared by :class:`Client` and :class:`AsyncClient`: TLS, auth, retries.
+
+Everything here is transport-neutral: the sync and async clients build their channels and
+call metadata from the same :class:`ConnectionConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from ._errors import ClientConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ENV_SERVER",
+    "ENV_TOKEN",
+    "ConnectionConfig",
+    "RetryPolicy",
+    "TLSConfig",
+]
+
+#: Environment variables the CLI (and ``Client.from_env``) read the address and token from.
+ENV_SERVER = "SYNAPSE_SERVER"
+ENV_TOKEN = "SYNAPSE_TOKEN"
+
+_USER_AGENT = "synapse-client-python/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """TLS for the channel. Root certs verify the server; a client cert/key pair enables mTLS.
+
+    All fields are PEM bytes; ``None`` root certificates means the system trust store.
+    """
+
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)
+    #: Name to verify in the server certificate instead of the address host (tests, IPs).
+    server_name_override: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ClientConfigError(
+                "mTLS needs both a client certificate chain and its private key"
+            )
+
+    @classmethod
+    def from_files(
+        cls,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        server_name_override: str | None = None,
+    ) -> TLSConfig:
+        """Reads PEM files; raises :class:`ClientConfigError` naming a file it cannot read."""
+
+        def read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise ClientConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+        return cls(
+            root_certificates=read(ca_file, "CA certificate file"),
+            certificate_chain=read(cert_file, "client certificate file"),
+            private_key=read(key_file, "client key file"),
+            server_name_override=server_name_override,
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The grpc channel credentials for this configuration."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff for calls that failed with UNAVAILABLE.
+
+    Only idempotent calls are retried. RunAction is one because the client always sends a
+    request_id, so a retry after a lost response returns the job the first attempt created.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+    #: Fraction of each delay randomised, so that many clients do not retry in lockstep.
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ClientConfigError("RetryPolicy.max_attempts must be at least 1")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ClientConfigError("RetryPolicy backoffs must be >= 0 and multiplier >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise ClientConfigError("RetryPolicy.jitter must be between 0 and 1")
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        return base * (1 - self.jitter * random.random())
+
+
+#: Retry nothing: for callers that handle UNAVAILABLE themselves.
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionConfig:
+    """Where and how to connect: address, bearer token, TLS, default deadline, retries."""
+
+    address: str
+    token: str | None = field(default=None, repr=False)
+    tls: TLSConfig | None = None
+    #: Default deadline in seconds for unary calls (None: no deadline). Streams have none.
+    timeout: float | None = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Extra grpc channel arguments, appended after the client's own.
+    channel_options: tuple[tuple[str, str | int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.address or not isinstance(self.address, str):
+            raise ClientConfigError("server address must be a non-empty 'host:port' string")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ClientConfigError("timeout must be positive (or None for no deadline)")
+        if self.token is not None and (not self.token or "\n" in self.token):
+            raise ClientConfigError("token must be a non-empty single-line string")
+
+    @classmethod
+    def build(
+        cls,
+        address: str,
+        *,
+        token: str | None = None,
+        tls: bool | TLSConfig = False,
+        timeout: float | None = 30.0,
+        retry: RetryPolicy | None = None,
+        channel_options: tuple[tuple[str, str | int], ...] = (),
+    ) -> ConnectionConfig:
+        """Normalises the arguments both client constructors accept."""
+        tls_config = TLSConfig() if tls is True else (tls or None)
+        if tls_config is not None and not isinstance(tls_config, TLSConfig):
+            raise ClientConfigError("tls must be a bool or a TLSConfig")
+        return cls(
+            address=address,
+            token=token,
+            tls=tls_config,
+            timeout=timeout,
+            retry=retry or RetryPolicy(),
+            channel_options=channel_options,
+        )
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata sent with every RPC (the bearer token, when one is set)."""
+        if self.token is None:
+            return ()
+        return (("authorization", f"Bearer {self.token}"),)
+
+    def options(self) -> list[tuple[str, str | int]]:
+        """Channel arguments."""
+        options: list[tuple[str, str | int]] = [("grpc.primary_user_agent", _USER_AGENT)]
+        if self.tls is not None and self.tls.server_name_override:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name_override))
+        options.extend(self.channel_options)
+        return options
+
+    def sync_channel(self) -> grpc.Channel:
+        """A new blocking channel."""
+        if self.tls is None:
+            return grpc.insecure_channel(self.address, options=self.options())
+        return grpc.secure_channel(self.address, self.tls.credentials(), options=self.options())
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        """A new asyncio channel (must be created inside the running event loop)."""
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.address, options=self.options())
+        return grpc.aio.secure_channel(self.address, self.tls.credentials(), options=self.options())
+
+
+def retry_delay(policy: RetryPolicy, attempt: int, error: Exception) -> float | None:
+    """Seconds to wait before retrying after failed attempt ``attempt``, or None to give up.
+
+    Only errors the server marks retryable (UNAVAILABLE) are retried, and only while the
+    policy has attempts left.
+    """
+    from ._errors import RpcFailedError  # local: _errors must not depend on this module
+
+    if not isinstance(error, RpcFailedError) or not error.retryable:
+        return None
+    if attempt >= policy.max_attempts:
+        return None
+    return policy.backoff(attempt)

@@ -1,0 +1,180 @@
+"""Transport-neutral job logic shared by the sync and async clients.
+
+Both clients do the same I/O in two flavours; what to send, how to resume a stream, and how
+to turn a terminal event into a result or an exception is decided here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from synapse.plugin.v1 import action_service_pb2
+
+from ._config import RetryPolicy
+from ._converters import dict_to_struct, event_from_proto, run_mode_to_proto
+from ._errors import (
+    ClientConfigError,
+    JobCancelledError,
+    JobFailedError,
+    ProtocolError,
+    SynapseClientError,
+    UnavailableError,
+)
+from ._types import Job, JobErrorInfo, JobEvent, JobState, RunMode, TerminalEvent
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EventSequencer",
+    "ResultAssembler",
+    "new_request_id",
+    "raise_for_terminal",
+    "reconnect_delay",
+    "result_stream_start",
+    "run_action_request",
+    "stream_ended_early",
+]
+
+_MAX_REQUEST_ID = 128
+
+
+def new_request_id() -> str:
+    """A fresh idempotency key for RunAction."""
+    return uuid.uuid4().hex
+
+
+def run_action_request(
+    plugin: str,
+    action: str,
+    params: dict[str, Any] | None,
+    mode: RunMode | str | None,
+    request_id: str | None,
+) -> action_service_pb2.RunActionRequest:
+    """Validates the caller's arguments locally and builds the RunAction request."""
+    if not plugin:
+        raise ClientConfigError("plugin must be a non-empty plugin code")
+    if not action:
+        raise ClientConfigError("action must be a non-empty action name")
+    rid = request_id if request_id is not None else new_request_id()
+    if not rid or len(rid) > _MAX_REQUEST_ID:
+        raise ClientConfigError(f"request_id must be 1 to {_MAX_REQUEST_ID} characters")
+    return action_service_pb2.RunActionRequest(
+        plugin=plugin,
+        action=action,
+        params=dict_to_struct(params),
+        mode=run_mode_to_proto(mode),  # type: ignore[arg-type]
+        request_id=rid,
+    )
+
+
+class EventSequencer:
+    """Tracks the last seq delivered so a reconnected stream repeats and skips nothing."""
+
+    def __init__(self, job_id: str, after_seq: int = 0) -> None:
+        if after_seq < 0:
+            raise ClientConfigError("after_seq must be >= 0")
+        self.job_id = job_id
+        self.last_seq = after_seq
+        self.terminal: TerminalEvent | None = None
+
+    def accept(self, response: action_service_pb2.StreamProgressResponse) -> JobEvent | None:
+        """The event to deliver for one stream message, or None (keepalive, duplicate)."""
+        if response.WhichOneof("kind") != "event":
+            return None
+        message = response.event
+        if message.seq <= self.last_seq:
+            # A reconnect replays from after_seq, so anything at or below it was delivered.
+            return None
+        # Seqs may skip ahead: a server may drop progress events that a newer progress event
+        # of the same category supersedes when a subscriber lags (never logs or the terminal
+        # event). Resuming from the last delivered seq therefore still loses nothing else.
+        event = event_from_proto(message)
+        self.last_seq = event.seq
+        if isinstance(event.payload, TerminalEvent):
+            self.terminal = event.payload
+        return event
+
+    @property
+    def done(self) -> bool:
+        """True once the terminal event was delivered."""
+        return self.terminal is not None
+
+    def request(self) -> action_service_pb2.StreamProgressRequest:
+        """The StreamProgress request that continues right after the last delivered event."""
+        return action_service_pb2.StreamProgressRequest(job_id=self.job_id, after_seq=self.last_seq)
+
+
+class _StreamEndedEarlyError(ProtocolError):
+    """A progress stream closed with OK before the terminal event (a server shutting down)."""
+
+
+def stream_ended_early(job_id: str) -> ProtocolError:
+    """The error for a stream that closed cleanly without delivering the terminal event."""
+    return _StreamEndedEarlyError(f"job {job_id}: progress stream ended before the terminal event")
+
+
+def reconnect_delay(policy: RetryPolicy, attempt: int, failure: SynapseClientError) -> float:
+    """Seconds to wait before reopening a dropped progress stream; re-raises ``failure``
+    when the drop is not one to recover from or the policy's attempts are used up.
+    """
+    if isinstance(failure, UnavailableError | _StreamEndedEarlyError) and (
+        attempt < policy.max_attempts
+    ):
+        return policy.backoff(attempt)
+    raise failure
+
+
+def result_stream_start(job: Job) -> int:
+    """The after_seq from which a stream reaches the terminal event without old history.
+
+    The terminal event is always a job's last event, so for a finished job it is the single
+    event after ``last_seq - 1``; for a running one everything after ``last_seq`` is new.
+    """
+    if job.state.is_terminal:
+        return max(job.last_seq - 1, 0)
+    return job.last_seq
+
+
+def raise_for_terminal(job_id: str, terminal: TerminalEvent) -> None:
+    """Raises the typed error a FAILED or CANCELLED terminal event stands for."""
+    if terminal.state is JobState.FAILED:
+        error = terminal.error or JobErrorInfo(type="Unknown", message="no error reported")
+        raise JobFailedError(job_id, error)
+    if terminal.state is JobState.CANCELLED:
+        raise JobCancelledError(job_id, terminal.reason)
+    if terminal.state is not JobState.SUCCEEDED:
+        raise ProtocolError(f"job {job_id}: terminal event with state {terminal.state}")
+
+
+class ResultAssembler:
+    """Collects GetJobResult chunks, checking offsets and size, and parses the JSON."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._parts: list[bytes] = []
+        self._received = 0
+        self._total: int | None = None
+
+    def add(self, chunk: action_service_pb2.GetJobResultResponse) -> None:
+        """Appends one chunk; raises :class:`ProtocolError` if it is out of order."""
+        if chunk.offset != self._received:
+            raise ProtocolError(
+                f"job {self.job_id}: result chunk at offset {chunk.offset}, "
+                f"expected {self._received}"
+            )
+        if self._total is None:
+            self._total = chunk.total_size_bytes
+        self._parts.append(chunk.data)
+        self._received += len(chunk.data)
+
+    def result(self) -> Any:
+        """The parsed result, once every byte arrived."""
+        total = self._total or 0
+        if self._received != total:
+            raise ProtocolError(
+                f"job {self.job_id}: result stream ended after {self._received} of {total} bytes"
+            )
+        return json.loads(b"".join(self._parts)) if total else None

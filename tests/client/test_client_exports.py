@@ -1,0 +1,84 @@
+"""Pins the public API of synapse_client: changing it must be a deliberate edit here."""
+
+from __future__ import annotations
+
+import synapse_client
+
+EXPECTED = {
+    "ENV_SERVER",
+    "ENV_TOKEN",
+    "STATUS_TO_ERROR",
+    "AbortedError",
+    "ActionInfo",
+    "ActionKind",
+    "AlreadyExistsError",
+    "AsyncClient",
+    "AsyncJobHandle",
+    "Client",
+    "ClientConfigError",
+    "DataLossError",
+    "DeadlineExceededError",
+    "ErrorOrigin",
+    "EventPayload",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "InternalError",
+    "InvalidArgumentError",
+    "Job",
+    "JobCancelledError",
+    "JobErrorInfo",
+    "JobEvent",
+    "JobFailedError",
+    "JobHandle",
+    "JobState",
+    "JobTimeoutError",
+    "LogEvent",
+    "LogLevel",
+    "MetricEvent",
+    "NotFoundError",
+    "OutOfRangeError",
+    "PermissionDeniedError",
+    "PluginInfo",
+    "ProgressEvent",
+    "ProtocolError",
+    "RequestCancelledError",
+    "ResourceExhaustedError",
+    "RetryPolicy",
+    "RpcFailedError",
+    "RunMode",
+    "StateChangedEvent",
+    "StepFinishedEvent",
+    "StepStartedEvent",
+    "StepStatus",
+    "SynapseClientError",
+    "TLSConfig",
+    "TerminalEvent",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "UnknownError",
+    "from_grpc_error",
+}
+
+
+def test_exports_are_pinned() -> None:
+    assert set(synapse_client.__all__) == EXPECTED
+    assert len(synapse_client.__all__) == len(EXPECTED)
+
+
+def test_every_export_resolves() -> None:
+    for name in synapse_client.__all__:
+        assert getattr(synapse_client, name) is not None, name
+
+
+def test_client_never_imports_sdk_or_server() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, synapse_client; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('synapse_sdk', 'synapse_server')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
