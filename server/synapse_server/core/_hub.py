@@ -210,6 +210,7 @@ class EventHub:
                     continue
                 if channel.finished or not follow:
                     return
+
                 def _has_news(seen: int = cursor) -> bool:
                     return channel.last_seq > seen or channel.finished
 

@@ -1,0 +1,165 @@
+"""The plugin catalog: which plugins and actions this server offers, and their params models."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from synapse_sdk.errors import ActionNotFoundError, ParamsValidationError, PluginNotFoundError
+from synapse_sdk.plugins import (
+    BaseAction,
+    Plugin,
+    discover_plugins,
+    params_json_schema,
+    params_model,
+)
+
+__all__ = ["ActionInfo", "ActionKind", "PluginCatalog", "PluginInfo"]
+
+logger = logging.getLogger(__name__)
+
+#: ``config.yaml`` action methods that are serve deployments rather than runnable jobs.
+_SERVE_METHODS = frozenset({"serve", "restapi"})
+
+
+class ActionKind:
+    """How an action is invoked: run as a job, or deployed and called with Infer."""
+
+    JOB = "job"
+    SERVE = "serve"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionInfo:
+    """What ListActions tells about one action."""
+
+    name: str
+    description: str
+    kind: str
+    default_mode: str
+    supported_modes: tuple[str, ...]
+    params_schema: dict[str, Any]
+    progress_categories: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """What ListActions tells about one plugin."""
+
+    code: str
+    name: str
+    version: str
+    category: str
+    description: str
+    actions: tuple[ActionInfo, ...]
+
+
+def _progress_categories(action_cls: type[BaseAction[Any]]) -> tuple[str, ...]:
+    progress = getattr(action_cls, "progress", None)
+    if progress is None:
+        return ()
+    values = [
+        getattr(progress, name)
+        for name in dir(progress)
+        if name.isupper() and isinstance(getattr(progress, name), str)
+    ]
+    return tuple(sorted(set(values)))
+
+
+def _describe(action_cls: type[BaseAction[Any]], fallback: str) -> str:
+    doc = (action_cls.__doc__ or "").strip()
+    return fallback or doc.split("\n\n", 1)[0].strip()
+
+
+class PluginCatalog:
+    """Plugins discovered in the configured directories; :meth:`reload` rescans them.
+
+    The server imports plugin modules only to read their params models and schemas; actions
+    themselves run in worker processes.
+    """
+
+    def __init__(self, plugin_dirs: Iterable[Path], supported_modes: Iterable[str]) -> None:
+        self._dirs = [Path(d) for d in plugin_dirs]
+        self._modes = tuple(supported_modes)
+        self._lock = threading.Lock()
+        self._plugins: dict[str, Plugin] = {}
+        self._infos: dict[str, PluginInfo] = {}
+
+    @property
+    def plugin_dirs(self) -> list[Path]:
+        """The directories scanned for plugins."""
+        return list(self._dirs)
+
+    def reload(self) -> None:
+        """Rescan the plugin directories; a malformed plugin raises and keeps the old catalog."""
+        plugins = discover_plugins(self._dirs)
+        infos = {code: self._info(plugin) for code, plugin in plugins.items()}
+        with self._lock:
+            self._plugins = plugins
+            self._infos = infos
+        logger.info("plugin catalog: %d plugin(s): %s", len(plugins), ", ".join(sorted(plugins)))
+
+    def _info(self, plugin: Plugin) -> PluginInfo:
+        actions = []
+        for name, spec in sorted(plugin.actions.items()):
+            action_cls = spec.load()
+            kind = ActionKind.SERVE if spec.method in _SERVE_METHODS else ActionKind.JOB
+            default_mode = spec.method if spec.method in self._modes else self._modes[0]
+            actions.append(
+                ActionInfo(
+                    name=name,
+                    description=_describe(action_cls, spec.description),
+                    kind=kind,
+                    default_mode=default_mode if kind == ActionKind.JOB else "",
+                    supported_modes=self._modes if kind == ActionKind.JOB else (),
+                    params_schema=params_json_schema(action_cls),
+                    progress_categories=_progress_categories(action_cls),
+                )
+            )
+        category = plugin.category.value if plugin.category is not None else ""
+        return PluginInfo(
+            code=plugin.code,
+            name=plugin.name,
+            version=plugin.version,
+            category=category,
+            description=plugin.description,
+            actions=tuple(actions),
+        )
+
+    def plugins(self, code: str = "") -> list[PluginInfo]:
+        """All plugins sorted by code, or just ``code`` (PluginNotFoundError if unknown)."""
+        with self._lock:
+            if code:
+                if code not in self._infos:
+                    raise PluginNotFoundError(f"plugin {code!r} not found")
+                return [self._infos[code]]
+            return [self._infos[c] for c in sorted(self._infos)]
+
+    def plugin(self, code: str) -> Plugin:
+        """The loaded plugin ``code``."""
+        with self._lock:
+            plugin = self._plugins.get(code)
+        if plugin is None:
+            raise PluginNotFoundError(f"plugin {code!r} not found")
+        return plugin
+
+    def action(self, code: str, action: str) -> ActionInfo:
+        """The description of ``action`` of plugin ``code`` (NOT_FOUND errors if unknown)."""
+        info = self.plugins(code)[0]
+        for candidate in info.actions:
+            if candidate.name == action:
+                return candidate
+        raise ActionNotFoundError(action, code, [a.name for a in info.actions])
+
+    def validate_params(self, code: str, action: str, params: Mapping[str, Any]) -> BaseModel:
+        """Check ``params`` against the action's model; ParamsValidationError per bad field."""
+        spec = self.plugin(code).action(action)
+        try:
+            return params_model(spec.load()).model_validate(dict(params))
+        except ValidationError as exc:
+            raise ParamsValidationError.from_pydantic(exc, action=action) from None

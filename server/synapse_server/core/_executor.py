@@ -1,0 +1,162 @@
+"""Executors start the worker that runs a job, and stop it hard when asked.
+
+Whatever an executor starts (a local process, a Ray task), the worker talks to the server the
+same way: it fetches its assignment and streams its events over ``WorkerService`` with a
+job-scoped credential. An executor therefore only launches, waits for and kills workers; it
+never sees events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from synapse_server.core._models import Job
+
+__all__ = ["Executor", "LocalProcessExecutor", "WorkerExit"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExit:
+    """How a worker ended: an exit code, or the signal that killed it."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    detail: str = ""
+
+    def describe(self) -> str:
+        """A reason for a job whose worker ended without reporting a result."""
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            if self.signal == signal.SIGKILL:
+                return f"worker was killed ({name}), possibly out of memory"
+            if self.signal == signal.SIGSEGV:
+                return f"worker crashed with {name} (segmentation fault)"
+            return f"worker was terminated by {name}"
+        if self.exit_code is not None:
+            return f"worker exited with code {self.exit_code} without reporting a result"
+        return self.detail or "worker ended without reporting a result"
+
+
+class Executor(Protocol):
+    """Runs workers for jobs."""
+
+    async def run(self, job: Job, credential: str) -> WorkerExit:
+        """Start a worker for ``job`` and wait until it is gone."""
+
+    async def kill(self, job_id: str) -> None:
+        """Stop the job's worker now (no-op if it is not running)."""
+
+    async def close(self) -> None:
+        """Kill every worker still running."""
+
+
+class LocalProcessExecutor:
+    """One ``python -m synapse_server.worker`` process per job on this machine.
+
+    A crash, ``os._exit``, segfault or memory exhaustion in plugin code ends only that
+    process. ``memory_limit_mb`` caps the worker's address space (RLIMIT_AS).
+    """
+
+    def __init__(
+        self,
+        worker_address: str,
+        plugin_dirs: Sequence[Path],
+        *,
+        memory_limit_mb: int | None = None,
+        python: str | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self._address = worker_address
+        self._plugin_dirs = [Path(p).resolve() for p in plugin_dirs]
+        self._memory_limit_mb = memory_limit_mb
+        self._python = python or sys.executable
+        self._log_dir = log_dir
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+
+    @property
+    def running(self) -> int:
+        """Number of live worker processes."""
+        return len(self._processes)
+
+    def _command(self, job_id: str) -> list[str]:
+        command = [
+            self._python,
+            "-m",
+            "synapse_server.worker",
+            "--address",
+            self._address,
+            "--job-id",
+            job_id,
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        for directory in self._plugin_dirs:
+            command += ["--plugin-dir", str(directory)]
+        if self._memory_limit_mb is not None:
+            command += ["--memory-limit-mb", str(self._memory_limit_mb)]
+        return command
+
+    async def run(self, job: Job, credential: str) -> WorkerExit:
+        """Start the worker process and wait for it to exit."""
+        env = dict(os.environ)
+        # The credential travels in the environment, not argv, so `ps` does not show it.
+        env["SYNAPSE_WORKER_CREDENTIAL"] = credential
+        env["PYTHONFAULTHANDLER"] = "1"
+        log_file = None
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            log_file = (self._log_dir / f"{job.id}.log").open("ab")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._command(job.id),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file if log_file is not None else asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.STDOUT if log_file is not None else None,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            if log_file is not None:
+                log_file.close()
+        self._processes[job.id] = process
+        logger.info("job %s: started worker pid %d", job.id, process.pid)
+        try:
+            code = await process.wait()
+        finally:
+            self._processes.pop(job.id, None)
+        logger.info("job %s: worker pid %d exited with %d", job.id, process.pid, code)
+        if code < 0:
+            return WorkerExit(signal=-code)
+        return WorkerExit(exit_code=code)
+
+    async def kill(self, job_id: str) -> None:
+        """SIGKILL the job's worker (and anything it started in its session)."""
+        process = self._processes.get(job_id)
+        if process is None or process.returncode is not None:
+            return
+        logger.warning("job %s: killing worker pid %d", job_id, process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    async def close(self) -> None:
+        """Kill all workers and wait for them."""
+        processes = list(self._processes.items())
+        for job_id, _ in processes:
+            await self.kill(job_id)
+        for _, process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                await process.wait()

@@ -1,0 +1,598 @@
+"""The job service: submit, follow, list and cancel jobs; and the worker side of running them.
+
+Lifecycle: ``submit`` validates and stores a PENDING job, then a scheduler task waits for a
+free slot and asks the job's executor to run a worker. The worker opens its event stream
+(the job becomes RUNNING), reports events, result chunks and finally a finish, which becomes
+the job's terminal event. A worker that ends without a finish fails the job with a reason
+naming how it ended. Cancelling a running job pushes the request to the worker (the action
+sees ``is_cancelled()`` and the step orchestrator rolls back) and kills the worker if it has
+not finished within the grace period.
+
+Restart policy (``recover``): jobs left RUNNING by a previous server process are FAILED with
+"server stopped while the job was running" (their action may have had side effects, so it is
+not run twice); jobs left PENDING never started plugin code and are queued again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from synapse_sdk.errors import SynapseError
+
+from synapse_server.core._catalog import ActionKind, PluginCatalog
+from synapse_server.core._credentials import WorkerClaims, WorkerCredentialIssuer
+from synapse_server.core._errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    JobNotFoundError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
+from synapse_server.core._executor import Executor, WorkerExit
+from synapse_server.core._hub import EventHub, NewEvent
+from synapse_server.core._models import (
+    ErrorOrigin,
+    EventKind,
+    Job,
+    JobError,
+    JobEvent,
+    JobFilter,
+    JobPage,
+    JobState,
+    Keepalive,
+)
+from synapse_server.core._store import JobStore
+
+__all__ = [
+    "JobService",
+    "ResultChunk",
+    "WorkerFinished",
+    "WorkerReport",
+    "result_json_bytes",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_REQUEST_ID_LENGTH = 128
+SERVER_STOPPED_REASON = "server stopped while the job was running"
+
+
+@dataclass(frozen=True, slots=True)
+class ResultChunk:
+    """Part of a worker's result JSON."""
+
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFinished:
+    """The worker's last report: how the action ended."""
+
+    state: JobState
+    error: JobError | None = None
+    result_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReport:
+    """One numbered report of a worker: an event, a result chunk or the finish."""
+
+    worker_seq: int
+    item: NewEvent | ResultChunk | WorkerFinished
+
+
+def result_json_bytes(result: Any) -> bytes:
+    """The canonical JSON text of a result, as served by GetJobResult."""
+    return json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass
+class _ActiveJob:
+    job: Job
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    worker_seq: int = 0
+    opened: bool = False
+    result: bytearray = field(default_factory=bytearray)
+    task: asyncio.Task[None] | None = None
+    killer: asyncio.Task[None] | None = None
+    cancel_reason: str = ""
+
+
+class JobService:
+    """Jobs for clients (tenant-scoped) and for workers (credential-scoped)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        hub: EventHub,
+        catalog: PluginCatalog,
+        executors: Mapping[str, Executor],
+        credentials: WorkerCredentialIssuer,
+        *,
+        cancel_grace_seconds: float = 5.0,
+        max_concurrent_jobs: int = 4,
+        inline_result_limit: int = 1 << 20,
+    ) -> None:
+        if not executors:
+            raise ValueError("at least one executor is needed")
+        self._store = store
+        self._hub = hub
+        self._catalog = catalog
+        self._executors = dict(executors)
+        self._credentials = credentials
+        self._grace = cancel_grace_seconds
+        self._slots = asyncio.Semaphore(max_concurrent_jobs)
+        self._inline_limit = inline_result_limit
+        self._active: dict[str, _ActiveJob] = {}
+        self._closing = False
+
+    @property
+    def catalog(self) -> PluginCatalog:
+        """The plugin catalog jobs are resolved against."""
+        return self._catalog
+
+    @property
+    def active_jobs(self) -> int:
+        """Jobs not yet finished in this process."""
+        return len(self._active)
+
+    # Client side ----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        tenant: str,
+        plugin: str,
+        action: str,
+        params: Mapping[str, Any],
+        *,
+        mode: str = "",
+        request_id: str = "",
+    ) -> tuple[Job, bool]:
+        """Validate and store a new PENDING job and schedule it; ``(job, created)``.
+
+        Raises PluginNotFoundError / ActionNotFoundError (NOT_FOUND), ParamsValidationError,
+        InvalidArgumentError, RequestIdConflictError.
+        """
+        if self._closing:
+            raise ServiceUnavailableError("the server is shutting down")
+        if not plugin:
+            raise InvalidArgumentError("plugin is required")
+        if not action:
+            raise InvalidArgumentError("action is required")
+        if len(request_id) > MAX_REQUEST_ID_LENGTH:
+            raise InvalidArgumentError(
+                f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters"
+            )
+        info = self._catalog.action(plugin, action)
+        if info.kind != ActionKind.JOB:
+            raise InvalidArgumentError(
+                f"action {action!r} of plugin {plugin!r} is a serve deployment; "
+                "deploy it with a deployment action and call it with Infer"
+            )
+        mode = mode or info.default_mode
+        if mode not in info.supported_modes or mode not in self._executors:
+            supported = ", ".join(m for m in info.supported_modes if m in self._executors)
+            raise InvalidArgumentError(
+                f"mode {mode!r} is not available for this action (available: {supported})"
+            )
+        self._catalog.validate_params(plugin, action, params)
+        version = self._catalog.plugins(plugin)[0].version
+        pending_reason = (
+            "waiting for a free worker slot" if self._slots.locked() else "starting a worker"
+        )
+        candidate = Job(
+            id=uuid.uuid4().hex,
+            tenant=tenant,
+            plugin=plugin,
+            action=action,
+            params=dict(params),
+            plugin_version=version,
+            mode=mode,
+            request_id=request_id or None,
+            pending_reason=pending_reason,
+        )
+        job, created = await self._store.create_job(candidate)
+        if not created:
+            return await self._current(job), False
+        active = _ActiveJob(job=job)
+        self._active[job.id] = active
+        await self._append(
+            active, [NewEvent(EventKind.STATE, {"state": "PENDING", "reason": "submitted"})]
+        )
+        active.task = asyncio.create_task(self._run(active), name=f"job-{job.id}")
+        logger.info("job %s: submitted %s/%s mode=%s", job.id, plugin, action, mode)
+        return active.job, True
+
+    async def _current(self, job: Job) -> Job:
+        active = self._active.get(job.id)
+        if active is not None:
+            return active.job
+        stored = await self._store.get_job(job.id)
+        return stored if stored is not None else job
+
+    async def get(self, tenant: str | None, job_id: str) -> Job:
+        """The job; JobNotFoundError if unknown or another tenant's (``tenant=None``: any)."""
+        active = self._active.get(job_id)
+        job = active.job if active is not None else await self._store.get_job(job_id)
+        if job is None or (tenant is not None and job.tenant != tenant):
+            raise JobNotFoundError(job_id)
+        return job
+
+    async def list(
+        self, tenant: str | None, flt: JobFilter, page_size: int, page_token: str
+    ) -> JobPage:
+        """The tenant's jobs matching ``flt``, newest first."""
+        page = await self._store.list_jobs(
+            JobFilter(tenant=tenant, states=flt.states, plugin=flt.plugin, action=flt.action),
+            page_size,
+            page_token,
+        )
+        jobs = [self._active[j.id].job if j.id in self._active else j for j in page.jobs]
+        return JobPage(jobs=jobs, next_page_token=page.next_page_token)
+
+    async def subscribe(
+        self,
+        tenant: str | None,
+        job_id: str,
+        after_seq: int = 0,
+        *,
+        follow: bool = True,
+        keepalive_seconds: float | None = None,
+    ) -> AsyncIterator[JobEvent | Keepalive]:
+        """The job's events after ``after_seq``, then live ones (see EventHub.subscribe)."""
+        await self.get(tenant, job_id)
+        return self._hub.subscribe(
+            job_id, after_seq, keepalive_seconds=keepalive_seconds, follow=follow
+        )
+
+    async def result_json(self, tenant: str | None, job_id: str) -> bytes:
+        """The result JSON text of a SUCCEEDED job."""
+        job = await self.get(tenant, job_id)
+        if job.state is not JobState.SUCCEEDED:
+            raise FailedPreconditionError(
+                f"job {job_id!r} is {job.state.value}; only a SUCCEEDED job has a result"
+            )
+        return result_json_bytes(job.result)
+
+    async def cancel(self, tenant: str | None, job_id: str, reason: str = "") -> Job:
+        """Ask the job to stop; a finished job is returned unchanged."""
+        job = await self.get(tenant, job_id)
+        active = self._active.get(job_id)
+        if job.state.is_terminal or active is None:
+            return job
+        reason = reason or "cancelled by the user"
+        async with active.lock:
+            if active.job.state.is_terminal:
+                return active.job
+            active.cancel_reason = reason
+            if not active.opened:
+                # Plugin code has not started: nothing to signal or roll back.
+                await self._finish_locked(active, JobState.CANCELLED, reason=reason)
+                if active.task is not None:
+                    active.task.cancel()
+                executor = self._executors[active.job.mode]
+                await executor.kill(job_id)
+                return active.job
+            if not active.job.cancel_requested:
+                active.job = active.job.evolve(cancel_requested=True)
+                await self._store.update_job(active.job)
+                active.cancel.set()
+                active.killer = asyncio.create_task(self._kill_after_grace(active))
+                logger.info("job %s: cancel requested", job_id)
+            return active.job
+
+    async def _kill_after_grace(self, active: _ActiveJob) -> None:
+        await asyncio.sleep(self._grace)
+        if not active.job.state.is_terminal:
+            logger.warning(
+                "job %s: still running %.1fs after cancel; killing its worker",
+                active.job.id,
+                self._grace,
+            )
+            await self._executors[active.job.mode].kill(active.job.id)
+
+    # Running --------------------------------------------------------------------------------
+
+    async def _run(self, active: _ActiveJob) -> None:
+        job_id = active.job.id
+        try:
+            async with self._slots:
+                if active.job.state.is_terminal:
+                    return
+                executor = self._executors[active.job.mode]
+                credential = self._credentials.mint(job_id, active.job.tenant)
+                try:
+                    outcome = await executor.run(active.job, credential)
+                except Exception as exc:
+                    correlation = uuid.uuid4().hex
+                    logger.exception("job %s: executor failed [%s]", job_id, correlation)
+                    await self._finish(
+                        active,
+                        JobState.FAILED,
+                        error=JobError(
+                            type="ExecutorError",
+                            message=f"could not run the job: {type(exc).__name__}",
+                            origin=ErrorOrigin.PLATFORM,
+                            correlation_id=correlation,
+                        ),
+                    )
+                    return
+                await self._worker_gone(active, outcome)
+        except asyncio.CancelledError:
+            if not active.job.state.is_terminal and not self._closing:
+                raise
+        finally:
+            if active.job.state.is_terminal:
+                self._active.pop(job_id, None)
+                if active.killer is not None:
+                    active.killer.cancel()
+
+    async def _worker_gone(self, active: _ActiveJob, outcome: WorkerExit) -> None:
+        if active.job.state.is_terminal:
+            return
+        if active.job.cancel_requested:
+            await self._finish(
+                active,
+                JobState.CANCELLED,
+                reason=f"{active.cancel_reason}; the worker did not stop within the grace "
+                "period and was killed",
+            )
+            return
+        correlation = uuid.uuid4().hex
+        message = outcome.describe()
+        logger.warning("job %s: %s [%s]", active.job.id, message, correlation)
+        await self._finish(
+            active,
+            JobState.FAILED,
+            error=JobError(
+                type="WorkerCrashed",
+                message=message,
+                origin=ErrorOrigin.PLATFORM,
+                correlation_id=correlation,
+            ),
+        )
+
+    async def _append(
+        self, active: _ActiveJob, events: Sequence[NewEvent], job: Job | None = None
+    ) -> None:
+        stored = await self._hub.append(active.job.id, events, job or active.job)
+        last_seq = stored[-1].seq if stored else active.job.last_seq
+        active.job = (job or active.job).evolve(last_seq=last_seq)
+
+    async def _finish(
+        self,
+        active: _ActiveJob,
+        state: JobState,
+        *,
+        result: Any = None,
+        error: JobError | None = None,
+        reason: str = "",
+    ) -> None:
+        async with active.lock:
+            await self._finish_locked(active, state, result=result, error=error, reason=reason)
+
+    async def _finish_locked(
+        self,
+        active: _ActiveJob,
+        state: JobState,
+        *,
+        result: Any = None,
+        error: JobError | None = None,
+        reason: str = "",
+    ) -> None:
+        if active.job.state.is_terminal:
+            return
+        data: dict[str, Any] = {"state": state.value, "reason": reason}
+        progress = active.job.progress
+        if state is JobState.SUCCEEDED:
+            payload = result_json_bytes(result)
+            data["result_size"] = len(payload)
+            data["result_inline"] = len(payload) <= self._inline_limit
+            if data["result_inline"]:
+                data["result"] = result
+            progress = 100.0
+        if error is not None:
+            data["error"] = error.to_dict()
+        job = active.job.evolve(
+            state=state,
+            finished_at=time.time(),
+            result=result if state is JobState.SUCCEEDED else None,
+            error=error,
+            reason=reason,
+            progress=progress,
+            pending_reason="",
+        )
+        await self._append(active, [NewEvent(EventKind.TERMINAL, data)], job)
+        if state is JobState.CANCELLED:
+            # Wakes a worker stream still waiting, so it can be told to stop.
+            active.cancel.set()
+        logger.info("job %s: %s %s", job.id, state.value, reason or "")
+
+    # Worker side ----------------------------------------------------------------------------
+
+    def verify_worker(self, credential: str) -> WorkerClaims:
+        """The claims of a worker credential (UnauthenticatedError if invalid)."""
+        return self._credentials.verify(credential)
+
+    def _worker_job(self, claims: WorkerClaims, job_id: str) -> _ActiveJob:
+        if claims.job_id != job_id:
+            raise PermissionDeniedError("this worker credential is for another job")
+        active = self._active.get(job_id)
+        if active is None:
+            raise FailedPreconditionError(f"job {job_id!r} is not running on this server")
+        if active.job.state.is_terminal:
+            raise FailedPreconditionError(f"job {job_id!r} has already finished")
+        return active
+
+    async def assignment(self, claims: WorkerClaims, job_id: str) -> Job:
+        """The job a worker must run."""
+        if claims.job_id != job_id:
+            raise PermissionDeniedError("this worker credential is for another job")
+        active = self._active.get(job_id)
+        if active is None:
+            job = await self._store.get_job(job_id)
+            if job is None:
+                raise JobNotFoundError(job_id)
+            raise FailedPreconditionError(f"job {job_id!r} is not runnable ({job.state.value})")
+        if active.job.state.is_terminal:
+            raise FailedPreconditionError(f"job {job_id!r} has already finished")
+        return active.job
+
+    async def open_worker_stream(
+        self, claims: WorkerClaims, job_id: str, worker_id: str
+    ) -> tuple[int, asyncio.Event]:
+        """Start (or resume) a worker's event stream: ``(stored worker_seq, cancel event)``.
+
+        The first open moves the job to RUNNING.
+        """
+        active = self._worker_job(claims, job_id)
+        async with active.lock:
+            if not active.opened:
+                active.opened = True
+                job = active.job.evolve(
+                    state=JobState.RUNNING, started_at=time.time(), pending_reason=""
+                )
+                await self._append(
+                    active,
+                    [NewEvent(EventKind.STATE, {"state": "RUNNING", "reason": "worker started"})],
+                    job,
+                )
+                logger.info("job %s: running on worker %s", job_id, worker_id)
+            return active.worker_seq, active.cancel
+
+    async def report(
+        self, claims: WorkerClaims, job_id: str, reports: Sequence[WorkerReport]
+    ) -> tuple[int, bool]:
+        """Store a batch of worker reports; ``(acked worker_seq, finished)``.
+
+        Reports already stored (after a reconnect) are skipped; a gap is INVALID_ARGUMENT.
+        """
+        active = self._worker_job(claims, job_id)
+        async with active.lock:
+            if not active.opened:
+                raise InvalidArgumentError("the stream must be opened before reporting events")
+            events: list[NewEvent] = []
+            finished: WorkerFinished | None = None
+            expected = active.worker_seq + 1
+            progress = active.job.progress
+            for report in reports:
+                if report.worker_seq < expected:
+                    continue
+                if report.worker_seq > expected:
+                    raise InvalidArgumentError(
+                        f"worker_seq gap: expected {expected}, got {report.worker_seq}"
+                    )
+                if finished is not None:
+                    raise InvalidArgumentError("events after the finish")
+                expected += 1
+                item = report.item
+                if isinstance(item, NewEvent):
+                    if item.kind is EventKind.PROGRESS:
+                        progress = float(item.data.get("overall", progress))
+                    events.append(item)
+                elif isinstance(item, ResultChunk):
+                    if item.offset != len(active.result):
+                        raise InvalidArgumentError(
+                            f"result chunk at offset {item.offset}, expected {len(active.result)}"
+                        )
+                    active.result.extend(item.data)
+                else:
+                    finished = item
+            if events:
+                await self._append(active, events, active.job.evolve(progress=progress))
+            active.worker_seq = expected - 1
+            if finished is not None:
+                await self._worker_finished(active, finished)
+            return active.worker_seq, finished is not None
+
+    async def _worker_finished(self, active: _ActiveJob, finished: WorkerFinished) -> None:
+        if finished.state is JobState.SUCCEEDED:
+            if finished.result_size != len(active.result):
+                raise InvalidArgumentError(
+                    f"result has {len(active.result)} bytes, finish says {finished.result_size}"
+                )
+            try:
+                result = json.loads(active.result.decode("utf-8")) if active.result else None
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise InvalidArgumentError(f"result is not UTF-8 JSON: {exc}") from None
+            await self._finish_locked(active, JobState.SUCCEEDED, result=result)
+        elif finished.state is JobState.CANCELLED:
+            await self._finish_locked(
+                active, JobState.CANCELLED, reason=active.cancel_reason or "cancelled"
+            )
+        elif finished.state is JobState.FAILED:
+            error = finished.error or JobError(
+                type="UnknownError",
+                message="the worker reported a failure without details",
+                origin=ErrorOrigin.PLATFORM,
+            )
+            await self._finish_locked(active, JobState.FAILED, error=error, reason=error.message)
+        else:
+            raise InvalidArgumentError(f"a worker cannot finish a job as {finished.state.value}")
+
+    # Lifecycle ------------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Fail jobs a previous process left RUNNING and queue again those left PENDING."""
+        for job in await self._store.jobs_in_states([JobState.RUNNING]):
+            active = _ActiveJob(job=job)
+            await self._finish(
+                active,
+                JobState.FAILED,
+                error=JobError(
+                    type="ServerRestarted",
+                    message=SERVER_STOPPED_REASON,
+                    origin=ErrorOrigin.PLATFORM,
+                ),
+                reason=SERVER_STOPPED_REASON,
+            )
+            logger.warning("job %s: marked FAILED: %s", job.id, SERVER_STOPPED_REASON)
+        for job in await self._store.jobs_in_states([JobState.PENDING]):
+            if job.mode not in self._executors:
+                await self._finish(
+                    _ActiveJob(job=job),
+                    JobState.FAILED,
+                    error=JobError(
+                        type="ExecutorUnavailable",
+                        message=f"no executor for mode {job.mode!r} after a server restart",
+                        origin=ErrorOrigin.PLATFORM,
+                    ),
+                )
+                continue
+            active = _ActiveJob(job=job)
+            self._active[job.id] = active
+            active.task = asyncio.create_task(self._run(active), name=f"job-{job.id}")
+            logger.info("job %s: queued again after a server restart", job.id)
+
+    async def close(self) -> None:
+        """Stop accepting jobs, fail what is still running (server stopped), kill workers."""
+        self._closing = True
+        for active in list(self._active.values()):
+            await self._finish(
+                active,
+                JobState.FAILED,
+                error=JobError(
+                    type="ServerStopped",
+                    message=SERVER_STOPPED_REASON,
+                    origin=ErrorOrigin.PLATFORM,
+                ),
+                reason=SERVER_STOPPED_REASON,
+            )
+        for executor in self._executors.values():
+            await executor.close()
+        tasks = [a.task for a in self._active.values() if a.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, SynapseError):
+                await task

@@ -1,0 +1,1 @@
+"""The gRPC layer: servicers over the core, error mapping, auth, and the server assembly."""

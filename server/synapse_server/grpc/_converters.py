@@ -1,0 +1,496 @@
+"""Every conversion between protobuf messages and domain objects, in one place.
+
+Server side: domain jobs, events and catalog entries to ``synapse.plugin.v1`` messages, and
+requests back to domain values. Worker side: SDK events to ``WorkerEvent`` messages, and
+``WorkerEvent`` messages to the core's ``WorkerReport``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from synapse.plugin.v1 import (
+    action_service_pb2,
+    job_event_pb2,
+    job_pb2,
+    plugin_pb2,
+    worker_service_pb2,
+)
+from synapse_sdk.events import (
+    ErrorInfo,
+    Event,
+    LogEvent,
+    LogLevel,
+    MetricEvent,
+    ProgressEvent,
+    StepFinishedEvent,
+    StepStartedEvent,
+    StepStatus,
+)
+
+from synapse_server.core import (
+    ErrorOrigin,
+    EventKind,
+    InvalidArgumentError,
+    Job,
+    JobError,
+    JobEvent,
+    JobState,
+    NewEvent,
+)
+from synapse_server.core._catalog import ActionInfo, ActionKind, PluginInfo
+from synapse_server.core._jobs import (
+    ResultChunk,
+    WorkerFinished,
+    WorkerReport,
+    result_json_bytes,
+)
+
+__all__ = [
+    "error_from_pb",
+    "error_to_pb",
+    "event_to_pb",
+    "job_to_pb",
+    "keepalive_to_pb",
+    "mode_from_pb",
+    "mode_to_pb",
+    "params_from_struct",
+    "plugin_to_pb",
+    "sdk_event_to_worker_pb",
+    "state_from_pb",
+    "state_to_pb",
+    "struct_from_dict",
+    "worker_event_from_pb",
+]
+
+logger = logging.getLogger(__name__)
+
+_MODES: dict[str, job_pb2.RunMode] = {
+    "local": job_pb2.RUN_MODE_LOCAL,
+    "task": job_pb2.RUN_MODE_TASK,
+    "job": job_pb2.RUN_MODE_JOB,
+}
+_MODES_BACK: dict[int, str] = {v: k for k, v in _MODES.items()}
+
+_STATES: dict[JobState, job_pb2.JobState] = {
+    JobState.PENDING: job_pb2.JOB_STATE_PENDING,
+    JobState.RUNNING: job_pb2.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: job_pb2.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: job_pb2.JOB_STATE_FAILED,
+    JobState.CANCELLED: job_pb2.JOB_STATE_CANCELLED,
+}
+_STATES_BACK: dict[int, JobState] = {v: k for k, v in _STATES.items()}
+
+_ORIGINS = {
+    ErrorOrigin.PLUGIN: job_pb2.ERROR_ORIGIN_PLUGIN,
+    ErrorOrigin.PLATFORM: job_pb2.ERROR_ORIGIN_PLATFORM,
+}
+_ORIGINS_BACK = {v: k for k, v in _ORIGINS.items()}
+
+_LEVELS = {
+    LogLevel.DEBUG: job_event_pb2.LOG_LEVEL_DEBUG,
+    LogLevel.INFO: job_event_pb2.LOG_LEVEL_INFO,
+    LogLevel.WARNING: job_event_pb2.LOG_LEVEL_WARNING,
+    LogLevel.ERROR: job_event_pb2.LOG_LEVEL_ERROR,
+}
+_LEVELS_BACK = {v: k for k, v in _LEVELS.items()}
+_LEVELS_BACK[job_event_pb2.LOG_LEVEL_UNSPECIFIED] = LogLevel.INFO
+
+_STEP_STATUSES = {
+    StepStatus.SUCCEEDED: job_event_pb2.STEP_STATUS_SUCCEEDED,
+    StepStatus.FAILED: job_event_pb2.STEP_STATUS_FAILED,
+    StepStatus.SKIPPED: job_event_pb2.STEP_STATUS_SKIPPED,
+    StepStatus.CANCELLED: job_event_pb2.STEP_STATUS_CANCELLED,
+    StepStatus.ROLLED_BACK: job_event_pb2.STEP_STATUS_ROLLED_BACK,
+    StepStatus.ROLLBACK_FAILED: job_event_pb2.STEP_STATUS_ROLLBACK_FAILED,
+}
+_STEP_STATUSES_BACK = {v: k for k, v in _STEP_STATUSES.items()}
+
+_ACTION_KINDS = {
+    ActionKind.JOB: plugin_pb2.ACTION_KIND_JOB,
+    ActionKind.SERVE: plugin_pb2.ACTION_KIND_SERVE,
+}
+
+
+# Scalars -------------------------------------------------------------------------------------
+
+
+def mode_to_pb(mode: str) -> job_pb2.RunMode:
+    """Domain mode name → RunMode."""
+    try:
+        return _MODES[mode]
+    except KeyError:
+        raise ValueError(f"unknown run mode {mode!r}") from None
+
+
+def mode_from_pb(value: int) -> str:
+    """RunMode → domain mode name; "" for RUN_MODE_UNSPECIFIED (the action's default)."""
+    if value == job_pb2.RUN_MODE_UNSPECIFIED:
+        return ""
+    try:
+        return _MODES_BACK[value]
+    except KeyError:
+        raise InvalidArgumentError(f"unknown run mode {value}") from None
+
+
+def state_to_pb(state: JobState) -> job_pb2.JobState:
+    """Domain state → JobState enum value."""
+    return _STATES[state]
+
+
+def state_from_pb(value: int) -> JobState:
+    """JobState enum value → domain state (INVALID_ARGUMENT for unspecified/unknown)."""
+    try:
+        return _STATES_BACK[value]
+    except KeyError:
+        raise InvalidArgumentError(f"not a job state: {value}") from None
+
+
+def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _seconds(ts: timestamp_pb2.Timestamp) -> float:
+    return ts.ToNanoseconds() / 1e9
+
+
+def struct_from_dict(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    """A JSON-like mapping → Struct."""
+    message = struct_pb2.Struct()
+    if data:
+        message.update(dict(data))
+    return message
+
+
+def params_from_struct(message: struct_pb2.Struct) -> dict[str, Any]:
+    """Struct → plain dict (numbers arrive as floats, as Struct carries them)."""
+    return json_format.MessageToDict(message)
+
+
+# Errors --------------------------------------------------------------------------------------
+
+
+def error_to_pb(error: JobError) -> job_pb2.JobError:
+    """Domain JobError → pb; platform errors never carry a traceback."""
+    return job_pb2.JobError(
+        type=error.type,
+        message=error.message,
+        plugin_traceback=error.traceback if error.origin is ErrorOrigin.PLUGIN else "",
+        origin=_ORIGINS[error.origin],
+        step=error.step,
+        correlation_id=error.correlation_id,
+    )
+
+
+def error_from_pb(message: job_pb2.JobError) -> JobError:
+    """pb JobError → domain (unspecified origin is treated as a platform error)."""
+    return JobError(
+        type=message.type,
+        message=message.message,
+        origin=_ORIGINS_BACK.get(message.origin, ErrorOrigin.PLATFORM),
+        traceback=message.plugin_traceback,
+        step=message.step,
+        correlation_id=message.correlation_id,
+    )
+
+
+def _error_info_to_pb(info: ErrorInfo, step: str = "") -> job_pb2.JobError:
+    return job_pb2.JobError(
+        type=info.type,
+        message=info.message,
+        plugin_traceback=info.traceback,
+        origin=job_pb2.ERROR_ORIGIN_PLUGIN,
+        step=step,
+    )
+
+
+# Jobs and events -----------------------------------------------------------------------------
+
+
+def job_to_pb(job: Job) -> job_pb2.Job:
+    """Domain Job → pb Job (the tenant is never exposed)."""
+    result_size = 0
+    if job.state is JobState.SUCCEEDED:
+        result_size = len(
+            json.dumps(job.result, separators=(",", ":"), ensure_ascii=False).encode()
+        )
+    message = job_pb2.Job(
+        id=job.id,
+        plugin=job.plugin,
+        plugin_version=job.plugin_version,
+        action=job.action,
+        mode=mode_to_pb(job.mode),
+        state=state_to_pb(job.state),
+        params=struct_from_dict(job.params),
+        create_time=_timestamp(job.created_at),
+        start_time=_timestamp(job.started_at),
+        end_time=_timestamp(job.finished_at),
+        progress_percent=job.progress,
+        last_seq=job.last_seq,
+        pending_reason=job.pending_reason if job.state is JobState.PENDING else "",
+        request_id=job.request_id or "",
+        cancel_requested=job.cancel_requested,
+        result_size_bytes=result_size,
+    )
+    if job.error is not None and job.state is JobState.FAILED:
+        message.error.CopyFrom(error_to_pb(job.error))
+    return message
+
+
+def event_to_pb(event: JobEvent) -> job_event_pb2.JobEvent:
+    """Stored domain event → pb JobEvent."""
+    message = job_event_pb2.JobEvent(
+        seq=event.seq, job_id=event.job_id, time=_timestamp(event.timestamp)
+    )
+    data = event.data
+    kind = event.kind
+    if kind is EventKind.STATE:
+        message.state_changed.CopyFrom(
+            job_event_pb2.StateChangedEvent(
+                state=state_to_pb(JobState(data["state"])), reason=data.get("reason", "")
+            )
+        )
+    elif kind is EventKind.TERMINAL:
+        terminal = job_event_pb2.TerminalEvent(
+            state=state_to_pb(JobState(data["state"])),
+            reason=data.get("reason", ""),
+            result_size_bytes=int(data.get("result_size", 0)),
+            result_inline=bool(data.get("result_inline", False)),
+        )
+        if terminal.result_inline:
+            terminal.result_json = result_json_bytes(data.get("result"))
+        if data.get("error"):
+            terminal.error.CopyFrom(error_to_pb(JobError.from_dict(data["error"])))
+        message.terminal.CopyFrom(terminal)
+    elif kind is EventKind.PROGRESS:
+        message.progress.CopyFrom(
+            job_event_pb2.ProgressEvent(
+                category=data.get("category") or "",
+                current=int(data["current"]),
+                total=int(data["total"]),
+                overall_percent=float(data.get("overall", 0.0)),
+            )
+        )
+    elif kind is EventKind.LOG:
+        message.log.CopyFrom(
+            job_event_pb2.LogEvent(
+                event=data["event"],
+                level=_LEVELS[LogLevel(data.get("level", "info"))],
+                data=struct_from_dict(data.get("data")),
+            )
+        )
+    elif kind is EventKind.METRIC:
+        message.metric.CopyFrom(
+            job_event_pb2.MetricEvent(
+                category=data.get("category") or "", values=struct_from_dict(data.get("values"))
+            )
+        )
+    elif kind is EventKind.STEP_STARTED:
+        message.step_started.CopyFrom(
+            job_event_pb2.StepStartedEvent(
+                name=data["name"],
+                index=int(data["index"]),
+                count=int(data["count"]),
+                weight=float(data["weight"]),
+            )
+        )
+    elif kind is EventKind.STEP_FINISHED:
+        step = job_event_pb2.StepFinishedEvent(
+            name=data["name"],
+            index=int(data["index"]),
+            status=_STEP_STATUSES[StepStatus(data["status"])],
+            data=struct_from_dict(data.get("data")),
+        )
+        if data.get("error"):
+            step.error.CopyFrom(error_to_pb(JobError.from_dict(data["error"])))
+        message.step_finished.CopyFrom(step)
+    else:  # pragma: no cover - exhaustive over EventKind
+        raise ValueError(f"unknown event kind {kind}")
+    return message
+
+
+def keepalive_to_pb(job: Job) -> job_event_pb2.Keepalive:
+    """A keepalive carrying the job's newest seq and state."""
+    return job_event_pb2.Keepalive(
+        time=_timestamp(time.time()), last_seq=job.last_seq, state=state_to_pb(job.state)
+    )
+
+
+# Catalog -------------------------------------------------------------------------------------
+
+
+def _action_to_pb(action: ActionInfo) -> plugin_pb2.Action:
+    return plugin_pb2.Action(
+        name=action.name,
+        description=action.description,
+        kind=_ACTION_KINDS[action.kind],
+        default_mode=(
+            mode_to_pb(action.default_mode) if action.default_mode else job_pb2.RUN_MODE_UNSPECIFIED
+        ),
+        supported_modes=[mode_to_pb(m) for m in action.supported_modes],
+        params_schema_json=json.dumps(action.params_schema, sort_keys=True)
+        if action.params_schema
+        else "",
+        progress_categories=list(action.progress_categories),
+    )
+
+
+def plugin_to_pb(plugin: PluginInfo) -> plugin_pb2.Plugin:
+    """Catalog entry → pb Plugin (actions sorted by name)."""
+    return plugin_pb2.Plugin(
+        code=plugin.code,
+        name=plugin.name,
+        version=plugin.version,
+        category=plugin.category,
+        description=plugin.description,
+        actions=[_action_to_pb(a) for a in sorted(plugin.actions, key=lambda a: a.name)],
+    )
+
+
+def list_actions_response(plugins: list[PluginInfo]) -> action_service_pb2.ListActionsResponse:
+    """Catalog listing → ListActionsResponse."""
+    return action_service_pb2.ListActionsResponse(plugins=[plugin_to_pb(p) for p in plugins])
+
+
+# Worker events -------------------------------------------------------------------------------
+
+
+def _step_error_dict(message: job_pb2.JobError) -> dict[str, str]:
+    return {
+        "type": message.type,
+        "message": message.message,
+        "origin": ErrorOrigin.PLUGIN.value,
+        "traceback": message.plugin_traceback,
+        "step": message.step,
+        "correlation_id": "",
+    }
+
+
+def sdk_event_to_worker_pb(event: Event, worker_seq: int) -> worker_service_pb2.WorkerEvent:
+    """An SDK event emitted by an action → the WorkerEvent that reports it."""
+    message = worker_service_pb2.WorkerEvent(worker_seq=worker_seq, time=_timestamp(time.time()))
+    if isinstance(event, ProgressEvent):
+        message.progress.CopyFrom(
+            job_event_pb2.ProgressEvent(
+                category=event.category or "",
+                current=event.current,
+                total=event.total,
+                overall_percent=event.overall,
+            )
+        )
+    elif isinstance(event, LogEvent):
+        message.log.CopyFrom(
+            job_event_pb2.LogEvent(
+                event=event.event,
+                level=_LEVELS[LogLevel(event.level)],
+                data=struct_from_dict(event.data),
+            )
+        )
+    elif isinstance(event, MetricEvent):
+        message.metric.CopyFrom(
+            job_event_pb2.MetricEvent(
+                category=event.category or "", values=struct_from_dict(event.values)
+            )
+        )
+    elif isinstance(event, StepStartedEvent):
+        message.step_started.CopyFrom(
+            job_event_pb2.StepStartedEvent(
+                name=event.name, index=event.index, count=event.count, weight=event.weight
+            )
+        )
+    elif isinstance(event, StepFinishedEvent):
+        step = job_event_pb2.StepFinishedEvent(
+            name=event.name,
+            index=event.index,
+            status=_STEP_STATUSES[StepStatus(event.status)],
+            data=struct_from_dict(event.data),
+        )
+        if event.error is not None:
+            step.error.CopyFrom(_error_info_to_pb(event.error, event.name))
+        message.step_finished.CopyFrom(step)
+    else:
+        raise TypeError(f"not an SDK event: {event!r}")
+    return message
+
+
+def worker_event_from_pb(message: worker_service_pb2.WorkerEvent) -> WorkerReport:
+    """A WorkerEvent → the core's WorkerReport (INVALID_ARGUMENT when malformed)."""
+    which = message.WhichOneof("kind")
+    ts = _seconds(message.time) if message.HasField("time") else time.time()
+    item: NewEvent | ResultChunk | WorkerFinished
+    if which == "progress":
+        p = message.progress
+        item = NewEvent(
+            EventKind.PROGRESS,
+            {
+                "category": p.category or None,
+                "current": p.current,
+                "total": p.total,
+                "overall": p.overall_percent,
+            },
+            ts,
+        )
+    elif which == "log":
+        log = message.log
+        item = NewEvent(
+            EventKind.LOG,
+            {
+                "event": log.event,
+                "level": _LEVELS_BACK.get(log.level, LogLevel.INFO).value,
+                "data": json_format.MessageToDict(log.data),
+            },
+            ts,
+        )
+    elif which == "metric":
+        metric = message.metric
+        item = NewEvent(
+            EventKind.METRIC,
+            {
+                "category": metric.category or None,
+                "values": json_format.MessageToDict(metric.values),
+            },
+            ts,
+        )
+    elif which == "step_started":
+        s = message.step_started
+        item = NewEvent(
+            EventKind.STEP_STARTED,
+            {"name": s.name, "index": s.index, "count": s.count, "weight": s.weight},
+            ts,
+        )
+    elif which == "step_finished":
+        f = message.step_finished
+        if f.status not in _STEP_STATUSES_BACK:
+            raise InvalidArgumentError("step_finished without a status")
+        item = NewEvent(
+            EventKind.STEP_FINISHED,
+            {
+                "name": f.name,
+                "index": f.index,
+                "status": _STEP_STATUSES_BACK[f.status].value,
+                "error": _step_error_dict(f.error) if f.HasField("error") else None,
+                "data": json_format.MessageToDict(f.data),
+            },
+            ts,
+        )
+    elif which == "result_chunk":
+        item = ResultChunk(offset=message.result_chunk.offset, data=message.result_chunk.data)
+    elif which == "finished":
+        fin = message.finished
+        item = WorkerFinished(
+            state=state_from_pb(fin.state),
+            error=error_from_pb(fin.error) if fin.HasField("error") else None,
+            result_size=fin.result_size_bytes,
+        )
+    else:
+        raise InvalidArgumentError("worker event without a kind")
+    return WorkerReport(worker_seq=message.worker_seq, item=item)

@@ -1,0 +1,348 @@
+"""The worker: runs one job's action and reports its events to the server over WorkerService.
+
+The same code runs in a local worker process and (later) in a Ray task on another machine; all
+it needs is the server address, the job id and the job-scoped credential. Events are numbered
+by the worker (``worker_seq``) and kept until the server acknowledges them, so after a broken
+stream the worker reconnects and resends only what the server has not stored.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import resource
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from google.protobuf import json_format
+from synapse.plugin.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
+from synapse_sdk.errors import (
+    ActionCancelledError,
+    ActionFailedError,
+    ParamsValidationError,
+    PluginNotFoundError,
+)
+from synapse_sdk.events import ErrorInfo, Event
+from synapse_sdk.plugins import Plugin, load_plugin, run_action
+from synapse_sdk.runtime import PlatformInfo, RunContext
+
+from synapse_server.grpc._converters import sdk_event_to_worker_pb
+
+__all__ = ["WorkerError", "run_worker"]
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+EXIT_OK = 0
+EXIT_LOST_SERVER = 3
+EXIT_REFUSED = 4
+
+
+class WorkerError(Exception):
+    """The worker could not talk to the server (or the server refused the job)."""
+
+
+def _plugin_error(exc: BaseException, step: str = "") -> job_pb2.JobError:
+    info = ErrorInfo.from_exception(exc)
+    return job_pb2.JobError(
+        type=info.type,
+        message=info.message,
+        plugin_traceback=info.traceback,
+        origin=job_pb2.ERROR_ORIGIN_PLUGIN,
+        step=step,
+    )
+
+
+class _EventReporter:
+    """EventSink that streams a job's events to the server, resending after reconnects."""
+
+    def __init__(
+        self,
+        stub: worker_service_pb2_grpc.WorkerServiceStub,
+        job_id: str,
+        worker_id: str,
+        metadata: Sequence[tuple[str, str]],
+        reconnect_seconds: float,
+    ) -> None:
+        self._stub = stub
+        self._job_id = job_id
+        self._worker_id = worker_id
+        self._metadata = tuple(metadata)
+        self._reconnect_seconds = reconnect_seconds
+        self._cond = threading.Condition()
+        self._buffer: list[worker_service_pb2.WorkerEvent] = []
+        self._next_seq = 1
+        self._acked = 0
+        self._finished_queued = False
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.cancel_event = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="event-reporter", daemon=True)
+
+    def start(self) -> None:
+        """Open the stream in the background."""
+        self._thread.start()
+
+    def emit(self, event: Event) -> None:
+        """EventSink: queue an SDK event (never raises)."""
+        try:
+            self._add(lambda seq: sdk_event_to_worker_pb(event, seq))
+        except Exception:
+            logger.exception("could not report event %r", event)
+
+    def _add(self, build: Callable[[int], worker_service_pb2.WorkerEvent]) -> None:
+        with self._cond:
+            if self._finished_queued:
+                return
+            message = build(self._next_seq)
+            self._next_seq += 1
+            self._buffer.append(message)
+            if message.HasField("finished"):
+                self._finished_queued = True
+            self._cond.notify_all()
+
+    def finish(
+        self,
+        state: job_pb2.JobState,
+        error: job_pb2.JobError | None = None,
+        result: bytes = b"",
+    ) -> None:
+        """Queue the result chunks and the finish."""
+        for offset in range(0, len(result), _CHUNK):
+            chunk = worker_service_pb2.ResultChunk(
+                offset=offset, data=result[offset : offset + _CHUNK]
+            )
+
+            def _chunk_event(
+                seq: int, c: worker_service_pb2.ResultChunk = chunk
+            ) -> worker_service_pb2.WorkerEvent:
+                return worker_service_pb2.WorkerEvent(worker_seq=seq, result_chunk=c)
+
+            self._add(_chunk_event)
+        finished = worker_service_pb2.WorkerFinished(state=state, result_size_bytes=len(result))
+        if error is not None:
+            finished.error.CopyFrom(error)
+
+        def _finished_event(seq: int) -> worker_service_pb2.WorkerEvent:
+            return worker_service_pb2.WorkerEvent(worker_seq=seq, finished=finished)
+
+        self._add(_finished_event)
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until the server stored the finish (True) or the stream failed for good."""
+        self._thread.join(timeout)
+        return self.done.is_set() and self.error is None
+
+    def _requests(
+        self, resume: threading.Event, stop: threading.Event
+    ) -> Iterator[worker_service_pb2.ReportEventsRequest]:
+        yield worker_service_pb2.ReportEventsRequest(
+            open=worker_service_pb2.ReportEventsOpen(job_id=self._job_id, worker_id=self._worker_id)
+        )
+        while not resume.wait(0.2):
+            if stop.is_set():
+                return
+        sent = self._acked
+        while True:
+            with self._cond:
+                while not stop.is_set() and not any(m.worker_seq > sent for m in self._buffer):
+                    self._cond.wait(0.2)
+                if stop.is_set():
+                    return
+                pending = [m for m in self._buffer if m.worker_seq > sent]
+            for message in pending:
+                yield worker_service_pb2.ReportEventsRequest(event=message)
+                sent = message.worker_seq
+            if pending[-1].HasField("finished"):
+                return
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self._reconnect_seconds
+        delay = 0.1
+        while True:
+            resume, stop = threading.Event(), threading.Event()
+            try:
+                responses = self._stub.ReportEvents(
+                    self._requests(resume, stop), metadata=self._metadata
+                )
+                for response in responses:
+                    with self._cond:
+                        self._acked = max(self._acked, response.acked_worker_seq)
+                        self._buffer = [m for m in self._buffer if m.worker_seq > self._acked]
+                        self._cond.notify_all()
+                    if response.cancel_requested:
+                        self.cancel_event.set()
+                    resume.set()
+                    # Any answer proves the server is back: restart the reconnect budget.
+                    deadline = time.monotonic() + self._reconnect_seconds
+                stop.set()
+                self.done.set()
+                return
+            except grpc.RpcError as exc:
+                stop.set()
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                if code in _RETRYABLE and time.monotonic() < deadline:
+                    logger.warning("event stream broken (%s); reconnecting", code)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                self.error = exc
+                # Without a server nobody can see the job; stop the action.
+                self.cancel_event.set()
+                self.done.set()
+                return
+
+
+def _find_plugin(plugin_dirs: Sequence[Path], code: str, version: str) -> Plugin:
+    for root in plugin_dirs:
+        candidates = [root] if (root / "config.yaml").is_file() else sorted(root.iterdir())
+        for directory in candidates:
+            config = directory / "config.yaml"
+            if not config.is_file():
+                continue
+            raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+            if isinstance(raw, dict) and str(raw.get("code")) == code:
+                plugin = load_plugin(directory)
+                if version and plugin.version != version:
+                    raise PluginNotFoundError(
+                        f"plugin {code!r} is at version {plugin.version}, the job needs {version}"
+                    )
+                return plugin
+    raise PluginNotFoundError(f"plugin {code!r} is not installed on this worker")
+
+
+def _limit_memory(limit_mb: int) -> None:
+    limit = limit_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    # Linux: the kernel kills this worker when the server process dies (even by SIGKILL), so a
+    # crashed server leaves no orphan running plugin code.
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        logger.warning("cannot arrange to die with the server; continuing")
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_LOST_SERVER)
+
+
+def _channel(
+    address: str, root_certificates: bytes | None, server_name: str | None
+) -> grpc.Channel:
+    options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 64 << 20)]
+    if root_certificates is None:
+        return grpc.insecure_channel(address, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def run_worker(
+    address: str,
+    job_id: str,
+    credential: str,
+    *,
+    plugin_dirs: Sequence[Path],
+    root_certificates: bytes | None = None,
+    server_name: str | None = None,
+    worker_id: str | None = None,
+    memory_limit_mb: int | None = None,
+    reconnect_seconds: float = 10.0,
+    parent_pid: int | None = None,
+) -> int:
+    """Run job ``job_id`` to the end and report it; returns the process exit code.
+
+    ``address`` is the server's WorkerService (``host:port`` or ``unix:/path``);
+    ``credential`` the job-scoped token the server minted. Failures of the action are reported
+    as the job's outcome (exit code 0); a server that is gone or refuses the job gives a
+    non-zero code.
+    """
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
+    if memory_limit_mb is not None:
+        _limit_memory(memory_limit_mb)
+    worker_id = worker_id or f"local-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    metadata = [("authorization", f"Bearer {credential}")]
+    with _channel(address, root_certificates, server_name) as channel:
+        stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        try:
+            assignment = stub.GetAssignment(
+                worker_service_pb2.GetAssignmentRequest(job_id=job_id, worker_id=worker_id),
+                metadata=metadata,
+                timeout=30,
+                wait_for_ready=True,
+            )
+        except grpc.RpcError as exc:
+            logger.error("job %s: the server refused the assignment: %s", job_id, exc)
+            return EXIT_REFUSED
+        reporter = _EventReporter(stub, job_id, worker_id, metadata, reconnect_seconds)
+        reporter.start()
+        if assignment.cancel_requested:
+            reporter.finish(job_pb2.JOB_STATE_CANCELLED)
+        else:
+            _execute(assignment, reporter, address, credential, root_certificates, plugin_dirs)
+        if not reporter.wait(timeout=None):
+            logger.error("job %s: could not report the outcome: %s", job_id, reporter.error)
+            return EXIT_LOST_SERVER
+    return EXIT_OK
+
+
+def _execute(
+    assignment: worker_service_pb2.GetAssignmentResponse,
+    reporter: _EventReporter,
+    address: str,
+    credential: str,
+    root_certificates: bytes | None,
+    plugin_dirs: Sequence[Path],
+) -> None:
+    modes = {job_pb2.RUN_MODE_LOCAL: "local", job_pb2.RUN_MODE_TASK: "task"}
+    ctx = RunContext(
+        sink=reporter,
+        cancel_event=reporter.cancel_event,
+        job_id=assignment.job_id,
+        plugin_code=assignment.plugin,
+        action_name=assignment.action,
+        platform=PlatformInfo(
+            address=address,
+            token=credential,
+            tls=root_certificates is not None,
+            root_certificates=root_certificates,
+        ),
+        mode=modes.get(assignment.mode, "job"),
+    )
+    params: dict[str, Any] = json_format.MessageToDict(assignment.params)
+    try:
+        plugin = _find_plugin(plugin_dirs, assignment.plugin, assignment.plugin_version)
+        action_cls = plugin.get_action_class(assignment.action)
+        result = run_action(action_cls, params, ctx)
+    except ActionCancelledError:
+        reporter.finish(job_pb2.JOB_STATE_CANCELLED)
+    except ActionFailedError as exc:
+        error = job_pb2.JobError(
+            type=exc.error.type,
+            message=exc.error.message,
+            plugin_traceback=exc.error.traceback,
+            origin=job_pb2.ERROR_ORIGIN_PLUGIN,
+            step=exc.step or "",
+        )
+        reporter.finish(job_pb2.JOB_STATE_FAILED, error)
+    except (ParamsValidationError, Exception) as exc:
+        reporter.finish(job_pb2.JOB_STATE_FAILED, _plugin_error(exc))
+    else:
+        payload = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
+        reporter.finish(job_pb2.JOB_STATE_SUCCEEDED, result=payload)
