@@ -79,12 +79,13 @@ class AsyncJobHandle:
         self.job = await self._client.get_job(self._id)
         return self.job
 
-    def events(self, after_seq: int = 0) -> AsyncIterator[JobEvent]:
+    def events(self, after_seq: int = 0, *, follow: bool = True) -> AsyncIterator[JobEvent]:
         """Every event with seq > ``after_seq``, live, ending with the terminal event.
 
-        A dropped stream is reopened from the last delivered seq: no duplicates, no gaps.
+        A dropped stream is reopened from the last delivered seq: no duplicates, nothing
+        lost. ``follow=False`` yields only the events stored so far and stops.
         """
-        return self._follow(EventSequencer(self._id, after_seq), deadline=None)
+        return self._follow(EventSequencer(self._id, after_seq, follow), deadline=None)
 
     async def progress(self, after_seq: int = 0) -> AsyncIterator[JobEvent]:
         """Like :meth:`events`, keeping only progress events (``event.payload`` is one)."""
@@ -147,7 +148,7 @@ class AsyncJobHandle:
                         if event is not None:
                             attempt = 0
                             yield event
-                if not sequencer.done:
+                if sequencer.ended_early():
                     failure = stream_ended_early(self._id)
             except RpcFailedError as error:
                 failure = error

@@ -74,14 +74,15 @@ class JobHandle:
         self.job = self._client.get_job(self._id)
         return self.job
 
-    def events(self, after_seq: int = 0) -> Iterator[JobEvent]:
+    def events(self, after_seq: int = 0, *, follow: bool = True) -> Iterator[JobEvent]:
         """Every event with seq > ``after_seq``, live, ending with the terminal event.
 
         A dropped stream is reopened from the last delivered seq, so the caller sees each
         event exactly once and in order. Pass a saved seq to resume where a previous
-        iteration (even in another process) stopped.
+        iteration (even in another process) stopped. ``follow=False`` yields only the
+        events stored so far and stops.
         """
-        return self._follow(EventSequencer(self._id, after_seq), deadline=None)
+        return self._follow(EventSequencer(self._id, after_seq, follow), deadline=None)
 
     def progress(self, after_seq: int = 0) -> Iterator[JobEvent]:
         """Like :meth:`events`, keeping only progress events (``event.payload`` is one)."""
@@ -139,7 +140,7 @@ class JobHandle:
                         if event is not None:
                             attempt = 0
                             yield event
-                if not sequencer.done:
+                if sequencer.ended_early():
                     failure = stream_ended_early(self._id)
             except RpcFailedError as error:
                 failure = error

@@ -73,11 +73,14 @@ def run_action_request(
 class EventSequencer:
     """Tracks the last seq delivered so a reconnected stream repeats and skips nothing."""
 
-    def __init__(self, job_id: str, after_seq: int = 0) -> None:
+    def __init__(self, job_id: str, after_seq: int = 0, follow: bool = True) -> None:
         if after_seq < 0:
             raise ClientConfigError("after_seq must be >= 0")
         self.job_id = job_id
         self.last_seq = after_seq
+        #: False: replay the stored events only; a stream that ends before the terminal
+        #: event is then complete rather than dropped.
+        self.follow = follow
         self.terminal: TerminalEvent | None = None
 
     def accept(self, response: action_service_pb2.StreamProgressResponse) -> JobEvent | None:
@@ -102,9 +105,15 @@ class EventSequencer:
         """True once the terminal event was delivered."""
         return self.terminal is not None
 
+    def ended_early(self) -> bool:
+        """Whether a stream that just closed cleanly stopped short of what was asked for."""
+        return self.follow and self.terminal is None
+
     def request(self) -> action_service_pb2.StreamProgressRequest:
         """The StreamProgress request that continues right after the last delivered event."""
-        return action_service_pb2.StreamProgressRequest(job_id=self.job_id, after_seq=self.last_seq)
+        return action_service_pb2.StreamProgressRequest(
+            job_id=self.job_id, after_seq=self.last_seq, replay_only=not self.follow
+        )
 
 
 class _StreamEndedEarlyError(ProtocolError):

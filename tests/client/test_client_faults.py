@@ -151,7 +151,8 @@ class FaultInjectingActionServicer(pb_grpc.ActionServiceServicer):
             yield pb.StreamProgressResponse(keepalive=job_event_pb2.Keepalive(last_seq=0))
             yield pb.StreamProgressResponse(event=message)
             sent += 1
-        if not (self.script.events and self.script.events[-1].HasField("terminal")):
+        live = not request.replay_only
+        if live and not (self.script.events and self.script.events[-1].HasField("terminal")):
             # Like a live job: hold the stream open until the client goes away.
             while context.is_active():
                 time.sleep(0.02)
@@ -402,3 +403,13 @@ async def test_async_stream_resumes_and_assembles_result(
         assert seqs == list(range(1, 9))
         script.job_state = job_pb2.JOB_STATE_SUCCEEDED
         assert await handle.result(timeout=10) == {"big": "x" * 50}
+
+
+def test_replay_only_stops_at_the_stored_events(fault_server: tuple[str, FaultScript]) -> None:
+    address, script = fault_server
+    script.events = [progress(1, 1), progress(2, 2)]
+
+    with Client(address) as client:
+        assert [e.seq for e in client.job("j1").events(follow=False)] == [1, 2]
+        assert [e.seq for e in client.job("j1").events(after_seq=1, follow=False)] == [2]
+    assert [after for _, after in script.stream_requests] == [0, 1]
