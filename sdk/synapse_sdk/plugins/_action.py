@@ -47,7 +47,7 @@ class BaseAction(Generic[P]):
     #: The params model; inferred from ``BaseAction[Model]`` unless set explicitly.
     params_type: ClassVar[type[BaseModel] | None] = None
 
-    def __init__(self, params: P | Mapping[str, Any] | None = None) -> None:
+    def __init__(self, params: P | BaseModel | Mapping[str, Any] | None = None) -> None:
         model = resolve_params_model(type(self))
         self.params: P = typing.cast(P, validate_params(model, params, self.action_name))
         self._tracker = ProgressTracker()
