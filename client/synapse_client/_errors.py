@@ -255,8 +255,13 @@ def _status_classes() -> dict[grpc.StatusCode, type[RpcFailedError]]:
     while pending:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
-        if cls.grpc_status_code is not None:
-            table[cls.grpc_status_code] = cls
+        # Only the class that names a code owns it; refinements (a checksum failure that is a
+        # DataLossError) are raised explicitly, never chosen by status code.
+        code = cls.__dict__.get("grpc_status_code")
+        if code is not None:
+            if code in table:
+                raise TypeError(f"{cls.__name__} and {table[code].__name__} both claim {code}")
+            table[code] = cls
     return table
 
 
