@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from synapse_server.cli import _plugin
+from synapse_server.cli import _jobs, _plugin
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synapse", description="Synapse plugin platform.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _plugin.register(subparsers)
+    _jobs.register(subparsers)
     return parser
 
 

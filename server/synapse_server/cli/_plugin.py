@@ -21,6 +21,7 @@ from synapse_sdk.errors import (
 from synapse_sdk.plugins import LocalModelBackend, load_plugin, run_action
 from synapse_sdk.runtime import RunContext
 
+from synapse_server.cli import _remote
 from synapse_server.cli._progress import ConsoleProgressSink
 
 logger = logging.getLogger(__name__)
@@ -51,16 +52,18 @@ def register(subparsers: Any) -> None:
     run.add_argument(
         "--plugin",
         default=".",
-        help="plugin directory (with config.yaml), .py file or module name (default: .)",
+        help="plugin directory (with config.yaml), .py file or module name (default: .); "
+        "with --server, the plugin code",
     )
     run.add_argument(
         "--params", default="{}", help="params as JSON text, or @FILE to read JSON from a file"
     )
     run.add_argument(
         "--mode",
-        default="local",
-        choices=["local"],
-        help="where to run: local (in this process)",
+        default=None,
+        choices=["local", "task", "job"],
+        help="where to run: local (in this process, or a worker process with --server); "
+        "task and job (Ray) need --server; default: local, or the action's default on a server",
     )
     run.add_argument(
         "--models-dir",
@@ -69,11 +72,20 @@ def register(subparsers: Any) -> None:
         help="local model backend: model ID is the directory MODELS_DIR/ID",
     )
     run.add_argument("--no-progress", action="store_true", help="do not render progress on stderr")
+    _remote.add_connection_arguments(run, required=False)
     run.set_defaults(handler=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Handle ``synapse plugin run``."""
+    if args.server:
+        try:
+            return _remote.run_remote(args, _read_params(args.params))
+        except _UsageError as exc:
+            return _fail(exc, EXIT_USAGE)
+    if args.mode not in (None, "local"):
+        return _fail(_UsageError(f"--mode {args.mode} needs --server"), EXIT_USAGE)
+    args.mode = "local"
     try:
         params = _read_params(args.params)
         plugin = load_plugin(args.plugin)

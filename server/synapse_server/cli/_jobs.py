@@ -1,0 +1,194 @@
+"""``synapse jobs list|get|logs|cancel``: inspect and control jobs on a running server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from itertools import islice
+from typing import Any
+
+from synapse_client import (
+    Client,
+    ClientConfigError,
+    Job,
+    JobEvent,
+    JobState,
+    LogEvent,
+    MetricEvent,
+    ProgressEvent,
+    StateChangedEvent,
+    StepFinishedEvent,
+    StepStartedEvent,
+    SynapseClientError,
+    TerminalEvent,
+)
+
+from synapse_server.cli._remote import (
+    EXIT_OK,
+    add_connection_arguments,
+    connect,
+    report_failure,
+    to_json,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Adds the ``jobs`` command group to the top-level parser."""
+    jobs = subparsers.add_parser("jobs", help="list, inspect, follow and cancel jobs on a server")
+    commands = jobs.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND", required=True)
+
+    listing = commands.add_parser("list", help="list jobs, newest first")
+    listing.add_argument(
+        "--state",
+        action="append",
+        choices=[s.value for s in JobState],
+        help="only jobs in this state (repeatable)",
+    )
+    listing.add_argument("--plugin", help="only jobs of this plugin code")
+    listing.add_argument("--action", help="only jobs of this action")
+    listing.add_argument(
+        "--limit", type=int, default=50, help="at most this many jobs (default 50, 0 = all)"
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    _finish(listing, _list)
+
+    get = commands.add_parser("get", help="show one job as JSON (with the plugin traceback)")
+    get.add_argument("job_id", metavar="JOB_ID")
+    _finish(get, _get)
+
+    logs = commands.add_parser("logs", help="replay a job's events")
+    logs.add_argument("job_id", metavar="JOB_ID")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep following until the job ends"
+    )
+    logs.add_argument(
+        "--after-seq", type=int, default=0, metavar="SEQ", help="start after this event seq"
+    )
+    logs.add_argument("--json", action="store_true", help="one JSON object per event")
+    _finish(logs, _logs)
+
+    cancel = commands.add_parser("cancel", help="ask the server to cancel a job")
+    cancel.add_argument("job_id", metavar="JOB_ID")
+    cancel.add_argument("--reason", default="", help="why; recorded in the job's last event")
+    _finish(cancel, _cancel)
+
+
+def _finish(
+    parser: argparse.ArgumentParser, command: Callable[[Client, argparse.Namespace], int]
+) -> None:
+    add_connection_arguments(parser, required=True)
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            client = connect(args)
+        except ClientConfigError as error:
+            return report_failure(error)
+        try:
+            with client:
+                return command(client, args)
+        except SynapseClientError as error:
+            return report_failure(error, args.server)
+        except KeyboardInterrupt:
+            return 130
+
+    parser.set_defaults(handler=handler)
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _list(client: Client, args: argparse.Namespace) -> int:
+    if args.limit < 0:
+        raise ClientConfigError("--limit must be >= 0")
+    jobs = client.list_jobs(state=args.state, plugin=args.plugin, action=args.action)
+    selected = list(islice(jobs, args.limit)) if args.limit else list(jobs)
+    if args.json:
+        for job in selected:
+            _out(to_json(job))
+        return EXIT_OK
+    rows = [("ID", "STATE", "PLUGIN", "ACTION", "MODE", "PROGRESS", "CREATED")]
+    rows.extend(_row(job) for job in selected)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _row(job: Job) -> tuple[str, str, str, str, str, str, str]:
+    created = job.create_time.strftime("%Y-%m-%d %H:%M:%S") if job.create_time else ""
+    mode = job.mode.value if job.mode is not None else ""
+    return (
+        job.id,
+        job.state.value,
+        job.plugin,
+        job.action,
+        mode,
+        f"{job.progress_percent:.0f}%",
+        created,
+    )
+
+
+def _get(client: Client, args: argparse.Namespace) -> int:
+    _out(to_json(client.get_job(args.job_id), indent=2))
+    return EXIT_OK
+
+
+def _logs(client: Client, args: argparse.Namespace) -> int:
+    if args.after_seq < 0:
+        raise ClientConfigError("--after-seq must be >= 0")
+    handle = client.job(args.job_id)
+    for event in handle.events(after_seq=args.after_seq, follow=args.follow):
+        _out(to_json(event) if args.json else describe(event))
+    return EXIT_OK
+
+
+def _cancel(client: Client, args: argparse.Namespace) -> int:
+    job = client.cancel_job(args.job_id, args.reason)
+    note = "" if job.state.is_terminal else " (cancel requested; the job is stopping)"
+    _out(f"job {job.id}: {job.state.value}{note}")
+    return EXIT_OK
+
+
+def describe(event: JobEvent) -> str:
+    """One human-readable line for a job event: seq, time, kind and details."""
+    stamp = event.time.strftime("%H:%M:%S.%f")[:-3] if event.time else "-"
+    p = event.payload
+    if isinstance(p, StateChangedEvent):
+        text = f"state {p.state.value}" + (f": {p.reason}" if p.reason else "")
+    elif isinstance(p, ProgressEvent):
+        where = f" {p.category}" if p.category else ""
+        text = f"progress{where} {p.current}/{p.total} (overall {p.overall_percent:.1f}%)"
+    elif isinstance(p, LogEvent):
+        data = f" {json.dumps(p.data)}" if p.data else ""
+        text = f"log [{p.level.value}] {p.event}{data}"
+    elif isinstance(p, MetricEvent):
+        where = f" {p.category}" if p.category else ""
+        text = f"metrics{where} {json.dumps(p.values)}"
+    elif isinstance(p, StepStartedEvent):
+        text = f"step {p.index + 1}/{p.count} {p.name} started (weight {p.weight:.2f})"
+    elif isinstance(p, StepFinishedEvent):
+        detail = f": {p.error.type}: {p.error.message}" if p.error else ""
+        text = f"step {p.index + 1} {p.name} {p.status.value}{detail}"
+    else:
+        text = _describe_terminal(p)
+    return f"{event.seq:>6} {stamp} {text}"
+
+
+def _describe_terminal(p: TerminalEvent) -> str:
+    text = f"finished {p.state.value}"
+    if p.error is not None:
+        text += f": {p.error.type}: {p.error.message}"
+    elif p.reason:
+        text += f": {p.reason}"
+    if p.state is JobState.SUCCEEDED:
+        text += f" (result {p.result_size_bytes} bytes)"
+    return text

@@ -1,0 +1,230 @@
+"""Talking to a running server from the CLI: connection options, error reporting, remote run.
+
+``synapse plugin run --server ADDR`` submits through :mod:`synapse_client` and renders the
+job's event stream with the same console renderer as an in-process run, so both look alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from typing import Any
+
+from synapse_client import (
+    ENV_SERVER,
+    ENV_TOKEN,
+    Client,
+    ClientConfigError,
+    InvalidArgumentError,
+    JobCancelledError,
+    JobEvent,
+    JobFailedError,
+    NotFoundError,
+    SynapseClientError,
+    TLSConfig,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from synapse_client import LogEvent as ClientLogEvent
+from synapse_client import MetricEvent as ClientMetricEvent
+from synapse_client import ProgressEvent as ClientProgressEvent
+from synapse_client import StepFinishedEvent as ClientStepFinishedEvent
+from synapse_client import StepStartedEvent as ClientStepStartedEvent
+from synapse_sdk.events import (
+    ErrorInfo,
+    Event,
+    LogEvent,
+    LogLevel,
+    MetricEvent,
+    ProgressEvent,
+    StepFinishedEvent,
+    StepStartedEvent,
+    StepStatus,
+)
+
+from synapse_server.cli._progress import ConsoleProgressSink
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "add_connection_arguments",
+    "connect",
+    "exit_code_for",
+    "report_failure",
+    "run_remote",
+    "to_json",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+_CANCEL_REASON = "cancelled from the command line"
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    """Adds --server, --token, TLS and --timeout (defaults from SYNAPSE_SERVER/SYNAPSE_TOKEN)."""
+    group = parser.add_argument_group("server connection")
+    group.add_argument(
+        "--server",
+        metavar="ADDR",
+        default=os.environ.get(ENV_SERVER) or None,
+        help=f"server address host:port (default: ${ENV_SERVER})"
+        + ("" if required else "; without one the action runs in this process"),
+    )
+    group.add_argument(
+        "--token",
+        default=os.environ.get(ENV_TOKEN) or None,
+        help=f"bearer token (default: ${ENV_TOKEN}; prefer the variable: "
+        "arguments are visible to other local users)",
+    )
+    group.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
+    group.add_argument("--tls-ca", metavar="FILE", help="PEM root certificates (implies --tls)")
+    group.add_argument("--tls-cert", metavar="FILE", help="PEM client certificate for mTLS")
+    group.add_argument("--tls-key", metavar="FILE", help="PEM client private key for mTLS")
+    group.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to verify in the server certificate"
+    )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="deadline of each request (streams excepted; default 30)",
+    )
+
+
+def connect(args: argparse.Namespace) -> Client:
+    """A client for the parsed connection options; raises ClientConfigError on bad ones."""
+    if not args.server:
+        raise ClientConfigError(f"no server address: pass --server or set ${ENV_SERVER}")
+    tls_files = (args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    tls: bool | TLSConfig = False
+    if any(tls_files):
+        tls = TLSConfig.from_files(
+            ca_file=args.tls_ca,
+            cert_file=args.tls_cert,
+            key_file=args.tls_key,
+            server_name_override=args.tls_server_name,
+        )
+    elif args.tls:
+        tls = True
+    return Client(args.server, token=args.token, tls=tls, timeout=args.timeout)
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The CLI exit code for an error: 2 for bad input, 130 cancelled, 1 otherwise."""
+    if isinstance(error, ClientConfigError | InvalidArgumentError | NotFoundError):
+        return EXIT_USAGE
+    if isinstance(error, JobCancelledError):
+        return EXIT_CANCELLED
+    return EXIT_FAILED
+
+
+def report_failure(error: BaseException, server: str | None = None) -> int:
+    """Writes a one-line reason to stderr and returns the exit code for ``error``."""
+    if isinstance(error, UnavailableError) and server:
+        message = f"cannot reach the server at {server}: {error.message}"
+    elif isinstance(error, UnauthenticatedError):
+        message = f"not authenticated ({error.message}); set --token or ${ENV_TOKEN}"
+    elif isinstance(error, JobFailedError) and error.traceback:
+        message = f"{error} (plugin traceback: synapse jobs get {error.job_id})"
+    else:
+        message = str(error)
+    sys.stderr.write("error: " + " ".join(message.split()) + "\n")
+    sys.stderr.flush()
+    return exit_code_for(error)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def to_json(value: Any, indent: int | None = None) -> str:
+    """JSON text of a client dataclass (jobs, events), enums as their values."""
+    is_instance = dataclasses.is_dataclass(value) and not isinstance(value, type)
+    data = dataclasses.asdict(value) if is_instance else value
+    return json.dumps(data, default=_json_default, indent=indent)
+
+
+def to_sdk_event(event: JobEvent) -> Event | None:
+    """The SDK event the console renderer draws for a job event (None: not rendered)."""
+    p = event.payload
+    if isinstance(p, ClientProgressEvent):
+        return ProgressEvent(p.category or None, p.current, p.total, p.overall_percent)
+    if isinstance(p, ClientLogEvent):
+        return LogEvent(p.event, p.data, LogLevel(p.level.value))
+    if isinstance(p, ClientMetricEvent):
+        return MetricEvent(p.category or None, p.values)
+    if isinstance(p, ClientStepStartedEvent):
+        return StepStartedEvent(p.name, p.index, p.count, p.weight)
+    if isinstance(p, ClientStepFinishedEvent):
+        error = (
+            ErrorInfo(p.error.type, p.error.message, p.error.plugin_traceback)
+            if p.error is not None
+            else None
+        )
+        return StepFinishedEvent(p.name, p.index, StepStatus(p.status.value), error, p.data)
+    return None
+
+
+def run_remote(args: argparse.Namespace, params: dict[str, Any]) -> int:
+    """``synapse plugin run --server``: submit, follow progress, print the result JSON.
+
+    The first Ctrl-C cancels the job and keeps following it to its end; a second one stops
+    waiting (the server still finishes the cancellation).
+    """
+    if getattr(args, "models_dir", None) is not None:
+        return report_failure(
+            ClientConfigError("--models-dir applies to in-process runs only, not with --server")
+        )
+    try:
+        client = connect(args)
+    except ClientConfigError as error:
+        return report_failure(error)
+    sink = ConsoleProgressSink(sys.stderr) if not args.no_progress else None
+    with client:
+        try:
+            handle = client.run_action(args.plugin, args.action, params, mode=args.mode)
+            job = handle.job
+            mode = job.mode.value if job is not None and job.mode is not None else "default"
+            sys.stderr.write(f"job {handle.id} submitted ({args.plugin}/{args.action}, {mode})\n")
+            last_seq = 0
+            cancelling = False
+            while True:
+                try:
+                    for event in handle.events(after_seq=last_seq):
+                        last_seq = event.seq
+                        rendered = to_sdk_event(event)
+                        if sink is not None and rendered is not None:
+                            sink.emit(rendered)
+                    break
+                except KeyboardInterrupt:
+                    if cancelling:
+                        if sink is not None:
+                            sink.close()
+                        sys.stderr.write(f"stopped waiting; job {handle.id} is cancelling\n")
+                        return EXIT_CANCELLED
+                    cancelling = True
+                    sys.stderr.write("\ncancelling the job (press Ctrl-C again to stop waiting)\n")
+                    handle.cancel(_CANCEL_REASON)
+            if sink is not None:
+                sink.close()
+            result = handle.result()
+        except SynapseClientError as error:
+            if sink is not None:
+                sink.close()
+            return report_failure(error, args.server)
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return EXIT_OK
