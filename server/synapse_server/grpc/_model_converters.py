@@ -25,7 +25,7 @@ _TO_PB = {
 _FROM_PB = {number: fmt for fmt, number in _TO_PB.items()}
 
 
-def archive_format_to_pb(fmt: ArchiveFormat) -> model_pb2.ArchiveFormat.ValueType:
+def archive_format_to_pb(fmt: ArchiveFormat) -> model_pb2.ArchiveFormat:
     """Domain archive format → wire enum."""
     return _TO_PB[fmt]
 

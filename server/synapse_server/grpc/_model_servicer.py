@@ -40,7 +40,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self._registry = registry
         self._tenant_of = tenant_of
 
-    async def RegisterModel(  # type: ignore[override]
+    async def RegisterModel(  # type: ignore[override]  # noqa: N802
         self,
         request_iterator: AsyncIterator[model_service_pb2.RegisterModelRequest],
         context: grpc.aio.ServicerContext,
@@ -62,14 +62,14 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         record = await self._registry.register(tenant, spec, chunks())
         return model_service_pb2.RegisterModelResponse(model=model_to_pb(record))
 
-    async def GetModel(  # type: ignore[override]
+    async def GetModel(  # type: ignore[override]  # noqa: N802
         self, request: model_service_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> model_service_pb2.GetModelResponse:
         """One model's metadata."""
         record = await self._registry.get(self._tenant_of(context), _model_id(request.model_id))
         return model_service_pb2.GetModelResponse(model=model_to_pb(record))
 
-    async def ListModels(  # type: ignore[override]
+    async def ListModels(  # type: ignore[override]  # noqa: N802
         self, request: model_service_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> model_service_pb2.ListModelsResponse:
         """The caller's models, newest first."""
@@ -81,7 +81,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         )
         return list_models_response(page)
 
-    async def DownloadModel(  # type: ignore[override]
+    async def DownloadModel(  # type: ignore[override]  # noqa: N802
         self, request: model_service_pb2.DownloadModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[model_service_pb2.DownloadModelResponse]:
         """The model, then its archive in chunks."""
@@ -92,7 +92,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         async for chunk in chunks:
             yield model_service_pb2.DownloadModelResponse(chunk=chunk)
 
-    async def DeleteModel(  # type: ignore[override]
+    async def DeleteModel(  # type: ignore[override]  # noqa: N802
         self, request: model_service_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext
     ) -> model_service_pb2.DeleteModelResponse:
         """Delete a model (and its artifact once unshared)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from synapse_sdk.models import ModelIntegrityError
 
-from synapse_server.core._errors import InvalidArgumentError
+from synapse_server.core._errors import InvalidArgumentError, ServerError
 
 __all__ = ["ArtifactStore", "ArtifactTooLargeError", "PendingArtifact"]
 
@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 _HEX = frozenset("0123456789abcdef")
 
 
-class ArtifactTooLargeError(InvalidArgumentError):
-    """An upload exceeded the server's maximum artifact size."""
+class ArtifactTooLargeError(ServerError):
+    """An upload exceeded the server's maximum artifact size (RESOURCE_EXHAUSTED on the wire)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

@@ -1,0 +1,1 @@
+"""Example plugins and the model builder they use (``examples`` from the repo root)."""

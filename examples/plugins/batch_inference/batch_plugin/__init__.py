@@ -1,0 +1,1 @@
+"""Batch inference example plugin (see config.yaml for its actions)."""

@@ -1,0 +1,1 @@
+"""The reference document's model deployment example, as a plugin."""
