@@ -1,0 +1,180 @@
+"""The composition root: settings → store → hub → catalog → executor → services → gRPC server.
+
+Every component takes its dependencies in ``__init__``; this module is the only place that
+decides which implementations are used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from synapse.plugin.v1 import (
+    action_service_pb2,
+    action_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+
+from synapse_server.core import EventHub, SqliteJobStore
+from synapse_server.core._catalog import PluginCatalog
+from synapse_server.core._credentials import WorkerCredentialIssuer
+from synapse_server.core._executor import LocalProcessExecutor
+from synapse_server.core._jobs import JobService
+from synapse_server.grpc._auth import AuthInterceptor
+from synapse_server.grpc._servicers import ActionServicer, WorkerServicer
+from synapse_server.settings import ServerSettings
+
+__all__ = ["SynapseServer", "serve"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_MESSAGE = 64 << 20
+_SERVICES = (
+    action_service_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
+    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+)
+
+
+class SynapseServer:
+    """A running platform server; build with settings, then :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.address = ""
+        self.worker_address = ""
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._store: SqliteJobStore | None = None
+        self._jobs: JobService | None = None
+        self._socket_dir: Path | None = None
+
+    @property
+    def jobs(self) -> JobService:
+        """The job service (for in-process use and tests)."""
+        assert self._jobs is not None, "server not started"
+        return self._jobs
+
+    def _server_credentials(self) -> grpc.ServerCredentials:
+        s = self.settings
+        assert s.tls_cert_file is not None and s.tls_key_file is not None
+        client_ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
+    async def start(self) -> str:
+        """Build everything, bind, start serving; returns the bound ``host:port``."""
+        s = self.settings
+        s.check()
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        issuer = WorkerCredentialIssuer(s.resolve_secret())
+        self._store = SqliteJobStore(s.data_dir / "synapse.db")
+        await self._store.open()
+        hub = EventHub(self._store)
+        # Local workers reach the server over a private Unix socket: no TLS or port needed,
+        # and the directory is readable only by this user.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="synapse-"))
+        self.worker_address = f"unix:{self._socket_dir / 'worker.sock'}"
+        catalog = PluginCatalog(s.plugin_dirs, supported_modes=["local"])
+        await asyncio.to_thread(catalog.reload)
+        executor = LocalProcessExecutor(
+            self.worker_address,
+            s.plugin_dirs,
+            memory_limit_mb=s.worker_memory_limit_mb,
+            python=s.worker_python,
+            log_dir=s.data_dir / "logs" / "jobs",
+        )
+        self._jobs = JobService(
+            self._store,
+            hub,
+            catalog,
+            {"local": executor},
+            issuer,
+            cancel_grace_seconds=s.cancel_grace_seconds,
+            max_concurrent_jobs=s.max_concurrent_jobs,
+        )
+        server = grpc.aio.server(
+            interceptors=[AuthInterceptor(s.tokens, issuer)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ],
+        )
+        action_service_pb2_grpc.add_ActionServiceServicer_to_server(
+            ActionServicer(self._jobs, s.keepalive_seconds), server
+        )
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
+            WorkerServicer(self._jobs), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                *_SERVICES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        if s.tls_enabled:
+            port = server.add_secure_port(s.listen_address, self._server_credentials())
+        else:
+            port = server.add_insecure_port(s.listen_address)
+        server.add_insecure_port(self.worker_address)
+        host = s.listen_address.rpartition(":")[0]
+        self.address = f"{host}:{port}"
+        self._server = server
+        await server.start()
+        await self._jobs.recover()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for name in _SERVICES:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        logger.info(
+            "listening on %s (tls=%s, auth=%s)", self.address, s.tls_enabled, bool(s.tokens)
+        )
+        return self.address
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: health NOT_SERVING, finish in-flight RPCs within ``grace``, then close."""
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        await self._health.enter_graceful_shutdown()
+        if self._jobs is not None:
+            await self._jobs.close()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._store is not None:
+            await self._store.close()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    async def wait_for_termination(self) -> None:
+        """Until the gRPC server stops."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run a server until SIGTERM/SIGINT, then drain gracefully."""
+    server = SynapseServer(settings)
+    address = await server.start()
+    print(f"synapse server listening on {address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("synapse server stopping", file=sys.stderr, flush=True)
+    await server.stop()

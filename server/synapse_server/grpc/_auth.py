@@ -1,0 +1,194 @@
+"""Bearer-token authentication: who is calling, set for the handler in a ContextVar.
+
+Client tokens map to tenants (configured token → tenant table). Worker credentials (minted by
+the server per job) are accepted only for ``WorkerService`` and the model download RPCs a
+worker needs. Without configured tokens every client call runs as tenant ``default``.
+Health checking and reflection need no token. Tokens never appear in logs or errors.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from synapse_server.core import PermissionDeniedError, UnauthenticatedError
+from synapse_server.core._credentials import WorkerClaims, WorkerCredentialIssuer
+from synapse_server.grpc._errors import status_for
+
+__all__ = [
+    "DEFAULT_TENANT",
+    "AuthInterceptor",
+    "Principal",
+    "current_principal",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TENANT = "default"
+
+_WORKER_SERVICE = "/synapse.plugin.v1.WorkerService/"
+_OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+#: Methods a worker credential may call besides WorkerService (model downloads from a run).
+WORKER_METHODS = frozenset(
+    {
+        "/synapse.plugin.v1.ModelService/GetModel",
+        "/synapse.plugin.v1.ModelService/DownloadModel",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller: a client tenant, or a worker of one job (with that job's tenant)."""
+
+    tenant: str
+    worker: WorkerClaims | None = None
+
+
+_principal: ContextVar[Principal | None] = ContextVar("synapse_principal", default=None)
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of the current RPC."""
+    principal = _principal.get()
+    if principal is None:
+        raise UnauthenticatedError("no authenticated caller for this call")
+    return principal
+
+
+def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return ""
+    return None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Resolves the caller from ``authorization: Bearer`` metadata for every RPC."""
+
+    def __init__(self, tokens: Mapping[str, str], credentials: WorkerCredentialIssuer) -> None:
+        self._tokens = dict(tokens)
+        self._credentials = credentials
+
+    def _lookup_token(self, token: str) -> str | None:
+        # Compare every configured token in constant time so timing reveals nothing.
+        tenant = None
+        for known, known_tenant in self._tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                tenant = known_tenant
+        return tenant
+
+    def authenticate(self, method: str, metadata: Any) -> Principal | None:
+        """The principal for a call of ``method``; raises the error the caller gets."""
+        if method.startswith(_OPEN_PREFIXES):
+            return None
+        token = _bearer(metadata)
+        if token and WorkerCredentialIssuer.looks_like_worker_credential(token):
+            claims = self._credentials.verify(token)
+            if not (method.startswith(_WORKER_SERVICE) or method in WORKER_METHODS):
+                raise PermissionDeniedError("a worker credential cannot call this method")
+            return Principal(tenant=claims.tenant, worker=claims)
+        if method.startswith(_WORKER_SERVICE):
+            raise UnauthenticatedError("WorkerService needs a worker credential")
+        if not self._tokens:
+            return Principal(tenant=DEFAULT_TENANT)
+        if not token:
+            raise UnauthenticatedError("missing bearer token (authorization: Bearer <token>)")
+        tenant = self._lookup_token(token)
+        if tenant is None:
+            raise UnauthenticatedError("invalid bearer token")
+        return Principal(tenant=tenant)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Wrap the method's handler so it runs with the caller set (or aborts)."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        try:
+            principal = self.authenticate(method, handler_call_details.invocation_metadata)
+            failure: Exception | None = None
+        except (UnauthenticatedError, PermissionDeniedError) as exc:
+            principal, failure = None, exc
+            logger.info("rejected call to %s: %s", method, exc)
+        return _wrap(handler, principal, failure)
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler, principal: Principal | None, failure: Exception | None
+) -> grpc.RpcMethodHandler:
+    # grpc.aio runs each RPC in its own task (own context copy), so setting the ContextVar
+    # in the handler cannot leak into another call; streaming handlers need no reset.
+    async def check(context: grpc.aio.ServicerContext) -> None:
+        if failure is not None:
+            await context.abort_with_status(status_for(failure))
+
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await check(context)
+            token = _principal.set(principal)
+            try:
+                return await inner_uu(request, context)
+            finally:
+                _principal.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            await check(context)
+            _principal.set(principal)
+            async for item in inner_us(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_stream is not None:
+        inner_ss = handler.stream_stream
+
+        async def stream_stream(
+            request_iterator: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            await check(context)
+            _principal.set(principal)
+            async for item in inner_ss(request_iterator, context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream, handler.request_deserializer, handler.response_serializer
+        )
+    inner_su = handler.stream_unary
+
+    async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        await check(context)
+        token = _principal.set(principal)
+        try:
+            return await inner_su(request_iterator, context)
+        finally:
+            _principal.reset(token)
+
+    return grpc.stream_unary_rpc_method_handler(
+        stream_unary, handler.request_deserializer, handler.response_serializer
+    )

@@ -1,0 +1,125 @@
+"""The one place that turns domain errors into gRPC statuses.
+
+``map_errors`` wraps every servicer method (unary and streaming): a known error becomes its
+status code with the error's message; ``ParamsValidationError`` also carries a
+``google.rpc.BadRequest`` with one field violation per bad field in the rich status details;
+anything else becomes INTERNAL with a correlation id that is logged with the traceback on the
+server and never sends the traceback to the caller.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from synapse_sdk.errors import (
+    ActionNotFoundError,
+    ModelNotFoundError,
+    ParamsValidationError,
+    PluginConfigError,
+    PluginNotFoundError,
+)
+
+from synapse_server.core import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    JobNotFoundError,
+    PermissionDeniedError,
+    RequestIdConflictError,
+    ServiceUnavailableError,
+    UnauthenticatedError,
+)
+
+__all__ = ["ERROR_STATUS", "map_errors", "status_for"]
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Domain error → status code; the first matching class (in order) wins.
+ERROR_STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (ParamsValidationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (PluginNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ActionNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (JobNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (RequestIdConflictError, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (PluginConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (ServiceUnavailableError, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_for(exc: BaseException) -> grpc.Status:
+    """The status a caller gets for ``exc`` (INTERNAL + correlation id when unknown)."""
+    for kind, code in ERROR_STATUS:
+        if isinstance(exc, kind):
+            status = status_pb2.Status(code=code.value[0], message=str(exc))
+            if isinstance(exc, ParamsValidationError):
+                detail = any_pb2.Any()
+                detail.Pack(
+                    error_details_pb2.BadRequest(
+                        field_violations=[
+                            error_details_pb2.BadRequest.FieldViolation(
+                                field=v.field, description=v.description
+                            )
+                            for v in exc.violations
+                        ]
+                    )
+                )
+                status.details.append(detail)
+            return rpc_status.to_status(status)
+    correlation = uuid.uuid4().hex
+    logger.error("internal error [%s]", correlation, exc_info=exc)
+    return rpc_status.to_status(
+        status_pb2.Status(
+            code=code_pb2.INTERNAL,
+            message=f"internal server error (correlation id {correlation})",
+        )
+    )
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    status = status_for(exc)
+    await context.abort_with_status(status)
+
+
+def map_errors(method: F) -> F:
+    """Decorate a servicer method (coroutine or async generator) to map errors to statuses."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream_wrapper(
+            self: Any, request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except (grpc.aio.AbortError, GeneratorExit):
+                raise
+            except Exception as exc:
+                await _abort(context, exc)
+
+        return stream_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return unary_wrapper  # type: ignore[return-value]

@@ -1,0 +1,242 @@
+"""Thin servicers: convert the request, await the core, convert the answer back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from synapse.plugin.v1 import (
+    action_service_pb2,
+    action_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+
+from synapse_server.core import (
+    InvalidArgumentError,
+    JobEvent,
+    JobFilter,
+    PermissionDeniedError,
+)
+from synapse_server.core._jobs import JobService, WorkerReport
+from synapse_server.grpc import _converters as conv
+from synapse_server.grpc._auth import current_principal
+from synapse_server.grpc._errors import map_errors
+
+__all__ = ["ActionServicer", "WorkerServicer"]
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_PAGE = 100
+_MAX_PAGE = 1000
+_DEFAULT_CHUNK = 1 << 20
+_MAX_CHUNK = 4 << 20
+_REPORT_BATCH = 512
+
+
+def _tenant() -> str:
+    principal = current_principal()
+    if principal.worker is not None:
+        raise PermissionDeniedError("a worker credential cannot call ActionService")
+    return principal.tenant
+
+
+class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
+    """ActionService over :class:`JobService`."""
+
+    def __init__(self, jobs: JobService, keepalive_seconds: float) -> None:
+        self._jobs = jobs
+        self._keepalive = keepalive_seconds
+
+    @map_errors
+    async def ListActions(  # noqa: N802
+        self, request: action_service_pb2.ListActionsRequest, context: grpc.aio.ServicerContext
+    ) -> action_service_pb2.ListActionsResponse:
+        _tenant()
+        return conv.list_actions_response(self._jobs.catalog.plugins(request.plugin))
+
+    @map_errors
+    async def RunAction(  # noqa: N802
+        self, request: action_service_pb2.RunActionRequest, context: grpc.aio.ServicerContext
+    ) -> action_service_pb2.RunActionResponse:
+        job, created = await self._jobs.submit(
+            _tenant(),
+            request.plugin,
+            request.action,
+            conv.params_from_struct(request.params),
+            mode=conv.mode_from_pb(request.mode),
+            request_id=request.request_id,
+        )
+        return action_service_pb2.RunActionResponse(job=conv.job_to_pb(job), created=created)
+
+    @map_errors
+    async def StreamProgress(  # noqa: N802
+        self, request: action_service_pb2.StreamProgressRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[action_service_pb2.StreamProgressResponse]:
+        tenant = _tenant()
+        if not request.job_id:
+            raise InvalidArgumentError("job_id is required")
+        events = await self._jobs.subscribe(
+            tenant,
+            request.job_id,
+            request.after_seq,
+            follow=not request.replay_only,
+            keepalive_seconds=self._keepalive,
+        )
+        # aclosing: a disconnecting subscriber releases its hub cursor right away.
+        async with contextlib.aclosing(events) as stream:  # type: ignore[type-var]
+            async for item in stream:
+                if isinstance(item, JobEvent):
+                    yield action_service_pb2.StreamProgressResponse(event=conv.event_to_pb(item))
+                else:
+                    job = await self._jobs.get(tenant, request.job_id)
+                    yield action_service_pb2.StreamProgressResponse(
+                        keepalive=conv.keepalive_to_pb(job)
+                    )
+
+    @map_errors
+    async def GetJob(  # noqa: N802
+        self, request: action_service_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> action_service_pb2.GetJobResponse:
+        job = await self._jobs.get(_tenant(), request.job_id)
+        return action_service_pb2.GetJobResponse(job=conv.job_to_pb(job))
+
+    @map_errors
+    async def ListJobs(  # noqa: N802
+        self, request: action_service_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> action_service_pb2.ListJobsResponse:
+        tenant = _tenant()
+        if request.page_size < 0 or request.page_size > _MAX_PAGE:
+            raise InvalidArgumentError(f"page_size must be between 0 and {_MAX_PAGE}")
+        flt = JobFilter(
+            states=frozenset(conv.state_from_pb(s) for s in request.states),
+            plugin=request.plugin or None,
+            action=request.action or None,
+        )
+        page = await self._jobs.list(
+            tenant, flt, request.page_size or _DEFAULT_PAGE, request.page_token
+        )
+        return action_service_pb2.ListJobsResponse(
+            jobs=[conv.job_to_pb(j) for j in page.jobs], next_page_token=page.next_page_token
+        )
+
+    @map_errors
+    async def CancelJob(  # noqa: N802
+        self, request: action_service_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> action_service_pb2.CancelJobResponse:
+        job = await self._jobs.cancel(_tenant(), request.job_id, request.reason)
+        return action_service_pb2.CancelJobResponse(job=conv.job_to_pb(job))
+
+    @map_errors
+    async def GetJobResult(  # noqa: N802
+        self, request: action_service_pb2.GetJobResultRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[action_service_pb2.GetJobResultResponse]:
+        if request.chunk_size_bytes > _MAX_CHUNK:
+            raise InvalidArgumentError(f"chunk_size_bytes must be at most {_MAX_CHUNK}")
+        payload = await self._jobs.result_json(_tenant(), request.job_id)
+        size = request.chunk_size_bytes or _DEFAULT_CHUNK
+        for offset in range(0, max(len(payload), 1), size):
+            yield action_service_pb2.GetJobResultResponse(
+                offset=offset, data=payload[offset : offset + size], total_size_bytes=len(payload)
+            )
+
+
+def _worker() -> Any:
+    principal = current_principal()
+    if principal.worker is None:
+        raise PermissionDeniedError("WorkerService needs a worker credential")
+    return principal.worker
+
+
+class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
+    """WorkerService over :class:`JobService` (internal: platform workers only)."""
+
+    def __init__(self, jobs: JobService) -> None:
+        self._jobs = jobs
+
+    @map_errors
+    async def GetAssignment(  # noqa: N802
+        self, request: worker_service_pb2.GetAssignmentRequest, context: grpc.aio.ServicerContext
+    ) -> worker_service_pb2.GetAssignmentResponse:
+        job = await self._jobs.assignment(_worker(), request.job_id)
+        return worker_service_pb2.GetAssignmentResponse(
+            job_id=job.id,
+            plugin=job.plugin,
+            plugin_version=job.plugin_version,
+            action=job.action,
+            params=conv.struct_from_dict(job.params),
+            mode=conv.mode_to_pb(job.mode),
+            cancel_requested=job.cancel_requested,
+        )
+
+    @map_errors
+    async def ReportEvents(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[worker_service_pb2.ReportEventsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[worker_service_pb2.ReportEventsResponse]:
+        claims = _worker()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "open":
+            raise InvalidArgumentError("the first message must be `open`")
+        job_id = first.open.job_id
+        acked, cancel = await self._jobs.open_worker_stream(claims, job_id, first.open.worker_id)
+        cancel_sent = cancel.is_set()
+        yield worker_service_pb2.ReportEventsResponse(
+            acked_worker_seq=acked, cancel_requested=cancel_sent
+        )
+        queue: asyncio.Queue[worker_service_pb2.ReportEventsRequest | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for message in request_iterator:
+                    await queue.put(message)
+            finally:
+                await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        cancel_wait: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                get = asyncio.create_task(queue.get())
+                waits: set[asyncio.Future[Any]] = {get}
+                if not cancel_sent:
+                    cancel_wait = cancel_wait or asyncio.create_task(cancel.wait())
+                    waits.add(cancel_wait)
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if cancel_wait is not None and cancel_wait in done and not cancel_sent:
+                    cancel_sent = True
+                    yield worker_service_pb2.ReportEventsResponse(
+                        acked_worker_seq=acked, cancel_requested=True
+                    )
+                if get not in done:
+                    get.cancel()
+                    continue
+                batch = [get.result()]
+                while len(batch) < _REPORT_BATCH and not queue.empty():
+                    batch.append(queue.get_nowait())
+                ended = batch[-1] is None
+                reports: list[WorkerReport] = []
+                for message in batch:
+                    if message is None:
+                        continue
+                    if message.WhichOneof("kind") != "event":
+                        raise InvalidArgumentError("`open` may only be sent once")
+                    reports.append(conv.worker_event_from_pb(message.event))
+                if reports:
+                    acked, finished = await self._jobs.report(claims, job_id, reports)
+                    yield worker_service_pb2.ReportEventsResponse(
+                        acked_worker_seq=acked, cancel_requested=cancel_sent
+                    )
+                    if finished:
+                        return
+                if ended:
+                    return
+        finally:
+            reader.cancel()
+            if cancel_wait is not None:
+                cancel_wait.cancel()
