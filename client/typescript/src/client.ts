@@ -1,0 +1,67 @@
+// Convenience layer over the generated service descriptors: one transport with bearer-token
+// auth, and a typed client per public service.
+import { type Client, type Interceptor, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { ActionService } from "./gen/synapse/plugin/v1/action_service_pb.js";
+import { DeploymentService } from "./gen/synapse/plugin/v1/deployment_service_pb.js";
+import { InferenceService } from "./gen/synapse/plugin/v1/inference_service_pb.js";
+import { ModelService } from "./gen/synapse/plugin/v1/model_service_pb.js";
+
+/** Options of {@link createSynapseClient}. */
+export interface SynapseClientOptions {
+  /** Bearer token sent as `authorization: Bearer <token>` on every call; omit for none. */
+  token?: string;
+  /** Use TLS (`https://`); the default is plaintext HTTP/2 (`http://`). */
+  tls?: boolean;
+  /** Extra interceptors, run after the auth interceptor. */
+  interceptors?: Interceptor[];
+}
+
+/** Typed clients for the public services of one Synapse server. */
+export interface SynapseClient {
+  /** Plugins, actions and jobs. */
+  actions: Client<typeof ActionService>;
+  /** Model artifacts. */
+  models: Client<typeof ModelService>;
+  /** Ray Serve applications. */
+  deployments: Client<typeof DeploymentService>;
+  /** Calls to deployed models. */
+  inference: Client<typeof InferenceService>;
+}
+
+/** An interceptor that adds `authorization: Bearer <token>` to every request. */
+export function bearerAuth(token: string): Interceptor {
+  if (token === "" || /[\r\n]/.test(token)) {
+    throw new TypeError("bearerAuth: the token must be a non-empty single-line string");
+  }
+  return (next) => (req) => {
+    req.header.set("authorization", `Bearer ${token}`);
+    return next(req);
+  };
+}
+
+/**
+ * Clients for the server at `address` (`host:port`, or a full `http(s)://` URL) over gRPC
+ * (HTTP/2), with the token attached to every call.
+ */
+export function createSynapseClient(
+  address: string,
+  options: SynapseClientOptions = {},
+): SynapseClient {
+  if (address === "") {
+    throw new TypeError("createSynapseClient: address is empty; expected host:port or a URL");
+  }
+  const baseUrl = /^https?:\/\//.test(address)
+    ? address
+    : `${options.tls ? "https" : "http"}://${address}`;
+  const interceptors: Interceptor[] = [];
+  if (options.token !== undefined) interceptors.push(bearerAuth(options.token));
+  interceptors.push(...(options.interceptors ?? []));
+  const transport = createGrpcTransport({ baseUrl, interceptors });
+  return {
+    actions: createClient(ActionService, transport),
+    models: createClient(ModelService, transport),
+    deployments: createClient(DeploymentService, transport),
+    inference: createClient(InferenceService, transport),
+  };
+}
