@@ -29,6 +29,7 @@ from ._jobs import (
     run_action_request,
     stream_ended_early,
 )
+from ._models import ModelsMixin
 from ._types import Job, JobEvent, JobState, PluginInfo, ProgressEvent, RunMode
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ class JobHandle:
             time.sleep(delay)
 
 
-class Client(ClientCore):
+class Client(ModelsMixin, ClientCore):
     """Blocking client of a Synapse server.
 
     ``Client("host:port", token=..., tls=TLSConfig(...))``; use it as a context manager or

@@ -1,7 +1,8 @@
 """ModelService over the model registry: convert the request, await the core, convert back.
 
-Domain errors propagate unchanged; the gRPC layer's single error mapping turns them into
-status codes. The caller's tenant comes from the auth layer through ``tenant_of``.
+Domain errors are turned into status codes by the gRPC layer's single mapping
+(``map_errors``). The caller's tenant comes from the auth interceptor (``current_principal``)
+unless a ``tenant_of`` resolver is given.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from synapse.plugin.v1 import model_service_pb2, model_service_pb2_grpc
 
 from synapse_server.core import InvalidArgumentError
 from synapse_server.core.models import ModelRegistryService
+from synapse_server.grpc._auth import current_principal
+from synapse_server.grpc._errors import map_errors
 from synapse_server.grpc._model_converters import (
     list_models_response,
     model_to_pb,
@@ -36,10 +39,13 @@ def _model_id(value: int) -> int:
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     """Thin gRPC face of :class:`ModelRegistryService`."""
 
-    def __init__(self, registry: ModelRegistryService, tenant_of: TenantResolver) -> None:
+    def __init__(
+        self, registry: ModelRegistryService, tenant_of: TenantResolver | None = None
+    ) -> None:
         self._registry = registry
-        self._tenant_of = tenant_of
+        self._tenant_of = tenant_of or (lambda _context: current_principal().tenant)
 
+    @map_errors
     async def RegisterModel(  # type: ignore[override]  # noqa: N802
         self,
         request_iterator: AsyncIterator[model_service_pb2.RegisterModelRequest],
@@ -62,6 +68,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         record = await self._registry.register(tenant, spec, chunks())
         return model_service_pb2.RegisterModelResponse(model=model_to_pb(record))
 
+    @map_errors
     async def GetModel(  # type: ignore[override]  # noqa: N802
         self, request: model_service_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> model_service_pb2.GetModelResponse:
@@ -69,6 +76,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         record = await self._registry.get(self._tenant_of(context), _model_id(request.model_id))
         return model_service_pb2.GetModelResponse(model=model_to_pb(record))
 
+    @map_errors
     async def ListModels(  # type: ignore[override]  # noqa: N802
         self, request: model_service_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> model_service_pb2.ListModelsResponse:
@@ -81,6 +89,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         )
         return list_models_response(page)
 
+    @map_errors
     async def DownloadModel(  # type: ignore[override]  # noqa: N802
         self, request: model_service_pb2.DownloadModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[model_service_pb2.DownloadModelResponse]:
@@ -92,6 +101,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         async for chunk in chunks:
             yield model_service_pb2.DownloadModelResponse(chunk=chunk)
 
+    @map_errors
     async def DeleteModel(  # type: ignore[override]  # noqa: N802
         self, request: model_service_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext
     ) -> model_service_pb2.DeleteModelResponse:
