@@ -21,6 +21,8 @@ from grpc_reflection.v1alpha import reflection
 from synapse.plugin.v1 import (
     action_service_pb2,
     action_service_pb2_grpc,
+    model_service_pb2,
+    model_service_pb2_grpc,
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
@@ -30,7 +32,9 @@ from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._executor import LocalProcessExecutor
 from synapse_server.core._jobs import JobService
+from synapse_server.core.models import ModelRegistryService, SqliteModelStore
 from synapse_server.grpc._auth import AuthInterceptor
+from synapse_server.grpc._model_servicer import ModelServicer
 from synapse_server.grpc._servicers import ActionServicer, WorkerServicer
 from synapse_server.settings import ServerSettings
 
@@ -42,6 +46,7 @@ _MAX_MESSAGE = 64 << 20
 _SERVICES = (
     action_service_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
 )
 
 
@@ -56,6 +61,7 @@ class SynapseServer:
         self._health = health.aio.HealthServicer()
         self._store: SqliteJobStore | None = None
         self._jobs: JobService | None = None
+        self._model_store: SqliteModelStore | None = None
         self._socket_dir: Path | None = None
 
     @property
@@ -83,6 +89,10 @@ class SynapseServer:
         self._store = SqliteJobStore(s.data_dir / "synapse.db")
         await self._store.open()
         hub = EventHub(self._store)
+        self._model_store = SqliteModelStore(s.data_dir / "synapse.db")
+        await self._model_store.open()
+        models = ModelRegistryService.for_data_dir(self._model_store, s.data_dir)
+        await models.open()
         # Local workers reach the server over a private Unix socket: no TLS or port needed,
         # and the directory is readable only by this user.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="synapse-"))
@@ -119,6 +129,7 @@ class SynapseServer:
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerServicer(self._jobs), server
         )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
@@ -156,6 +167,8 @@ class SynapseServer:
             await self._server.stop(grace)
         if self._store is not None:
             await self._store.close()
+        if self._model_store is not None:
+            await self._model_store.close()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 

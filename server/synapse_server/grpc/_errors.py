@@ -27,6 +27,7 @@ from synapse_sdk.errors import (
     PluginConfigError,
     PluginNotFoundError,
 )
+from synapse_sdk.models import ArchiveError, ModelIntegrityError
 
 from synapse_server.core import (
     FailedPreconditionError,
@@ -37,6 +38,7 @@ from synapse_server.core import (
     ServiceUnavailableError,
     UnauthenticatedError,
 )
+from synapse_server.core.models import ArtifactTooLargeError
 
 __all__ = ["ERROR_STATUS", "map_errors", "status_for"]
 
@@ -52,6 +54,9 @@ ERROR_STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (ActionNotFoundError, grpc.StatusCode.NOT_FOUND),
     (JobNotFoundError, grpc.StatusCode.NOT_FOUND),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ModelIntegrityError, grpc.StatusCode.DATA_LOSS),
+    (ArtifactTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ArchiveError, grpc.StatusCode.INVALID_ARGUMENT),
     (RequestIdConflictError, grpc.StatusCode.ALREADY_EXISTS),
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (PluginConfigError, grpc.StatusCode.FAILED_PRECONDITION),

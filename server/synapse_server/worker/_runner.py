@@ -32,6 +32,7 @@ from synapse_sdk.errors import (
     PluginNotFoundError,
 )
 from synapse_sdk.events import ErrorInfo, Event
+from synapse_sdk.models import PlatformModelBackend
 from synapse_sdk.plugins import Plugin, load_plugin, run_action
 from synapse_sdk.runtime import PlatformInfo, RunContext
 
@@ -311,18 +312,21 @@ def _execute(
     plugin_dirs: Sequence[Path],
 ) -> None:
     modes = {job_pb2.RUN_MODE_LOCAL: "local", job_pb2.RUN_MODE_TASK: "task"}
+    platform = PlatformInfo(
+        address=address,
+        token=credential,
+        tls=root_certificates is not None,
+        root_certificates=root_certificates,
+    )
     ctx = RunContext(
         sink=reporter,
         cancel_event=reporter.cancel_event,
         job_id=assignment.job_id,
         plugin_code=assignment.plugin,
         action_name=assignment.action,
-        platform=PlatformInfo(
-            address=address,
-            token=credential,
-            tls=root_certificates is not None,
-            root_certificates=root_certificates,
-        ),
+        platform=platform,
+        # Model downloads go through the platform (works without a shared file system).
+        model_backend=PlatformModelBackend.from_platform(platform),
         mode=modes.get(assignment.mode, "job"),
     )
     params: dict[str, Any] = json_format.MessageToDict(assignment.params)
