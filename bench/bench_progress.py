@@ -1,0 +1,390 @@
+"""Progress streaming benchmark: the Synapse platform against a plain grpcio baseline.
+
+Measures, in one run and on one machine:
+
+* latency from submitting a job to receiving its first progress event, against a plain
+  grpcio unary call followed by a server stream up to its first message;
+* events per second delivered to 1, 10 and 100 concurrent subscribers of one job whose action
+  logs ``--events`` events back to back, against a minimal grpcio aio server that streams the
+  same number of messages of the same size (real serialized ``StreamProgressResponse`` bytes
+  of such an event) to the same number of subscribers.
+
+Both servers run in their own subprocess; the subscribers share one asyncio client process and
+one channel per side. Log events are counted because the platform never coalesces them (it
+may coalesce progress events for a lagging subscriber), so every subscriber must receive all.
+
+    .venv/bin/python bench/bench_progress.py [--events 1000] [--subscribers 1,10,100]
+
+Prints a table and writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+from synapse.plugin.v1 import action_service_pb2, job_event_pb2
+from synapse_client import AsyncClient, LogEvent, ProgressEvent, UnavailableError
+
+logger = logging.getLogger(__name__)
+
+BENCH_DIR = Path(__file__).resolve().parent
+PLUGIN_DIR = BENCH_DIR / "plugins" / "bench_events"
+RESULTS_DIR = BENCH_DIR / "results"
+PLUGIN, ACTION = "bench-events", "emit"
+PAYLOAD_BYTES = 64
+LATENCY_SAMPLES = 7
+
+_BASELINE_SERVICE = "bench.Baseline"
+
+
+# --- servers (each runs in its own subprocess) -------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tick_message(seq: int, i: int) -> bytes:
+    """The serialized StreamProgressResponse of one ``tick`` log event, as the platform sends."""
+    data = struct_pb2.Struct()
+    data.update({"i": i, "pad": "x" * PAYLOAD_BYTES})
+    event = job_event_pb2.JobEvent(
+        seq=seq,
+        job_id="0123456789abcdef0123456789abcdef",
+        log=job_event_pb2.LogEvent(event="tick", level=job_event_pb2.LOG_LEVEL_INFO, data=data),
+    )
+    event.time.GetCurrentTime()
+    return action_service_pb2.StreamProgressResponse(event=event).SerializeToString()
+
+
+async def _run_baseline_server(port: int, events: int) -> None:
+    messages = [tick_message(seq, seq) for seq in range(1, events + 1)]
+
+    async def submit(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return b""
+
+    async def follow(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        for message in messages:
+            yield message
+
+    handler = grpc.method_handlers_generic_handler(
+        _BASELINE_SERVICE,
+        {
+            "Submit": grpc.unary_unary_rpc_method_handler(submit),
+            "Follow": grpc.unary_stream_rpc_method_handler(follow),
+        },
+    )
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+async def _run_synapse_server(port: int, data_dir: str) -> None:
+    from synapse_server.app import serve
+    from synapse_server.settings import ServerSettings
+
+    settings = ServerSettings(
+        listen_address=f"127.0.0.1:{port}",
+        data_dir=Path(data_dir),
+        plugin_dirs=[PLUGIN_DIR],
+        max_concurrent_jobs=2,
+    )
+    await serve(settings)
+
+
+class ServerProcess:
+    """A benchmark server in a subprocess of this script."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__, *args, "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def check_alive(self) -> None:
+        if self._proc.poll() is not None:
+            err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+            raise RuntimeError(f"benchmark server exited with {self._proc.returncode}:\n{err}")
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+
+@dataclass
+class Throughput:
+    """Events delivered to ``subscribers`` followers of one stream of ``events`` events."""
+
+    subscribers: int
+    events: int
+    delivered: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        return self.delivered / self.seconds if self.seconds > 0 else 0.0
+
+
+async def _wait_ready_synapse(server: ServerProcess, client: AsyncClient) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        server.check_alive()
+        try:
+            await client.list_actions(plugin=PLUGIN)
+            return
+        except UnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def _wait_ready_baseline(server: ServerProcess, channel: grpc.aio.Channel) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        server.check_alive()
+        try:
+            await asyncio.wait_for(channel.channel_ready(), 1)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
+async def synapse_latency(client: AsyncClient) -> float:
+    """Seconds from calling RunAction to holding the job's first progress event."""
+    start = time.perf_counter()
+    handle = await client.run_action(PLUGIN, ACTION, {"count": 0})
+    async for event in handle.events():
+        if isinstance(event.payload, ProgressEvent):
+            elapsed = time.perf_counter() - start
+            break
+    else:
+        raise RuntimeError("job ended without a progress event")
+    await handle.result(timeout=60)
+    return elapsed
+
+
+async def baseline_latency(channel: grpc.aio.Channel) -> float:
+    """Seconds for a unary call plus a server stream up to its first message."""
+    submit = channel.unary_unary(f"/{_BASELINE_SERVICE}/Submit")
+    follow = channel.unary_stream(
+        f"/{_BASELINE_SERVICE}/Follow",
+        response_deserializer=action_service_pb2.StreamProgressResponse.FromString,
+    )
+    start = time.perf_counter()
+    await submit(b"")
+    call = follow(b"")
+    async for _ in call:
+        elapsed = time.perf_counter() - start
+        break
+    call.cancel()
+    return elapsed
+
+
+async def synapse_throughput(client: AsyncClient, subscribers: int, events: int) -> Throughput:
+    """All subscribers follow one job from seq 0; the action pauses so they attach first."""
+    pause = 0.5 + subscribers * 0.01
+    handle = await client.run_action(
+        PLUGIN, ACTION, {"count": events, "payload_bytes": PAYLOAD_BYTES, "pause_s": pause}
+    )
+    firsts: list[float] = []
+    lasts: list[float] = []
+    counts: list[int] = []
+
+    async def subscriber() -> None:
+        n = 0
+        first = 0.0
+        async for event in client.job(handle.id).events():
+            if isinstance(event.payload, LogEvent):
+                if n == 0:
+                    first = time.perf_counter()
+                n += 1
+        firsts.append(first)
+        lasts.append(time.perf_counter())
+        counts.append(n)
+
+    await asyncio.gather(*(subscriber() for _ in range(subscribers)))
+    await handle.result(timeout=60)
+    return Throughput(subscribers, events, sum(counts), max(lasts) - min(firsts))
+
+
+async def baseline_throughput(
+    channel: grpc.aio.Channel, subscribers: int, events: int
+) -> Throughput:
+    """The same number of subscribers each receive ``events`` same-size messages."""
+    follow = channel.unary_stream(
+        f"/{_BASELINE_SERVICE}/Follow",
+        response_deserializer=action_service_pb2.StreamProgressResponse.FromString,
+    )
+    firsts: list[float] = []
+    lasts: list[float] = []
+    counts: list[int] = []
+
+    async def subscriber() -> None:
+        n = 0
+        first = 0.0
+        async for _ in follow(b""):
+            if n == 0:
+                first = time.perf_counter()
+            n += 1
+        firsts.append(first)
+        lasts.append(time.perf_counter())
+        counts.append(n)
+
+    await asyncio.gather(*(subscriber() for _ in range(subscribers)))
+    return Throughput(subscribers, events, sum(counts), max(lasts) - min(firsts))
+
+
+async def run_bench(events: int, subscriber_counts: Sequence[int]) -> dict[str, Any]:
+    """Runs every measurement; returns the report as a dict."""
+    data_dir = tempfile.mkdtemp(prefix="synapse-bench-")
+    synapse_server = ServerProcess("--synapse-server", "--data-dir", data_dir)
+    baseline_server = ServerProcess("--baseline-server", "--events", str(events))
+    try:
+        async with AsyncClient(synapse_server.address, timeout=60) as client:
+            channel = grpc.aio.insecure_channel(baseline_server.address)
+            try:
+                await _wait_ready_synapse(synapse_server, client)
+                await _wait_ready_baseline(baseline_server, channel)
+                await synapse_latency(client)  # warm-up: first worker start, imports
+                await baseline_latency(channel)
+                syn_lat = [await synapse_latency(client) for _ in range(LATENCY_SAMPLES)]
+                base_lat = [await baseline_latency(channel) for _ in range(LATENCY_SAMPLES)]
+                rows = []
+                for n in subscriber_counts:
+                    syn = await synapse_throughput(client, n, events)
+                    base = await baseline_throughput(channel, n, events)
+                    if syn.delivered != n * events or base.delivered != n * events:
+                        raise RuntimeError(
+                            f"{n} subscribers: delivered synapse={syn.delivered} "
+                            f"baseline={base.delivered}, expected {n * events} each"
+                        )
+                    rows.append((syn, base))
+            finally:
+                await channel.close()
+    finally:
+        synapse_server.stop()
+        baseline_server.stop()
+
+    def seconds(values: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    return {
+        "time": datetime.now(UTC).isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+            "platform": platform.platform(),
+        },
+        "events": events,
+        "message_bytes": len(tick_message(events, events)),
+        "latency_s": {
+            "synapse": seconds(syn_lat),
+            "baseline": seconds(base_lat),
+            "ratio_median": statistics.median(syn_lat) / statistics.median(base_lat),
+        },
+        "throughput": [
+            {
+                "subscribers": syn.subscribers,
+                "synapse": {**asdict(syn), "events_per_second": syn.events_per_second},
+                "baseline": {**asdict(base), "events_per_second": base.events_per_second},
+                "ratio": syn.events_per_second / base.events_per_second,
+            }
+            for syn, base in rows
+        ],
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """The report as a human-readable table."""
+    lat = report["latency_s"]
+    print(
+        f"events per job: {report['events']} ({report['message_bytes']} B per message); "
+        f"{report['machine']['cpus']} CPUs, grpcio {report['machine']['grpcio']}"
+    )
+    print()
+    print(f"{'measure':<34}{'synapse':>14}{'baseline':>14}{'ratio':>10}")
+    print(
+        f"{'submit -> first progress (median)':<34}"
+        f"{lat['synapse']['median'] * 1000:>11.2f} ms"
+        f"{lat['baseline']['median'] * 1000:>11.2f} ms"
+        f"{lat['ratio_median']:>9.1f}x"
+    )
+    for row in report["throughput"]:
+        label = f"events/s, {row['subscribers']} subscriber(s)"
+        print(
+            f"{label:<34}{row['synapse']['events_per_second']:>14,.0f}"
+            f"{row['baseline']['events_per_second']:>14,.0f}{row['ratio']:>10.2f}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point (also the entry of the two server subprocesses)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1000, help="events per job (default 1000)")
+    parser.add_argument(
+        "--subscribers", default="1,10,100", help="comma-separated subscriber counts"
+    )
+    parser.add_argument(
+        "--output", type=Path, help="JSON report path (default: bench/results/<timestamp>.json)"
+    )
+    parser.add_argument("--synapse-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.synapse_server:
+        logging.basicConfig(level=logging.WARNING)
+        asyncio.run(_run_synapse_server(args.port, args.data_dir))
+        return 0
+    if args.baseline_server:
+        asyncio.run(_run_baseline_server(args.port, args.events))
+        return 0
+    if args.events < 1:
+        parser.error("--events must be at least 1")
+    counts = [int(n) for n in args.subscribers.split(",") if n.strip()]
+    report = asyncio.run(run_bench(args.events, counts))
+    print_table(report)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path: Path = args.output or RESULTS_DIR / f"bench_progress-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Actions used by bench/bench_progress.py."""
