@@ -110,13 +110,14 @@ export function terminalOf(events: JobEvent[]) {
 }
 
 /** A zip archive (stored, no compression) holding `files`; enough for a model upload. */
-export function buildZip(files: Record<string, string>): Uint8Array {
+export function buildZip(files: Record<string, string | Uint8Array>): Uint8Array {
   const local: Buffer[] = [];
   const central: Buffer[] = [];
   let offset = 0;
   for (const [name, text] of Object.entries(files)) {
+    // Stored entries keep sizes in 32 bits; test archives are far below that.
     const nameBytes = Buffer.from(name, "utf8");
-    const data = Buffer.from(text, "utf8");
+    const data = typeof text === "string" ? Buffer.from(text, "utf8") : Buffer.from(text);
     const crc = crc32(data);
     const header = Buffer.alloc(30);
     header.writeUInt32LE(0x04034b50, 0); // local file header signature
