@@ -14,14 +14,14 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from synapse_server.core._models import Job
 
-__all__ = ["Executor", "LocalProcessExecutor", "WorkerExit"]
+__all__ = ["Executor", "LocalProcessExecutor", "SchedulingExecutor", "WorkerExit"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,23 @@ class Executor(Protocol):
 
     async def close(self) -> None:
         """Kill every worker still running."""
+
+
+@runtime_checkable
+class SchedulingExecutor(Executor, Protocol):
+    """An executor that places workers on a shared cluster (Ray task and job modes).
+
+    ``admit`` runs at submit time and raises a domain error when the job could never be
+    placed (so the caller gets it from RunAction); the job service binds itself as the pending
+    reporter so a launched job that waits for resources shows why in ``pending_reason``. The
+    reporter answers False once the job has left PENDING.
+    """
+
+    async def admit(self, job: Job) -> None:
+        """Refuse a job the cluster could never run."""
+
+    def bind_pending_reporter(self, reporter: Callable[[str, str], Awaitable[bool]]) -> None:
+        """Receive ``async (job_id, reason) -> still pending``."""
 
 
 class LocalProcessExecutor:

@@ -36,7 +36,7 @@ from synapse_server.core._errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
-from synapse_server.core._executor import Executor, WorkerExit
+from synapse_server.core._executor import Executor, SchedulingExecutor, WorkerExit
 from synapse_server.core._hub import EventHub, NewEvent
 from synapse_server.core._models import (
     ErrorOrigin,
@@ -135,6 +135,9 @@ class JobService:
         self._inline_limit = inline_result_limit
         self._active: dict[str, _ActiveJob] = {}
         self._closing = False
+        for executor in self._executors.values():
+            if isinstance(executor, SchedulingExecutor):
+                executor.bind_pending_reporter(self.set_pending_reason)
 
     @property
     def catalog(self) -> PluginCatalog:
@@ -201,6 +204,9 @@ class JobService:
             request_id=request_id or None,
             pending_reason=pending_reason,
         )
+        executor = self._executors[mode]
+        if isinstance(executor, SchedulingExecutor):
+            await executor.admit(candidate)
         job, created = await self._store.create_job(candidate)
         if not created:
             return await self._current(job), False
@@ -290,6 +296,20 @@ class JobService:
                 active.killer = asyncio.create_task(self._kill_after_grace(active))
                 logger.info("job %s: cancel requested", job_id)
             return active.job
+
+    async def set_pending_reason(self, job_id: str, reason: str) -> bool:
+        """Record why a launched job still waits; False once it is no longer PENDING."""
+        active = self._active.get(job_id)
+        if active is None:
+            return False
+        async with active.lock:
+            if active.opened or active.job.state is not JobState.PENDING:
+                return False
+            if active.job.pending_reason != reason:
+                active.job = active.job.evolve(pending_reason=reason)
+                await self._store.update_job(active.job)
+                logger.info("job %s: pending: %s", job_id, reason)
+            return True
 
     async def _kill_after_grace(self, active: _ActiveJob) -> None:
         await asyncio.sleep(self._grace)
