@@ -20,6 +20,7 @@ from ._errors import (
     SynapseClientError,
     map_rpc_errors,
 )
+from ._inference import InferenceMixin
 from ._jobs import (
     EventSequencer,
     ResultAssembler,
@@ -185,7 +186,7 @@ class JobHandle:
             time.sleep(delay)
 
 
-class Client(ModelsMixin, ClientCore):
+class Client(ModelsMixin, InferenceMixin, ClientCore):
     """Blocking client of a Synapse server.
 
     ``Client("host:port", token=..., tls=TLSConfig(...))``; use it as a context manager or

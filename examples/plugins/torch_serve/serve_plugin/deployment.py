@@ -1,14 +1,17 @@
-"""The reference document's "Example: Model Deployment", unchanged but for the params.
+"""The reference document's "Example: Model Deployment", with two changes.
 
-``DeploymentParams`` adds ``num_cpus`` (and defaults ``num_gpus`` to 0) so it deploys on a
-CPU-only machine; ``PyTorchInference`` and ``MyDeploymentAction`` are the document's code.
+* ``_get_model`` loads with ``torch.jit.load``: the example models are TorchScript, which
+  ``torch.load`` refuses since torch 2.6 made ``weights_only=True`` its default;
+* ``DeploymentParams`` adds ``num_cpus`` and defaults ``num_gpus`` to 0, so it deploys on a
+  CPU-only machine.
+
+Everything else (FastAPI app, ``get_model()``, the deployment action) is the document's code.
 """
 
 from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel
-
 from synapse_sdk.plugins.actions.inference import (
     BaseDeploymentAction,
     BaseServeDeployment,
@@ -24,18 +27,18 @@ class PyTorchInference(BaseServeDeployment):
     automatically by BaseDeploymentAction.deploy().
     """
 
-    action_name = 'inference'
+    action_name = "inference"
     app = app
 
     async def _get_model(self, model_info: dict[str, Any]) -> Any:
         import torch
 
-        model_path = model_info['path'] / 'model.pt'
-        model = torch.load(model_path)
+        model_path = model_info["path"] / "model.pt"
+        model = torch.jit.load(str(model_path))
         model.eval()
         return model
 
-    @app.post('/')
+    @app.post("/")
     async def infer(self, inputs: list[dict]) -> list[dict]:
         model = await self.get_model()
 
@@ -43,10 +46,10 @@ class PyTorchInference(BaseServeDeployment):
 
         results = []
         for inp in inputs:
-            tensor = torch.tensor(inp['data'])
+            tensor = torch.tensor(inp["data"])
             with torch.no_grad():
                 prediction = model(tensor)
-            results.append({'prediction': prediction.tolist()})
+            results.append({"prediction": prediction.tolist()})
 
         return results
 
@@ -60,7 +63,7 @@ class DeploymentParams(BaseModel):
 class MyDeploymentAction(BaseDeploymentAction[DeploymentParams]):
     """Deploy PyTorch model to Ray Serve."""
 
-    action_name = 'deployment'
+    action_name = "deployment"
     entrypoint = PyTorchInference
 
     def execute(self) -> dict[str, Any]:
@@ -76,4 +79,4 @@ class MyDeploymentAction(BaseDeploymentAction[DeploymentParams]):
         app_id = self.register_serve_application()
         self.set_progress(3, 3, self.progress.REGISTER)
 
-        return {'serve_application': app_id}
+        return {"serve_application": app_id}

@@ -14,13 +14,17 @@ from synapse_sdk.plugins.actions.inference._inference import (
     InferenceContext,
     InferenceProgressCategories,
 )
+from synapse_sdk.plugins.actions.inference._multiplex import create_serve_multiplexed_model_id
+from synapse_sdk.plugins.actions.inference._serve import BaseServeDeployment
 
 __all__ = [
     "BaseDeploymentAction",
     "BaseInferenceAction",
+    "BaseServeDeployment",
     "DeploymentContext",
     "DeploymentProgressCategories",
     "InferenceContext",
     "InferenceProgressCategories",
     "ModelPath",
+    "create_serve_multiplexed_model_id",
 ]

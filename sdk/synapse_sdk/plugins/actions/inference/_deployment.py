@@ -1,7 +1,7 @@
 """Deployment actions: configuration side of ``BaseDeploymentAction`` and its step context.
 
-The Ray-dependent parts (``ray_init``, ``deploy``, ``register_serve_application`` and the
-serve deployment classes) live with the Ray Serve integration; this module needs no Ray.
+``ray_init``, ``deploy`` and ``register_serve_application`` import Ray only when called; the
+deployment mechanics (multiplexed loader, candidate-then-replace rollout) are in ``_serve``.
 """
 
 from __future__ import annotations
@@ -77,3 +77,171 @@ class BaseDeploymentAction(BaseAction[P]):
     def get_runtime_env(self) -> dict[str, Any]:
         """Ray runtime environment for the deployment; empty by default."""
         return {}
+
+    # Ray Serve -------------------------------------------------------------------------------
+
+    def get_serve_options(self) -> dict[str, Any]:
+        """``serve.deployment`` options: the ``serve:`` mapping of the plugin's config.yaml.
+
+        Recognised keys are Serve's (``num_replicas``, ``max_ongoing_requests``,
+        ``autoscaling_config`` ...) plus ``max_models_per_replica`` (the multiplexing LRU size).
+        """
+        return _plugin_serve_config(type(self))
+
+    def ray_init(self, **kwargs: Any) -> None:
+        """Connect to Ray: ``address`` from kwargs, else ``RAY_ADDRESS`` (which the platform
+        sets to its own Ray); with neither, a local Ray is started for this process only."""
+        import ray
+
+        if ray.is_initialized():
+            return
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        options: dict[str, Any] = {"log_to_driver": False, **kwargs}
+        address = options.pop("address", None) or os.environ.get("RAY_ADDRESS")
+        if address:
+            options["address"] = address
+        else:
+            logger.warning(
+                "no Ray address configured: starting a local Ray; its Serve applications end "
+                "with this process"
+            )
+            options.setdefault("include_dashboard", False)
+        ray.init(**options)
+
+    def deploy(self) -> None:
+        """Deploy :attr:`entrypoint` to Ray Serve and wait until it is RUNNING.
+
+        Uses :meth:`get_serve_app_name`, :meth:`get_route_prefix`,
+        :meth:`get_ray_actor_options` (0 kept as 0), :meth:`get_runtime_env` and
+        :meth:`get_serve_options`. An application of the same name keeps serving until the
+        new version has started; a failed deployment raises ``ServeDeploymentError`` with
+        Ray Serve's reason.
+        """
+        from synapse_sdk.plugins.actions.inference._multiplex import (
+            SERVE_SIGNING_KEY_ENV,
+            SERVE_TENANT_ENV,
+            ServeModelIdError,
+            derive_app_key,
+        )
+        from synapse_sdk.plugins.actions.inference._serve import (
+            BaseServeDeployment,
+            ServeReplicaConfig,
+            build_deployment_class,
+            register_plugin_modules_by_value,
+            run_serve_application,
+        )
+        from synapse_sdk.runtime import PlatformInfo
+
+        entrypoint = self.entrypoint
+        if not (isinstance(entrypoint, type) and issubclass(entrypoint, BaseServeDeployment)):
+            raise TypeError(
+                f"{type(self).__name__}.entrypoint must be a BaseServeDeployment subclass, "
+                f"got {entrypoint!r}"
+            )
+        key_hex = os.environ.get(SERVE_SIGNING_KEY_ENV, "")
+        if not key_hex:
+            raise ServeModelIdError(
+                f"deploy() needs the platform's serve signing key ({SERVE_SIGNING_KEY_ENV}); "
+                "run the deployment action through a synapse server"
+            )
+        self.ray_init()
+        app_name = self.get_serve_app_name()
+        route_prefix = _normalise_prefix(self.get_route_prefix())
+        tenant = os.environ.get(SERVE_TENANT_ENV, "")
+        ctx = self.run_context
+        platform = None
+        if ctx.platform is not None:
+            # The replicas never get the worker's credential: signed model ids are theirs.
+            platform = PlatformInfo(
+                address=ctx.platform.address,
+                tls=ctx.platform.tls,
+                root_certificates=ctx.platform.root_certificates,
+                tenant=ctx.platform.tenant,
+            )
+        models_dir = getattr(ctx.model_backend, "_root", None) if platform is None else None
+        config = ServeReplicaConfig(
+            app_name=app_name,
+            app_key=derive_app_key(bytes.fromhex(key_hex), app_name),
+            tenant=tenant,
+            platform=platform,
+            models_dir=None if models_dir is None else str(models_dir),
+        )
+        serve_options = dict(self.get_serve_options())
+        max_models = int(
+            serve_options.pop("max_models_per_replica", entrypoint.max_models_per_replica)
+        )
+        actor_options = dict(self.get_ray_actor_options())
+        runtime_env = self.get_runtime_env()
+        if runtime_env:
+            actor_options["runtime_env"] = runtime_env
+        deployment_cls = build_deployment_class(entrypoint, config, max_models)
+        register_plugin_modules_by_value(entrypoint)
+        run_serve_application(
+            deployment_cls,
+            app_name=app_name,
+            route_prefix=route_prefix,
+            ray_actor_options=actor_options,
+            serve_options=serve_options,
+            init_args=(platform.address if platform is not None else "",),
+        )
+        self._serve_deployed = {
+            "name": app_name,
+            "route_prefix": route_prefix or "",
+            "ray_actor_options": {k: v for k, v in actor_options.items() if k != "runtime_env"},
+        }
+        logger.info("deployed serve application %s", app_name)
+
+    def register_serve_application(self) -> int | None:
+        """Record the deployed application with the platform; its id, or None outside one."""
+        deployed = getattr(self, "_serve_deployed", None)
+        if deployed is None:
+            raise RuntimeError("register_serve_application() needs a successful deploy() first")
+        ctx = self.run_context
+        if ctx.platform is None:
+            logger.info("no platform to register %s with", deployed["name"])
+            return None
+        from synapse_client import Client, TLSConfig
+
+        entrypoint = self.entrypoint
+        model = self.params.model_dump().get("model")
+        model_ids = [int(model)] if isinstance(model, int) and not isinstance(model, bool) else []
+        tls: bool | TLSConfig = ctx.platform.tls
+        if ctx.platform.root_certificates is not None:
+            tls = TLSConfig(root_certificates=ctx.platform.root_certificates)
+        with Client(ctx.platform.address, token=ctx.platform.token, tls=tls) as client:
+            info, _ = client.register_deployment(
+                deployed["name"],
+                ctx.plugin_code or "",
+                self.action_name or ctx.action_name or "",
+                job_id=ctx.job_id or "",
+                route_prefix=deployed["route_prefix"],
+                model_ids=model_ids,
+                ray_actor_options=deployed["ray_actor_options"],
+                endpoint_action=getattr(entrypoint, "action_name", "") or "",
+            )
+        return info.id
+
+
+def _normalise_prefix(prefix: str | None) -> str | None:
+    if not prefix:
+        return None
+    return prefix if prefix.startswith("/") else f"/{prefix}"
+
+
+def _plugin_serve_config(action_cls: type) -> dict[str, Any]:
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    module = sys.modules.get(action_cls.__module__)
+    file = getattr(module, "__file__", None)
+    if not file:
+        return {}
+    for directory in list(Path(file).resolve().parents)[:3]:
+        config = directory / "config.yaml"
+        if config.is_file():
+            raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+            serve = raw.get("serve") if isinstance(raw, dict) else None
+            return dict(serve) if isinstance(serve, dict) else {}
+    return {}

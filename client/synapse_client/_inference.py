@@ -1,0 +1,273 @@
+"""``Client.infer`` and the deployment calls: the generated-client replacement of infer_remote.
+
+The payload is JSON-like (``google.protobuf.Value``: numbers arrive as floats, as in JSON);
+numeric arrays can go as binary tensors instead (``tensors={"x": numpy_array}``), which the
+endpoint receives as numpy arrays and which is much faster for large inputs. Binary outputs
+come back as numpy arrays in :attr:`InferResult.tensors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from google.protobuf import json_format, struct_pb2
+from synapse.plugin.v1 import (
+    deployment_pb2,
+    deployment_service_pb2,
+    deployment_service_pb2_grpc,
+    inference_service_pb2,
+    inference_service_pb2_grpc,
+    tensor_pb2,
+)
+
+from ._core import ClientCore
+from ._errors import ClientConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DeploymentInfo",
+    "InferResult",
+    "InferenceMixin",
+    "array_to_tensor",
+    "build_infer_request",
+    "tensor_to_array",
+]
+
+_UNSET: Any = object()
+
+_DTYPES: dict[str, int] = {
+    "float32": tensor_pb2.DATA_TYPE_FLOAT32,
+    "float64": tensor_pb2.DATA_TYPE_FLOAT64,
+    "float16": tensor_pb2.DATA_TYPE_FLOAT16,
+    "bfloat16": tensor_pb2.DATA_TYPE_BFLOAT16,
+    "int8": tensor_pb2.DATA_TYPE_INT8,
+    "int16": tensor_pb2.DATA_TYPE_INT16,
+    "int32": tensor_pb2.DATA_TYPE_INT32,
+    "int64": tensor_pb2.DATA_TYPE_INT64,
+    "uint8": tensor_pb2.DATA_TYPE_UINT8,
+    "bool": tensor_pb2.DATA_TYPE_BOOL,
+}
+_NAMES = {value: key for key, value in _DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """An endpoint's answer: ``json`` and/or ``tensors`` (numpy arrays by output name)."""
+
+    json: Any
+    tensors: dict[str, Any] = field(default_factory=dict)
+    model_id: str = ""
+    request_id: str = ""
+    application: str = ""
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    """A deployed serve application as the server reports it."""
+
+    id: int
+    name: str
+    plugin: str
+    action: str
+    status: str
+    status_message: str
+    route_prefix: str
+    model_ids: list[int]
+    replicas: list[dict[str, Any]]
+    endpoint_action: str
+    job_id: str
+
+
+def array_to_tensor(name: str, value: Any) -> tensor_pb2.Tensor:
+    """A numpy array (or anything ``numpy.asarray`` takes) as a wire tensor."""
+    import numpy as np
+
+    array = np.ascontiguousarray(np.asarray(value))
+    dtype = _DTYPES.get(array.dtype.name)
+    if dtype is None or array.dtype.name == "bfloat16":
+        raise ClientConfigError(f"tensor {name!r}: dtype {array.dtype} cannot be sent")
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return tensor_pb2.Tensor(
+        name=name,
+        dtype=cast(Any, dtype),
+        shape=list(array.shape),
+        data=little.tobytes(),
+    )
+
+
+def tensor_to_array(tensor: tensor_pb2.Tensor) -> Any:
+    """A wire tensor as a numpy array (bfloat16 as raw ``uint16`` bit patterns)."""
+    import numpy as np
+
+    name = _NAMES.get(tensor.dtype)
+    if name is None:
+        raise ClientConfigError(f"tensor {tensor.name!r}: unknown dtype {tensor.dtype}")
+    dtype = np.dtype("<u2") if name == "bfloat16" else np.dtype(name).newbyteorder("<")
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
+
+
+def build_infer_request(
+    application: str | None = None,
+    *,
+    plugin: str | None = None,
+    action: str | None = None,
+    model: int | str | None = None,
+    json: Any = _UNSET,
+    tensors: Mapping[str, Any] | None = None,
+    method: str = "post",
+    path: str = "/",
+    request_id: str | None = None,
+) -> inference_service_pb2.InferRequest:
+    """The InferRequest for these arguments (shared by the blocking and asyncio clients)."""
+    if bool(application) == bool(plugin or action):
+        raise ClientConfigError("infer needs either application, or plugin and action")
+    request = inference_service_pb2.InferRequest(
+        model_id="" if model is None else str(model),
+        method=method or "",
+        path=path or "",
+        request_id=request_id or "",
+    )
+    if application:
+        request.application = application
+    else:
+        if not (plugin and action):
+            raise ClientConfigError("infer by action needs both plugin and action")
+        request.action.plugin = plugin
+        request.action.action = action
+    if json is not _UNSET:
+        try:
+            request.json.CopyFrom(json_format.ParseDict(json, struct_pb2.Value()))
+        except (json_format.ParseError, TypeError, ValueError) as exc:
+            raise ClientConfigError(f"json payload is not JSON-like: {exc}") from exc
+    for name, value in (tensors or {}).items():
+        request.inputs.append(array_to_tensor(name, value))
+    return request
+
+
+def _result(response: inference_service_pb2.InferResponse) -> InferResult:
+    body = json_format.MessageToDict(response.json) if response.HasField("json") else None
+    return InferResult(
+        json=body,
+        tensors={t.name: tensor_to_array(t) for t in response.outputs},
+        model_id=response.model_id,
+        request_id=response.request_id,
+        application=response.application,
+    )
+
+
+def _deployment(message: deployment_pb2.Deployment) -> DeploymentInfo:
+    return DeploymentInfo(
+        id=message.id,
+        name=message.name,
+        plugin=message.plugin,
+        action=message.action,
+        status=deployment_pb2.DeploymentStatus.Name(message.status).removeprefix(
+            "DEPLOYMENT_STATUS_"
+        ),
+        status_message=message.status_message,
+        route_prefix=message.route_prefix,
+        model_ids=list(message.model_ids),
+        replicas=[
+            {
+                "replica_id": r.replica_id,
+                "state": deployment_pb2.ReplicaState.Name(r.state).removeprefix("REPLICA_STATE_"),
+                "loaded_model_ids": list(r.loaded_model_ids),
+            }
+            for r in message.replicas
+        ],
+        endpoint_action=message.endpoint_action,
+        job_id=message.job_id,
+    )
+
+
+class InferenceMixin(ClientCore):
+    """Infer and deployment calls, mixed into :class:`~synapse_client.Client`."""
+
+    def infer(
+        self,
+        application: str | None = None,
+        *,
+        plugin: str | None = None,
+        action: str | None = None,
+        model: int | str | None = None,
+        json: Any = _UNSET,
+        tensors: Mapping[str, Any] | None = None,
+        method: str = "post",
+        path: str = "/",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> InferResult:
+        """Call a deployed endpoint: by ``application`` name, or by ``plugin`` + ``action``.
+
+        ``json`` is the request body (a JSON object maps onto the endpoint's parameters);
+        ``tensors`` adds binary inputs by parameter name. ``timeout`` is the call's deadline
+        (the client default when None). Raises the client's typed errors (NotFoundError,
+        InvalidArgumentError, UnavailableError, DeadlineExceededError, InternalError).
+        """
+        request = build_infer_request(
+            application,
+            plugin=plugin,
+            action=action,
+            model=model,
+            json=json,
+            tensors=tensors,
+            method=method,
+            path=path,
+            request_id=request_id,
+        )
+        stub = self._stub(inference_service_pb2_grpc.InferenceServiceStub)
+        return _result(self._call(stub.Infer, request, timeout))
+
+    def _deployments(self) -> deployment_service_pb2_grpc.DeploymentServiceStub:
+        return self._stub(deployment_service_pb2_grpc.DeploymentServiceStub)
+
+    def list_deployments(
+        self, plugin: str | None = None, name: str | None = None
+    ) -> list[DeploymentInfo]:
+        """The caller's deployments (first page of up to 1000), newest first."""
+        request = deployment_service_pb2.ListDeploymentsRequest(
+            plugin=plugin or "", name=name or "", page_size=1000
+        )
+        response = self._call(self._deployments().ListDeployments, request)
+        return [_deployment(d) for d in response.deployments]
+
+    def get_deployment(self, deployment_id: int) -> DeploymentInfo:
+        """One deployment with fresh status and replicas."""
+        request = deployment_service_pb2.GetDeploymentRequest(deployment_id=deployment_id)
+        return _deployment(self._call(self._deployments().GetDeployment, request).deployment)
+
+    def delete_deployment(self, deployment_id: int) -> DeploymentInfo:
+        """Undeploy a serve application."""
+        request = deployment_service_pb2.DeleteDeploymentRequest(deployment_id=deployment_id)
+        return _deployment(self._call(self._deployments().DeleteDeployment, request).deployment)
+
+    def register_deployment(
+        self,
+        name: str,
+        plugin: str,
+        action: str,
+        *,
+        job_id: str = "",
+        route_prefix: str = "",
+        model_ids: list[int] | None = None,
+        ray_actor_options: Mapping[str, Any] | None = None,
+        endpoint_action: str = "",
+    ) -> tuple[DeploymentInfo, bool]:
+        """Record a deployed serve application (used by ``register_serve_application``)."""
+        request = deployment_service_pb2.RegisterDeploymentRequest(
+            name=name,
+            plugin=plugin,
+            action=action,
+            job_id=job_id,
+            route_prefix=route_prefix,
+            model_ids=list(model_ids or ()),
+            endpoint_action=endpoint_action,
+        )
+        if ray_actor_options:
+            request.ray_actor_options.update(dict(ray_actor_options))
+        response = self._call(self._deployments().RegisterDeployment, request)
+        return _deployment(response.deployment), response.created

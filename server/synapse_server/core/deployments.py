@@ -1,0 +1,591 @@
+"""Serve applications (deployments): their records and the service that lists, gets, deletes.
+
+Transport-neutral: the gRPC servicer converts to and from these types, and Ray is reached
+through the :class:`ServeBackend` protocol (implemented by ``synapse_server.ray``). Records
+live in their own table of the server's SQLite file, so a restart keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from synapse_server.core._errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ServerError,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AppObservation",
+    "DeploymentNotFoundError",
+    "DeploymentPage",
+    "DeploymentRecord",
+    "DeploymentService",
+    "DeploymentStatus",
+    "DeploymentStore",
+    "ReplicaRecord",
+    "ServeBackend",
+    "SqliteDeploymentStore",
+]
+
+T = TypeVar("T")
+
+_MAX_PAGE = 1000
+_DEFAULT_PAGE = 100
+
+
+class DeploymentNotFoundError(ServerError, LookupError):
+    """No deployment with this id or name visible to the caller."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(f"deployment {what} not found")
+
+
+class DeploymentStatus(StrEnum):
+    """Lifecycle of a serve application, as the platform reports it."""
+
+    DEPLOYING = "deploying"
+    RUNNING = "running"
+    UNHEALTHY = "unhealthy"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRecord:
+    """One replica as last observed: Ray Serve's id, state and the models it has loaded."""
+
+    replica_id: str
+    state: str
+    loaded_model_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    """A serve application registered by a deployment action."""
+
+    id: int
+    tenant: str
+    name: str
+    plugin: str
+    action: str
+    job_id: str = ""
+    status: DeploymentStatus = DeploymentStatus.RUNNING
+    status_message: str = ""
+    route_prefix: str = ""
+    model_ids: tuple[int, ...] = ()
+    ray_actor_options: dict[str, Any] = field(default_factory=dict)
+    endpoint_action: str = ""
+    create_time: float = 0.0
+    update_time: float = 0.0
+    replicas: tuple[ReplicaRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeploymentPage:
+    """One page of a listing; ``next_page_token`` is empty on the last page."""
+
+    deployments: list[DeploymentRecord]
+    next_page_token: str = ""
+
+
+@dataclass(frozen=True)
+class AppObservation:
+    """What Ray Serve says about an application right now."""
+
+    status: DeploymentStatus
+    message: str = ""
+    replicas: tuple[ReplicaRecord, ...] = ()
+
+
+class ServeBackend(Protocol):
+    """The Ray Serve operations the deployment service needs."""
+
+    async def observe(self, app_name: str) -> AppObservation | None:
+        """The application's status and replicas; None when Serve has no such application."""
+        ...
+
+    async def delete(self, app_name: str) -> None:
+        """Delete the application (a missing one is not an error)."""
+        ...
+
+
+class DeploymentStore(Protocol):
+    """Persistence of deployment records (SQLite in the embedded server)."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def upsert(self, record: DeploymentRecord) -> tuple[DeploymentRecord, bool]: ...
+
+    async def get(self, deployment_id: int) -> DeploymentRecord | None: ...
+
+    async def find_by_name(self, tenant: str, name: str) -> DeploymentRecord | None: ...
+
+    async def find_by_endpoint(
+        self, tenant: str, plugin: str, endpoint_action: str
+    ) -> list[DeploymentRecord]: ...
+
+    async def list(
+        self,
+        tenant: str,
+        statuses: Sequence[DeploymentStatus],
+        plugin: str,
+        name: str,
+        page_size: int,
+        page_token: str,
+    ) -> DeploymentPage: ...
+
+    async def update(self, record: DeploymentRecord) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS serve_applications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    action TEXT NOT NULL,
+    job_id TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    status_message TEXT NOT NULL DEFAULT '',
+    route_prefix TEXT NOT NULL DEFAULT '',
+    model_ids TEXT NOT NULL DEFAULT '[]',
+    ray_actor_options TEXT NOT NULL DEFAULT '{}',
+    endpoint_action TEXT NOT NULL DEFAULT '',
+    replicas TEXT NOT NULL DEFAULT '[]',
+    create_time REAL NOT NULL,
+    update_time REAL NOT NULL,
+    UNIQUE (tenant, name)
+);
+CREATE INDEX IF NOT EXISTS serve_applications_endpoint
+    ON serve_applications (tenant, plugin, endpoint_action);
+"""
+
+_COLUMNS = (
+    "id, tenant, name, plugin, action, job_id, status, status_message, route_prefix, "
+    "model_ids, ray_actor_options, endpoint_action, replicas, create_time, update_time"
+)
+
+
+def _row_to_record(row: Sequence[Any]) -> DeploymentRecord:
+    replicas = tuple(
+        ReplicaRecord(r["replica_id"], r["state"], tuple(r.get("loaded_model_ids", ())))
+        for r in json.loads(row[12])
+    )
+    return DeploymentRecord(
+        id=int(row[0]),
+        tenant=row[1],
+        name=row[2],
+        plugin=row[3],
+        action=row[4],
+        job_id=row[5],
+        status=DeploymentStatus(row[6]),
+        status_message=row[7],
+        route_prefix=row[8],
+        model_ids=tuple(int(m) for m in json.loads(row[9])),
+        ray_actor_options=dict(json.loads(row[10])),
+        endpoint_action=row[11],
+        replicas=replicas,
+        create_time=float(row[13]),
+        update_time=float(row[14]),
+    )
+
+
+def _replicas_json(replicas: Iterable[ReplicaRecord]) -> str:
+    return json.dumps(
+        [
+            {
+                "replica_id": r.replica_id,
+                "state": r.state,
+                "loaded_model_ids": list(r.loaded_model_ids),
+            }
+            for r in replicas
+        ]
+    )
+
+
+class SqliteDeploymentStore:
+    """The embedded :class:`DeploymentStore`: a ``serve_applications`` table in SQLite (WAL).
+
+    Shares the server's database file with the other stores but keeps its own connection and
+    I/O thread, so neither blocks the event loop nor the other stores' writers for long.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-deployments")
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(self._connection()))
+
+    async def open(self) -> None:
+        """Create the file and the table if needed."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        await self._run(lambda c: c.executescript(_SCHEMA))
+
+    async def close(self) -> None:
+        """Close the connection and stop the I/O thread."""
+
+        def _close(_c: sqlite3.Connection) -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await self._run(_close)
+        self._pool.shutdown(wait=True)
+
+    async def upsert(self, record: DeploymentRecord) -> tuple[DeploymentRecord, bool]:
+        """Insert, or update the record of the same (tenant, name); returns it and created."""
+
+        def _upsert(conn: sqlite3.Connection) -> tuple[DeploymentRecord, bool]:
+            now = time.time()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    "SELECT id FROM serve_applications WHERE tenant = ? AND name = ?",
+                    (record.tenant, record.name),
+                ).fetchone()
+                values = (
+                    record.plugin,
+                    record.action,
+                    record.job_id,
+                    record.status.value,
+                    record.status_message,
+                    record.route_prefix,
+                    json.dumps(list(record.model_ids)),
+                    json.dumps(record.ray_actor_options),
+                    record.endpoint_action,
+                    _replicas_json(record.replicas),
+                )
+                if row is None:
+                    cursor = conn.execute(
+                        "INSERT INTO serve_applications (tenant, name, plugin, action, job_id, "
+                        "status, status_message, route_prefix, model_ids, ray_actor_options, "
+                        "endpoint_action, replicas, create_time, update_time) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (record.tenant, record.name, *values, now, now),
+                    )
+                    new_id, created = int(cursor.lastrowid or 0), True
+                else:
+                    new_id, created = int(row[0]), False
+                    conn.execute(
+                        "UPDATE serve_applications SET plugin = ?, action = ?, job_id = ?, "
+                        "status = ?, status_message = ?, route_prefix = ?, model_ids = ?, "
+                        "ray_actor_options = ?, endpoint_action = ?, replicas = ?, "
+                        "update_time = ? WHERE id = ?",
+                        (*values, now, new_id),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            stored = conn.execute(
+                f"SELECT {_COLUMNS} FROM serve_applications WHERE id = ?", (new_id,)
+            ).fetchone()
+            return _row_to_record(stored), created
+
+        return await self._run(_upsert)
+
+    async def get(self, deployment_id: int) -> DeploymentRecord | None:
+        """The record with this id, or None."""
+
+        def _get(conn: sqlite3.Connection) -> DeploymentRecord | None:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM serve_applications WHERE id = ?", (deployment_id,)
+            ).fetchone()
+            return None if row is None else _row_to_record(row)
+
+        return await self._run(_get)
+
+    async def find_by_name(self, tenant: str, name: str) -> DeploymentRecord | None:
+        """The tenant's record of the application called ``name``, or None."""
+
+        def _find(conn: sqlite3.Connection) -> DeploymentRecord | None:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM serve_applications WHERE tenant = ? AND name = ?",
+                (tenant, name),
+            ).fetchone()
+            return None if row is None else _row_to_record(row)
+
+        return await self._run(_find)
+
+    async def find_by_endpoint(
+        self, tenant: str, plugin: str, endpoint_action: str
+    ) -> list[DeploymentRecord]:
+        """The tenant's records for a plugin's serve entrypoint, newest first."""
+
+        def _find(conn: sqlite3.Connection) -> list[DeploymentRecord]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM serve_applications WHERE tenant = ? AND plugin = ? "
+                "AND endpoint_action = ? ORDER BY id DESC",
+                (tenant, plugin, endpoint_action),
+            ).fetchall()
+            return [_row_to_record(r) for r in rows]
+
+        return await self._run(_find)
+
+    async def list(
+        self,
+        tenant: str,
+        statuses: Sequence[DeploymentStatus],
+        plugin: str,
+        name: str,
+        page_size: int,
+        page_token: str,
+    ) -> DeploymentPage:
+        """The tenant's records, newest first, filtered; ``page_token`` continues a listing."""
+        before = _decode_token(page_token)
+
+        def _list(conn: sqlite3.Connection) -> DeploymentPage:
+            clauses = ["tenant = ?"]
+            args: list[Any] = [tenant]
+            if statuses:
+                clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
+                args.extend(s.value for s in statuses)
+            if plugin:
+                clauses.append("plugin = ?")
+                args.append(plugin)
+            if name:
+                clauses.append("name = ?")
+                args.append(name)
+            if before is not None:
+                clauses.append("id < ?")
+                args.append(before)
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM serve_applications WHERE {' AND '.join(clauses)} "
+                "ORDER BY id DESC LIMIT ?",
+                (*args, page_size + 1),
+            ).fetchall()
+            records = [_row_to_record(r) for r in rows[:page_size]]
+            token = _encode_token(records[-1].id) if len(rows) > page_size else ""
+            return DeploymentPage(records, token)
+
+        return await self._run(_list)
+
+    async def update(self, record: DeploymentRecord) -> None:
+        """Store a record's status, message and replicas."""
+
+        def _update(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE serve_applications SET status = ?, status_message = ?, replicas = ?, "
+                "update_time = ? WHERE id = ?",
+                (
+                    record.status.value,
+                    record.status_message,
+                    _replicas_json(record.replicas),
+                    record.update_time,
+                    record.id,
+                ),
+            )
+
+        await self._run(_update)
+
+
+def _encode_token(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"d:{last_id}".encode()).decode()
+
+
+def _decode_token(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        prefix, _, value = text.partition(":")
+        if prefix != "d" or not value.isdigit():
+            raise ValueError(token)
+        return int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgumentError("page_token is not a token this server issued") from None
+
+
+class DeploymentService:
+    """Lists, inspects, registers and deletes the serve applications of a tenant."""
+
+    def __init__(self, store: DeploymentStore, backend: ServeBackend) -> None:
+        self._store = store
+        self._backend = backend
+
+    async def register(
+        self,
+        tenant: str,
+        *,
+        name: str,
+        plugin: str,
+        action: str,
+        job_id: str = "",
+        route_prefix: str = "",
+        model_ids: Iterable[int] = (),
+        ray_actor_options: Mapping[str, Any] | None = None,
+        endpoint_action: str = "",
+    ) -> tuple[DeploymentRecord, bool]:
+        """Record an application a deployment action has deployed (updates a same-name one)."""
+        missing = [
+            label
+            for label, value in (("name", name), ("plugin", plugin), ("action", action))
+            if not value
+        ]
+        if missing:
+            raise InvalidArgumentError(f"RegisterDeployment needs {', '.join(missing)}")
+        ids = tuple(int(m) for m in model_ids)
+        if any(m <= 0 for m in ids):
+            raise InvalidArgumentError("model_ids must be positive")
+        observation = await self._backend.observe(name)
+        if observation is None:
+            raise FailedPreconditionError(
+                f"Ray Serve has no application named {name!r}: deploy() it before registering"
+            )
+        record = DeploymentRecord(
+            id=0,
+            tenant=tenant,
+            name=name,
+            plugin=plugin,
+            action=action,
+            job_id=job_id,
+            status=observation.status,
+            status_message=observation.message,
+            route_prefix=route_prefix,
+            model_ids=ids,
+            ray_actor_options=dict(ray_actor_options or {}),
+            endpoint_action=endpoint_action,
+            replicas=observation.replicas,
+        )
+        stored, created = await self._store.upsert(record)
+        logger.info(
+            "%s deployment %d (%s) for tenant %r",
+            "registered" if created else "updated",
+            stored.id,
+            name,
+            tenant,
+        )
+        return stored, created
+
+    async def list(
+        self,
+        tenant: str,
+        statuses: Sequence[DeploymentStatus] = (),
+        plugin: str = "",
+        name: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> DeploymentPage:
+        """The tenant's deployments, newest first, as last observed."""
+        if page_size < 0 or page_size > _MAX_PAGE:
+            raise InvalidArgumentError(f"page_size must be between 0 and {_MAX_PAGE}")
+        return await self._store.list(
+            tenant, statuses, plugin, name, page_size or _DEFAULT_PAGE, page_token
+        )
+
+    async def get(self, tenant: str, deployment_id: int) -> DeploymentRecord:
+        """One deployment, refreshed from Ray Serve (status, replicas, loaded models)."""
+        record = await self._visible(tenant, deployment_id)
+        return await self.refresh(record)
+
+    async def refresh(self, record: DeploymentRecord) -> DeploymentRecord:
+        """Update a record's status and replicas from Ray Serve and store them."""
+        if record.status == DeploymentStatus.DELETED:
+            return record
+        observation = await self._backend.observe(record.name)
+        if observation is None:
+            updated = replace(
+                record,
+                status=DeploymentStatus.DELETED,
+                status_message="the application no longer exists in Ray Serve",
+                replicas=(),
+                update_time=time.time(),
+            )
+        else:
+            updated = replace(
+                record,
+                status=observation.status,
+                status_message=observation.message,
+                replicas=observation.replicas,
+                update_time=time.time(),
+            )
+        if updated != record:
+            await self._store.update(updated)
+        return updated
+
+    async def delete(self, tenant: str, deployment_id: int) -> DeploymentRecord:
+        """Undeploy: delete the Ray Serve application and mark the record DELETED."""
+        record = await self._visible(tenant, deployment_id)
+        if record.status == DeploymentStatus.DELETED:
+            return record
+        await self._backend.delete(record.name)
+        deleted = replace(
+            record,
+            status=DeploymentStatus.DELETED,
+            status_message="deleted",
+            replicas=(),
+            update_time=time.time(),
+        )
+        await self._store.update(deleted)
+        logger.info("deleted deployment %d (%s)", record.id, record.name)
+        return deleted
+
+    async def resolve(
+        self, tenant: str, application: str | None, plugin: str | None, action: str | None
+    ) -> DeploymentRecord:
+        """The deployment an Infer call targets: by application name, or by plugin + action."""
+        if application:
+            record = await self._store.find_by_name(tenant, application)
+            if record is None:
+                raise DeploymentNotFoundError(f"named {application!r}")
+        elif plugin and action:
+            candidates = [
+                r
+                for r in await self._store.find_by_endpoint(tenant, plugin, action)
+                if r.status not in (DeploymentStatus.DELETED, DeploymentStatus.DELETING)
+            ]
+            if not candidates:
+                raise DeploymentNotFoundError(f"of plugin {plugin!r} with endpoint {action!r}")
+            if len(candidates) > 1:
+                names = ", ".join(sorted(r.name for r in candidates))
+                raise FailedPreconditionError(
+                    f"plugin {plugin!r} has several deployments of {action!r} ({names}); "
+                    "name the application"
+                )
+            record = candidates[0]
+        else:
+            raise InvalidArgumentError("Infer needs an application, or a plugin and an action")
+        if record.status in (DeploymentStatus.DELETED, DeploymentStatus.DELETING):
+            raise FailedPreconditionError(f"deployment {record.name!r} is {record.status.value}")
+        return record
+
+    async def _visible(self, tenant: str, deployment_id: int) -> DeploymentRecord:
+        if deployment_id <= 0:
+            raise InvalidArgumentError("deployment_id must be positive")
+        record = await self._store.get(deployment_id)
+        if record is None or record.tenant != tenant:
+            # Another tenant's deployment is reported exactly like a missing one.
+            raise DeploymentNotFoundError(f"#{deployment_id}")
+        return record

@@ -1,0 +1,228 @@
+"""``InferenceService``: one Infer call, from an authenticated tenant to a serve replica.
+
+Transport-neutral. The service resolves the target deployment (tenant-scoped), mints the
+signed multiplexed model id for it (the caller never chooses one), and hands the request to
+an :class:`InferenceBackend` (Ray Serve handles in ``synapse_server.ray``). The replica's
+typed answer becomes a result or a domain error; the gRPC layer maps those to status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from synapse_sdk.plugins.actions.inference._multiplex import (
+    ServeModelIdSigner,
+    derive_app_key,
+    derive_tenant_key,
+)
+from synapse_sdk.plugins.actions.inference._serve import ServeReply, ServeRequest, TensorPayload
+
+from synapse_server.core._errors import (
+    InvalidArgumentError,
+    PermissionDeniedError,
+    ServerError,
+)
+from synapse_server.core.deployments import (
+    DeploymentRecord,
+    DeploymentService,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EndpointNotFoundError",
+    "InferDeadlineExceededError",
+    "InferRequestData",
+    "InferResult",
+    "InferenceBackend",
+    "InferenceFailedError",
+    "InferenceService",
+    "ServeKeyring",
+]
+
+_METHODS = frozenset({"POST", "GET", "PUT", "PATCH", "DELETE"})
+
+
+class InferDeadlineExceededError(ServerError, TimeoutError):
+    """The caller's deadline passed before the replica answered (the request was cancelled)."""
+
+
+class EndpointNotFoundError(ServerError, LookupError):
+    """The application has no such route, or the endpoint reported a missing resource."""
+
+
+class InferenceFailedError(ServerError):
+    """The serve code raised; details are in the replica's log under ``correlation_id``."""
+
+    def __init__(self, message: str, correlation_id: str) -> None:
+        self.correlation_id = correlation_id
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class InferRequestData:
+    """An Infer call: target (application, or plugin + action), model, payload, tensors."""
+
+    application: str | None = None
+    plugin: str | None = None
+    action: str | None = None
+    model_id: str = ""
+    json: Any = None
+    has_json: bool = False
+    tensors: tuple[TensorPayload, ...] = ()
+    method: str = ""
+    path: str = ""
+    request_id: str = ""
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """The endpoint's answer and which model and application produced it."""
+
+    json: Any
+    tensors: tuple[TensorPayload, ...]
+    model_id: str
+    request_id: str
+    application: str
+
+
+class InferenceBackend(Protocol):
+    """Delivers one request to an application's replicas (Ray Serve handles)."""
+
+    async def call(
+        self,
+        app_name: str,
+        multiplexed_model_id: str,
+        request: ServeRequest,
+        timeout_s: float | None,
+    ) -> ServeReply:
+        """The replica's reply; raises :class:`DeploymentNotFoundError`,
+        ``ServiceUnavailableError`` or :class:`InferDeadlineExceededError`."""
+        ...
+
+
+class ServeKeyring:
+    """Derives the serve signing keys from the server secret and caches minted ids.
+
+    An id is reused until 80% of its lifetime has passed: the multiplexed cache of a replica
+    is keyed by the id, so minting a fresh one per call would reload the model every call.
+    """
+
+    def __init__(self, secret: bytes, ttl_s: float = 3600.0) -> None:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        self._secret = secret
+        self._ttl_s = ttl_s
+        self._ids: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def tenant_key(self, tenant: str) -> bytes:
+        """The key given to a tenant's deployment workers (never the server secret)."""
+        return derive_tenant_key(self._secret, tenant)
+
+    def model_id_for(self, tenant: str, app_name: str, model_id: str) -> str:
+        """A signed multiplexed model id for ``model_id`` on ``app_name`` of ``tenant``."""
+        key = (tenant, app_name, model_id)
+        now = time.time()
+        with self._lock:
+            cached = self._ids.get(key)
+            if cached is not None and cached[1] > now:
+                return cached[0]
+        signer = ServeModelIdSigner(
+            derive_app_key(self.tenant_key(tenant), app_name), app_name, tenant
+        )
+        token = signer.mint(model_id, ttl_s=self._ttl_s, now=now)
+        with self._lock:
+            if len(self._ids) > 10_000:
+                self._ids = {k: v for k, v in self._ids.items() if v[1] > now}
+            self._ids[key] = (token, now + 0.8 * self._ttl_s)
+        return token
+
+
+class InferenceService:
+    """Runs Infer calls for authenticated tenants; see the module docstring."""
+
+    def __init__(
+        self,
+        deployments: DeploymentService,
+        backend: InferenceBackend,
+        keyring: ServeKeyring,
+    ) -> None:
+        self._deployments = deployments
+        self._backend = backend
+        self._keyring = keyring
+
+    async def infer(self, tenant: str, request: InferRequestData) -> InferResult:
+        """Route ``request`` to its deployment's replica and return the endpoint's answer."""
+        request_id = request.request_id or uuid.uuid4().hex
+        method = (request.method or "POST").upper()
+        if method not in _METHODS:
+            raise InvalidArgumentError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
+        path = request.path or "/"
+        if not path.startswith("/"):
+            raise InvalidArgumentError(f"path must start with '/', got {path!r}")
+        names = [t.name for t in request.tensors]
+        if len(set(names)) != len(names) or any(not n for n in names):
+            raise InvalidArgumentError("tensor names must be non-empty and unique")
+        if request.timeout_s is not None and request.timeout_s <= 0:
+            raise InferDeadlineExceededError("the deadline passed before the call started")
+        record = await self._deployments.resolve(
+            tenant, request.application, request.plugin, request.action
+        )
+        model_id = self._model_id(record, request.model_id)
+        token = self._keyring.model_id_for(tenant, record.name, model_id)
+        serve_request = ServeRequest(
+            method=method,
+            path=path,
+            json=request.json,
+            has_json=request.has_json,
+            tensors=request.tensors,
+            request_id=request_id,
+        )
+        reply = await self._backend.call(record.name, token, serve_request, request.timeout_s)
+        if reply.error_kind is not None:
+            raise self._error(reply, record, request_id)
+        return InferResult(
+            json=reply.json,
+            tensors=reply.tensors,
+            model_id=model_id,
+            request_id=request_id,
+            application=record.name,
+        )
+
+    @staticmethod
+    def _model_id(record: DeploymentRecord, requested: str) -> str:
+        text = requested.strip()
+        if text:
+            if not text.isdigit() or int(text) <= 0:
+                raise InvalidArgumentError(
+                    f"model_id must be a positive integer, got {requested!r}"
+                )
+            return str(int(text))
+        if len(record.model_ids) == 1:
+            return str(record.model_ids[0])
+        raise InvalidArgumentError(
+            f"model_id is required: deployment {record.name!r} has "
+            f"{'no default model' if not record.model_ids else 'several models'}"
+        )
+
+    @staticmethod
+    def _error(reply: ServeReply, record: DeploymentRecord, request_id: str) -> Exception:
+        message = reply.error_message or "the serve endpoint failed"
+        kind = reply.error_kind
+        if kind == "invalid_argument":
+            return InvalidArgumentError(message)
+        if kind == "not_found":
+            return EndpointNotFoundError(message)
+        if kind == "permission_denied":
+            return PermissionDeniedError(message)
+        logger.warning(
+            "Infer on %s failed in the replica (correlation id %s)", record.name, request_id
+        )
+        return InferenceFailedError(message, request_id)

@@ -1,0 +1,158 @@
+"""The server's Ray: started in-process on first need, or connected to a configured cluster.
+
+Deployment actions run in short-lived worker processes; a Ray started by a worker would die
+with it and take its Serve applications along. So the server owns Ray: the first time
+something needs it (a deployment action is about to run, or ``Infer`` is called) it starts a
+local Ray in this process (or connects to ``ray_address``), starts Serve with the platform's
+proxy choices, and tells workers the cluster address through ``RAY_ADDRESS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from synapse_server.core._errors import ServiceUnavailableError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RayRuntime", "RayRuntimeConfig"]
+
+
+@dataclass(frozen=True)
+class RayRuntimeConfig:
+    """How the server gets its Ray.
+
+    ``address``: an existing cluster (``ray://`` or ``host:port``); None starts a local Ray
+    with ``num_cpus`` CPUs (None: all). ``http_port``/``grpc_port``: Serve's own proxies,
+    None keeps them off (the platform reaches replicas through handles, not proxies).
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    grpc_port: int | None = None
+    grpc_servicer_functions: tuple[str, ...] = ()
+    start_timeout_s: float = 120.0
+
+
+class RayRuntime:
+    """Starts or connects to Ray once, off the event loop; see the module docstring."""
+
+    def __init__(self, config: RayRuntimeConfig | None = None) -> None:
+        self._config = config or RayRuntimeConfig()
+        self._lock = threading.Lock()
+        self._started = False
+        self._owns_ray = False
+        self._gcs_address: str | None = None
+
+    @property
+    def started(self) -> bool:
+        """True once Ray and Serve are up for this server."""
+        return self._started
+
+    @property
+    def gcs_address(self) -> str | None:
+        """The cluster address workers connect to (None before the first start)."""
+        return self._gcs_address
+
+    async def ensure_started(self) -> str:
+        """Start (or connect to) Ray and Serve if not done yet; returns the cluster address.
+
+        Raises :class:`ServiceUnavailableError` when Ray cannot be started or reached.
+        """
+        if self._started and self._gcs_address is not None:
+            return self._gcs_address
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._start), timeout=self._config.start_timeout_s
+            )
+        except TimeoutError as exc:
+            raise ServiceUnavailableError("Ray did not start in time") from exc
+
+    def ensure_started_sync(self) -> str:
+        """Blocking variant of :meth:`ensure_started`, for code already off the event loop."""
+        return self._start()
+
+    def worker_environment(self) -> dict[str, str]:
+        """Environment a worker needs to reach this Ray (empty before the first start)."""
+        if self._gcs_address is None:
+            return {}
+        return {"RAY_ADDRESS": self._gcs_address, "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def _start(self) -> str:
+        with self._lock:
+            if self._started and self._gcs_address is not None:
+                return self._gcs_address
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            try:
+                import ray
+                from ray import serve
+
+                if not ray.is_initialized():
+                    kwargs: dict[str, Any] = {
+                        "include_dashboard": False,
+                        "log_to_driver": False,
+                        "ignore_reinit_error": True,
+                    }
+                    if self._config.address:
+                        kwargs["address"] = self._config.address
+                    else:
+                        # "local" always starts a new Ray, never attaching to a stray one.
+                        kwargs["address"] = "local"
+                        kwargs["num_cpus"] = self._config.num_cpus
+                        self._owns_ray = True
+                    ray.init(**kwargs)
+                    logger.info(
+                        "%s Ray", "connected to" if self._config.address else "started a local"
+                    )
+                serve.start(**self._serve_options())
+                self._gcs_address = ray.get_runtime_context().gcs_address
+            except ServiceUnavailableError:
+                raise
+            except Exception as exc:
+                logger.exception("Ray could not be started")
+                raise ServiceUnavailableError(
+                    f"Ray is unavailable: {type(exc).__name__}: {exc}"
+                ) from exc
+            self._started = True
+            return self._gcs_address
+
+    def _serve_options(self) -> dict[str, Any]:
+        config = self._config
+        options: dict[str, Any] = {"logging_config": {"enable_access_log": False}}
+        if config.http_port is None and config.grpc_port is None:
+            # serve.run would otherwise open an HTTP proxy on port 8000.
+            options["proxy_location"] = "Disabled"
+            return options
+        options["proxy_location"] = "HeadOnly"
+        options["http_options"] = {
+            "host": config.http_host,
+            "port": config.http_port if config.http_port is not None else 0,
+        }
+        if config.grpc_port is not None:
+            options["grpc_options"] = {
+                "port": config.grpc_port,
+                "grpc_servicer_functions": list(config.grpc_servicer_functions),
+            }
+        return options
+
+    async def close(self) -> None:
+        """Shut down the Ray this server started (a connected cluster is left running)."""
+        if not self._started:
+            return
+
+        def _stop() -> None:
+            import ray
+
+            if self._owns_ray and ray.is_initialized():
+                ray.shutdown()
+
+        await asyncio.to_thread(_stop)
+        self._started = False
+        self._gcs_address = None

@@ -1,0 +1,220 @@
+"""Ray Serve adapters: the Infer router (handles) and the deployment backend (status, delete).
+
+The router keeps one ``DeploymentHandle`` per application and one per (application, signed
+model id), so the steady state of an Infer call is a single handle call with the
+multiplexed model id set: Ray routes it to a replica that already has the model loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from synapse_sdk.plugins.actions.inference._serve import ServeReply, ServeRequest
+
+from synapse_server.core._errors import ServiceUnavailableError
+from synapse_server.core.deployments import (
+    AppObservation,
+    DeploymentNotFoundError,
+    DeploymentStatus,
+    ReplicaRecord,
+)
+from synapse_server.core.inference import InferDeadlineExceededError
+from synapse_server.ray._runtime import RayRuntime
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ServeDeploymentBackend", "ServeRouter"]
+
+_STATUS = {
+    "NOT_STARTED": DeploymentStatus.DEPLOYING,
+    "DEPLOYING": DeploymentStatus.DEPLOYING,
+    "RUNNING": DeploymentStatus.RUNNING,
+    "UNHEALTHY": DeploymentStatus.UNHEALTHY,
+    "DEPLOY_FAILED": DeploymentStatus.FAILED,
+    "DELETING": DeploymentStatus.DELETING,
+}
+_MAX_CACHED_HANDLES = 4096
+
+
+class ServeRouter:
+    """Sends Infer requests to Ray Serve replicas through cached handles."""
+
+    def __init__(self, runtime: RayRuntime) -> None:
+        self._runtime = runtime
+        self._apps: dict[str, Any] = {}
+        self._bound: dict[tuple[str, str], Any] = {}
+
+    def forget(self, app_name: str) -> None:
+        """Drop the handles of an application (after it was deleted or redeployed)."""
+        self._apps.pop(app_name, None)
+        for key in [k for k in self._bound if k[0] == app_name]:
+            del self._bound[key]
+
+    async def _handle(self, app_name: str, multiplexed_model_id: str) -> Any:
+        key = (app_name, multiplexed_model_id)
+        bound = self._bound.get(key)
+        if bound is not None:
+            return bound
+        app = self._apps.get(app_name)
+        if app is None:
+            await self._runtime.ensure_started()
+            app = await asyncio.to_thread(_app_handle, app_name)
+            self._apps[app_name] = app
+        assert app is not None
+        if len(self._bound) >= _MAX_CACHED_HANDLES:
+            self._bound.clear()
+        bound = app.options(method_name="_synapse_infer", multiplexed_model_id=multiplexed_model_id)
+        self._bound[key] = bound
+        return bound
+
+    async def call(
+        self,
+        app_name: str,
+        multiplexed_model_id: str,
+        request: ServeRequest,
+        timeout_s: float | None,
+    ) -> ServeReply:
+        """One request; cancels it in Ray when the deadline passes or the caller goes away."""
+        from ray import exceptions as ray_exceptions
+        from ray.serve.exceptions import BackPressureError, RayServeException
+
+        handle = await self._handle(app_name, multiplexed_model_id)
+        response = handle.remote(request)
+        try:
+            reply = await asyncio.wait_for(_await(response), timeout=timeout_s)
+        except TimeoutError:
+            response.cancel()
+            raise InferDeadlineExceededError(
+                f"no answer from {app_name!r} within the deadline ({timeout_s:.3f}s)"
+            ) from None
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+        except BackPressureError as exc:
+            raise ServiceUnavailableError(f"{app_name!r} is overloaded: {exc}") from exc
+        except (
+            ray_exceptions.RayActorError,
+            ray_exceptions.ActorUnavailableError,
+            ray_exceptions.ObjectLostError,
+            RayServeException,
+        ) as exc:
+            self.forget(app_name)
+            raise ServiceUnavailableError(
+                f"no replica of {app_name!r} is available ({type(exc).__name__})"
+            ) from exc
+        except ray_exceptions.RayTaskError as exc:
+            # The replica answers failures as values; an exception here is Serve's own.
+            self.forget(app_name)
+            raise ServiceUnavailableError(
+                f"the replica of {app_name!r} failed ({type(exc).__name__})"
+            ) from exc
+        if not isinstance(reply, ServeReply):
+            raise ServiceUnavailableError(
+                f"{app_name!r} answered {type(reply).__name__}, not a ServeReply: is its "
+                "entrypoint a BaseServeDeployment deployed by deploy()?"
+            )
+        return reply
+
+
+async def _await(response: Any) -> Any:
+    return await response
+
+
+def _app_handle(app_name: str) -> Any:
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        return serve.get_app_handle(app_name)
+    except RayServeException as exc:
+        raise DeploymentNotFoundError(f"named {app_name!r} (not in Ray Serve)") from exc
+    except ValueError as exc:
+        raise DeploymentNotFoundError(f"named {app_name!r} (not in Ray Serve)") from exc
+
+
+class ServeDeploymentBackend:
+    """Observes and deletes Serve applications (the deployment service's ``ServeBackend``)."""
+
+    def __init__(self, runtime: RayRuntime, router: ServeRouter | None = None) -> None:
+        self._runtime = runtime
+        self._router = router
+
+    async def observe(self, app_name: str) -> AppObservation | None:
+        """Status, message and replicas (with the models each has loaded) of an application."""
+        await self._runtime.ensure_started()
+        observed = await asyncio.to_thread(_observe, app_name)
+        if observed is None:
+            return None
+        status, message, replicas = observed
+        if status in (DeploymentStatus.RUNNING, DeploymentStatus.UNHEALTHY) and replicas:
+            loaded = await self._loaded_models(app_name, len(replicas))
+            replicas = tuple(
+                ReplicaRecord(r.replica_id, r.state, tuple(loaded.get(r.replica_id, ())))
+                for r in replicas
+            )
+        return AppObservation(status, message, replicas)
+
+    async def _loaded_models(self, app_name: str, count: int) -> dict[str, list[str]]:
+        # Serve cannot address a replica by id through a handle; asking a few more times than
+        # there are replicas reaches each one with high probability (power-of-two routing).
+        try:
+            handle = await asyncio.to_thread(_app_handle, app_name)
+            calls = [
+                handle.options(method_name="_synapse_replica_info").remote()
+                for _ in range(count * 3)
+            ]
+            infos = await asyncio.wait_for(
+                asyncio.gather(*(_await(c) for c in calls), return_exceptions=True), timeout=5
+            )
+        except Exception:
+            logger.debug("could not ask %s for its loaded models", app_name, exc_info=True)
+            return {}
+        loaded: dict[str, list[str]] = {}
+        for info in infos:
+            if isinstance(info, dict):
+                loaded[str(info["replica_id"])] = list(info["loaded_model_ids"])
+        return loaded
+
+    async def delete(self, app_name: str) -> None:
+        """Delete the application and wait until Serve has removed it."""
+        await self._runtime.ensure_started()
+
+        def _delete() -> None:
+            from ray import serve
+
+            serve.delete(app_name)
+
+        try:
+            await asyncio.to_thread(_delete)
+        except Exception as exc:
+            raise ServiceUnavailableError(f"could not delete {app_name!r}: {exc}") from exc
+        if self._router is not None:
+            self._router.forget(app_name)
+
+
+def _observe(app_name: str) -> tuple[DeploymentStatus, str, tuple[ReplicaRecord, ...]] | None:
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    status = serve.status().applications.get(app_name)
+    if status is None:
+        return None
+    mapped = _STATUS.get(str(status.status.value), DeploymentStatus.DEPLOYING)
+    message = status.message or "; ".join(
+        d.message for d in status.deployments.values() if d.message
+    )
+    replicas: list[ReplicaRecord] = []
+    try:
+        import ray
+
+        client: Any = _get_global_client()
+        details: Any = ray.get(client._controller.get_serve_instance_details.remote(), timeout=10)
+        app = (details.get("applications") or {}).get(app_name) or {}
+        for deployment in (app.get("deployments") or {}).values():
+            for replica in deployment.get("replicas") or ():
+                replicas.append(ReplicaRecord(str(replica["replica_id"]), str(replica["state"])))
+    except Exception:
+        logger.debug("replica details of %s unavailable", app_name, exc_info=True)
+    return mapped, message, tuple(replicas)

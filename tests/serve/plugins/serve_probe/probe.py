@@ -1,0 +1,59 @@
+"""Endpoints that sleep, raise, echo tensors and count model loads."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+from synapse_sdk.plugins.actions.inference import BaseDeploymentAction, BaseServeDeployment
+
+app = FastAPI()
+
+
+class ProbeServe(BaseServeDeployment):
+    """Loads "models" slowly (so concurrent first requests overlap) and serves probes."""
+
+    action_name = "probe"
+    app = app
+
+    async def _get_model(self, model_info: dict[str, Any]) -> Any:
+        await asyncio.sleep(0.3)
+        return {"dir": model_info["path"].name, "scale": float(model_info["path"].name)}
+
+    @app.post("/")
+    async def infer(self, x: list[float]) -> dict[str, Any]:
+        model = await self.get_model()
+        return {"model": model["dir"], "y": [v * model["scale"] for v in x]}
+
+    @app.post("/sleep")
+    async def sleep(self, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "awake"
+
+    @app.post("/boom")
+    async def boom(self) -> None:
+        raise RuntimeError("secret internal detail")
+
+    @app.post("/double")
+    async def double(self, x: Any) -> Any:
+        model = await self.get_model()
+        return x * model["scale"]
+
+
+class ProbeParams(BaseModel):
+    model: int = 1
+    num_cpus: float = 0
+
+
+class ProbeDeploymentAction(BaseDeploymentAction[ProbeParams]):
+    """Deploys ProbeServe."""
+
+    action_name = "deploy_probe"
+    entrypoint = ProbeServe
+
+    def execute(self) -> dict[str, Any]:
+        self.ray_init()
+        self.deploy()
+        return {"serve_application": self.register_serve_application()}

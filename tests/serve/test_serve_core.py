@@ -1,0 +1,255 @@
+"""Deployments and Infer through the transport-neutral services, on a real local Ray."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from synapse_sdk.plugins import load_plugin, run_action
+from synapse_sdk.plugins._models import LocalModelBackend
+from synapse_sdk.plugins.actions.inference._multiplex import ServeModelIdSigner, derive_app_key
+from synapse_sdk.plugins.actions.inference._serve import ServeRequest, TensorPayload
+from synapse_sdk.runtime import RunContext
+from synapse_server.core._errors import InvalidArgumentError, PermissionDeniedError
+from synapse_server.core.deployments import (
+    DeploymentNotFoundError,
+    DeploymentService,
+    DeploymentStatus,
+    SqliteDeploymentStore,
+)
+from synapse_server.core.inference import (
+    EndpointNotFoundError,
+    InferDeadlineExceededError,
+    InferenceFailedError,
+    InferenceService,
+    InferRequestData,
+    ServeKeyring,
+)
+from synapse_server.ray import RayRuntime, ServeDeploymentBackend, ServeRouter
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plugins"
+
+SECRET = b"serve-tests-secret-0123456789abcdef"
+TENANT = "acme"
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    from examples.models import MLPConfig, build_model_dir
+
+    root = tmp_path_factory.mktemp("models")
+    build_model_dir(root / "1", MLPConfig(hidden=8, seed=1))
+    for probe_id in ("2", "3", "4"):
+        (root / probe_id).mkdir()
+    return root
+
+
+def _deploy(
+    plugin_dir: Path, action: str, params: dict[str, Any], app: str, models_root: Path
+) -> dict[str, Any]:
+    keyring = ServeKeyring(SECRET)
+    plugin = load_plugin(plugin_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SYNAPSE_SERVE_SIGNING_KEY", keyring.tenant_key(TENANT).hex())
+        patch.setenv("SYNAPSE_TENANT", TENANT)
+        patch.setenv("SYNAPSE_PLUGIN_RELEASE_CODE", app)
+        ctx = RunContext(
+            plugin_code=plugin.code,
+            action_name=action,
+            model_backend=LocalModelBackend(root=models_root),
+        )
+        return run_action(plugin.get_action_class(action), params, ctx)
+
+
+@pytest.fixture(scope="module")
+def deployed(ray_session: str, models_root: Path) -> Iterator[None]:
+    from ray import serve
+
+    result = _deploy(
+        EXAMPLES / "torch_serve", "deployment", {"model": 1, "num_cpus": 0}, "mlp-app", models_root
+    )
+    assert result == {"serve_application": None}  # no platform to register with
+    _deploy(PLUGINS / "serve_probe", "deploy_probe", {"model": 2}, "probe-app", models_root)
+    yield
+    for name in ("mlp-app", "probe-app"):
+        serve.delete(name)
+
+
+@pytest.fixture
+async def services(deployed: None, tmp_path: Path) -> Any:
+    runtime = RayRuntime()
+    router = ServeRouter(runtime)
+    store = SqliteDeploymentStore(tmp_path / "synapse.db")
+    await store.open()
+    deployments = DeploymentService(store, ServeDeploymentBackend(runtime, router))
+    await deployments.register(
+        TENANT,
+        name="mlp-app",
+        plugin="torch-serve",
+        action="deployment",
+        model_ids=[1],
+        endpoint_action="inference",
+    )
+    await deployments.register(
+        TENANT,
+        name="probe-app",
+        plugin="serve-probe",
+        action="deploy_probe",
+        model_ids=[2],
+        endpoint_action="probe",
+    )
+    inference = InferenceService(deployments, router, ServeKeyring(SECRET))
+    yield deployments, inference
+    await store.close()
+
+
+async def test_document_example_serves_the_model(services: Any, models_root: Path) -> None:
+    from examples.models import reference_outputs
+
+    _deployments, inference = services
+    request = InferRequestData(
+        application="mlp-app",
+        model_id="1",
+        json={"inputs": [{"data": [1.0, 2.0, 3.0]}, {"data": [0.5, 0.0, -1.0]}]},
+        has_json=True,
+    )
+    result = await inference.infer(TENANT, request)
+    expected = reference_outputs(models_root / "1", [[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]])
+    got = [r["prediction"] for r in result.json]
+    assert len(got) == len(expected)
+    for row, want in zip(got, expected, strict=True):
+        assert row == pytest.approx(want, rel=1e-5)
+    assert (result.application, result.model_id) == ("mlp-app", "1")
+    # By plugin + action, and with the deployment's default model.
+    by_action = await inference.infer(
+        TENANT,
+        InferRequestData(
+            plugin="torch-serve", action="inference", json=request.json, has_json=True
+        ),
+    )
+    assert by_action.json == result.json
+
+
+async def test_concurrent_first_requests_load_a_model_once(services: Any) -> None:
+    deployments, inference = services
+    request = InferRequestData(
+        application="probe-app", model_id="3", json={"x": [1, 2]}, has_json=True
+    )
+    results = await asyncio.gather(*(inference.infer(TENANT, request) for _ in range(8)))
+    assert all(r.json == {"model": "3", "y": [3.0, 6.0]} for r in results)
+    record = await deployments.resolve(TENANT, "probe-app", None, None)
+    fresh = await deployments.get(TENANT, record.id)
+    assert fresh.status == DeploymentStatus.RUNNING
+    assert len(fresh.replicas) == 1
+    assert "3" in fresh.replicas[0].loaded_model_ids
+    from ray import serve
+
+    info = (
+        await serve.get_app_handle("probe-app")
+        .options(method_name="_synapse_replica_info")
+        .remote()
+    )
+    assert info["load_counts"]["3"] == 1
+
+
+async def test_tensors_in_and_out(services: Any) -> None:
+    import numpy as np
+
+    _, inference = services
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    result = await inference.infer(
+        TENANT,
+        InferRequestData(
+            application="probe-app",
+            model_id="4",
+            path="/double",
+            tensors=(TensorPayload("x", "float32", (2, 3), x.tobytes()),),
+        ),
+    )
+    (out,) = result.tensors
+    assert (out.name, out.dtype, out.shape) == ("output", "float32", (2, 3))
+    assert np.frombuffer(out.data, np.float32).reshape(2, 3).tolist() == (x * 4).tolist()
+
+
+async def test_failures_are_typed(services: Any) -> None:
+    _, inference = services
+    with pytest.raises(DeploymentNotFoundError):
+        await inference.infer(TENANT, InferRequestData(application="nope", model_id="1"))
+    with pytest.raises(DeploymentNotFoundError):
+        await inference.infer("other-tenant", InferRequestData(application="mlp-app", model_id="1"))
+    with pytest.raises(InvalidArgumentError, match="inputs"):
+        await inference.infer(
+            TENANT,
+            InferRequestData(
+                application="mlp-app", model_id="1", json={"inputs": 5}, has_json=True
+            ),
+        )
+    with pytest.raises(InvalidArgumentError, match="model_id"):
+        await inference.infer(TENANT, InferRequestData(application="mlp-app", model_id="x"))
+    with pytest.raises(EndpointNotFoundError):
+        await inference.infer(TENANT, InferRequestData(application="probe-app", path="/missing"))
+    with pytest.raises(InferenceFailedError) as failed:
+        await inference.infer(
+            TENANT, InferRequestData(application="probe-app", path="/boom", request_id="corr-1")
+        )
+    assert "corr-1" in str(failed.value) and "secret internal detail" not in str(failed.value)
+    with pytest.raises(InferDeadlineExceededError):
+        await inference.infer(
+            TENANT,
+            InferRequestData(
+                application="probe-app",
+                path="/sleep",
+                json={"seconds": 5},
+                has_json=True,
+                timeout_s=0.3,
+            ),
+        )
+
+
+async def test_replica_rejects_forged_expired_and_foreign_ids(services: Any) -> None:
+    from ray import serve
+
+    handle = serve.get_app_handle("probe-app").options(method_name="_synapse_infer")
+    request = ServeRequest(json={"x": [1.0]}, has_json=True)
+    tenant_key = ServeKeyring(SECRET).tenant_key(TENANT)
+    good_key = derive_app_key(tenant_key, "probe-app")
+    forged = ServeModelIdSigner(b"https://api.example.com", "probe-app", TENANT).mint(2)
+    expired = ServeModelIdSigner(good_key, "probe-app", TENANT).mint(2, ttl_s=1, now=1000.0)
+    foreign_key = derive_app_key(ServeKeyring(SECRET).tenant_key("evil"), "probe-app")
+    foreign = ServeModelIdSigner(foreign_key, "probe-app", "evil").mint(2)
+    for token in (forged, expired, foreign, "2"):
+        reply = await handle.options(multiplexed_model_id=token).remote(request)
+        assert reply.error_kind == "permission_denied", token
+    ok = ServeModelIdSigner(good_key, "probe-app", TENANT).mint(2)
+    reply = await handle.options(multiplexed_model_id=ok).remote(request)
+    assert reply.error_kind is None and reply.json == {"model": "2", "y": [2.0]}
+    with pytest.raises(PermissionDeniedError):
+        raise InferenceService._error(reply.__class__(error_kind="permission_denied"), None, "")  # type: ignore[arg-type]
+
+
+async def test_delete_undeploys(services: Any, models_root: Path) -> None:
+    deployments, _inference = services
+    _deploy(PLUGINS / "serve_probe", "deploy_probe", {"model": 2}, "probe-tmp", models_root)
+    record, created = await deployments.register(
+        TENANT,
+        name="probe-tmp",
+        plugin="serve-probe",
+        action="deploy_probe",
+        model_ids=[2],
+        endpoint_action="probe-tmp",
+    )
+    assert created
+    deleted = await deployments.delete(TENANT, record.id)
+    assert deleted.status == DeploymentStatus.DELETED
+    from ray import serve
+
+    assert "probe-tmp" not in serve.status().applications
+    page = await deployments.list(TENANT, statuses=[DeploymentStatus.DELETED])
+    assert [r.name for r in page.deployments] == ["probe-tmp"]
