@@ -1,0 +1,178 @@
+"""Batch inference benchmark: the example action run through the platform vs a plain torch loop.
+
+For each input count (default 10k and 100k) the same inputs, the same TorchScript MLP (built by
+``examples.models``), the same batch size and the same torch thread count are used twice:
+
+* **platform**: a real in-process SynapseServer (worker processes, SQLite, gRPC); the model is
+  registered once through ``ModelService``; the clock runs from ``run_action`` to the parsed
+  result in the client, so it includes job start, the worker process, params transfer, model
+  download/cache, per-batch progress reporting and result transfer (GetJobResult for large
+  results);
+* **baseline**: in this process, ``torch.jit.load`` plus the same batching code
+  (``batch_plugin._batching.run_batches``) over the same inputs.
+
+Throughput ratio = baseline time / platform time (goal ≥ 0.9).
+
+    .venv/bin/python bench/bench_batch_inference.py [--counts 10000,100000] [--batch-size 256]
+
+Prints a table and writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import logging
+import os
+import platform
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+EXAMPLE_PLUGINS = ROOT / "examples" / "plugins"
+BATCHING = EXAMPLE_PLUGINS / "batch_inference" / "batch_plugin" / "_batching.py"
+
+logger = logging.getLogger(__name__)
+
+
+def _load_batching() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_batching", BATCHING)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _start_server(data_dir: Path) -> tuple[Any, asyncio.AbstractEventLoop, threading.Thread]:
+    from synapse_server.app import SynapseServer
+    from synapse_server.settings import ServerSettings
+
+    settings = ServerSettings(
+        listen_address="127.0.0.1:0", data_dir=data_dir, plugin_dirs=[EXAMPLE_PLUGINS]
+    )
+    server = SynapseServer(settings)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(60)
+    return server, loop, thread
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print/write its figures."""
+    parser = argparse.ArgumentParser(description="batch inference: platform vs plain torch")
+    parser.add_argument("--counts", default="10000,100000")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2, help="best of N for both sides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    import torch
+    from synapse_client import Client
+
+    sys.path.insert(0, str(ROOT))
+    from synapse_sdk.models import pack_path
+
+    from examples.models import MLPConfig, build_model_dir
+
+    batching = _load_batching()
+    torch.set_num_threads(args.threads)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        work = Path(tmp)
+        os.environ["SYNAPSE_MODEL_CACHE"] = str(work / "cache")
+        model_dir = build_model_dir(work / "mlp", MLPConfig(hidden=args.hidden))
+        archive, fmt = pack_path(model_dir, work)
+        server, loop, thread = _start_server(work / "data")
+        try:
+            # Job messages echo their params: 100k inputs are ~5 MB, over gRPC's 4 MB default.
+            options = (("grpc.max_receive_message_length", 64 << 20),)
+            with Client(server.address, timeout=600, channel_options=options) as client:
+                model = client.register_model(archive, "bench-mlp", archive_format=fmt.value)
+                # Warm the worker-side cache and imports once, outside the measurements.
+                client.run_action(
+                    "batch-inference",
+                    "batch_inference",
+                    {"model_id": model.id, "inputs": [{"data": [1, 2, 3]}]},
+                ).result(timeout=300)
+                module = torch.jit.load(str(model_dir / "model.pt"))
+                for count in [int(c) for c in args.counts.split(",")]:
+                    rng = random.Random(count)
+                    inputs = [
+                        {"data": [rng.uniform(-1, 1) for _ in range(3)]} for _ in range(count)
+                    ]
+                    params = {
+                        "model_id": model.id,
+                        "inputs": inputs,
+                        "batch_size": args.batch_size,
+                        "num_threads": args.threads,
+                    }
+                    base_times, plat_times = [], []
+                    for _ in range(args.repeats):
+                        t, expected = _timed(
+                            lambda inputs=inputs: batching.run_batches(
+                                module, inputs, args.batch_size
+                            )
+                        )
+                        base_times.append(t)
+                        t, result = _timed(
+                            lambda params=params: client.run_action(
+                                "batch-inference", "batch_inference", params
+                            ).result(timeout=600)
+                        )
+                        plat_times.append(t)
+                        assert result["processed_count"] == count
+                        assert result["results"][-1]["prediction"] == expected[-1]["prediction"]
+                    base, plat = min(base_times), min(plat_times)
+                    rows.append(
+                        {
+                            "inputs": count,
+                            "batch_size": args.batch_size,
+                            "threads": args.threads,
+                            "baseline_s": round(base, 3),
+                            "platform_s": round(plat, 3),
+                            "baseline_items_per_s": round(count / base),
+                            "platform_items_per_s": round(count / plat),
+                            "throughput_ratio": round(base / plat, 3),
+                        }
+                    )
+                    print(json.dumps(rows[-1]), flush=True)
+        finally:
+            asyncio.run_coroutine_threadsafe(server.stop(1.0), loop).result(60)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / f"batch_inference-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    out.write_text(
+        json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows}, indent=2)
+    )
+    print(f"{'inputs':>8} {'baseline s':>11} {'platform s':>11} {'ratio':>6}")
+    for row in rows:
+        print(
+            f"{row['inputs']:>8} {row['baseline_s']:>11} {row['platform_s']:>11} "
+            f"{row['throughput_ratio']:>6}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
