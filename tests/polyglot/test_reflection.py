@@ -172,6 +172,7 @@ def test_lists_services_through_reflection(served: ServedProcess, empty_dir: Pat
     services = set(out.split())
     assert {
         "synapse.plugin.v1.ActionService",
+        "synapse.plugin.v1.ModelService",
         "grpc.health.v1.Health",
     } <= services, out
     assert any(s.startswith("grpc.reflection.") for s in services), out
