@@ -9,6 +9,7 @@ import { JobState, RunMode } from "../src/gen/synapse/plugin/v1/job_pb.js";
 import { ActionKind } from "../src/gen/synapse/plugin/v1/plugin_pb.js";
 import {
   CALL_TIMEOUT_MS,
+  drain,
   TOY_PLUGIN,
   client,
   clientWithToken,
@@ -154,6 +155,36 @@ describe("RunAction and StreamProgress", () => {
   });
 });
 
+describe("ListJobs paging", () => {
+  test("page_size 1 walks the jobs one page at a time without repeats", async () => {
+    for (let i = 0; i < 3; i++) {
+      const { job } = await synapse.actions.runAction(
+        { plugin: TOY_PLUGIN, action: "count", params: { n: 1, label: "page" } },
+        opts,
+      );
+      await followJob(synapse, job?.id ?? "");
+    }
+    const seen: string[] = [];
+    let pageToken = "";
+    for (let page = 0; page < 3; page++) {
+      const reply = await synapse.actions.listJobs({ plugin: TOY_PLUGIN, pageSize: 1, pageToken }, opts);
+      assert.equal(reply.jobs.length, 1);
+      assert.notEqual(reply.nextPageToken, "", "more pages follow");
+      seen.push(reply.jobs[0]?.id ?? "");
+      pageToken = reply.nextPageToken;
+    }
+    assert.equal(new Set(seen).size, 3, "each page holds a different job");
+  });
+
+  test("a page_size over 1000 or a garbage page_token: INVALID_ARGUMENT", async () => {
+    await expectCode(synapse.actions.listJobs({ pageSize: 1001 }, opts), Code.InvalidArgument);
+    await expectCode(
+      synapse.actions.listJobs({ pageToken: "not-a-token" }, opts),
+      Code.InvalidArgument,
+    );
+  });
+});
+
 describe("CancelJob", () => {
   test("cancelling a running job ends it CANCELLED with the reason", async () => {
     const { job } = await synapse.actions.runAction(
@@ -166,6 +197,23 @@ describe("CancelJob", () => {
       // Cancel once the action's code is running (it logs "waiting" first thing).
       if (!cancelled && event.kind.case === "log" && event.kind.value.event === "waiting") {
         cancelled = true;
+        // replay_only ends after the stored events although the job is still running.
+        const stored: bigint[] = [];
+        for await (const message of synapse.actions.streamProgress(
+          { jobId: job.id, replayOnly: true },
+          opts,
+        )) {
+          if (message.kind.case === "event") stored.push(message.kind.value.seq);
+        }
+        assert.ok(stored.length >= event.seq, "replay_only sent the stored events");
+        assert.deepEqual(
+          stored,
+          stored.map((_, i) => BigInt(i + 1)),
+        );
+        await expectCode(
+          drain(synapse.actions.getJobResult({ jobId: job.id }, opts)),
+          Code.FailedPrecondition,
+        );
         const reply = await synapse.actions.cancelJob(
           { jobId: job.id, reason: "stopped by the polyglot test" },
           opts,
@@ -188,6 +236,11 @@ describe("CancelJob", () => {
     const again = (await synapse.actions.cancelJob({ jobId: job.id, reason: "again" }, opts)).job;
     assert.equal(again?.state, JobState.CANCELLED);
     assert.equal(again?.lastSeq, got?.lastSeq);
+    // A cancelled job has no result.
+    await expectCode(
+      drain(synapse.actions.getJobResult({ jobId: job.id }, opts)),
+      Code.FailedPrecondition,
+    );
   });
 });
 

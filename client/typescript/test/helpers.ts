@@ -72,6 +72,13 @@ export async function isUnimplemented(call: Promise<unknown>): Promise<boolean> 
   }
 }
 
+/** Reads a server stream to its end and returns how many messages it sent. */
+export async function drain(stream: AsyncIterable<unknown>): Promise<number> {
+  let count = 0;
+  for await (const _ of stream) count++;
+  return count;
+}
+
 /**
  * Follows a job with StreamProgress until the stream ends and returns its events (keepalives
  * left out), checking on the way that each seq is the previous one plus 1.
