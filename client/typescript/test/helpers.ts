@@ -88,12 +88,13 @@ export async function followJob(
   jobId: string,
   afterSeq = 0n,
   onEvent?: (event: JobEvent) => Promise<void> | void,
+  timeoutMs = STREAM_TIMEOUT_MS,
 ): Promise<JobEvent[]> {
   const events: JobEvent[] = [];
   let previous = afterSeq;
   for await (const message of synapse.actions.streamProgress(
     { jobId, afterSeq },
-    { timeoutMs: STREAM_TIMEOUT_MS },
+    { timeoutMs },
   )) {
     if (message.kind.case !== "event") continue;
     const event = message.kind.value;

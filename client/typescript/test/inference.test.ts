@@ -97,7 +97,8 @@ test("deploy the example torch model and Infer on it", { skip, timeout: 400_000 
     opts,
   );
   assert.ok(job);
-  const terminal = terminalOf(await followJob(synapse, job.id));
+  // Starting Ray and Serve on a small CI machine takes a while.
+  const terminal = terminalOf(await followJob(synapse, job.id, 0n, undefined, 300_000));
   assert.equal(
     terminal.state,
     JobState.SUCCEEDED,
