@@ -38,6 +38,12 @@ from synapse_server.core import (
     ServiceUnavailableError,
     UnauthenticatedError,
 )
+from synapse_server.core.deployments import DeploymentNotFoundError
+from synapse_server.core.inference import (
+    EndpointNotFoundError,
+    InferDeadlineExceededError,
+    InferenceFailedError,
+)
 from synapse_server.core.models import ArtifactTooLargeError
 
 __all__ = ["ERROR_STATUS", "map_errors", "status_for"]
@@ -54,6 +60,11 @@ ERROR_STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (ActionNotFoundError, grpc.StatusCode.NOT_FOUND),
     (JobNotFoundError, grpc.StatusCode.NOT_FOUND),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (DeploymentNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (EndpointNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (InferDeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    # Its message carries the replica's correlation id, never the traceback.
+    (InferenceFailedError, grpc.StatusCode.INTERNAL),
     (ModelIntegrityError, grpc.StatusCode.DATA_LOSS),
     (ArtifactTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ArchiveError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -71,6 +82,9 @@ def status_for(exc: BaseException) -> grpc.Status:
     for kind, code in ERROR_STATUS:
         if isinstance(exc, kind):
             status = status_pb2.Status(code=code.value[0], message=str(exc))
+            correlation_id = getattr(exc, "correlation_id", None)
+            if isinstance(correlation_id, str) and correlation_id:
+                status.details.append(_correlation_detail(correlation_id))
             if isinstance(exc, ParamsValidationError):
                 detail = any_pb2.Any()
                 detail.Pack(
@@ -91,8 +105,25 @@ def status_for(exc: BaseException) -> grpc.Status:
         status_pb2.Status(
             code=code_pb2.INTERNAL,
             message=f"internal server error (correlation id {correlation})",
+            details=[_correlation_detail(correlation)],
         )
     )
+
+
+def _correlation_detail(correlation_id: str) -> any_pb2.Any:
+    """A ``google.rpc.ErrorInfo`` carrying the id under which the server logged the failure.
+
+    Clients read it from the details instead of parsing the message text.
+    """
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.ErrorInfo(
+            reason="INTERNAL",
+            domain="synapse.plugin.v1",
+            metadata={"correlation_id": correlation_id},
+        )
+    )
+    return detail
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
