@@ -1,0 +1,477 @@
+"""Run job workers on a Ray cluster: ``task`` mode (Ray tasks) and ``job`` mode (isolated actors).
+
+Both start the same ``run_worker`` the local worker process runs, so plugin code is unchanged
+and events travel the same way: the remote worker dials the server's ``WorkerService`` with
+the job-scoped credential (passed as a task argument, never logged) and streams its events with
+its own sequence numbers, resending after a broken connection. The executors never see events.
+
+- ``task``: a Ray task per job. Ray reuses worker processes between tasks, so a job starts in
+  milliseconds once the plugin is unpacked on the node.
+- ``job``: a dedicated Ray actor per job, a fresh process with the plugin's own runtime
+  environment (``requirements.txt`` → ``runtime_env.pip``), killed when the job ends. The Ray
+  Jobs API would need the dashboard (the server's Ray runs without it) and would store the
+  credential in Ray's job record, so an isolated actor gives the same isolation without those.
+
+Resources (``num_cpus``, ``num_gpus``, ``memory`` in bytes, ``resources`` for custom Ray
+resources) come from the job's params, else from the action's entry in ``config.yaml``, else
+one CPU. A request no node of the cluster can ever hold is refused at submit time
+(:class:`ResourcesUnavailableError`, FAILED_PRECONDITION); one that fits but not right now
+waits PENDING with a ``pending_reason`` naming what it waits for.
+
+Faults: tasks are never retried and actors never restarted (an action may have side effects);
+a worker process or node that dies ends ``run`` with a :class:`WorkerExit` whose detail says
+what happened, and ``kill`` force-cancels the task or kills the actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from synapse_server.core._catalog import PluginCatalog
+from synapse_server.core._errors import FailedPreconditionError, InvalidArgumentError
+from synapse_server.core._executor import WorkerExit
+from synapse_server.core._models import Job
+from synapse_server.ray._plugin_package import PluginPackage, PluginPackager, materialize_plugin
+from synapse_server.ray._runtime import RayRuntime
+
+__all__ = [
+    "PendingReporter",
+    "RayJobExecutor",
+    "RayResources",
+    "RayTaskExecutor",
+    "ResourcesUnavailableError",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``async (job_id, reason) -> still pending``: tells the job service why a job waits.
+PendingReporter = Callable[[str, str], Awaitable[bool]]
+
+_LABELS = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
+_NODE_CACHE_SECONDS = 2.0
+
+
+class ResourcesUnavailableError(FailedPreconditionError):
+    """The job asks for more than any node of the Ray cluster has: it could never start."""
+
+
+def _label(resource: str) -> str:
+    return _LABELS.get(resource, f"resources.{resource}")
+
+
+def _amount(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _number(source: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidArgumentError(f"{source}.{key} must be a number >= 0, got {value!r}")
+    if value < 0:
+        raise InvalidArgumentError(f"{source}.{key} must be >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class RayResources:
+    """What one worker asks Ray for. Zero means zero (not "the default")."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory: float = 0.0
+    custom: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def resolve(
+        cls, params: Mapping[str, Any], config: Mapping[str, Any], default_num_cpus: float = 1.0
+    ) -> RayResources:
+        """Params override the action's config key by key; InvalidArgumentError if malformed."""
+        values: dict[str, float] = {"num_cpus": default_num_cpus, "num_gpus": 0.0, "memory": 0.0}
+        custom: dict[str, float] = {}
+        for source, mapping in (("config", config), ("params", params)):
+            for key in ("num_cpus", "num_gpus", "memory"):
+                if mapping.get(key) is not None:
+                    values[key] = _number(source, key, mapping[key])
+            extra = mapping.get("resources")
+            if extra is None:
+                continue
+            if not isinstance(extra, Mapping):
+                raise InvalidArgumentError(
+                    f"{source}.resources must map resource names to amounts, got {extra!r}"
+                )
+            for name, amount in extra.items():
+                if not isinstance(name, str) or not name or name in _LABELS:
+                    raise InvalidArgumentError(
+                        f"{source}.resources: {name!r} is not a custom resource name "
+                        "(use num_cpus, num_gpus and memory for CPU, GPU and memory)"
+                    )
+                custom[name] = _number(f"{source}.resources", name, amount)
+        return cls(
+            num_cpus=values["num_cpus"],
+            num_gpus=values["num_gpus"],
+            memory=values["memory"],
+            custom=custom,
+        )
+
+    def demand(self) -> dict[str, float]:
+        """The request in Ray's resource names, zero amounts left out."""
+        wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus, "memory": self.memory, **self.custom}
+        return {name: amount for name, amount in wanted.items() if amount > 0}
+
+    def ray_options(self) -> dict[str, Any]:
+        """Options for ``.options()`` of a Ray task or actor."""
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory > 0:
+            options["memory"] = int(self.memory)
+        if self.custom:
+            options["resources"] = dict(self.custom)
+        return options
+
+    def describe(self) -> str:
+        """``num_cpus=1, resources.node_a=0.1``: for reasons and errors."""
+        parts = [f"{_label(k)}={_amount(v)}" for k, v in self.demand().items()]
+        return ", ".join(parts) or "num_cpus=0"
+
+
+def _explain_ray_error(exc: BaseException) -> str:
+    """A short reason for a job whose Ray worker failed (Ray's own texts are long)."""
+    from ray import exceptions as rex
+
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    if isinstance(exc, rex.TaskCancelledError):
+        return "the Ray worker was cancelled"
+    if isinstance(exc, rex.NodeDiedError):
+        return "the Ray node running the worker died"
+    if isinstance(exc, rex.OutOfMemoryError):
+        return "Ray's memory monitor killed the worker (the node ran out of memory)"
+    if isinstance(exc, rex.WorkerCrashedError):
+        return "the Ray worker process died (crashed, exited or was killed)"
+    if isinstance(exc, rex.RuntimeEnvSetupError):
+        return f"could not set up the plugin's runtime environment: {first_line}"
+    if isinstance(exc, rex.ActorDiedError | rex.ActorUnavailableError | rex.RayActorError):
+        cause = "node died" if "node" in str(exc).lower() and "died" in str(exc).lower() else ""
+        return f"the Ray worker actor died{f' ({cause})' if cause else ''}"
+    if isinstance(exc, rex.RayTaskError):
+        inner: BaseException = getattr(exc, "cause", None) or exc
+        message = (str(inner).strip().splitlines() or [""])[-1][:300]
+        return f"the Ray worker failed: {type(inner).__name__}: {message}"
+    return f"the Ray worker failed: {type(exc).__name__}: {first_line}"
+
+
+def _run_remote_worker(address: str, job_id: str, credential: str, package: PluginPackage) -> int:
+    """Body of the Ray task / actor method: unpack the plugin and run the worker."""
+    import ray
+
+    from synapse_server.worker._runner import run_worker
+
+    plugin_dir = materialize_plugin(package)
+    node = ray.get_runtime_context().get_node_id()[:12]
+    return run_worker(
+        address,
+        job_id,
+        credential,
+        plugin_dirs=[plugin_dir],
+        worker_id=f"ray-{node}-{os.getpid()}",
+    )
+
+
+class IsolatedWorkerActor:
+    """Job mode: one actor (one process) per job, with the plugin's runtime environment."""
+
+    def run(self, address: str, job_id: str, credential: str, package: PluginPackage) -> int:
+        """Run the job's worker in this actor's process."""
+        return _run_remote_worker(address, job_id, credential, package)
+
+
+@dataclass
+class _Launch:
+    ref: Any
+    actor: Any = None
+    killed: bool = False
+
+
+class _RayExecutorBase:
+    """Shared scheduling, waiting, fault mapping and cancellation of the two Ray modes."""
+
+    mode = ""
+
+    def __init__(
+        self,
+        runtime: RayRuntime,
+        worker_address: str,
+        catalog: PluginCatalog,
+        *,
+        default_num_cpus: float = 1.0,
+        pending_poll_seconds: float = 0.5,
+    ) -> None:
+        self._runtime = runtime
+        self._address = worker_address
+        self._catalog = catalog
+        self._default_num_cpus = default_num_cpus
+        self._poll = pending_poll_seconds
+        self._packager = PluginPackager()
+        self._launches: dict[str, _Launch] = {}
+        self._pending_reporter: PendingReporter | None = None
+        self._configs: dict[Path, tuple[float, dict[str, Any]]] = {}
+        self._nodes_lock = threading.Lock()
+        self._nodes: tuple[float, list[dict[str, float]]] = (0.0, [])
+
+    @property
+    def running(self) -> int:
+        """Workers launched and not yet finished."""
+        return len(self._launches)
+
+    def bind_pending_reporter(self, reporter: PendingReporter) -> None:
+        """Where to say why a job is still waiting (the job service binds itself)."""
+        self._pending_reporter = reporter
+
+    # Resources ------------------------------------------------------------------------------
+
+    def _plugin_dir(self, job: Job) -> Path:
+        path = self._catalog.plugin(job.plugin).path
+        if path is None or not path.is_dir():
+            raise FailedPreconditionError(
+                f"plugin {job.plugin!r} is not a plugin directory; {self.mode} mode ships a "
+                "plugin directory (with config.yaml) to the Ray cluster"
+            )
+        return path
+
+    def _action_config(self, plugin_dir: Path, action: str) -> dict[str, Any]:
+        config_path = plugin_dir / "config.yaml"
+        mtime = config_path.stat().st_mtime
+        cached = self._configs.get(plugin_dir)
+        if cached is None or cached[0] != mtime:
+            raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+            cached = (mtime, raw if isinstance(raw, dict) else {})
+            self._configs[plugin_dir] = cached
+        actions = cached[1].get("actions") or {}
+        entry = actions.get(action) if isinstance(actions, dict) else None
+        return entry if isinstance(entry, dict) else {}
+
+    def resources(self, job: Job) -> RayResources:
+        """The resources ``job`` asks for (params first, then the action's config)."""
+        config = self._action_config(self._plugin_dir(job), job.action)
+        return RayResources.resolve(job.params, config, self._default_num_cpus)
+
+    def _node_totals(self) -> list[dict[str, float]]:
+        import ray
+
+        with self._nodes_lock:
+            stamp, nodes = self._nodes
+            if time.monotonic() - stamp < _NODE_CACHE_SECONDS and nodes:
+                return nodes
+            nodes = [
+                {k: float(v) for k, v in node.get("Resources", {}).items()}
+                for node in ray.nodes()
+                if node.get("Alive")
+            ]
+            self._nodes = (time.monotonic(), nodes)
+            return nodes
+
+    def check_fits(self, resources: RayResources) -> None:
+        """Raise :class:`ResourcesUnavailableError` if no node could ever run the worker."""
+        demand = resources.demand()
+        nodes = self._node_totals()
+        if any(all(node.get(k, 0.0) >= v for k, v in demand.items()) for node in nodes):
+            return
+        if not nodes:
+            raise ResourcesUnavailableError("the Ray cluster has no live nodes")
+        for name, amount in demand.items():
+            largest = max(node.get(name, 0.0) for node in nodes)
+            if largest < amount:
+                have = (
+                    f"the largest node has {_amount(largest)}"
+                    if largest > 0
+                    else "no node of the Ray cluster has it"
+                )
+                raise ResourcesUnavailableError(
+                    f"the job asks for {_label(name)}={_amount(amount)} but {have}; "
+                    f"it can never be scheduled on this cluster ({len(nodes)} node(s))"
+                )
+        raise ResourcesUnavailableError(
+            f"no single node of the Ray cluster has all of {resources.describe()}; "
+            "it can never be scheduled on this cluster"
+        )
+
+    def _waiting_reason(self, resources: RayResources) -> str:
+        import ray
+
+        available = ray.available_resources()
+        short = [
+            f"needs {_label(name)}={_amount(amount)}, available {_amount(available.get(name, 0))}"
+            for name, amount in resources.demand().items()
+            if available.get(name, 0.0) < amount
+        ]
+        if short:
+            return "waiting for resources: " + "; ".join(short)
+        return f"waiting for the Ray cluster to start the worker ({resources.describe()})"
+
+    async def admit(self, job: Job) -> None:
+        """Submit-time check: Ray is reachable and some node could hold the job's worker."""
+        await self._runtime.ensure_started()
+        resources = self.resources(job)
+        await asyncio.to_thread(self.check_fits, resources)
+
+    # Running --------------------------------------------------------------------------------
+
+    def _launch(
+        self, job: Job, credential: str, resources: RayResources, package: PluginPackage
+    ) -> _Launch:
+        raise NotImplementedError
+
+    def _stop(self, launch: _Launch) -> None:
+        import ray
+
+        launch.killed = True
+        if launch.actor is not None:
+            ray.kill(launch.actor, no_restart=True)
+        else:
+            ray.cancel(launch.ref, force=True, recursive=True)
+
+    def _release(self, launch: _Launch) -> None:
+        """Drop what the launch holds once the worker is gone (actors are killed)."""
+        import ray
+
+        if launch.actor is not None and not launch.killed:
+            with contextlib.suppress(Exception):
+                ray.kill(launch.actor, no_restart=True)
+
+    async def run(self, job: Job, credential: str) -> WorkerExit:
+        """Launch the job's worker on Ray and wait until it is gone."""
+        from ray import exceptions as rex
+
+        await self._runtime.ensure_started()
+        try:
+            resources = self.resources(job)
+            plugin_dir = self._plugin_dir(job)
+            await asyncio.to_thread(self.check_fits, resources)
+            package = await asyncio.to_thread(self._packager.package, plugin_dir)
+        except (FailedPreconditionError, InvalidArgumentError) as exc:
+            return WorkerExit(detail=str(exc))
+        launch = self._launch(job, credential, resources, package)
+        self._launches[job.id] = launch
+        logger.info(
+            "job %s: launched a %s-mode worker (%s)", job.id, self.mode, resources.describe()
+        )
+        future = asyncio.wrap_future(launch.ref.future())
+        reporting = self._pending_reporter is not None
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=self._poll)
+                if done:
+                    break
+                if reporting and self._pending_reporter is not None:
+                    reason = await asyncio.to_thread(self._waiting_reason, resources)
+                    reporting = await self._pending_reporter(job.id, reason)
+            try:
+                code = future.result()
+            except (rex.RayError, rex.RayTaskError) as exc:
+                detail = _explain_ray_error(exc)
+                logger.warning("job %s: %s", job.id, detail)
+                return WorkerExit(detail=detail)
+            return WorkerExit(exit_code=int(code))
+        except asyncio.CancelledError:
+            # The job ended without its worker (cancelled while queued, server closing).
+            future.cancel()
+            with contextlib.suppress(Exception):
+                self._stop(launch)
+            raise
+        finally:
+            self._launches.pop(job.id, None)
+            self._release(launch)
+
+    async def kill(self, job_id: str) -> None:
+        """Force-stop the job's worker: cancel the task / kill the actor (no-op if gone)."""
+        launch = self._launches.get(job_id)
+        if launch is None or launch.killed:
+            return
+        logger.warning("job %s: stopping its Ray worker", job_id)
+        await asyncio.to_thread(self._stop, launch)
+
+    async def close(self) -> None:
+        """Stop every worker still running (Ray itself belongs to the runtime)."""
+        for job_id in list(self._launches):
+            with contextlib.suppress(Exception):
+                await self.kill(job_id)
+
+
+class RayTaskExecutor(_RayExecutorBase):
+    """``task`` mode: each job's worker is a Ray task (never retried)."""
+
+    mode = "task"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._remote: Any = None
+
+    def _launch(
+        self, job: Job, credential: str, resources: RayResources, package: PluginPackage
+    ) -> _Launch:
+        import ray
+
+        if self._remote is None:
+            self._remote = ray.remote(_run_remote_worker)
+        ref = self._remote.options(
+            name=f"synapse-job-{job.id}",
+            max_retries=0,
+            retry_exceptions=False,
+            **resources.ray_options(),
+        ).remote(self._address, job.id, credential, package)
+        return _Launch(ref=ref)
+
+
+class RayJobExecutor(_RayExecutorBase):
+    """``job`` mode: each job gets its own actor process with the plugin's runtime environment.
+
+    ``requirements.txt`` in the plugin directory becomes ``runtime_env.pip`` (Ray builds and
+    caches a virtualenv per distinct list, on each node, from the package index).
+    """
+
+    mode = "job"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._actor_cls: Any = None
+
+    @staticmethod
+    def runtime_env(plugin_dir: Path) -> dict[str, Any]:
+        """The plugin's own runtime environment."""
+        env: dict[str, Any] = {}
+        requirements = plugin_dir / "requirements.txt"
+        if requirements.is_file():
+            lines = [
+                line.split("#", 1)[0].strip()
+                for line in requirements.read_text(encoding="utf-8").splitlines()
+            ]
+            packages = [line for line in lines if line]
+            if packages:
+                env["pip"] = {"packages": packages, "pip_check": False}
+        return env
+
+    def _launch(
+        self, job: Job, credential: str, resources: RayResources, package: PluginPackage
+    ) -> _Launch:
+        import ray
+
+        if self._actor_cls is None:
+            self._actor_cls = ray.remote(IsolatedWorkerActor)
+        actor = self._actor_cls.options(
+            name=f"synapse-job-{job.id}",
+            max_restarts=0,
+            max_task_retries=0,
+            runtime_env=self.runtime_env(self._plugin_dir(job)),
+            **resources.ray_options(),
+        ).remote()
+        ref = actor.run.remote(self._address, job.id, credential, package)
+        return _Launch(ref=ref, actor=actor)

@@ -1,0 +1,1 @@
+"""Ray probe test plugin."""

@@ -1,0 +1,192 @@
+"""Task and job modes on a real three-node Ray cluster, through a real server process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import grpc
+import pytest
+from ray_modes_support import (
+    PlatformServer,
+    RayCluster,
+    events,
+    get_job,
+    result_of,
+    run_action,
+    wait_for,
+)
+from synapse.plugin.v1 import job_pb2
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+
+
+def _check_stream(evs: list, steps: int) -> None:
+    """Seqs 1..n without gaps; PENDING, RUNNING, then step logs/progress in order, terminal."""
+    assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
+    kinds = [e.WhichOneof("kind") for e in evs]
+    assert kinds[0] == "state_changed" and evs[0].state_changed.state == job_pb2.JOB_STATE_PENDING
+    assert kinds[1] == "state_changed" and evs[1].state_changed.state == job_pb2.JOB_STATE_RUNNING
+    assert kinds[-1] == "terminal"
+    logs = [int(e.log.data["i"]) for e in evs if e.WhichOneof("kind") == "log"]
+    progress = [e.progress.current for e in evs if e.WhichOneof("kind") == "progress"]
+    assert logs == list(range(1, steps + 1))
+    assert progress == list(range(1, steps + 1))
+
+
+def test_task_mode_is_the_action_default_and_runs_on_ray(platform: PlatformServer) -> None:
+    job = run_action(platform, "where", {"steps": 4})
+    assert job.mode == job_pb2.RUN_MODE_TASK
+    evs = events(platform, job.id)
+    _check_stream(evs, 4)
+    result = result_of(evs[-1])
+    assert result["mode"] == "task"
+    assert result["node_id"], "a task-mode action runs inside a Ray worker"
+
+
+def test_jobs_run_on_the_nodes_they_ask_for(
+    platform: PlatformServer, ray_cluster: RayCluster
+) -> None:
+    """Scale-out shown: each job targets a node by custom resource and reports where it ran."""
+    targets = ["node_a", "node_b", "head", "node_a", "node_b"]
+    jobs = [
+        run_action(platform, "where", {"steps": 2, "resources": {name: 0.1}}) for name in targets
+    ]
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        streams = list(pool.map(lambda j: events(platform, j.id), jobs))
+    ran_on = []
+    for name, evs in zip(targets, streams, strict=True):
+        _check_stream(evs, 2)
+        result = result_of(evs[-1])
+        assert result["node_id"] == ray_cluster.node_ids[name]
+        # The plugin came through Ray, unpacked into that node's own cache directory.
+        assert Path(result["file"]).is_relative_to(ray_cluster.cache_dirs[name]), result["file"]
+        ran_on.append(name)
+    assert set(ran_on) == {"head", "node_a", "node_b"}
+
+
+def test_request_overrides_the_default_mode(platform: PlatformServer) -> None:
+    local = run_action(platform, "where", {"steps": 1}, mode="local")
+    assert local.mode == job_pb2.RUN_MODE_LOCAL
+    result = result_of(events(platform, local.id)[-1])
+    assert result["mode"] == "local" and result["node_id"] == ""
+    default_local = run_action(platform, "where_local", {"steps": 1})
+    assert default_local.mode == job_pb2.RUN_MODE_LOCAL
+    task = run_action(platform, "where_local", {"steps": 1}, mode="task")
+    assert result_of(events(platform, task.id)[-1])["mode"] == "task"
+    events(platform, default_local.id)
+
+
+def test_unknown_mode_is_invalid_argument(platform: PlatformServer) -> None:
+    from google.protobuf import struct_pb2
+    from synapse.plugin.v1 import action_service_pb2
+
+    with pytest.raises(grpc.RpcError) as info:
+        platform.actions.RunAction(
+            action_service_pb2.RunActionRequest(
+                plugin="ray-probe", action="where", params=struct_pb2.Struct(), mode=42
+            ),
+            timeout=10,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_job_mode_runs_in_a_fresh_isolated_process(
+    platform: PlatformServer, ray_cluster: RayCluster
+) -> None:
+    first = run_action(platform, "isolated", {"steps": 2, "resources": {"node_b": 0.1}})
+    second = run_action(platform, "where", {"steps": 2, "resources": {"node_b": 0.1}}, mode="job")
+    assert first.mode == second.mode == job_pb2.RUN_MODE_JOB
+    results = []
+    for job in (first, second):
+        evs = events(platform, job.id)
+        _check_stream(evs, 2)
+        results.append(result_of(evs[-1]))
+    assert all(r["mode"] == "job" for r in results)
+    assert all(r["node_id"] == ray_cluster.node_ids["node_b"] for r in results)
+    assert results[0]["pid"] != results[1]["pid"], "each job-mode job gets its own process"
+
+
+def test_a_crashing_worker_fails_the_job_with_a_reason(platform: PlatformServer) -> None:
+    job = run_action(platform, "crash", {})
+    evs = events(platform, job.id)
+    assert any(e.log.event == "about to crash" for e in evs if e.WhichOneof("kind") == "log")
+    terminal = evs[-1].terminal
+    assert terminal.state == job_pb2.JOB_STATE_FAILED
+    assert terminal.error.type == "WorkerCrashed"
+    assert "Ray worker process died" in terminal.error.message, terminal.error.message
+
+
+def test_infeasible_request_is_refused_at_submit(platform: PlatformServer) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        run_action(platform, "where", {"num_cpus": 8})
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "num_cpus=8" in info.value.details() and "largest node has 1" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        run_action(platform, "where", {"resources": {"tpu_pod": 1}})
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "resources.tpu_pod=1" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        run_action(platform, "where", {"num_cpus": -1})
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_busy_cluster_keeps_the_job_pending_with_a_reason_then_cancel_stops_remote_work(
+    platform: PlatformServer,
+) -> None:
+    """A job that fits the cluster but not now waits PENDING and says why; CancelJob kills."""
+    from synapse.plugin.v1 import action_service_pb2
+
+    holder = run_action(platform, "stubborn", {"resources": {"node_a": 1}})
+    wait_for(
+        lambda: get_job(platform, holder.id).state == job_pb2.JOB_STATE_RUNNING,
+        60,
+        "the holder job to run",
+    )
+    waiting = run_action(platform, "where", {"steps": 1, "resources": {"node_a": 1}})
+    job = wait_for(
+        lambda: (
+            (j := get_job(platform, waiting.id)).pending_reason.startswith("waiting for res") and j
+        ),
+        30,
+        "a pending reason",
+    )
+    assert job.state == job_pb2.JOB_STATE_PENDING
+    assert job.pending_reason == "waiting for resources: needs resources.node_a=1, available 0"
+
+    platform.actions.CancelJob(
+        action_service_pb2.CancelJobRequest(job_id=holder.id, reason="test"), timeout=10
+    )
+    holder_events = events(platform, holder.id)
+    terminal = holder_events[-1].terminal
+    assert terminal.state == job_pb2.JOB_STATE_CANCELLED
+    assert "killed" in terminal.reason
+    # The stubborn worker is gone: the resource it held is free, so the waiting job runs.
+    result = result_of(events(platform, waiting.id)[-1])
+    assert result["mode"] == "task"
+
+
+def test_cancel_while_pending_removes_the_queued_task(platform: PlatformServer) -> None:
+    from synapse.plugin.v1 import action_service_pb2
+
+    holder = run_action(platform, "stubborn", {"resources": {"node_b": 1}})
+    wait_for(lambda: get_job(platform, holder.id).state == job_pb2.JOB_STATE_RUNNING, 60, "holder")
+    queued = run_action(platform, "where", {"steps": 1, "resources": {"node_b": 1}})
+    wait_for(lambda: get_job(platform, queued.id).pending_reason.startswith("waiting"), 30, "wait")
+    for job in (queued, holder):
+        platform.actions.CancelJob(action_service_pb2.CancelJobRequest(job_id=job.id), timeout=10)
+    assert events(platform, queued.id)[-1].terminal.state == job_pb2.JOB_STATE_CANCELLED
+    assert events(platform, holder.id)[-1].terminal.state == job_pb2.JOB_STATE_CANCELLED
+    # node_b is usable again: neither the queued task nor the holder kept its resource.
+    after = run_action(platform, "where", {"steps": 1, "resources": {"node_b": 1}})
+    assert result_of(events(platform, after.id)[-1])["mode"] == "task"
+
+
+def test_events_survive_a_broken_worker_connection(platform: PlatformServer) -> None:
+    """Every event stored once and in order when the worker's connection drops and returns."""
+    job = run_action(platform, "where", {"steps": 30, "delay": 0.1, "resources": {"node_a": 0.1}})
+    wait_for(lambda: get_job(platform, job.id).progress_percent > 10, 60, "progress")
+    assert platform.proxy.cut(refuse_seconds=1.0) >= 1
+    evs = events(platform, job.id)
+    _check_stream(evs, 30)
+    assert result_of(evs[-1])["mode"] == "task"
