@@ -130,7 +130,7 @@ def test_adding_a_field_is_not_breaking(tmp_path: Path) -> None:
         work / "protos/synapse/plugin/v1/job.proto",
         "  uint64 result_size_bytes = 17;\n",
         "  uint64 result_size_bytes = 17;\n  // A label added in a later version.\n"
-        "  string label = 18;\n",
+        "  string label = 999;\n",
     )
     result = _run([BUF, "breaking", "--against", IMAGE], cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -157,7 +157,7 @@ def test_check_generated_detects_stale_code(tmp_path: Path) -> None:
     _edit(
         repo / "protos/synapse/plugin/v1/job.proto",
         "  uint64 result_size_bytes = 17;\n",
-        "  uint64 result_size_bytes = 17;\n  // Not yet generated.\n  string label = 18;\n",
+        "  uint64 result_size_bytes = 17;\n  // Not yet generated.\n  string label = 999;\n",
     )
     result = _run([repo / "tools/check-generated"], cwd=repo, SYNAPSE_SKIP_TS="1")
     assert result.returncode == 1, result.stdout + result.stderr

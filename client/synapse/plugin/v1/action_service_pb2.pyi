@@ -23,18 +23,20 @@ class ListActionsResponse(_message.Message):
     def __init__(self, plugins: _Optional[_Iterable[_Union[_plugin_pb2.Plugin, _Mapping]]] = ...) -> None: ...
 
 class RunActionRequest(_message.Message):
-    __slots__ = ("plugin", "action", "params", "mode", "request_id")
+    __slots__ = ("plugin", "action", "params", "mode", "request_id", "params_json")
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     plugin: str
     action: str
     params: _struct_pb2.Struct
     mode: _job_pb2.RunMode
     request_id: str
-    def __init__(self, plugin: _Optional[str] = ..., action: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., mode: _Optional[_Union[_job_pb2.RunMode, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    params_json: bytes
+    def __init__(self, plugin: _Optional[str] = ..., action: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., mode: _Optional[_Union[_job_pb2.RunMode, str]] = ..., request_id: _Optional[str] = ..., params_json: _Optional[bytes] = ...) -> None: ...
 
 class RunActionResponse(_message.Message):
     __slots__ = ("job", "created")
@@ -63,10 +65,12 @@ class StreamProgressResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[_job_event_pb2.JobEvent, _Mapping]] = ..., keepalive: _Optional[_Union[_job_event_pb2.Keepalive, _Mapping]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "view")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    view: _job_pb2.JobView
+    def __init__(self, job_id: _Optional[str] = ..., view: _Optional[_Union[_job_pb2.JobView, str]] = ...) -> None: ...
 
 class GetJobResponse(_message.Message):
     __slots__ = ("job",)

@@ -17,6 +17,12 @@ class RunMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_MODE_TASK: _ClassVar[RunMode]
     RUN_MODE_JOB: _ClassVar[RunMode]
 
+class JobView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_VIEW_UNSPECIFIED: _ClassVar[JobView]
+    JOB_VIEW_BASIC: _ClassVar[JobView]
+    JOB_VIEW_FULL: _ClassVar[JobView]
+
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
@@ -35,6 +41,9 @@ RUN_MODE_UNSPECIFIED: RunMode
 RUN_MODE_LOCAL: RunMode
 RUN_MODE_TASK: RunMode
 RUN_MODE_JOB: RunMode
+JOB_VIEW_UNSPECIFIED: JobView
+JOB_VIEW_BASIC: JobView
+JOB_VIEW_FULL: JobView
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_PENDING: JobState
 JOB_STATE_RUNNING: JobState
@@ -62,7 +71,7 @@ class JobError(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., plugin_traceback: _Optional[str] = ..., origin: _Optional[_Union[ErrorOrigin, str]] = ..., step: _Optional[str] = ..., correlation_id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "plugin", "plugin_version", "action", "mode", "state", "params", "create_time", "start_time", "end_time", "error", "progress_percent", "last_seq", "pending_reason", "request_id", "cancel_requested", "result_size_bytes")
+    __slots__ = ("id", "plugin", "plugin_version", "action", "mode", "state", "params", "create_time", "start_time", "end_time", "error", "progress_percent", "last_seq", "pending_reason", "request_id", "cancel_requested", "result_size_bytes", "params_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +89,7 @@ class Job(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     RESULT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     plugin: str
     plugin_version: str
@@ -97,4 +107,5 @@ class Job(_message.Message):
     request_id: str
     cancel_requested: bool
     result_size_bytes: int
-    def __init__(self, id: _Optional[str] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., action: _Optional[str] = ..., mode: _Optional[_Union[RunMode, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., progress_percent: _Optional[float] = ..., last_seq: _Optional[int] = ..., pending_reason: _Optional[str] = ..., request_id: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., result_size_bytes: _Optional[int] = ...) -> None: ...
+    params_json: bytes
+    def __init__(self, id: _Optional[str] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., action: _Optional[str] = ..., mode: _Optional[_Union[RunMode, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., progress_percent: _Optional[float] = ..., last_seq: _Optional[int] = ..., pending_reason: _Optional[str] = ..., request_id: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., result_size_bytes: _Optional[int] = ..., params_json: _Optional[bytes] = ...) -> None: ...

@@ -20,7 +20,7 @@ class GetAssignmentRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class GetAssignmentResponse(_message.Message):
-    __slots__ = ("job_id", "plugin", "plugin_version", "action", "params", "mode", "cancel_requested")
+    __slots__ = ("job_id", "plugin", "plugin_version", "action", "params", "mode", "cancel_requested", "params_json")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class GetAssignmentResponse(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     plugin: str
     plugin_version: str
@@ -35,7 +36,8 @@ class GetAssignmentResponse(_message.Message):
     params: _struct_pb2.Struct
     mode: _job_pb2.RunMode
     cancel_requested: bool
-    def __init__(self, job_id: _Optional[str] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., action: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., mode: _Optional[_Union[_job_pb2.RunMode, str]] = ..., cancel_requested: _Optional[bool] = ...) -> None: ...
+    params_json: bytes
+    def __init__(self, job_id: _Optional[str] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., action: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., mode: _Optional[_Union[_job_pb2.RunMode, str]] = ..., cancel_requested: _Optional[bool] = ..., params_json: _Optional[bytes] = ...) -> None: ...
 
 class ReportEventsOpen(_message.Message):
     __slots__ = ("job_id", "worker_id")

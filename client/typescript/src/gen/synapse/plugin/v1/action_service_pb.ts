@@ -5,7 +5,7 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
-import type { Job, JobState, RunMode } from "./job_pb.js";
+import type { Job, JobState, JobView, RunMode } from "./job_pb.js";
 import { file_synapse_plugin_v1_job } from "./job_pb.js";
 import type { JobEvent, Keepalive } from "./job_event_pb.js";
 import { file_synapse_plugin_v1_job_event } from "./job_event_pb.js";
@@ -17,7 +17,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file synapse/plugin/v1/action_service.proto.
  */
 export const file_synapse_plugin_v1_action_service: GenFile = /*@__PURE__*/
-  fileDesc("CiZzeW5hcHNlL3BsdWdpbi92MS9hY3Rpb25fc2VydmljZS5wcm90bxIRc3luYXBzZS5wbHVnaW4udjEiJAoSTGlzdEFjdGlvbnNSZXF1ZXN0Eg4KBnBsdWdpbhgBIAEoCSJBChNMaXN0QWN0aW9uc1Jlc3BvbnNlEioKB3BsdWdpbnMYASADKAsyGS5zeW5hcHNlLnBsdWdpbi52MS5QbHVnaW4imQEKEFJ1bkFjdGlvblJlcXVlc3QSDgoGcGx1Z2luGAEgASgJEg4KBmFjdGlvbhgCIAEoCRInCgZwYXJhbXMYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EigKBG1vZGUYBCABKA4yGi5zeW5hcHNlLnBsdWdpbi52MS5SdW5Nb2RlEhIKCnJlcXVlc3RfaWQYBSABKAkiSQoRUnVuQWN0aW9uUmVzcG9uc2USIwoDam9iGAEgASgLMhYuc3luYXBzZS5wbHVnaW4udjEuSm9iEg8KB2NyZWF0ZWQYAiABKAgiTwoVU3RyZWFtUHJvZ3Jlc3NSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQSEwoLcmVwbGF5X29ubHkYAyABKAgigQEKFlN0cmVhbVByb2dyZXNzUmVzcG9uc2USLAoFZXZlbnQYASABKAsyGy5zeW5hcHNlLnBsdWdpbi52MS5Kb2JFdmVudEgAEjEKCWtlZXBhbGl2ZRgCIAEoCzIcLnN5bmFwc2UucGx1Z2luLnYxLktlZXBhbGl2ZUgAQgYKBGtpbmQiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiNQoOR2V0Sm9iUmVzcG9uc2USIwoDam9iGAEgASgLMhYuc3luYXBzZS5wbHVnaW4udjEuSm9iIoUBCg9MaXN0Sm9ic1JlcXVlc3QSKwoGc3RhdGVzGAEgAygOMhsuc3luYXBzZS5wbHVnaW4udjEuSm9iU3RhdGUSDgoGcGx1Z2luGAIgASgJEg4KBmFjdGlvbhgDIAEoCRIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJRChBMaXN0Sm9ic1Jlc3BvbnNlEiQKBGpvYnMYASADKAsyFi5zeW5hcHNlLnBsdWdpbi52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI4ChFDYW5jZWxKb2JSZXNwb25zZRIjCgNqb2IYASABKAsyFi5zeW5hcHNlLnBsdWdpbi52MS5Kb2IiPwoTR2V0Sm9iUmVzdWx0UmVxdWVzdBIOCgZqb2JfaWQYASABKAkSGAoQY2h1bmtfc2l6ZV9ieXRlcxgCIAEoDSJOChRHZXRKb2JSZXN1bHRSZXNwb25zZRIOCgZvZmZzZXQYASABKAQSDAoEZGF0YRgCIAEoDBIYChB0b3RhbF9zaXplX2J5dGVzGAMgASgEMo0FCg1BY3Rpb25TZXJ2aWNlElwKC0xpc3RBY3Rpb25zEiUuc3luYXBzZS5wbHVnaW4udjEuTGlzdEFjdGlvbnNSZXF1ZXN0GiYuc3luYXBzZS5wbHVnaW4udjEuTGlzdEFjdGlvbnNSZXNwb25zZRJWCglSdW5BY3Rpb24SIy5zeW5hcHNlLnBsdWdpbi52MS5SdW5BY3Rpb25SZXF1ZXN0GiQuc3luYXBzZS5wbHVnaW4udjEuUnVuQWN0aW9uUmVzcG9uc2USZwoOU3RyZWFtUHJvZ3Jlc3MSKC5zeW5hcHNlLnBsdWdpbi52MS5TdHJlYW1Qcm9ncmVzc1JlcXVlc3QaKS5zeW5hcHNlLnBsdWdpbi52MS5TdHJlYW1Qcm9ncmVzc1Jlc3BvbnNlMAESTQoGR2V0Sm9iEiAuc3luYXBzZS5wbHVnaW4udjEuR2V0Sm9iUmVxdWVzdBohLnN5bmFwc2UucGx1Z2luLnYxLkdldEpvYlJlc3BvbnNlElMKCExpc3RKb2JzEiIuc3luYXBzZS5wbHVnaW4udjEuTGlzdEpvYnNSZXF1ZXN0GiMuc3luYXBzZS5wbHVnaW4udjEuTGlzdEpvYnNSZXNwb25zZRJWCglDYW5jZWxKb2ISIy5zeW5hcHNlLnBsdWdpbi52MS5DYW5jZWxKb2JSZXF1ZXN0GiQuc3luYXBzZS5wbHVnaW4udjEuQ2FuY2VsSm9iUmVzcG9uc2USYQoMR2V0Sm9iUmVzdWx0EiYuc3luYXBzZS5wbHVnaW4udjEuR2V0Sm9iUmVzdWx0UmVxdWVzdBonLnN5bmFwc2UucGx1Z2luLnYxLkdldEpvYlJlc3VsdFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_struct, file_synapse_plugin_v1_job, file_synapse_plugin_v1_job_event, file_synapse_plugin_v1_plugin]);
+  fileDesc("CiZzeW5hcHNlL3BsdWdpbi92MS9hY3Rpb25fc2VydmljZS5wcm90bxIRc3luYXBzZS5wbHVnaW4udjEiJAoSTGlzdEFjdGlvbnNSZXF1ZXN0Eg4KBnBsdWdpbhgBIAEoCSJBChNMaXN0QWN0aW9uc1Jlc3BvbnNlEioKB3BsdWdpbnMYASADKAsyGS5zeW5hcHNlLnBsdWdpbi52MS5QbHVnaW4irgEKEFJ1bkFjdGlvblJlcXVlc3QSDgoGcGx1Z2luGAEgASgJEg4KBmFjdGlvbhgCIAEoCRInCgZwYXJhbXMYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EigKBG1vZGUYBCABKA4yGi5zeW5hcHNlLnBsdWdpbi52MS5SdW5Nb2RlEhIKCnJlcXVlc3RfaWQYBSABKAkSEwoLcGFyYW1zX2pzb24YBiABKAwiSQoRUnVuQWN0aW9uUmVzcG9uc2USIwoDam9iGAEgASgLMhYuc3luYXBzZS5wbHVnaW4udjEuSm9iEg8KB2NyZWF0ZWQYAiABKAgiTwoVU3RyZWFtUHJvZ3Jlc3NSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQSEwoLcmVwbGF5X29ubHkYAyABKAgigQEKFlN0cmVhbVByb2dyZXNzUmVzcG9uc2USLAoFZXZlbnQYASABKAsyGy5zeW5hcHNlLnBsdWdpbi52MS5Kb2JFdmVudEgAEjEKCWtlZXBhbGl2ZRgCIAEoCzIcLnN5bmFwc2UucGx1Z2luLnYxLktlZXBhbGl2ZUgAQgYKBGtpbmQiSQoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSKAoEdmlldxgCIAEoDjIaLnN5bmFwc2UucGx1Z2luLnYxLkpvYlZpZXciNQoOR2V0Sm9iUmVzcG9uc2USIwoDam9iGAEgASgLMhYuc3luYXBzZS5wbHVnaW4udjEuSm9iIoUBCg9MaXN0Sm9ic1JlcXVlc3QSKwoGc3RhdGVzGAEgAygOMhsuc3luYXBzZS5wbHVnaW4udjEuSm9iU3RhdGUSDgoGcGx1Z2luGAIgASgJEg4KBmFjdGlvbhgDIAEoCRIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJRChBMaXN0Sm9ic1Jlc3BvbnNlEiQKBGpvYnMYASADKAsyFi5zeW5hcHNlLnBsdWdpbi52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI4ChFDYW5jZWxKb2JSZXNwb25zZRIjCgNqb2IYASABKAsyFi5zeW5hcHNlLnBsdWdpbi52MS5Kb2IiPwoTR2V0Sm9iUmVzdWx0UmVxdWVzdBIOCgZqb2JfaWQYASABKAkSGAoQY2h1bmtfc2l6ZV9ieXRlcxgCIAEoDSJOChRHZXRKb2JSZXN1bHRSZXNwb25zZRIOCgZvZmZzZXQYASABKAQSDAoEZGF0YRgCIAEoDBIYChB0b3RhbF9zaXplX2J5dGVzGAMgASgEMo0FCg1BY3Rpb25TZXJ2aWNlElwKC0xpc3RBY3Rpb25zEiUuc3luYXBzZS5wbHVnaW4udjEuTGlzdEFjdGlvbnNSZXF1ZXN0GiYuc3luYXBzZS5wbHVnaW4udjEuTGlzdEFjdGlvbnNSZXNwb25zZRJWCglSdW5BY3Rpb24SIy5zeW5hcHNlLnBsdWdpbi52MS5SdW5BY3Rpb25SZXF1ZXN0GiQuc3luYXBzZS5wbHVnaW4udjEuUnVuQWN0aW9uUmVzcG9uc2USZwoOU3RyZWFtUHJvZ3Jlc3MSKC5zeW5hcHNlLnBsdWdpbi52MS5TdHJlYW1Qcm9ncmVzc1JlcXVlc3QaKS5zeW5hcHNlLnBsdWdpbi52MS5TdHJlYW1Qcm9ncmVzc1Jlc3BvbnNlMAESTQoGR2V0Sm9iEiAuc3luYXBzZS5wbHVnaW4udjEuR2V0Sm9iUmVxdWVzdBohLnN5bmFwc2UucGx1Z2luLnYxLkdldEpvYlJlc3BvbnNlElMKCExpc3RKb2JzEiIuc3luYXBzZS5wbHVnaW4udjEuTGlzdEpvYnNSZXF1ZXN0GiMuc3luYXBzZS5wbHVnaW4udjEuTGlzdEpvYnNSZXNwb25zZRJWCglDYW5jZWxKb2ISIy5zeW5hcHNlLnBsdWdpbi52MS5DYW5jZWxKb2JSZXF1ZXN0GiQuc3luYXBzZS5wbHVnaW4udjEuQ2FuY2VsSm9iUmVzcG9uc2USYQoMR2V0Sm9iUmVzdWx0EiYuc3luYXBzZS5wbHVnaW4udjEuR2V0Sm9iUmVzdWx0UmVxdWVzdBonLnN5bmFwc2UucGx1Z2luLnYxLkdldEpvYlJlc3VsdFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_struct, file_synapse_plugin_v1_job, file_synapse_plugin_v1_job_event, file_synapse_plugin_v1_plugin]);
 
 /**
  * Request of ActionService.ListActions.
@@ -83,6 +83,7 @@ export type RunActionRequest = Message<"synapse.plugin.v1.RunActionRequest"> & {
 
   /**
    * The action's params; validated against the action's params schema. Unset means {}.
+   * Ignored when params_json is non-empty.
    *
    * @generated from field: google.protobuf.Struct params = 3;
    */
@@ -103,6 +104,16 @@ export type RunActionRequest = Message<"synapse.plugin.v1.RunActionRequest"> & {
    * @generated from field: string request_id = 5;
    */
   requestId: string;
+
+  /**
+   * The action's params as the UTF-8 text of one JSON object. When non-empty it takes
+   * precedence over `params`. Prefer it for large params: JSON text is far cheaper to build
+   * and parse than a Struct, and integers keep their type (Struct carries every number as a
+   * double).
+   *
+   * @generated from field: bytes params_json = 6;
+   */
+  paramsJson: Uint8Array;
 };
 
 /**
@@ -119,7 +130,8 @@ export const RunActionRequestSchema: GenMessage<RunActionRequest> = /*@__PURE__*
  */
 export type RunActionResponse = Message<"synapse.plugin.v1.RunActionResponse"> & {
   /**
-   * The job (new, or the existing one for a repeated request_id).
+   * The job (new, or the existing one for a repeated request_id), in JOB_VIEW_BASIC: its
+   * params are not echoed back (read them with GetJob and JOB_VIEW_FULL).
    *
    * @generated from field: synapse.plugin.v1.Job job = 1;
    */
@@ -225,6 +237,13 @@ export type GetJobRequest = Message<"synapse.plugin.v1.GetJobRequest"> & {
    * @generated from field: string job_id = 1;
    */
   jobId: string;
+
+  /**
+   * How much of the job to return; JOB_VIEW_UNSPECIFIED means JOB_VIEW_FULL.
+   *
+   * @generated from field: synapse.plugin.v1.JobView view = 2;
+   */
+  view: JobView;
 };
 
 /**
@@ -312,7 +331,7 @@ export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
  */
 export type ListJobsResponse = Message<"synapse.plugin.v1.ListJobsResponse"> & {
   /**
-   * The jobs, newest first.
+   * The jobs, newest first, in JOB_VIEW_BASIC (params omitted).
    *
    * @generated from field: repeated synapse.plugin.v1.Job jobs = 1;
    */
@@ -368,7 +387,8 @@ export const CancelJobRequestSchema: GenMessage<CancelJobRequest> = /*@__PURE__*
  */
 export type CancelJobResponse = Message<"synapse.plugin.v1.CancelJobResponse"> & {
   /**
-   * The job after the request (cancel_requested set; CANCELLED if it was still PENDING).
+   * The job after the request (cancel_requested set; CANCELLED if it was still PENDING), in
+   * JOB_VIEW_BASIC (params omitted).
    *
    * @generated from field: synapse.plugin.v1.Job job = 1;
    */

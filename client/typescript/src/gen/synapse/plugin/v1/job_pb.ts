@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file synapse/plugin/v1/job.proto.
  */
 export const file_synapse_plugin_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChtzeW5hcHNlL3BsdWdpbi92MS9qb2IucHJvdG8SEXN5bmFwc2UucGx1Z2luLnYxIpkBCghKb2JFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSGAoQcGx1Z2luX3RyYWNlYmFjaxgDIAEoCRIuCgZvcmlnaW4YBCABKA4yHi5zeW5hcHNlLnBsdWdpbi52MS5FcnJvck9yaWdpbhIMCgRzdGVwGAUgASgJEhYKDmNvcnJlbGF0aW9uX2lkGAYgASgJIpAECgNKb2ISCgoCaWQYASABKAkSDgoGcGx1Z2luGAIgASgJEhYKDnBsdWdpbl92ZXJzaW9uGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIoCgRtb2RlGAUgASgOMhouc3luYXBzZS5wbHVnaW4udjEuUnVuTW9kZRIqCgVzdGF0ZRgGIAEoDjIbLnN5bmFwc2UucGx1Z2luLnYxLkpvYlN0YXRlEicKBnBhcmFtcxgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgVlcnJvchgLIAEoCzIbLnN5bmFwc2UucGx1Z2luLnYxLkpvYkVycm9yEhgKEHByb2dyZXNzX3BlcmNlbnQYDCABKAESEAoIbGFzdF9zZXEYDSABKAQSFgoOcGVuZGluZ19yZWFzb24YDiABKAkSEgoKcmVxdWVzdF9pZBgPIAEoCRIYChBjYW5jZWxfcmVxdWVzdGVkGBAgASgIEhkKEXJlc3VsdF9zaXplX2J5dGVzGBEgASgEKlwKB1J1bk1vZGUSGAoUUlVOX01PREVfVU5TUEVDSUZJRUQQABISCg5SVU5fTU9ERV9MT0NBTBABEhEKDVJVTl9NT0RFX1RBU0sQAhIQCgxSVU5fTU9ERV9KT0IQAyqbAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRSk9CX1NUQVRFX1BFTkRJTkcQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQAxIUChBKT0JfU1RBVEVfRkFJTEVEEAQSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAFKl8KC0Vycm9yT3JpZ2luEhwKGEVSUk9SX09SSUdJTl9VTlNQRUNJRklFRBAAEhcKE0VSUk9SX09SSUdJTl9QTFVHSU4QARIZChVFUlJPUl9PUklHSU5fUExBVEZPUk0QAmIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChtzeW5hcHNlL3BsdWdpbi92MS9qb2IucHJvdG8SEXN5bmFwc2UucGx1Z2luLnYxIpkBCghKb2JFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSGAoQcGx1Z2luX3RyYWNlYmFjaxgDIAEoCRIuCgZvcmlnaW4YBCABKA4yHi5zeW5hcHNlLnBsdWdpbi52MS5FcnJvck9yaWdpbhIMCgRzdGVwGAUgASgJEhYKDmNvcnJlbGF0aW9uX2lkGAYgASgJIqUECgNKb2ISCgoCaWQYASABKAkSDgoGcGx1Z2luGAIgASgJEhYKDnBsdWdpbl92ZXJzaW9uGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIoCgRtb2RlGAUgASgOMhouc3luYXBzZS5wbHVnaW4udjEuUnVuTW9kZRIqCgVzdGF0ZRgGIAEoDjIbLnN5bmFwc2UucGx1Z2luLnYxLkpvYlN0YXRlEicKBnBhcmFtcxgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgVlcnJvchgLIAEoCzIbLnN5bmFwc2UucGx1Z2luLnYxLkpvYkVycm9yEhgKEHByb2dyZXNzX3BlcmNlbnQYDCABKAESEAoIbGFzdF9zZXEYDSABKAQSFgoOcGVuZGluZ19yZWFzb24YDiABKAkSEgoKcmVxdWVzdF9pZBgPIAEoCRIYChBjYW5jZWxfcmVxdWVzdGVkGBAgASgIEhkKEXJlc3VsdF9zaXplX2J5dGVzGBEgASgEEhMKC3BhcmFtc19qc29uGBIgASgMKlwKB1J1bk1vZGUSGAoUUlVOX01PREVfVU5TUEVDSUZJRUQQABISCg5SVU5fTU9ERV9MT0NBTBABEhEKDVJVTl9NT0RFX1RBU0sQAhIQCgxSVU5fTU9ERV9KT0IQAypKCgdKb2JWaWV3EhgKFEpPQl9WSUVXX1VOU1BFQ0lGSUVEEAASEgoOSk9CX1ZJRVdfQkFTSUMQARIRCg1KT0JfVklFV19GVUxMEAIqmwEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUpPQl9TVEFURV9QRU5ESU5HEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBSpfCgtFcnJvck9yaWdpbhIcChhFUlJPUl9PUklHSU5fVU5TUEVDSUZJRUQQABIXChNFUlJPUl9PUklHSU5fUExVR0lOEAESGQoVRVJST1JfT1JJR0lOX1BMQVRGT1JNEAJiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A failure described as data. Never contains server internals (server stack traces, file
@@ -124,7 +124,9 @@ export type Job = Message<"synapse.plugin.v1.Job"> & {
   state: JobState;
 
   /**
-   * The parameters the action was started with, as submitted.
+   * The parameters the action was started with, as submitted. Filled only in JOB_VIEW_FULL
+   * (GetJob by default); RunAction, CancelJob and ListJobs answers leave it unset so that a
+   * large submission is not sent back. params_json carries the same object.
    *
    * @generated from field: google.protobuf.Struct params = 7;
    */
@@ -203,6 +205,14 @@ export type Job = Message<"synapse.plugin.v1.Job"> & {
    * @generated from field: uint64 result_size_bytes = 17;
    */
   resultSizeBytes: bigint;
+
+  /**
+   * The parameters as the UTF-8 text of one JSON object (the same object as `params`, with
+   * integers kept as integers). Filled only in JOB_VIEW_FULL, like `params`.
+   *
+   * @generated from field: bytes params_json = 18;
+   */
+  paramsJson: Uint8Array;
 };
 
 /**
@@ -252,6 +262,40 @@ export enum RunMode {
  */
 export const RunModeSchema: GenEnum<RunMode> = /*@__PURE__*/
   enumDesc(file_synapse_plugin_v1_job, 0);
+
+/**
+ * How much of a Job an answer carries.
+ *
+ * @generated from enum synapse.plugin.v1.JobView
+ */
+export enum JobView {
+  /**
+   * The default of the call (GetJob: JOB_VIEW_FULL).
+   *
+   * @generated from enum value: JOB_VIEW_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Everything except the params (params and params_json stay unset).
+   *
+   * @generated from enum value: JOB_VIEW_BASIC = 1;
+   */
+  BASIC = 1,
+
+  /**
+   * Everything, including the params.
+   *
+   * @generated from enum value: JOB_VIEW_FULL = 2;
+   */
+  FULL = 2,
+}
+
+/**
+ * Describes the enum synapse.plugin.v1.JobView.
+ */
+export const JobViewSchema: GenEnum<JobView> = /*@__PURE__*/
+  enumDesc(file_synapse_plugin_v1_job, 1);
 
 /**
  * Lifecycle state of a job: PENDING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED.
@@ -307,7 +351,7 @@ export enum JobState {
  * Describes the enum synapse.plugin.v1.JobState.
  */
 export const JobStateSchema: GenEnum<JobState> = /*@__PURE__*/
-  enumDesc(file_synapse_plugin_v1_job, 1);
+  enumDesc(file_synapse_plugin_v1_job, 2);
 
 /**
  * Who caused a job or step failure.
@@ -344,5 +388,5 @@ export enum ErrorOrigin {
  * Describes the enum synapse.plugin.v1.ErrorOrigin.
  */
 export const ErrorOriginSchema: GenEnum<ErrorOrigin> = /*@__PURE__*/
-  enumDesc(file_synapse_plugin_v1_job, 2);
+  enumDesc(file_synapse_plugin_v1_job, 3);
 
