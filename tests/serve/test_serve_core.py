@@ -30,7 +30,7 @@ from synapse_server.core.inference import (
 )
 from synapse_server.ray import RayRuntime, ServeDeploymentBackend, ServeRouter
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(180), pytest.mark.asyncio(loop_scope="session")]
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plugins"
@@ -253,3 +253,62 @@ async def test_delete_undeploys(services: Any, models_root: Path) -> None:
     assert "probe-tmp" not in serve.status().applications
     page = await deployments.list(TENANT, statuses=[DeploymentStatus.DELETED])
     assert [r.name for r in page.deployments] == ["probe-tmp"]
+
+
+@pytest.fixture
+async def grpc_address(services: Any) -> Any:
+    import grpc
+    from synapse.plugin.v1 import deployment_service_pb2_grpc, inference_service_pb2_grpc
+    from synapse_server.core._credentials import WorkerCredentialIssuer
+    from synapse_server.grpc._auth import AuthInterceptor
+    from synapse_server.grpc._deployment_servicer import DeploymentServicer
+    from synapse_server.grpc._inference_servicer import InferenceServicer
+
+    deployments, inference = services
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor({"tok-acme": TENANT}, WorkerCredentialIssuer(SECRET))],
+        options=[("grpc.so_reuseport", 0)],
+    )
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
+        InferenceServicer(inference), server
+    )
+    deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
+        DeploymentServicer(deployments), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
+async def test_client_infer_over_grpc(grpc_address: str, models_root: Path) -> None:
+    import numpy as np
+    import synapse_client as sc
+
+    from examples.models import reference_outputs
+
+    def _calls() -> None:
+        with sc.Client(grpc_address, token="tok-acme", timeout=20) as client:
+            result = client.infer("mlp-app", model=1, json={"inputs": [{"data": [1, 2, 3]}]})
+            want = reference_outputs(models_root / "1", [[1.0, 2.0, 3.0]])[0]
+            assert result.json[0]["prediction"] == pytest.approx(want, rel=1e-5)
+            x = np.ones((2, 2), dtype=np.float64)
+            doubled = client.infer("probe-app", model=3, path="/double", tensors={"x": x})
+            assert doubled.tensors["output"].tolist() == (x * 3).tolist()
+            deployments = client.list_deployments()
+            assert {d.name for d in deployments} >= {"mlp-app", "probe-app"}
+            with pytest.raises(sc.NotFoundError):
+                client.infer("nope", model=1, json={})
+            with pytest.raises(sc.InvalidArgumentError):
+                client.infer("mlp-app", model=1, json={"inputs": 5})
+            with pytest.raises(sc.InternalError, match="correlation id"):
+                client.infer("probe-app", path="/boom")
+            with pytest.raises(sc.DeadlineExceededError):
+                client.infer("probe-app", path="/sleep", json={"seconds": 5}, timeout=0.5)
+        with (
+            sc.Client(grpc_address, token="wrong") as client,
+            pytest.raises(sc.UnauthenticatedError),
+        ):
+            client.infer("mlp-app", model=1, json={})
+
+    await asyncio.to_thread(_calls)

@@ -39,6 +39,10 @@ WORKER_METHODS = frozenset(
     {
         "/synapse.plugin.v1.ModelService/GetModel",
         "/synapse.plugin.v1.ModelService/DownloadModel",
+        # A deployment action registers its application; a serve entrypoint run as an
+        # action (infer_remote) calls Infer as its job's tenant.
+        "/synapse.plugin.v1.DeploymentService/RegisterDeployment",
+        "/synapse.plugin.v1.InferenceService/Infer",
     }
 )
 

@@ -1,0 +1,121 @@
+"""InferenceService over the core :class:`InferenceService`.
+
+The call's deadline becomes the core's timeout (and the Ray request is cancelled when it
+passes or the caller cancels); tensors and the JSON payload are converted here only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from synapse.plugin.v1 import inference_service_pb2, inference_service_pb2_grpc, tensor_pb2
+from synapse_sdk.plugins.actions.inference._serve import TensorPayload
+
+from synapse_server.core._errors import InvalidArgumentError
+from synapse_server.core.inference import InferenceService, InferRequestData
+from synapse_server.grpc._auth import current_principal
+from synapse_server.grpc._errors import map_errors
+
+__all__ = ["InferenceServicer", "infer_request_from_pb", "tensor_from_pb", "tensor_to_pb"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPE_NAMES = {
+    tensor_pb2.DATA_TYPE_FLOAT32: "float32",
+    tensor_pb2.DATA_TYPE_FLOAT64: "float64",
+    tensor_pb2.DATA_TYPE_FLOAT16: "float16",
+    tensor_pb2.DATA_TYPE_BFLOAT16: "bfloat16",
+    tensor_pb2.DATA_TYPE_INT8: "int8",
+    tensor_pb2.DATA_TYPE_INT16: "int16",
+    tensor_pb2.DATA_TYPE_INT32: "int32",
+    tensor_pb2.DATA_TYPE_INT64: "int64",
+    tensor_pb2.DATA_TYPE_UINT8: "uint8",
+    tensor_pb2.DATA_TYPE_BOOL: "bool",
+}
+_DTYPE_SIZES = {
+    "float32": 4,
+    "float64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "int8": 1,
+    "int16": 2,
+    "int32": 4,
+    "int64": 8,
+    "uint8": 1,
+    "bool": 1,
+}
+_DTYPE_VALUES = {name: value for value, name in _DTYPE_NAMES.items()}
+
+
+def tensor_from_pb(message: tensor_pb2.Tensor) -> TensorPayload:
+    """A wire tensor as the core's payload; checks dtype, shape and byte length."""
+    name = _DTYPE_NAMES.get(message.dtype)
+    if name is None:
+        raise InvalidArgumentError(f"tensor {message.name!r}: dtype must be set")
+    count = 1
+    for dim in message.shape:
+        if dim < 0:
+            raise InvalidArgumentError(f"tensor {message.name!r}: negative dimension")
+        count *= dim
+    if len(message.data) != count * _DTYPE_SIZES[name]:
+        raise InvalidArgumentError(
+            f"tensor {message.name!r}: {len(message.data)} bytes, expected "
+            f"{count * _DTYPE_SIZES[name]} for shape {list(message.shape)} and dtype {name}"
+        )
+    return TensorPayload(message.name, name, tuple(message.shape), message.data)
+
+
+def tensor_to_pb(tensor: TensorPayload) -> tensor_pb2.Tensor:
+    """The wire form of an output tensor."""
+    dtype: Any = _DTYPE_VALUES[tensor.dtype]
+    return tensor_pb2.Tensor(
+        name=tensor.name, dtype=dtype, shape=list(tensor.shape), data=tensor.data
+    )
+
+
+def infer_request_from_pb(
+    request: inference_service_pb2.InferRequest, timeout_s: float | None
+) -> InferRequestData:
+    """The core's request for a wire request."""
+    target = request.WhichOneof("target")
+    has_json = request.HasField("json")
+    return InferRequestData(
+        application=request.application if target == "application" else None,
+        plugin=request.action.plugin if target == "action" else None,
+        action=request.action.action if target == "action" else None,
+        model_id=request.model_id,
+        json=json_format.MessageToDict(request.json) if has_json else None,
+        has_json=has_json,
+        tensors=tuple(tensor_from_pb(t) for t in request.inputs),
+        method=request.method,
+        path=request.path,
+        request_id=request.request_id,
+        timeout_s=timeout_s,
+    )
+
+
+class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
+    """Thin gRPC face of the core :class:`InferenceService`."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    @map_errors
+    async def Infer(  # type: ignore[override]  # noqa: N802
+        self, request: inference_service_pb2.InferRequest, context: grpc.aio.ServicerContext
+    ) -> inference_service_pb2.InferResponse:
+        """Run one inference request."""
+        data = infer_request_from_pb(request, context.time_remaining())
+        result = await self._service.infer(current_principal().tenant, data)
+        response = inference_service_pb2.InferResponse(
+            model_id=result.model_id,
+            request_id=result.request_id,
+            application=result.application,
+            outputs=[tensor_to_pb(t) for t in result.tensors],
+        )
+        if result.json is not None or not result.tensors:
+            response.json.CopyFrom(json_format.ParseDict(result.json, struct_pb2.Value()))
+        return response
