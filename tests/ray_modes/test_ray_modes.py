@@ -190,3 +190,24 @@ def test_events_survive_a_broken_worker_connection(platform: PlatformServer) -> 
     evs = events(platform, job.id)
     _check_stream(evs, 30)
     assert result_of(evs[-1])["mode"] == "task"
+
+
+def test_a_dying_node_fails_its_job_with_a_reason(
+    platform: PlatformServer, ray_cluster: RayCluster
+) -> None:
+    """No job stays RUNNING forever when the node under its worker disappears."""
+    node = ray_cluster.cluster.add_node(
+        num_cpus=1,
+        resources={"doomed": 1},
+        include_dashboard=False,
+        object_store_memory=80 * 1024 * 1024,
+        env_vars={"SYNAPSE_PLUGIN_CACHE": str(ray_cluster.cache_dirs["head"].parent / "doomed")},
+    )
+    ray_cluster.cluster.wait_for_nodes()
+    job = run_action(platform, "stubborn", {"resources": {"doomed": 1}})
+    wait_for(lambda: get_job(platform, job.id).state == job_pb2.JOB_STATE_RUNNING, 60, "running")
+    ray_cluster.cluster.remove_node(node, allow_graceful=False)
+    terminal = events(platform, job.id, timeout=120)[-1].terminal
+    assert terminal.state == job_pb2.JOB_STATE_FAILED
+    assert terminal.error.type == "WorkerCrashed"
+    assert "died" in terminal.error.message, terminal.error.message
