@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from synapse.plugin.v1 import action_service_pb2, action_service_pb2_grpc
+from synapse.plugin.v1 import action_service_pb2, action_service_pb2_grpc, job_pb2
 
 from ._config import retry_delay
 from ._converters import job_from_proto, job_states_to_proto, plugin_from_proto
@@ -103,7 +103,9 @@ class AsyncJobHandle:
             return self._result
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            job = await self._client.get_job(self._id, timeout=_remaining(deadline))
+            job = await self._client.get_job(
+                self._id, timeout=_remaining(deadline), with_params=False
+            )
             sequencer = EventSequencer(self._id, result_stream_start(job))
             async for _ in self._follow(sequencer, deadline):
                 pass
@@ -226,11 +228,20 @@ class AsyncClient(AsyncClientCore):
         """A handle for an existing job (no RPC is made)."""
         return AsyncJobHandle(self, job_id)
 
-    async def get_job(self, job_id: str, timeout: float | None = None) -> Job:  # noqa: ASYNC109
-        """One job by id; raises :class:`NotFoundError` for an unknown one."""
-        response = await self._call(
-            self._actions().GetJob, action_service_pb2.GetJobRequest(job_id=job_id), timeout
-        )
+    async def get_job(
+        self,
+        job_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+        *,
+        with_params: bool = True,
+    ) -> Job:
+        """One job by id; raises :class:`NotFoundError` for an unknown one.
+
+        ``with_params=False`` leaves ``params`` empty (cheaper for jobs with large params).
+        """
+        view = job_pb2.JOB_VIEW_FULL if with_params else job_pb2.JOB_VIEW_BASIC
+        request = action_service_pb2.GetJobRequest(job_id=job_id, view=view)
+        response = await self._call(self._actions().GetJob, request, timeout)
         return job_from_proto(response.job)
 
     async def list_jobs(

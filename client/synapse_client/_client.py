@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from synapse.plugin.v1 import action_service_pb2, action_service_pb2_grpc
+from synapse.plugin.v1 import action_service_pb2, action_service_pb2_grpc, job_pb2
 
 from ._config import retry_delay
 from ._converters import job_from_proto, job_states_to_proto, plugin_from_proto
@@ -101,7 +101,7 @@ class JobHandle:
             return self._result
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            job = self._client.get_job(self._id, timeout=_remaining(deadline))
+            job = self._client.get_job(self._id, timeout=_remaining(deadline), with_params=False)
             sequencer = EventSequencer(self._id, result_stream_start(job))
             for _ in self._follow(sequencer, deadline):
                 pass
@@ -226,11 +226,16 @@ class Client(ModelsMixin, InferenceMixin, ClientCore):
         """A handle for an existing job (no RPC is made)."""
         return JobHandle(self, job_id)
 
-    def get_job(self, job_id: str, timeout: float | None = None) -> Job:
-        """One job by id; raises :class:`NotFoundError` for an unknown one."""
-        response = self._call(
-            self._actions().GetJob, action_service_pb2.GetJobRequest(job_id=job_id), timeout
-        )
+    def get_job(
+        self, job_id: str, timeout: float | None = None, *, with_params: bool = True
+    ) -> Job:
+        """One job by id; raises :class:`NotFoundError` for an unknown one.
+
+        ``with_params=False`` leaves ``params`` empty (cheaper for jobs with large params).
+        """
+        view = job_pb2.JOB_VIEW_FULL if with_params else job_pb2.JOB_VIEW_BASIC
+        request = action_service_pb2.GetJobRequest(job_id=job_id, view=view)
+        response = self._call(self._actions().GetJob, request, timeout)
         return job_from_proto(response.job)
 
     def list_jobs(

@@ -44,6 +44,7 @@ __all__ = [
     "action_from_proto",
     "action_to_proto",
     "dict_from_struct",
+    "dict_to_json",
     "dict_to_struct",
     "enum_from_proto",
     "enum_to_proto",
@@ -190,6 +191,30 @@ def _optional_error(message: Any) -> JobErrorInfo | None:
     return job_error_from_proto(message.error) if message.HasField("error") else None
 
 
+def dict_to_json(data: dict[str, Any] | None) -> bytes:
+    """dict → UTF-8 JSON object text (``b""`` for None); :class:`ClientConfigError` if not JSON."""
+    if data is None:
+        return b""
+    if not isinstance(data, dict):
+        raise ClientConfigError(f"params must be a JSON object (dict), got {type(data).__name__}")
+    try:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, TypeError) as exc:
+        raise ClientConfigError(f"params are not JSON-serialisable: {exc}") from exc
+
+
+def _job_params(message: job_pb2.Job) -> dict[str, Any]:
+    if not message.params_json:
+        return dict_from_struct(message.params)
+    try:
+        value = json.loads(message.params_json)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"job {message.id}: params_json is not JSON") from exc
+    if not isinstance(value, dict):
+        raise ProtocolError(f"job {message.id}: params_json is not a JSON object")
+    return value
+
+
 def job_from_proto(message: job_pb2.Job) -> Job:
     """``Job`` → :class:`Job`."""
     return Job(
@@ -199,7 +224,7 @@ def job_from_proto(message: job_pb2.Job) -> Job:
         action=message.action,
         mode=enum_from_proto(RunMode, message.mode),
         state=_required_enum(JobState, message.state, f"job {message.id}"),
-        params=dict_from_struct(message.params),
+        params=_job_params(message),
         create_time=_time_from_proto(message, "create_time"),
         start_time=_time_from_proto(message, "start_time"),
         end_time=_time_from_proto(message, "end_time"),

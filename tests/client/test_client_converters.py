@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -73,6 +74,20 @@ def test_job_minimal_leaves_optional_fields_unset() -> None:
     assert job.state is JobState.RUNNING
     assert job.mode is None and job.error is None
     assert job.create_time is None and job.params == {}
+
+
+def test_job_params_json_wins_and_params_travel_as_json() -> None:
+    message = job_pb2.Job(id="j", plugin="p", action="a", state=2, params_json=b'{"n": 3}')
+    message.params.update({"n": 1})
+    assert conv.job_from_proto(message).params == {"n": 3}
+    assert json.loads(conv.dict_to_json({"n": 3, "x": [1.5]})) == {"n": 3, "x": [1.5]}
+    assert conv.dict_to_json(None) == b""
+    with pytest.raises(ClientConfigError):
+        conv.dict_to_json({"bad": object()})
+    with pytest.raises(ClientConfigError):
+        conv.dict_to_json({"nan": float("nan")})
+    with pytest.raises(ProtocolError):
+        conv.job_from_proto(job_pb2.Job(id="j", state=2, params_json=b"[1]"))
 
 
 EVENTS = [

@@ -93,6 +93,46 @@ def test_big_result_is_not_inline(stub: Any) -> None:
     assert len(json.loads(data)["blob"]) == 3 << 20
 
 
+def test_params_json_round_trip_and_job_views(stub: Any) -> None:
+    # params_json wins over the Struct; the worker receives it and integers stay integers.
+    params = {"count": 2, "label": "json \u00e9"}
+    request = pb.RunActionRequest(
+        plugin="toy", action="quick", params_json=json.dumps(params).encode()
+    )
+    request.params.update({"count": 1, "label": "struct loses"})
+    job = stub.RunAction(request, timeout=10).job
+    # RunAction does not echo the params back.
+    assert not job.HasField("params") and job.params_json == b""
+    final = terminal(stub, job.id)
+    assert final.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert json.loads(final.result_json) == {"label": "json \u00e9", "count": 2}
+    full = stub.GetJob(pb.GetJobRequest(job_id=job.id), timeout=10).job
+    assert json.loads(full.params_json) == params and dict(full.params)["label"] == "json \u00e9"
+    basic = stub.GetJob(pb.GetJobRequest(job_id=job.id, view=job_pb2.JOB_VIEW_BASIC)).job
+    assert basic.params_json == b"" and not basic.HasField("params")
+    assert basic.result_size_bytes == final.result_size_bytes
+    listed = stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs
+    assert all(j.params_json == b"" and not j.HasField("params") for j in listed)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"[1]", "JSON object"),
+        (b'{"count": ', "not UTF-8 JSON"),
+        (b'{"count": -1, "label": 1}', ""),
+    ],
+    ids=["not-object", "not-json", "schema"],
+)
+def test_bad_params_json_is_invalid_argument(stub: Any, raw: bytes, message: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RunAction(
+            pb.RunActionRequest(plugin="toy", action="quick", params_json=raw), timeout=10
+        )
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (info.value.details() or "")
+
+
 def test_bad_params_are_invalid_argument_with_field_violations(stub: Any) -> None:
     with pytest.raises(grpc.RpcError) as info:
         run(stub, "quick", {"count": -1})

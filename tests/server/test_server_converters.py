@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from synapse.plugin.v1 import job_event_pb2, job_pb2
 from synapse_sdk.events import (
@@ -95,16 +97,33 @@ def test_states_modes_and_errors_round_trip() -> None:
     assert wire.plugin_traceback == ""  # platform internals never leave the server
 
 
+def test_params_from_json() -> None:
+    params, text = conv.params_from_json(b'{"n": 5, "xs": [1, 2.5], "s": "\xc3\xa9"}')
+    assert params == {"n": 5, "xs": [1, 2.5], "s": "\u00e9"} and isinstance(params["n"], int)
+    assert json.loads(text) == params
+    with pytest.raises(InvalidArgumentError, match="JSON object"):
+        conv.params_from_json(b"[1, 2]")
+    with pytest.raises(InvalidArgumentError, match="not UTF-8 JSON"):
+        conv.params_from_json(b'{"n": ')
+    with pytest.raises(InvalidArgumentError, match="not UTF-8 JSON"):
+        conv.params_from_json(b'{"s": "\xff"}')
+
+
 def test_job_and_terminal_event() -> None:
     job = Job(
         id="j1", tenant="hidden", plugin="p", action="a", params={"x": [1, 2], "s": "t"},
         plugin_version="1.0", state=JobState.SUCCEEDED, request_id="r", created_at=1.5,
         started_at=2.0, finished_at=3.25, result={"ok": 1}, progress=100.0, last_seq=7,
     )  # fmt: skip
-    message = conv.job_to_pb(job)
+    message = conv.job_to_pb(job, with_params=True)
     assert "hidden" not in str(message)
     assert message.state == job_pb2.JOB_STATE_SUCCEEDED and message.mode == job_pb2.RUN_MODE_LOCAL
     assert dict(message.params)["s"] == "t"
+    assert json.loads(message.params_json) == {"x": [1, 2], "s": "t"}
+    # The basic view (RunAction, ListJobs, CancelJob) leaves the params out.
+    basic = conv.job_to_pb(job)
+    assert not basic.HasField("params") and basic.params_json == b""
+    assert basic.result_size_bytes == message.result_size_bytes
     assert message.end_time.ToNanoseconds() == 3_250_000_000
     assert message.result_size_bytes == len(b'{"ok":1}') and message.last_seq == 7
     terminal = JobEvent(

@@ -160,8 +160,12 @@ class JobService:
         *,
         mode: str = "",
         request_id: str = "",
+        params_json: str = "",
     ) -> tuple[Job, bool]:
         """Validate and store a new PENDING job and schedule it; ``(job, created)``.
+
+        ``params_json``, when given, is the JSON text ``params`` was parsed from; it is kept
+        as the job's params text so large params are not serialised again.
 
         Raises PluginNotFoundError / ActionNotFoundError (NOT_FOUND), ParamsValidationError,
         InvalidArgumentError, RequestIdConflictError.
@@ -199,6 +203,7 @@ class JobService:
             plugin=plugin,
             action=action,
             params=dict(params),
+            params_json=params_json,
             plugin_version=version,
             mode=mode,
             request_id=request_id or None,
@@ -268,6 +273,8 @@ class JobService:
             raise FailedPreconditionError(
                 f"job {job_id!r} is {job.state.value}; only a SUCCEEDED job has a result"
             )
+        if job.result_json:
+            return job.result_json.encode()
         return result_json_bytes(job.result)
 
     async def cancel(self, tenant: str | None, job_id: str, reason: str = "") -> Job:
@@ -409,13 +416,18 @@ class JobService:
         result: Any = None,
         error: JobError | None = None,
         reason: str = "",
+        result_json: bytes = b"",
     ) -> None:
         if active.job.state.is_terminal:
             return
         data: dict[str, Any] = {"state": state.value, "reason": reason}
         progress = active.job.progress
+        text = ""
         if state is JobState.SUCCEEDED:
-            payload = result_json_bytes(result)
+            # The worker's own JSON text when it came from one: serialising it again would
+            # cost as much as the worker's dump for a large result.
+            payload = result_json or result_json_bytes(result)
+            text = payload.decode()
             data["result_size"] = len(payload)
             data["result_inline"] = len(payload) <= self._inline_limit
             if data["result_inline"]:
@@ -427,6 +439,7 @@ class JobService:
             state=state,
             finished_at=time.time(),
             result=result if state is JobState.SUCCEEDED else None,
+            result_json=text,
             error=error,
             reason=reason,
             progress=progress,
@@ -545,7 +558,9 @@ class JobService:
                 result = json.loads(active.result.decode("utf-8")) if active.result else None
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise InvalidArgumentError(f"result is not UTF-8 JSON: {exc}") from None
-            await self._finish_locked(active, JobState.SUCCEEDED, result=result)
+            await self._finish_locked(
+                active, JobState.SUCCEEDED, result=result, result_json=bytes(active.result)
+            )
         elif finished.state is JobState.CANCELLED:
             await self._finish_locked(
                 active, JobState.CANCELLED, reason=active.cancel_reason or "cancelled"

@@ -162,6 +162,10 @@ class Job:
     last_seq: int = 0
     pending_reason: str = ""
     cancel_requested: bool = False
+    # The JSON texts of params and result when already known ("" otherwise), so that large
+    # values are serialised once and not again for storage, workers and clients.
+    params_json: str = field(default="", compare=False, repr=False)
+    result_json: str = field(default="", compare=False, repr=False)
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes`` applied."""

@@ -137,6 +137,12 @@ def _dump(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
+def _result_text(job: Job) -> str | None:
+    if job.result is None:
+        return None
+    return job.result_json or _dump(job.result)
+
+
 def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
     (
         id_,
@@ -166,12 +172,14 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         action=action,
         mode=mode,
         params=json.loads(params),
+        params_json=params,
         state=JobState(state),
         request_id=request_id,
         created_at=created_at,
         started_at=started_at,
         finished_at=finished_at,
         result=None if result is None else json.loads(result),
+        result_json=result or "",
         error=None if error is None else JobError.from_dict(json.loads(error)),
         reason=reason,
         progress=progress,
@@ -407,13 +415,13 @@ def _job_values(job: Job) -> tuple[Any, ...]:
         job.plugin,
         job.action,
         job.mode,
-        _dump(job.params),
+        job.params_json or _dump(job.params),
         job.state.value,
         job.request_id,
         job.created_at,
         job.started_at,
         job.finished_at,
-        None if job.result is None else _dump(job.result),
+        _result_text(job),
         None if job.error is None else _dump(job.error.to_dict()),
         job.reason,
         job.progress,
@@ -432,7 +440,7 @@ def _update(conn: sqlite3.Connection, job: Job) -> None:
             job.state.value,
             job.started_at,
             job.finished_at,
-            None if job.result is None else _dump(job.result),
+            _result_text(job),
             None if job.error is None else _dump(job.error.to_dict()),
             job.reason,
             job.progress,

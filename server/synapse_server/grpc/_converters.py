@@ -59,7 +59,9 @@ __all__ = [
     "keepalive_to_pb",
     "mode_from_pb",
     "mode_to_pb",
+    "params_from_json",
     "params_from_struct",
+    "params_json_text",
     "plugin_to_pb",
     "sdk_event_to_worker_pb",
     "state_from_pb",
@@ -176,6 +178,23 @@ def params_from_struct(message: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(message)
 
 
+def params_from_json(data: bytes, field: str = "params_json") -> tuple[dict[str, Any], str]:
+    """UTF-8 JSON object text → ``(dict, text)``; InvalidArgumentError if it is not one."""
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgumentError(f"{field} is not UTF-8 JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgumentError(f"{field} must be a JSON object, got {type(value).__name__}")
+    return value, text
+
+
+def params_json_text(job: Job) -> str:
+    """The job's params as JSON text (the submitted text when the job kept it)."""
+    return job.params_json or json.dumps(job.params, separators=(",", ":"), ensure_ascii=False)
+
+
 # Errors --------------------------------------------------------------------------------------
 
 
@@ -216,13 +235,16 @@ def _error_info_to_pb(info: ErrorInfo, step: str = "") -> job_pb2.JobError:
 # Jobs and events -----------------------------------------------------------------------------
 
 
-def job_to_pb(job: Job) -> job_pb2.Job:
-    """Domain Job → pb Job (the tenant is never exposed)."""
+def job_to_pb(job: Job, *, with_params: bool = False) -> job_pb2.Job:
+    """Domain Job → pb Job (the tenant is never exposed).
+
+    ``with_params`` is JOB_VIEW_FULL: params are sent both as a Struct (for older clients) and
+    as JSON text; otherwise they are left out.
+    """
     result_size = 0
     if job.state is JobState.SUCCEEDED:
-        result_size = len(
-            json.dumps(job.result, separators=(",", ":"), ensure_ascii=False).encode()
-        )
+        text = job.result_json or json.dumps(job.result, separators=(",", ":"), ensure_ascii=False)
+        result_size = len(text.encode())
     message = job_pb2.Job(
         id=job.id,
         plugin=job.plugin,
@@ -230,7 +252,6 @@ def job_to_pb(job: Job) -> job_pb2.Job:
         action=job.action,
         mode=mode_to_pb(job.mode),
         state=state_to_pb(job.state),
-        params=struct_from_dict(job.params),
         create_time=_timestamp(job.created_at),
         start_time=_timestamp(job.started_at),
         end_time=_timestamp(job.finished_at),
@@ -243,6 +264,9 @@ def job_to_pb(job: Job) -> job_pb2.Job:
     )
     if job.error is not None and job.state is JobState.FAILED:
         message.error.CopyFrom(error_to_pb(job.error))
+    if with_params:
+        message.params.CopyFrom(struct_from_dict(job.params))
+        message.params_json = params_json_text(job).encode()
     return message
 
 

@@ -12,6 +12,7 @@ import grpc
 from synapse.plugin.v1 import (
     action_service_pb2,
     action_service_pb2_grpc,
+    job_pb2,
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
@@ -63,13 +64,20 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
     async def RunAction(  # noqa: N802
         self, request: action_service_pb2.RunActionRequest, context: grpc.aio.ServicerContext
     ) -> action_service_pb2.RunActionResponse:
+        tenant = _tenant()
+        params_json = ""
+        if request.params_json:
+            params, params_json = conv.params_from_json(request.params_json)
+        else:
+            params = conv.params_from_struct(request.params)
         job, created = await self._jobs.submit(
-            _tenant(),
+            tenant,
             request.plugin,
             request.action,
-            conv.params_from_struct(request.params),
+            params,
             mode=conv.mode_from_pb(request.mode),
             request_id=request.request_id,
+            params_json=params_json,
         )
         return action_service_pb2.RunActionResponse(job=conv.job_to_pb(job), created=created)
 
@@ -103,7 +111,8 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
         self, request: action_service_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> action_service_pb2.GetJobResponse:
         job = await self._jobs.get(_tenant(), request.job_id)
-        return action_service_pb2.GetJobResponse(job=conv.job_to_pb(job))
+        full = request.view != job_pb2.JOB_VIEW_BASIC
+        return action_service_pb2.GetJobResponse(job=conv.job_to_pb(job, with_params=full))
 
     @map_errors
     async def ListJobs(  # noqa: N802
@@ -168,7 +177,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             plugin=job.plugin,
             plugin_version=job.plugin_version,
             action=job.action,
-            params=conv.struct_from_dict(job.params),
+            params_json=conv.params_json_text(job).encode(),
             mode=conv.mode_to_pb(job.mode),
             cancel_requested=job.cancel_requested,
         )

@@ -329,8 +329,12 @@ def _execute(
         model_backend=PlatformModelBackend.from_platform(platform),
         mode=modes.get(assignment.mode, "job"),
     )
-    params: dict[str, Any] = json_format.MessageToDict(assignment.params)
     try:
+        params: dict[str, Any] = (
+            json.loads(assignment.params_json)
+            if assignment.params_json
+            else json_format.MessageToDict(assignment.params)
+        )
         plugin = _find_plugin(plugin_dirs, assignment.plugin, assignment.plugin_version)
         action_cls = plugin.get_action_class(assignment.action)
         result = run_action(action_cls, params, ctx)
