@@ -21,6 +21,10 @@ from grpc_reflection.v1alpha import reflection
 from synapse.plugin.v1 import (
     action_service_pb2,
     action_service_pb2_grpc,
+    deployment_service_pb2,
+    deployment_service_pb2_grpc,
+    inference_service_pb2,
+    inference_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
     worker_service_pb2,
@@ -32,10 +36,16 @@ from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._executor import LocalProcessExecutor
 from synapse_server.core._jobs import JobService
+from synapse_server.core.deployments import DeploymentService, SqliteDeploymentStore
+from synapse_server.core.inference import InferenceService, ServeKeyring
 from synapse_server.core.models import ModelRegistryService, SqliteModelStore
 from synapse_server.grpc._auth import AuthInterceptor
+from synapse_server.grpc._deployment_servicer import DeploymentServicer
+from synapse_server.grpc._inference_servicer import InferenceServicer
 from synapse_server.grpc._model_servicer import ModelServicer
 from synapse_server.grpc._servicers import ActionServicer, WorkerServicer
+from synapse_server.ray import RayRuntime, RayRuntimeConfig, ServeDeploymentBackend, ServeRouter
+from synapse_server.ray._environment import ServeJobEnvironment
 from synapse_server.settings import ServerSettings
 
 __all__ = ["SynapseServer", "serve"]
@@ -47,6 +57,8 @@ _SERVICES = (
     action_service_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
+    inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
 )
 
 
@@ -62,6 +74,8 @@ class SynapseServer:
         self._store: SqliteJobStore | None = None
         self._jobs: JobService | None = None
         self._model_store: SqliteModelStore | None = None
+        self._deployment_store: SqliteDeploymentStore | None = None
+        self._ray: RayRuntime | None = None
         self._socket_dir: Path | None = None
 
     @property
@@ -99,12 +113,23 @@ class SynapseServer:
         self.worker_address = f"unix:{self._socket_dir / 'worker.sock'}"
         catalog = PluginCatalog(s.plugin_dirs, supported_modes=["local"])
         await asyncio.to_thread(catalog.reload)
+        # Serve: Ray starts lazily (first deployment job or Infer), owned by this server.
+        self._ray = RayRuntime(RayRuntimeConfig(address=s.ray_address))
+        router = ServeRouter(self._ray)
+        self._deployment_store = SqliteDeploymentStore(s.data_dir / "synapse.db")
+        await self._deployment_store.open()
+        deployments = DeploymentService(
+            self._deployment_store, ServeDeploymentBackend(self._ray, router)
+        )
+        keyring = ServeKeyring(s.resolve_secret())
+        inference = InferenceService(deployments, router, keyring)
         executor = LocalProcessExecutor(
             self.worker_address,
             s.plugin_dirs,
             memory_limit_mb=s.worker_memory_limit_mb,
             python=s.worker_python,
             log_dir=s.data_dir / "logs" / "jobs",
+            environment=ServeJobEnvironment(catalog, self._ray, keyring),
         )
         self._jobs = JobService(
             self._store,
@@ -116,7 +141,7 @@ class SynapseServer:
             max_concurrent_jobs=s.max_concurrent_jobs,
         )
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(s.tokens, issuer)],
+            interceptors=[AuthInterceptor(s.tokens, issuer, serve_keys=keyring)],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
@@ -130,6 +155,12 @@ class SynapseServer:
             WorkerServicer(self._jobs), server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
+        deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
+            DeploymentServicer(deployments), server
+        )
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
+            InferenceServicer(inference), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
@@ -169,6 +200,10 @@ class SynapseServer:
             await self._store.close()
         if self._model_store is not None:
             await self._model_store.close()
+        if self._deployment_store is not None:
+            await self._deployment_store.close()
+        if self._ray is not None:
+            await self._ray.close()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 

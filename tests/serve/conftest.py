@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,12 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plugins"
+
+# The example models (examples/models) are built by the tests; the repository root is not on
+# sys.path when pytest runs as a script.
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 
 @pytest.fixture(scope="session")

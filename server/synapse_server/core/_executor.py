@@ -14,14 +14,20 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from synapse_server.core._models import Job
 
-__all__ = ["Executor", "LocalProcessExecutor", "SchedulingExecutor", "WorkerExit"]
+__all__ = [
+    "Executor",
+    "JobEnvironment",
+    "LocalProcessExecutor",
+    "SchedulingExecutor",
+    "WorkerExit",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,18 @@ class WorkerExit:
         if self.exit_code is not None:
             return f"worker exited with code {self.exit_code} without reporting a result"
         return self.detail or "worker ended without reporting a result"
+
+
+class JobEnvironment(Protocol):
+    """Extra environment variables for one job's worker (e.g. the server's Ray address).
+
+    Called just before the worker starts; may start shared infrastructure (Ray) first. An
+    error it raises fails the job before any worker runs.
+    """
+
+    async def environment(self, job: Job) -> Mapping[str, str]:
+        """The variables to add for ``job`` (empty when it needs none)."""
+        ...
 
 
 class Executor(Protocol):
@@ -96,8 +114,10 @@ class LocalProcessExecutor:
         memory_limit_mb: int | None = None,
         python: str | None = None,
         log_dir: Path | None = None,
+        environment: JobEnvironment | None = None,
     ) -> None:
         self._address = worker_address
+        self._environment = environment
         self._plugin_dirs = [Path(p).resolve() for p in plugin_dirs]
         self._memory_limit_mb = memory_limit_mb
         self._python = python or sys.executable
@@ -130,6 +150,8 @@ class LocalProcessExecutor:
     async def run(self, job: Job, credential: str) -> WorkerExit:
         """Start the worker process and wait for it to exit."""
         env = dict(os.environ)
+        if self._environment is not None:
+            env.update(await self._environment.environment(job))
         # The credential travels in the environment, not argv, so `ps` does not show it.
         env["SYNAPSE_WORKER_CREDENTIAL"] = credential
         env["PYTHONFAULTHANDLER"] = "1"

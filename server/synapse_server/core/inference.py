@@ -16,9 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from synapse_sdk.plugins.actions.inference._multiplex import (
+    ServeModelClaims,
+    ServeModelIdError,
     ServeModelIdSigner,
+    ServeModelIdVerifier,
     derive_app_key,
     derive_tenant_key,
+    unverified_claims,
 )
 from synapse_sdk.plugins.actions.inference._serve import ServeReply, ServeRequest, TensorPayload
 
@@ -125,6 +129,19 @@ class ServeKeyring:
     def tenant_key(self, tenant: str) -> bytes:
         """The key given to a tenant's deployment workers (never the server secret)."""
         return derive_tenant_key(self._secret, tenant)
+
+    def verify(self, token: str) -> ServeModelClaims:
+        """The claims of a signed multiplexed model id minted for any tenant and application.
+
+        The unverified tenant and application only pick the key; the signature made with that
+        key is what is trusted. Raises :class:`ServeModelIdError` for anything invalid.
+        """
+        claims = unverified_claims(token)
+        tenant, app = claims.get("ten"), claims.get("app")
+        if not isinstance(tenant, str) or not isinstance(app, str) or not app:
+            raise ServeModelIdError("invalid multiplexed model id: no tenant or application")
+        key = derive_app_key(self.tenant_key(tenant), app)
+        return ServeModelIdVerifier(key, app, tenant).verify(token)
 
     def model_id_for(self, tenant: str, app_name: str, model_id: str) -> str:
         """A signed multiplexed model id for ``model_id`` on ``app_name`` of ``tenant``."""

@@ -2,8 +2,11 @@
 
 Client tokens map to tenants (configured token → tenant table). Worker credentials (minted by
 the server per job) are accepted only for ``WorkerService`` and the model download RPCs a
-worker needs. Without configured tokens every client call runs as tenant ``default``.
-Health checking and reflection need no token. Tokens never appear in logs or errors.
+worker needs. A signed serve model id (minted by the server for one model of one serve
+application) is accepted only for ``GetModel``/``DownloadModel`` of that one model: it is how
+a platform-deployed replica downloads the model it serves. Without configured tokens every
+client call runs as tenant ``default``. Health checking and reflection need no token. Tokens
+never appear in logs or errors.
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from synapse_sdk.plugins.actions.inference._multiplex import (
+    ServeModelIdError,
+    looks_like_serve_model_id,
+)
 
 from synapse_server.core import PermissionDeniedError, UnauthenticatedError
 from synapse_server.core._credentials import WorkerClaims, WorkerCredentialIssuer
+from synapse_server.core.inference import ServeKeyring
 from synapse_server.grpc._errors import status_for
 
 __all__ = [
@@ -45,14 +53,23 @@ WORKER_METHODS = frozenset(
         "/synapse.plugin.v1.InferenceService/Infer",
     }
 )
+#: Methods a signed serve model id may call, each for the id's own model only.
+SERVE_MODEL_METHODS = frozenset(
+    {
+        "/synapse.plugin.v1.ModelService/GetModel",
+        "/synapse.plugin.v1.ModelService/DownloadModel",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller: a client tenant, or a worker of one job (with that job's tenant)."""
+    """The caller: a client tenant, a worker of one job (with that job's tenant), or a serve
+    replica holding a signed id for one model (``serve_model_id``)."""
 
     tenant: str
     worker: WorkerClaims | None = None
+    serve_model_id: str | None = None
 
 
 _principal: ContextVar[Principal | None] = ContextVar("synapse_principal", default=None)
@@ -80,9 +97,15 @@ def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Resolves the caller from ``authorization: Bearer`` metadata for every RPC."""
 
-    def __init__(self, tokens: Mapping[str, str], credentials: WorkerCredentialIssuer) -> None:
+    def __init__(
+        self,
+        tokens: Mapping[str, str],
+        credentials: WorkerCredentialIssuer,
+        serve_keys: ServeKeyring | None = None,
+    ) -> None:
         self._tokens = dict(tokens)
         self._credentials = credentials
+        self._serve_keys = serve_keys
 
     def _lookup_token(self, token: str) -> str | None:
         # Compare every configured token in constant time so timing reveals nothing.
@@ -102,6 +125,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if not (method.startswith(_WORKER_SERVICE) or method in WORKER_METHODS):
                 raise PermissionDeniedError("a worker credential cannot call this method")
             return Principal(tenant=claims.tenant, worker=claims)
+        if token and self._serve_keys is not None and looks_like_serve_model_id(token):
+            return self._serve_principal(method, token)
         if method.startswith(_WORKER_SERVICE):
             raise UnauthenticatedError("WorkerService needs a worker credential")
         if not self._tokens:
@@ -112,6 +137,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if tenant is None:
             raise UnauthenticatedError("invalid bearer token")
         return Principal(tenant=tenant)
+
+    def _serve_principal(self, method: str, token: str) -> Principal:
+        assert self._serve_keys is not None
+        try:
+            claims = self._serve_keys.verify(token)
+        except ServeModelIdError as exc:
+            raise UnauthenticatedError(f"invalid serve model credential: {exc}") from None
+        if method not in SERVE_MODEL_METHODS:
+            raise PermissionDeniedError("a serve model credential can only fetch its model")
+        return Principal(tenant=claims.tenant, serve_model_id=claims.model_id)
 
     async def intercept_service(
         self,
@@ -132,6 +167,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return _wrap(handler, principal, failure)
 
 
+def _check_serve_scope(principal: Principal | None, request: Any) -> None:
+    # The interceptor sees no request message, so the one-model scope is checked here.
+    if principal is None or principal.serve_model_id is None:
+        return
+    requested = str(getattr(request, "model_id", ""))
+    if requested != principal.serve_model_id:
+        raise PermissionDeniedError(
+            f"this serve model credential grants model {principal.serve_model_id} only"
+        )
+
+
 def _wrap(
     handler: grpc.RpcMethodHandler, principal: Principal | None, failure: Exception | None
 ) -> grpc.RpcMethodHandler:
@@ -141,11 +187,19 @@ def _wrap(
         if failure is not None:
             await context.abort_with_status(status_for(failure))
 
+    async def scope(request: Any, context: grpc.aio.ServicerContext) -> None:
+        try:
+            _check_serve_scope(principal, request)
+        except PermissionDeniedError as exc:
+            logger.info("rejected serve model credential: %s", exc)
+            await context.abort_with_status(status_for(exc))
+
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await check(context)
+            await scope(request, context)
             token = _principal.set(principal)
             try:
                 return await inner_uu(request, context)
@@ -162,6 +216,7 @@ def _wrap(
             request: Any, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
             await check(context)
+            await scope(request, context)
             _principal.set(principal)
             async for item in inner_us(request, context):
                 yield item

@@ -1,0 +1,69 @@
+"""Per-job worker environment for deployment actions: the server's Ray and the serve key.
+
+A deployment action's worker deploys to the server's Ray (``RAY_ADDRESS``) and signs the
+replicas' model ids with its tenant's serve key (``SYNAPSE_SERVE_SIGNING_KEY``, derived from
+the server secret, which never leaves the server). Other jobs get nothing from here: an
+action that only calls ``Infer`` reaches the platform over gRPC with its worker credential,
+and starting Ray for it would only cost time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from synapse_sdk.plugins.actions.inference import BaseDeploymentAction
+from synapse_sdk.plugins.actions.inference._deployment import RELEASE_CODE_ENV
+from synapse_sdk.plugins.actions.inference._multiplex import SERVE_SIGNING_KEY_ENV, SERVE_TENANT_ENV
+
+from synapse_server.core._catalog import PluginCatalog
+from synapse_server.core._models import Job
+from synapse_server.core.inference import ServeKeyring
+from synapse_server.ray._runtime import RayRuntime
+
+__all__ = ["ServeJobEnvironment", "serve_application_name"]
+
+logger = logging.getLogger(__name__)
+
+
+def serve_application_name(tenant: str, plugin: str, action: str) -> str:
+    """The Serve application a tenant's deployment action deploys.
+
+    Ray Serve has one namespace of application names for the whole cluster; the tenant in the
+    name keeps two tenants deploying the same plugin from replacing each other's application.
+    """
+    return f"{tenant}-{plugin}-{action}"
+
+
+class ServeJobEnvironment:
+    """The executor's per-job environment hook (``JobEnvironment``) for deployment actions."""
+
+    def __init__(self, catalog: PluginCatalog, runtime: RayRuntime, keyring: ServeKeyring) -> None:
+        self._catalog = catalog
+        self._runtime = runtime
+        self._keyring = keyring
+
+    def needs_ray(self, job: Job) -> bool:
+        """True when the job's action deploys to Ray Serve (a ``BaseDeploymentAction``)."""
+        try:
+            action_cls = self._catalog.plugin(job.plugin).get_action_class(job.action)
+        except Exception:
+            # The job service already checked plugin and action; a plugin that disappeared
+            # since then fails in its worker with a proper error.
+            logger.debug("job %s: action class not loadable", job.id, exc_info=True)
+            return False
+        return isinstance(action_cls, type) and issubclass(action_cls, BaseDeploymentAction)
+
+    async def environment(self, job: Job) -> Mapping[str, str]:
+        """Extra variables for the job's worker; starts Ray on the first deployment job.
+
+        Raises ``ServiceUnavailableError`` when Ray cannot be started or reached.
+        """
+        if not self.needs_ray(job):
+            return {}
+        await self._runtime.ensure_started()
+        env = dict(self._runtime.worker_environment())
+        env[SERVE_SIGNING_KEY_ENV] = self._keyring.tenant_key(job.tenant).hex()
+        env[SERVE_TENANT_ENV] = job.tenant
+        env[RELEASE_CODE_ENV] = serve_application_name(job.tenant, job.plugin, job.action)
+        return env

@@ -1,0 +1,179 @@
+"""Deployments and Infer through a real ``SynapseServer``: the torch-serve example, end to end.
+
+The server owns Ray (started on the first deployment job); the deployment action runs as a
+job in a worker process, deploys with the tenant's serve key, and registers the application;
+the replica downloads its model from the server with the signed model id as its credential.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from synapse.plugin.v1 import model_service_pb2, model_service_pb2_grpc
+from synapse_client import ActionKind, Client
+from synapse_client._types import ProgressEvent
+from synapse_sdk.plugins.actions.inference._multiplex import ServeModelIdSigner, derive_app_key
+from synapse_server.core.inference import ServeKeyring
+
+RunningServer = Any  # tests/conftest.py's RunningServer (conftest modules are not importable)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plugins"
+SECRET = "platform-serve-tests-secret-0123456789"
+
+
+def _register_model(client: Client, tmp_path: Path, seed: int) -> tuple[int, Path]:
+    pytest.importorskip("torch")
+    from examples.models import MLPConfig, build_model_dir
+
+    model_dir = tmp_path / f"model-{seed}"
+    build_model_dir(model_dir, MLPConfig(hidden=8, seed=seed))
+    archive = shutil.make_archive(str(tmp_path / f"model-{seed}"), "zip", model_dir)
+    info = client.register_model(archive, f"mlp-{seed}", framework="torch")
+    return info.id, model_dir
+
+
+def _start(server_factory: Callable[..., RunningServer], **overrides: Any) -> RunningServer:
+    return server_factory(
+        plugin_dirs=[EXAMPLES],
+        server_secret=SECRET,
+        worker_memory_limit_mb=None,
+        **overrides,
+    )
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_deploy_infer_undeploy_through_the_server(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    from examples.models import reference_outputs
+
+    server = _start(server_factory)
+    with Client(server.address, timeout=60) as client:
+        model_id, model_dir = _register_model(client, tmp_path, seed=3)
+        kinds = {a.name: a.kind for p in client.list_actions("torch-serve") for a in p.actions}
+        assert kinds["deployment"] == ActionKind.JOB
+
+        job = client.run_action(
+            "torch-serve", "deployment", {"model": model_id, "num_gpus": 0, "num_cpus": 0}
+        )
+        categories = [
+            e.payload.category for e in job.events() if isinstance(e.payload, ProgressEvent)
+        ]
+        result = job.result(timeout=300)
+        assert categories == ["initialize", "deploy", "register"], categories
+        deployment_id = result["serve_application"]
+        assert isinstance(deployment_id, int) and deployment_id > 0
+
+        inputs = [[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]]
+        answer = client.infer(
+            plugin="torch-serve",
+            action="inference",
+            model=model_id,
+            json={"inputs": [{"data": row} for row in inputs]},
+            timeout=120,
+        )
+        expected = reference_outputs(model_dir, inputs)
+        got = [row["prediction"] for row in answer.json]
+        assert len(got) == len(expected)
+        for row, want in zip(got, expected, strict=True):
+            assert row == pytest.approx(want, rel=1e-5)
+        assert answer.model_id == str(model_id)
+
+        listed = client.list_deployments(plugin="torch-serve")
+        assert [d.id for d in listed] == [deployment_id]
+        got_deployment = client.get_deployment(deployment_id)
+        assert got_deployment.status == "RUNNING"
+        assert got_deployment.model_ids == [model_id]
+        assert got_deployment.job_id == job.id
+        assert answer.application == got_deployment.name
+        loaded = [m for r in got_deployment.replicas for m in r["loaded_model_ids"]]
+        assert loaded == [model_id]
+
+        # The inference action run as a job calls Infer with its worker credential.
+        via_job = client.run_action(
+            "torch-serve",
+            "inference",
+            {"model": model_id, "method": "post", "json": {"inputs": [{"data": inputs[0]}]}},
+        ).result(timeout=120)
+        assert via_job[0]["prediction"] == pytest.approx(expected[0], rel=1e-5)
+
+        deleted = client.delete_deployment(deployment_id)
+        assert deleted.status in ("DELETED", "DELETING")
+        deadline = time.monotonic() + 60
+        while client.get_deployment(deployment_id).status != "DELETED":
+            assert time.monotonic() < deadline, "the application was not undeployed"
+            time.sleep(0.5)
+        with pytest.raises(Exception) as caught:
+            client.infer(plugin="torch-serve", action="inference", model=model_id, json={})
+        assert "not found" in str(caught.value).lower()
+
+
+def _model_call(
+    server: RunningServer, token: str, model_id: int, method: str = "GetModel"
+) -> grpc.RpcError | None:
+    with server.channel() as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        metadata = (("authorization", f"Bearer {token}"),)
+        try:
+            if method == "GetModel":
+                stub.GetModel(
+                    model_service_pb2.GetModelRequest(model_id=model_id),
+                    metadata=metadata,
+                    timeout=10,
+                )
+            elif method == "DownloadModel":
+                for _ in stub.DownloadModel(
+                    model_service_pb2.DownloadModelRequest(model_id=model_id),
+                    metadata=metadata,
+                    timeout=10,
+                ):
+                    pass
+            else:
+                stub.ListModels(
+                    model_service_pb2.ListModelsRequest(), metadata=metadata, timeout=10
+                )
+        except grpc.RpcError as exc:
+            return exc
+    return None
+
+
+@pytest.mark.timeout(120)
+def test_signed_serve_model_id_fetches_only_its_model(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    server = _start(server_factory, tokens={"client-token": "acme"})
+    with Client(server.address, token="client-token", timeout=60) as client:
+        first, _ = _register_model(client, tmp_path, seed=1)
+        second, _ = _register_model(client, tmp_path, seed=2)
+    keyring = ServeKeyring(SECRET.encode())
+    token = keyring.model_id_for("acme", "acme-torch-serve-deployment", str(first))
+
+    assert _model_call(server, token, first) is None
+    assert _model_call(server, token, first, "DownloadModel") is None
+    for model, method in ((second, "GetModel"), (second, "DownloadModel"), (first, "List")):
+        error = _model_call(server, token, model, method)
+        assert error is not None and error.code() == grpc.StatusCode.PERMISSION_DENIED, method
+
+    # Another tenant's id names another tenant's models: the first model is not visible.
+    other = keyring.model_id_for("other", "other-app", str(first))
+    error = _model_call(server, other, first)
+    assert error is not None and error.code() == grpc.StatusCode.NOT_FOUND
+
+    forged = ServeKeyring(b"not-the-server-secret-0123456789").model_id_for(
+        "acme", "acme-torch-serve-deployment", str(first)
+    )
+    error = _model_call(server, forged, first)
+    assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED
+    signer = ServeModelIdSigner(
+        derive_app_key(keyring.tenant_key("acme"), "app-x"), "app-x", "acme"
+    )
+    expired = signer.mint(str(first), ttl_s=1, now=time.time() - 60)
+    error = _model_call(server, expired, first)
+    assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED
