@@ -5,7 +5,7 @@ import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import { Code } from "@connectrpc/connect";
 import { badRequestViolations, errorInfo } from "../src/errors.js";
-import { JobState, RunMode } from "../src/gen/synapse/plugin/v1/job_pb.js";
+import { JobState, JobView, RunMode } from "../src/gen/synapse/plugin/v1/job_pb.js";
 import { ActionKind } from "../src/gen/synapse/plugin/v1/plugin_pb.js";
 import {
   CALL_TIMEOUT_MS,
@@ -121,6 +121,28 @@ describe("RunAction and StreamProgress", () => {
       text += new TextDecoder().decode(chunk.data);
     }
     assert.deepEqual(JSON.parse(text), result);
+  });
+
+  test("params as JSON text (params_json); GetJob's BASIC view leaves the params out", async () => {
+    const paramsJson = new TextEncoder().encode(JSON.stringify({ n: 4, label: "json" }));
+    const { job } = await synapse.actions.runAction(
+      { plugin: TOY_PLUGIN, action: "count", paramsJson },
+      opts,
+    );
+    assert.ok(job);
+    assert.equal(job.params, undefined, "RunAction answers without the params");
+    const terminal = terminalOf(await followJob(synapse, job.id));
+    assert.deepEqual(JSON.parse(new TextDecoder().decode(terminal.resultJson)), {
+      label: "json",
+      n: 4,
+      sum: 10,
+    });
+    const full = (await synapse.actions.getJob({ jobId: job.id }, opts)).job;
+    assert.deepEqual(full?.params, { n: 4, label: "json" });
+    const basic = (await synapse.actions.getJob({ jobId: job.id, view: JobView.BASIC }, opts)).job;
+    assert.equal(basic?.params, undefined);
+    assert.equal(basic?.paramsJson.length, 0);
+    assert.equal(basic?.state, JobState.SUCCEEDED);
   });
 
   test("a request_id makes RunAction idempotent", async () => {
