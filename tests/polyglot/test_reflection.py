@@ -173,6 +173,8 @@ def test_lists_services_through_reflection(served: ServedProcess, empty_dir: Pat
     assert {
         "synapse.plugin.v1.ActionService",
         "synapse.plugin.v1.ModelService",
+        "synapse.plugin.v1.DeploymentService",
+        "synapse.plugin.v1.InferenceService",
         "grpc.health.v1.Health",
     } <= services, out
     assert any(s.startswith("grpc.reflection.") for s in services), out
