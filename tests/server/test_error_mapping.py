@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from synapse_sdk.errors import FieldViolation, ParamsValidationError
+from synapse_server.core import InvalidArgumentError
 from synapse_server.core.inference import InferenceFailedError
 from synapse_server.grpc._errors import status_for
 
@@ -47,6 +48,14 @@ def test_bad_params_carry_one_field_violation_per_field() -> None:
     bad = error_details_pb2.BadRequest()
     assert any(d.Unpack(bad) for d in _details(status).details)
     assert [(v.field, v.description) for v in bad.field_violations] == [
-        ("model_id", "field required"),
-        ("inputs.0", "bad"),
+        ("params.model_id", "field required"),
+        ("params.inputs.0", "bad"),
     ]
+
+
+def test_other_bad_request_fields_are_named_in_the_details() -> None:
+    status = status_for(InvalidArgumentError("page_size must be positive", field="page_size"))
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in _details(status).details)
+    assert [v.field for v in bad.field_violations] == ["page_size"]

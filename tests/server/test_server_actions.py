@@ -142,7 +142,7 @@ def test_bad_params_are_invalid_argument_with_field_violations(stub: Any) -> Non
     bad = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad)
     fields = {v.field for v in bad.field_violations}
-    assert fields == {"count", "label"}
+    assert fields == {"params.count", "params.label"}
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,15 @@ class JobNotFoundError(ServerError, LookupError):
 
 
 class InvalidArgumentError(ServerError, ValueError):
-    """A request field is malformed (other than action params, see ParamsValidationError)."""
+    """A request field is malformed (other than action params, see ParamsValidationError).
+
+    ``field`` names the offending request field (e.g. ``page_size``) when there is one; the
+    gRPC layer reports it as a ``google.rpc.BadRequest`` field violation.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
 
 
 class RequestIdConflictError(ServerError):

@@ -173,9 +173,9 @@ class JobService:
         if self._closing:
             raise ServiceUnavailableError("the server is shutting down")
         if not plugin:
-            raise InvalidArgumentError("plugin is required")
+            raise InvalidArgumentError("plugin is required", field="plugin")
         if not action:
-            raise InvalidArgumentError("action is required")
+            raise InvalidArgumentError("action is required", field="action")
         if len(request_id) > MAX_REQUEST_ID_LENGTH:
             raise InvalidArgumentError(
                 f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters"

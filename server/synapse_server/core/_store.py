@@ -130,7 +130,9 @@ def _decode_token(token: str) -> int:
             raise ValueError(prefix)
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError("page_token is not a token this server returned") from exc
+        raise InvalidArgumentError(
+            "page_token is not a token this server returned", field="page_token"
+        ) from exc
 
 
 def _dump(value: Any) -> str:
@@ -312,7 +314,7 @@ class SqliteJobStore:
     async def list_jobs(self, flt: JobFilter, page_size: int, page_token: str) -> JobPage:
         """Jobs matching ``flt``, newest first; ``page_token`` continues an earlier listing."""
         if page_size <= 0:
-            raise InvalidArgumentError("page_size must be positive")
+            raise InvalidArgumentError("page_size must be positive", field="page_size")
         clauses: list[str] = []
         args: list[Any] = []
         if page_token:

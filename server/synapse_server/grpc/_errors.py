@@ -85,18 +85,10 @@ def status_for(exc: BaseException) -> grpc.Status:
             correlation_id = getattr(exc, "correlation_id", None)
             if isinstance(correlation_id, str) and correlation_id:
                 status.details.append(_correlation_detail(correlation_id))
-            if isinstance(exc, ParamsValidationError):
+            violations = _field_violations(exc)
+            if violations:
                 detail = any_pb2.Any()
-                detail.Pack(
-                    error_details_pb2.BadRequest(
-                        field_violations=[
-                            error_details_pb2.BadRequest.FieldViolation(
-                                field=v.field, description=v.description
-                            )
-                            for v in exc.violations
-                        ]
-                    )
-                )
+                detail.Pack(error_details_pb2.BadRequest(field_violations=violations))
                 status.details.append(detail)
             return rpc_status.to_status(status)
     correlation = uuid.uuid4().hex
@@ -108,6 +100,20 @@ def status_for(exc: BaseException) -> grpc.Status:
             details=[_correlation_detail(correlation)],
         )
     )
+
+
+def _field_violations(exc: BaseException) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """One violation per bad field, named by its path in the request (``params.<field>``)."""
+    violation = error_details_pb2.BadRequest.FieldViolation
+    if isinstance(exc, ParamsValidationError):
+        return [
+            violation(field=f"params.{v.field}" if v.field else "params", description=v.description)
+            for v in exc.violations
+        ]
+    field = getattr(exc, "field", None)
+    if isinstance(exc, InvalidArgumentError) and field:
+        return [violation(field=field, description=str(exc))]
+    return []
 
 
 def _correlation_detail(correlation_id: str) -> any_pb2.Any:

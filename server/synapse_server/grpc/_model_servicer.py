@@ -32,7 +32,7 @@ TenantResolver = Callable[[grpc.aio.ServicerContext], str]
 
 def _model_id(value: int) -> int:
     if value <= 0:
-        raise InvalidArgumentError("model_id is required (a positive integer)")
+        raise InvalidArgumentError("model_id is required (a positive integer)", field="model_id")
     return value
 
 

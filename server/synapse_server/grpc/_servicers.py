@@ -87,7 +87,7 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
     ) -> AsyncIterator[action_service_pb2.StreamProgressResponse]:
         tenant = _tenant()
         if not request.job_id:
-            raise InvalidArgumentError("job_id is required")
+            raise InvalidArgumentError("job_id is required", field="job_id")
         events = await self._jobs.subscribe(
             tenant,
             request.job_id,
@@ -120,7 +120,9 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
     ) -> action_service_pb2.ListJobsResponse:
         tenant = _tenant()
         if request.page_size < 0 or request.page_size > _MAX_PAGE:
-            raise InvalidArgumentError(f"page_size must be between 0 and {_MAX_PAGE}")
+            raise InvalidArgumentError(
+                f"page_size must be between 0 and {_MAX_PAGE}", field="page_size"
+            )
         flt = JobFilter(
             states=frozenset(conv.state_from_pb(s) for s in request.states),
             plugin=request.plugin or None,
@@ -145,7 +147,9 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
         self, request: action_service_pb2.GetJobResultRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[action_service_pb2.GetJobResultResponse]:
         if request.chunk_size_bytes > _MAX_CHUNK:
-            raise InvalidArgumentError(f"chunk_size_bytes must be at most {_MAX_CHUNK}")
+            raise InvalidArgumentError(
+                f"chunk_size_bytes must be at most {_MAX_CHUNK}", field="chunk_size_bytes"
+            )
         payload = await self._jobs.result_json(_tenant(), request.job_id)
         size = request.chunk_size_bytes or _DEFAULT_CHUNK
         for offset in range(0, max(len(payload), 1), size):

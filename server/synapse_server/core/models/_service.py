@@ -126,7 +126,7 @@ class ModelRegistryService:
 
     def _validate_spec(self, spec: ModelUploadSpec) -> None:
         if not spec.name.strip():
-            raise InvalidArgumentError("name is required")
+            raise InvalidArgumentError("name is required", field="info.name")
         if len(spec.name) > _MAX_NAME:
             raise InvalidArgumentError(f"name is longer than {_MAX_NAME} characters")
         if spec.expected_sha256 and (

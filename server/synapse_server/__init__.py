@@ -1,0 +1,1 @@
+"""The Synapse platform server: core services, stores, executors, Ray adapters, gRPC layer, CLI."""
