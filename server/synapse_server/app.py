@@ -130,7 +130,10 @@ class SynapseServer:
             python=s.worker_python,
             log_dir=s.data_dir / "logs" / "jobs",
             environment=ServeJobEnvironment(catalog, self._ray, keyring),
+            warm_workers=s.warm_workers,
+            preload_plugins=s.preload_plugins,
         )
+        await executor.prewarm()
         self._jobs = JobService(
             self._store,
             hub,

@@ -84,6 +84,10 @@ class ServerSettings(BaseSettings):
     ray_address: str | None = None
     server_secret: SecretStr | None = None
     worker_python: str | None = None
+    # Pre-started local workers kept per recently used plugin (0: start one per job).
+    warm_workers: int = Field(default=1, ge=0)
+    # Plugins whose standby workers start with the server, before their first job.
+    preload_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     keepalive_seconds: float = Field(default=15.0, gt=0)
 
     @field_validator("plugin_dirs", mode="before")
@@ -91,6 +95,13 @@ class ServerSettings(BaseSettings):
     def _split_dirs(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [Path(p.strip()) for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("preload_plugins", mode="before")
+    @classmethod
+    def _split_plugins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
         return value
 
     @field_validator("tokens", mode="before")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from synapse_server.core._models import Job
+from synapse_server.core._standby import StandbyWorkerPool
 
 __all__ = [
     "Executor",
@@ -104,6 +105,11 @@ class LocalProcessExecutor:
 
     A crash, ``os._exit``, segfault or memory exhaustion in plugin code ends only that
     process. ``memory_limit_mb`` caps the worker's address space (RLIMIT_AS).
+
+    ``warm_workers`` standby processes per recently used plugin (and per ``preload_plugins``
+    entry, started by :meth:`prewarm`) wait with their imports done; a job of that plugin is
+    handed to one over its stdin instead of starting a process, and a replacement starts in
+    the background. Standby workers still run one job each. ``warm_workers=0`` disables this.
     """
 
     def __init__(
@@ -115,6 +121,8 @@ class LocalProcessExecutor:
         python: str | None = None,
         log_dir: Path | None = None,
         environment: JobEnvironment | None = None,
+        warm_workers: int = 1,
+        preload_plugins: Sequence[str] = (),
     ) -> None:
         self._address = worker_address
         self._environment = environment
@@ -123,6 +131,85 @@ class LocalProcessExecutor:
         self._python = python or sys.executable
         self._log_dir = log_dir
         self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._preload = list(preload_plugins)
+        self._standby = StandbyWorkerPool(self._spawn_standby, warm_workers)
+
+    @property
+    def standby(self) -> StandbyWorkerPool:
+        """The pool of pre-started workers."""
+        return self._standby
+
+    async def prewarm(self) -> None:
+        """Start the standby workers of ``preload_plugins`` (in the background)."""
+        for plugin in self._preload:
+            self._standby.refill(plugin)
+
+    def _standby_command(self, plugin: str) -> list[str]:
+        command = [
+            self._python,
+            "-m",
+            "synapse_server.worker",
+            "--address",
+            self._address,
+            "--standby",
+            "--preload",
+            plugin,
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        for directory in self._plugin_dirs:
+            command += ["--plugin-dir", str(directory)]
+        if self._memory_limit_mb is not None:
+            command += ["--memory-limit-mb", str(self._memory_limit_mb)]
+        return command
+
+    async def _spawn_standby(self, plugin: str) -> asyncio.subprocess.Process:
+        env = dict(os.environ)
+        env["PYTHONFAULTHANDLER"] = "1"
+        # Until its job arrives a standby worker only logs preload problems: into the
+        # standby log next to the job logs (the job's own log takes over at the handoff).
+        log_file = None
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            log_file = (self._log_dir / "standby.log").open("ab")
+        try:
+            return await asyncio.create_subprocess_exec(
+                *self._standby_command(plugin),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=log_file if log_file is not None else asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.STDOUT if log_file is not None else None,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            if log_file is not None:
+                log_file.close()
+
+    async def _hand_off(
+        self, job: Job, credential: str, extra_env: Mapping[str, str]
+    ) -> asyncio.subprocess.Process | None:
+        """Give ``job`` to an idle standby worker of its plugin; None if there is none."""
+        from synapse_server.worker._standby import Handoff
+
+        process = self._standby.take(job.plugin)
+        if process is None or process.stdin is None:
+            return None
+        log_path = ""
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = str(self._log_dir / f"{job.id}.log")
+        handoff = Handoff(job.id, credential, log_path, dict(extra_env))
+        try:
+            process.stdin.write(handoff.to_line())
+            await process.stdin.drain()
+            process.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            logger.warning("standby worker pid %d was gone; starting a worker", process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            return None
+        return process
 
     @property
     def running(self) -> int:
@@ -149,9 +236,16 @@ class LocalProcessExecutor:
 
     async def run(self, job: Job, credential: str) -> WorkerExit:
         """Start the worker process and wait for it to exit."""
-        env = dict(os.environ)
+        extra_env: Mapping[str, str] = {}
         if self._environment is not None:
-            env.update(await self._environment.environment(job))
+            extra_env = await self._environment.environment(job)
+        warm = await self._hand_off(job, credential, extra_env)
+        self._standby.refill(job.plugin)
+        if warm is not None:
+            logger.info("job %s: handed to standby worker pid %d", job.id, warm.pid)
+            return await self._wait(job, warm)
+        env = dict(os.environ)
+        env.update(extra_env)
         # The credential travels in the environment, not argv, so `ps` does not show it.
         env["SYNAPSE_WORKER_CREDENTIAL"] = credential
         env["PYTHONFAULTHANDLER"] = "1"
@@ -171,8 +265,11 @@ class LocalProcessExecutor:
         finally:
             if log_file is not None:
                 log_file.close()
-        self._processes[job.id] = process
         logger.info("job %s: started worker pid %d", job.id, process.pid)
+        return await self._wait(job, process)
+
+    async def _wait(self, job: Job, process: asyncio.subprocess.Process) -> WorkerExit:
+        self._processes[job.id] = process
         try:
             code = await process.wait()
         finally:
@@ -192,7 +289,8 @@ class LocalProcessExecutor:
             os.killpg(process.pid, signal.SIGKILL)
 
     async def close(self) -> None:
-        """Kill all workers and wait for them."""
+        """Kill all workers (standby ones too) and wait for them."""
+        await self._standby.close()
         processes = list(self._processes.items())
         for job_id, _ in processes:
             await self.kill(job_id)

@@ -1,7 +1,8 @@
 """``python -m synapse_server.worker``: run one job; the credential comes from the environment.
 
 ``SYNAPSE_WORKER_CREDENTIAL`` holds the job-scoped credential (kept out of argv so that process
-listings do not show it).
+listings do not show it). With ``--standby`` (and no ``--job-id``) the worker preloads the
+``--preload`` plugins and waits for its job on stdin instead (see ``_standby``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from synapse_server.worker._runner import run_worker
+from synapse_server.worker._standby import run_standby
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +23,9 @@ def main() -> int:
     """Parse arguments and run the worker."""
     parser = argparse.ArgumentParser(prog="python -m synapse_server.worker")
     parser.add_argument("--address", required=True, help="server WorkerService address")
-    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--job-id")
+    parser.add_argument("--standby", action="store_true", help="wait for the job on stdin")
+    parser.add_argument("--preload", action="append", default=[], help="plugin code to import")
     parser.add_argument("--plugin-dir", action="append", default=[], type=Path)
     parser.add_argument("--memory-limit-mb", type=int)
     parser.add_argument("--parent-pid", type=int)
@@ -29,10 +33,24 @@ def main() -> int:
     parser.add_argument("--server-name")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    root = args.root_cert_file.read_bytes() if args.root_cert_file else None
+    if args.standby:
+        if args.job_id:
+            parser.error("--standby takes its job from stdin, not --job-id")
+        return run_standby(
+            args.address,
+            plugin_dirs=args.plugin_dir,
+            preload=args.preload,
+            memory_limit_mb=args.memory_limit_mb,
+            parent_pid=args.parent_pid,
+            root_certificates=root,
+            server_name=args.server_name,
+        )
+    if not args.job_id:
+        parser.error("--job-id is required (or --standby)")
     credential = os.environ.pop("SYNAPSE_WORKER_CREDENTIAL", "")
     if not credential:
         parser.error("SYNAPSE_WORKER_CREDENTIAL is not set")
-    root = args.root_cert_file.read_bytes() if args.root_cert_file else None
     return run_worker(
         args.address,
         args.job_id,
