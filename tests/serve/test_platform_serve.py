@@ -60,8 +60,13 @@ def test_deploy_infer_undeploy_through_the_server(
         kinds = {a.name: a.kind for p in client.list_actions("torch-serve") for a in p.actions}
         assert kinds["deployment"] == ActionKind.JOB
 
+        # Local mode: the worker process gets the server's Ray address and serve key from the
+        # executor's job environment hook.
         job = client.run_action(
-            "torch-serve", "deployment", {"model": model_id, "num_gpus": 0, "num_cpus": 0}
+            "torch-serve",
+            "deployment",
+            {"model": model_id, "num_gpus": 0, "num_cpus": 0},
+            mode="local",
         )
         categories = [
             e.payload.category for e in job.events() if isinstance(e.payload, ProgressEvent)
@@ -101,8 +106,10 @@ def test_deploy_infer_undeploy_through_the_server(
             "torch-serve",
             "inference",
             {"model": model_id, "method": "post", "json": {"inputs": [{"data": inputs[0]}]}},
+            mode="local",
         ).result(timeout=120)
-        assert via_job[0]["prediction"] == pytest.approx(expected[0], rel=1e-5)
+        # A list result is wrapped as {"result": ...} by the action runner.
+        assert via_job["result"][0]["prediction"] == pytest.approx(expected[0], rel=1e-5)
 
         deleted = client.delete_deployment(deployment_id)
         assert deleted.status in ("DELETED", "DELETING")
