@@ -41,17 +41,20 @@ import yaml
 
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._errors import FailedPreconditionError, InvalidArgumentError
-from synapse_server.core._executor import WorkerExit
+from synapse_server.core._executor import JobEnvironment, WorkerExit
 from synapse_server.core._models import Job
 from synapse_server.ray._plugin_package import PluginPackage, PluginPackager, materialize_plugin
 from synapse_server.ray._runtime import RayRuntime
 
 __all__ = [
+    "IsolatedWorkerActor",
     "PendingReporter",
     "RayJobExecutor",
     "RayResources",
     "RayTaskExecutor",
     "ResourcesUnavailableError",
+    "WorkerTarget",
+    "ray_worker_address",
 ]
 
 logger = logging.getLogger(__name__)
@@ -169,29 +172,90 @@ def _explain_ray_error(exc: BaseException) -> str:
     return f"the Ray worker failed: {type(exc).__name__}: {first_line}"
 
 
-def _run_remote_worker(address: str, job_id: str, credential: str, package: PluginPackage) -> int:
-    """Body of the Ray task / actor method: unpack the plugin and run the worker."""
+@dataclass(frozen=True)
+class WorkerTarget:
+    """How a remote worker reaches the server: address, and TLS roots / name override."""
+
+    address: str
+    root_certificates: bytes | None = None
+    server_name: str | None = None
+
+
+def _run_remote_worker(
+    target: WorkerTarget,
+    job_id: str,
+    credential: str,
+    package: PluginPackage,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Body of the Ray task / actor method: unpack the plugin and run the worker.
+
+    ``env`` (the job environment hook's variables) is set only for this run: a task worker
+    process is reused by later jobs, which must not inherit it.
+    """
     import ray
 
     from synapse_server.worker._runner import run_worker
 
     plugin_dir = materialize_plugin(package)
     node = ray.get_runtime_context().get_node_id()[:12]
-    return run_worker(
-        address,
-        job_id,
-        credential,
-        plugin_dirs=[plugin_dir],
-        worker_id=f"ray-{node}-{os.getpid()}",
-    )
+    saved = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update(env or {})
+    try:
+        return run_worker(
+            target.address,
+            job_id,
+            credential,
+            plugin_dirs=[plugin_dir],
+            root_certificates=target.root_certificates,
+            server_name=target.server_name,
+            worker_id=f"ray-{node}-{os.getpid()}",
+        )
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class IsolatedWorkerActor:
     """Job mode: one actor (one process) per job, with the plugin's runtime environment."""
 
-    def run(self, address: str, job_id: str, credential: str, package: PluginPackage) -> int:
+    def run(
+        self,
+        target: WorkerTarget,
+        job_id: str,
+        credential: str,
+        package: PluginPackage,
+        env: Mapping[str, str] | None = None,
+    ) -> int:
         """Run the job's worker in this actor's process."""
-        return _run_remote_worker(address, job_id, credential, package)
+        return _run_remote_worker(target, job_id, credential, package, env)
+
+
+def ray_worker_address(listen_address: str, local_address: str, external_cluster: bool) -> str:
+    """The address Ray workers dial: ``local_address`` when Ray runs only on this machine.
+
+    With an external cluster, workers on other machines need the server's TCP address; a
+    wildcard listen host (``0.0.0.0``, ``[::]``) is replaced by this node's IP as Ray sees it.
+    A loopback listen address only works for workers on this machine, which is logged.
+    """
+    if not external_cluster:
+        return local_address
+    host, _, port = listen_address.rpartition(":")
+    bare = host.strip("[]")
+    if bare in ("0.0.0.0", "::", ""):
+        from ray.util import get_node_ip_address
+
+        return f"{get_node_ip_address()}:{port}"
+    if bare in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "the server listens on %s: Ray workers on other machines cannot reach it; "
+            "listen on an address the cluster can reach",
+            listen_address,
+        )
+    return listen_address
 
 
 @dataclass
@@ -209,14 +273,20 @@ class _RayExecutorBase:
     def __init__(
         self,
         runtime: RayRuntime,
-        worker_address: str,
+        worker_address: str | Callable[[], str],
         catalog: PluginCatalog,
         *,
+        root_certificates: bytes | None = None,
+        server_name: str | None = None,
+        environment: JobEnvironment | None = None,
         default_num_cpus: float = 1.0,
         pending_poll_seconds: float = 0.5,
     ) -> None:
         self._runtime = runtime
         self._address = worker_address
+        self._root_certificates = root_certificates
+        self._server_name = server_name
+        self._environment = environment
         self._catalog = catalog
         self._default_num_cpus = default_num_cpus
         self._poll = pending_poll_seconds
@@ -235,6 +305,13 @@ class _RayExecutorBase:
     def bind_pending_reporter(self, reporter: PendingReporter) -> None:
         """Where to say why a job is still waiting (the job service binds itself)."""
         self._pending_reporter = reporter
+
+    def _target(self) -> WorkerTarget:
+        # A callable: the composition root knows the address only once the server is bound.
+        address = self._address() if callable(self._address) else self._address
+        if not address:
+            raise FailedPreconditionError("the server has no address for Ray workers yet")
+        return WorkerTarget(address, self._root_certificates, self._server_name)
 
     # Resources ------------------------------------------------------------------------------
 
@@ -326,7 +403,12 @@ class _RayExecutorBase:
     # Running --------------------------------------------------------------------------------
 
     def _launch(
-        self, job: Job, credential: str, resources: RayResources, package: PluginPackage
+        self,
+        job: Job,
+        credential: str,
+        resources: RayResources,
+        package: PluginPackage,
+        env: Mapping[str, str],
     ) -> _Launch:
         raise NotImplementedError
 
@@ -357,9 +439,10 @@ class _RayExecutorBase:
             plugin_dir = self._plugin_dir(job)
             await asyncio.to_thread(self.check_fits, resources)
             package = await asyncio.to_thread(self._packager.package, plugin_dir)
+            env = dict(await self._environment.environment(job)) if self._environment else {}
+            launch = self._launch(job, credential, resources, package, env)
         except (FailedPreconditionError, InvalidArgumentError) as exc:
             return WorkerExit(detail=str(exc))
-        launch = self._launch(job, credential, resources, package)
         self._launches[job.id] = launch
         logger.info(
             "job %s: launched a %s-mode worker (%s)", job.id, self.mode, resources.describe()
@@ -416,7 +499,12 @@ class RayTaskExecutor(_RayExecutorBase):
         self._remote: Any = None
 
     def _launch(
-        self, job: Job, credential: str, resources: RayResources, package: PluginPackage
+        self,
+        job: Job,
+        credential: str,
+        resources: RayResources,
+        package: PluginPackage,
+        env: Mapping[str, str],
     ) -> _Launch:
         import ray
 
@@ -427,7 +515,7 @@ class RayTaskExecutor(_RayExecutorBase):
             max_retries=0,
             retry_exceptions=False,
             **resources.ray_options(),
-        ).remote(self._address, job.id, credential, package)
+        ).remote(self._target(), job.id, credential, package, env)
         return _Launch(ref=ref)
 
 
@@ -460,7 +548,12 @@ class RayJobExecutor(_RayExecutorBase):
         return env
 
     def _launch(
-        self, job: Job, credential: str, resources: RayResources, package: PluginPackage
+        self,
+        job: Job,
+        credential: str,
+        resources: RayResources,
+        package: PluginPackage,
+        env: Mapping[str, str],
     ) -> _Launch:
         import ray
 
@@ -473,5 +566,5 @@ class RayJobExecutor(_RayExecutorBase):
             runtime_env=self.runtime_env(self._plugin_dir(job)),
             **resources.ray_options(),
         ).remote()
-        ref = actor.run.remote(self._address, job.id, credential, package)
+        ref = actor.run.remote(self._target(), job.id, credential, package, env)
         return _Launch(ref=ref, actor=actor)
