@@ -240,7 +240,6 @@ class LocalProcessExecutor:
         if self._environment is not None:
             extra_env = await self._environment.environment(job)
         warm = await self._hand_off(job, credential, extra_env)
-        self._standby.refill(job.plugin)
         if warm is not None:
             logger.info("job %s: handed to standby worker pid %d", job.id, warm.pid)
             return await self._wait(job, warm)
@@ -274,6 +273,9 @@ class LocalProcessExecutor:
             code = await process.wait()
         finally:
             self._processes.pop(job.id, None)
+            # The replacement starts once the job's worker is gone: its imports would
+            # otherwise compete with the running job for the CPU.
+            self._standby.refill(job.plugin)
         logger.info("job %s: worker pid %d exited with %d", job.id, process.pid, code)
         if code < 0:
             return WorkerExit(signal=-code)

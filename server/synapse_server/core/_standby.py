@@ -108,7 +108,7 @@ class StandbyWorkerPool:
             self._reap(process)
             return
         self._idle[plugin].append(process)
-        logger.info("standby worker pid %d ready for %s", process.pid, plugin)
+        logger.info("standby worker pid %d started for %s", process.pid, plugin)
 
     def _reap(self, process: asyncio.subprocess.Process) -> None:
         task = asyncio.create_task(process.wait())
