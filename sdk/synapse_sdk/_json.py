@@ -16,7 +16,26 @@ from synapse_sdk.errors import ResultNotSerializableError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["to_jsonable"]
+__all__ = ["is_plain_json", "to_jsonable"]
+
+
+def is_plain_json(value: Any) -> bool:
+    """True when ``value`` is already plain JSON data that ``to_jsonable`` would only copy.
+
+    Plain means exactly dict (str keys) / list / str / int / bool / None / finite float. The
+    check allocates nothing, so a large result that is already plain (the common case) skips
+    the conversion, which builds a key path string for every element.
+    """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is list:
+        return all(map(is_plain_json, value))
+    if kind is dict:
+        return all(type(k) is str for k in value) and all(map(is_plain_json, value.values()))
+    return False
 
 
 def to_jsonable(value: Any, key: str = "result") -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from synapse_sdk._json import to_jsonable
+from synapse_sdk._json import is_plain_json, to_jsonable
 from synapse_sdk.errors import (
     ActionCancelledError,
     ActionFailedError,
@@ -56,6 +56,9 @@ def run_action(
             action = action_cls(validated)
             raw = action.run()
             result = raw if isinstance(raw, Mapping) else {"result": raw}
+            if is_plain_json(result):
+                # Already JSON data (a dict of lists of floats, say): no converted copy needed.
+                return dict(result)
             return _as_dict(to_jsonable(result, "result"))
         except (ActionCancelledError, ActionFailedError):
             raise
