@@ -39,12 +39,12 @@ def _register_model(client: Client, tmp_path: Path, seed: int) -> tuple[int, Pat
 
 
 def _start(server_factory: Callable[..., RunningServer], **overrides: Any) -> RunningServer:
-    return server_factory(
-        plugin_dirs=[EXAMPLES],
-        server_secret=SECRET,
-        worker_memory_limit_mb=None,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "plugin_dirs": [EXAMPLES],
+        "server_secret": SECRET,
+        "worker_memory_limit_mb": None,
+    }
+    return server_factory(**{**values, **overrides})
 
 
 @pytest.mark.ray
@@ -184,3 +184,41 @@ def test_signed_serve_model_id_fetches_only_its_model(
     expired = signer.mint(str(first), ttl_s=1, now=time.time() - 60)
     error = _model_call(server, expired, first)
     assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_cli_runs_a_serve_action_through_infer(
+    server_factory: Callable[..., RunningServer],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from synapse_server.cli import main
+
+    from examples.models import reference_outputs
+
+    plugins = Path(__file__).resolve().parent / "plugins" / "torch_endpoint"
+    server = _start(server_factory, plugin_dirs=[plugins])
+    with Client(server.address, timeout=60) as client:
+        model_id, model_dir = _register_model(client, tmp_path, seed=5)
+        kinds = {a.name: a.kind for p in client.list_actions("torch-endpoint") for a in p.actions}
+        assert kinds["inference"] == ActionKind.SERVE
+        client.run_action("torch-endpoint", "deployment", {"model": model_id}, mode="local").result(
+            timeout=240
+        )
+
+    params = {"model": model_id, "method": "post", "json": {"inputs": [{"data": [1, 2, 3]}]}}
+    base = ["plugin", "run", "inference", "--plugin", "torch-endpoint", "--server", server.address]
+    capsys.readouterr()
+    code = main([*base, "--mode", "job", "--no-progress", "--params", json.dumps(params)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    got = json.loads(out)
+    expected = reference_outputs(model_dir, [[1.0, 2.0, 3.0]])
+    assert got[0]["prediction"] == pytest.approx(expected[0], rel=1e-5)
+
+    code = main([*base, "--no-progress", "--params", json.dumps({"model": model_id})])
+    _, err = capsys.readouterr()
+    assert code == 2 and "params need 'json'" in err

@@ -18,8 +18,10 @@ from typing import Any
 from synapse_client import (
     ENV_SERVER,
     ENV_TOKEN,
+    ActionKind,
     Client,
     ClientConfigError,
+    FailedPreconditionError,
     InvalidArgumentError,
     JobCancelledError,
     JobEvent,
@@ -178,6 +180,35 @@ def to_sdk_event(event: JobEvent) -> Event | None:
     return None
 
 
+def _is_serve_action(client: Client, plugin: str, action: str) -> bool:
+    for info in client.list_actions(plugin):
+        for candidate in info.actions:
+            if candidate.name == action:
+                return candidate.kind == ActionKind.SERVE
+    return False
+
+
+def _infer_serve_action(
+    client: Client, args: argparse.Namespace, params: dict[str, Any]
+) -> dict[str, Any] | list[Any] | Any:
+    # A serve action is deployed, not run: its reference params (model, method, json, path)
+    # become one Infer call to the deployment of this plugin + action.
+    if "json" not in params:
+        raise ClientConfigError(
+            f"{args.plugin}/{args.action} is a serve action: params need 'json'"
+        )
+    answer = client.infer(
+        plugin=args.plugin,
+        action=args.action,
+        model=params.get("model"),
+        json=params["json"],
+        method=str(params.get("method") or "post"),
+        path=str(params.get("path") or "/"),
+        timeout=params.get("timeout"),
+    )
+    return answer.json
+
+
 def run_remote(args: argparse.Namespace, params: dict[str, Any]) -> int:
     """``synapse plugin run --server``: submit, follow progress, print the result JSON.
 
@@ -195,7 +226,19 @@ def run_remote(args: argparse.Namespace, params: dict[str, Any]) -> int:
     sink = ConsoleProgressSink(sys.stderr) if not args.no_progress else None
     with client:
         try:
-            handle = client.run_action(args.plugin, args.action, params, mode=args.mode)
+            try:
+                handle = client.run_action(args.plugin, args.action, params, mode=args.mode)
+            except (FailedPreconditionError, InvalidArgumentError):
+                # The contract answers FAILED_PRECONDITION for a serve action; servers that
+                # answer INVALID_ARGUMENT are recognised by the action's kind as well.
+                if not _is_serve_action(client, args.plugin, args.action):
+                    raise
+                answer = _infer_serve_action(client, args, params)
+                if sink is not None:
+                    sink.close()
+                sys.stdout.write(json.dumps(answer) + "\n")
+                sys.stdout.flush()
+                return EXIT_OK
             job = handle.job
             mode = job.mode.value if job is not None and job.mode is not None else "default"
             sys.stderr.write(f"job {handle.id} submitted ({args.plugin}/{args.action}, {mode})\n")

@@ -41,6 +41,19 @@ class RayRuntimeConfig:
     start_timeout_s: float = 120.0
 
 
+def _init_ray(ray: Any, kwargs: dict[str, Any], retry: bool) -> None:
+    try:
+        ray.init(**kwargs)
+    except RuntimeError as exc:
+        # A local head sometimes misses Ray's fixed wait for its GCS port file on a loaded
+        # machine; a second start in a fresh session usually succeeds.
+        if not retry or "Timed out waiting for file" not in str(exc):
+            raise
+        logger.warning("the local Ray did not come up (%s); starting it once more", exc)
+        ray.shutdown()
+        ray.init(**kwargs)
+
+
 class RayRuntime:
     """Starts or connects to Ray once, off the event loop; see the module docstring."""
 
@@ -107,7 +120,7 @@ class RayRuntime:
                         kwargs["address"] = "local"
                         kwargs["num_cpus"] = self._config.num_cpus
                         self._owns_ray = True
-                    ray.init(**kwargs)
+                    _init_ray(ray, kwargs, retry=not self._config.address)
                     logger.info(
                         "%s Ray", "connected to" if self._config.address else "started a local"
                     )
