@@ -1,0 +1,322 @@
+"""Infer latency and throughput against Ray Serve's own ways in, on one deployed model.
+
+One run: the bench starts a local Ray with Serve's HTTP proxy on, starts ``synapse serve``
+(a subprocess) connected to that Ray, registers the example MLP, deploys the torch-serve
+example through the ``deployment`` action, and then calls the same replica four ways:
+
+- ``synapse``: ``synapse_client.Client.infer`` (one shared channel; threads for concurrency);
+- ``http``: Serve's HTTP proxy with a new connection per call (the reference SDK's
+  ``infer_remote``), header ``serve_multiplexed_model_id`` set to a signed model id;
+- ``grpc``: Serve's gRPC proxy. Not measured: see ``GRPC_NOT_MEASURED``;
+- ``handle``: a ``DeploymentHandle`` from this driver, ``.infer.remote(inputs=...)``.
+
+Figures: p50/p99 latency at concurrency 1, calls per second at concurrency 8 and 32, and the
+ratios synapse/other (latency: lower is better; throughput: higher is better).
+Usage::
+
+    .venv/bin/python bench/bench_infer.py [--calls 200] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+logger = logging.getLogger(__name__)
+
+SECRET = "bench-infer-secret-0123456789abcdef"
+TENANT = "default"  # the tenant of a server without tokens
+ROUTE = "bench-infer"
+PAYLOAD_ROWS = [{"data": [1.0, 2.0, 3.0]}]
+GRPC_NOT_MEASURED = (
+    "Serve's gRPC proxy calls a deployment method named after the RPC with a protobuf request; "
+    "the reference doc's PyTorchInference is a FastAPI ingress whose infer() takes a list of "
+    "dicts, so measuring it needs a compiled user proto servicer and a different deployment "
+    "class (not the same deployed model); not done within this benchmark's time box"
+)
+
+Call = Callable[[], None]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_ray(http_port: int) -> str:
+    """A local Ray owned by this process, Serve started with its HTTP proxy on ``http_port``."""
+    import ray
+    from ray import serve
+
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    serve.start(
+        proxy_location="HeadOnly",
+        http_options={"host": "127.0.0.1", "port": http_port},
+        logging_config={"enable_access_log": False},
+    )
+    return str(ray.get_runtime_context().gcs_address)
+
+
+def start_server(data_dir: Path, gcs_address: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``synapse serve`` on a free port, connected to this bench's Ray; returns (proc, address)."""
+    env = {
+        **os.environ,
+        "SYNAPSE_SERVER_SECRET": SECRET,
+        # The deployment's HTTP route prefix (None would leave it off Serve's HTTP proxy).
+        "SYNAPSE_PLUGIN_RELEASE_CHECKSUM": ROUTE,
+    }
+    out = data_dir / "server.out"
+    log = data_dir / "server.log"
+    proc = subprocess.Popen(
+        [
+            str(ROOT / ".venv" / "bin" / "synapse"),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data_dir / "data"),
+            "--plugin-dir",
+            str(ROOT / "examples" / "plugins"),
+            "--ray-address",
+            gcs_address,
+        ],
+        stdout=out.open("wb"),
+        stderr=log.open("wb"),
+        env=env,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for line in out.read_text().splitlines():
+            if line.startswith("synapse server listening on "):
+                return proc, line.removeprefix("synapse server listening on ").strip()
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    stop_server(proc)
+    raise RuntimeError("the server did not start within 120 s")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def latency(call: Call, calls: int) -> dict[str, float]:
+    """p50/p99/mean in milliseconds of ``calls`` sequential calls."""
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return {
+        "p50_ms": statistics.median(samples),
+        "p99_ms": samples[min(len(samples) - 1, round(0.99 * len(samples)) - 1)],
+        "mean_ms": statistics.fmean(samples),
+        "calls": float(calls),
+    }
+
+
+def throughput(call: Call, concurrency: int, seconds: float, max_calls: int) -> dict[str, float]:
+    """Calls per second of ``concurrency`` threads calling for ``seconds`` (or ``max_calls``)."""
+    done = [0] * concurrency
+    errors: list[BaseException] = []
+    stop_at = time.perf_counter() + seconds
+    budget = threading.Semaphore(max_calls)
+
+    def worker(index: int) -> None:
+        try:
+            while time.perf_counter() < stop_at and budget.acquire(blocking=False):
+                call()
+                done[index] += 1
+        except BaseException as exc:  # reported after the join, never swallowed
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} call(s) failed: {errors[0]!r}") from errors[0]
+    return {"calls_per_s": sum(done) / wall, "calls": float(sum(done)), "wall_s": wall}
+
+
+def _check(rows: Any, expected: list[float]) -> None:
+    got = rows[0]["prediction"]
+    same = len(got) == len(expected) and all(
+        abs(a - b) <= 1e-5 for a, b in zip(got, expected, strict=True)
+    )
+    if not same:
+        raise RuntimeError(f"wrong answer {got} (expected {expected})")
+
+
+def main() -> int:
+    """Run the benchmark; prints the table and writes JSON to bench/results/."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200, help="sequential calls for latency")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput figure")
+    parser.add_argument("--max-calls", type=int, default=2000, help="cap per throughput figure")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import ray
+    from ray import serve
+    from synapse_client import Client
+    from synapse_server.core.inference import ServeKeyring
+
+    from examples.models import MLPConfig, build_model_dir, reference_outputs
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-infer-"))
+    http_port = _free_port()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        gcs = start_ray(http_port)
+        proc, address = start_server(tmp, gcs)
+        client = Client(address, timeout=120)
+        model_dir = build_model_dir(tmp / "model", MLPConfig(hidden=8, seed=7))
+        archive = shutil.make_archive(str(tmp / "model"), "zip", model_dir)
+        model_id = client.register_model(archive, "bench-mlp", framework="torch").id
+        deployed = client.run_action(
+            "torch-serve", "deployment", {"model": model_id, "num_cpus": 0}, mode="local"
+        ).result(timeout=300)
+        record = client.get_deployment(deployed["serve_application"])
+        app_name, prefix = record.name, record.route_prefix
+        if not prefix:
+            raise RuntimeError("the deployment has no HTTP route prefix: path (a) cannot run")
+        token = ServeKeyring(SECRET.encode()).model_id_for(TENANT, app_name, str(model_id))
+        expected = reference_outputs(model_dir, [PAYLOAD_ROWS[0]["data"]])[0]
+        body = json.dumps(PAYLOAD_ROWS).encode()
+
+        def synapse_call() -> None:
+            answer = client.infer(
+                plugin="torch-serve",
+                action="inference",
+                model=model_id,
+                json={"inputs": PAYLOAD_ROWS},
+                timeout=60,
+            )
+            _check(answer.json, expected)
+
+        def http_call() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=60)
+            try:
+                conn.request(
+                    "POST",
+                    f"{prefix.rstrip('/')}/",
+                    body=body,
+                    headers={
+                        "Content-Type": "application/json",
+                        "serve_multiplexed_model_id": token,
+                    },
+                )
+                response = conn.getresponse()
+                data = response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}: {data[:300]!r}")
+                _check(json.loads(data), expected)
+            finally:
+                conn.close()
+
+        handle = serve.get_app_handle(app_name).options(multiplexed_model_id=token)
+
+        def handle_call() -> None:
+            _check(handle.infer.remote(inputs=PAYLOAD_ROWS).result(timeout_s=60), expected)
+
+        paths: dict[str, Call] = {"synapse": synapse_call, "http": http_call, "handle": handle_call}
+        results: dict[str, dict[str, Any]] = {}
+        for name, call in paths.items():
+            for _ in range(20):  # model loaded, connections and handles warm
+                call()
+            figures: dict[str, Any] = {"latency_c1": latency(call, args.calls)}
+            for concurrency in (8, 32):
+                figures[f"throughput_c{concurrency}"] = throughput(
+                    call, concurrency, args.seconds, args.max_calls
+                )
+            results[name] = figures
+            print(f"measured {name}", file=sys.stderr, flush=True)
+        client.close()
+    finally:
+        if proc is not None:
+            stop_server(proc)
+        if ray.is_initialized():
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    ratios: dict[str, dict[str, float]] = {}
+    ours = results["synapse"]
+    for other in ("http", "handle"):
+        theirs = results[other]
+        ratios[f"synapse/{other}"] = {
+            "p50": ours["latency_c1"]["p50_ms"] / theirs["latency_c1"]["p50_ms"],
+            "p99": ours["latency_c1"]["p99_ms"] / theirs["latency_c1"]["p99_ms"],
+            # Throughput ratio as other/ours so that, like latency, above 1 means we are slower.
+            "c8_slowdown": theirs["throughput_c8"]["calls_per_s"]
+            / ours["throughput_c8"]["calls_per_s"],
+            "c32_slowdown": theirs["throughput_c32"]["calls_per_s"]
+            / ours["throughput_c32"]["calls_per_s"],
+        }
+    print(f"{'path':8} {'p50 ms':>8} {'p99 ms':>8} {'c8 /s':>8} {'c32 /s':>8}")
+    for name, fig in results.items():
+        c1, c8, c32 = fig["latency_c1"], fig["throughput_c8"], fig["throughput_c32"]
+        print(
+            f"{name:8} {c1['p50_ms']:8.2f} {c1['p99_ms']:8.2f} "
+            f"{c8['calls_per_s']:8.1f} {c32['calls_per_s']:8.1f}"
+        )
+    print("grpc     not measured: " + GRPC_NOT_MEASURED)
+    print("ratios (synapse vs other; >1 means synapse is slower on that figure):")
+    for key, values in ratios.items():
+        print(f"  {key}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+    report = {
+        "bench": "infer",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "calls": args.calls,
+        "seconds": args.seconds,
+        "results": results,
+        "ratios": ratios,
+        "grpc": {"measured": False, "reason": GRPC_NOT_MEASURED},
+    }
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"bench_infer-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
