@@ -222,3 +222,26 @@ def test_cli_runs_a_serve_action_through_infer(
     code = main([*base, "--no-progress", "--params", json.dumps({"model": model_id})])
     _, err = capsys.readouterr()
     assert code == 2 and "params need 'json'" in err
+
+
+async def test_job_environment_is_only_for_deployment_actions() -> None:
+    from synapse_server.core._catalog import PluginCatalog
+    from synapse_server.core._models import Job
+    from synapse_server.ray import RayRuntime
+    from synapse_server.ray._environment import ServeJobEnvironment
+
+    catalog = PluginCatalog([EXAMPLES], supported_modes=["local"])
+    catalog.reload()
+    runtime = RayRuntime()
+    hook = ServeJobEnvironment(
+        catalog, runtime, ServeKeyring(SECRET.encode()), replica_address=lambda: "10.0.0.5:50051"
+    )
+
+    def job(plugin: str, action: str) -> Job:
+        return Job(id="j1", tenant="acme", plugin=plugin, action=action, params={})
+
+    assert hook.needs_ray(job("torch-serve", "deployment"))
+    for plugin, action in (("torch-serve", "inference"), ("batch-inference", "batch_inference")):
+        assert not hook.needs_ray(job(plugin, action))
+        assert await hook.environment(job(plugin, action)) == {}
+    assert not runtime.started  # nothing above needed Ray

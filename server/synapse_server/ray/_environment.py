@@ -10,10 +10,13 @@ and starting Ray for it would only cost time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from synapse_sdk.plugins.actions.inference import BaseDeploymentAction
-from synapse_sdk.plugins.actions.inference._deployment import RELEASE_CODE_ENV
+from synapse_sdk.plugins.actions.inference._deployment import (
+    RELEASE_CODE_ENV,
+    REPLICA_PLATFORM_ADDRESS_ENV,
+)
 from synapse_sdk.plugins.actions.inference._multiplex import SERVE_SIGNING_KEY_ENV, SERVE_TENANT_ENV
 
 from synapse_server.core._catalog import PluginCatalog
@@ -36,12 +39,24 @@ def serve_application_name(tenant: str, plugin: str, action: str) -> str:
 
 
 class ServeJobEnvironment:
-    """The executor's per-job environment hook (``JobEnvironment``) for deployment actions."""
+    """The executor's per-job environment hook (``JobEnvironment``) for deployment actions.
 
-    def __init__(self, catalog: PluginCatalog, runtime: RayRuntime, keyring: ServeKeyring) -> None:
+    ``replica_address``: the server address the deployed replicas download their models from
+    (they run on any node of the cluster, where a local worker's Unix socket does not exist);
+    None or "" leaves them the worker's own address, right for a local Ray.
+    """
+
+    def __init__(
+        self,
+        catalog: PluginCatalog,
+        runtime: RayRuntime,
+        keyring: ServeKeyring,
+        replica_address: Callable[[], str] | None = None,
+    ) -> None:
         self._catalog = catalog
         self._runtime = runtime
         self._keyring = keyring
+        self._replica_address = replica_address
 
     def needs_ray(self, job: Job) -> bool:
         """True when the job's action deploys to Ray Serve (a ``BaseDeploymentAction``)."""
@@ -66,4 +81,7 @@ class ServeJobEnvironment:
         env[SERVE_SIGNING_KEY_ENV] = self._keyring.tenant_key(job.tenant).hex()
         env[SERVE_TENANT_ENV] = job.tenant
         env[RELEASE_CODE_ENV] = serve_application_name(job.tenant, job.plugin, job.action)
+        address = self._replica_address() if self._replica_address is not None else ""
+        if address:
+            env[REPLICA_PLATFORM_ADDRESS_ENV] = address
         return env

@@ -22,6 +22,9 @@ __all__ = ["BaseDeploymentAction", "DeploymentContext", "DeploymentProgressCateg
 
 RELEASE_CODE_ENV = "SYNAPSE_PLUGIN_RELEASE_CODE"
 RELEASE_CHECKSUM_ENV = "SYNAPSE_PLUGIN_RELEASE_CHECKSUM"
+#: The server address replicas download models from, when the worker's own address (e.g. a
+#: Unix socket on the server's machine) is not reachable from the cluster's nodes.
+REPLICA_PLATFORM_ADDRESS_ENV = "SYNAPSE_SERVE_PLATFORM_ADDRESS"
 _ACTOR_OPTION_KEYS = ("num_cpus", "num_gpus", "memory")
 
 
@@ -153,7 +156,7 @@ class BaseDeploymentAction(BaseAction[P]):
         if ctx.platform is not None:
             # The replicas never get the worker's credential: signed model ids are theirs.
             platform = PlatformInfo(
-                address=ctx.platform.address,
+                address=os.environ.get(REPLICA_PLATFORM_ADDRESS_ENV) or ctx.platform.address,
                 tls=ctx.platform.tls,
                 root_certificates=ctx.platform.root_certificates,
                 tenant=ctx.platform.tenant,
