@@ -53,7 +53,7 @@ def test_forged_id_signed_with_public_value_is_rejected() -> None:
     )
     with pytest.raises(ServeModelIdError, match="invalid"):
         verifier.verify(forged)
-    unsigned = jwt.encode({"mid": "1"}, None, algorithm="none")
+    unsigned = jwt.encode({"mid": "1"}, None, algorithm="none")  # type: ignore[arg-type]
     with pytest.raises(ServeModelIdError):
         verifier.verify(unsigned)
 
