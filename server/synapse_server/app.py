@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import shutil
 import signal
@@ -34,7 +35,7 @@ from synapse.plugin.v1 import (
 from synapse_server.core import EventHub, SqliteJobStore
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
-from synapse_server.core._executor import LocalProcessExecutor
+from synapse_server.core._executor import Executor, LocalProcessExecutor
 from synapse_server.core._jobs import JobService
 from synapse_server.core.deployments import DeploymentService, SqliteDeploymentStore
 from synapse_server.core.inference import InferenceService, ServeKeyring
@@ -46,6 +47,7 @@ from synapse_server.grpc._model_servicer import ModelServicer
 from synapse_server.grpc._servicers import ActionServicer, WorkerServicer
 from synapse_server.ray import RayRuntime, RayRuntimeConfig, ServeDeploymentBackend, ServeRouter
 from synapse_server.ray._environment import ServeJobEnvironment
+from synapse_server.ray._executors import RayJobExecutor, RayTaskExecutor, ray_worker_address
 from synapse_server.settings import ServerSettings
 
 __all__ = ["SynapseServer", "serve"]
@@ -69,6 +71,7 @@ class SynapseServer:
         self.settings = settings
         self.address = ""
         self.worker_address = ""
+        self.ray_worker_address = ""
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._store: SqliteJobStore | None = None
@@ -111,7 +114,9 @@ class SynapseServer:
         # and the directory is readable only by this user.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="synapse-"))
         self.worker_address = f"unix:{self._socket_dir / 'worker.sock'}"
-        catalog = PluginCatalog(s.plugin_dirs, supported_modes=["local"])
+        # Ray modes (task, job) exist when Ray is installed; Ray itself starts on first need.
+        modes = ["local", "task", "job"] if importlib.util.find_spec("ray") else ["local"]
+        catalog = PluginCatalog(s.plugin_dirs, supported_modes=modes)
         await asyncio.to_thread(catalog.reload)
         # Serve: Ray starts lazily (first deployment job or Infer), owned by this server.
         self._ray = RayRuntime(RayRuntimeConfig(address=s.ray_address))
@@ -123,22 +128,47 @@ class SynapseServer:
         )
         keyring = ServeKeyring(s.resolve_secret())
         inference = InferenceService(deployments, router, keyring)
+        # Deployment jobs learn the Ray address and their tenant's signing key from this; the
+        # replicas they start reach the platform at the address Ray workers use.
+        serve_environment = ServeJobEnvironment(
+            catalog, self._ray, keyring, replica_address=lambda: self.ray_worker_address
+        )
         executor = LocalProcessExecutor(
             self.worker_address,
             s.plugin_dirs,
             memory_limit_mb=s.worker_memory_limit_mb,
             python=s.worker_python,
             log_dir=s.data_dir / "logs" / "jobs",
-            environment=ServeJobEnvironment(catalog, self._ray, keyring),
+            environment=serve_environment,
             warm_workers=s.warm_workers,
             preload_plugins=s.preload_plugins,
         )
         await executor.prewarm()
+        executors: dict[str, Executor] = {"local": executor}
+        if "task" in modes:
+            roots = s.tls_cert_file.read_bytes() if s.tls_cert_file and s.ray_address else None
+            for ray_executor in (
+                RayTaskExecutor(
+                    self._ray,
+                    lambda: self.ray_worker_address,
+                    catalog,
+                    root_certificates=roots,
+                    environment=serve_environment,
+                ),
+                RayJobExecutor(
+                    self._ray,
+                    lambda: self.ray_worker_address,
+                    catalog,
+                    root_certificates=roots,
+                    environment=serve_environment,
+                ),
+            ):
+                executors[ray_executor.mode] = ray_executor
         self._jobs = JobService(
             self._store,
             hub,
             catalog,
-            {"local": executor},
+            executors,
             issuer,
             cancel_grace_seconds=s.cancel_grace_seconds,
             max_concurrent_jobs=s.max_concurrent_jobs,
@@ -180,6 +210,9 @@ class SynapseServer:
         server.add_insecure_port(self.worker_address)
         host = s.listen_address.rpartition(":")[0]
         self.address = f"{host}:{port}"
+        self.ray_worker_address = ray_worker_address(
+            self.address, self.worker_address, external_cluster=bool(s.ray_address)
+        )
         self._server = server
         await server.start()
         await self._jobs.recover()

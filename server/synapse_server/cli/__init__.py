@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from synapse_server.cli import _jobs, _plugin, _serve
+from synapse_server.cli import _jobs, _model, _plugin, _serve
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _plugin.register(subparsers)
     _jobs.register(subparsers)
+    _model.register(subparsers)
     _serve.register(subparsers)
     return parser
 
