@@ -110,6 +110,17 @@ class PluginCatalog:
             action_cls = spec.load()
             kind = ActionKind.SERVE if spec.method in _SERVE_METHODS else ActionKind.JOB
             default_mode = spec.method if spec.method in self._modes else self._modes[0]
+            if kind == ActionKind.JOB and spec.method and spec.method not in self._modes:
+                # Said out loud: the plugin asked for a mode this server cannot offer (e.g.
+                # Ray is not installed), so its jobs run in the first mode that exists.
+                logger.warning(
+                    "plugin %s action %s: method %r is not available on this server; "
+                    "its default mode is %r",
+                    plugin.code,
+                    spec.name,
+                    spec.method,
+                    default_mode,
+                )
             actions.append(
                 ActionInfo(
                     name=name,
