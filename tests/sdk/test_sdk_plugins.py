@@ -65,7 +65,7 @@ def test_doc_plugin_config() -> None:
         PluginCategory.NEURAL_NET,
     )
     assert set(plugin.actions) == {"inference", "inference_steps", "batch_inference"}
-    assert plugin.actions["batch_inference"].method == "job"
+    assert plugin.actions["batch_inference"].method == "local"
     assert plugin.actions["inference"].method == "local"
     with pytest.raises(ActionNotFoundError, match="available: batch_inference, inference"):
         plugin.action("nope")
