@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -284,3 +286,23 @@ def test_many_events_arrive_in_order_with_last_progress(stub: Any) -> None:
     progress = [e.progress for e in history if e.HasField("progress")]
     assert progress[-1].current == 3000
     assert history[-1].terminal.state == job_pb2.JOB_STATE_SUCCEEDED
+
+
+def test_run_action_on_a_serve_action_is_failed_precondition(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    plugin_dir = tmp_path / "plugins" / "served"
+    plugin_dir.mkdir(parents=True)
+    toy_actions = Path(__file__).parent.parent / "plugins" / "toy" / "actions.py"
+    shutil.copy(toy_actions, plugin_dir / "actions.py")
+    (plugin_dir / "config.yaml").write_text(
+        "code: served\nname: Served\nversion: '1.0.0'\ncategory: custom\n"
+        "actions:\n  endpoint:\n    entrypoint: actions:QuickAction\n    method: serve\n"
+    )
+    server = server_factory(plugin_dirs=[tmp_path / "plugins"])
+    with server.channel() as channel:
+        stub = action_service_pb2_grpc.ActionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RunAction(pb.RunActionRequest(plugin="served", action="endpoint"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "Infer" in info.value.details()

@@ -182,7 +182,8 @@ class JobService:
             )
         info = self._catalog.action(plugin, action)
         if info.kind != ActionKind.JOB:
-            raise InvalidArgumentError(
+            # The request is well-formed; the action just is not something a job runs.
+            raise FailedPreconditionError(
                 f"action {action!r} of plugin {plugin!r} is a serve deployment; "
                 "deploy it with a deployment action and call it with Infer"
             )
