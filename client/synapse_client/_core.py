@@ -45,7 +45,19 @@ class _CoreBase:
             retry=retry,
             channel_options=channel_options,
         )
-        self._stubs: dict[type[Any], Any] = {}
+        self._stubs: dict[Any, Any] = {}
+        self._channel = self._open_channel()
+
+    def _open_channel(self) -> Any:
+        """The channel this flavour uses (blocking or asyncio)."""
+        raise NotImplementedError
+
+    def _stub(self, stub_type: Callable[[Any], S]) -> S:
+        """The cached stub of ``stub_type`` on this client's channel."""
+        stub = self._stubs.get(stub_type)
+        if stub is None:
+            stub = self._stubs[stub_type] = stub_type(self._channel)
+        return stub  # type: ignore[no-any-return]
 
     @property
     def address(self) -> str:
@@ -65,31 +77,10 @@ class _CoreBase:
 class ClientCore(_CoreBase):
     """Owns one blocking channel; ``_call`` runs a unary RPC with deadline, auth and retries."""
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        token: str | None = None,
-        tls: bool | TLSConfig = False,
-        timeout: float | None = 30.0,
-        retry: RetryPolicy | None = None,
-        channel_options: tuple[tuple[str, str | int], ...] = (),
-    ) -> None:
-        super().__init__(
-            address,
-            token=token,
-            tls=tls,
-            timeout=timeout,
-            retry=retry,
-            channel_options=channel_options,
-        )
-        self._channel = self._config.sync_channel()
+    _channel: grpc.Channel
 
-    def _stub(self, stub_type: Callable[[grpc.Channel], S]) -> S:
-        stub = self._stubs.get(stub_type)  # type: ignore[call-overload]
-        if stub is None:
-            stub = self._stubs[stub_type] = stub_type(self._channel)  # type: ignore[index]
-        return stub  # type: ignore[no-any-return]
+    def _open_channel(self) -> grpc.Channel:
+        return self._config.sync_channel()
 
     def _call(self, rpc: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
         """Calls a unary RPC; retries UNAVAILABLE (every caller passes idempotent requests)."""
@@ -127,31 +118,10 @@ class ClientCore(_CoreBase):
 class AsyncClientCore(_CoreBase):
     """The asyncio twin of :class:`ClientCore`; construct it inside the running event loop."""
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        token: str | None = None,
-        tls: bool | TLSConfig = False,
-        timeout: float | None = 30.0,
-        retry: RetryPolicy | None = None,
-        channel_options: tuple[tuple[str, str | int], ...] = (),
-    ) -> None:
-        super().__init__(
-            address,
-            token=token,
-            tls=tls,
-            timeout=timeout,
-            retry=retry,
-            channel_options=channel_options,
-        )
-        self._channel = self._config.aio_channel()
+    _channel: grpc.aio.Channel
 
-    def _stub(self, stub_type: Callable[[grpc.aio.Channel], S]) -> S:
-        stub = self._stubs.get(stub_type)  # type: ignore[call-overload]
-        if stub is None:
-            stub = self._stubs[stub_type] = stub_type(self._channel)  # type: ignore[index]
-        return stub  # type: ignore[no-any-return]
+    def _open_channel(self) -> grpc.aio.Channel:
+        return self._config.aio_channel()
 
     async def _call(
         self,
