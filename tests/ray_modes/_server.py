@@ -2,8 +2,8 @@
 
 It composes the same pieces the server's composition root does (SQLite store, event hub,
 plugin catalog, worker credentials, the local, task and job executors, the job service, the
-auth interceptor and the Action/Worker servicers) on 127.0.0.1:0, connects to the given Ray
-cluster, prints ``{"port": N}`` on stdout and serves until SIGTERM/SIGINT.
+model registry, the auth interceptor and the Action/Worker/Model servicers) on 127.0.0.1:0,
+connects to the given Ray cluster, prints ``{"port": N}`` on stdout and serves until SIGTERM/SIGINT.
 
 Running it in its own process keeps Ray's process-global driver out of the test process, so
 this suite's multi-node cluster and other suites' local Ray do not collide.
@@ -22,13 +22,19 @@ import sys
 from pathlib import Path
 
 import grpc
-from synapse.plugin.v1 import action_service_pb2_grpc, worker_service_pb2_grpc
+from synapse.plugin.v1 import (
+    action_service_pb2_grpc,
+    model_service_pb2_grpc,
+    worker_service_pb2_grpc,
+)
 from synapse_server.core import EventHub, SqliteJobStore
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
-from synapse_server.core._executor import LocalProcessExecutor
+from synapse_server.core._executor import Executor, LocalProcessExecutor
 from synapse_server.core._jobs import JobService
+from synapse_server.core.models import ModelRegistryService, SqliteModelStore
 from synapse_server.grpc._auth import AuthInterceptor
+from synapse_server.grpc._model_servicer import ModelServicer
 from synapse_server.grpc._servicers import ActionServicer, WorkerServicer
 from synapse_server.ray._executors import RayJobExecutor, RayTaskExecutor
 from synapse_server.ray._runtime import RayRuntime, RayRuntimeConfig
@@ -42,6 +48,11 @@ async def serve(args: argparse.Namespace) -> None:
     store = SqliteJobStore(data / "jobs.db")
     await store.open()
     hub = EventHub(store)
+    # Workers on any node download models through the platform, as with the full server.
+    model_store = SqliteModelStore(data / "jobs.db")
+    await model_store.open()
+    models = ModelRegistryService.for_data_dir(model_store, data)
+    await models.open()
     plugin_dirs = [Path(p) for p in args.plugin_dir]
     catalog = PluginCatalog(plugin_dirs, ("local", "task", "job"))
     catalog.reload()
@@ -52,7 +63,7 @@ async def serve(args: argparse.Namespace) -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     worker_address = args.worker_address or f"127.0.0.1:{port}"
     runtime = RayRuntime(RayRuntimeConfig(address=args.ray_address))
-    executors = {
+    executors: dict[str, Executor] = {
         "local": LocalProcessExecutor(worker_address, plugin_dirs, log_dir=data / "workers"),
         "task": RayTaskExecutor(runtime, worker_address, catalog),
         "job": RayJobExecutor(runtime, worker_address, catalog),
@@ -70,6 +81,7 @@ async def serve(args: argparse.Namespace) -> None:
         ActionServicer(jobs, keepalive_seconds=5.0), server
     )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(jobs), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
     await server.start()
     if args.warm_ray:
         await runtime.ensure_started()
@@ -83,6 +95,7 @@ async def serve(args: argparse.Namespace) -> None:
     await server.stop(1.0)
     await runtime.close()
     await store.close()
+    await model_store.close()
 
 
 def main() -> int:

@@ -1,9 +1,10 @@
 """Support for the Ray-mode tests and benchmark: a multi-node Ray cluster, a server process.
 
 The cluster (``ray.cluster_utils.Cluster``: a head and two worker nodes, each a separate
-raylet with its own custom resource and its own plugin cache directory) is started without
-connecting this process as a driver; the server runs in its own process (``_server.py``) and
-is the cluster's only driver. Workers reach the server through a TCP proxy owned by the test,
+raylet with its own custom resource, its own plugin cache and its own model cache directory,
+so a model a worker loads really comes from the platform) is started without connecting this
+process as a driver; the server runs in its own process (``_server.py``) and is the cluster's
+only driver. Workers reach the server through a TCP proxy owned by the test,
 so a test can cut every worker connection and let it come back.
 """
 
@@ -133,18 +134,23 @@ class RayCluster:
     address: str
     node_ids: dict[str, str]
     cache_dirs: dict[str, Path]
+    model_cache_dirs: dict[str, Path]
 
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    """Head + node_a + node_b, 1 CPU each; plugin caches per node (no shared directory)."""
+    """Head + node_a + node_b, 1 CPU each; plugin and model caches per node (nothing shared)."""
     cluster_utils = pytest.importorskip("ray.cluster_utils")
     base = tmp_path_factory.mktemp("ray-nodes")
     caches = {name: base / f"cache-{name}" for name in ("head", "node_a", "node_b")}
+    model_caches = {name: base / f"models-{name}" for name in ("head", "node_a", "node_b")}
     common = {"include_dashboard": False, "object_store_memory": 80 * 1024 * 1024}
 
     def env(name: str) -> dict[str, str]:
-        return {"SYNAPSE_PLUGIN_CACHE": str(caches[name])}
+        return {
+            "SYNAPSE_PLUGIN_CACHE": str(caches[name]),
+            "SYNAPSE_MODEL_CACHE": str(model_caches[name]),
+        }
 
     cluster = cluster_utils.Cluster(
         initialize_head=True,
@@ -167,6 +173,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
             address=cluster.address,
             node_ids={name: node.node_id for name, node in nodes.items()},
             cache_dirs=caches,
+            model_cache_dirs=model_caches,
         )
     finally:
         cluster.shutdown()
@@ -260,14 +267,18 @@ def platform(
 
 
 def run_action(
-    server: PlatformServer, action: str, params: dict[str, Any] | None = None, mode: str = ""
+    server: PlatformServer,
+    action: str,
+    params: dict[str, Any] | None = None,
+    mode: str = "",
+    plugin: str = "ray-probe",
 ) -> job_pb2.Job:
-    """RunAction on the probe plugin; the created job."""
+    """RunAction (on the probe plugin unless ``plugin`` names another); the created job."""
     struct = struct_pb2.Struct()
     struct.update(params or {})
     response = server.actions.RunAction(
         action_service_pb2.RunActionRequest(
-            plugin="ray-probe",
+            plugin=plugin,
             action=action,
             params=struct,
             mode=MODES[mode] if mode else job_pb2.RUN_MODE_UNSPECIFIED,

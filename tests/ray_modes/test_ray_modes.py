@@ -84,7 +84,10 @@ def test_unknown_mode_is_invalid_argument(platform: PlatformServer) -> None:
     with pytest.raises(grpc.RpcError) as info:
         platform.actions.RunAction(
             action_service_pb2.RunActionRequest(
-                plugin="ray-probe", action="where", params=struct_pb2.Struct(), mode=42
+                plugin="ray-probe",
+                action="where",
+                params=struct_pb2.Struct(),
+                mode=42,  # type: ignore[arg-type]  # a number RunMode does not define, on purpose
             ),
             timeout=10,
         )

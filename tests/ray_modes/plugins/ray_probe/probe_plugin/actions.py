@@ -1,13 +1,16 @@
-"""Actions that report where they ran, crash, or refuse to stop (for the Ray-mode tests)."""
+"""Actions that report where they ran, fetch a model, crash, or refuse to stop (Ray-mode tests)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from synapse_sdk.plugins import BaseAction
+from synapse_sdk.plugins.actions.inference import BaseInferenceAction
 from synapse_sdk.runtime import current_context
 
 
@@ -17,6 +20,18 @@ class WhereParams(BaseModel):
     num_cpus: float | None = None
     memory: float | None = None
     resources: dict[str, float] | None = None
+
+
+def _ray_node_id() -> str:
+    """The Ray node this process runs on, or "" outside Ray."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return str(ray.get_runtime_context().get_node_id())
+    except ImportError:
+        pass
+    return ""
 
 
 class WhereAction(BaseAction[WhereParams]):
@@ -29,19 +44,46 @@ class WhereAction(BaseAction[WhereParams]):
             self.set_progress(i, self.params.steps, "work")
             if self.params.delay:
                 time.sleep(self.params.delay)
-        node_id = ""
-        try:
-            import ray
-
-            if ray.is_initialized():
-                node_id = ray.get_runtime_context().get_node_id()
-        except ImportError:
-            pass
+        node_id = _ray_node_id()
         return {
             "node_id": node_id,
             "pid": os.getpid(),
             "mode": current_context().mode,
             "file": __file__,
+        }
+
+
+class ModelParams(BaseModel):
+    model_id: int | str
+    how: Literal["load", "download"] = "load"
+    file: str = "weights.bin"
+    num_cpus: float | None = None
+    resources: dict[str, float] | None = None
+
+
+class ModelDigestAction(BaseInferenceAction[ModelParams]):
+    """Fetch a model from the platform (``load_model`` or ``download_model``) and hash a file.
+
+    Returns the sha256 of ``file`` inside the extracted model, the directory it was read from
+    and the node that ran it, so a test can check the bytes really came through the platform.
+    """
+
+    def execute(self) -> dict[str, Any]:
+        if self.params.how == "load":
+            info = self.load_model(self.params.model_id)
+            directory = Path(info["path"])
+            name = str(info["name"])
+        else:
+            directory = self.download_model(self.params.model_id)
+            name = str(self.get_model(self.params.model_id)["name"])
+        data = (directory / self.params.file).read_bytes()
+        return {
+            "name": name,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "path": str(directory),
+            "files": sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")),
+            "node_id": _ray_node_id(),
+            "mode": current_context().mode,
         }
 
 
