@@ -1,0 +1,1 @@
+"""Ray pip probe test plugin."""
