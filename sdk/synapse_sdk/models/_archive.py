@@ -17,11 +17,10 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO
 
 from synapse_sdk.errors import SynapseError
 
@@ -426,14 +425,3 @@ def extract_archive(
     _Walker(p, resolved, limits or ExtractionLimits(), target).run()
     logger.debug("extracted %s (%s) into %s", p.name, resolved.value, target)
     return target
-
-
-def write_stream_to(fh: BinaryIO, chunks: Iterator[bytes]) -> tuple[str, int]:
-    """Write ``chunks`` to ``fh`` and return their ``(sha256 hex, size)``."""
-    digest = hashlib.sha256()
-    size = 0
-    for chunk in chunks:
-        digest.update(chunk)
-        size += len(chunk)
-        fh.write(chunk)
-    return digest.hexdigest(), size

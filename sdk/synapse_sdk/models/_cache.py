@@ -96,11 +96,6 @@ class ModelCache:
             raise ModelIntegrityError(f"not a sha256 checksum: {sha256!r}")
         return self.root / sha256
 
-    def lookup(self, sha256: str) -> Path | None:
-        """The cached directory, or ``None`` when this archive was never extracted here."""
-        path = self.path_for(sha256)
-        return path if path.is_dir() else None
-
     def ensure(
         self,
         sha256: str,

@@ -55,6 +55,11 @@ class LocalModelBackend:
         self._models = {str(key): Path(value) for key, value in (models or {}).items()}
         self._root = Path(root) if root is not None else None
 
+    @property
+    def root(self) -> Path | None:
+        """The directory in which model ``<id>`` lives at ``root/<id>``, if one was given."""
+        return self._root
+
     def _directory(self, model_id: int | str) -> Path:
         key = str(model_id)
         directory = self._models.get(key)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from synapse_sdk.plugins._action import BaseAction, P
+from synapse_sdk.plugins._models import LocalModelBackend
 from synapse_sdk.plugins.enums import PluginCategory
 from synapse_sdk.plugins.steps import BaseStepContext
 from synapse_sdk.runtime import current_context
@@ -161,7 +162,12 @@ class BaseDeploymentAction(BaseAction[P]):
                 root_certificates=ctx.platform.root_certificates,
                 tenant=ctx.platform.tenant,
             )
-        models_dir = getattr(ctx.model_backend, "_root", None) if platform is None else None
+        # Without a platform, replicas read local model directories (``--models-dir`` runs).
+        models_dir = (
+            ctx.model_backend.root
+            if platform is None and isinstance(ctx.model_backend, LocalModelBackend)
+            else None
+        )
         config = ServeReplicaConfig(
             app_name=app_name,
             app_key=derive_app_key(bytes.fromhex(key_hex), app_name),
