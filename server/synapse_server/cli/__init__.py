@@ -13,14 +13,11 @@ import sys
 from collections.abc import Sequence
 
 from synapse_server.cli import _jobs, _model, _plugin, _serve
+from synapse_server.cli._exit import EXIT_USAGE
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["build_parser", "main"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -16,22 +15,20 @@ from synapse_client import (
     Job,
     JobEvent,
     JobState,
-    LogEvent,
-    MetricEvent,
     ProgressEvent,
     StateChangedEvent,
-    StepFinishedEvent,
-    StepStartedEvent,
     SynapseClientError,
     TerminalEvent,
 )
 
+from synapse_server.cli._exit import EXIT_OK
+from synapse_server.cli._progress import describe_event
 from synapse_server.cli._remote import (
-    EXIT_OK,
     add_connection_arguments,
     connect,
     report_failure,
     to_json,
+    to_sdk_event,
 )
 
 logger = logging.getLogger(__name__)
@@ -167,19 +164,12 @@ def describe(event: JobEvent) -> str:
     elif isinstance(p, ProgressEvent):
         where = f" {p.category}" if p.category else ""
         text = f"progress{where} {p.current}/{p.total} (overall {p.overall_percent:.1f}%)"
-    elif isinstance(p, LogEvent):
-        data = f" {json.dumps(p.data)}" if p.data else ""
-        text = f"log [{p.level.value}] {p.event}{data}"
-    elif isinstance(p, MetricEvent):
-        where = f" {p.category}" if p.category else ""
-        text = f"metrics{where} {json.dumps(p.values)}"
-    elif isinstance(p, StepStartedEvent):
-        text = f"step {p.index + 1}/{p.count} {p.name} started (weight {p.weight:.2f})"
-    elif isinstance(p, StepFinishedEvent):
-        detail = f": {p.error.type}: {p.error.message}" if p.error else ""
-        text = f"step {p.index + 1} {p.name} {p.status.value}{detail}"
-    else:
+    elif isinstance(p, TerminalEvent):
         text = _describe_terminal(p)
+    else:
+        # Logs, metrics and steps read the same as in the live console of `plugin run`.
+        sdk_event = to_sdk_event(event)
+        text = describe_event(sdk_event) if sdk_event is not None else repr(p)
     return f"{event.seq:>6} {stamp} {text}"
 
 

@@ -13,9 +13,8 @@ from typing import Any
 from synapse_client import SynapseClientError
 from synapse_sdk.models import ArchiveError, extract_archive, pack_path
 
+from synapse_server.cli._exit import EXIT_OK, EXIT_USAGE
 from synapse_server.cli._remote import (
-    EXIT_OK,
-    EXIT_USAGE,
     add_connection_arguments,
     connect,
     report_failure,

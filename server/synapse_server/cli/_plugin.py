@@ -22,16 +22,12 @@ from synapse_sdk.plugins import LocalModelBackend, load_plugin, run_action
 from synapse_sdk.runtime import RunContext
 
 from synapse_server.cli import _remote
+from synapse_server.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from synapse_server.cli._progress import ConsoleProgressSink
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["register"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CANCELLED = 130
 
 
 class _UsageError(Exception):

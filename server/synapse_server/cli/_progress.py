@@ -18,7 +18,7 @@ from synapse_sdk.events import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConsoleProgressSink"]
+__all__ = ["ConsoleProgressSink", "describe_event"]
 
 _BAR_WIDTH = 30
 
@@ -68,7 +68,7 @@ class ConsoleProgressSink:
             # Category counts belong to the step that reported them.
             self._step = f"{event.name} ({event.index + 1}/{event.count})"
             self._last_category = None
-        self._print_line(_describe(event))
+        self._print_line(describe_event(event))
 
     def _bar_text(self) -> str:
         filled = round(_BAR_WIDTH * self._overall / 100.0)
@@ -97,7 +97,8 @@ class ConsoleProgressSink:
         self._stream.flush()
 
 
-def _describe(event: Event) -> str:
+def describe_event(event: Event) -> str:
+    """One line for a log, metric or step event (progress goes to the bar instead)."""
     if isinstance(event, LogEvent):
         data = f" {json.dumps(event.data, default=str)}" if event.data else ""
         return f"log [{event.level.value}] {event.event}{data}"
@@ -105,7 +106,9 @@ def _describe(event: Event) -> str:
         where = f" {event.category}" if event.category else ""
         return f"metrics{where} {json.dumps(event.values, default=str)}"
     if isinstance(event, StepStartedEvent):
-        return f"step {event.index + 1}/{event.count} {event.name} started"
+        return (
+            f"step {event.index + 1}/{event.count} {event.name} started (weight {event.weight:.2f})"
+        )
     if isinstance(event, StepFinishedEvent):
         detail = f": {event.error.type}: {event.error.message}" if event.error else ""
         return f"step {event.index + 1} {event.name} {event.status.value}{detail}"

@@ -49,6 +49,7 @@ from synapse_sdk.events import (
     StepStatus,
 )
 
+from synapse_server.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from synapse_server.cli._progress import ConsoleProgressSink
 
 logger = logging.getLogger(__name__)
@@ -62,10 +63,6 @@ __all__ = [
     "to_json",
 ]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CANCELLED = 130
 
 _CANCEL_REASON = "cancelled from the command line"
 
