@@ -54,12 +54,12 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     """ServerSettings from the flags that were given (the rest from the environment)."""
     from synapse_server.settings import ServerSettings
 
-    names = (
-        "listen_address", "data_dir", "plugin_dirs", "tokens", "tls_cert_file", "tls_key_file",
-        "tls_client_ca_file", "allow_public_bind", "cancel_grace_seconds",
-        "shutdown_grace_seconds", "worker_memory_limit_mb", "max_concurrent_jobs", "ray_address",
-    )  # fmt: skip
-    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    # Every flag whose dest names a settings field; unset flags (None) leave the env/default.
+    given = {
+        name: value
+        for name, value in vars(args).items()
+        if name in ServerSettings.model_fields and value is not None
+    }
     return ServerSettings(**given)
 
 

@@ -102,7 +102,8 @@ class SynapseServer:
         s = self.settings
         s.check()
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        issuer = WorkerCredentialIssuer(s.resolve_secret())
+        secret = s.resolve_secret()
+        issuer = WorkerCredentialIssuer(secret)
         self._store = SqliteJobStore(s.data_dir / "synapse.db")
         await self._store.open()
         hub = EventHub(self._store)
@@ -126,7 +127,7 @@ class SynapseServer:
         deployments = DeploymentService(
             self._deployment_store, ServeDeploymentBackend(self._ray, router)
         )
-        keyring = ServeKeyring(s.resolve_secret())
+        keyring = ServeKeyring(secret)
         inference = InferenceService(deployments, router, keyring)
         # Deployment jobs learn the Ray address and their tenant's signing key from this; the
         # replicas they start reach the platform at the address Ray workers use.
