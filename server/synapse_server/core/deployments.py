@@ -46,6 +46,11 @@ T = TypeVar("T")
 
 _MAX_PAGE = 1000
 _DEFAULT_PAGE = 100
+#: How long a resolved Infer target is reused without asking the store again. Writes made
+#: through this service drop the cache at once; the bound only matters for writers that
+#: bypass it (another server on the same database).
+_RESOLVE_TTL_S = 2.0
+_MAX_RESOLVED = 4096
 
 
 class DeploymentNotFoundError(ServerError, LookupError):
@@ -434,6 +439,15 @@ class DeploymentService:
     def __init__(self, store: DeploymentStore, backend: ServeBackend) -> None:
         self._store = store
         self._backend = backend
+        # Infer resolves its target on every call; a store round trip (an I/O thread hop and a
+        # query) per call was a visible share of its latency. Only found records are cached.
+        self._resolved: dict[tuple[str, str, str, str], tuple[DeploymentRecord, float]] = {}
+        self._generation = 0
+
+    def _forget_resolved(self) -> None:
+        """Drop cached Infer targets: a record was written."""
+        self._generation += 1
+        self._resolved.clear()
 
     async def register(
         self,
@@ -480,6 +494,7 @@ class DeploymentService:
             replicas=observation.replicas,
         )
         stored, created = await self._store.upsert(record)
+        self._forget_resolved()
         logger.info(
             "%s deployment %d (%s) for tenant %r",
             "registered" if created else "updated",
@@ -533,6 +548,7 @@ class DeploymentService:
             )
         if updated != record:
             await self._store.update(updated)
+            self._forget_resolved()
         return updated
 
     async def delete(self, tenant: str, deployment_id: int) -> DeploymentRecord:
@@ -549,13 +565,35 @@ class DeploymentService:
             update_time=time.time(),
         )
         await self._store.update(deleted)
+        self._forget_resolved()
         logger.info("deleted deployment %d (%s)", record.id, record.name)
         return deleted
 
     async def resolve(
         self, tenant: str, application: str | None, plugin: str | None, action: str | None
     ) -> DeploymentRecord:
-        """The deployment an Infer call targets: by application name, or by plugin + action."""
+        """The deployment an Infer call targets: by application name, or by plugin + action.
+
+        Found targets are cached until this service writes a record (or ``_RESOLVE_TTL_S``);
+        failures are never cached, so a new deployment is found on the next call.
+        """
+        key = (tenant, application or "", "" if application else plugin or "", action or "")
+        now = time.monotonic()
+        cached = self._resolved.get(key)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        generation = self._generation
+        record = await self._resolve_uncached(tenant, application, plugin, action)
+        # A write that happened while the store was asked may have changed the answer.
+        if generation == self._generation:
+            if len(self._resolved) >= _MAX_RESOLVED:
+                self._resolved.clear()
+            self._resolved[key] = (record, now + _RESOLVE_TTL_S)
+        return record
+
+    async def _resolve_uncached(
+        self, tenant: str, application: str | None, plugin: str | None, action: str | None
+    ) -> DeploymentRecord:
         if application:
             record = await self._store.find_by_name(tenant, application)
             if record is None:
