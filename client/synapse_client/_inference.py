@@ -4,16 +4,21 @@ The payload is JSON-like (``google.protobuf.Value``: numbers arrive as floats, a
 numeric arrays can go as binary tensors instead (``tensors={"x": numpy_array}``), which the
 endpoint receives as numpy arrays and which is much faster for large inputs. Binary outputs
 come back as numpy arrays in :attr:`InferResult.tensors`.
+
+The JSON payload is converted with small direct converters instead of ``json_format``
+(same results; ``json_format`` formats a field path for every element and was a measurable
+share of a small Infer call).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from synapse.plugin.v1 import (
     deployment_pb2,
     deployment_service_pb2,
@@ -110,6 +115,52 @@ def tensor_to_array(tensor: tensor_pb2.Tensor) -> Any:
     return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
 
 
+def _fill_value(message: struct_pb2.Value, value: Any) -> None:
+    """Set ``message`` to the JSON-like ``value`` (as ``json_format.ParseDict`` would)."""
+    if value is None:
+        message.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        message.bool_value = value
+    elif isinstance(value, str):
+        message.string_value = value
+    elif isinstance(value, int | float):
+        message.number_value = value
+    elif isinstance(value, Mapping):
+        struct = message.struct_value
+        struct.SetInParent()
+        fields = struct.fields
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys must be strings, got {type(key).__name__}")
+            _fill_value(fields[key], item)
+    elif isinstance(value, list | tuple):
+        values = message.list_value
+        values.SetInParent()
+        for item in value:
+            _fill_value(values.values.add(), item)
+    else:
+        raise TypeError(f"{type(value).__name__} is not JSON-like")
+
+
+def _value_to_python(message: struct_pb2.Value) -> Any:
+    """Plain Python for a ``Value`` (as ``json_format.MessageToDict``: numbers are floats)."""
+    kind = message.WhichOneof("kind")
+    if kind == "struct_value":
+        return {key: _value_to_python(item) for key, item in message.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_value_to_python(item) for item in message.list_value.values]
+    if kind == "number_value":
+        number = message.number_value
+        if math.isinf(number) or math.isnan(number):
+            raise ValueError(f"the answer holds {number}, which is not a JSON number")
+        return number
+    if kind == "string_value":
+        return message.string_value
+    if kind == "bool_value":
+        return message.bool_value
+    return None
+
+
 def build_infer_request(
     application: str | None = None,
     *,
@@ -140,8 +191,8 @@ def build_infer_request(
         request.action.action = action
     if json is not _UNSET:
         try:
-            request.json.CopyFrom(json_format.ParseDict(json, struct_pb2.Value()))
-        except (json_format.ParseError, TypeError, ValueError) as exc:
+            _fill_value(request.json, json)
+        except (TypeError, ValueError) as exc:
             raise ClientConfigError(f"json payload is not JSON-like: {exc}") from exc
     for name, value in (tensors or {}).items():
         request.inputs.append(array_to_tensor(name, value))
@@ -149,7 +200,7 @@ def build_infer_request(
 
 
 def _result(response: inference_service_pb2.InferResponse) -> InferResult:
-    body = json_format.MessageToDict(response.json) if response.HasField("json") else None
+    body = _value_to_python(response.json) if response.HasField("json") else None
     return InferResult(
         json=body,
         tensors={t.name: tensor_to_array(t) for t in response.outputs},

@@ -2,15 +2,20 @@
 
 The call's deadline becomes the core's timeout (and the Ray request is cancelled when it
 passes or the caller cancels); tensors and the JSON payload are converted here only.
+
+The JSON payload is converted by :func:`value_to_python` / :func:`python_to_value` rather
+than ``json_format``: same results, several times faster (``json_format`` formats a field
+path string for every element it visits), and this runs twice per Infer call.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from synapse.plugin.v1 import inference_service_pb2, inference_service_pb2_grpc, tensor_pb2
 from synapse_sdk.plugins.actions.inference._serve import TensorPayload
 
@@ -19,7 +24,14 @@ from synapse_server.core.inference import InferenceService, InferRequestData
 from synapse_server.grpc._auth import current_principal
 from synapse_server.grpc._errors import map_errors
 
-__all__ = ["InferenceServicer", "infer_request_from_pb", "tensor_from_pb", "tensor_to_pb"]
+__all__ = [
+    "InferenceServicer",
+    "infer_request_from_pb",
+    "python_to_value",
+    "tensor_from_pb",
+    "tensor_to_pb",
+    "value_to_python",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +60,66 @@ _DTYPE_SIZES = {
     "bool": 1,
 }
 _DTYPE_VALUES = {name: value for value, name in _DTYPE_NAMES.items()}
+
+
+def value_to_python(message: struct_pb2.Value) -> Any:
+    """A ``google.protobuf.Value`` as plain Python (as ``json_format.MessageToDict``).
+
+    Numbers are floats; an unset value is None. Raises :class:`InvalidArgumentError` for a
+    NaN or infinite number, which JSON cannot carry.
+    """
+    kind = message.WhichOneof("kind")
+    if kind == "struct_value":
+        return {key: value_to_python(item) for key, item in message.struct_value.fields.items()}
+    if kind == "list_value":
+        return [value_to_python(item) for item in message.list_value.values]
+    if kind == "number_value":
+        number = message.number_value
+        if math.isinf(number) or math.isnan(number):
+            raise InvalidArgumentError(f"json: {number} is not a JSON number")
+        return number
+    if kind == "string_value":
+        return message.string_value
+    if kind == "bool_value":
+        return message.bool_value
+    return None
+
+
+def python_to_value(value: Any, message: struct_pb2.Value | None = None) -> struct_pb2.Value:
+    """Plain Python (JSON-like) as a ``google.protobuf.Value`` (as ``json_format.ParseDict``).
+
+    Fills ``message`` when given. Raises ``TypeError`` for anything JSON cannot represent
+    (a non-string key, an object of another type).
+    """
+    target = struct_pb2.Value() if message is None else message
+    _fill_value(target, value)
+    return target
+
+
+def _fill_value(message: struct_pb2.Value, value: Any) -> None:
+    if value is None:
+        message.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        message.bool_value = value
+    elif isinstance(value, str):
+        message.string_value = value
+    elif isinstance(value, int | float):
+        message.number_value = value
+    elif isinstance(value, dict):
+        struct = message.struct_value
+        struct.SetInParent()
+        fields = struct.fields
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys must be strings, got {type(key).__name__}")
+            _fill_value(fields[key], item)
+    elif isinstance(value, list | tuple):
+        values = message.list_value
+        values.SetInParent()
+        for item in value:
+            _fill_value(values.values.add(), item)
+    else:
+        raise TypeError(f"{type(value).__name__} is not JSON-like")
 
 
 def tensor_from_pb(message: tensor_pb2.Tensor) -> TensorPayload:
@@ -87,7 +159,7 @@ def infer_request_from_pb(
         plugin=request.action.plugin if target == "action" else None,
         action=request.action.action if target == "action" else None,
         model_id=request.model_id,
-        json=json_format.MessageToDict(request.json) if has_json else None,
+        json=value_to_python(request.json) if has_json else None,
         has_json=has_json,
         tensors=tuple(tensor_from_pb(t) for t in request.inputs),
         method=request.method,
@@ -117,5 +189,5 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             outputs=[tensor_to_pb(t) for t in result.tensors],
         )
         if result.json is not None or not result.tensors:
-            response.json.CopyFrom(json_format.ParseDict(result.json, struct_pb2.Value()))
+            python_to_value(result.json, response.json)
         return response
