@@ -30,6 +30,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 import typing
 import uuid
 from collections.abc import Mapping
@@ -39,7 +40,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from synapse_sdk._json import to_jsonable
+from synapse_sdk._json import is_plain_json, to_jsonable
 from synapse_sdk.errors import ModelNotFoundError, SynapseError
 from synapse_sdk.plugins._action import BaseAction
 from synapse_sdk.plugins.actions.inference._multiplex import (
@@ -59,6 +60,9 @@ __all__ = [
     "ServeRequest",
     "TensorPayload",
 ]
+
+#: Verified multiplexed model ids a replica remembers (each until it expires).
+_MAX_VERIFIED_IDS = 1024
 
 #: Element types a tensor may have on the wire, by numpy name.
 TENSOR_DTYPES = (
@@ -201,6 +205,18 @@ class _RouteNotFoundError(SynapseError, LookupError):
     """No endpoint for the request's method and path."""
 
 
+@dataclass(frozen=True, slots=True)
+class _BindPlan:
+    """What binding a request to one endpoint method needs, computed once per method."""
+
+    label: str
+    named: dict[str, inspect.Parameter]
+    takes_any: bool
+    required: tuple[str, ...]
+    hints: dict[str, Any]
+    is_coroutine: bool
+
+
 class BaseServeDeployment(BaseAction[ServeInferParams]):
     """Base class of Ray Serve inference deployments (see the module docstring).
 
@@ -229,6 +245,9 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
         self._model_cache: dict[str, Any] = {}
         self._synapse_load_counts: dict[str, int] = {}
         self._synapse_verifier: ServeModelIdVerifier | None = None
+        # Verified ids by token: the server reuses one id per model for most of its lifetime,
+        # so re-checking the HS256 signature on every request only repeated the same answer.
+        self._synapse_verified: dict[str, ServeModelClaims] = {}
         self._synapse_backend: ModelBackend | None = None
         self._synapse_adapters: dict[Any, Any] = {}
 
@@ -349,12 +368,23 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
         return config
 
     def _synapse_claims(self, token: str) -> ServeModelClaims:
+        cached = self._synapse_verified.get(token) if isinstance(token, str) else None
+        # Valid strictly before ``exp``, as the verifier itself decides.
+        if cached is not None and time.time() < cached.expires_at:
+            return cached
+        claims = self._synapse_verifier_for_app().verify(token)
+        if len(self._synapse_verified) >= _MAX_VERIFIED_IDS:
+            self._synapse_verified.clear()
+        self._synapse_verified[token] = claims
+        return claims
+
+    def _synapse_verifier_for_app(self) -> ServeModelIdVerifier:
         if self._synapse_verifier is None:
             config = self._synapse_config()
             self._synapse_verifier = ServeModelIdVerifier(
                 config.app_key, config.app_name, config.tenant
             )
-        return self._synapse_verifier.verify(token)
+        return self._synapse_verifier
 
     async def _synapse_replica_info(self) -> dict[str, Any]:
         """This replica's id and the model ids it has loaded (for DeploymentService)."""
@@ -379,8 +409,9 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
         """Run one Infer request; every failure becomes a typed reply, never a traceback."""
         try:
             method = self._synapse_route(request.method, request.path)
-            args, kwargs = self._synapse_bind(method, request)
-            if inspect.iscoroutinefunction(method):
+            plan = self._synapse_plan(method)
+            args, kwargs = self._synapse_bind(method, request, plan)
+            if plan.is_coroutine:
                 result = await method(*args, **kwargs)
             else:
                 # A blocking endpoint must not stall the replica's event loop.
@@ -432,12 +463,30 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
             raise _RouteNotFoundError(f"no endpoint for {verb} {route_path}")
         return bound
 
-    def _synapse_bind(self, method: Any, request: ServeRequest) -> tuple[list[Any], dict[str, Any]]:
-        signature = inspect.signature(method)
-        params = list(signature.parameters.values())
-        named = {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-        takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
-        hints = self._synapse_hints(method)
+    def _synapse_plan(self, method: Any) -> _BindPlan:
+        # Keyed by the underlying function: bound methods are new objects on every lookup.
+        key = ("plan", getattr(method, "__func__", method))
+        plan = self._synapse_adapters.get(key)
+        if plan is None:
+            params = list(inspect.signature(method).parameters.values())
+            named = {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+            plan = _BindPlan(
+                label=f"{method.__name__}({', '.join(named)})",
+                named=named,
+                takes_any=any(p.kind == p.VAR_KEYWORD for p in params),
+                required=tuple(p.name for p in named.values() if p.default is p.empty),
+                hints=self._synapse_hints(method),
+                is_coroutine=inspect.iscoroutinefunction(method),
+            )
+            self._synapse_adapters[key] = plan
+        return typing.cast(_BindPlan, plan)
+
+    def _synapse_bind(
+        self, method: Any, request: ServeRequest, plan: _BindPlan | None = None
+    ) -> tuple[list[Any], dict[str, Any]]:
+        if plan is None:
+            plan = self._synapse_plan(method)
+        named, takes_any, hints = plan.named, plan.takes_any, plan.hints
         json_kwargs: dict[str, Any] = {}
         if request.has_json and request.json is not None:
             if isinstance(request.json, Mapping):
@@ -446,26 +495,21 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
                 json_kwargs = {next(iter(named)): request.json}
             else:
                 raise _BadRequestError(
-                    f"the payload must be a JSON object mapping onto the parameters of "
-                    f"{method.__name__}({', '.join(named)})"
+                    f"the payload must be a JSON object mapping onto the parameters of {plan.label}"
                 )
         kwargs: dict[str, Any] = {}
         for name, value in json_kwargs.items():
             if name not in named and not takes_any:
-                raise _BadRequestError(
-                    f"unexpected field '{name}' for {method.__name__}({', '.join(named)})"
-                )
+                raise _BadRequestError(f"unexpected field '{name}' for {plan.label}")
             hint = hints.get(name)
             kwargs[name] = self._synapse_validate(method, name, hint, value)
         for tensor in request.tensors:
             if tensor.name in kwargs:
                 raise _BadRequestError(f"'{tensor.name}' given both in json and as a tensor")
             if tensor.name not in named and not takes_any:
-                raise _BadRequestError(
-                    f"unexpected tensor '{tensor.name}' for {method.__name__}({', '.join(named)})"
-                )
+                raise _BadRequestError(f"unexpected tensor '{tensor.name}' for {plan.label}")
             kwargs[tensor.name] = tensor.to_array()
-        missing = [p.name for p in named.values() if p.default is p.empty and p.name not in kwargs]
+        missing = [name for name in plan.required if name not in kwargs]
         if missing:
             raise _BadRequestError(f"missing field(s) for {method.__name__}: {', '.join(missing)}")
         return [], kwargs
@@ -542,7 +586,8 @@ def _encode_reply(result: Any, binary: bool) -> ServeReply:
             return ServeReply(
                 tensors=tuple(TensorPayload.from_array(str(k), v) for k, v in result.items())
             )
-    return ServeReply(json=to_jsonable(result, "result"))
+    # Most endpoints already answer plain JSON; converting it would only copy it.
+    return ServeReply(json=result if is_plain_json(result) else to_jsonable(result, "result"))
 
 
 # Deployment (called by BaseDeploymentAction.deploy) ----------------------------------------
