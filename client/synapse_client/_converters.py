@@ -6,12 +6,16 @@ that tests can round-trip every type and so that the two can never drift apart s
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
+import pydantic_core
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from synapse.plugin.v1 import job_event_pb2, job_pb2, plugin_pb2
 
@@ -191,6 +195,27 @@ def _optional_error(message: Any) -> JobErrorInfo | None:
     return job_error_from_proto(message.error) if message.HasField("error") else None
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Parsing a large JSON document allocates hundreds of thousands of containers, and each
+    # collection they trigger traverses every tracked object of the process (the caller's
+    # inputs included): several times the cost of the parse. JSON data has no cycles to find.
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def json_loads(data: bytes | str) -> Any:
+    """Strict JSON text → data (exact big ints; NaN/Infinity are rejected with ValueError)."""
+    with _gc_paused():
+        return pydantic_core.from_json(data, allow_inf_nan=False)
+
+
 def dict_to_json(data: dict[str, Any] | None) -> bytes:
     """dict → UTF-8 JSON object text (``b""`` for None); :class:`ClientConfigError` if not JSON."""
     if data is None:
@@ -198,17 +223,28 @@ def dict_to_json(data: dict[str, Any] | None) -> bytes:
     if not isinstance(data, dict):
         raise ClientConfigError(f"params must be a JSON object (dict), got {type(data).__name__}")
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        # pydantic-core's serialiser: about 15x faster than json.dumps for large params.
+        text = pydantic_core.to_json(data, inf_nan_mode="constants")
     except (ValueError, TypeError) as exc:
         raise ClientConfigError(f"params are not JSON-serialisable: {exc}") from exc
+    # Non-finite floats come out as NaN/Infinity tokens, which JSON does not have; only text
+    # that contains those words (maybe inside strings) needs the strict re-parse.
+    if b"NaN" in text or b"Infinity" in text:
+        try:
+            json_loads(text)
+        except ValueError:
+            raise ClientConfigError(
+                "params are not JSON-serialisable: NaN and Infinity are not JSON numbers"
+            ) from None
+    return text
 
 
 def _job_params(message: job_pb2.Job) -> dict[str, Any]:
     if not message.params_json:
         return dict_from_struct(message.params)
     try:
-        value = json.loads(message.params_json)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value = json_loads(message.params_json)
+    except ValueError as exc:
         raise ProtocolError(f"job {message.id}: params_json is not JSON") from exc
     if not isinstance(value, dict):
         raise ProtocolError(f"job {message.id}: params_json is not a JSON object")

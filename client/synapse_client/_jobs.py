@@ -6,7 +6,6 @@ to turn a terminal event into a result or an exception is decided here, once.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from synapse.plugin.v1 import action_service_pb2
 
 from ._config import RetryPolicy
-from ._converters import dict_to_json, event_from_proto, run_mode_to_proto
+from ._converters import dict_to_json, event_from_proto, json_loads, run_mode_to_proto
 from ._errors import (
     ClientConfigError,
     JobCancelledError,
@@ -187,4 +186,9 @@ class ResultAssembler:
             raise ProtocolError(
                 f"job {self.job_id}: result stream ended after {self._received} of {total} bytes"
             )
-        return json.loads(b"".join(self._parts)) if total else None
+        if not total:
+            return None
+        try:
+            return json_loads(b"".join(self._parts))
+        except ValueError as exc:
+            raise ProtocolError(f"job {self.job_id}: the result is not JSON: {exc}") from None

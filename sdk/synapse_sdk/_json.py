@@ -2,21 +2,64 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import gc
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import PurePath
 from typing import Any
 
+import pydantic_core
 from pydantic import BaseModel
 
 from synapse_sdk.errors import ResultNotSerializableError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["is_plain_json", "to_jsonable"]
+_isfinite = math.isfinite
+
+__all__ = ["dump_json", "gc_paused", "is_plain_json", "load_json", "to_jsonable"]
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Suspend automatic cyclic garbage collection for the block.
+
+    Decoding or validating a large JSON document allocates hundreds of thousands of dicts and
+    lists, which triggers many collections, each traversing every tracked object in the
+    process (a server holding other jobs' params, a client holding its inputs): measured at
+    3-5x the cost of the parse itself. JSON data cannot form reference cycles, so those
+    collections find nothing; pausing them only defers one pass to after the block.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def load_json(data: bytes | bytearray | str) -> Any:
+    """Parse JSON text (Rust parser of pydantic-core: exact big ints, no NaN/Infinity).
+
+    Raises ``ValueError`` for text that is not strict JSON.
+    """
+    with gc_paused():
+        return pydantic_core.from_json(data, allow_inf_nan=False)
+
+
+def dump_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON of plain JSON data (see :func:`is_plain_json`).
+
+    About 10x faster than ``json.dumps`` for large results. Callers pass data that is already
+    plain JSON (finite floats, str keys), which serialises exactly as ``json.dumps`` would.
+    """
+    return pydantic_core.to_json(value)
 
 
 def is_plain_json(value: Any) -> bool:
@@ -26,16 +69,29 @@ def is_plain_json(value: Any) -> bool:
     check allocates nothing, so a large result that is already plain (the common case) skips
     the conversion, which builds a key path string for every element.
     """
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return True
-    if kind is float:
-        return math.isfinite(value)
-    if kind is list:
-        return all(map(is_plain_json, value))
-    if kind is dict:
-        return all(type(k) is str for k in value) and all(map(is_plain_json, value.values()))
-    return False
+    return _plain_items((value,))
+
+
+def _plain_items(values: Iterable[Any]) -> bool:
+    # Leaves are checked inline and only containers recurse: a large result is mostly
+    # leaves, and a call per leaf tripled the cost of this check.
+    for value in values:
+        kind = type(value)
+        if kind is float:
+            if not _isfinite(value):
+                return False
+        elif kind is dict:
+            for key in value:
+                if type(key) is not str:
+                    return False
+            if not _plain_items(value.values()):
+                return False
+        elif kind is list:
+            if not _plain_items(value):
+                return False
+        elif not (kind is str or kind is int or kind is bool or value is None):
+            return False
+    return True
 
 
 def to_jsonable(value: Any, key: str = "result") -> Any:

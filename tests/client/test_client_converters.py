@@ -86,6 +86,12 @@ def test_job_params_json_wins_and_params_travel_as_json() -> None:
         conv.dict_to_json({"bad": object()})
     with pytest.raises(ClientConfigError):
         conv.dict_to_json({"nan": float("nan")})
+    with pytest.raises(ClientConfigError):
+        conv.dict_to_json({"x": [1.0, float("-inf")], "s": "NaN"})
+    # The words alone (inside strings) are fine; big ints stay exact.
+    text = conv.dict_to_json({"s": "NaN and Infinity", "big": 10**30})
+    assert json.loads(text) == {"s": "NaN and Infinity", "big": 10**30}
+    assert conv.json_loads(text) == {"s": "NaN and Infinity", "big": 10**30}
     with pytest.raises(ProtocolError):
         conv.job_from_proto(job_pb2.Job(id="j", state=2, params_json=b"[1]"))
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+import gc
+import json
 from typing import Any
 
 import pytest
-from synapse_sdk._json import is_plain_json, to_jsonable
+from synapse_sdk._json import dump_json, gc_paused, is_plain_json, load_json, to_jsonable
 
 
 class _Color(int, enum.Enum):
@@ -28,3 +30,36 @@ def test_plain_values_are_recognised_and_convert_to_themselves(value: Any) -> No
 )
 def test_values_needing_conversion_or_rejection_are_not_plain(value: Any) -> None:
     assert not is_plain_json(value)
+
+
+def test_nested_non_finite_float_and_tuple_deep_inside_are_found() -> None:
+    assert not is_plain_json({"a": [1, {"b": [2.0, float("nan")]}]})
+    assert not is_plain_json({"a": [{"b": (1,)}]})
+    assert is_plain_json({"a": [{"b": [1, "x", None, True, 2.5]}]})
+
+
+def test_json_text_round_trip_is_strict_and_exact() -> None:
+    value = {"big": 10**30, "f": [0.1, -2.5e-7], "s": 'é"\\\n', "n": None, "b": True}
+    assert load_json(dump_json(value)) == value
+    assert json.loads(dump_json(value)) == value
+    with pytest.raises(ValueError):
+        load_json(b"[NaN]")
+    with pytest.raises(ValueError):
+        load_json(b'{"a": 1')
+
+
+def test_gc_paused_restores_the_collector_state() -> None:
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), gc_paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()

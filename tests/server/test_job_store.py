@@ -53,6 +53,18 @@ async def test_wal_mode_and_round_trip(store: SqliteJobStore) -> None:
     assert await store.get_job("missing") is None
 
 
+async def test_result_text_is_stored_and_read_without_params(store: SqliteJobStore) -> None:
+    job, _ = await store.create_job(_job("j1"))
+    assert await store.get_result("j1") == ("t1", JobState.PENDING, None)
+    text = '{"results":[{"prediction":[0.5,-1]}],"big":100000000000000000000000}'
+    # A result known only as text (never parsed by the server) is stored as that text.
+    await store.update_job(job.evolve(state=JobState.SUCCEEDED, result_json=text))
+    assert await store.get_result("j1") == ("t1", JobState.SUCCEEDED, text)
+    loaded = await store.get_job("j1")
+    assert loaded is not None and loaded.result_json == text and loaded.params == {"x": 1}
+    assert await store.get_result("missing") is None
+
+
 async def test_events_are_ordered_and_persisted_with_job_row(
     store: SqliteJobStore, tmp_path: Path
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from synapse_sdk._json import to_jsonable
+from synapse_sdk._json import gc_paused, to_jsonable
 from synapse_sdk.errors import ActionCancelledError, ParamsValidationError
 from synapse_sdk.events import LogEvent, LogLevel, MetricEvent
 from synapse_sdk.plugins._progress import ProgressTracker
@@ -183,7 +183,9 @@ def validate_params(
     if not isinstance(params, Mapping):
         raise ParamsValidationError.from_pydantic(_type_error(model, params), action=action or None)
     try:
-        return model.model_validate(dict(params))
+        # Validating large params copies every item; see gc_paused for why collections wait.
+        with gc_paused():
+            return model.model_validate(dict(params))
     except ValidationError as exc:
         raise ParamsValidationError.from_pydantic(exc, action=action or None) from None
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -25,6 +24,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from synapse_sdk._json import dump_json, gc_paused, load_json
 from synapse_sdk.errors import SynapseError
 
 from synapse_server.core._catalog import ActionKind, PluginCatalog
@@ -92,7 +92,7 @@ class WorkerReport:
 
 def result_json_bytes(result: Any) -> bytes:
     """The canonical JSON text of a result, as served by GetJobResult."""
-    return json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
+    return dump_json(result)
 
 
 @dataclass
@@ -193,7 +193,8 @@ class JobService:
             raise InvalidArgumentError(
                 f"mode {mode!r} is not available for this action (available: {supported})"
             )
-        self._catalog.validate_params(plugin, action, params)
+        with gc_paused():  # validation copies large params; see gc_paused
+            self._catalog.validate_params(plugin, action, params)
         version = self._catalog.plugins(plugin)[0].version
         pending_reason = (
             "waiting for a free worker slot" if self._slots.locked() else "starting a worker"
@@ -269,14 +270,25 @@ class JobService:
 
     async def result_json(self, tenant: str | None, job_id: str) -> bytes:
         """The result JSON text of a SUCCEEDED job."""
-        job = await self.get(tenant, job_id)
-        if job.state is not JobState.SUCCEEDED:
+        active = self._active.get(job_id)
+        if active is not None:
+            owner, state = active.job.tenant, active.job.state
+            text: str | None = active.job.result_json or None
+            if text is None and state is JobState.SUCCEEDED:
+                text = result_json_bytes(active.job.result).decode()
+        else:
+            # Only the result column: a finished job's params can be as large as its result.
+            row = await self._store.get_result(job_id)
+            if row is None:
+                raise JobNotFoundError(job_id)
+            owner, state, text = row
+        if tenant is not None and owner != tenant:
+            raise JobNotFoundError(job_id)
+        if state is not JobState.SUCCEEDED:
             raise FailedPreconditionError(
-                f"job {job_id!r} is {job.state.value}; only a SUCCEEDED job has a result"
+                f"job {job_id!r} is {state.value}; only a SUCCEEDED job has a result"
             )
-        if job.result_json:
-            return job.result_json.encode()
-        return result_json_bytes(job.result)
+        return (text or "null").encode()
 
     async def cancel(self, tenant: str | None, job_id: str, reason: str = "") -> Job:
         """Ask the job to stop; a finished job is returned unchanged."""
@@ -417,20 +429,23 @@ class JobService:
         result: Any = None,
         error: JobError | None = None,
         reason: str = "",
-        result_json: bytes = b"",
+        result_text: str = "",
+        result_size: int = 0,
     ) -> None:
+        """``result_text`` (``result_size`` bytes in UTF-8): the worker's own JSON text, when
+        the result came from one; ``result`` is then parsed only if it travels inline."""
         if active.job.state.is_terminal:
             return
         data: dict[str, Any] = {"state": state.value, "reason": reason}
         progress = active.job.progress
         text = ""
         if state is JobState.SUCCEEDED:
-            # The worker's own JSON text when it came from one: serialising it again would
-            # cost as much as the worker's dump for a large result.
-            payload = result_json or result_json_bytes(result)
-            text = payload.decode()
-            data["result_size"] = len(payload)
-            data["result_inline"] = len(payload) <= self._inline_limit
+            if not result_text:
+                payload = result_json_bytes(result)
+                result_text, result_size = payload.decode(), len(payload)
+            text = result_text
+            data["result_size"] = result_size
+            data["result_inline"] = result_size <= self._inline_limit
             if data["result_inline"]:
                 data["result"] = result
             progress = 100.0
@@ -555,12 +570,20 @@ class JobService:
                 raise InvalidArgumentError(
                     f"result has {len(active.result)} bytes, finish says {finished.result_size}"
                 )
+            if not active.result:
+                active.result.extend(b"null")  # no bytes: the action's result was None
+            size = len(active.result)
             try:
-                result = json.loads(active.result.decode("utf-8")) if active.result else None
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                text = active.result.decode("utf-8")
+                # Only an inline result is needed as data (it goes into the terminal event); a
+                # larger one is stored and served as the worker's bytes, never parsed here.
+                # The SDK writes results with a JSON serialiser, and clients parse what they
+                # fetch, reporting text that is not JSON as a protocol error.
+                result = load_json(active.result) if size <= self._inline_limit else None
+            except (UnicodeDecodeError, ValueError) as exc:
                 raise InvalidArgumentError(f"result is not UTF-8 JSON: {exc}") from None
             await self._finish_locked(
-                active, JobState.SUCCEEDED, result=result, result_json=bytes(active.result)
+                active, JobState.SUCCEEDED, result=result, result_text=text, result_size=size
             )
         elif finished.state is JobState.CANCELLED:
             await self._finish_locked(

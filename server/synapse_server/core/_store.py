@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from synapse_sdk._json import load_json
+
 from synapse_server.core._errors import InvalidArgumentError, RequestIdConflictError
 from synapse_server.core._models import (
     EventKind,
@@ -99,6 +101,10 @@ class JobStore(Protocol):
     async def get_job(self, job_id: str) -> Job | None:
         """The job, or ``None``."""
 
+    async def get_result(self, job_id: str) -> tuple[str, JobState, str | None] | None:
+        """``(tenant, state, result JSON text)`` of the job without loading its params, or
+        ``None`` for an unknown job."""
+
     async def list_jobs(self, flt: JobFilter, page_size: int, page_token: str) -> JobPage:
         """Jobs matching ``flt``, newest first."""
 
@@ -140,9 +146,9 @@ def _dump(value: Any) -> str:
 
 
 def _result_text(job: Job) -> str | None:
-    if job.result is None:
-        return None
-    return job.result_json or _dump(job.result)
+    if job.result_json:
+        return job.result_json
+    return None if job.result is None else _dump(job.result)
 
 
 def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
@@ -173,14 +179,16 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         plugin=plugin,
         action=action,
         mode=mode,
-        params=json.loads(params),
+        params=load_json(params),
         params_json=params,
         state=JobState(state),
         request_id=request_id,
         created_at=created_at,
         started_at=started_at,
         finished_at=finished_at,
-        result=None if result is None else json.loads(result),
+        # The result stays text: every reader serves or forwards it as JSON text, and parsing
+        # a large one here would cost more than the whole GetJob/GetJobResult call.
+        result=None,
         result_json=result or "",
         error=None if error is None else JobError.from_dict(json.loads(error)),
         reason=reason,
@@ -308,6 +316,17 @@ class SqliteJobStore:
         def _get(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
             return None if row is None else _row_to_job(row)
+
+        return await self._read(_get)
+
+    async def get_result(self, job_id: str) -> tuple[str, JobState, str | None] | None:
+        """``(tenant, state, result JSON text)``; ``None`` for an unknown job."""
+
+        def _get(conn: sqlite3.Connection) -> tuple[str, JobState, str | None] | None:
+            row = conn.execute(
+                "SELECT tenant, state, result FROM jobs WHERE id=?", (job_id,)
+            ).fetchone()
+            return None if row is None else (row[0], JobState(row[1]), row[2])
 
         return await self._read(_get)
 

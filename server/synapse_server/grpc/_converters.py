@@ -21,6 +21,7 @@ from synapse.plugin.v1 import (
     plugin_pb2,
     worker_service_pb2,
 )
+from synapse_sdk._json import load_json
 from synapse_sdk.events import (
     ErrorInfo,
     Event,
@@ -182,8 +183,8 @@ def params_from_json(data: bytes, field: str = "params_json") -> tuple[dict[str,
     """UTF-8 JSON object text → ``(dict, text)``; InvalidArgumentError if it is not one."""
     try:
         text = data.decode("utf-8")
-        value = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value = load_json(data)
+    except ValueError as exc:  # UnicodeDecodeError is one too
         raise InvalidArgumentError(f"{field} is not UTF-8 JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidArgumentError(f"{field} must be a JSON object, got {type(value).__name__}")

@@ -9,7 +9,6 @@ stream the worker reconnects and resends only what the server has not stored.
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import resource
@@ -25,6 +24,7 @@ import grpc
 import yaml
 from google.protobuf import json_format
 from synapse.plugin.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
+from synapse_sdk._json import dump_json, load_json
 from synapse_sdk.errors import (
     ActionCancelledError,
     ActionFailedError,
@@ -331,7 +331,7 @@ def _execute(
     )
     try:
         params: dict[str, Any] = (
-            json.loads(assignment.params_json)
+            load_json(assignment.params_json)
             if assignment.params_json
             else json_format.MessageToDict(assignment.params)
         )
@@ -352,5 +352,6 @@ def _execute(
     except (ParamsValidationError, Exception) as exc:
         reporter.finish(job_pb2.JOB_STATE_FAILED, _plugin_error(exc))
     else:
-        payload = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
+        # run_action returns plain JSON data, which dump_json writes as json.dumps would.
+        payload = dump_json(result)
         reporter.finish(job_pb2.JOB_STATE_SUCCEEDED, result=payload)
