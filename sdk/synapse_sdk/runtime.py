@@ -52,6 +52,23 @@ class PlatformInfo:
     tls: bool = False
     root_certificates: bytes | None = None
     tenant: str | None = None
+    #: Name to verify in the server's certificate when it differs from the address host.
+    server_name: str | None = None
+
+    def client(self, **options: Any) -> Any:
+        """A ``synapse_client.Client`` to this platform (``options`` go to ``Client``).
+
+        The one place that turns these fields into a connection, so model downloads,
+        serve registration and ``infer_remote`` all honour the same TLS settings.
+        """
+        from synapse_client import Client, TLSConfig
+
+        tls: bool | TLSConfig = False
+        if self.tls or self.root_certificates is not None:
+            tls = TLSConfig(
+                root_certificates=self.root_certificates, server_name_override=self.server_name
+            )
+        return Client(self.address, token=self.token, tls=tls, **options)
 
 
 class _NullSink:

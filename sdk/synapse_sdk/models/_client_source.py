@@ -30,12 +30,7 @@ class ClientModelSource:
     @classmethod
     def connect(cls, platform: PlatformInfo) -> ClientModelSource:
         """A source with its own client channel to the server ``platform`` names."""
-        from synapse_client import Client, TLSConfig
-
-        tls: bool | TLSConfig = False
-        if platform.tls:
-            tls = TLSConfig(root_certificates=platform.root_certificates)
-        return cls(Client(platform.address, token=platform.token, tls=tls))
+        return cls(platform.client())
 
     def get_model(self, model_id: int) -> dict[str, Any]:
         """The model's metadata dict; ModelNotFoundError for an unknown id."""

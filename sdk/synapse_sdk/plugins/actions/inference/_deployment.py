@@ -209,15 +209,10 @@ class BaseDeploymentAction(BaseAction[P]):
         if ctx.platform is None:
             logger.info("no platform to register %s with", deployed["name"])
             return None
-        from synapse_client import Client, TLSConfig
-
         entrypoint = self.entrypoint
         model = self.params.model_dump().get("model")
         model_ids = [int(model)] if isinstance(model, int) and not isinstance(model, bool) else []
-        tls: bool | TLSConfig = ctx.platform.tls
-        if ctx.platform.root_certificates is not None:
-            tls = TLSConfig(root_certificates=ctx.platform.root_certificates)
-        with Client(ctx.platform.address, token=ctx.platform.token, tls=tls) as client:
+        with ctx.platform.client() as client:
             info, _ = client.register_deployment(
                 deployed["name"],
                 ctx.plugin_code or "",
