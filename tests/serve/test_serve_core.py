@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,18 @@ from typing import Any
 import pytest
 from synapse_sdk.plugins import load_plugin, run_action
 from synapse_sdk.plugins._models import LocalModelBackend
-from synapse_sdk.plugins.actions.inference._multiplex import ServeModelIdSigner, derive_app_key
+from synapse_sdk.plugins.actions.inference._multiplex import (
+    ServeModelIdSigner,
+    derive_app_key,
+    unverified_claims,
+)
 from synapse_sdk.plugins.actions.inference._serve import ServeRequest, TensorPayload
 from synapse_sdk.runtime import RunContext
-from synapse_server.core._errors import InvalidArgumentError, PermissionDeniedError
+from synapse_server.core._errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+)
 from synapse_server.core.deployments import (
     DeploymentNotFoundError,
     DeploymentService,
@@ -235,7 +244,7 @@ async def test_replica_rejects_forged_expired_and_foreign_ids(services: Any) -> 
 
 
 async def test_delete_undeploys(services: Any, models_root: Path) -> None:
-    deployments, _inference = services
+    deployments, inference = services
     _deploy(PLUGINS / "serve_probe", "deploy_probe", {"model": 2}, "probe-tmp", models_root)
     record, created = await deployments.register(
         TENANT,
@@ -246,13 +255,66 @@ async def test_delete_undeploys(services: Any, models_root: Path) -> None:
         endpoint_action="probe-tmp",
     )
     assert created
+    # Infer's target is cached after the first call (no store query for the next ones) ...
+    store = deployments._store
+    real_find = store.find_by_endpoint
+    lookups: list[tuple[str, str, str]] = []
+
+    async def counting_find(tenant: str, plugin: str, action: str) -> Any:
+        lookups.append((tenant, plugin, action))
+        return await real_find(tenant, plugin, action)
+
+    store.find_by_endpoint = counting_find
+    by_action = InferRequestData(
+        plugin="serve-probe", action="probe-tmp", json={"x": [1.0]}, has_json=True
+    )
+    by_name = InferRequestData(application="probe-tmp", json={"x": [1.0]}, has_json=True)
+    for _ in range(3):
+        assert (await inference.infer(TENANT, by_action)).json == {"model": "2", "y": [2.0]}
+    await inference.infer(TENANT, by_name)
+    assert len(lookups) == 1
     deleted = await deployments.delete(TENANT, record.id)
     assert deleted.status == DeploymentStatus.DELETED
+    # ... and a delete through the service drops it at once: no call reaches a stale target.
+    with pytest.raises(DeploymentNotFoundError):
+        await inference.infer(TENANT, by_action)
+    with pytest.raises(FailedPreconditionError, match="deleted"):
+        await inference.infer(TENANT, by_name)
+    assert len(lookups) == 2
     from ray import serve
 
     assert "probe-tmp" not in serve.status().applications
     page = await deployments.list(TENANT, statuses=[DeploymentStatus.DELETED])
     assert [r.name for r in page.deployments] == ["probe-tmp"]
+
+
+async def test_replica_refuses_a_remembered_id_once_it_expires(services: Any) -> None:
+    from ray import serve
+
+    handle = serve.get_app_handle("probe-app").options(method_name="_synapse_infer")
+    request = ServeRequest(json={"x": [1.0]}, has_json=True)
+    key = derive_app_key(ServeKeyring(SECRET).tenant_key(TENANT), "probe-app")
+    token = ServeModelIdSigner(key, "probe-app", TENANT).mint(2, ttl_s=2)
+    expires_at = float(unverified_claims(token)["exp"])
+    bound = handle.options(multiplexed_model_id=token)
+    for _ in range(2):
+        reply = await bound.remote(request)
+        if time.time() < expires_at - 0.2:
+            assert reply.error_kind is None, reply
+    await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.1)
+    reply = await bound.remote(request)
+    assert reply.error_kind == "permission_denied" and "expired" in reply.error_message
+
+
+async def test_router_handles_route_on_the_calling_loop(services: Any) -> None:
+    _, inference = services
+    await inference.infer(
+        TENANT, InferRequestData(application="probe-app", json={"x": [1.0]}, has_json=True)
+    )
+    router: ServeRouter = inference._backend
+    app_handle = router._apps["probe-app"]
+    assert app_handle._is_router_running_in_separate_loop() is False
+    assert app_handle._router._asyncio_loop is asyncio.get_running_loop()
 
 
 @pytest.fixture
