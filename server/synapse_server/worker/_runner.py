@@ -9,6 +9,7 @@ stream the worker reconnects and resends only what the server has not stored.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import resource
@@ -23,8 +24,9 @@ from typing import Any
 import grpc
 import yaml
 from google.protobuf import json_format
+from pydantic import BaseModel, ValidationError
 from synapse.plugin.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
-from synapse_sdk._json import dump_json, load_json
+from synapse_sdk._json import dump_json, gc_paused, load_json
 from synapse_sdk.errors import (
     ActionCancelledError,
     ActionFailedError,
@@ -33,7 +35,7 @@ from synapse_sdk.errors import (
 )
 from synapse_sdk.events import ErrorInfo, Event
 from synapse_sdk.models import PlatformModelBackend
-from synapse_sdk.plugins import Plugin, load_plugin, run_action
+from synapse_sdk.plugins import Plugin, load_plugin, params_model, run_action
 from synapse_sdk.runtime import PlatformInfo, RunContext
 
 from synapse_server.grpc._converters import sdk_event_to_worker_pb
@@ -303,6 +305,16 @@ def run_worker(
     return EXIT_OK
 
 
+def _validate(action_cls: Any, raw: dict[str, Any], action: str) -> BaseModel:
+    # Validated here rather than inside run_action so that the job's params can be frozen
+    # (see below) in their validated form; run_action takes the model instance as it is.
+    try:
+        with gc_paused():
+            return params_model(action_cls).model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsValidationError.from_pydantic(exc, action=action) from None
+
+
 def _execute(
     assignment: worker_service_pb2.GetAssignmentResponse,
     reporter: _EventReporter,
@@ -330,13 +342,21 @@ def _execute(
         mode=modes.get(assignment.mode, "job"),
     )
     try:
-        params: dict[str, Any] = (
+        raw: dict[str, Any] = (
             load_json(assignment.params_json)
             if assignment.params_json
             else json_format.MessageToDict(assignment.params)
         )
         plugin = _find_plugin(plugin_dirs, assignment.plugin, assignment.plugin_version)
         action_cls = plugin.get_action_class(assignment.action)
+        params = _validate(action_cls, raw, assignment.action)
+        del raw
+        # This process runs this one job and then exits, so everything alive now (imports,
+        # the validated params) lives until the end anyway. Freezing it takes it out of the
+        # cyclic collector's full passes, which otherwise re-traverse all of it again and
+        # again while the action allocates its results (measured: a quarter of the compute
+        # time of the 100k-input batch example).
+        gc.freeze()
         result = run_action(action_cls, params, ctx)
     except ActionCancelledError:
         reporter.finish(job_pb2.JOB_STATE_CANCELLED)

@@ -12,6 +12,7 @@ The credential arrives over the pipe, never in argv, so process listings do not 
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -128,6 +129,9 @@ def run_standby(
         _die_with_parent(parent_pid)
     if memory_limit_mb is not None:
         _limit_memory(memory_limit_mb)
+    # Every job builds a platform model backend, which imports the client package (~30 ms):
+    # done here, before there is a job to wait for it.
+    importlib.import_module("synapse_client")
     for code in preload:
         _preload(plugin_dirs, code)
     try:
