@@ -88,6 +88,39 @@ async def test_events_are_ordered_and_persisted_with_job_row(
     assert (await store.get_job("j1")).state is JobState.RUNNING  # type: ignore[union-attr]
 
 
+async def test_params_stay_out_of_the_row_that_events_update(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = SqliteJobStore(path)
+    await store.open()
+    big = {"inputs": [{"data": [0.5, 1, -2]}] * 2000}
+    job, _ = await store.create_job(
+        Job(id="j1", tenant="t1", plugin="p", action="a", params=big, request_id="r1")
+    )
+    await store.append_events([JobEvent("j1", 1, EventKind.STATE, {})], job.evolve(last_seq=1))
+    with sqlite3.connect(path) as conn:
+        # Only the small row is rewritten by event batches; the params sit in job_params.
+        assert conn.execute("SELECT params FROM jobs WHERE id='j1'").fetchone() == ("",)
+        # A row written before job_params existed keeps its params in jobs.params.
+        conn.execute(
+            "INSERT INTO jobs (id, tenant, plugin, action, mode, params, state, created_at) "
+            """VALUES ('old', 't1', 'p', 'a', 'local', '{"x": 2}', 'SUCCEEDED', 1.0)"""
+        )
+    try:
+        loaded = await store.get_job("j1")
+        assert loaded is not None and loaded.params == big and loaded.last_seq == 1
+        old = await store.get_job("old")
+        assert old is not None and old.params == {"x": 2}
+        listed = await store.list_jobs(JobFilter(tenant="t1"), 10, "")
+        assert [(j.id, j.params) for j in listed.jobs] == [("old", {"x": 2}), ("j1", big)]
+        again, created = await store.create_job(
+            Job(id="j2", tenant="t1", plugin="p", action="a", params=big, request_id="r1")
+        )
+        assert not created and again.id == "j1"
+        assert [j.id for j in await store.jobs_in_states([JobState.PENDING])] == ["j1"]
+    finally:
+        await store.close()
+
+
 async def test_history_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     first = SqliteJobStore(path)
