@@ -15,9 +15,14 @@ example through the ``deployment`` action, and then calls the same replica four 
 
 Figures: p50/p99 latency at concurrency 1, calls per second at concurrency 8 and 32, and the
 ratios synapse/other (latency: lower is better; throughput: higher is better).
+
+With ``--rounds N`` every path is measured N times, the paths interleaved in a rotated order
+each round, and each figure is the median over the rounds: on a machine shared with other
+work, load that comes and goes then lands on all paths alike instead of on whichever path was
+being measured at the time. ``--rounds 1`` (the default) is the single pass.
 Usage::
 
-    .venv/bin/python bench/bench_infer.py [--calls 200] [--seconds 5]
+    .venv/bin/python bench/bench_infer.py [--calls 200] [--seconds 5] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -227,12 +232,25 @@ def _check(rows: Any, expected: list[float]) -> None:
         raise RuntimeError(f"wrong answer {got} (expected {expected})")
 
 
+def _median_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure of one path as its median over the rounds."""
+    return {
+        figure: {
+            key: statistics.median(r[figure][key] for r in rounds) for key in rounds[0][figure]
+        }
+        for figure in rounds[0]
+    }
+
+
 def main() -> int:
     """Run the benchmark; prints the table and writes JSON to bench/results/."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200, help="sequential calls for latency")
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput figure")
     parser.add_argument("--max-calls", type=int, default=2000, help="cap per throughput figure")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="interleaved rounds; figures are their medians"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -320,17 +338,24 @@ def main() -> int:
             "grpc": grpc_call,
             "handle": handle_call,
         }
-        results: dict[str, dict[str, Any]] = {}
-        for name, call in paths.items():
-            for _ in range(20):  # model loaded, connections and handles warm
-                call()
-            figures: dict[str, Any] = {"latency_c1": latency(call, args.calls)}
-            for concurrency in (8, 32):
-                figures[f"throughput_c{concurrency}"] = throughput(
-                    call, concurrency, args.seconds, args.max_calls
-                )
-            results[name] = figures
-            print(f"measured {name}", file=sys.stderr, flush=True)
+        names = list(paths)
+        per_round: list[dict[str, dict[str, Any]]] = []
+        for round_index in range(max(1, args.rounds)):
+            shift = round_index % len(names)
+            measured: dict[str, dict[str, Any]] = {}
+            for name in names[shift:] + names[:shift]:
+                call = paths[name]
+                for _ in range(20):  # model loaded, connections and handles warm
+                    call()
+                figures: dict[str, Any] = {"latency_c1": latency(call, args.calls)}
+                for concurrency in (8, 32):
+                    figures[f"throughput_c{concurrency}"] = throughput(
+                        call, concurrency, args.seconds, args.max_calls
+                    )
+                measured[name] = figures
+                print(f"measured {name} (round {round_index + 1})", file=sys.stderr, flush=True)
+            per_round.append(measured)
+        results = {name: _median_figures([r[name] for r in per_round]) for name in names}
         client.close()
         channel.close()
     finally:
@@ -373,6 +398,8 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "calls": args.calls,
         "seconds": args.seconds,
+        "rounds": len(per_round),
+        "per_round": per_round,
         "results": results,
         "ratios": ratios,
         "grpc": {"measured": True, "note": GRPC_NOTE},
