@@ -24,6 +24,7 @@ from ._inference import InferenceMixin
 from ._jobs import (
     EventSequencer,
     ResultAssembler,
+    inline_result,
     raise_for_terminal,
     reconnect_delay,
     result_stream_start,
@@ -110,7 +111,9 @@ class JobHandle:
                 raise ProtocolError(f"job {self._id}: stream ended without a terminal event")
             raise_for_terminal(self._id, terminal)
             value = (
-                terminal.inline_result() if terminal.result_inline else self._fetch_result(deadline)
+                inline_result(self._id, terminal)
+                if terminal.result_inline
+                else self._fetch_result(deadline)
             )
         except DeadlineExceededError as error:
             if timeout is None:

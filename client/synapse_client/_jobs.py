@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "EventSequencer",
     "ResultAssembler",
+    "inline_result",
     "new_request_id",
     "raise_for_terminal",
     "reconnect_delay",
@@ -156,6 +157,20 @@ def raise_for_terminal(job_id: str, terminal: TerminalEvent) -> None:
         raise JobCancelledError(job_id, terminal.reason)
     if terminal.state is not JobState.SUCCEEDED:
         raise ProtocolError(f"job {job_id}: terminal event with state {terminal.state}")
+
+
+def inline_result(job_id: str, terminal: TerminalEvent) -> Any:
+    """The parsed result a terminal event carries inline (up to the server's inline limit).
+
+    Parsed like GetJobResult's bytes (see ``json_loads``): a large heap makes ``json.loads``
+    pay for garbage collections, which a result's containers trigger and cannot need.
+    """
+    if not terminal.result_json:
+        return None
+    try:
+        return json_loads(terminal.result_json)
+    except ValueError as exc:
+        raise ProtocolError(f"job {job_id}: the inline result is not JSON: {exc}") from None
 
 
 class ResultAssembler:

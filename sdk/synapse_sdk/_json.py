@@ -21,7 +21,14 @@ logger = logging.getLogger(__name__)
 
 _isfinite = math.isfinite
 
-__all__ = ["dump_json", "gc_paused", "is_plain_json", "load_json", "to_jsonable"]
+__all__ = [
+    "dump_json",
+    "dump_json_checked",
+    "gc_paused",
+    "is_plain_json",
+    "load_json",
+    "to_jsonable",
+]
 
 
 @contextlib.contextmanager
@@ -60,6 +67,17 @@ def dump_json(value: Any) -> bytes:
     plain JSON (finite floats, str keys), which serialises exactly as ``json.dumps`` would.
     """
     return pydantic_core.to_json(value)
+
+
+def dump_json_checked(value: Any) -> bytes:
+    """Like :func:`dump_json` for data that may hold non-finite floats: those raise
+    ``ValueError`` (as ``json.dumps(allow_nan=False)`` does) instead of being written."""
+    text = pydantic_core.to_json(value, inf_nan_mode="constants")
+    # NaN/Infinity come out as bare tokens, which JSON does not have; only text containing
+    # those words (maybe inside strings) needs the strict re-parse to tell.
+    if b"NaN" in text or b"Infinity" in text:
+        load_json(text)
+    return text
 
 
 def is_plain_json(value: Any) -> bool:

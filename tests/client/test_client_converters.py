@@ -200,3 +200,18 @@ def test_request_side_validation() -> None:
         conv.dict_to_struct([1, 2])  # type: ignore[arg-type]
     with pytest.raises(ClientConfigError, match="not JSON-serialisable"):
         conv.dict_to_struct({"x": object()})
+
+
+def test_inline_result_is_parsed_strictly_with_typed_errors() -> None:
+    from synapse_client._jobs import inline_result
+
+    good = TerminalEvent(
+        state=JobState.SUCCEEDED,
+        result_json=b'{"big": 100000000000000000000001}',
+        result_inline=True,
+    )
+    assert inline_result("j", good) == {"big": 100000000000000000000001}
+    assert inline_result("j", TerminalEvent(state=JobState.SUCCEEDED, result_inline=True)) is None
+    for bad in (b'{"a": NaN}', b'{"a": 1'):
+        with pytest.raises(ProtocolError):
+            inline_result("j", TerminalEvent(state=JobState.SUCCEEDED, result_json=bad))

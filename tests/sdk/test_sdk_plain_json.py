@@ -8,7 +8,14 @@ import json
 from typing import Any
 
 import pytest
-from synapse_sdk._json import dump_json, gc_paused, is_plain_json, load_json, to_jsonable
+from synapse_sdk._json import (
+    dump_json,
+    dump_json_checked,
+    gc_paused,
+    is_plain_json,
+    load_json,
+    to_jsonable,
+)
 
 
 class _Color(int, enum.Enum):
@@ -63,3 +70,13 @@ def test_gc_paused_restores_the_collector_state() -> None:
     with pytest.raises(RuntimeError), gc_paused():
         raise RuntimeError("boom")
     assert gc.isenabled()
+
+
+def test_checked_dump_refuses_non_finite_floats_like_json_dumps() -> None:
+    for bad in ({"a": float("nan")}, [1.0, float("inf")], {"x": [{"y": -float("inf")}]}):
+        with pytest.raises(ValueError):
+            dump_json_checked(bad)
+        with pytest.raises(ValueError):
+            json.dumps(bad, allow_nan=False)
+    value = {"s": "NaN or Infinity", "f": [1e300, -0.0], 3: None}
+    assert json.loads(dump_json_checked(value)) == json.loads(json.dumps(value))

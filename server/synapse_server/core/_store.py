@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import sqlite3
 import threading
@@ -20,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from synapse_sdk._json import load_json
+from synapse_sdk._json import dump_json_checked, load_json
 
 from synapse_server.core._errors import InvalidArgumentError, RequestIdConflictError
 from synapse_server.core._models import (
@@ -155,7 +154,9 @@ def _decode_token(token: str) -> int:
 
 
 def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    # A terminal event carries an inline result of up to a megabyte: the Rust serialiser
+    # writes it several times faster than json.dumps.
+    return dump_json_checked(value).decode()
 
 
 def _result_text(job: Job) -> str | None:
@@ -203,7 +204,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         # a large one here would cost more than the whole GetJob/GetJobResult call.
         result=None,
         result_json=result or "",
-        error=None if error is None else JobError.from_dict(json.loads(error)),
+        error=None if error is None else JobError.from_dict(load_json(error)),
         reason=reason,
         progress=progress,
         plugin_version=plugin_version,
@@ -216,7 +217,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
 def _row_to_event(job_id: str, row: tuple[Any, ...]) -> JobEvent:
     seq, kind, ts, data = row
     return JobEvent(
-        job_id=job_id, seq=seq, kind=EventKind(kind), data=json.loads(data), timestamp=ts
+        job_id=job_id, seq=seq, kind=EventKind(kind), data=load_json(data), timestamp=ts
     )
 
 
