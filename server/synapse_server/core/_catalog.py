@@ -9,14 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-from synapse_sdk.errors import ActionNotFoundError, ParamsValidationError, PluginNotFoundError
+from pydantic import BaseModel
+from synapse_sdk.errors import ActionNotFoundError, PluginNotFoundError
 from synapse_sdk.plugins import (
     BaseAction,
     Plugin,
     discover_plugins,
     params_json_schema,
     params_model,
+    validate_params,
 )
 
 __all__ = ["ActionInfo", "ActionKind", "PluginCatalog", "PluginInfo"]
@@ -170,7 +171,4 @@ class PluginCatalog:
     def validate_params(self, code: str, action: str, params: Mapping[str, Any]) -> BaseModel:
         """Check ``params`` against the action's model; ParamsValidationError per bad field."""
         spec = self.plugin(code).action(action)
-        try:
-            return params_model(spec.load()).model_validate(dict(params))
-        except ValidationError as exc:
-            raise ParamsValidationError.from_pydantic(exc, action=action) from None
+        return validate_params(params_model(spec.load()), params, action)

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from synapse_sdk._json import dump_json, gc_paused, load_json
+from synapse_sdk._json import dump_json, load_json
 from synapse_sdk.errors import SynapseError
 
 from synapse_server.core._catalog import ActionKind, PluginCatalog
@@ -193,8 +193,7 @@ class JobService:
             raise InvalidArgumentError(
                 f"mode {mode!r} is not available for this action (available: {supported})"
             )
-        with gc_paused():  # validation copies large params; see gc_paused
-            self._catalog.validate_params(plugin, action, params)
+        self._catalog.validate_params(plugin, action, params)
         version = self._catalog.plugins(plugin)[0].version
         pending_reason = (
             "waiting for a free worker slot" if self._slots.locked() else "starting a worker"
