@@ -9,8 +9,6 @@ they imply, so a job's row and its event history are always consistent on disk.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import sqlite3
 import threading
@@ -31,6 +29,7 @@ from synapse_server.core._models import (
     JobPage,
     JobState,
 )
+from synapse_server.core._paging import decode_page_token, encode_page_token
 
 __all__ = ["JobStore", "SqliteJobStore"]
 
@@ -134,23 +133,6 @@ class JobStore(Protocol):
 
     async def last_event(self, job_id: str) -> JobEvent | None:
         """The job's latest event, or ``None``."""
-
-
-def _encode_token(ord_: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{ord_}".encode()).decode()
-
-
-def _decode_token(token: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(token.encode()).decode()
-        prefix, _, value = text.partition(":")
-        if prefix != "o":
-            raise ValueError(prefix)
-        return int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(
-            "page_token is not a token this server returned", field="page_token"
-        ) from exc
 
 
 def _dump(value: Any) -> str:
@@ -356,7 +338,7 @@ class SqliteJobStore:
         args: list[Any] = []
         if page_token:
             clauses.append("ord < ?")
-            args.append(_decode_token(page_token))
+            args.append(decode_page_token("o", page_token))
         if flt.tenant is not None:
             clauses.append("tenant = ?")
             args.append(flt.tenant)
@@ -381,7 +363,7 @@ class SqliteJobStore:
             more = len(rows) > page_size
             rows = rows[:page_size]
             jobs = [_row_to_job(row[1:]) for row in rows]
-            token = _encode_token(rows[-1][0]) if more and rows else ""
+            token = encode_page_token("o", rows[-1][0]) if more and rows else ""
             return JobPage(jobs=jobs, next_page_token=token)
 
         return await self._read(_list)

@@ -8,7 +8,6 @@ live in their own table of the server's SQLite file, so a restart keeps them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import sqlite3
@@ -26,6 +25,7 @@ from synapse_server.core._errors import (
     InvalidArgumentError,
     ServerError,
 )
+from synapse_server.core._paging import checked_page_size, decode_page_token, encode_page_token
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-_MAX_PAGE = 1000
-_DEFAULT_PAGE = 100
 #: How long a resolved Infer target is reused without asking the store again. Writes made
 #: through this service drop the cache at once; the bound only matters for writers that
 #: bypass it (another server on the same database).
@@ -369,7 +367,7 @@ class SqliteDeploymentStore:
         page_token: str,
     ) -> DeploymentPage:
         """The tenant's records, newest first, filtered; ``page_token`` continues a listing."""
-        before = _decode_token(page_token)
+        before = decode_page_token("d", page_token) if page_token else None
 
         def _list(conn: sqlite3.Connection) -> DeploymentPage:
             clauses = ["tenant = ?"]
@@ -392,7 +390,7 @@ class SqliteDeploymentStore:
                 (*args, page_size + 1),
             ).fetchall()
             records = [_row_to_record(r) for r in rows[:page_size]]
-            token = _encode_token(records[-1].id) if len(rows) > page_size else ""
+            token = encode_page_token("d", records[-1].id) if len(rows) > page_size else ""
             return DeploymentPage(records, token)
 
         return await self._run(_list)
@@ -414,23 +412,6 @@ class SqliteDeploymentStore:
             )
 
         await self._run(_update)
-
-
-def _encode_token(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"d:{last_id}".encode()).decode()
-
-
-def _decode_token(token: str) -> int | None:
-    if not token:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(token.encode()).decode()
-        prefix, _, value = text.partition(":")
-        if prefix != "d" or not value.isdigit():
-            raise ValueError(token)
-        return int(value)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgumentError("page_token is not a token this server issued") from None
 
 
 class DeploymentService:
@@ -514,10 +495,8 @@ class DeploymentService:
         page_token: str = "",
     ) -> DeploymentPage:
         """The tenant's deployments, newest first, as last observed."""
-        if page_size < 0 or page_size > _MAX_PAGE:
-            raise InvalidArgumentError(f"page_size must be between 0 and {_MAX_PAGE}")
         return await self._store.list(
-            tenant, statuses, plugin, name, page_size or _DEFAULT_PAGE, page_token
+            tenant, statuses, plugin, name, checked_page_size(page_size), page_token
         )
 
     async def get(self, tenant: str, deployment_id: int) -> DeploymentRecord:

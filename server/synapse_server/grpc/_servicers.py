@@ -24,6 +24,7 @@ from synapse_server.core import (
     PermissionDeniedError,
 )
 from synapse_server.core._jobs import JobService, WorkerReport
+from synapse_server.core._paging import checked_page_size
 from synapse_server.grpc import _converters as conv
 from synapse_server.grpc._auth import current_principal
 from synapse_server.grpc._errors import map_errors
@@ -32,8 +33,6 @@ __all__ = ["ActionServicer", "WorkerServicer"]
 
 logger = logging.getLogger(__name__)
 
-_DEFAULT_PAGE = 100
-_MAX_PAGE = 1000
 _DEFAULT_CHUNK = 1 << 20
 _MAX_CHUNK = 4 << 20
 _REPORT_BATCH = 512
@@ -119,17 +118,13 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
         self, request: action_service_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> action_service_pb2.ListJobsResponse:
         tenant = _tenant()
-        if request.page_size < 0 or request.page_size > _MAX_PAGE:
-            raise InvalidArgumentError(
-                f"page_size must be between 0 and {_MAX_PAGE}", field="page_size"
-            )
         flt = JobFilter(
             states=frozenset(conv.state_from_pb(s) for s in request.states),
             plugin=request.plugin or None,
             action=request.action or None,
         )
         page = await self._jobs.list(
-            tenant, flt, request.page_size or _DEFAULT_PAGE, request.page_token
+            tenant, flt, checked_page_size(request.page_size), request.page_token
         )
         return action_service_pb2.ListJobsResponse(
             jobs=[conv.job_to_pb(j) for j in page.jobs], next_page_token=page.next_page_token

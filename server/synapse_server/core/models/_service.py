@@ -24,6 +24,7 @@ from synapse_sdk.models import (
 )
 
 from synapse_server.core._errors import FailedPreconditionError, InvalidArgumentError
+from synapse_server.core._paging import checked_page_size
 from synapse_server.core.models._artifacts import ArtifactStore
 from synapse_server.core.models._records import ModelPage, ModelRecord, ModelUploadSpec
 from synapse_server.core.models._store import ModelStore
@@ -34,8 +35,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 MAX_CHUNK_SIZE = 4 * 1024 * 1024
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 _MAX_NAME = 256
 
 # Returns why the model cannot be deleted (e.g. "deployed in app 'x'"), or None when it can.
@@ -211,9 +210,7 @@ class ModelRegistryService:
         self, tenant: str, *, name: str = "", page_size: int = 0, page_token: str = ""
     ) -> ModelPage:
         """The tenant's models, newest first; ``page_size`` 0 means the default (100)."""
-        if page_size < 0 or page_size > MAX_PAGE_SIZE:
-            raise InvalidArgumentError(f"page_size must be between 0 and {MAX_PAGE_SIZE}")
-        return await self._store.list(tenant, name, page_size or DEFAULT_PAGE_SIZE, page_token)
+        return await self._store.list(tenant, name, checked_page_size(page_size), page_token)
 
     async def download(
         self, tenant: str, model_id: int, chunk_size: int = 0

@@ -7,8 +7,6 @@ connection): SQLite in WAL mode serialises the writers and ``busy_timeout`` abso
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import sqlite3
@@ -19,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from synapse_sdk.models import ArchiveFormat
 
-from synapse_server.core._errors import InvalidArgumentError
+from synapse_server.core._paging import decode_page_token, encode_page_token
 from synapse_server.core.models._records import ModelPage, ModelRecord
 
 __all__ = ["ModelStore", "SqliteModelStore"]
@@ -77,20 +75,6 @@ class ModelStore(Protocol):
 
     async def all_checksums(self) -> set[str]:
         """Every artifact checksum some model references."""
-
-
-def _encode_token(model_id: int) -> str:
-    return base64.urlsafe_b64encode(f"m:{model_id}".encode()).decode()
-
-
-def _decode_token(token: str) -> int:
-    try:
-        prefix, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if prefix != "m":
-            raise ValueError(prefix)
-        return int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError("page_token is not a token this server returned") from exc
 
 
 def _row(row: tuple[Any, ...]) -> ModelRecord:
@@ -189,7 +173,7 @@ class SqliteModelStore:
         args: list[Any] = [tenant]
         if page_token:
             clauses.append("id < ?")
-            args.append(_decode_token(page_token))
+            args.append(decode_page_token("m", page_token))
         if name:
             clauses.append("name = ?")
             args.append(name)
@@ -202,7 +186,7 @@ class SqliteModelStore:
             rows = [_row(r) for r in conn.execute(sql, args).fetchall()]
             if len(rows) > page_size:
                 rows = rows[:page_size]
-                return ModelPage(rows, _encode_token(rows[-1].id))
+                return ModelPage(rows, encode_page_token("m", rows[-1].id))
             return ModelPage(rows, "")
 
         return await self._run(_list)
