@@ -132,3 +132,19 @@ def test_job_and_terminal_event() -> None:
     )  # fmt: skip
     t = conv.event_to_pb(terminal).terminal
     assert t.result_json == b'{"ok":1}' and t.result_inline and t.result_size_bytes == 8
+
+
+def test_job_error_keeps_the_plugin_traceback_but_never_a_platform_one() -> None:
+    info = ErrorInfo("ValueError", "bad input", "Traceback (most recent call last): ...")
+    plugin = conv.error_info_to_pb(info, "load")
+    assert (plugin.origin, plugin.plugin_traceback, plugin.step) == (
+        job_pb2.ERROR_ORIGIN_PLUGIN,
+        info.traceback,
+        "load",
+    )
+    platform = conv.error_info_to_pb(info, plugin=False)
+    assert (platform.origin, platform.plugin_traceback, platform.message) == (
+        job_pb2.ERROR_ORIGIN_PLATFORM,
+        "",
+        "bad input",
+    )

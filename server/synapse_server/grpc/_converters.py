@@ -223,12 +223,13 @@ def error_from_pb(message: job_pb2.JobError) -> JobError:
     )
 
 
-def _error_info_to_pb(info: ErrorInfo, step: str = "") -> job_pb2.JobError:
+def error_info_to_pb(info: ErrorInfo, step: str = "", *, plugin: bool = True) -> job_pb2.JobError:
+    """A failure as a JobError: the plugin's (with its traceback) or the platform's (without)."""
     return job_pb2.JobError(
         type=info.type,
         message=info.message,
-        plugin_traceback=info.traceback,
-        origin=job_pb2.ERROR_ORIGIN_PLUGIN,
+        plugin_traceback=info.traceback if plugin else "",
+        origin=job_pb2.ERROR_ORIGIN_PLUGIN if plugin else job_pb2.ERROR_ORIGIN_PLATFORM,
         step=step,
     )
 
@@ -440,7 +441,7 @@ def sdk_event_to_worker_pb(event: Event, worker_seq: int) -> worker_service_pb2.
             data=struct_from_dict(event.data),
         )
         if event.error is not None:
-            step.error.CopyFrom(_error_info_to_pb(event.error, event.name))
+            step.error.CopyFrom(error_info_to_pb(event.error, event.name))
         message.step_finished.CopyFrom(step)
     else:
         raise TypeError(f"not an SDK event: {event!r}")

@@ -24,21 +24,19 @@ from typing import Any
 import grpc
 import yaml
 from google.protobuf import json_format
-from pydantic import BaseModel, ValidationError
 from synapse.plugin.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
 from synapse_sdk._json import dump_json, gc_paused, load_json
 from synapse_sdk.errors import (
     ActionCancelledError,
     ActionFailedError,
-    ParamsValidationError,
     PluginNotFoundError,
 )
 from synapse_sdk.events import ErrorInfo, Event
 from synapse_sdk.models import PlatformModelBackend
-from synapse_sdk.plugins import Plugin, load_plugin, params_model, run_action
+from synapse_sdk.plugins import Plugin, load_plugin, params_model, run_action, validate_params
 from synapse_sdk.runtime import PlatformInfo, RunContext
 
-from synapse_server.grpc._converters import sdk_event_to_worker_pb
+from synapse_server.grpc._converters import error_info_to_pb, sdk_event_to_worker_pb
 
 __all__ = ["WorkerError", "run_worker"]
 
@@ -54,17 +52,6 @@ EXIT_REFUSED = 4
 
 class WorkerError(Exception):
     """The worker could not talk to the server (or the server refused the job)."""
-
-
-def _plugin_error(exc: BaseException, step: str = "") -> job_pb2.JobError:
-    info = ErrorInfo.from_exception(exc)
-    return job_pb2.JobError(
-        type=info.type,
-        message=info.message,
-        plugin_traceback=info.traceback,
-        origin=job_pb2.ERROR_ORIGIN_PLUGIN,
-        step=step,
-    )
 
 
 class _EventReporter:
@@ -209,6 +196,8 @@ class _EventReporter:
 
 def _find_plugin(plugin_dirs: Sequence[Path], code: str, version: str) -> Plugin:
     for root in plugin_dirs:
+        if not root.is_dir():
+            continue  # a plugin dir this machine lacks: the plugin is not found here, below
         candidates = [root] if (root / "config.yaml").is_file() else sorted(root.iterdir())
         for directory in candidates:
             config = directory / "config.yaml"
@@ -305,15 +294,6 @@ def run_worker(
     return EXIT_OK
 
 
-def _validate(action_cls: Any, raw: dict[str, Any], action: str) -> BaseModel:
-    # Validated here rather than inside run_action so that the job's params can be frozen
-    # (see _execute) in their validated form; run_action takes the model instance as it is.
-    try:
-        return params_model(action_cls).model_validate(raw)
-    except ValidationError as exc:
-        raise ParamsValidationError.from_pydantic(exc, action=action) from None
-
-
 def _execute(
     assignment: worker_service_pb2.GetAssignmentResponse,
     reporter: _EventReporter,
@@ -355,23 +335,24 @@ def _execute(
             )
             plugin = _find_plugin(plugin_dirs, assignment.plugin, assignment.plugin_version)
             action_cls = plugin.get_action_class(assignment.action)
-            params = _validate(action_cls, raw, assignment.action)
+            # Validated here rather than inside run_action so that the params can be frozen
+            # below in their validated form; run_action takes the model instance as it is.
+            params = validate_params(params_model(action_cls), raw, assignment.action)
             del raw
             gc.freeze()
         result = run_action(action_cls, params, ctx)
     except ActionCancelledError:
         reporter.finish(job_pb2.JOB_STATE_CANCELLED)
     except ActionFailedError as exc:
-        error = job_pb2.JobError(
-            type=exc.error.type,
-            message=exc.error.message,
-            plugin_traceback=exc.error.traceback,
-            origin=job_pb2.ERROR_ORIGIN_PLUGIN,
-            step=exc.step or "",
-        )
-        reporter.finish(job_pb2.JOB_STATE_FAILED, error)
-    except (ParamsValidationError, Exception) as exc:
-        reporter.finish(job_pb2.JOB_STATE_FAILED, _plugin_error(exc))
+        reporter.finish(job_pb2.JOB_STATE_FAILED, error_info_to_pb(exc.error, exc.step or ""))
+    except PluginNotFoundError as exc:
+        # This worker lacks the plugin (or has another version): the platform's failure.
+        info = ErrorInfo.from_exception(exc)
+        reporter.finish(job_pb2.JOB_STATE_FAILED, error_info_to_pb(info, plugin=False))
+    except Exception as exc:
+        # Importing the plugin's code or validating its params failed: the plugin's side.
+        info = ErrorInfo.from_exception(exc)
+        reporter.finish(job_pb2.JOB_STATE_FAILED, error_info_to_pb(info))
     else:
         # run_action returns plain JSON data, which dump_json writes as json.dumps would.
         payload = dump_json(result)

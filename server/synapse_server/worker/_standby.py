@@ -93,9 +93,7 @@ def _preload(plugin_dirs: Sequence[Path], code: str) -> None:
     # the job's own load later finds them in sys.modules. A plugin that fails here fails the
     # same way when the job loads it, which reports the error properly, so only log it.
     try:
-        plugin = _find_plugin(plugin_dirs, code, "")
-        for name in plugin.actions:
-            plugin.get_action_class(name)
+        _find_plugin(plugin_dirs, code, "")  # load_plugin imports every action's module
     except Exception:
         logger.warning("could not preload plugin %r; the job will load it", code, exc_info=True)
 
