@@ -144,38 +144,29 @@ class LocalProcessExecutor:
         for plugin in self._preload:
             self._standby.refill(plugin)
 
-    def _standby_command(self, plugin: str) -> list[str]:
-        command = [
-            self._python,
-            "-m",
-            "synapse_server.worker",
-            "--address",
-            self._address,
-            "--standby",
-            "--preload",
-            plugin,
-            "--parent-pid",
-            str(os.getpid()),
-        ]
+    def _command(self, *role: str) -> list[str]:
+        """The worker command line; ``role`` is ``--job-id ID`` or ``--standby --preload P``."""
+        command = [self._python, "-m", "synapse_server.worker", "--address", self._address]
+        command += [*role, "--parent-pid", str(os.getpid())]
         for directory in self._plugin_dirs:
             command += ["--plugin-dir", str(directory)]
         if self._memory_limit_mb is not None:
             command += ["--memory-limit-mb", str(self._memory_limit_mb)]
         return command
 
-    async def _spawn_standby(self, plugin: str) -> asyncio.subprocess.Process:
-        env = dict(os.environ)
+    async def _spawn(
+        self, command: list[str], env: dict[str, str], log_name: str, *, stdin: int
+    ) -> asyncio.subprocess.Process:
+        """Start a worker in its own session, its output appended to ``log_dir/log_name``."""
         env["PYTHONFAULTHANDLER"] = "1"
-        # Until its job arrives a standby worker only logs preload problems: into the
-        # standby log next to the job logs (the job's own log takes over at the handoff).
         log_file = None
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
-            log_file = (self._log_dir / "standby.log").open("ab")
+            log_file = (self._log_dir / log_name).open("ab")
         try:
             return await asyncio.create_subprocess_exec(
-                *self._standby_command(plugin),
-                stdin=asyncio.subprocess.PIPE,
+                *command,
+                stdin=stdin,
                 stdout=log_file if log_file is not None else asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.STDOUT if log_file is not None else None,
                 env=env,
@@ -184,6 +175,16 @@ class LocalProcessExecutor:
         finally:
             if log_file is not None:
                 log_file.close()
+
+    async def _spawn_standby(self, plugin: str) -> asyncio.subprocess.Process:
+        # Until its job arrives a standby worker only logs preload problems: into the
+        # standby log next to the job logs (the job's own log takes over at the handoff).
+        return await self._spawn(
+            self._command("--standby", "--preload", plugin),
+            dict(os.environ),
+            "standby.log",
+            stdin=asyncio.subprocess.PIPE,
+        )
 
     async def _hand_off(
         self, job: Job, credential: str, extra_env: Mapping[str, str]
@@ -216,24 +217,6 @@ class LocalProcessExecutor:
         """Number of live worker processes."""
         return len(self._processes)
 
-    def _command(self, job_id: str) -> list[str]:
-        command = [
-            self._python,
-            "-m",
-            "synapse_server.worker",
-            "--address",
-            self._address,
-            "--job-id",
-            job_id,
-            "--parent-pid",
-            str(os.getpid()),
-        ]
-        for directory in self._plugin_dirs:
-            command += ["--plugin-dir", str(directory)]
-        if self._memory_limit_mb is not None:
-            command += ["--memory-limit-mb", str(self._memory_limit_mb)]
-        return command
-
     async def run(self, job: Job, credential: str) -> WorkerExit:
         """Start the worker process and wait for it to exit."""
         extra_env: Mapping[str, str] = {}
@@ -247,23 +230,12 @@ class LocalProcessExecutor:
         env.update(extra_env)
         # The credential travels in the environment, not argv, so `ps` does not show it.
         env["SYNAPSE_WORKER_CREDENTIAL"] = credential
-        env["PYTHONFAULTHANDLER"] = "1"
-        log_file = None
-        if self._log_dir is not None:
-            self._log_dir.mkdir(parents=True, exist_ok=True)
-            log_file = (self._log_dir / f"{job.id}.log").open("ab")
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *self._command(job.id),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file if log_file is not None else asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.STDOUT if log_file is not None else None,
-                env=env,
-                start_new_session=True,
-            )
-        finally:
-            if log_file is not None:
-                log_file.close()
+        process = await self._spawn(
+            self._command("--job-id", job.id),
+            env,
+            f"{job.id}.log",
+            stdin=asyncio.subprocess.DEVNULL,
+        )
         logger.info("job %s: started worker pid %d", job.id, process.pid)
         return await self._wait(job, process)
 

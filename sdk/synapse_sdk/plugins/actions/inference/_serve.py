@@ -299,12 +299,7 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
             )
         if not run.plugin_code:
             raise ValueError("infer_remote needs the plugin code of the run to find the deployment")
-        from synapse_client import Client, TLSConfig
-
-        tls: bool | TLSConfig = platform.tls
-        if platform.root_certificates is not None:
-            tls = TLSConfig(root_certificates=platform.root_certificates)
-        with Client(platform.address, token=platform.token, tls=tls, timeout=None) as client:
+        with platform.client(timeout=None) as client:
             answer = client.infer(
                 plugin=run.plugin_code,
                 action=cls.action_name,
