@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from synapse_server.core._models import Job
-from synapse_server.core._standby import StandbyWorkerPool
+from synapse_server.core._standby import ForkServer, ForkServerError, ForkServerPool
 
 __all__ = [
     "Executor",
@@ -101,15 +101,16 @@ class SchedulingExecutor(Executor, Protocol):
 
 
 class LocalProcessExecutor:
-    """One ``python -m synapse_server.worker`` process per job on this machine.
+    """One worker process per job on this machine.
 
     A crash, ``os._exit``, segfault or memory exhaustion in plugin code ends only that
     process. ``memory_limit_mb`` caps the worker's address space (RLIMIT_AS).
 
-    ``warm_workers`` standby processes per recently used plugin (and per ``preload_plugins``
-    entry, started by :meth:`prewarm`) wait with their imports done; a job of that plugin is
-    handed to one over its stdin instead of starting a process, and a replacement starts in
-    the background. Standby workers still run one job each. ``warm_workers=0`` disables this.
+    With ``warm_workers`` >= 1 (the default) each recently used plugin (and each
+    ``preload_plugins`` entry, started by :meth:`prewarm`) has a fork server that imported the
+    plugin once; a job's worker is forked from it in milliseconds instead of importing for
+    seconds, and still runs that one job only (see ``_standby``). ``warm_workers=0`` starts a
+    fresh ``python -m synapse_server.worker`` for every job instead.
     """
 
     def __init__(
@@ -124,6 +125,8 @@ class LocalProcessExecutor:
         warm_workers: int = 1,
         preload_plugins: Sequence[str] = (),
     ) -> None:
+        if warm_workers < 0:
+            raise ValueError("warm_workers must be >= 0")
         self._address = worker_address
         self._environment = environment
         self._plugin_dirs = [Path(p).resolve() for p in plugin_dirs]
@@ -131,21 +134,23 @@ class LocalProcessExecutor:
         self._python = python or sys.executable
         self._log_dir = log_dir
         self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._forked: dict[str, ForkServer] = {}
         self._preload = list(preload_plugins)
-        self._standby = StandbyWorkerPool(self._spawn_standby, warm_workers)
+        self._fork_servers = ForkServerPool(self._spawn_fork_server) if warm_workers else None
 
     @property
-    def standby(self) -> StandbyWorkerPool:
-        """The pool of pre-started workers."""
-        return self._standby
+    def fork_servers(self) -> ForkServerPool | None:
+        """The per-plugin fork servers (None when disabled)."""
+        return self._fork_servers
 
     async def prewarm(self) -> None:
-        """Start the standby workers of ``preload_plugins`` (in the background)."""
-        for plugin in self._preload:
-            self._standby.refill(plugin)
+        """Start the fork servers of ``preload_plugins`` (in the background)."""
+        if self._fork_servers is not None:
+            for plugin in self._preload:
+                self._fork_servers.prestart(plugin)
 
     def _command(self, *role: str) -> list[str]:
-        """The worker command line; ``role`` is ``--job-id ID`` or ``--standby --preload P``."""
+        """The worker command line; ``role`` is ``--job-id ID`` or ``--fork-server --preload P``."""
         command = [self._python, "-m", "synapse_server.worker", "--address", self._address]
         command += [*role, "--parent-pid", str(os.getpid())]
         for directory in self._plugin_dirs:
@@ -155,15 +160,34 @@ class LocalProcessExecutor:
         return command
 
     async def _spawn(
-        self, command: list[str], env: dict[str, str], log_name: str, *, stdin: int
+        self,
+        command: list[str],
+        env: dict[str, str],
+        log_name: str,
+        *,
+        stdin: int,
+        stdout: int | None = None,
     ) -> asyncio.subprocess.Process:
-        """Start a worker in its own session, its output appended to ``log_dir/log_name``."""
+        """Start a worker in its own session, its output appended to ``log_dir/log_name``.
+
+        ``stdout`` (a pipe) keeps the standard output for the process's reports; its
+        standard error still goes to the log.
+        """
         env["PYTHONFAULTHANDLER"] = "1"
         log_file = None
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             log_file = (self._log_dir / log_name).open("ab")
         try:
+            if stdout is not None:
+                return await asyncio.create_subprocess_exec(
+                    *command,
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=log_file if log_file is not None else asyncio.subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                )
             return await asyncio.create_subprocess_exec(
                 *command,
                 stdin=stdin,
@@ -176,56 +200,29 @@ class LocalProcessExecutor:
             if log_file is not None:
                 log_file.close()
 
-    async def _spawn_standby(self, plugin: str) -> asyncio.subprocess.Process:
-        # Until its job arrives a standby worker only logs preload problems: into the
-        # standby log next to the job logs (the job's own log takes over at the handoff).
+    async def _spawn_fork_server(self, plugin: str) -> asyncio.subprocess.Process:
+        # The fork server only logs import problems, into fork-server.log next to the job
+        # logs; each forked worker writes to its job's own log.
         return await self._spawn(
-            self._command("--standby", "--preload", plugin),
+            self._command("--fork-server", "--preload", plugin),
             dict(os.environ),
-            "standby.log",
+            "fork-server.log",
             stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
-
-    async def _hand_off(
-        self, job: Job, credential: str, extra_env: Mapping[str, str]
-    ) -> asyncio.subprocess.Process | None:
-        """Give ``job`` to an idle standby worker of its plugin; None if there is none."""
-        from synapse_server.worker._standby import Handoff
-
-        process = self._standby.take(job.plugin)
-        if process is None or process.stdin is None:
-            return None
-        log_path = ""
-        if self._log_dir is not None:
-            self._log_dir.mkdir(parents=True, exist_ok=True)
-            log_path = str(self._log_dir / f"{job.id}.log")
-        handoff = Handoff(job.id, credential, log_path, dict(extra_env))
-        try:
-            process.stdin.write(handoff.to_line())
-            await process.stdin.drain()
-            process.stdin.close()
-        except (BrokenPipeError, ConnectionResetError):
-            logger.warning("standby worker pid %d was gone; starting a worker", process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-            return None
-        return process
 
     @property
     def running(self) -> int:
         """Number of live worker processes."""
-        return len(self._processes)
+        return len(self._processes) + len(self._forked)
 
     async def run(self, job: Job, credential: str) -> WorkerExit:
-        """Start the worker process and wait for it to exit."""
+        """Start the job's worker process and wait for it to exit."""
         extra_env: Mapping[str, str] = {}
         if self._environment is not None:
             extra_env = await self._environment.environment(job)
-        warm = await self._hand_off(job, credential, extra_env)
-        if warm is not None:
-            logger.info("job %s: handed to standby worker pid %d", job.id, warm.pid)
-            return await self._wait(job, warm)
+        if self._fork_servers is not None:
+            return await self._run_forked(self._fork_servers, job, credential, extra_env)
         env = dict(os.environ)
         env.update(extra_env)
         # The credential travels in the environment, not argv, so `ps` does not show it.
@@ -237,24 +234,50 @@ class LocalProcessExecutor:
             stdin=asyncio.subprocess.DEVNULL,
         )
         logger.info("job %s: started worker pid %d", job.id, process.pid)
-        return await self._wait(job, process)
-
-    async def _wait(self, job: Job, process: asyncio.subprocess.Process) -> WorkerExit:
         self._processes[job.id] = process
         try:
             code = await process.wait()
         finally:
             self._processes.pop(job.id, None)
-            # The replacement starts once the job's worker is gone: its imports would
-            # otherwise compete with the running job for the CPU.
-            self._standby.refill(job.plugin)
         logger.info("job %s: worker pid %d exited with %d", job.id, process.pid, code)
-        if code < 0:
-            return WorkerExit(signal=-code)
-        return WorkerExit(exit_code=code)
+        return _exit(code)
+
+    async def _run_forked(
+        self, pool: ForkServerPool, job: Job, credential: str, extra_env: Mapping[str, str]
+    ) -> WorkerExit:
+        log_path = ""
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = str(self._log_dir / f"{job.id}.log")
+        server = await pool.get(job.plugin)
+        self._forked[job.id] = server
+        try:
+            try:
+                pid = await server.start(job.id, credential, log_path, extra_env)
+            except ForkServerError as exc:
+                logger.warning("job %s: %s", job.id, exc)
+                return WorkerExit(detail=f"could not start the worker: {exc}")
+            logger.info("job %s: forked worker pid %d (fork server %d)", job.id, pid, server.pid)
+            try:
+                code = await server.wait(job.id)
+            except ForkServerError as exc:
+                logger.warning("job %s: %s", job.id, exc)
+                return WorkerExit(detail=str(exc))
+        except asyncio.CancelledError:
+            server.kill(job.id)
+            raise
+        finally:
+            self._forked.pop(job.id, None)
+        logger.info("job %s: worker pid %d exited with %d", job.id, pid, code)
+        return _exit(code)
 
     async def kill(self, job_id: str) -> None:
         """SIGKILL the job's worker (and anything it started in its session)."""
+        server = self._forked.get(job_id)
+        if server is not None:
+            logger.warning("job %s: killing its forked worker", job_id)
+            server.kill(job_id)
+            return
         process = self._processes.get(job_id)
         if process is None or process.returncode is not None:
             return
@@ -263,11 +286,18 @@ class LocalProcessExecutor:
             os.killpg(process.pid, signal.SIGKILL)
 
     async def close(self) -> None:
-        """Kill all workers (standby ones too) and wait for them."""
-        await self._standby.close()
+        """Kill all workers and stop the fork servers."""
+        if self._fork_servers is not None:
+            await self._fork_servers.close()
         processes = list(self._processes.items())
         for job_id, _ in processes:
             await self.kill(job_id)
         for _, process in processes:
             with contextlib.suppress(ProcessLookupError):
                 await process.wait()
+
+
+def _exit(code: int) -> WorkerExit:
+    if code < 0:
+        return WorkerExit(signal=-code)
+    return WorkerExit(exit_code=code)

@@ -1,8 +1,8 @@
 """``python -m synapse_server.worker``: run one job; the credential comes from the environment.
 
 ``SYNAPSE_WORKER_CREDENTIAL`` holds the job-scoped credential (kept out of argv so that process
-listings do not show it). With ``--standby`` (and no ``--job-id``) the worker preloads the
-``--preload`` plugins and waits for its job on stdin instead (see ``_standby``).
+listings do not show it). With ``--fork-server`` (and no ``--job-id``) the process imports the
+``--preload`` plugins once and forks one worker per job requested on stdin (see ``_zygote``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from synapse_server.worker._runner import run_worker
-from synapse_server.worker._standby import run_standby
+from synapse_server.worker._zygote import run_zygote
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m synapse_server.worker")
     parser.add_argument("--address", required=True, help="server WorkerService address")
     parser.add_argument("--job-id")
-    parser.add_argument("--standby", action="store_true", help="wait for the job on stdin")
+    parser.add_argument(
+        "--fork-server", action="store_true", help="fork one worker per job requested on stdin"
+    )
     parser.add_argument("--preload", action="append", default=[], help="plugin code to import")
     parser.add_argument("--plugin-dir", action="append", default=[], type=Path)
     parser.add_argument("--memory-limit-mb", type=int)
@@ -37,10 +39,10 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     root = args.root_cert_file.read_bytes() if args.root_cert_file else None
-    if args.standby:
+    if args.fork_server:
         if args.job_id:
-            parser.error("--standby takes its job from stdin, not --job-id")
-        return run_standby(
+            parser.error("--fork-server takes its jobs from stdin, not --job-id")
+        return run_zygote(
             args.address,
             plugin_dirs=args.plugin_dir,
             preload=args.preload,
@@ -50,7 +52,7 @@ def main() -> int:
             server_name=args.server_name,
         )
     if not args.job_id:
-        parser.error("--job-id is required (or --standby)")
+        parser.error("--job-id is required (or --fork-server)")
     credential = os.environ.pop("SYNAPSE_WORKER_CREDENTIAL", "")
     if not credential:
         parser.error("SYNAPSE_WORKER_CREDENTIAL is not set")

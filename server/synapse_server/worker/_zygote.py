@@ -1,0 +1,301 @@
+"""A per-plugin fork server ("zygote"): imports once, then forks one worker process per job.
+
+Starting a worker costs seconds of imports (the SDK, grpc, and above all the plugin's own
+dependencies such as torch). The fork server pays that once per plugin: it imports the SDK,
+the client package and the plugin's action modules, then waits for requests on stdin and
+forks a child for each job. The child becomes an ordinary worker (``run_worker``) in a new
+session of its own, runs exactly that one job and exits, so isolation is that of a fresh
+process: a crash, ``os._exit``, segfault, memory cap (RLIMIT_AS, inherited) or hard kill ends
+only that child.
+
+Nothing that does not survive ``fork`` exists in the fork server: no grpc channel is opened
+and no Python thread is started there (the child opens its own channel); a Python thread
+found before a fork is logged as an error, since a lock it holds would stay locked in the
+child forever. Native library thread pools started at import (numpy's OpenBLAS server, which
+torch brings in) stop and restart around ``fork`` through their own fork handlers.
+
+Protocol, one JSON object per line. Requests (server -> fork server, on stdin):
+
+* ``{"op": "fork", "job_id", "credential", "log_file", "environment"}``: start that job;
+* ``{"op": "kill", "job_id"}``: SIGKILL the job's process group (no-op once it is reaped).
+
+End of input stops new forks; the fork server exits once its last child has been reaped.
+Reports (fork server -> server, on the stdout it was started with; the plugin's own prints
+go to stderr instead):
+
+* ``{"event": "ready", "pid"}`` once the imports are done;
+* ``{"event": "started", "job_id", "pid"}`` after a fork;
+* ``{"event": "exited", "job_id", "pid", "returncode"}`` when the child is reaped
+  (``returncode`` as ``subprocess`` gives it: negative for a signal);
+* ``{"event": "failed", "job_id", "error"}`` when a request could not be carried out.
+
+The credential arrives over the pipe, never in argv, so process listings do not show it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import logging
+import os
+import selectors
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synapse_server.worker._runner import (
+    _die_with_parent,
+    _find_plugin,
+    _limit_memory,
+    run_worker,
+)
+
+__all__ = ["EXIT_CHILD_SETUP", "ForkRequest", "RequestError", "parse_request", "run_zygote"]
+
+logger = logging.getLogger(__name__)
+
+# A forked child that failed before its job started (it never returns into the loop).
+EXIT_CHILD_SETUP = 6
+
+
+class RequestError(ValueError):
+    """A request line is not a valid fork server request."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForkRequest:
+    """What a forked child needs to become the worker of one job."""
+
+    job_id: str
+    credential: str
+    log_file: str = ""
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def parse_request(line: bytes) -> ForkRequest | str:
+    """A fork request, or the job id of a kill request; RequestError if malformed."""
+    try:
+        data = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"request is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestError("request must be a JSON object")
+    job_id = data.get("job_id")
+    if not isinstance(job_id, str) or not job_id:
+        raise RequestError("request has no job_id")
+    op = data.get("op")
+    if op == "kill":
+        return job_id
+    if op != "fork":
+        raise RequestError(f"unknown request op {op!r}")
+    credential = data.get("credential")
+    if not isinstance(credential, str) or not credential:
+        raise RequestError("fork request has no credential")
+    log_file = data.get("log_file") or ""
+    environment = data.get("environment") or {}
+    if not isinstance(log_file, str):
+        raise RequestError("fork request log_file must be a string")
+    if not isinstance(environment, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in environment.items()
+    ):
+        raise RequestError("fork request environment must map strings to strings")
+    return ForkRequest(job_id, credential, log_file, dict(environment))
+
+
+def _preload(plugin_dirs: Sequence[Path], code: str) -> None:
+    # Loading a plugin imports its action modules and with them their heavy dependencies;
+    # each job's own load later finds them in sys.modules. A plugin that fails here fails the
+    # same way when the job loads it, which reports the error properly, so only log it.
+    try:
+        _find_plugin(plugin_dirs, code, "")
+    except Exception:
+        logger.warning("could not preload plugin %r; each job will load it", code, exc_info=True)
+
+
+class _ForkServer:
+    def __init__(
+        self,
+        address: str,
+        plugin_dirs: Sequence[Path],
+        report_fd: int,
+        options: dict[str, Any],
+    ) -> None:
+        self._address = address
+        self._plugin_dirs = list(plugin_dirs)
+        self._report_fd = report_fd
+        self._options = options
+        self._selector = selectors.DefaultSelector()
+        self._children: dict[int, str] = {}  # pid -> job id, until reaped
+        self._pids: dict[str, int] = {}  # job id -> pid, until reaped
+        self._buffer = b""
+        self._input_open = True
+        self._wake_r, self._wake_w = os.pipe()
+
+    def report(self, **data: Any) -> None:
+        line = json.dumps(data, separators=(",", ":")).encode() + b"\n"
+        view = memoryview(line)
+        while view:
+            written = os.write(self._report_fd, view)
+            view = view[written:]
+
+    def serve(self, request_fd: int) -> int:
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        # SIGCHLD only wakes the loop (through the wakeup fd); children are reaped there.
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.set_wakeup_fd(self._wake_w)
+        self._selector.register(request_fd, selectors.EVENT_READ, "request")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self.report(event="ready", pid=os.getpid())
+        while self._input_open or self._children:
+            for key, _ in self._selector.select(timeout=1.0):
+                if key.data == "request":
+                    self._read_requests(request_fd)
+                else:
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self._wake_r, 512):
+                            pass
+            self._reap()
+        return 0
+
+    def _read_requests(self, fd: int) -> None:
+        data = os.read(fd, 1 << 16)
+        if not data:
+            self._input_open = False
+            self._selector.unregister(fd)
+            return
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self._handle(line)
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            request = parse_request(line)
+        except RequestError as exc:
+            logger.error("fork server: %s", exc)
+            self.report(event="failed", job_id="", error=str(exc))
+            return
+        if isinstance(request, str):
+            pid = self._pids.get(request)
+            if pid is not None:
+                # The child is not reaped yet (this loop reaps), so the pid is still ours.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            return
+        if request.job_id in self._pids:
+            self.report(event="failed", job_id=request.job_id, error="job is already running")
+            return
+        self._fork(request)
+
+    def _fork(self, request: ForkRequest) -> None:
+        threads = threading.enumerate()
+        if len(threads) > 1:
+            logger.error("fork server has Python threads %s; forking anyway", threads)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.report(event="failed", job_id=request.job_id, error=f"fork failed: {exc}")
+            return
+        if pid == 0:
+            self._child(request)  # never returns
+        self._children[pid] = request.job_id
+        self._pids[request.job_id] = pid
+        self.report(event="started", job_id=request.job_id, pid=pid)
+
+    def _child(self, request: ForkRequest) -> None:
+        from synapse_server.worker.__main__ import exit_process
+
+        code = EXIT_CHILD_SETUP
+        try:
+            os.setsid()  # its own process group: the server kills the job's whole group
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            self._selector.close()
+            for fd in (self._wake_r, self._wake_w, self._report_fd):
+                os.close(fd)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+            if request.log_file:
+                out = os.open(request.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                os.dup2(out, 1)
+                os.dup2(out, 2)
+                os.close(out)
+            _die_with_parent(os.getppid())
+            os.environ.update(request.environment)
+            gc.enable()
+            code = run_worker(
+                self._address,
+                request.job_id,
+                request.credential,
+                plugin_dirs=self._plugin_dirs,
+                **self._options,
+            )
+        except BaseException:
+            logger.exception("job %s: forked worker failed", request.job_id)
+        finally:
+            exit_process(code)
+
+    def _reap(self) -> None:
+        while self._children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            job_id = self._children.pop(pid, None)
+            if job_id is None:
+                continue
+            self._pids.pop(job_id, None)
+            returncode = os.waitstatus_to_exitcode(status)
+            self.report(event="exited", job_id=job_id, pid=pid, returncode=returncode)
+
+
+def run_zygote(
+    address: str,
+    *,
+    plugin_dirs: Sequence[Path],
+    preload: Sequence[str] = (),
+    memory_limit_mb: int | None = None,
+    parent_pid: int | None = None,
+    root_certificates: bytes | None = None,
+    server_name: str | None = None,
+) -> int:
+    """Import ``preload`` plugins once, then fork a worker per request read from stdin.
+
+    Reports go to the stdout this process was started with; from here on file descriptor 1
+    is the standard error, so output of plugin code at import cannot corrupt them. Returns
+    0 once the input has ended and every child has been reaped.
+    """
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
+    if memory_limit_mb is not None:
+        _limit_memory(memory_limit_mb)
+    sys.stdout.flush()
+    report_fd = os.dup(1)
+    os.dup2(2, 1)
+    # Every job builds a platform model backend, which imports the client package: done
+    # once here rather than in every child.
+    importlib.import_module("synapse_client")
+    for code in preload:
+        _preload(plugin_dirs, code)
+    # Everything imported so far lives as long as this process and every child: the
+    # collector need not traverse it again, and children do not dirty (copy) its pages by
+    # updating its collector bookkeeping.
+    gc.collect()
+    gc.freeze()
+    options: dict[str, Any] = {"root_certificates": root_certificates, "server_name": server_name}
+    server = _ForkServer(address, plugin_dirs, report_fd, options)
+    return server.serve(sys.stdin.fileno())
