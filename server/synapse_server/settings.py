@@ -84,9 +84,10 @@ class ServerSettings(BaseSettings):
     ray_address: str | None = None
     server_secret: SecretStr | None = None
     worker_python: str | None = None
-    # Pre-started local workers kept per recently used plugin (0: start one per job).
+    # >= 1: a fork server per recently used plugin forks each job's worker (0: a fresh
+    # worker process per job).
     warm_workers: int = Field(default=1, ge=0)
-    # Plugins whose standby workers start with the server, before their first job.
+    # Plugins whose fork servers start with the server, before their first job.
     preload_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     keepalive_seconds: float = Field(default=15.0, gt=0)
 
