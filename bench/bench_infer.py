@@ -11,7 +11,11 @@ example through the ``deployment`` action, and then calls the same replica four 
   service, to a plain Serve deployment of the same TorchScript model doing the same
   computation (the proxy calls a method named after the RPC with the protobuf request, which
   the FastAPI ingress of the reference example does not have); one shared channel;
-- ``handle``: a ``DeploymentHandle`` from this driver, ``.infer.remote(inputs=...)``.
+- ``handle``: a ``DeploymentHandle`` from this driver, ``.infer.remote(inputs=...)``, with
+  Serve's default options (Ray actor calls to the replica): the issue's baseline (c);
+- ``handle_grpc``: the same handle with the options our server's router uses by default
+  (``_by_reference=False``, plain pickle: Serve's gRPC channel to the replica). Reported so
+  that the gain of that transport is not mistaken for a gain of our own code.
 
 Figures: p50/p99 latency at concurrency 1, calls per second at concurrency 8 and 32, and the
 ratios synapse/other (latency: lower is better; throughput: higher is better).
@@ -317,6 +321,13 @@ def main() -> int:
         def handle_call() -> None:
             _check(handle.infer.remote(inputs=PAYLOAD_ROWS).result(timeout_s=60), expected)
 
+        handle_grpc = handle.options(
+            _by_reference=False, request_serialization="pickle", response_serialization="pickle"
+        )
+
+        def handle_grpc_call() -> None:
+            _check(handle_grpc.infer.remote(inputs=PAYLOAD_ROWS).result(timeout_s=60), expected)
+
         import grpc
         from google.protobuf import json_format
         from synapse.plugin.v1 import inference_service_pb2, inference_service_pb2_grpc
@@ -337,6 +348,7 @@ def main() -> int:
             "http": http_call,
             "grpc": grpc_call,
             "handle": handle_call,
+            "handle_grpc": handle_grpc_call,
         }
         names = list(paths)
         per_round: list[dict[str, dict[str, Any]]] = []
@@ -370,7 +382,7 @@ def main() -> int:
 
     ratios: dict[str, dict[str, float]] = {}
     ours = results["synapse"]
-    for other in ("http", "grpc", "handle"):
+    for other in ("http", "grpc", "handle", "handle_grpc"):
         theirs = results[other]
         ratios[f"synapse/{other}"] = {
             "p50": ours["latency_c1"]["p50_ms"] / theirs["latency_c1"]["p50_ms"],
@@ -381,11 +393,11 @@ def main() -> int:
             "c32_slowdown": theirs["throughput_c32"]["calls_per_s"]
             / ours["throughput_c32"]["calls_per_s"],
         }
-    print(f"{'path':8} {'p50 ms':>8} {'p99 ms':>8} {'c8 /s':>8} {'c32 /s':>8}")
+    print(f"{'path':11} {'p50 ms':>8} {'p99 ms':>8} {'c8 /s':>8} {'c32 /s':>8}")
     for name, fig in results.items():
         c1, c8, c32 = fig["latency_c1"], fig["throughput_c8"], fig["throughput_c32"]
         print(
-            f"{name:8} {c1['p50_ms']:8.2f} {c1['p99_ms']:8.2f} "
+            f"{name:11} {c1['p50_ms']:8.2f} {c1['p99_ms']:8.2f} "
             f"{c8['calls_per_s']:8.1f} {c32['calls_per_s']:8.1f}"
         )
     print("grpc: " + GRPC_NOTE)

@@ -47,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-memory-limit-mb", type=int)
     parser.add_argument("--max-concurrent-jobs", type=int)
     parser.add_argument("--ray-address")
+    parser.add_argument(
+        "--serve-transport",
+        choices=("grpc", "ray"),
+        help="how Infer reaches Serve replicas: grpc (default) or ray actor calls",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 

@@ -121,7 +121,7 @@ class SynapseServer:
         await asyncio.to_thread(catalog.reload)
         # Serve: Ray starts lazily (first deployment job or Infer), owned by this server.
         self._ray = RayRuntime(RayRuntimeConfig(address=s.ray_address))
-        router = ServeRouter(self._ray)
+        router = ServeRouter(self._ray, transport=s.serve_transport)
         self._deployment_store = SqliteDeploymentStore(s.data_dir / "synapse.db")
         await self._deployment_store.open()
         deployments = DeploymentService(

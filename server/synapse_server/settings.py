@@ -11,7 +11,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -90,6 +90,10 @@ class ServerSettings(BaseSettings):
     # Plugins whose fork servers start with the server, before their first job.
     preload_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     keepalive_seconds: float = Field(default=15.0, gt=0)
+    # How Infer requests travel from this server to Serve replicas: "grpc" (Serve's direct
+    # gRPC channel to each replica: about half the CPU per call of "ray") or "ray" (Ray actor
+    # calls, for clusters whose nodes cannot open TCP connections to each other's replicas).
+    serve_transport: Literal["grpc", "ray"] = "grpc"
 
     @field_validator("plugin_dirs", mode="before")
     @classmethod

@@ -55,7 +55,7 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("models")
     build_model_dir(root / "1", MLPConfig(hidden=8, seed=1))
-    for probe_id in ("2", "3", "4"):
+    for probe_id in ("2", "3", "4", "5"):
         (root / probe_id).mkdir()
     return root
 
@@ -91,10 +91,11 @@ def deployed(ray_session: str, models_root: Path) -> Iterator[None]:
         serve.delete(name)
 
 
-@pytest.fixture
-async def services(deployed: None, tmp_path: Path) -> Any:
+@pytest.fixture(params=["grpc", "ray"])
+async def services(deployed: None, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """The deployment and inference services, once per router transport."""
     runtime = RayRuntime()
-    router = ServeRouter(runtime)
+    router = ServeRouter(runtime, transport=request.param)
     store = SqliteDeploymentStore(tmp_path / "synapse.db")
     await store.open()
     deployments = DeploymentService(store, ServeDeploymentBackend(runtime, router))
@@ -148,16 +149,18 @@ async def test_document_example_serves_the_model(services: Any, models_root: Pat
 
 async def test_concurrent_first_requests_load_a_model_once(services: Any) -> None:
     deployments, inference = services
+    # A model no earlier test loaded, one per transport (the replica outlives the fixture).
+    model = "3" if "_by_reference" in inference._backend._transport_options else "5"
     request = InferRequestData(
-        application="probe-app", model_id="3", json={"x": [1, 2]}, has_json=True
+        application="probe-app", model_id=model, json={"x": [1, 2]}, has_json=True
     )
     results = await asyncio.gather(*(inference.infer(TENANT, request) for _ in range(8)))
-    assert all(r.json == {"model": "3", "y": [3.0, 6.0]} for r in results)
+    assert all(r.json == {"model": model, "y": [int(model), 2.0 * int(model)]} for r in results)
     record = await deployments.resolve(TENANT, "probe-app", None, None)
     fresh = await deployments.get(TENANT, record.id)
     assert fresh.status == DeploymentStatus.RUNNING
     assert len(fresh.replicas) == 1
-    assert "3" in fresh.replicas[0].loaded_model_ids
+    assert model in fresh.replicas[0].loaded_model_ids
     from ray import serve
 
     info = (
@@ -165,7 +168,7 @@ async def test_concurrent_first_requests_load_a_model_once(services: Any) -> Non
         .options(method_name="_synapse_replica_info")
         .remote()
     )
-    assert info["load_counts"]["3"] == 1
+    assert info["load_counts"][model] == 1
 
 
 async def test_tensors_in_and_out(services: Any) -> None:
@@ -315,6 +318,25 @@ async def test_router_handles_route_on_the_calling_loop(services: Any) -> None:
     app_handle = router._apps["probe-app"]
     assert app_handle._is_router_running_in_separate_loop() is False
     assert app_handle._router._asyncio_loop is asyncio.get_running_loop()
+
+
+async def test_router_transport_is_the_configured_one(services: Any) -> None:
+    _, inference = services
+    router: ServeRouter = inference._backend
+    request = ServeRequest(json={"x": [1.0]}, has_json=True, request_id="transport-check")
+    token = ServeKeyring(SECRET).model_id_for(TENANT, "probe-app", "2")
+    handle = await router._handle("probe-app", token)
+    response = handle.remote(request)
+    reply = await response
+    assert reply.error_kind is None and reply.json == {"model": "2", "y": [2.0]}
+    # by_reference: Ray actor calls (object refs); otherwise Serve's gRPC channel.
+    grpc_transport = "_by_reference" in router._transport_options
+    assert response.by_reference is not grpc_transport
+
+
+def test_router_rejects_an_unknown_transport() -> None:
+    with pytest.raises(ValueError, match="transport"):
+        ServeRouter(RayRuntime(), transport="carrier-pigeon")
 
 
 @pytest.fixture
