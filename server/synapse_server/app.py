@@ -127,6 +127,8 @@ class SynapseServer:
         deployments = DeploymentService(
             self._deployment_store, ServeDeploymentBackend(self._ray, router)
         )
+        if s.ray_address is None:
+            await deployments.forget_embedded_ray_applications()
         keyring = ServeKeyring(secret)
         inference = InferenceService(deployments, router, keyring)
         # Deployment jobs learn the Ray address and their tenant's signing key from this; the

@@ -158,6 +158,8 @@ class DeploymentStore(Protocol):
 
     async def update(self, record: DeploymentRecord) -> None: ...
 
+    async def mark_all_live_deleted(self, message: str) -> int: ...
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS serve_applications (
@@ -413,6 +415,25 @@ class SqliteDeploymentStore:
 
         await self._run(_update)
 
+    async def mark_all_live_deleted(self, message: str) -> int:
+        """Every record not DELETED or FAILED becomes DELETED with ``message``; the count."""
+
+        def _mark(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "UPDATE serve_applications SET status = ?, status_message = ?, replicas = '[]', "
+                "update_time = ? WHERE status NOT IN (?, ?)",
+                (
+                    DeploymentStatus.DELETED.value,
+                    message,
+                    time.time(),
+                    DeploymentStatus.DELETED.value,
+                    DeploymentStatus.FAILED.value,
+                ),
+            )
+            return int(cursor.rowcount)
+
+        return await self._run(_mark)
+
 
 class DeploymentService:
     """Lists, inspects, registers and deletes the serve applications of a tenant."""
@@ -529,6 +550,19 @@ class DeploymentService:
             await self._store.update(updated)
             self._forget_resolved()
         return updated
+
+    async def forget_embedded_ray_applications(self) -> int:
+        """At start-up with an embedded Ray: the previous server's Ray, and with it every
+        application it served, stopped with that server. Without this, listings would show
+        them RUNNING until something refreshed each one."""
+        count = await self._store.mark_all_live_deleted(
+            "the server's embedded Ray stopped with the previous server process; "
+            "run the deployment action again"
+        )
+        self._forget_resolved()
+        if count:
+            logger.info("%d deployment(s) of the previous server process marked deleted", count)
+        return count
 
     async def delete(self, tenant: str, deployment_id: int) -> DeploymentRecord:
         """Undeploy: delete the Ray Serve application and mark the record DELETED."""
