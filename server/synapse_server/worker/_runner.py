@@ -43,6 +43,17 @@ __all__ = ["WorkerError", "run_worker"]
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+# Progress events wait up to this long to be sent together with the ones that follow them
+# (every event is still sent; logs, results and the finish go out at once). An action that
+# reports after every batch would otherwise wake the sending thread once per event, and the
+# thread switches cost the action's own thread a third of its compute time (measured: 391
+# progress events of a 100k-input batch job, 0.72 s of inference instead of 0.50 s).
+PROGRESS_FLUSH_SECONDS = 0.05
+# While progress events wait, at most this many in a row of one category are kept; a newer
+# one then supersedes the latest waiting one (progress may be coalesced, logs never are).
+# Short bursts arrive complete; a flood (one event per batch of a 100k-input job: 391 in half
+# a second) costs a gRPC message, a stored row and a client event per kept event only.
+PROGRESS_KEEP = 4
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 EXIT_OK = 0
@@ -55,7 +66,15 @@ class WorkerError(Exception):
 
 
 class _EventReporter:
-    """EventSink that streams a job's events to the server, resending after reconnects."""
+    """EventSink that streams a job's events to the server, resending after reconnects.
+
+    Events are sent in order; progress events are held back for at most
+    ``progress_flush_seconds`` so that a burst of them costs one wake-up of the sending
+    thread and reaches the server as one batch. Of a run of more than ``PROGRESS_KEEP``
+    waiting progress events of one category, the newest replaces the latest waiting one
+    (same ``worker_seq``, so numbering stays gap-free); an event already sent is never
+    replaced, and the last progress before any other event is always delivered.
+    """
 
     def __init__(
         self,
@@ -64,6 +83,7 @@ class _EventReporter:
         worker_id: str,
         metadata: Sequence[tuple[str, str]],
         reconnect_seconds: float,
+        progress_flush_seconds: float = PROGRESS_FLUSH_SECONDS,
     ) -> None:
         self._stub = stub
         self._job_id = job_id
@@ -75,6 +95,18 @@ class _EventReporter:
         self._next_seq = 1
         self._acked = 0
         self._finished_queued = False
+        self._flush_seconds = progress_flush_seconds
+        # Sequence number of the latest event that must go out without waiting (0: none).
+        self._urgent_seq = 0
+        # When the sending thread last sent; and whether it waits for events at all (only
+        # then does a progress event wake it).
+        self._last_flush = 0.0
+        self._sender_idle = False
+        # Highest worker_seq ever handed to a stream (never lowered by a reconnect), and
+        # the run of waiting progress events of one category at the end of the buffer.
+        self._sent_seq = 0
+        self._tail_category: str | None = None
+        self._tail_run = 0
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.cancel_event = threading.Event()
@@ -87,20 +119,43 @@ class _EventReporter:
     def emit(self, event: Event) -> None:
         """EventSink: queue an SDK event (never raises)."""
         try:
-            self._add(lambda seq: sdk_event_to_worker_pb(event, seq))
+            self._add(lambda seq: sdk_event_to_worker_pb(event, seq), urgent=False)
         except Exception:
             logger.exception("could not report event %r", event)
 
-    def _add(self, build: Callable[[int], worker_service_pb2.WorkerEvent]) -> None:
+    def _add(
+        self, build: Callable[[int], worker_service_pb2.WorkerEvent], *, urgent: bool = True
+    ) -> None:
         with self._cond:
             if self._finished_queued:
                 return
             message = build(self._next_seq)
+            progress = not urgent and message.HasField("progress")
+            if not progress:
+                self._tail_run = 0
+            else:
+                category = message.progress.category
+                if not self._buffer or self._buffer[-1].worker_seq <= self._sent_seq:
+                    self._tail_run = 0  # the run was sent meanwhile
+                if self._tail_run and category == self._tail_category:
+                    if self._tail_run >= PROGRESS_KEEP:
+                        # Supersede the latest waiting event of the run, in its place.
+                        message.worker_seq = self._buffer[-1].worker_seq
+                        self._buffer[-1] = message
+                        return
+                    self._tail_run += 1
+                else:
+                    self._tail_category, self._tail_run = category, 1
             self._next_seq += 1
             self._buffer.append(message)
             if message.HasField("finished"):
                 self._finished_queued = True
-            self._cond.notify_all()
+            if not progress:
+                self._urgent_seq = message.worker_seq
+                self._cond.notify_all()
+            elif self._sender_idle:
+                # The sender waits for events, not for its flush time: start its clock.
+                self._cond.notify_all()
 
     def finish(
         self,
@@ -146,11 +201,22 @@ class _EventReporter:
         sent = self._acked
         while True:
             with self._cond:
-                while not stop.is_set() and not any(m.worker_seq > sent for m in self._buffer):
-                    self._cond.wait(0.2)
+                while not stop.is_set():
+                    if not self._buffer or self._buffer[-1].worker_seq <= sent:
+                        self._sender_idle = True
+                        self._cond.wait(0.2)
+                        continue
+                    self._sender_idle = False
+                    wait = self._last_flush + self._flush_seconds - time.monotonic()
+                    if self._urgent_seq > sent or wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                self._sender_idle = False
                 if stop.is_set():
                     return
+                self._last_flush = time.monotonic()
                 pending = [m for m in self._buffer if m.worker_seq > sent]
+                self._sent_seq = max(self._sent_seq, pending[-1].worker_seq)
             for message in pending:
                 yield worker_service_pb2.ReportEventsRequest(event=message)
                 sent = message.worker_seq
