@@ -79,6 +79,7 @@ class SynapseServer:
         self._model_store: SqliteModelStore | None = None
         self._deployment_store: SqliteDeploymentStore | None = None
         self._ray: RayRuntime | None = None
+        self._router: ServeRouter | None = None
         self._socket_dir: Path | None = None
 
     @property
@@ -121,7 +122,7 @@ class SynapseServer:
         await asyncio.to_thread(catalog.reload)
         # Serve: Ray starts lazily (first deployment job or Infer), owned by this server.
         self._ray = RayRuntime(RayRuntimeConfig(address=s.ray_address))
-        router = ServeRouter(self._ray, transport=s.serve_transport)
+        self._router = router = ServeRouter(self._ray, transport=s.serve_transport)
         self._deployment_store = SqliteDeploymentStore(s.data_dir / "synapse.db")
         await self._deployment_store.open()
         deployments = DeploymentService(
@@ -241,6 +242,8 @@ class SynapseServer:
             await self._model_store.close()
         if self._deployment_store is not None:
             await self._deployment_store.close()
+        if self._router is not None:
+            await self._router.close()
         if self._ray is not None:
             await self._ray.close()
         if self._socket_dir is not None:

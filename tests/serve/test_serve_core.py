@@ -117,6 +117,7 @@ async def services(deployed: None, tmp_path: Path, request: pytest.FixtureReques
     )
     inference = InferenceService(deployments, router, ServeKeyring(SECRET))
     yield deployments, inference
+    await router.close()
     await store.close()
 
 
@@ -396,3 +397,27 @@ async def test_client_infer_over_grpc(grpc_address: str, models_root: Path) -> N
             client.infer("mlp-app", model=1, json={})
 
     await asyncio.to_thread(_calls)
+
+
+def _serve_tasks(tasks: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    """The pending tasks whose coroutine is Ray Serve's (its routers' background work)."""
+    found = set()
+    for task in tasks:
+        code = getattr(task.get_coro(), "cr_code", None)
+        if not task.done() and code is not None and "ray/serve" in code.co_filename:
+            found.add(task)
+    return found
+
+
+async def test_closing_the_router_stops_its_handles_tasks(deployed: None) -> None:
+    before = asyncio.all_tasks()
+    router = ServeRouter(RayRuntime())
+    token = ServeKeyring(SECRET).model_id_for(TENANT, "probe-app", "2")
+    request = ServeRequest(json={"x": [1.0]}, has_json=True)
+    reply = await router.call("probe-app", token, request, timeout_s=30)
+    assert reply.json == {"model": "2", "y": [2.0]}
+    started = _serve_tasks(asyncio.all_tasks() - before)
+    assert started, "the handle's router runs no task on this loop: nothing to check"
+    await router.close()
+    await asyncio.sleep(0)
+    assert not _serve_tasks(started), _serve_tasks(started)

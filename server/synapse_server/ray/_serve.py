@@ -68,12 +68,25 @@ class ServeRouter:
         )
         self._apps: dict[str, Any] = {}
         self._bound: dict[tuple[str, str], Any] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def forget(self, app_name: str) -> None:
         """Drop the handles of an application (after it was deleted or redeployed)."""
-        self._apps.pop(app_name, None)
+        app = self._apps.pop(app_name, None)
         for key in [k for k in self._bound if k[0] == app_name]:
             del self._bound[key]
+        if app is not None:
+            # Its router runs tasks on this loop (metrics, replica updates) until shut down.
+            task = asyncio.get_running_loop().create_task(_shutdown_handle(app))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Shut down every handle's router (their tasks run on this loop)."""
+        for app_name in list(self._apps):
+            self.forget(app_name)
+        if self._closing:
+            await asyncio.gather(*self._closing)
 
     async def _handle(self, app_name: str, multiplexed_model_id: str) -> Any:
         key = (app_name, multiplexed_model_id)
@@ -146,6 +159,14 @@ class ServeRouter:
                 "entrypoint a BaseServeDeployment deployed by deploy()?"
             )
         return reply
+
+
+async def _shutdown_handle(handle: Any) -> None:
+    try:
+        async with asyncio.timeout(5):
+            await handle.shutdown_async()
+    except Exception:
+        logger.warning("a Serve handle's router did not shut down cleanly", exc_info=True)
 
 
 async def _await(response: Any) -> Any:
