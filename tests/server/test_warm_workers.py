@@ -197,3 +197,22 @@ def test_no_fork_server_when_disabled(server_factory: Callable[..., Any]) -> Non
         job = _run(channel, "quick", {"count": 1, "label": "cold"})
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED
     assert _executor(running).fork_servers is None
+
+
+def test_a_job_cancelled_right_after_submit_leaves_no_child(
+    server_factory: Callable[..., Any],
+) -> None:
+    running = server_factory(warm_workers=1, preload_plugins=["toy"])
+    server = _wait_ready(_pool(running), "toy")
+    with running.channel() as channel:
+        stub = action_service_pb2_grpc.ActionServiceStub(channel)
+        job_id = _submit(stub, "stubborn", {})
+        stub.CancelJob(pb.CancelJobRequest(job_id=job_id, reason="now"), timeout=10)
+        job = _finish(stub, job_id)
+    assert job.state == job_pb2.JOB_STATE_CANCELLED
+    deadline = time.monotonic() + 15
+    while (server.jobs or server.children()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Whether the cancel came before or after the fork, the child (if any) is gone.
+    assert server.jobs == 0 and server.children() == {}
+    assert server.ready and _alive(server.pid)

@@ -108,8 +108,10 @@ class ForkServer:
             return await started
         except BaseException:
             self._started.pop(job_id, None)
-            # Requests are handled in order: a fork already requested is killed right after.
+            # Requests are handled in order: a fork already requested is killed right after
+            # it, and its exit report then finds nobody waiting.
             self.kill(job_id)
+            self._exited.pop(job_id, None)
             raise
 
     async def wait(self, job_id: str) -> int:
@@ -121,11 +123,10 @@ class ForkServer:
             return await future
         finally:
             self._exited.pop(job_id, None)
-            self._pids.pop(job_id, None)
 
     def kill(self, job_id: str) -> None:
         """SIGKILL the process group of the job's worker (no-op once it is gone)."""
-        if job_id not in self._exited:
+        if job_id not in self._exited and job_id not in self._pids:
             return
         if self._gone:
             pid = self._pids.get(job_id)
@@ -171,6 +172,7 @@ class ForkServer:
             if started is not None and not started.done():
                 started.set_result(pid)
         elif event == "exited" and isinstance(data.get("returncode"), int):
+            self._pids.pop(job_id, None)
             exited = self._exited.get(job_id)
             if exited is not None and not exited.done():
                 exited.set_result(int(data["returncode"]))  # type: ignore[call-overload]
