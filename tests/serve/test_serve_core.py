@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -421,3 +422,47 @@ async def test_closing_the_router_stops_its_handles_tasks(deployed: None) -> Non
     await router.close()
     await asyncio.sleep(0)
     assert not _serve_tasks(started), _serve_tasks(started)
+
+
+async def _cancelled_tags(inference: InferenceService) -> list[str]:
+    reply = await inference.infer(
+        TENANT, InferRequestData(application="probe-app", path="/cancelled")
+    )
+    return list(reply.json)
+
+
+async def _wait_cancelled(inference: InferenceService, tag: str) -> None:
+    deadline = time.monotonic() + 10
+    while tag not in await _cancelled_tags(inference):
+        assert time.monotonic() < deadline, f"the replica never saw {tag!r} cancelled"
+        await asyncio.sleep(0.1)
+
+
+async def test_deadline_cancels_the_request_in_the_replica(services: Any) -> None:
+    _, inference = services
+    tag = f"deadline-{uuid.uuid4().hex}"
+    sleep = InferRequestData(
+        application="probe-app",
+        path="/sleep",
+        json={"seconds": 60, "tag": tag},
+        has_json=True,
+        timeout_s=0.5,
+    )
+    with pytest.raises(InferDeadlineExceededError):
+        await inference.infer(TENANT, sleep)
+    await _wait_cancelled(inference, tag)
+
+
+async def test_a_caller_going_away_cancels_the_request_in_the_replica(services: Any) -> None:
+    _, inference = services
+    tag = f"gone-{uuid.uuid4().hex}"
+    sleep = InferRequestData(
+        application="probe-app", path="/sleep", json={"seconds": 60, "tag": tag}, has_json=True
+    )
+    call = asyncio.ensure_future(inference.infer(TENANT, sleep))
+    await asyncio.sleep(1.0)  # reached the replica
+    assert not call.done()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await _wait_cancelled(inference, tag)

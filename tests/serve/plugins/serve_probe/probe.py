@@ -10,6 +10,8 @@ from pydantic import BaseModel
 from synapse_sdk.plugins.actions.inference import BaseDeploymentAction, BaseServeDeployment
 
 app = FastAPI()
+#: Tags of /sleep calls cancelled in this replica process.
+CANCELLED: set[str] = set()
 
 
 class ProbeServe(BaseServeDeployment):
@@ -28,9 +30,18 @@ class ProbeServe(BaseServeDeployment):
         return {"model": model["dir"], "y": [v * model["scale"] for v in x]}
 
     @app.post("/sleep")
-    async def sleep(self, seconds: float) -> str:
-        await asyncio.sleep(seconds)
+    async def sleep(self, seconds: float, tag: str = "") -> str:
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            CANCELLED.add(tag)
+            raise
         return "awake"
+
+    @app.post("/cancelled")
+    async def cancelled(self) -> list[str]:
+        """Tags of the sleeps that were cancelled in this replica."""
+        return sorted(CANCELLED)
 
     @app.post("/boom")
     async def boom(self) -> None:
