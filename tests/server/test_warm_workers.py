@@ -68,6 +68,31 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry))
+    return found
+
+
+def _spare(server: ForkServer, timeout: float = 10) -> int:
+    """The fork server's pre-forked spare: its child that runs no job."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        spares = _children_of(server.pid) - set(server.children().values())
+        if len(spares) == 1:
+            return spares.pop()
+        time.sleep(0.02)
+    raise AssertionError("the fork server has no spare worker")
+
+
 def test_request_lines_parse_and_bad_lines_are_refused() -> None:
     line = json.dumps(
         {
@@ -78,7 +103,9 @@ def test_request_lines_parse_and_bad_lines_are_refused() -> None:
             "environment": {"RAY_ADDRESS": "x:1"},
         }
     ).encode()
-    assert parse_request(line) == ForkRequest("j1", "secret", "/tmp/j1.log", {"RAY_ADDRESS": "x:1"})
+    request = ForkRequest("j1", "secret", "/tmp/j1.log", {"RAY_ADDRESS": "x:1"})
+    assert parse_request(line) == request
+    assert parse_request(request.to_line()) == request
     assert parse_request(b'{"op": "kill", "job_id": "j1"}') == "j1"
     for bad in (
         b"nope",
@@ -185,9 +212,10 @@ def test_close_leaves_no_fork_server_or_worker(server_factory: Callable[..., Any
         while not server.children() and time.monotonic() < deadline:
             time.sleep(0.05)
         [child] = server.children().values()
+    spare = _spare(server)
     running.call(executor.close())
     assert _pool(running).servers() == []
-    for pid in (server.pid, child):
+    for pid in (server.pid, child, spare):
         assert not _alive(pid)
 
 
@@ -215,4 +243,32 @@ def test_a_job_cancelled_right_after_submit_leaves_no_child(
         time.sleep(0.05)
     # Whether the cancel came before or after the fork, the child (if any) is gone.
     assert server.jobs == 0 and server.children() == {}
+    assert server.ready and _alive(server.pid)
+
+
+def test_the_spare_child_takes_the_next_job_and_a_dead_spare_is_not_fatal(
+    server_factory: Callable[..., Any],
+) -> None:
+    running = server_factory(warm_workers=1, preload_plugins=["toy"])
+    server = _wait_ready(_pool(running), "toy")
+    spare = _spare(server)
+    with running.channel() as channel:
+        stub = action_service_pb2_grpc.ActionServiceStub(channel)
+        job_id = _submit(stub, "slow", {})
+        deadline = time.monotonic() + 20
+        while not server.children() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # The job runs in the process that was forked before it was submitted, and a new
+        # spare waits for the next one.
+        assert server.children() == {job_id: spare}
+        replacement = _spare(server)
+        assert replacement != spare
+        stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=10)
+        assert _finish(stub, job_id).state == job_pb2.JOB_STATE_CANCELLED
+        os.kill(replacement, 9)
+        deadline = time.monotonic() + 10
+        while _alive(replacement) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        job = _run(channel, "quick", {"count": 1, "label": "after a dead spare"})
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
     assert server.ready and _alive(server.pid)

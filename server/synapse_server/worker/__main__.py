@@ -8,16 +8,15 @@ listings do not show it). With ``--fork-server`` (and no ``--job-id``) the proce
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import sys
-import threading
 from pathlib import Path
-from typing import NoReturn
 
+from synapse_server.worker._exit import exit_process
 from synapse_server.worker._runner import run_worker
 from synapse_server.worker._zygote import run_zygote
+
+__all__ = ["exit_process", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,27 +65,6 @@ def main() -> int:
         memory_limit_mb=args.memory_limit_mb,
         parent_pid=args.parent_pid,
     )
-
-
-def exit_process(code: int) -> NoReturn:
-    """End the worker process right away once its job is over.
-
-    The job's outcome is already stored by the server; what an ordinary interpreter exit adds
-    is tearing down every module (torch included) and object one by one: 0.1-0.45 s measured,
-    during which the executor still counts the job's worker as running and its replacement
-    standby worker has not started. As ``multiprocessing`` does for its child processes,
-    non-daemon threads are joined and logs and standard streams flushed first.
-    """
-    current = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is not current and not thread.daemon:
-            thread.join()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        # A closed or broken stream has nothing left to flush.
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

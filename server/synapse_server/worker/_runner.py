@@ -298,9 +298,10 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(EXIT_LOST_SERVER)
 
 
-def _channel(
+def open_channel(
     address: str, root_certificates: bytes | None, server_name: str | None
 ) -> grpc.Channel:
+    """A channel to the server's WorkerService (TLS when ``root_certificates`` is given)."""
     options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 64 << 20)]
     if root_certificates is None:
         return grpc.insecure_channel(address, options=options)
@@ -322,13 +323,15 @@ def run_worker(
     memory_limit_mb: int | None = None,
     reconnect_seconds: float = 10.0,
     parent_pid: int | None = None,
+    channel: grpc.Channel | None = None,
 ) -> int:
     """Run job ``job_id`` to the end and report it; returns the process exit code.
 
     ``address`` is the server's WorkerService (``host:port`` or ``unix:/path``);
     ``credential`` the job-scoped token the server minted. Failures of the action are reported
     as the job's outcome (exit code 0); a server that is gone or refuses the job gives a
-    non-zero code.
+    non-zero code. ``channel``, when given, is a channel to ``address`` opened ahead of the
+    job (it is closed at the end); otherwise one is opened here.
     """
     if parent_pid is not None:
         _die_with_parent(parent_pid)
@@ -336,7 +339,9 @@ def run_worker(
         _limit_memory(memory_limit_mb)
     worker_id = worker_id or f"local-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     metadata = [("authorization", f"Bearer {credential}")]
-    with _channel(address, root_certificates, server_name) as channel:
+    if channel is None:
+        channel = open_channel(address, root_certificates, server_name)
+    with channel:
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         try:
             assignment = stub.GetAssignment(

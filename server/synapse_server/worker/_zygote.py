@@ -8,6 +8,11 @@ session of its own, runs exactly that one job and exits, so isolation is that of
 process: a crash, ``os._exit``, segfault, memory cap (RLIMIT_AS, inherited) or hard kill ends
 only that child.
 
+The next job's child is forked ahead of its request (the "spare"): it detaches, opens its
+channel to the server and waits on a pipe of its own; a request goes to it, and a new spare is
+forked right after. Fork, process setup and connection are thus off the job's path. A spare
+that died waiting is replaced at the next request, which then forks its child directly.
+
 Nothing that does not survive ``fork`` exists in the fork server: no grpc channel is opened
 and no Python thread is started there (the child opens its own channel); a Python thread
 found before a fork is logged as an error, since a lock it holds would stay locked in the
@@ -44,15 +49,19 @@ import selectors
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from synapse_server.worker._exit import exit_process
 from synapse_server.worker._runner import (
     _die_with_parent,
     _find_plugin,
     _limit_memory,
+    open_channel,
     run_worker,
 )
 
@@ -76,6 +85,17 @@ class ForkRequest:
     credential: str
     log_file: str = ""
     environment: dict[str, str] = field(default_factory=dict)
+
+    def to_line(self) -> bytes:
+        """The request as one JSON line."""
+        data = {
+            "op": "fork",
+            "job_id": self.job_id,
+            "credential": self.credential,
+            "log_file": self.log_file,
+            "environment": self.environment,
+        }
+        return json.dumps(data, separators=(",", ":")).encode() + b"\n"
 
 
 def parse_request(line: bytes) -> ForkRequest | str:
@@ -136,6 +156,8 @@ class _ForkServer:
         self._buffer = b""
         self._input_open = True
         self._wake_r, self._wake_w = os.pipe()
+        # The pre-forked child that takes the next job: (pid, write end of its request pipe).
+        self._spare: tuple[int, int] | None = None
 
     def report(self, **data: Any) -> None:
         line = json.dumps(data, separators=(",", ":")).encode() + b"\n"
@@ -153,7 +175,8 @@ class _ForkServer:
         self._selector.register(request_fd, selectors.EVENT_READ, "request")
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self.report(event="ready", pid=os.getpid())
-        while self._input_open or self._children:
+        self._make_spare()
+        while self._input_open or self._children or self._spare is not None:
             for key, _ in self._selector.select(timeout=1.0):
                 if key.data == "request":
                     self._read_requests(request_fd)
@@ -169,6 +192,10 @@ class _ForkServer:
         if not data:
             self._input_open = False
             self._selector.unregister(fd)
+            if self._spare is not None:
+                # The spare sees the end of its input and exits; it is reaped like a job.
+                os.close(self._spare[1])
+                self._spare = (self._spare[0], -1)
             return
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
@@ -196,6 +223,19 @@ class _ForkServer:
         self._fork(request)
 
     def _fork(self, request: ForkRequest) -> None:
+        pid = self._hand_to_spare(request)
+        if pid is None:
+            pid = self._fork_child(lambda: self._run_job(request, None))
+            if pid is None:
+                self.report(event="failed", job_id=request.job_id, error="fork failed")
+                return
+        self._children[pid] = request.job_id
+        self._pids[request.job_id] = pid
+        self.report(event="started", job_id=request.job_id, pid=pid)
+        self._make_spare()
+
+    def _fork_child(self, body: Callable[[], int], close: Sequence[int] = ()) -> int | None:
+        """Fork a child that runs ``body`` and exits with its code; the child's pid."""
         threads = threading.enumerate()
         if len(threads) > 1:
             logger.error("fork server has Python threads %s; forking anyway", threads)
@@ -205,50 +245,106 @@ class _ForkServer:
         try:
             pid = os.fork()
         except OSError as exc:
-            self.report(event="failed", job_id=request.job_id, error=f"fork failed: {exc}")
-            return
-        if pid == 0:
-            self._child(request)  # never returns
-        self._children[pid] = request.job_id
-        self._pids[request.job_id] = pid
-        self.report(event="started", job_id=request.job_id, pid=pid)
-
-    def _child(self, request: ForkRequest) -> None:
-        from synapse_server.worker.__main__ import exit_process
-
+            logger.error("fork failed: %s", exc)
+            return None
+        if pid != 0:
+            return pid
         code = EXIT_CHILD_SETUP
         try:
-            os.setsid()  # its own process group: the server kills the job's whole group
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            self._selector.close()
-            for fd in (self._wake_r, self._wake_w, self._report_fd):
-                os.close(fd)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.close(null)
-            if request.log_file:
-                out = os.open(request.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                os.dup2(out, 1)
-                os.dup2(out, 2)
-                os.close(out)
-            _die_with_parent(os.getppid())
-            os.environ.update(request.environment)
-            gc.enable()
-            code = run_worker(
-                self._address,
-                request.job_id,
-                request.credential,
-                plugin_dirs=self._plugin_dirs,
-                **self._options,
-            )
+            self._detach(close)
+            code = body()
         except BaseException:
-            logger.exception("job %s: forked worker failed", request.job_id)
+            logger.exception("forked worker failed")
         finally:
             exit_process(code)
 
+    def _detach(self, close: Sequence[int]) -> None:
+        # In the child: drop everything of the fork server's loop, start a session of its own
+        # (the server kills the job's whole process group) and die with the fork server.
+        os.setsid()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self._selector.close()
+        fds = [self._wake_r, self._wake_w, self._report_fd, *close]
+        if self._spare is not None and self._spare[1] >= 0:
+            fds.append(self._spare[1])
+        for fd in fds:
+            os.close(fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        _die_with_parent(os.getppid())
+
+    def _run_job(self, request: ForkRequest, channel: grpc.Channel | None) -> int:
+        if request.log_file:
+            out = os.open(request.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            os.close(out)
+        os.environ.update(request.environment)
+        return run_worker(
+            self._address,
+            request.job_id,
+            request.credential,
+            plugin_dirs=self._plugin_dirs,
+            channel=channel,
+            **self._options,
+        )
+
+    def _make_spare(self) -> None:
+        """Fork the next job's child ahead of its request (one at a time)."""
+        if self._spare is not None or not self._input_open:
+            return
+        read_fd, write_fd = os.pipe()
+        pid = self._fork_child(lambda: self._spare_main(read_fd), close=[write_fd])
+        os.close(read_fd)
+        if pid is None:
+            os.close(write_fd)
+            return
+        self._spare = (pid, write_fd)
+
+    def _spare_main(self, read_fd: int) -> int:
+        # The spare connects to the server before its job exists, then waits for the job's
+        # request on its pipe; end of input (the fork server closing) ends it without a job.
+        channel = open_channel(
+            self._address, self._options["root_certificates"], self._options["server_name"]
+        )
+        # Connects in grpc's background threads while this one waits for the request; the
+        # job's first call waits for the connection if it is not up yet.
+        ready = grpc.channel_ready_future(channel)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = os.read(read_fd, 1 << 16)
+            if not chunk:
+                ready.cancel()
+                channel.close()
+                return 0
+            data += chunk
+        os.close(read_fd)
+        request = parse_request(data)
+        if not isinstance(request, ForkRequest):
+            raise RequestError("a spare worker got no fork request")
+        return self._run_job(request, channel)
+
+    def _hand_to_spare(self, request: ForkRequest) -> int | None:
+        """Give ``request`` to the waiting spare child; its pid, or None if there is none."""
+        if self._spare is None:
+            return None
+        pid, write_fd = self._spare
+        self._spare = None
+        try:
+            view = memoryview(request.to_line())
+            while view:
+                view = view[os.write(write_fd, view) :]
+        except OSError:
+            logger.warning("spare worker pid %d was gone; forking one for the job", pid)
+            return None
+        finally:
+            os.close(write_fd)
+        return pid
+
     def _reap(self) -> None:
-        while self._children:
+        while self._children or self._spare is not None:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -257,6 +353,12 @@ class _ForkServer:
                 return
             job_id = self._children.pop(pid, None)
             if job_id is None:
+                if self._spare is not None and self._spare[0] == pid:
+                    # A spare that died waiting: the next job is forked directly.
+                    if self._spare[1] >= 0:
+                        logger.warning("spare worker pid %d exited (%s)", pid, status)
+                        os.close(self._spare[1])
+                    self._spare = None
                 continue
             self._pids.pop(job_id, None)
             returncode = os.waitstatus_to_exitcode(status)
