@@ -260,7 +260,22 @@ class _EventReporter:
                 return
 
 
+# Plugins this process loaded before its job (a fork server's preload, inherited by its
+# children), by code: a job of one of them skips finding and parsing its config again.
+_preloaded: dict[str, Plugin] = {}
+
+
+def preload_plugin(plugin_dirs: Sequence[Path], code: str) -> Plugin:
+    """Load plugin ``code`` (importing its action modules) and keep it for this process's jobs."""
+    plugin = _find_plugin(plugin_dirs, code, "")
+    _preloaded[code] = plugin
+    return plugin
+
+
 def _find_plugin(plugin_dirs: Sequence[Path], code: str, version: str) -> Plugin:
+    plugin = _preloaded.get(code)
+    if plugin is not None and (not version or plugin.version == version):
+        return plugin
     for root in plugin_dirs:
         if not root.is_dir():
             continue  # a plugin dir this machine lacks: the plugin is not found here, below

@@ -59,9 +59,9 @@ import grpc
 from synapse_server.worker._exit import exit_process
 from synapse_server.worker._runner import (
     _die_with_parent,
-    _find_plugin,
     _limit_memory,
     open_channel,
+    preload_plugin,
     run_worker,
 )
 
@@ -133,7 +133,7 @@ def _preload(plugin_dirs: Sequence[Path], code: str) -> None:
     # each job's own load later finds them in sys.modules. A plugin that fails here fails the
     # same way when the job loads it, which reports the error properly, so only log it.
     try:
-        _find_plugin(plugin_dirs, code, "")
+        preload_plugin(plugin_dirs, code)
     except Exception:
         logger.warning("could not preload plugin %r; each job will load it", code, exc_info=True)
 
