@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,18 +119,17 @@ class _EventReporter:
     def emit(self, event: Event) -> None:
         """EventSink: queue an SDK event (never raises)."""
         try:
-            self._add(lambda seq: sdk_event_to_worker_pb(event, seq), urgent=False)
+            # Built before taking the lock; numbered under it.
+            self._add(sdk_event_to_worker_pb(event, 0))
         except Exception:
             logger.exception("could not report event %r", event)
 
-    def _add(
-        self, build: Callable[[int], worker_service_pb2.WorkerEvent], *, urgent: bool = True
-    ) -> None:
+    def _add(self, message: worker_service_pb2.WorkerEvent) -> None:
+        progress = message.HasField("progress")
         with self._cond:
             if self._finished_queued:
                 return
-            message = build(self._next_seq)
-            progress = not urgent and message.HasField("progress")
+            message.worker_seq = self._next_seq
             if not progress:
                 self._tail_run = 0
             else:
@@ -148,8 +147,6 @@ class _EventReporter:
                     self._tail_category, self._tail_run = category, 1
             self._next_seq += 1
             self._buffer.append(message)
-            if message.HasField("finished"):
-                self._finished_queued = True
             if not progress:
                 self._urgent_seq = message.worker_seq
                 self._cond.notify_all()
@@ -163,26 +160,34 @@ class _EventReporter:
         error: job_pb2.JobError | None = None,
         result: bytes = b"",
     ) -> None:
-        """Queue the result chunks and the finish."""
+        """Queue the result chunks and the finish.
+
+        All messages are built first and queued at once: the sending thread wakes once, not
+        once per chunk while this thread still builds the next one.
+        """
+        messages: list[worker_service_pb2.WorkerEvent] = []
         for offset in range(0, len(result), _CHUNK):
-            chunk = worker_service_pb2.ResultChunk(
-                offset=offset, data=result[offset : offset + _CHUNK]
-            )
-
-            def _chunk_event(
-                seq: int, c: worker_service_pb2.ResultChunk = chunk
-            ) -> worker_service_pb2.WorkerEvent:
-                return worker_service_pb2.WorkerEvent(worker_seq=seq, result_chunk=c)
-
-            self._add(_chunk_event)
-        finished = worker_service_pb2.WorkerFinished(state=state, result_size_bytes=len(result))
+            message = worker_service_pb2.WorkerEvent()
+            message.result_chunk.offset = offset
+            message.result_chunk.data = result[offset : offset + _CHUNK]
+            messages.append(message)
+        message = worker_service_pb2.WorkerEvent()
+        message.finished.state = state
+        message.finished.result_size_bytes = len(result)
         if error is not None:
-            finished.error.CopyFrom(error)
-
-        def _finished_event(seq: int) -> worker_service_pb2.WorkerEvent:
-            return worker_service_pb2.WorkerEvent(worker_seq=seq, finished=finished)
-
-        self._add(_finished_event)
+            message.finished.error.CopyFrom(error)
+        messages.append(message)
+        with self._cond:
+            if self._finished_queued:
+                return
+            for message in messages:
+                message.worker_seq = self._next_seq
+                self._next_seq += 1
+            self._buffer.extend(messages)
+            self._finished_queued = True
+            self._tail_run = 0
+            self._urgent_seq = messages[-1].worker_seq
+            self._cond.notify_all()
 
     def wait(self, timeout: float | None) -> bool:
         """Wait until the server stored the finish (True) or the stream failed for good."""
