@@ -54,6 +54,8 @@ PROGRESS_FLUSH_SECONDS = 0.05
 # Short bursts arrive complete; a flood (one event per batch of a 100k-input job: 391 in half
 # a second) costs a gRPC message, a stored row and a client event per kept event only.
 PROGRESS_KEEP = 4
+# Net allocations between young-generation collections while the action runs.
+YOUNG_GC_THRESHOLD = 20_000
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 EXIT_OK = 0
@@ -431,6 +433,12 @@ def _execute(
             params = validate_params(params_model(action_cls), raw, assignment.action)
             del raw
             gc.freeze()
+            # A young-generation pass every 700 net allocations (the default) is tuned for
+            # long-running programs; an action that builds a large result (one dict and one
+            # list per item) pays for hundreds of them. Cyclic garbage is still collected,
+            # every YOUNG_GC_THRESHOLD allocations (measured: 100k-input batch inference in a
+            # forked worker 0.50 s -> 0.47 s).
+            gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
         result = run_action(action_cls, params, ctx)
     except ActionCancelledError:
         reporter.finish(job_pb2.JOB_STATE_CANCELLED)
