@@ -45,6 +45,7 @@ import importlib
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import sys
@@ -71,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 # A forked child that failed before its job started (it never returns into the loop).
 EXIT_CHILD_SETUP = 6
+# How long a spare child may take to acknowledge its job before one is forked instead.
+_SPARE_ACK_SECONDS = 5.0
 
 
 class RequestError(ValueError):
@@ -138,6 +141,13 @@ def _preload(plugin_dirs: Sequence[Path], code: str) -> None:
         logger.warning("could not preload plugin %r; each job will load it", code, exc_info=True)
 
 
+@dataclass(slots=True)
+class _Spare:
+    pid: int
+    request_fd: int
+    ack_fd: int
+
+
 class _ForkServer:
     def __init__(
         self,
@@ -156,8 +166,9 @@ class _ForkServer:
         self._buffer = b""
         self._input_open = True
         self._wake_r, self._wake_w = os.pipe()
-        # The pre-forked child that takes the next job: (pid, write end of its request pipe).
-        self._spare: tuple[int, int] | None = None
+        # The pre-forked child that takes the next job, and the fork server's ends of its
+        # request pipe (-1 once closed) and acknowledgement pipe.
+        self._spare: _Spare | None = None
 
     def report(self, **data: Any) -> None:
         line = json.dumps(data, separators=(",", ":")).encode() + b"\n"
@@ -192,10 +203,10 @@ class _ForkServer:
         if not data:
             self._input_open = False
             self._selector.unregister(fd)
-            if self._spare is not None:
+            if self._spare is not None and self._spare.request_fd >= 0:
                 # The spare sees the end of its input and exits; it is reaped like a job.
-                os.close(self._spare[1])
-                self._spare = (self._spare[0], -1)
+                os.close(self._spare.request_fd)
+                self._spare.request_fd = -1
             return
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
@@ -266,8 +277,8 @@ class _ForkServer:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self._selector.close()
         fds = [self._wake_r, self._wake_w, self._report_fd, *close]
-        if self._spare is not None and self._spare[1] >= 0:
-            fds.append(self._spare[1])
+        if self._spare is not None:
+            fds += [fd for fd in (self._spare.request_fd, self._spare.ack_fd) if fd >= 0]
         for fd in fds:
             os.close(fd)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -295,15 +306,18 @@ class _ForkServer:
         """Fork the next job's child ahead of its request (one at a time)."""
         if self._spare is not None or not self._input_open:
             return
-        read_fd, write_fd = os.pipe()
-        pid = self._fork_child(lambda: self._spare_main(read_fd), close=[write_fd])
-        os.close(read_fd)
+        request_r, request_w = os.pipe()
+        ack_r, ack_w = os.pipe()
+        pid = self._fork_child(lambda: self._spare_main(request_r, ack_w), close=[request_w, ack_r])
+        os.close(request_r)
+        os.close(ack_w)
         if pid is None:
-            os.close(write_fd)
+            os.close(request_w)
+            os.close(ack_r)
             return
-        self._spare = (pid, write_fd)
+        self._spare = _Spare(pid, request_w, ack_r)
 
-    def _spare_main(self, read_fd: int) -> int:
+    def _spare_main(self, request_fd: int, ack_fd: int) -> int:
         # The spare connects to the server before its job exists, then waits for the job's
         # request on its pipe; end of input (the fork server closing) ends it without a job.
         channel = open_channel(
@@ -314,34 +328,52 @@ class _ForkServer:
         ready = grpc.channel_ready_future(channel)
         data = b""
         while not data.endswith(b"\n"):
-            chunk = os.read(read_fd, 1 << 16)
+            chunk = os.read(request_fd, 1 << 16)
             if not chunk:
                 ready.cancel()
                 channel.close()
                 return 0
             data += chunk
-        os.close(read_fd)
+        os.close(request_fd)
+        os.write(ack_fd, b"+")  # the job is this process's now
+        os.close(ack_fd)
         request = parse_request(data)
         if not isinstance(request, ForkRequest):
             raise RequestError("a spare worker got no fork request")
         return self._run_job(request, channel)
 
     def _hand_to_spare(self, request: ForkRequest) -> int | None:
-        """Give ``request`` to the waiting spare child; its pid, or None if there is none."""
-        if self._spare is None:
+        """Give ``request`` to the waiting spare child; its pid, or None if there is none.
+
+        The spare acknowledges the request: one that died waiting (its pipe may still
+        accept the request while its threads exit) never does, and the job is then forked
+        directly instead of being reported as a worker killed before it started.
+        """
+        spare, self._spare = self._spare, None
+        if spare is None:
             return None
-        pid, write_fd = self._spare
-        self._spare = None
+        taken = b""
         try:
             view = memoryview(request.to_line())
             while view:
-                view = view[os.write(write_fd, view) :]
+                view = view[os.write(spare.request_fd, view) :]
+            os.close(spare.request_fd)
+            spare.request_fd = -1
+            ready, _, _ = select.select([spare.ack_fd], [], [], _SPARE_ACK_SECONDS)
+            if ready:
+                taken = os.read(spare.ack_fd, 1)
         except OSError:
-            logger.warning("spare worker pid %d was gone; forking one for the job", pid)
-            return None
+            pass
         finally:
-            os.close(write_fd)
-        return pid
+            if spare.request_fd >= 0:
+                os.close(spare.request_fd)
+            os.close(spare.ack_fd)
+        if taken:
+            return spare.pid
+        logger.warning("spare worker pid %d did not take the job; forking one", spare.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(spare.pid, signal.SIGKILL)
+        return None
 
     def _reap(self) -> None:
         while self._children or self._spare is not None:
@@ -353,11 +385,12 @@ class _ForkServer:
                 return
             job_id = self._children.pop(pid, None)
             if job_id is None:
-                if self._spare is not None and self._spare[0] == pid:
+                if self._spare is not None and self._spare.pid == pid:
                     # A spare that died waiting: the next job is forked directly.
-                    if self._spare[1] >= 0:
+                    if self._spare.request_fd >= 0:
                         logger.warning("spare worker pid %d exited (%s)", pid, status)
-                        os.close(self._spare[1])
+                        os.close(self._spare.request_fd)
+                    os.close(self._spare.ack_fd)
                     self._spare = None
                 continue
             self._pids.pop(job_id, None)
