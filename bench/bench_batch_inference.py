@@ -5,7 +5,8 @@ For each input count (default 10k and 100k) the same inputs, the same TorchScrip
 
 * **platform**: a real in-process SynapseServer (worker processes, SQLite, gRPC); the model is
   registered once through ``ModelService``; the clock runs from ``run_action`` to the parsed
-  result in the client, so it includes job start, the worker process, params transfer, model
+  result in the client, so it includes job start (the job's worker process is forked by the
+  plugin's fork server, which the warm-up job starts), params transfer, model
   download/cache, per-batch progress reporting and result transfer (GetJobResult for large
   results);
 * **baseline**: in this process, ``torch.jit.load`` plus the same batching code
@@ -83,8 +84,8 @@ def _run_job(client: Any, params: dict[str, Any]) -> tuple[Any, Any]:
 def _stages(handle: Any, started: float, total: float) -> dict[str, float]:
     """Seconds from the submit to each stage, from the job's stored event times.
 
-    ``queued``: the job is stored (PENDING); ``running``: a worker opened its event stream
-    (includes waiting for a standby worker that is still importing); ``model_loaded``: the
+    ``queued``: the job is stored (PENDING); ``running``: its worker (forked from the fork
+    server) fetched the assignment and opened its event stream; ``model_loaded``: the
     action's first progress; ``inferred``: its last inference progress; ``finished``: the
     terminal event is stored; ``result``: the client holds the parsed result.
     """
