@@ -47,7 +47,11 @@ def test_batch_inference_through_the_server(
                 for e in events
                 if isinstance(e.payload, ProgressEvent) and e.payload.category == "inference"
             ]
-            assert [p.current for p in inference] == list(range(1, 11))
+            # One progress event per batch; the worker may coalesce a fast run of them
+            # (progress may be coalesced, never reordered), but the first and the last arrive.
+            currents = [p.current for p in inference]
+            assert currents[0] == 1 and currents[-1] == 10, currents
+            assert currents == sorted(set(currents)) and all(p.total == 10 for p in inference)
         # Both runs used one cached extraction of the archive.
         assert [p.name for p in cache.iterdir() if not p.name.startswith(".")] == [model.sha256]
 
