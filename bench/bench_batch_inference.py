@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.util
 import json
 import logging
@@ -162,13 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                     stages: list[dict[str, float]] = []
                     for _ in range(args.repeats):
                         t, expected = _timed(
-                            lambda inputs=inputs: batching.run_batches(
-                                module, inputs, args.batch_size
-                            )
+                            functools.partial(batching.run_batches, module, inputs, args.batch_size)
                         )
                         base_times.append(t)
                         started = time.time()
-                        t, (handle, result) = _timed(lambda params=params: _run_job(client, params))
+                        t, (handle, result) = _timed(functools.partial(_run_job, client, params))
                         plat_times.append(t)
                         stages.append(_stages(handle, started, t))
                         assert result["processed_count"] == count
