@@ -19,8 +19,8 @@ def exit_process(code: int) -> NoReturn:
 
     The job's outcome is already stored by the server; what an ordinary interpreter exit adds
     is tearing down every module (torch included) and object one by one: 0.1-0.45 s measured,
-    during which the executor still counts the job's worker as running and its replacement
-    standby worker has not started. As ``multiprocessing`` does for its child processes,
+    during which the executor still counts the job's worker as running (it holds a job slot)
+    and its CPU time competes with the next job. As ``multiprocessing`` does for its children,
     non-daemon threads are joined and logs and standard streams flushed first.
     """
     current = threading.current_thread()
