@@ -3,8 +3,9 @@
 Deployment actions run in short-lived worker processes; a Ray started by a worker would die
 with it and take its Serve applications along. So the server owns Ray: the first time
 something needs it (a deployment action is about to run, or ``Infer`` is called) it starts a
-local Ray in this process (or connects to ``ray_address``), starts Serve with the platform's
-proxy choices, and tells workers the cluster address through ``RAY_ADDRESS``.
+local Ray head as a child process tree (``_head``) and connects to it (or connects to
+``ray_address``), starts Serve with the platform's proxy choices, and tells workers the
+cluster address through ``RAY_ADDRESS``. The head stops with the server, even a killed one.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from synapse_server.core._errors import ServiceUnavailableError
+from synapse_server.ray._head import LocalRayHead
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +44,18 @@ class RayRuntimeConfig:
     start_timeout_s: float = 120.0
 
 
-def _init_ray(ray: Any, kwargs: dict[str, Any], retry: bool) -> None:
-    try:
-        ray.init(**kwargs)
-    except RuntimeError as exc:
-        # A local head sometimes misses Ray's fixed wait for its GCS port file on a loaded
-        # machine; a second start in a fresh session usually succeeds.
-        if not retry or "Timed out waiting for file" not in str(exc):
-            raise
-        logger.warning("the local Ray did not come up (%s); starting it once more", exc)
-        ray.shutdown()
-        ray.init(**kwargs)
+def _connect(ray: Any, kwargs: dict[str, Any], timeout_s: float) -> None:
+    """Connect to our own head, whose GCS may accept connections before its raylet joins."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.init(**kwargs)
+            return
+        except ConnectionError:
+            ray.shutdown()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 class RayRuntime:
@@ -63,6 +67,7 @@ class RayRuntime:
         self._started = False
         self._owns_ray = False
         self._gcs_address: str | None = None
+        self._head: LocalRayHead | None = None
 
     @property
     def started(self) -> bool:
@@ -115,12 +120,15 @@ class RayRuntime:
                     }
                     if self._config.address:
                         kwargs["address"] = self._config.address
+                        ray.init(**kwargs)
                     else:
-                        # "local" always starts a new Ray, never attaching to a stray one.
-                        kwargs["address"] = "local"
-                        kwargs["num_cpus"] = self._config.num_cpus
+                        # A head of our own (never attaching to a stray one), started as its
+                        # own process tree: see _head.py for why not in this process.
                         self._owns_ray = True
-                    _init_ray(ray, kwargs, retry=not self._config.address)
+                        self._head = LocalRayHead(self._config.num_cpus)
+                        kwargs["address"] = self._head.start(self._config.start_timeout_s)
+                        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                        _connect(ray, kwargs, self._config.start_timeout_s)
                     logger.info(
                         "%s Ray", "connected to" if self._config.address else "started a local"
                     )
@@ -130,6 +138,9 @@ class RayRuntime:
                 raise
             except Exception as exc:
                 logger.exception("Ray could not be started")
+                if self._head is not None:
+                    self._head.stop()
+                    self._head = None
                 raise ServiceUnavailableError(
                     f"Ray is unavailable: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -165,6 +176,9 @@ class RayRuntime:
 
             if self._owns_ray and ray.is_initialized():
                 ray.shutdown()
+            if self._head is not None:
+                self._head.stop()
+                self._head = None
 
         await asyncio.to_thread(_stop)
         self._started = False
