@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 # Progress events wait up to this long to be sent together with the ones that follow them
-# (every event is still sent; logs, results and the finish go out at once). An action that
+# (logs, results and the finish go out at once; a sender idle for longer sends at once too). An action that
 # reports after every batch would otherwise wake the sending thread once per event, and the
 # thread switches cost the action's own thread a third of its compute time (measured: 391
 # progress events of a 100k-input batch job, 0.72 s of inference instead of 0.50 s).
