@@ -44,10 +44,11 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 # Progress events wait up to this long to be sent together with the ones that follow them
-# (logs, results and the finish go out at once; a sender idle for longer sends at once too). An action that
-# reports after every batch would otherwise wake the sending thread once per event, and the
-# thread switches cost the action's own thread a third of its compute time (measured: 391
-# progress events of a 100k-input batch job, 0.72 s of inference instead of 0.50 s).
+# (logs, results and the finish go out at once; a sender idle for longer sends at once
+# too). An action that reports after every batch would otherwise wake the sending thread
+# once per event, and the thread switches cost the action's own thread a third of its
+# compute time (measured: 391 progress events of a 100k-input batch job, 0.72 s of
+# inference instead of 0.50 s).
 PROGRESS_FLUSH_SECONDS = 0.05
 # While progress events wait, at most this many in a row of one category are kept; a newer
 # one then supersedes the latest waiting one (progress may be coalesced, logs never are).
