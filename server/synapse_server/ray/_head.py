@@ -97,8 +97,12 @@ class LocalRayHead:
         logger.info("local Ray head pid %d at %s", self._process.pid, self.address)
         return self.address
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM (the head stops its processes), then SIGKILL to what is left of the group."""
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """SIGTERM (the head stops its processes), then SIGKILL to what is left of the group.
+
+        Nothing in the embedded Ray outlives the server, so there is no state to save: with
+        Serve replicas running, a graceful stop of the head took over 15 s, and is cut short.
+        """
         process = self._process
         if process is None:
             return
@@ -108,7 +112,7 @@ class LocalRayHead:
             try:
                 process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                logger.warning("the local Ray head did not stop in %.0fs; killing it", timeout_s)
+                logger.info("the local Ray head did not stop in %.0fs; killing it", timeout_s)
         # Its GCS and raylet share its process group: nothing of it may outlive the server.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)

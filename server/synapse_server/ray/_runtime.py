@@ -108,6 +108,10 @@ class RayRuntime:
             if self._started and self._gcs_address is not None:
                 return self._gcs_address
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            # Ray's driver otherwise installs a native handler for SIGTERM that, after our
+            # asyncio handler has started the graceful drain, aborts the process mid-drain.
+            # Read when Ray is first imported, which in the server happens here.
+            os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
             try:
                 import ray
                 from ray import serve
