@@ -45,6 +45,7 @@ from ._errors import (
     UnknownError,
     from_grpc_error,
 )
+from ._inference import DeploymentInfo, InferResult
 from ._types import (
     ActionInfo,
     ActionKind,
@@ -68,9 +69,6 @@ from ._types import (
 )
 
 __all__ = [
-    "ENV_SERVER",
-    "ENV_TOKEN",
-    "STATUS_TO_ERROR",
     "AbortedError",
     "ActionInfo",
     "ActionKind",
@@ -81,10 +79,14 @@ __all__ = [
     "ClientConfigError",
     "DataLossError",
     "DeadlineExceededError",
+    "DeploymentInfo",
+    "ENV_SERVER",
+    "ENV_TOKEN",
     "ErrorOrigin",
     "EventPayload",
     "FailedPreconditionError",
     "FieldViolation",
+    "InferResult",
     "InternalError",
     "InvalidArgumentError",
     "Job",
@@ -109,6 +111,7 @@ __all__ = [
     "RetryPolicy",
     "RpcFailedError",
     "RunMode",
+    "STATUS_TO_ERROR",
     "StateChangedEvent",
     "StepFinishedEvent",
     "StepStartedEvent",

@@ -24,6 +24,8 @@ EXPECTED = {
     "FieldViolation",
     "InternalError",
     "InvalidArgumentError",
+    "DeploymentInfo",
+    "InferResult",
     "Job",
     "JobCancelledError",
     "JobErrorInfo",

@@ -223,6 +223,31 @@ def test_cli_runs_a_serve_action_through_infer(
     _, err = capsys.readouterr()
     assert code == 2 and "params need 'json'" in err
 
+    # synapse deployments list | get | delete, on the same real deployment.
+    remote = ["--server", server.address]
+    assert main(["deployments", "list", *remote]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split() == ["ID", "STATUS", "NAME", "PLUGIN", "ENDPOINT", "MODELS", "REPLICAS"]
+    (line,) = lines
+    deployment_id, status, _, plugin, endpoint, models, replicas = line.split()
+    assert (status, plugin, endpoint, models, replicas) == (
+        "RUNNING",
+        "torch-endpoint",
+        "inference",
+        str(model_id),
+        "1",
+    )
+    assert main(["deployments", "get", deployment_id, *remote]) == 0
+    got_deployment = json.loads(capsys.readouterr().out)
+    assert got_deployment["status"] == "RUNNING" and len(got_deployment["replicas"]) == 1
+    assert main(["deployments", "delete", deployment_id, *remote]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "DELETED"
+    assert main(["deployments", "list", "--json", "--plugin", "torch-endpoint", *remote]) == 0
+    (listed,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert listed["status"] == "DELETED"
+    assert main(["deployments", "get", "999999", *remote]) != 0
+    assert "not found" in capsys.readouterr().err.lower()
+
 
 async def test_job_environment_is_only_for_deployment_actions() -> None:
     from synapse_server.core._catalog import PluginCatalog

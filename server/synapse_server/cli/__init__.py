@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from synapse_server.cli import _jobs, _model, _plugin, _serve
+from synapse_server.cli import _deployments, _jobs, _model, _plugin, _serve
 from synapse_server.cli._exit import EXIT_USAGE
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     _plugin.register(subparsers)
     _jobs.register(subparsers)
     _model.register(subparsers)
+    _deployments.register(subparsers)
     _serve.register(subparsers)
     return parser
 

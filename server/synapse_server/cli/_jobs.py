@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
 from itertools import islice
 from typing import Any
 
@@ -17,16 +16,13 @@ from synapse_client import (
     JobState,
     ProgressEvent,
     StateChangedEvent,
-    SynapseClientError,
     TerminalEvent,
 )
 
 from synapse_server.cli._exit import EXIT_OK
 from synapse_server.cli._progress import describe_event
 from synapse_server.cli._remote import (
-    add_connection_arguments,
-    connect,
-    report_failure,
+    add_remote_command,
     to_json,
     to_sdk_event,
 )
@@ -54,11 +50,11 @@ def register(subparsers: Any) -> None:
         "--limit", type=int, default=50, help="at most this many jobs (default 50, 0 = all)"
     )
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    _finish(listing, _list)
+    add_remote_command(listing, _list)
 
     get = commands.add_parser("get", help="show one job as JSON (with the plugin traceback)")
     get.add_argument("job_id", metavar="JOB_ID")
-    _finish(get, _get)
+    add_remote_command(get, _get)
 
     logs = commands.add_parser("logs", help="replay a job's events")
     logs.add_argument("job_id", metavar="JOB_ID")
@@ -69,33 +65,12 @@ def register(subparsers: Any) -> None:
         "--after-seq", type=int, default=0, metavar="SEQ", help="start after this event seq"
     )
     logs.add_argument("--json", action="store_true", help="one JSON object per event")
-    _finish(logs, _logs)
+    add_remote_command(logs, _logs)
 
     cancel = commands.add_parser("cancel", help="ask the server to cancel a job")
     cancel.add_argument("job_id", metavar="JOB_ID")
     cancel.add_argument("--reason", default="", help="why; recorded in the job's last event")
-    _finish(cancel, _cancel)
-
-
-def _finish(
-    parser: argparse.ArgumentParser, command: Callable[[Client, argparse.Namespace], int]
-) -> None:
-    add_connection_arguments(parser, required=True)
-
-    def handler(args: argparse.Namespace) -> int:
-        try:
-            client = connect(args)
-        except ClientConfigError as error:
-            return report_failure(error)
-        try:
-            with client:
-                return command(client, args)
-        except SynapseClientError as error:
-            return report_failure(error, args.server)
-        except KeyboardInterrupt:
-            return 130
-
-    parser.set_defaults(handler=handler)
+    add_remote_command(cancel, _cancel)
 
 
 def _out(line: str) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "add_connection_arguments",
+    "add_remote_command",
     "connect",
     "exit_code_for",
     "report_failure",
@@ -124,6 +126,31 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, JobCancelledError):
         return EXIT_CANCELLED
     return EXIT_FAILED
+
+
+def add_remote_command(
+    parser: argparse.ArgumentParser, command: Callable[[Client, argparse.Namespace], int]
+) -> None:
+    """Connection flags for ``parser``, and a handler that runs ``command`` with a client.
+
+    Client and server errors become the command's exit code and message (``report_failure``).
+    """
+    add_connection_arguments(parser, required=True)
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            client = connect(args)
+        except ClientConfigError as error:
+            return report_failure(error)
+        try:
+            with client:
+                return command(client, args)
+        except SynapseClientError as error:
+            return report_failure(error, args.server)
+        except KeyboardInterrupt:
+            return 130
+
+    parser.set_defaults(handler=handler)
 
 
 def report_failure(error: BaseException, server: str | None = None) -> int:
