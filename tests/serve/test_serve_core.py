@@ -327,7 +327,7 @@ async def test_router_transport_is_the_configured_one(services: Any) -> None:
     router: ServeRouter = inference._backend
     request = ServeRequest(json={"x": [1.0]}, has_json=True, request_id="transport-check")
     token = ServeKeyring(SECRET).model_id_for(TENANT, "probe-app", "2")
-    handle = await router._handle("probe-app", token)
+    _, handle = await router._handle("probe-app", token)
     response = handle.remote(request)
     reply = await response
     assert reply.error_kind is None and reply.json == {"model": "2", "y": [2.0]}
@@ -466,3 +466,24 @@ async def test_a_caller_going_away_cancels_the_request_in_the_replica(services: 
     with pytest.raises(asyncio.CancelledError):
         await call
     await _wait_cancelled(inference, tag)
+
+
+async def test_a_forgotten_app_keeps_its_router_until_its_calls_end(deployed: None) -> None:
+    before = asyncio.all_tasks()
+    router = ServeRouter(RayRuntime())
+    token = ServeKeyring(SECRET).model_id_for(TENANT, "probe-app", "2")
+    sleep = ServeRequest(path="/sleep", json={"seconds": 1.5}, has_json=True)
+    call = asyncio.ensure_future(router.call("probe-app", token, sleep, timeout_s=30))
+    await asyncio.sleep(0.5)  # the call is in flight on the app's router
+    started = _serve_tasks(asyncio.all_tasks() - before)
+    assert started and not call.done()
+    router.forget("probe-app")  # as after a failed call or a delete
+    await asyncio.sleep(0.2)
+    assert _serve_tasks(started) == started, "the router was shut down under a live call"
+    reply = await call
+    assert reply.error_kind is None and reply.json == "awake"
+    deadline = time.monotonic() + 10
+    while _serve_tasks(started):
+        assert time.monotonic() < deadline, _serve_tasks(started)
+        await asyncio.sleep(0.1)
+    await router.close()

@@ -67,7 +67,12 @@ class ServeRouter:
             else {}
         )
         self._apps: dict[str, Any] = {}
-        self._bound: dict[tuple[str, str], Any] = {}
+        # (app, model id) -> (the app's handle, the handle bound to the model id)
+        self._bound: dict[tuple[str, str], tuple[Any, Any]] = {}
+        # Calls in flight per app handle (by id), and forgotten app handles that still have
+        # some: their routers are shut down when the last of those calls ends.
+        self._in_flight: dict[int, int] = {}
+        self._retired: dict[int, Any] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
     def forget(self, app_name: str) -> None:
@@ -75,24 +80,36 @@ class ServeRouter:
         app = self._apps.pop(app_name, None)
         for key in [k for k in self._bound if k[0] == app_name]:
             del self._bound[key]
-        if app is not None:
-            # Its router runs tasks on this loop (metrics, replica updates) until shut down.
-            task = asyncio.get_running_loop().create_task(_shutdown_handle(app))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+        if app is None:
+            return
+        if self._in_flight.get(id(app)):
+            # Shutting its router down now would fail calls it could still answer or retry.
+            self._retired[id(app)] = app
+        else:
+            self._shut_down(app)
+
+    def _shut_down(self, app: Any) -> None:
+        # A handle's router runs tasks on this loop (metrics, replica updates) until then.
+        task = asyncio.get_running_loop().create_task(_shutdown_handle(app))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """Shut down every handle's router (their tasks run on this loop)."""
         for app_name in list(self._apps):
             self.forget(app_name)
+        # The server has drained its RPCs before this: calls still in flight are abandoned.
+        for app in self._retired.values():
+            self._shut_down(app)
+        self._retired.clear()
         if self._closing:
             await asyncio.gather(*self._closing)
 
-    async def _handle(self, app_name: str, multiplexed_model_id: str) -> Any:
+    async def _handle(self, app_name: str, multiplexed_model_id: str) -> tuple[Any, Any]:
         key = (app_name, multiplexed_model_id)
-        bound = self._bound.get(key)
-        if bound is not None:
-            return bound
+        found = self._bound.get(key)
+        if found is not None:
+            return found
         app = self._apps.get(app_name)
         if app is None:
             await self._runtime.ensure_started()
@@ -107,8 +124,8 @@ class ServeRouter:
             multiplexed_model_id=multiplexed_model_id,
             **self._transport_options,
         )
-        self._bound[key] = bound
-        return bound
+        self._bound[key] = (app, bound)
+        return app, bound
 
     async def call(
         self,
@@ -121,38 +138,47 @@ class ServeRouter:
         from ray import exceptions as ray_exceptions
         from ray.serve.exceptions import BackPressureError, RayServeException
 
-        handle = await self._handle(app_name, multiplexed_model_id)
-        response = handle.remote(request)
+        app, handle = await self._handle(app_name, multiplexed_model_id)
+        key = id(app)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
         try:
-            # asyncio.timeout, unlike wait_for, wraps the await in no extra task.
-            async with asyncio.timeout(timeout_s):
-                reply = await response
-        except TimeoutError:
-            response.cancel()
-            raise InferDeadlineExceededError(
-                f"no answer from {app_name!r} within the deadline ({timeout_s:.3f}s)"
-            ) from None
-        except asyncio.CancelledError:
-            response.cancel()
-            raise
-        except BackPressureError as exc:
-            raise ServiceUnavailableError(f"{app_name!r} is overloaded: {exc}") from exc
-        except (
-            ray_exceptions.RayActorError,
-            ray_exceptions.ActorUnavailableError,
-            ray_exceptions.ObjectLostError,
-            RayServeException,
-        ) as exc:
-            self.forget(app_name)
-            raise ServiceUnavailableError(
-                f"no replica of {app_name!r} is available ({type(exc).__name__})"
-            ) from exc
-        except ray_exceptions.RayTaskError as exc:
-            # The replica answers failures as values; an exception here is Serve's own.
-            self.forget(app_name)
-            raise ServiceUnavailableError(
-                f"the replica of {app_name!r} failed ({type(exc).__name__})"
-            ) from exc
+            response = handle.remote(request)
+            try:
+                # asyncio.timeout, unlike wait_for, wraps the await in no extra task.
+                async with asyncio.timeout(timeout_s):
+                    reply = await response
+            except TimeoutError:
+                response.cancel()
+                raise InferDeadlineExceededError(
+                    f"no answer from {app_name!r} within the deadline ({timeout_s:.3f}s)"
+                ) from None
+            except asyncio.CancelledError:
+                response.cancel()
+                raise
+            except BackPressureError as exc:
+                raise ServiceUnavailableError(f"{app_name!r} is overloaded: {exc}") from exc
+            except (
+                ray_exceptions.RayActorError,
+                ray_exceptions.ActorUnavailableError,
+                ray_exceptions.ObjectLostError,
+                RayServeException,
+            ) as exc:
+                self.forget(app_name)
+                raise ServiceUnavailableError(
+                    f"no replica of {app_name!r} is available ({type(exc).__name__})"
+                ) from exc
+            except ray_exceptions.RayTaskError as exc:
+                # The replica answers failures as values; an exception here is Serve's own.
+                self.forget(app_name)
+                raise ServiceUnavailableError(
+                    f"the replica of {app_name!r} failed ({type(exc).__name__})"
+                ) from exc
+        finally:
+            left = self._in_flight.pop(key) - 1
+            if left:
+                self._in_flight[key] = left
+            elif key in self._retired:
+                self._shut_down(self._retired.pop(key))
         if not isinstance(reply, ServeReply):
             raise ServiceUnavailableError(
                 f"{app_name!r} answered {type(reply).__name__}, not a ServeReply: is its "
