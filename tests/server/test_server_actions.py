@@ -73,6 +73,9 @@ def test_run_action_streams_to_terminal(stub: Any) -> None:
     final = history[-1].terminal
     assert final.state == job_pb2.JOB_STATE_SUCCEEDED
     assert json.loads(final.result_json) == {"label": "hi", "count": 3}
+    # The inline result is the stored result text, byte for byte.
+    fetched = stub.GetJobResult(pb.GetJobResultRequest(job_id=job.id), timeout=10)
+    assert final.result_inline and b"".join(c.data for c in fetched) == final.result_json
     got = stub.GetJob(pb.GetJobRequest(job_id=job.id), timeout=10).job
     assert got.state == job_pb2.JOB_STATE_SUCCEEDED
     assert got.progress_percent == 100.0 and got.last_seq == history[-1].seq

@@ -132,6 +132,14 @@ def test_job_and_terminal_event() -> None:
     )  # fmt: skip
     t = conv.event_to_pb(terminal).terminal
     assert t.result_json == b'{"ok":1}' and t.result_inline and t.result_size_bytes == 8
+    # A worker's result travels as its own text, sent byte for byte (spacing, key order).
+    text = '{"z": [1, 2.50], "a": "\u00e9"}'
+    raw = JobEvent(
+        "j1", 7, EventKind.TERMINAL,
+        {"state": "SUCCEEDED", "result_json": text, "result_size": 31, "result_inline": True},
+    )  # fmt: skip
+    t = conv.event_to_pb(raw).terminal
+    assert t.result_json == text.encode() and t.result_inline
 
 
 def test_job_error_keeps_the_plugin_traceback_but_never_a_platform_one() -> None:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from synapse_sdk._json import dump_json, load_json
+from synapse_sdk._json import dump_json
 from synapse_sdk.errors import SynapseError
 
 from synapse_server.core._catalog import ActionKind, PluginCatalog
@@ -446,7 +446,9 @@ class JobService:
             data["result_size"] = result_size
             data["result_inline"] = result_size <= self._inline_limit
             if data["result_inline"]:
-                data["result"] = result
+                # The text as it is, never the parsed value: the event is stored and sent as
+                # this text, so parsing it here only to write it out again costs twice.
+                data["result_json"] = result_text
             progress = 100.0
         if error is not None:
             data["error"] = error.to_dict()
@@ -574,15 +576,14 @@ class JobService:
             size = len(active.result)
             try:
                 text = active.result.decode("utf-8")
-                # Only an inline result is needed as data (it goes into the terminal event); a
-                # larger one is stored and served as the worker's bytes, never parsed here.
-                # The SDK writes results with a JSON serialiser, and clients parse what they
-                # fetch, reporting text that is not JSON as a protocol error.
-                result = load_json(active.result) if size <= self._inline_limit else None
-            except (UnicodeDecodeError, ValueError) as exc:
+            except UnicodeDecodeError as exc:
                 raise InvalidArgumentError(f"result is not UTF-8 JSON: {exc}") from None
+            # The result is stored and served as the worker's text, never parsed here (not
+            # even an inline one: its terminal event carries the same text). The worker's SDK
+            # wrote it with a JSON serialiser, and clients parse what they fetch, reporting
+            # text that is not JSON as a protocol error.
             await self._finish_locked(
-                active, JobState.SUCCEEDED, result=result, result_text=text, result_size=size
+                active, JobState.SUCCEEDED, result_text=text, result_size=size
             )
         elif finished.state is JobState.CANCELLED:
             await self._finish_locked(

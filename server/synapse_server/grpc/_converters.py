@@ -293,7 +293,11 @@ def event_to_pb(event: JobEvent) -> job_event_pb2.JobEvent:
             result_inline=bool(data.get("result_inline", False)),
         )
         if terminal.result_inline:
-            terminal.result_json = result_json_bytes(data.get("result"))
+            text = data.get("result_json")
+            # Terminal events stored by earlier versions hold the parsed "result" instead.
+            terminal.result_json = (
+                text.encode() if isinstance(text, str) else result_json_bytes(data.get("result"))
+            )
         if data.get("error"):
             terminal.error.CopyFrom(error_to_pb(JobError.from_dict(data["error"])))
         message.terminal.CopyFrom(terminal)
