@@ -88,6 +88,34 @@ async def test_events_are_ordered_and_persisted_with_job_row(
     assert (await store.get_job("j1")).state is JobState.RUNNING  # type: ignore[union-attr]
 
 
+async def test_inline_result_is_stored_once_and_read_back_with_its_terminal_event(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.db"
+    store = SqliteJobStore(path)
+    await store.open()
+    try:
+        job, _ = await store.create_job(_job("j1"))
+        text = '{"z": [1, 2.50], "marker": "inline-result-text"}'
+        data = {"state": "SUCCEEDED", "result_json": text, "result_inline": True}
+        done = job.evolve(state=JobState.SUCCEEDED, result_json=text, last_seq=1)
+        await store.append_events([JobEvent("j1", 1, EventKind.TERMINAL, data)], done)
+        # An event whose text differs from its job row keeps its own copy.
+        other, _ = await store.create_job(_job("j2"))
+        await store.append_events(
+            [JobEvent("j2", 1, EventKind.TERMINAL, {**data, "result_json": "[1]"})],
+            other.evolve(state=JobState.SUCCEEDED, result_json="[2]"),
+        )
+        for read in (await store.list_events("j1", 0, 10))[0], await store.last_event("j1"):
+            assert read is not None and read.data == data
+        assert (await store.list_events("j2", 0, 10))[0].data["result_json"] == "[1]"
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        stored = [r[0] for r in conn.execute("SELECT data FROM job_events ORDER BY job_id")]
+    assert "inline-result-text" not in stored[0] and "[1]" in stored[1]
+
+
 async def test_params_stay_out_of_the_row_that_events_update(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     store = SqliteJobStore(path)

@@ -203,6 +203,37 @@ def _row_to_event(job_id: str, row: tuple[Any, ...]) -> JobEvent:
     )
 
 
+def _event_text(event: JobEvent, job: Job | None) -> str:
+    data = event.data
+    text = data.get("result_json")
+    if (
+        event.kind is EventKind.TERMINAL
+        and text is not None
+        and job is not None
+        and job.result_json == text
+    ):
+        # The job row written with this event holds the same text: storing it again
+        # (escaped, inside the event's JSON) would write an inline result twice. Readers
+        # put it back from the row (_attach_results).
+        return _dump({k: v for k, v in data.items() if k != "result_json"})
+    return _dump(data)
+
+
+def _attach_results(conn: sqlite3.Connection, events: list[JobEvent]) -> list[JobEvent]:
+    """Give a terminal event stored without its inline result text the job row's text."""
+    for event in events:
+        data = event.data
+        if (
+            event.kind is EventKind.TERMINAL
+            and data.get("result_inline")
+            and "result_json" not in data
+            and "result" not in data  # stored by earlier versions, with the parsed result
+        ):
+            row = conn.execute("SELECT result FROM jobs WHERE id=?", (event.job_id,)).fetchone()
+            data["result_json"] = (row[0] if row is not None else None) or "null"
+    return events
+
+
 class SqliteJobStore:
     """The embedded :class:`JobStore`: one SQLite file in WAL mode."""
 
@@ -383,7 +414,7 @@ class SqliteJobStore:
 
     async def append_events(self, events: Sequence[JobEvent], job: Job | None = None) -> None:
         """Persist ``events`` and, if given, ``job``'s row, atomically."""
-        rows = [(e.job_id, e.seq, e.kind.value, e.timestamp, _dump(e.data)) for e in events]
+        rows = [(e.job_id, e.seq, e.kind.value, e.timestamp, _event_text(e, job)) for e in events]
 
         def _append(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN")
@@ -413,7 +444,7 @@ class SqliteJobStore:
                 "ORDER BY seq LIMIT ?",
                 (job_id, after_seq, limit),
             ).fetchall()
-            return [_row_to_event(job_id, row) for row in rows]
+            return _attach_results(conn, [_row_to_event(job_id, row) for row in rows])
 
         return await self._read(_list)
 
@@ -426,7 +457,7 @@ class SqliteJobStore:
                 "ORDER BY seq DESC LIMIT 1",
                 (job_id,),
             ).fetchone()
-            return None if row is None else _row_to_event(job_id, row)
+            return None if row is None else _attach_results(conn, [_row_to_event(job_id, row)])[0]
 
         return await self._read(_last)
 
