@@ -30,6 +30,7 @@ from ._jobs import (
     ResultAssembler,
     raise_for_terminal,
     reconnect_delay,
+    remaining,
     result_stream_start,
     run_action_request,
     stream_ended_early,
@@ -41,10 +42,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["AsyncClient", "AsyncJobHandle"]
 
 _UNSET: Any = object()
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
 class AsyncJobHandle:
@@ -104,7 +101,7 @@ class AsyncJobHandle:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             job = await self._client.get_job(
-                self._id, timeout=_remaining(deadline), with_params=False
+                self._id, timeout=remaining(deadline), with_params=False
             )
             sequencer = EventSequencer(self._id, result_stream_start(job))
             async for _ in self._follow(sequencer, deadline):
@@ -139,7 +136,7 @@ class AsyncJobHandle:
         while True:
             call = stub.StreamProgress(
                 sequencer.request(),
-                timeout=_remaining(deadline),
+                timeout=remaining(deadline),
                 metadata=client._config.metadata,
             )
             failure: SynapseClientError | None = None
@@ -177,7 +174,7 @@ class AsyncJobHandle:
             assembler = ResultAssembler(self._id)
             call = stub.GetJobResult(
                 action_service_pb2.GetJobResultRequest(job_id=self._id),
-                timeout=_remaining(deadline),
+                timeout=remaining(deadline),
                 metadata=client._config.metadata,
             )
             try:

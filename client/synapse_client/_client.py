@@ -27,6 +27,7 @@ from ._jobs import (
     inline_result,
     raise_for_terminal,
     reconnect_delay,
+    remaining,
     result_stream_start,
     run_action_request,
     stream_ended_early,
@@ -39,10 +40,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["Client", "JobHandle"]
 
 _UNSET: Any = object()
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
 class JobHandle:
@@ -102,7 +99,7 @@ class JobHandle:
             return self._result
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            job = self._client.get_job(self._id, timeout=_remaining(deadline), with_params=False)
+            job = self._client.get_job(self._id, timeout=remaining(deadline), with_params=False)
             sequencer = EventSequencer(self._id, result_stream_start(job))
             for _ in self._follow(sequencer, deadline):
                 pass
@@ -134,7 +131,7 @@ class JobHandle:
         while True:
             call = stub.StreamProgress(
                 sequencer.request(),
-                timeout=_remaining(deadline),
+                timeout=remaining(deadline),
                 metadata=client._config.metadata,
             )
             failure: SynapseClientError | None = None
@@ -172,7 +169,7 @@ class JobHandle:
             assembler = ResultAssembler(self._id)
             call = stub.GetJobResult(
                 action_service_pb2.GetJobResultRequest(job_id=self._id),
-                timeout=_remaining(deadline),
+                timeout=remaining(deadline),
                 metadata=client._config.metadata,
             )
             try:

@@ -7,6 +7,7 @@ to turn a terminal event into a result or an exception is decided here, once.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -27,6 +28,7 @@ from ._types import Job, JobErrorInfo, JobEvent, JobState, RunMode, TerminalEven
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "remaining",
     "EventSequencer",
     "ResultAssembler",
     "inline_result",
@@ -39,6 +41,11 @@ __all__ = [
 ]
 
 _MAX_REQUEST_ID = 128
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (a ``time.monotonic`` value; None: no deadline)."""
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
 def new_request_id() -> str:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from itertools import islice
 from typing import Any
 
 from synapse_client import Client, ClientConfigError, DeploymentInfo
 
 from synapse_server.cli._exit import EXIT_OK
-from synapse_server.cli._remote import add_remote_command, to_json
+from synapse_server.cli._remote import add_remote_command, print_line, print_table, to_json
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +44,6 @@ def register(subparsers: Any) -> None:
     add_remote_command(delete, _delete)
 
 
-def _out(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
 def _list(client: Client, args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise ClientConfigError("--limit must be >= 0")
@@ -57,13 +51,13 @@ def _list(client: Client, args: argparse.Namespace) -> int:
     selected = list(islice(found, args.limit)) if args.limit else found
     if args.json:
         for deployment in selected:
-            _out(to_json(deployment))
+            print_line(to_json(deployment))
         return EXIT_OK
-    rows = [("ID", "STATUS", "NAME", "PLUGIN", "ENDPOINT", "MODELS", "REPLICAS")]
+    rows: list[tuple[str, ...]] = [
+        ("ID", "STATUS", "NAME", "PLUGIN", "ENDPOINT", "MODELS", "REPLICAS")
+    ]
     rows.extend(_row(d) for d in selected)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table(rows)
     return EXIT_OK
 
 
@@ -80,10 +74,10 @@ def _row(deployment: DeploymentInfo) -> tuple[str, str, str, str, str, str, str]
 
 
 def _get(client: Client, args: argparse.Namespace) -> int:
-    _out(to_json(client.get_deployment(args.deployment_id), indent=2))
+    print_line(to_json(client.get_deployment(args.deployment_id), indent=2))
     return EXIT_OK
 
 
 def _delete(client: Client, args: argparse.Namespace) -> int:
-    _out(to_json(client.delete_deployment(args.deployment_id), indent=2))
+    print_line(to_json(client.delete_deployment(args.deployment_id), indent=2))
     return EXIT_OK

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from itertools import islice
 from typing import Any
 
@@ -23,6 +22,8 @@ from synapse_server.cli._exit import EXIT_OK
 from synapse_server.cli._progress import describe_event
 from synapse_server.cli._remote import (
     add_remote_command,
+    print_line,
+    print_table,
     to_json,
     to_sdk_event,
 )
@@ -73,11 +74,6 @@ def register(subparsers: Any) -> None:
     add_remote_command(cancel, _cancel)
 
 
-def _out(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
 def _list(client: Client, args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise ClientConfigError("--limit must be >= 0")
@@ -85,13 +81,13 @@ def _list(client: Client, args: argparse.Namespace) -> int:
     selected = list(islice(jobs, args.limit)) if args.limit else list(jobs)
     if args.json:
         for job in selected:
-            _out(to_json(job))
+            print_line(to_json(job))
         return EXIT_OK
-    rows = [("ID", "STATE", "PLUGIN", "ACTION", "MODE", "PROGRESS", "CREATED")]
+    rows: list[tuple[str, ...]] = [
+        ("ID", "STATE", "PLUGIN", "ACTION", "MODE", "PROGRESS", "CREATED")
+    ]
     rows.extend(_row(job) for job in selected)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table(rows)
     return EXIT_OK
 
 
@@ -110,7 +106,7 @@ def _row(job: Job) -> tuple[str, str, str, str, str, str, str]:
 
 
 def _get(client: Client, args: argparse.Namespace) -> int:
-    _out(to_json(client.get_job(args.job_id), indent=2))
+    print_line(to_json(client.get_job(args.job_id), indent=2))
     return EXIT_OK
 
 
@@ -119,14 +115,14 @@ def _logs(client: Client, args: argparse.Namespace) -> int:
         raise ClientConfigError("--after-seq must be >= 0")
     handle = client.job(args.job_id)
     for event in handle.events(after_seq=args.after_seq, follow=args.follow):
-        _out(to_json(event) if args.json else describe(event))
+        print_line(to_json(event) if args.json else describe(event))
     return EXIT_OK
 
 
 def _cancel(client: Client, args: argparse.Namespace) -> int:
     job = client.cancel_job(args.job_id, args.reason)
     note = "" if job.state.is_terminal else " (cancel requested; the job is stopping)"
-    _out(f"job {job.id}: {job.state.value}{note}")
+    print_line(f"job {job.id}: {job.state.value}{note}")
     return EXIT_OK
 
 

@@ -60,6 +60,8 @@ __all__ = [
     "add_remote_command",
     "connect",
     "exit_code_for",
+    "print_line",
+    "print_table",
     "report_failure",
     "run_remote",
     "to_json",
@@ -126,6 +128,20 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, JobCancelledError):
         return EXIT_CANCELLED
     return EXIT_FAILED
+
+
+def print_line(line: str) -> None:
+    """One line to stdout, flushed (listings are often piped into ``head`` or ``grep``)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Rows (the first one the header) as left-aligned columns two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print_line("  ".join(cells).rstrip())
 
 
 def add_remote_command(

@@ -48,7 +48,6 @@ class LocalRayHead:
         self._num_cpus = num_cpus
         self._process: subprocess.Popen[bytes] | None = None
         self._log_path: Path | None = None
-        self.address: str | None = None
 
     def start(self, timeout_s: float) -> str:
         """Start the head; returns ``host:port`` of its GCS once it accepts connections."""
@@ -93,9 +92,9 @@ class LocalRayHead:
                     f"{self._log_tail()}"
                 )
             time.sleep(0.1)
-        self.address = f"127.0.0.1:{port}"
-        logger.info("local Ray head pid %d at %s", self._process.pid, self.address)
-        return self.address
+        address = f"127.0.0.1:{port}"
+        logger.info("local Ray head pid %d at %s", self._process.pid, address)
+        return address
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM (the head stops its processes), then SIGKILL to what is left of the group.
