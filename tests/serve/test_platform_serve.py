@@ -263,7 +263,7 @@ async def test_job_environment_is_only_for_deployment_actions() -> None:
     )
 
     def job(plugin: str, action: str) -> Job:
-        return Job(id="j1", tenant="acme", plugin=plugin, action=action, params={})
+        return Job(id="j1", tenant="acme", plugin=plugin, action=action)
 
     assert hook.needs_ray(job("torch-serve", "deployment"))
     for plugin, action in (("torch-serve", "inference"), ("batch-inference", "batch_inference")):

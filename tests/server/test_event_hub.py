@@ -32,7 +32,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
 
 @pytest.fixture
 async def hub(store: SqliteJobStore) -> EventHub:
-    await store.create_job(Job(id="j", tenant="t", plugin="p", action="a", params={}))
+    await store.create_job(Job(id="j", tenant="t", plugin="p", action="a"))
     return EventHub(store)
 
 

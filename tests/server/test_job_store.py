@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,7 +34,12 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
 
 def _job(job_id: str, tenant: str = "t1", plugin: str = "p", request_id: str | None = None) -> Job:
     return Job(
-        id=job_id, tenant=tenant, plugin=plugin, action="a", params={"x": 1}, request_id=request_id
+        id=job_id,
+        tenant=tenant,
+        plugin=plugin,
+        action="a",
+        params_json='{"x": 1}',
+        request_id=request_id,
     )
 
 
@@ -122,7 +128,14 @@ async def test_params_stay_out_of_the_row_that_events_update(tmp_path: Path) -> 
     await store.open()
     big = {"inputs": [{"data": [0.5, 1, -2]}] * 2000}
     job, _ = await store.create_job(
-        Job(id="j1", tenant="t1", plugin="p", action="a", params=big, request_id="r1")
+        Job(
+            id="j1",
+            tenant="t1",
+            plugin="p",
+            action="a",
+            params_json=json.dumps(big),
+            request_id="r1",
+        )
     )
     await store.append_events([JobEvent("j1", 1, EventKind.STATE, {})], job.evolve(last_seq=1))
     with sqlite3.connect(path) as conn:
@@ -141,7 +154,15 @@ async def test_params_stay_out_of_the_row_that_events_update(tmp_path: Path) -> 
         listed = await store.list_jobs(JobFilter(tenant="t1"), 10, "")
         assert [(j.id, j.params) for j in listed.jobs] == [("old", {"x": 2}), ("j1", big)]
         again, created = await store.create_job(
-            Job(id="j2", tenant="t1", plugin="p", action="a", params=big, request_id="r1")
+            Job(
+                id="j2",
+                tenant="t1",
+                plugin="p",
+                action="a",
+                # Same params, other spacing: the same request.
+                params_json=json.dumps(big, separators=(",", ":")),
+                request_id="r1",
+            )
         )
         assert not created and again.id == "j1"
         assert [j.id for j in await store.jobs_in_states([JobState.PENDING])] == ["j1"]
@@ -174,7 +195,9 @@ async def test_request_id_is_idempotent_per_tenant(store: SqliteJobStore) -> Non
     other, created_other = await store.create_job(_job("j3", tenant="t2", request_id="r1"))
     assert created_other and other.id == "j3"
     # Same id, different request: refused.
-    different = Job(id="j4", tenant="t1", plugin="p", action="a", params={"x": 2}, request_id="r1")
+    different = Job(
+        id="j4", tenant="t1", plugin="p", action="a", params_json='{"x": 2}', request_id="r1"
+    )
     with pytest.raises(RequestIdConflictError):
         await store.create_job(different)
 

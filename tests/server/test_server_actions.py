@@ -123,11 +123,13 @@ def test_params_json_round_trip_and_job_views(stub: Any) -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (b"[1]", "JSON object"),
-        (b'{"count": ', "not UTF-8 JSON"),
+        (b"[1]", "params_json is not a JSON object"),
+        (b'{"count": ', "params_json is not valid JSON"),
+        (b'{"count": NaN}', "params_json is not valid JSON"),
+        (b'{"label": "\xff"}', "params_json is not UTF-8"),
         (b'{"count": -1, "label": 1}', ""),
     ],
-    ids=["not-object", "not-json", "schema"],
+    ids=["not-object", "not-json", "nan", "not-utf8", "schema"],
 )
 def test_bad_params_json_is_invalid_argument(stub: Any, raw: bytes, message: str) -> None:
     with pytest.raises(grpc.RpcError) as info:

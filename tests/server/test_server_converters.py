@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from google.protobuf import struct_pb2
 from synapse.plugin.v1 import job_event_pb2, job_pb2
 from synapse_sdk.events import (
     ErrorInfo,
@@ -97,21 +98,20 @@ def test_states_modes_and_errors_round_trip() -> None:
     assert wire.plugin_traceback == ""  # platform internals never leave the server
 
 
-def test_params_from_json() -> None:
-    params, text = conv.params_from_json(b'{"n": 5, "xs": [1, 2.5], "s": "\xc3\xa9"}')
-    assert params == {"n": 5, "xs": [1, 2.5], "s": "\u00e9"} and isinstance(params["n"], int)
-    assert json.loads(text) == params
-    with pytest.raises(InvalidArgumentError, match="JSON object"):
-        conv.params_from_json(b"[1, 2]")
-    with pytest.raises(InvalidArgumentError, match="not UTF-8 JSON"):
-        conv.params_from_json(b'{"n": ')
-    with pytest.raises(InvalidArgumentError, match="not UTF-8 JSON"):
-        conv.params_from_json(b'{"s": "\xff"}')
+def test_params_json_from_pb() -> None:
+    text = conv.params_json_from_pb(b'{"n": 5, "s": "\xc3\xa9"}')
+    assert json.loads(text) == {"n": 5, "s": "\u00e9"}
+    with pytest.raises(InvalidArgumentError, match="not UTF-8"):
+        conv.params_json_from_pb(b'{"s": "\xff"}')
+    # A Struct's numbers are floats; the text says so, and the params model decides.
+    message = struct_pb2.Struct()
+    message.update({"n": 5, "xs": [1, "a"]})
+    assert json.loads(conv.params_json_from_struct(message)) == {"n": 5.0, "xs": [1.0, "a"]}
 
 
 def test_job_and_terminal_event() -> None:
     job = Job(
-        id="j1", tenant="hidden", plugin="p", action="a", params={"x": [1, 2], "s": "t"},
+        id="j1", tenant="hidden", plugin="p", action="a", params_json='{"x": [1, 2], "s": "t"}',
         plugin_version="1.0", state=JobState.SUCCEEDED, request_id="r", created_at=1.5,
         started_at=2.0, finished_at=3.25, result={"ok": 1}, progress=100.0, last_seq=7,
     )  # fmt: skip

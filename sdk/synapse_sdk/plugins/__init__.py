@@ -4,7 +4,12 @@
 find them; ``run_action`` runs one inside a :class:`~synapse_sdk.runtime.RunContext`.
 """
 
-from synapse_sdk.plugins._action import AnyParams, BaseAction, validate_params
+from synapse_sdk.plugins._action import (
+    AnyParams,
+    BaseAction,
+    validate_params,
+    validate_params_json,
+)
 from synapse_sdk.plugins._loader import ActionSpec, Plugin, discover_plugins, load_plugin
 from synapse_sdk.plugins._models import LocalModelBackend, ModelPath
 from synapse_sdk.plugins._runner import params_json_schema, params_model, run_action
@@ -24,4 +29,5 @@ __all__ = [
     "params_model",
     "run_action",
     "validate_params",
+    "validate_params_json",
 ]

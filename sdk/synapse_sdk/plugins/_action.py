@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from synapse_sdk._json import gc_paused, to_jsonable
+from synapse_sdk._json import gc_paused, load_json, to_jsonable
 from synapse_sdk.errors import ActionCancelledError, ParamsValidationError
 from synapse_sdk.events import LogEvent, LogLevel, MetricEvent
 from synapse_sdk.plugins._progress import ProgressTracker
@@ -188,6 +188,38 @@ def validate_params(
             return model.model_validate(dict(params))
     except ValidationError as exc:
         raise ParamsValidationError.from_pydantic(exc, action=action or None) from None
+
+
+def validate_params_json(
+    model: type[BaseModel], text: str | bytes, action: str | None = None
+) -> BaseModel:
+    """Parse params given as the text of one JSON object and validate them against ``model``.
+
+    Parsing to a dict first and validating that is faster than pydantic's
+    ``model_validate_json`` for large params of ``Any`` items (100k batch inputs, measured in
+    a fresh process: 56 ms against 70 ms). Call it inside :func:`gc_paused` when the result
+    is dropped or frozen before collection resumes, as the platform does.
+
+    Raises ``ValueError`` when ``text`` is not strict JSON (NaN and Infinity included) or not
+    an object, and :class:`ParamsValidationError` per bad field.
+    """
+    try:
+        value = load_json(text)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"not a JSON object (got {_json_kind(value)})")
+    return validate_params(model, value, action)
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    return "a boolean" if isinstance(value, bool) else "a number"
 
 
 def _type_error(model: type[BaseModel], value: Any) -> ValidationError:

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-from synapse_sdk.errors import ActionNotFoundError, PluginNotFoundError
+from synapse_sdk._json import gc_paused
+from synapse_sdk.errors import ActionNotFoundError, ParamsValidationError, PluginNotFoundError
 from synapse_sdk.plugins import (
     BaseAction,
     Plugin,
     discover_plugins,
     params_json_schema,
     params_model,
-    validate_params,
+    validate_params_json,
 )
+
+from synapse_server.core._errors import InvalidArgumentError
 
 __all__ = ["ActionInfo", "ActionKind", "PluginCatalog", "PluginInfo"]
 
@@ -168,7 +170,18 @@ class PluginCatalog:
                 return candidate
         raise ActionNotFoundError(action, code, [a.name for a in info.actions])
 
-    def validate_params(self, code: str, action: str, params: Mapping[str, Any]) -> BaseModel:
-        """Check ``params`` against the action's model; ParamsValidationError per bad field."""
-        spec = self.plugin(code).action(action)
-        return validate_params(params_model(spec.load()), params, action)
+    def check_params_json(self, code: str, action: str, params_json: str) -> None:
+        """Check params given as JSON object text against the action's model.
+
+        Nothing is kept: the validated params are dropped while collection is still paused,
+        so large params cost one parse and no collector pass over their objects.
+        Raises InvalidArgumentError (not a JSON object), ParamsValidationError per bad field.
+        """
+        model = params_model(self.plugin(code).action(action).load())
+        try:
+            with gc_paused():
+                validate_params_json(model, params_json, action)
+        except ParamsValidationError:
+            raise
+        except ValueError as exc:  # not JSON, or not an object
+            raise InvalidArgumentError(f"params_json is {exc}", field="params_json") from None

@@ -156,16 +156,15 @@ class JobService:
         tenant: str,
         plugin: str,
         action: str,
-        params: Mapping[str, Any],
+        params_json: str,
         *,
         mode: str = "",
         request_id: str = "",
-        params_json: str = "",
     ) -> tuple[Job, bool]:
         """Validate and store a new PENDING job and schedule it; ``(job, created)``.
 
-        ``params_json``, when given, is the JSON text ``params`` was parsed from; it is kept
-        as the job's params text so large params are not serialised again.
+        ``params_json`` is the text of one JSON object. It is validated against the action's
+        params model and then kept, stored and passed to the worker as that text only.
 
         Raises PluginNotFoundError / ActionNotFoundError (NOT_FOUND), ParamsValidationError,
         InvalidArgumentError, RequestIdConflictError.
@@ -193,7 +192,7 @@ class JobService:
             raise InvalidArgumentError(
                 f"mode {mode!r} is not available for this action (available: {supported})"
             )
-        self._catalog.validate_params(plugin, action, params)
+        self._catalog.check_params_json(plugin, action, params_json)
         version = self._catalog.plugins(plugin)[0].version
         pending_reason = (
             "waiting for a free worker slot" if self._slots.locked() else "starting a worker"
@@ -203,7 +202,6 @@ class JobService:
             tenant=tenant,
             plugin=plugin,
             action=action,
-            params=dict(params),
             params_json=params_json,
             plugin_version=version,
             mode=mode,

@@ -175,7 +175,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         plugin=plugin,
         action=action,
         mode=mode,
-        params=load_json(params),
+        # Kept as text (see Job.params): ListJobs no longer parses every listed job's params.
         params_json=params,
         state=JobState(state),
         request_id=request_id,
@@ -316,8 +316,16 @@ class SqliteJobStore:
                     if row is not None:
                         existing = _row_to_job(row)
                         conn.execute("COMMIT")
-                        same = (existing.plugin, existing.action, existing.params, existing.mode)
-                        if same != (job.plugin, job.action, job.params, job.mode):
+                        same = (existing.plugin, existing.action, existing.mode) == (
+                            job.plugin,
+                            job.action,
+                            job.mode,
+                        ) and (
+                            # The same text is the same params; other text (spacing, key
+                            # order) may still be, so only then are both parsed.
+                            existing.params_json == job.params_json or existing.params == job.params
+                        )
+                        if not same:
                             raise RequestIdConflictError(
                                 f"request_id {job.request_id!r} was already used for a "
                                 "different request"
@@ -330,7 +338,7 @@ class SqliteJobStore:
                 )
                 conn.execute(
                     "INSERT INTO job_params (job_id, params) VALUES (?, ?)",
-                    (job.id, job.params_json or _dump(job.params)),
+                    (job.id, job.params_json),
                 )
                 conn.execute("COMMIT")
                 return job, True

@@ -21,7 +21,7 @@ from synapse.plugin.v1 import (
     plugin_pb2,
     worker_service_pb2,
 )
-from synapse_sdk._json import load_json
+from synapse_sdk._json import dump_json
 from synapse_sdk.events import (
     ErrorInfo,
     Event,
@@ -60,9 +60,8 @@ __all__ = [
     "keepalive_to_pb",
     "mode_from_pb",
     "mode_to_pb",
-    "params_from_json",
-    "params_from_struct",
-    "params_json_text",
+    "params_json_from_pb",
+    "params_json_from_struct",
     "plugin_to_pb",
     "sdk_event_to_worker_pb",
     "state_from_pb",
@@ -174,26 +173,21 @@ def struct_from_dict(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
     return message
 
 
-def params_from_struct(message: struct_pb2.Struct) -> dict[str, Any]:
-    """Struct → plain dict (numbers arrive as floats, as Struct carries them)."""
-    return json_format.MessageToDict(message)
+def params_json_from_struct(message: struct_pb2.Struct) -> str:
+    """Struct → JSON object text (numbers arrive as floats, as Struct carries them)."""
+    return dump_json(json_format.MessageToDict(message)).decode()
 
 
-def params_from_json(data: bytes, field: str = "params_json") -> tuple[dict[str, Any], str]:
-    """UTF-8 JSON object text → ``(dict, text)``; InvalidArgumentError if it is not one."""
+def params_json_from_pb(data: bytes, field: str = "params_json") -> str:
+    """UTF-8 bytes → text; InvalidArgumentError if not UTF-8.
+
+    Whether the text is one JSON object is checked where the params are validated (one
+    parse, see PluginCatalog.check_params_json).
+    """
     try:
-        text = data.decode("utf-8")
-        value = load_json(data)
-    except ValueError as exc:  # UnicodeDecodeError is one too
-        raise InvalidArgumentError(f"{field} is not UTF-8 JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidArgumentError(f"{field} must be a JSON object, got {type(value).__name__}")
-    return value, text
-
-
-def params_json_text(job: Job) -> str:
-    """The job's params as JSON text (the submitted text when the job kept it)."""
-    return job.params_json or json.dumps(job.params, separators=(",", ":"), ensure_ascii=False)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(f"{field} is not UTF-8: {exc}", field=field) from None
 
 
 # Errors --------------------------------------------------------------------------------------
@@ -268,7 +262,7 @@ def job_to_pb(job: Job, *, with_params: bool = False) -> job_pb2.Job:
         message.error.CopyFrom(error_to_pb(job.error))
     if with_params:
         message.params.CopyFrom(struct_from_dict(job.params))
-        message.params_json = params_json_text(job).encode()
+        message.params_json = job.params_json.encode()
     return message
 
 

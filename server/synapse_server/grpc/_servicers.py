@@ -64,19 +64,17 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
         self, request: action_service_pb2.RunActionRequest, context: grpc.aio.ServicerContext
     ) -> action_service_pb2.RunActionResponse:
         tenant = _tenant()
-        params_json = ""
         if request.params_json:
-            params, params_json = conv.params_from_json(request.params_json)
+            params_json = conv.params_json_from_pb(request.params_json)
         else:
-            params = conv.params_from_struct(request.params)
+            params_json = conv.params_json_from_struct(request.params)
         job, created = await self._jobs.submit(
             tenant,
             request.plugin,
             request.action,
-            params,
+            params_json,
             mode=conv.mode_from_pb(request.mode),
             request_id=request.request_id,
-            params_json=params_json,
         )
         return action_service_pb2.RunActionResponse(job=conv.job_to_pb(job), created=created)
 
@@ -176,7 +174,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             plugin=job.plugin,
             plugin_version=job.plugin_version,
             action=job.action,
-            params_json=conv.params_json_text(job).encode(),
+            params_json=job.params_json.encode(),
             mode=conv.mode_to_pb(job.mode),
             cancel_requested=job.cancel_requested,
         )

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from synapse_sdk._json import gc_paused
 
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._errors import FailedPreconditionError, InvalidArgumentError
@@ -339,7 +340,9 @@ class _RayExecutorBase:
     def resources(self, job: Job) -> RayResources:
         """The resources ``job`` asks for (params first, then the action's config)."""
         config = self._action_config(self._plugin_dir(job), job.action)
-        return RayResources.resolve(job.params, config, self._default_num_cpus)
+        # Only a few keys are read: the parsed params are dropped before collection resumes.
+        with gc_paused():
+            return RayResources.resolve(job.params, config, self._default_num_cpus)
 
     def _node_totals(self) -> list[dict[str, float]]:
         import ray

@@ -25,7 +25,7 @@ import grpc
 import yaml
 from google.protobuf import json_format
 from synapse.plugin.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
-from synapse_sdk._json import dump_json, gc_paused, load_json
+from synapse_sdk._json import dump_json, gc_paused
 from synapse_sdk.errors import (
     ActionCancelledError,
     ActionFailedError,
@@ -33,7 +33,13 @@ from synapse_sdk.errors import (
 )
 from synapse_sdk.events import ErrorInfo, Event
 from synapse_sdk.models import PlatformModelBackend
-from synapse_sdk.plugins import Plugin, load_plugin, params_model, run_action, validate_params
+from synapse_sdk.plugins import (
+    Plugin,
+    load_plugin,
+    params_model,
+    run_action,
+    validate_params_json,
+)
 from synapse_sdk.runtime import PlatformInfo, RunContext
 
 from synapse_server.grpc._converters import error_info_to_pb, sdk_event_to_worker_pb
@@ -422,17 +428,16 @@ def _execute(
         # compute time of the 100k-input batch example). Collection stays paused from the
         # parse to the freeze, so the new objects skip even the one young-generation pass.
         with gc_paused():
-            raw: dict[str, Any] = (
-                load_json(assignment.params_json)
-                if assignment.params_json
-                else json_format.MessageToDict(assignment.params)
-            )
             plugin = _find_plugin(plugin_dirs, assignment.plugin, assignment.plugin_version)
             action_cls = plugin.get_action_class(assignment.action)
             # Validated here rather than inside run_action so that the params can be frozen
             # below in their validated form; run_action takes the model instance as it is.
-            params = validate_params(params_model(action_cls), raw, assignment.action)
-            del raw
+            # Parsed and validated in one pass from the text (the server keeps only text).
+            params = validate_params_json(
+                params_model(action_cls),
+                assignment.params_json or dump_json(json_format.MessageToDict(assignment.params)),
+                assignment.action,
+            )
             gc.freeze()
             # A young-generation pass every 700 net allocations (the default) is tuned for
             # long-running programs; an action that builds a large result (one dict and one
