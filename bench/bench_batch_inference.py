@@ -203,7 +203,40 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['inputs']:>8} {row['baseline_s']:>11} {row['platform_s']:>11} "
             f"{row['throughput_ratio']:>6}"
         )
+    for line in _overhead_lines(rows):
+        print(line)
     return 0
+
+
+def _overhead_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The platform's overhead (platform - baseline) fitted as ``fixed + per_input * n``.
+
+    From the smallest and largest count measured. The ratio reaches 0.9 once the action's
+    own compute is at least 9x the overhead, which tells for which models it does.
+    """
+    if len(rows) < 2:
+        return []
+    small, large = min(rows, key=lambda r: r["inputs"]), max(rows, key=lambda r: r["inputs"])
+    if small["inputs"] == large["inputs"]:
+        return []
+
+    def overhead(row: dict[str, Any]) -> float:
+        return float(row["platform_s"]) - float(row["baseline_s"])
+
+    per_input = (overhead(large) - overhead(small)) / (large["inputs"] - small["inputs"])
+    fixed = overhead(small) - per_input * small["inputs"]
+    lines = [
+        f"platform overhead ~ {fixed * 1e3:.0f} ms per job + {per_input * 1e6:.2f} us per input"
+    ]
+    for row in (small, large):
+        n = row["inputs"]
+        needed = 9 * (fixed / n + per_input)
+        have = float(row["baseline_s"]) / n
+        lines.append(
+            f"  {n} inputs: ratio 0.9 needs >= {needed * 1e6:.1f} us of compute per input "
+            f"(this model: {have * 1e6:.1f} us)"
+        )
+    return lines
 
 
 if __name__ == "__main__":
