@@ -36,6 +36,15 @@ class QuickAction(BaseAction[QuickParams]):
         return result
 
 
+class WhoAmIAction(BaseAction):
+    """Returns the ids of the process it runs in and of that process's parent."""
+
+    action_name = "whoami"
+
+    def execute(self) -> dict[str, int]:
+        return {"pid": os.getpid(), "ppid": os.getppid()}
+
+
 class FailingAction(BaseAction):
     """Raises a ValueError."""
 
