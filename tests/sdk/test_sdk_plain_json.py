@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from synapse_sdk._json import (
+from synapse_sdk.jsonutil import (
     dump_json,
     dump_json_checked,
     gc_paused,

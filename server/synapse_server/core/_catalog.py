@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synapse_sdk._json import gc_paused
 from synapse_sdk.errors import ActionNotFoundError, ParamsValidationError, PluginNotFoundError
+from synapse_sdk.jsonutil import gc_paused
 from synapse_sdk.plugins import (
     BaseAction,
     Plugin,

@@ -24,8 +24,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from synapse_sdk._json import dump_json
 from synapse_sdk.errors import SynapseError
+from synapse_sdk.jsonutil import dump_json
 
 from synapse_server.core._catalog import ActionKind, PluginCatalog
 from synapse_server.core._credentials import WorkerClaims, WorkerCredentialIssuer

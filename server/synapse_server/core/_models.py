@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from synapse_sdk._json import load_json
+from synapse_sdk.jsonutil import load_json
 
 __all__ = [
     "TERMINAL_STATES",

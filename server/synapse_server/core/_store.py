@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from synapse_sdk._json import dump_json_checked, load_json
+from synapse_sdk.jsonutil import dump_json_checked, load_json
 
 from synapse_server.core._errors import InvalidArgumentError, RequestIdConflictError
 from synapse_server.core._models import (

@@ -21,7 +21,6 @@ from synapse.plugin.v1 import (
     plugin_pb2,
     worker_service_pb2,
 )
-from synapse_sdk._json import dump_json
 from synapse_sdk.events import (
     ErrorInfo,
     Event,
@@ -33,6 +32,7 @@ from synapse_sdk.events import (
     StepStartedEvent,
     StepStatus,
 )
+from synapse_sdk.jsonutil import dump_json
 
 from synapse_server.core import (
     ErrorOrigin,

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from synapse_sdk._json import gc_paused
+from synapse_sdk.jsonutil import gc_paused
 
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._errors import FailedPreconditionError, InvalidArgumentError

@@ -25,13 +25,13 @@ import grpc
 import yaml
 from google.protobuf import json_format
 from synapse.plugin.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
-from synapse_sdk._json import dump_json, gc_paused
 from synapse_sdk.errors import (
     ActionCancelledError,
     ActionFailedError,
     PluginNotFoundError,
 )
 from synapse_sdk.events import ErrorInfo, Event
+from synapse_sdk.jsonutil import dump_json, gc_paused
 from synapse_sdk.models import PlatformModelBackend
 from synapse_sdk.plugins import (
     Plugin,
