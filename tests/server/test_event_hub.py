@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -50,12 +51,23 @@ def _progress(current: int, category: str = "c") -> NewEvent:
 _TERMINAL = NewEvent(EventKind.TERMINAL, {"state": "SUCCEEDED", "result": {"ok": True}})
 
 
-async def _collect(hub: EventHub, after: int = 0) -> list[JobEvent]:
-    out: list[JobEvent] = []
+async def _collect(
+    hub: EventHub, after: int = 0, out: list[JobEvent] | None = None
+) -> list[JobEvent]:
+    """Every event of the subscription, appended to ``out`` (if given) as it arrives."""
+    out = [] if out is None else out
     async for item in hub.subscribe("j", after):
         assert isinstance(item, JobEvent)
         out.append(item)
     return out
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Yield to the loop until ``condition()`` holds (a deadline, not a fixed sleep)."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
 
 
 async def test_seq_is_gap_free_and_persisted(hub: EventHub, store: SqliteJobStore) -> None:
@@ -78,8 +90,10 @@ async def test_job_row_is_updated_with_events(hub: EventHub, store: SqliteJobSto
 
 async def test_replay_then_live_then_terminal(hub: EventHub) -> None:
     await hub.append("j", [_log(i) for i in range(3)])
-    task = asyncio.create_task(_collect(hub))
-    await asyncio.sleep(0.05)
+    replayed: list[JobEvent] = []
+    task = asyncio.create_task(_collect(hub, out=replayed))
+    # The subscriber has replayed the stored events and waits for live ones.
+    await _until(lambda: len(replayed) == 3, "the replay")
     for i in range(3, 6):
         await hub.append("j", [_log(i)])
     await hub.append("j", [_TERMINAL])
@@ -92,7 +106,10 @@ async def test_replay_then_live_then_terminal(hub: EventHub) -> None:
 
 async def test_many_subscribers_and_after_seq(hub: EventHub) -> None:
     tasks = [asyncio.create_task(_collect(hub, after)) for after in (0, 0, 2, 5)]
-    await asyncio.sleep(0.02)
+    # All four are subscribed (and, with nothing stored yet, wait for live events).
+    await _until(
+        lambda: "j" in hub._channels and hub._channels["j"].subscribers == 4, "subscribers"
+    )
     for i in range(6):
         await hub.append("j", [_log(i)])
         await asyncio.sleep(0)
@@ -154,9 +171,10 @@ async def test_keepalive_on_idle_and_disconnect_leaks_nothing(hub: EventHub) -> 
             received.append(item)
 
     task = asyncio.create_task(follow())
-    await asyncio.sleep(0.3)
+    # Two keepalives on an idle stream, however long a loaded machine takes to send them.
+    await _until(lambda: received.count(KEEPALIVE) >= 2, "two keepalives")
     assert isinstance(received[0], JobEvent)
-    assert received.count(KEEPALIVE) >= 2
+    assert all(item is KEEPALIVE for item in received[1:])
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
