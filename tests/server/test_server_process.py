@@ -125,10 +125,10 @@ def test_sigterm_drains_and_stops(spawn: Any) -> None:
     _wait_running(server.stub, running)
     stream = server.stub.StreamProgress(pb.StreamProgressRequest(job_id=running), timeout=30)
     next(stream)
-    started = time.monotonic()
     os.kill(server.process.pid, signal.SIGTERM)
-    # The in-flight stream ends (with the job's terminal event) instead of hanging.
+    # The in-flight stream ends (with the job's terminal event) instead of hanging: the slow
+    # action waits 60 s, past the stream's 30 s deadline, unless the drain ends it.
     events = [m.event for m in stream if m.HasField("event")]
     assert events[-1].terminal.state == job_pb2.JOB_STATE_FAILED
-    assert server.process.wait(15) == 0
-    assert time.monotonic() - started < 10
+    # A drain with a 3 s grace exits by itself; the wait is a deadline, not a measurement.
+    assert server.process.wait(30) == 0
