@@ -78,10 +78,12 @@ def test_bad_input_exits_2(platform_server: Any) -> None:
 
 
 def test_unreachable_server_is_reported() -> None:
+    # The port stays bound to a socket that never listens: connections are refused, and no
+    # other process can start listening on it during the call.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    done = synapse("jobs", "list", "--server", f"127.0.0.1:{port}", "--timeout", "5")
+        done = synapse("jobs", "list", "--server", f"127.0.0.1:{port}", "--timeout", "5")
     assert done.returncode == 1
     assert _last_line(done.stderr).startswith(f"error: cannot reach the server at 127.0.0.1:{port}")
 

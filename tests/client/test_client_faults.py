@@ -260,18 +260,20 @@ async def test_async_client_maps_errors_the_same_way(
 
 
 def test_plain_status_without_details_and_unreachable_server() -> None:
-    # Nothing listens on this port (bound, then closed): UNAVAILABLE from the channel itself.
+    # Nothing listens on this port: it stays bound to a socket that never listens, so no
+    # other process can take it meanwhile (a port closed first could be reused by a server).
+    # UNAVAILABLE from the channel itself.
     import socket
 
+    retry = RetryPolicy(max_attempts=2, initial_backoff=0.01)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    retry = RetryPolicy(max_attempts=2, initial_backoff=0.01)
-    with (
-        Client(f"127.0.0.1:{port}", retry=retry, timeout=5) as client,
-        pytest.raises(UnavailableError) as info,
-    ):
-        client.get_job("x")
+        with (
+            Client(f"127.0.0.1:{port}", retry=retry, timeout=5) as client,
+            pytest.raises(UnavailableError) as info,
+        ):
+            client.get_job("x")
     assert info.value.details == [] and info.value.correlation_id is None
 
 
