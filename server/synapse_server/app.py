@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import logging
 import shutil
@@ -81,6 +82,8 @@ class SynapseServer:
         self._ray: RayRuntime | None = None
         self._router: ServeRouter | None = None
         self._socket_dir: Path | None = None
+        self._catalog: PluginCatalog | None = None
+        self._local_executor: LocalProcessExecutor | None = None
 
     @property
     def jobs(self) -> JobService:
@@ -148,6 +151,7 @@ class SynapseServer:
             preload_plugins=s.preload_plugins,
         )
         await executor.prewarm()
+        self._catalog, self._local_executor = catalog, executor
         executors: dict[str, Executor] = {"local": executor}
         if "task" in modes:
             roots = s.tls_cert_file.read_bytes() if s.tls_cert_file and s.ray_address else None
@@ -228,6 +232,20 @@ class SynapseServer:
         )
         return self.address
 
+    async def reload_plugins(self) -> None:
+        """Import the plugins again from disk, for later jobs (``synapse serve``: SIGHUP).
+
+        The catalog (actions, params models and schemas) is rebuilt first; a plugin that no
+        longer loads raises its error and leaves everything as it was. Then local jobs start
+        from new fork servers. Jobs already running finish on the code they started with,
+        Ray task/job workers pick changed code up by its content digest on their own, and
+        running deployments keep theirs until they are deployed again.
+        """
+        if self._catalog is None or self._local_executor is None:
+            raise RuntimeError("the server is not started")
+        await asyncio.to_thread(functools.partial(self._catalog.reload, fresh=True))
+        await self._local_executor.reload_plugins()
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, finish in-flight RPCs within ``grace``, then close."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
@@ -265,6 +283,24 @@ async def serve(settings: ServerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            await server.reload_plugins()
+        except Exception:
+            logger.exception("plugin reload failed; the plugins loaded before stay in use")
+        else:
+            codes = [info.code for info in server.jobs.catalog.plugins()]
+            logger.info("plugins reloaded: %s", ", ".join(codes))
+
+    def on_hangup() -> None:
+        task = loop.create_task(reload(), name="reload-plugins")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await stop.wait()
     print("synapse server stopping", file=sys.stderr, flush=True)
     await server.stop()

@@ -125,23 +125,35 @@ class _PluginConfig(BaseModel):
         )
 
 
-def load_plugin(path_or_module: str | Path) -> Plugin:
+def load_plugin(path_or_module: str | Path, *, fresh: bool = False) -> Plugin:
     """Load a plugin from a directory with ``config.yaml``, a ``.py`` file, or a module name.
 
     A directory's ``config.yaml`` is validated (errors name the file and field) and each
     action's entrypoint imported and checked to be a ``BaseAction`` subclass. A module or file
     plugin's actions are the ``BaseAction`` subclasses it defines, keyed by ``action_name``.
+
+    A plugin's modules are imported once per process and reused by later loads. ``fresh=True``
+    imports them again from disk, so edits since the first load take effect; classes from the
+    earlier load keep working for whoever still holds them.
     """
     candidate = Path(path_or_module)
     if candidate.is_dir():
-        return _load_directory(candidate.resolve())
+        directory = candidate.resolve()
+        if fresh:
+            _forget(_package_name(_config_code(directory), directory))
+        return _load_directory(directory)
     if candidate.is_file() and candidate.suffix == ".py":
-        return _load_file(candidate.resolve())
+        path = candidate.resolve()
+        if fresh:
+            _forget(_package_name(path.stem, path))
+        return _load_file(path)
     if isinstance(path_or_module, Path) or "/" in str(path_or_module):
         raise PluginNotFoundError(f"no plugin at '{path_or_module}': no such directory or file")
     try:
         with _import_lock:
             module = importlib.import_module(str(path_or_module))
+            if fresh:
+                module = importlib.reload(module)
     except ModuleNotFoundError as exc:
         raise PluginNotFoundError(
             f"no plugin '{path_or_module}': not a directory, .py file or importable module ({exc})"
@@ -149,11 +161,30 @@ def load_plugin(path_or_module: str | Path) -> Plugin:
     return _plugin_from_module(module, code=module.__name__, path=_module_path(module))
 
 
-def discover_plugins(dirs: Iterable[str | Path]) -> dict[str, Plugin]:
+def _forget(prefix: str) -> None:
+    """Drop the modules of one plugin package from ``sys.modules`` (see ``fresh``)."""
+    with _import_lock:
+        for name in [n for n in sys.modules if n == prefix or n.startswith(prefix + ".")]:
+            del sys.modules[name]
+        # The import system caches directory listings: files added since would not be found.
+        importlib.invalidate_caches()
+
+
+def _config_code(directory: Path) -> str:
+    """The ``code`` of a plugin directory's config, read without validating the rest."""
+    try:
+        raw = yaml.safe_load((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return ""  # _load_directory reports the problem with its file and field
+    code = raw.get("code") if isinstance(raw, dict) else None
+    return code if isinstance(code, str) else ""
+
+
+def discover_plugins(dirs: Iterable[str | Path], *, fresh: bool = False) -> dict[str, Plugin]:
     """Load every plugin in ``dirs``: each dir that has ``config.yaml`` or its subdirs that do.
 
     A malformed plugin raises (nothing is skipped silently); two plugins with the same code
-    raise :class:`PluginConfigError` naming both.
+    raise :class:`PluginConfigError` naming both. ``fresh`` is passed to :func:`load_plugin`.
     """
     found: dict[str, Plugin] = {}
     for raw in dirs:
@@ -165,7 +196,7 @@ def discover_plugins(dirs: Iterable[str | Path]) -> dict[str, Plugin]:
         else:
             candidates = sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file())
         for directory in candidates:
-            plugin = load_plugin(directory)
+            plugin = load_plugin(directory, fresh=fresh)
             previous = found.get(plugin.code)
             if previous is not None:
                 raise PluginConfigError(

@@ -98,9 +98,13 @@ class PluginCatalog:
         """The directories scanned for plugins."""
         return list(self._dirs)
 
-    def reload(self) -> None:
-        """Rescan the plugin directories; a malformed plugin raises and keeps the old catalog."""
-        plugins = discover_plugins(self._dirs)
+    def reload(self, *, fresh: bool = False) -> None:
+        """Rescan the plugin directories; a malformed plugin raises and keeps the old catalog.
+
+        ``fresh`` imports the plugins' code again from disk (see ``load_plugin``), for a
+        reload after plugins were edited; otherwise modules imported before are reused.
+        """
+        plugins = discover_plugins(self._dirs, fresh=fresh)
         infos = {code: self._info(plugin) for code, plugin in plugins.items()}
         with self._lock:
             self._plugins = plugins

@@ -303,6 +303,20 @@ class ForkServerPool:
         self._retired.add(server)
         server.close_input()
 
+    def retire_all(self) -> list[str]:
+        """Start no more jobs on the current fork servers; the plugins they served.
+
+        For a reload of edited plugins: the next job of each plugin starts a new fork server,
+        which imports the plugin's code as it is now. Jobs running on a retired fork server
+        finish there, and the fork server exits after its last one.
+        """
+        plugins = list(self._servers)
+        for plugin in plugins:
+            self._servers.pop(plugin).add_done_callback(self._retire)
+        if plugins:
+            logger.info("fork servers retired for %s", ", ".join(plugins))
+        return plugins
+
     async def close(self, grace: float = 5.0) -> None:
         """Kill every fork server's children and stop the fork servers."""
         self._closed = True
