@@ -82,6 +82,37 @@ class BaseDeploymentAction(BaseAction[P]):
         """Ray runtime environment for the deployment; empty by default."""
         return {}
 
+    # Step mode -----------------------------------------------------------------------------
+
+    def create_context(self) -> DeploymentContext:
+        """Build the step context: the params, the model id (``model_id`` or ``model``) and the
+        application name, route prefix and actor options :meth:`deploy` will use.
+
+        :meth:`deploy` sets ``deployed`` (and the values it actually used) on it, and
+        :meth:`register_serve_application` sets ``serve_app_id``. Override to fill it
+        differently.
+        """
+        params = self.params.model_dump()
+        model_id = params.get("model_id", params.get("model"))
+        return DeploymentContext(
+            params=params,
+            model_id=model_id
+            if isinstance(model_id, int) and not isinstance(model_id, bool)
+            else None,
+            serve_app_name=self.get_serve_app_name(),
+            route_prefix=self.get_route_prefix(),
+            ray_actor_options=self.get_ray_actor_options(),
+        )
+
+    def prepare_context(self, context: BaseStepContext) -> None:
+        """Remember the run's deployment context, for :meth:`deploy` and registration."""
+        super().prepare_context(context)
+        if isinstance(context, DeploymentContext):
+            self._deployment_context = context
+
+    def _step_context(self) -> DeploymentContext | None:
+        return getattr(self, "_deployment_context", None)
+
     # Ray Serve -------------------------------------------------------------------------------
 
     def get_serve_options(self) -> dict[str, Any]:
@@ -193,11 +224,18 @@ class BaseDeploymentAction(BaseAction[P]):
             serve_options=serve_options,
             init_args=(platform.address if platform is not None else "",),
         )
+        used_options = {k: v for k, v in actor_options.items() if k != "runtime_env"}
         self._serve_deployed = {
             "name": app_name,
             "route_prefix": route_prefix or "",
-            "ray_actor_options": {k: v for k, v in actor_options.items() if k != "runtime_env"},
+            "ray_actor_options": used_options,
         }
+        context = self._step_context()
+        if context is not None:
+            context.deployed = True
+            context.serve_app_name = app_name
+            context.route_prefix = route_prefix
+            context.ray_actor_options = dict(used_options)
         logger.info("deployed serve application %s", app_name)
 
     def register_serve_application(self) -> int | None:
@@ -223,6 +261,9 @@ class BaseDeploymentAction(BaseAction[P]):
                 ray_actor_options=deployed["ray_actor_options"],
                 endpoint_action=getattr(entrypoint, "action_name", "") or "",
             )
+        context = self._step_context()
+        if context is not None:
+            context.serve_app_id = info.id
         return info.id
 
 
