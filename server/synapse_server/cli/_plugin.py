@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import yaml
 from synapse_sdk.errors import (
     ActionCancelledError,
     ActionFailedError,
@@ -76,6 +77,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Handle ``synapse plugin run``."""
     if args.server:
         try:
+            args.plugin = _server_plugin_code(args.plugin)
             return _remote.run_remote(args, _read_params(args.params))
         except _UsageError as exc:
             return _fail(exc, EXIT_USAGE)
@@ -124,6 +126,31 @@ def run_command(args: argparse.Namespace) -> int:
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return EXIT_OK
+
+
+def _server_plugin_code(plugin: str) -> str:
+    """``--plugin`` as the server names plugins: by code.
+
+    A local plugin directory (such as the default ``.`` inside one) stands for the ``code``
+    in its config.yaml, so the reference document's ``synapse plugin run ACTION ...`` works
+    from a plugin's directory against a server too. Anything else is taken as the code.
+    """
+    config = Path(plugin) / "config.yaml"
+    if not config.is_file():
+        if plugin == ".":
+            raise _UsageError(
+                "this directory has no config.yaml: pass --plugin CODE (or run from a plugin "
+                "directory) to run an action on the server"
+            )
+        return plugin
+    try:
+        raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise _UsageError(f"cannot read {config}: {exc}") from exc
+    code = raw.get("code") if isinstance(raw, dict) else None
+    if not isinstance(code, str) or not code:
+        raise _UsageError(f"{config}: field 'code' is missing; it names the plugin on the server")
+    return code
 
 
 def _read_params(raw: str) -> Any:
