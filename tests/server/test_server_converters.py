@@ -107,6 +107,9 @@ def test_params_json_from_pb() -> None:
     message = struct_pb2.Struct()
     message.update({"n": 5, "xs": [1, "a"]})
     assert json.loads(conv.params_json_from_struct(message)) == {"n": 5.0, "xs": [1.0, "a"]}
+    message.update({"bad": float("nan")})
+    with pytest.raises(InvalidArgumentError, match="NaN"):
+        conv.params_json_from_struct(message)
 
 
 def test_job_and_terminal_event() -> None:

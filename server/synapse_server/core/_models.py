@@ -178,7 +178,10 @@ class Job:
         held, while the server itself only validates them once and passes the text on.
         """
         value = load_json(self.params_json)
-        return value if isinstance(value, dict) else {}
+        if not isinstance(value, dict):
+            # Submitted params are checked to be an object: this is a damaged stored row.
+            raise ValueError(f"job {self.id}: stored params are not a JSON object")
+        return value
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes`` applied."""

@@ -32,7 +32,7 @@ from synapse_sdk.events import (
     StepStartedEvent,
     StepStatus,
 )
-from synapse_sdk.jsonutil import dump_json
+from synapse_sdk.jsonutil import dump_json_checked
 
 from synapse_server.core import (
     ErrorOrigin,
@@ -174,8 +174,14 @@ def struct_from_dict(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
 
 
 def params_json_from_struct(message: struct_pb2.Struct) -> str:
-    """Struct → JSON object text (numbers arrive as floats, as Struct carries them)."""
-    return dump_json(json_format.MessageToDict(message)).decode()
+    """Struct → JSON object text (numbers arrive as floats, as Struct carries them).
+
+    InvalidArgumentError for NaN or infinity, which a Struct can carry and JSON cannot.
+    """
+    try:
+        return dump_json_checked(json_format.MessageToDict(message)).decode()
+    except ValueError as exc:
+        raise InvalidArgumentError(f"params: {exc}", field="params") from None
 
 
 def params_json_from_pb(data: bytes, field: str = "params_json") -> str:
