@@ -299,13 +299,18 @@ async def test_replica_refuses_a_remembered_id_once_it_expires(services: Any) ->
     handle = serve.get_app_handle("probe-app").options(method_name="_synapse_infer")
     request = ServeRequest(json={"x": [1.0]}, has_json=True)
     key = derive_app_key(ServeKeyring(SECRET).tenant_key(TENANT), "probe-app")
-    token = ServeModelIdSigner(key, "probe-app", TENANT).mint(2, ttl_s=2)
+    # exp is whole seconds: a 4 s ttl leaves over 3 s for the calls that see it valid.
+    token = ServeModelIdSigner(key, "probe-app", TENANT).mint(2, ttl_s=4)
     expires_at = float(unverified_claims(token)["exp"])
     bound = handle.options(multiplexed_model_id=token)
+    answered_in_time = 0
     for _ in range(2):
         reply = await bound.remote(request)
+        # A reply back before expiry was checked while the id was valid (then remembered).
         if time.time() < expires_at - 0.2:
             assert reply.error_kind is None, reply
+            answered_in_time += 1
+    assert answered_in_time, "no call came back before the id expired: nothing was remembered"
     await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.1)
     reply = await bound.remote(request)
     assert reply.error_kind == "permission_denied" and "expired" in reply.error_message
@@ -424,17 +429,22 @@ async def test_closing_the_router_stops_its_handles_tasks(deployed: None) -> Non
     assert not _serve_tasks(started), _serve_tasks(started)
 
 
-async def _cancelled_tags(inference: InferenceService) -> list[str]:
-    reply = await inference.infer(
-        TENANT, InferRequestData(application="probe-app", path="/cancelled")
-    )
+async def _probe_tags(inference: InferenceService, path: str) -> list[str]:
+    reply = await inference.infer(TENANT, InferRequestData(application="probe-app", path=path))
     return list(reply.json)
 
 
 async def _wait_cancelled(inference: InferenceService, tag: str) -> None:
-    deadline = time.monotonic() + 10
-    while tag not in await _cancelled_tags(inference):
+    deadline = time.monotonic() + 30
+    while tag not in await _probe_tags(inference, "/cancelled"):
         assert time.monotonic() < deadline, f"the replica never saw {tag!r} cancelled"
+        await asyncio.sleep(0.1)
+
+
+async def _wait_started(inference: InferenceService, tag: str) -> None:
+    deadline = time.monotonic() + 60
+    while tag not in await _probe_tags(inference, "/started"):
+        assert time.monotonic() < deadline, f"the call {tag!r} never reached the replica"
         await asyncio.sleep(0.1)
 
 
@@ -460,7 +470,7 @@ async def test_a_caller_going_away_cancels_the_request_in_the_replica(services: 
         application="probe-app", path="/sleep", json={"seconds": 60, "tag": tag}, has_json=True
     )
     call = asyncio.ensure_future(inference.infer(TENANT, sleep))
-    await asyncio.sleep(1.0)  # reached the replica
+    await _wait_started(inference, tag)  # the call reached the replica
     assert not call.done()
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -472,17 +482,31 @@ async def test_a_forgotten_app_keeps_its_router_until_its_calls_end(deployed: No
     before = asyncio.all_tasks()
     router = ServeRouter(RayRuntime())
     token = ServeKeyring(SECRET).model_id_for(TENANT, "probe-app", "2")
-    sleep = ServeRequest(path="/sleep", json={"seconds": 1.5}, has_json=True)
-    call = asyncio.ensure_future(router.call("probe-app", token, sleep, timeout_s=30))
-    await asyncio.sleep(0.5)  # the call is in flight on the app's router
+    tag = f"forgotten-{uuid.uuid4().hex}"
+    # Long enough to stay in flight from the moment the replica has it until the checks below.
+    sleep = ServeRequest(path="/sleep", json={"seconds": 4, "tag": tag}, has_json=True)
+    call = asyncio.ensure_future(router.call("probe-app", token, sleep, timeout_s=60))
+    # The call is in flight on the app's router once the replica has it. Asked through Serve's
+    # process-wide handle, whose router runs on Serve's own loop: nothing is added to the
+    # tasks of this loop, and the router under test serves only the call under test.
+    from ray import serve
+
+    probe = serve.get_app_handle("probe-app").options(
+        method_name="_synapse_infer", multiplexed_model_id=token
+    )
+    deadline = time.monotonic() + 60
+    while tag not in (await probe.remote(ServeRequest(path="/started"))).json:
+        assert time.monotonic() < deadline, f"the call {tag!r} never reached the replica"
+        await asyncio.sleep(0.1)
     started = _serve_tasks(asyncio.all_tasks() - before)
     assert started and not call.done()
     router.forget("probe-app")  # as after a failed call or a delete
     await asyncio.sleep(0.2)
     assert _serve_tasks(started) == started, "the router was shut down under a live call"
+    assert not call.done(), "the call ended before the check: it proved nothing"
     reply = await call
     assert reply.error_kind is None and reply.json == "awake"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while _serve_tasks(started):
         assert time.monotonic() < deadline, _serve_tasks(started)
         await asyncio.sleep(0.1)

@@ -12,6 +12,8 @@ from synapse_sdk.plugins.actions.inference import BaseDeploymentAction, BaseServ
 app = FastAPI()
 #: Tags of /sleep calls cancelled in this replica process.
 CANCELLED: set[str] = set()
+#: Tags of /sleep calls that reached this replica process.
+STARTED: set[str] = set()
 
 
 class ProbeServe(BaseServeDeployment):
@@ -31,12 +33,18 @@ class ProbeServe(BaseServeDeployment):
 
     @app.post("/sleep")
     async def sleep(self, seconds: float, tag: str = "") -> str:
+        STARTED.add(tag)
         try:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:
             CANCELLED.add(tag)
             raise
         return "awake"
+
+    @app.post("/started")
+    async def started(self) -> list[str]:
+        """Tags of the sleeps that reached this replica."""
+        return sorted(STARTED)
 
     @app.post("/cancelled")
     async def cancelled(self) -> list[str]:
