@@ -84,6 +84,8 @@ class SynapseServer:
         self._socket_dir: Path | None = None
         self._catalog: PluginCatalog | None = None
         self._local_executor: LocalProcessExecutor | None = None
+        # One reload at a time: a second SIGHUP waits for the first instead of interleaving.
+        self._reload_lock = asyncio.Lock()
 
     @property
     def jobs(self) -> JobService:
@@ -243,8 +245,9 @@ class SynapseServer:
         """
         if self._catalog is None or self._local_executor is None:
             raise RuntimeError("the server is not started")
-        await asyncio.to_thread(functools.partial(self._catalog.reload, fresh=True))
-        await self._local_executor.reload_plugins()
+        async with self._reload_lock:
+            await asyncio.to_thread(functools.partial(self._catalog.reload, fresh=True))
+            await self._local_executor.reload_plugins()
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, finish in-flight RPCs within ``grace``, then close."""
