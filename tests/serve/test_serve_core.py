@@ -159,7 +159,15 @@ async def test_concurrent_first_requests_load_a_model_once(services: Any) -> Non
     results = await asyncio.gather(*(inference.infer(TENANT, request) for _ in range(8)))
     assert all(r.json == {"model": model, "y": [int(model), 2.0 * int(model)]} for r in results)
     record = await deployments.resolve(TENANT, "probe-app", None, None)
-    fresh = await deployments.get(TENANT, record.id)
+    # The replicas' loaded models are asked for with a short deadline and left out when the
+    # answer is late (a loaded machine): ask again until the replica's answer is in.
+    deadline = time.monotonic() + 60
+    while True:
+        fresh = await deployments.get(TENANT, record.id)
+        if any(model in r.loaded_model_ids for r in fresh.replicas):
+            break
+        assert time.monotonic() < deadline, fresh
+        await asyncio.sleep(0.5)
     assert fresh.status == DeploymentStatus.RUNNING
     assert len(fresh.replicas) == 1
     assert model in fresh.replicas[0].loaded_model_ids
