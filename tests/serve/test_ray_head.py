@@ -52,7 +52,8 @@ def test_stop_leaves_no_process_of_the_head() -> None:
         assert time.monotonic() < deadline, _group(pgid)
         time.sleep(0.2)
     head.stop()
-    assert _wait_gone(pgid, 5) == []
+    # stop() ends with SIGKILL to the group; the wait only lets a loaded machine reap them.
+    assert _wait_gone(pgid, 30) == []
 
 
 def test_the_head_dies_with_a_killed_server(tmp_path: Path) -> None:
