@@ -92,14 +92,49 @@ def _wait_running(stub: Any, job_id: str) -> None:
     raise AssertionError("job never started")
 
 
+def _live_processes() -> dict[int, int]:
+    """Pid -> parent pid of every process that is not a zombie."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone while listing
+                continue
+            if fields[0] != "Z":
+                found[int(entry)] = int(fields[1])
+    return found
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = _live_processes()
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def test_sigkill_keeps_history_and_fails_running_jobs(spawn: Any) -> None:
     first = spawn()
     done = _run(first.stub, "quick", {"count": 5, "label": "kept"})
     done_history = _history(first.stub, done)
     running = _run(first.stub, "slow")
     _wait_running(first.stub, running)
+    workers = _descendants(first.process.pid)
+    assert workers, "the running job has no worker process under the server"
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(10)
+    # The old workers die with the server (no orphan keeps running plugin code); the kill
+    # reaches them asynchronously, so they get a deadline rather than one look.
+    deadline = time.monotonic() + 30
+    while left := workers & set(_live_processes()):
+        assert time.monotonic() < deadline, f"worker processes outlived the server: {left}"
+        time.sleep(0.1)
 
     second = spawn()
     again = _history(second.stub, done)
@@ -112,7 +147,6 @@ def test_sigkill_keeps_history_and_fails_running_jobs(spawn: Any) -> None:
     assert "server stopped while the job was running" in final.error.message
     job = second.stub.GetJob(pb.GetJobRequest(job_id=running), timeout=5).job
     assert job.state == job_pb2.JOB_STATE_FAILED
-    # The old worker died with the server (no orphan keeps running plugin code).
     assert second.stub.ListJobs(pb.ListJobsRequest(), timeout=5).jobs
 
 
