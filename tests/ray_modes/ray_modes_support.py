@@ -101,12 +101,18 @@ class TcpProxy:
         except OSError:
             return
         finally:
+            # A connection that ended is no longer one that cut() breaks.
+            with self._lock, contextlib.suppress(ValueError):
+                self._pairs.remove((a, b))
             for sock in sockets:
                 with contextlib.suppress(OSError):
                     sock.close()
 
     def cut(self, refuse_seconds: float) -> int:
-        """Close every open connection and refuse new ones for ``refuse_seconds``."""
+        """Close every open connection and refuse new ones for ``refuse_seconds``.
+
+        Returns how many connections were open (ended ones are not counted).
+        """
         self._refuse_until = time.monotonic() + refuse_seconds
         with self._lock:
             pairs, self._pairs = self._pairs, []
