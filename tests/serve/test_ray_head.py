@@ -42,16 +42,20 @@ def _wait_gone(pgid: int, timeout_s: float) -> list[int]:
 
 def test_stop_leaves_no_process_of_the_head() -> None:
     head = LocalRayHead(num_cpus=1)
-    address = head.start(timeout_s=120)
-    assert address.startswith("127.0.0.1:")
-    assert head._process is not None
-    pgid = head._process.pid
-    # The CLI, its GCS and (once started) its raylet, all in the head's own session.
-    deadline = time.monotonic() + 60
-    while len(_group(pgid)) < 3:
-        assert time.monotonic() < deadline, _group(pgid)
-        time.sleep(0.2)
-    head.stop()
+    try:
+        address = head.start(timeout_s=120)
+        assert address.startswith("127.0.0.1:")
+        assert head._process is not None
+        pgid = head._process.pid
+        # The CLI, its GCS and (once started) its raylet, all in the head's own session.
+        deadline = time.monotonic() + 60
+        while len(_group(pgid)) < 3:
+            assert time.monotonic() < deadline, _group(pgid)
+            time.sleep(0.2)
+    finally:
+        # Also when a check above fails: a head left running would share the machine with
+        # the Ray session of the next tests.
+        head.stop()
     # stop() ends with SIGKILL to the group; the wait only lets a loaded machine reap them.
     assert _wait_gone(pgid, 30) == []
 
