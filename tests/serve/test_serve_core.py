@@ -56,7 +56,9 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("models")
     build_model_dir(root / "1", MLPConfig(hidden=8, seed=1))
-    for probe_id in ("2", "3", "4", "5"):
+    # 3 and 5 are loaded first by the concurrent-load test (one per transport), whatever the
+    # order the tests run in; 6 is the gRPC client test's own.
+    for probe_id in ("2", "3", "4", "5", "6"):
         (root / probe_id).mkdir()
     return root
 
@@ -392,8 +394,8 @@ async def test_client_infer_over_grpc(grpc_address: str, models_root: Path) -> N
             want = reference_outputs(models_root / "1", [[1.0, 2.0, 3.0]])[0]
             assert result.json[0]["prediction"] == pytest.approx(want, rel=1e-5)
             x = np.ones((2, 2), dtype=np.float64)
-            doubled = client.infer("probe-app", model=3, path="/double", tensors={"x": x})
-            assert doubled.tensors["output"].tolist() == (x * 3).tolist()
+            doubled = client.infer("probe-app", model=6, path="/double", tensors={"x": x})
+            assert doubled.tensors["output"].tolist() == (x * 6).tolist()
             deployments = client.list_deployments()
             assert {d.name for d in deployments} >= {"mlp-app", "probe-app"}
             with pytest.raises(sc.NotFoundError):
