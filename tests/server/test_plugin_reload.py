@@ -185,7 +185,10 @@ def test_sighup_reloads_edited_plugins_and_keeps_them_when_an_edit_is_broken(
 
     (plugin / "actions.py").write_text(V2)
     process.send_signal(signal.SIGHUP)
-    _eventually(lambda: "excited" in _schema(stub)["properties"], "the new params schema")
+    # The reload is done once logged: the catalog's new schema shows before the old fork
+    # server is retired, and a job submitted in between would still run version 1.
+    _eventually(lambda: "plugins reloaded" in log.read_text(), "the reload to finish")
+    assert "excited" in _schema(stub)["properties"]
     assert _greet(stub, {"name": "ada", "excited": True}) == {
         "greeting": "hello again ada!",
         "version": 2,
