@@ -92,7 +92,9 @@ class CrashAction(BaseAction[WhereParams]):
 
     def execute(self) -> None:
         self.log("about to crash")
-        time.sleep(0.2)
+        # The log goes out on the reporter's thread and plugin code cannot wait for it: give
+        # it ample time on a loaded machine (the test checks that it arrived).
+        time.sleep(2)
         os._exit(17)
 
 
