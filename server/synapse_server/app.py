@@ -237,17 +237,22 @@ class SynapseServer:
     async def reload_plugins(self) -> None:
         """Import the plugins again from disk, for later jobs (``synapse serve``: SIGHUP).
 
-        The catalog (actions, params models and schemas) is rebuilt first; a plugin that no
-        longer loads raises its error and leaves everything as it was. Then local jobs start
-        from new fork servers. Jobs already running finish on the code they started with,
-        Ray task/job workers pick changed code up by its content digest on their own, and
-        running deployments keep theirs until they are deployed again.
+        The plugins are loaded in a thread first; a plugin that no longer loads raises its
+        error and leaves everything as it was. Then the catalog (actions, params models,
+        schemas) and the fork servers of local jobs are switched together. Jobs already
+        running finish on the code they started with, Ray task/job workers pick changed code
+        up by its content digest on their own, and running deployments keep theirs until
+        they are deployed again.
         """
         if self._catalog is None or self._local_executor is None:
             raise RuntimeError("the server is not started")
         async with self._reload_lock:
-            await asyncio.to_thread(functools.partial(self._catalog.reload, fresh=True))
-            await self._local_executor.reload_plugins()
+            snapshot = await asyncio.to_thread(functools.partial(self._catalog.scan, fresh=True))
+            # One step on the event loop, no await between: a job submitted from here on is
+            # validated against the new params models and runs on a new fork server; none
+            # gets one without the other.
+            self._catalog.install(snapshot)
+            self._local_executor.reload_plugins()
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, finish in-flight RPCs within ``grace``, then close."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from synapse_sdk.plugins import (
 
 from synapse_server.core._errors import InvalidArgumentError
 
-__all__ = ["ActionInfo", "ActionKind", "PluginCatalog", "PluginInfo"]
+__all__ = ["ActionInfo", "ActionKind", "CatalogSnapshot", "PluginCatalog", "PluginInfo"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,14 @@ def _describe(action_cls: type[BaseAction[Any]], fallback: str) -> str:
     return fallback or doc.split("\n\n", 1)[0].strip()
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogSnapshot:
+    """Plugins loaded by :meth:`PluginCatalog.scan`, not yet installed."""
+
+    plugins: Mapping[str, Plugin]
+    infos: Mapping[str, PluginInfo]
+
+
 class PluginCatalog:
     """Plugins discovered in the configured directories; :meth:`reload` rescans them.
 
@@ -104,12 +112,25 @@ class PluginCatalog:
         ``fresh`` imports the plugins' code again from disk (see ``load_plugin``), for a
         reload after plugins were edited; otherwise modules imported before are reused.
         """
+        self.install(self.scan(fresh=fresh))
+
+    def scan(self, *, fresh: bool = False) -> CatalogSnapshot:
+        """Load the plugin directories without changing the catalog (slow: imports).
+
+        A malformed plugin raises. :meth:`install` makes the result current; the two are
+        separate so that a server can switch its catalog and its workers in one step.
+        """
         plugins = discover_plugins(self._dirs, fresh=fresh)
         infos = {code: self._info(plugin) for code, plugin in plugins.items()}
+        return CatalogSnapshot(plugins=plugins, infos=infos)
+
+    def install(self, snapshot: CatalogSnapshot) -> None:
+        """Make a :meth:`scan` result the current catalog."""
         with self._lock:
-            self._plugins = plugins
-            self._infos = infos
-        logger.info("plugin catalog: %d plugin(s): %s", len(plugins), ", ".join(sorted(plugins)))
+            self._plugins = dict(snapshot.plugins)
+            self._infos = dict(snapshot.infos)
+        codes = sorted(snapshot.plugins)
+        logger.info("plugin catalog: %d plugin(s): %s", len(codes), ", ".join(codes))
 
     def _info(self, plugin: Plugin) -> PluginInfo:
         actions = []

@@ -149,16 +149,18 @@ class LocalProcessExecutor:
             for plugin in self._preload:
                 self._fork_servers.prestart(plugin)
 
-    async def reload_plugins(self) -> None:
+    def reload_plugins(self) -> None:
         """Run later jobs on the plugins' code as it is on disk now.
 
         The current fork servers are retired (their running jobs finish on them) and those of
-        ``preload_plugins`` started anew. Without fork servers every job already starts a
-        fresh interpreter, so there is nothing to do.
+        ``preload_plugins`` started anew in the background. Without fork servers every job
+        already starts a fresh interpreter, so there is nothing to do. Synchronous, so that a
+        caller on the event loop can switch the catalog in the same step.
         """
         if self._fork_servers is not None:
             self._fork_servers.retire_all()
-            await self.prewarm()
+            for plugin in self._preload:
+                self._fork_servers.prestart(plugin)
 
     def _command(self, *role: str) -> list[str]:
         """The worker command line; ``role`` is ``--job-id ID`` or ``--fork-server --preload P``."""
