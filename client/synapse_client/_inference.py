@@ -227,6 +227,7 @@ def _deployment(message: deployment_pb2.Deployment) -> DeploymentInfo:
                 "replica_id": r.replica_id,
                 "state": deployment_pb2.ReplicaState.Name(r.state).removeprefix("REPLICA_STATE_"),
                 "loaded_model_ids": list(r.loaded_model_ids),
+                "loaded_models_known": r.loaded_models_known,
             }
             for r in message.replicas
         ],

@@ -93,11 +93,11 @@ def test_deploy_infer_undeploy_through_the_server(
 
         listed = client.list_deployments(plugin="torch-serve")
         assert [d.id for d in listed] == [deployment_id]
-        # The replicas' loaded models are asked for with a short deadline and left out when
-        # the answer is late (a loaded machine): ask again until the replica's answer is in.
+        # The replicas' loaded models are asked for with a short deadline and marked unknown
+        # when the answer is late (a loaded machine): ask again until the replica's answer is in.
         deadline = time.monotonic() + 60
         got_deployment = client.get_deployment(deployment_id)
-        while not any(r["loaded_model_ids"] for r in got_deployment.replicas):
+        while not any(r["loaded_models_known"] for r in got_deployment.replicas):
             assert time.monotonic() < deadline, got_deployment
             time.sleep(0.5)
             got_deployment = client.get_deployment(deployment_id)

@@ -173,6 +173,7 @@ async def test_concurrent_first_requests_load_a_model_once(services: Any) -> Non
     assert fresh.status == DeploymentStatus.RUNNING
     assert len(fresh.replicas) == 1
     assert model in fresh.replicas[0].loaded_model_ids
+    assert fresh.replicas[0].loaded_models_known
     from ray import serve
 
     info = (

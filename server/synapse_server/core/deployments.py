@@ -72,11 +72,16 @@ class DeploymentStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ReplicaRecord:
-    """One replica as last observed: Ray Serve's id, state and the models it has loaded."""
+    """One replica as last observed: Ray Serve's id, state and the models it has loaded.
+
+    ``loaded_models_known`` is False when the replica was not asked or did not answer in
+    time: ``loaded_model_ids`` is then empty because it is unknown, not because none is.
+    """
 
     replica_id: str
     state: str
     loaded_model_ids: tuple[str, ...] = ()
+    loaded_models_known: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,13 @@ _COLUMNS = (
 
 def _row_to_record(row: Sequence[Any]) -> DeploymentRecord:
     replicas = tuple(
-        ReplicaRecord(r["replica_id"], r["state"], tuple(r.get("loaded_model_ids", ())))
+        ReplicaRecord(
+            r["replica_id"],
+            r["state"],
+            tuple(r.get("loaded_model_ids", ())),
+            # Rows written before the flag existed: a non-empty list was an answer.
+            bool(r.get("loaded_models_known", bool(r.get("loaded_model_ids")))),
+        )
         for r in json.loads(row[12])
     )
     return DeploymentRecord(
@@ -221,6 +232,7 @@ def _replicas_json(replicas: Iterable[ReplicaRecord]) -> str:
                 "replica_id": r.replica_id,
                 "state": r.state,
                 "loaded_model_ids": list(r.loaded_model_ids),
+                "loaded_models_known": r.loaded_models_known,
             }
             for r in replicas
         ]

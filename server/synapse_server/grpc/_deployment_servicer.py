@@ -68,6 +68,7 @@ def deployment_to_pb(record: DeploymentRecord) -> deployment_pb2.Deployment:
             replica_id=replica.replica_id,
             state=_REPLICA_STATES.get(replica.state, deployment_pb2.REPLICA_STATE_UNSPECIFIED),
             loaded_model_ids=[int(m) for m in replica.loaded_model_ids if m.isdigit()],
+            loaded_models_known=replica.loaded_models_known,
         )
     return message
 

@@ -242,30 +242,49 @@ class ServeDeploymentBackend:
         if status in (DeploymentStatus.RUNNING, DeploymentStatus.UNHEALTHY) and replicas:
             loaded = await self._loaded_models(app_name, len(replicas))
             replicas = tuple(
-                ReplicaRecord(r.replica_id, r.state, tuple(loaded.get(r.replica_id, ())))
+                ReplicaRecord(
+                    r.replica_id,
+                    r.state,
+                    tuple(loaded.get(r.replica_id, ())),
+                    loaded_models_known=r.replica_id in loaded,
+                )
                 for r in replicas
             )
         return AppObservation(status, message, replicas)
 
     async def _loaded_models(self, app_name: str, count: int) -> dict[str, list[str]]:
+        """Replica id -> loaded model ids, for the replicas that answered within 5 s.
+
+        A replica missing from the answer is reported with ``loaded_models_known=False``.
+        """
         # Serve cannot address a replica by id through a handle; asking a few more times than
         # there are replicas reaches each one with high probability (power-of-two routing).
         try:
             handle = await asyncio.to_thread(_app_handle, app_name)
-            calls = [
-                handle.options(method_name="_synapse_replica_info").remote()
-                for _ in range(count * 3)
-            ]
-            infos = await asyncio.wait_for(
-                asyncio.gather(*(_await(c) for c in calls), return_exceptions=True), timeout=5
-            )
         except Exception:
-            logger.debug("could not ask %s for its loaded models", app_name, exc_info=True)
+            logger.info("could not ask %s for its loaded models", app_name, exc_info=True)
             return {}
+        tasks = [
+            asyncio.ensure_future(
+                _await(handle.options(method_name="_synapse_replica_info").remote())
+            )
+            for _ in range(count * 3)
+        ]
+        done, pending = await asyncio.wait(tasks, timeout=5)
+        for task in pending:
+            task.cancel()
         loaded: dict[str, list[str]] = {}
-        for info in infos:
+        for task in done:
+            info = None if task.cancelled() or task.exception() is not None else task.result()
             if isinstance(info, dict):
                 loaded[str(info["replica_id"])] = list(info["loaded_model_ids"])
+        if pending or len(loaded) < count:
+            logger.info(
+                "%s: %d of %d replicas told their loaded models in time",
+                app_name,
+                len(loaded),
+                count,
+            )
         return loaded
 
     async def delete(self, app_name: str) -> None:

@@ -26,19 +26,19 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"synapse/plugin/v1/deployment.proto\x12\x11synapse.plugin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x01\n\x07Replica\x12\x1d\n\nreplica_id\x18\x01 \x01(\tR\treplicaId\x12\x35\n\x05state\x18\x02 \x01(\x0e\x32\x1f.synapse.plugin.v1.ReplicaStateR\x05state\x12(\n\x10loaded_model_ids\x18\x03 \x03(\x03R\x0eloadedModelIds\"\xbb\x04\n\nDeployment\x12\x0e\n\x02id\x18\x01 \x01(\x03R\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n\x06plugin\x18\x03 \x01(\tR\x06plugin\x12\x16\n\x06\x61\x63tion\x18\x04 \x01(\tR\x06\x61\x63tion\x12\x15\n\x06job_id\x18\x05 \x01(\tR\x05jobId\x12;\n\x06status\x18\x06 \x01(\x0e\x32#.synapse.plugin.v1.DeploymentStatusR\x06status\x12%\n\x0estatus_message\x18\x07 \x01(\tR\rstatusMessage\x12!\n\x0croute_prefix\x18\x08 \x01(\tR\x0broutePrefix\x12\x36\n\x08replicas\x18\t \x03(\x0b\x32\x1a.synapse.plugin.v1.ReplicaR\x08replicas\x12\x1b\n\tmodel_ids\x18\n \x03(\x03R\x08modelIds\x12\x43\n\x11ray_actor_options\x18\x0b \x01(\x0b\x32\x17.google.protobuf.StructR\x0frayActorOptions\x12;\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x12\'\n\x0f\x65ndpoint_action\x18\x0e \x01(\tR\x0e\x65ndpointAction*\xf3\x01\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44\x45PLOYMENT_STATUS_DEPLOYING\x10\x01\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_RUNNING\x10\x02\x12\x1f\n\x1b\x44\x45PLOYMENT_STATUS_UNHEALTHY\x10\x03\x12\x1e\n\x1a\x44\x45PLOYMENT_STATUS_DELETING\x10\x04\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_DELETED\x10\x05\x12\x1c\n\x18\x44\x45PLOYMENT_STATUS_FAILED\x10\x06*\xba\x01\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16REPLICA_STATE_STARTING\x10\x01\x12\x19\n\x15REPLICA_STATE_RUNNING\x10\x02\x12\x1a\n\x16REPLICA_STATE_UPDATING\x10\x03\x12\x1c\n\x18REPLICA_STATE_RECOVERING\x10\x04\x12\x1a\n\x16REPLICA_STATE_STOPPING\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"synapse/plugin/v1/deployment.proto\x12\x11synapse.plugin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x01\n\x07Replica\x12\x1d\n\nreplica_id\x18\x01 \x01(\tR\treplicaId\x12\x35\n\x05state\x18\x02 \x01(\x0e\x32\x1f.synapse.plugin.v1.ReplicaStateR\x05state\x12(\n\x10loaded_model_ids\x18\x03 \x03(\x03R\x0eloadedModelIds\x12.\n\x13loaded_models_known\x18\x04 \x01(\x08R\x11loadedModelsKnown\"\xbb\x04\n\nDeployment\x12\x0e\n\x02id\x18\x01 \x01(\x03R\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n\x06plugin\x18\x03 \x01(\tR\x06plugin\x12\x16\n\x06\x61\x63tion\x18\x04 \x01(\tR\x06\x61\x63tion\x12\x15\n\x06job_id\x18\x05 \x01(\tR\x05jobId\x12;\n\x06status\x18\x06 \x01(\x0e\x32#.synapse.plugin.v1.DeploymentStatusR\x06status\x12%\n\x0estatus_message\x18\x07 \x01(\tR\rstatusMessage\x12!\n\x0croute_prefix\x18\x08 \x01(\tR\x0broutePrefix\x12\x36\n\x08replicas\x18\t \x03(\x0b\x32\x1a.synapse.plugin.v1.ReplicaR\x08replicas\x12\x1b\n\tmodel_ids\x18\n \x03(\x03R\x08modelIds\x12\x43\n\x11ray_actor_options\x18\x0b \x01(\x0b\x32\x17.google.protobuf.StructR\x0frayActorOptions\x12;\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x12\'\n\x0f\x65ndpoint_action\x18\x0e \x01(\tR\x0e\x65ndpointAction*\xf3\x01\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44\x45PLOYMENT_STATUS_DEPLOYING\x10\x01\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_RUNNING\x10\x02\x12\x1f\n\x1b\x44\x45PLOYMENT_STATUS_UNHEALTHY\x10\x03\x12\x1e\n\x1a\x44\x45PLOYMENT_STATUS_DELETING\x10\x04\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_DELETED\x10\x05\x12\x1c\n\x18\x44\x45PLOYMENT_STATUS_FAILED\x10\x06*\xba\x01\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16REPLICA_STATE_STARTING\x10\x01\x12\x19\n\x15REPLICA_STATE_RUNNING\x10\x02\x12\x1a\n\x16REPLICA_STATE_UPDATING\x10\x03\x12\x1c\n\x18REPLICA_STATE_RECOVERING\x10\x04\x12\x1a\n\x16REPLICA_STATE_STOPPING\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'synapse.plugin.v1.deployment_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEPLOYMENTSTATUS']._serialized_start=835
-  _globals['_DEPLOYMENTSTATUS']._serialized_end=1078
-  _globals['_REPLICASTATE']._serialized_start=1081
-  _globals['_REPLICASTATE']._serialized_end=1267
+  _globals['_DEPLOYMENTSTATUS']._serialized_start=883
+  _globals['_DEPLOYMENTSTATUS']._serialized_end=1126
+  _globals['_REPLICASTATE']._serialized_start=1129
+  _globals['_REPLICASTATE']._serialized_end=1315
   _globals['_REPLICA']._serialized_start=121
-  _globals['_REPLICA']._serialized_end=258
-  _globals['_DEPLOYMENT']._serialized_start=261
-  _globals['_DEPLOYMENT']._serialized_end=832
+  _globals['_REPLICA']._serialized_end=306
+  _globals['_DEPLOYMENT']._serialized_start=309
+  _globals['_DEPLOYMENT']._serialized_end=880
 # @@protoc_insertion_point(module_scope)

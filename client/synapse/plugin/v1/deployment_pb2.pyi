@@ -44,14 +44,16 @@ REPLICA_STATE_RECOVERING: ReplicaState
 REPLICA_STATE_STOPPING: ReplicaState
 
 class Replica(_message.Message):
-    __slots__ = ("replica_id", "state", "loaded_model_ids")
+    __slots__ = ("replica_id", "state", "loaded_model_ids", "loaded_models_known")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LOADED_MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_MODELS_KNOWN_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     state: ReplicaState
     loaded_model_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., loaded_model_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    loaded_models_known: bool
+    def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., loaded_model_ids: _Optional[_Iterable[int]] = ..., loaded_models_known: _Optional[bool] = ...) -> None: ...
 
 class Deployment(_message.Message):
     __slots__ = ("id", "name", "plugin", "action", "job_id", "status", "status_message", "route_prefix", "replicas", "model_ids", "ray_actor_options", "create_time", "update_time", "endpoint_action")
