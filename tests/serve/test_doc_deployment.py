@@ -19,7 +19,7 @@ from synapse_server.core.deployments import DeploymentService, SqliteDeploymentS
 from synapse_server.core.inference import InferenceService, InferRequestData, ServeKeyring
 from synapse_server.ray import RayRuntime, ServeDeploymentBackend, ServeRouter
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(180), pytest.mark.asyncio(loop_scope="session")]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "doc_deployment"
 DOCUMENT = Path(__file__).resolve().parents[3] / "shared" / "spec" / "inference-actions.md"
@@ -101,6 +101,7 @@ def test_deployment_reports_the_documents_progress(deployed: Any) -> None:
     ]
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_infer_answers_with_the_pickled_model(
     inference: InferenceService, model_dir: Path
 ) -> None:
