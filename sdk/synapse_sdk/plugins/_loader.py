@@ -133,8 +133,9 @@ def load_plugin(path_or_module: str | Path, *, fresh: bool = False) -> Plugin:
     plugin's actions are the ``BaseAction`` subclasses it defines, keyed by ``action_name``.
 
     A plugin's modules are imported once per process and reused by later loads. ``fresh=True``
-    imports them again from disk, so edits since the first load take effect; classes from the
-    earlier load keep working for whoever still holds them.
+    imports a directory or file plugin's modules again from disk, so edits since the first load
+    take effect (a plugin named by module is ``importlib.reload``-ed, its submodules are not);
+    classes from the earlier load keep working for whoever still holds them.
     """
     candidate = Path(path_or_module)
     if candidate.is_dir():
