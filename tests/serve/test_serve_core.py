@@ -352,7 +352,7 @@ async def test_router_transport_is_the_configured_one(services: Any) -> None:
     assert response.by_reference is not grpc_transport
 
 
-def test_router_rejects_an_unknown_transport() -> None:
+async def test_router_rejects_an_unknown_transport() -> None:
     with pytest.raises(ValueError, match="transport"):
         ServeRouter(RayRuntime(), transport="carrier-pigeon")
 
