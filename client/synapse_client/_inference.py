@@ -72,7 +72,12 @@ class InferResult:
 
 @dataclass(frozen=True)
 class DeploymentInfo:
-    """A deployed serve application as the server reports it."""
+    """A deployed serve application as the server reports it.
+
+    Each of ``replicas`` is ``{"replica_id", "state", "loaded_model_ids",
+    "loaded_models_known"}``; ``loaded_models_known`` is False when the replica did not tell
+    its loaded models in time, and ``loaded_model_ids`` is then empty because it is unknown.
+    """
 
     id: int
     name: str
