@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
@@ -29,7 +29,7 @@ from synapse_server.grpc import _converters as conv
 from synapse_server.grpc._auth import current_principal
 from synapse_server.grpc._errors import map_errors
 
-__all__ = ["ActionServicer", "WorkerServicer"]
+__all__ = ["ActionServicer", "WorkerServicer", "worker_reports"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +158,26 @@ def _worker() -> Any:
     return principal.worker
 
 
+def worker_reports(
+    messages: Iterable[worker_service_pb2.ReportEventsRequest],
+) -> list[WorkerReport]:
+    """The events of a worker's stream messages, single ones and batches, in order.
+
+    InvalidArgumentError for a second ``open``.
+    """
+    reports: list[WorkerReport] = []
+    for message in messages:
+        kind = message.WhichOneof("kind")
+        if kind == "events":
+            reports.extend(conv.worker_event_from_pb(e) for e in message.events.events)
+        elif kind == "event":
+            # A single event per message: what workers of earlier versions send.
+            reports.append(conv.worker_event_from_pb(message.event))
+        else:
+            raise InvalidArgumentError("`open` may only be sent once")
+    return reports
+
+
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     """WorkerService over :class:`JobService` (internal: platform workers only)."""
 
@@ -226,13 +246,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                 while len(batch) < _REPORT_BATCH and not queue.empty():
                     batch.append(queue.get_nowait())
                 ended = batch[-1] is None
-                reports: list[WorkerReport] = []
-                for message in batch:
-                    if message is None:
-                        continue
-                    if message.WhichOneof("kind") != "event":
-                        raise InvalidArgumentError("`open` may only be sent once")
-                    reports.append(conv.worker_event_from_pb(message.event))
+                reports = worker_reports([m for m in batch if m is not None])
                 if reports:
                     acked, finished = await self._jobs.report(claims, job_id, reports)
                     yield worker_service_pb2.ReportEventsResponse(

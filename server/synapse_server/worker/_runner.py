@@ -49,6 +49,9 @@ __all__ = ["WorkerError", "run_worker"]
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+# Limits of one WorkerEventBatch message (see _batches).
+_BATCH_EVENTS = 256
+_BATCH_BYTES = 1 << 20
 # Progress events wait up to this long to be sent together with the ones that follow them
 # (logs, results and the finish go out at once; a sender idle for longer sends at once
 # too). An action that reports after every batch would otherwise wake the sending thread
@@ -231,9 +234,11 @@ class _EventReporter:
                 self._last_flush = time.monotonic()
                 pending = [m for m in self._buffer if m.worker_seq > sent]
                 self._sent_seq = max(self._sent_seq, pending[-1].worker_seq)
-            for message in pending:
-                yield worker_service_pb2.ReportEventsRequest(event=message)
-                sent = message.worker_seq
+            for group in _batches(pending):
+                yield worker_service_pb2.ReportEventsRequest(
+                    events=worker_service_pb2.WorkerEventBatch(events=group)
+                )
+                sent = group[-1].worker_seq
             if pending[-1].HasField("finished"):
                 return
 
@@ -277,6 +282,27 @@ class _EventReporter:
 # Plugins this process loaded before its job (a fork server's preload, inherited by its
 # children), by code: a job of one of them skips finding and parsing its config again.
 _preloaded: dict[str, Plugin] = {}
+
+
+def _batches(
+    messages: Sequence[worker_service_pb2.WorkerEvent],
+) -> Iterator[list[worker_service_pb2.WorkerEvent]]:
+    """Consecutive groups of at most ``_BATCH_EVENTS`` events and about ``_BATCH_BYTES``.
+
+    A message bigger than that (a result chunk) travels alone; messages stay far below the
+    server's receive limit either way.
+    """
+    group: list[worker_service_pb2.WorkerEvent] = []
+    size = 0
+    for message in messages:
+        message_size = message.ByteSize()
+        if group and (len(group) >= _BATCH_EVENTS or size + message_size > _BATCH_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(message)
+        size += message_size
+    if group:
+        yield group
 
 
 def preload_plugin(plugin_dirs: Sequence[Path], code: str) -> Plugin:

@@ -4,9 +4,10 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from synapse.plugin.v1 import job_pb2 as _job_pb2
 from synapse.plugin.v1 import job_event_pb2 as _job_event_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -87,13 +88,21 @@ class WorkerEvent(_message.Message):
     finished: WorkerFinished
     def __init__(self, worker_seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_job_event_pb2.ProgressEvent, _Mapping]] = ..., log: _Optional[_Union[_job_event_pb2.LogEvent, _Mapping]] = ..., metric: _Optional[_Union[_job_event_pb2.MetricEvent, _Mapping]] = ..., step_started: _Optional[_Union[_job_event_pb2.StepStartedEvent, _Mapping]] = ..., step_finished: _Optional[_Union[_job_event_pb2.StepFinishedEvent, _Mapping]] = ..., result_chunk: _Optional[_Union[ResultChunk, _Mapping]] = ..., finished: _Optional[_Union[WorkerFinished, _Mapping]] = ...) -> None: ...
 
+class WorkerEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[WorkerEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[WorkerEvent, _Mapping]]] = ...) -> None: ...
+
 class ReportEventsRequest(_message.Message):
-    __slots__ = ("open", "event")
+    __slots__ = ("open", "event", "events")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     open: ReportEventsOpen
     event: WorkerEvent
-    def __init__(self, open: _Optional[_Union[ReportEventsOpen, _Mapping]] = ..., event: _Optional[_Union[WorkerEvent, _Mapping]] = ...) -> None: ...
+    events: WorkerEventBatch
+    def __init__(self, open: _Optional[_Union[ReportEventsOpen, _Mapping]] = ..., event: _Optional[_Union[WorkerEvent, _Mapping]] = ..., events: _Optional[_Union[WorkerEventBatch, _Mapping]] = ...) -> None: ...
 
 class ReportEventsResponse(_message.Message):
     __slots__ = ("acked_worker_seq", "cancel_requested")

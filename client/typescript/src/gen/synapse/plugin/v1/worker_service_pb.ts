@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file synapse/plugin/v1/worker_service.proto.
  */
 export const file_synapse_plugin_v1_worker_service: GenFile = /*@__PURE__*/
-  fileDesc("CiZzeW5hcHNlL3BsdWdpbi92MS93b3JrZXJfc2VydmljZS5wcm90bxIRc3luYXBzZS5wbHVnaW4udjEiOQoUR2V0QXNzaWdubWVudFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCSLhAQoVR2V0QXNzaWdubWVudFJlc3BvbnNlEg4KBmpvYl9pZBgBIAEoCRIOCgZwbHVnaW4YAiABKAkSFgoOcGx1Z2luX3ZlcnNpb24YAyABKAkSDgoGYWN0aW9uGAQgASgJEicKBnBhcmFtcxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoEbW9kZRgGIAEoDjIaLnN5bmFwc2UucGx1Z2luLnYxLlJ1bk1vZGUSGAoQY2FuY2VsX3JlcXVlc3RlZBgHIAEoCBITCgtwYXJhbXNfanNvbhgIIAEoDCI1ChBSZXBvcnRFdmVudHNPcGVuEg4KBmpvYl9pZBgBIAEoCRIRCgl3b3JrZXJfaWQYAiABKAkiKwoLUmVzdWx0Q2h1bmsSDgoGb2Zmc2V0GAEgASgEEgwKBGRhdGEYAiABKAwigwEKDldvcmtlckZpbmlzaGVkEioKBXN0YXRlGAEgASgOMhsuc3luYXBzZS5wbHVnaW4udjEuSm9iU3RhdGUSKgoFZXJyb3IYAiABKAsyGy5zeW5hcHNlLnBsdWdpbi52MS5Kb2JFcnJvchIZChFyZXN1bHRfc2l6ZV9ieXRlcxgDIAEoBCLSAwoLV29ya2VyRXZlbnQSEgoKd29ya2VyX3NlcRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0Cghwcm9ncmVzcxgKIAEoCzIgLnN5bmFwc2UucGx1Z2luLnYxLlByb2dyZXNzRXZlbnRIABIqCgNsb2cYCyABKAsyGy5zeW5hcHNlLnBsdWdpbi52MS5Mb2dFdmVudEgAEjAKBm1ldHJpYxgMIAEoCzIeLnN5bmFwc2UucGx1Z2luLnYxLk1ldHJpY0V2ZW50SAASOwoMc3RlcF9zdGFydGVkGA0gASgLMiMuc3luYXBzZS5wbHVnaW4udjEuU3RlcFN0YXJ0ZWRFdmVudEgAEj0KDXN0ZXBfZmluaXNoZWQYDiABKAsyJC5zeW5hcHNlLnBsdWdpbi52MS5TdGVwRmluaXNoZWRFdmVudEgAEjYKDHJlc3VsdF9jaHVuaxgPIAEoCzIeLnN5bmFwc2UucGx1Z2luLnYxLlJlc3VsdENodW5rSAASNQoIZmluaXNoZWQYECABKAsyIS5zeW5hcHNlLnBsdWdpbi52MS5Xb3JrZXJGaW5pc2hlZEgAQgYKBGtpbmQigwEKE1JlcG9ydEV2ZW50c1JlcXVlc3QSMwoEb3BlbhgBIAEoCzIjLnN5bmFwc2UucGx1Z2luLnYxLlJlcG9ydEV2ZW50c09wZW5IABIvCgVldmVudBgCIAEoCzIeLnN5bmFwc2UucGx1Z2luLnYxLldvcmtlckV2ZW50SABCBgoEa2luZCJKChRSZXBvcnRFdmVudHNSZXNwb25zZRIYChBhY2tlZF93b3JrZXJfc2VxGAEgASgEEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYAiABKAgy2AEKDVdvcmtlclNlcnZpY2USYgoNR2V0QXNzaWdubWVudBInLnN5bmFwc2UucGx1Z2luLnYxLkdldEFzc2lnbm1lbnRSZXF1ZXN0Giguc3luYXBzZS5wbHVnaW4udjEuR2V0QXNzaWdubWVudFJlc3BvbnNlEmMKDFJlcG9ydEV2ZW50cxImLnN5bmFwc2UucGx1Z2luLnYxLlJlcG9ydEV2ZW50c1JlcXVlc3QaJy5zeW5hcHNlLnBsdWdpbi52MS5SZXBvcnRFdmVudHNSZXNwb25zZSgBMAFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_synapse_plugin_v1_job, file_synapse_plugin_v1_job_event]);
+  fileDesc("CiZzeW5hcHNlL3BsdWdpbi92MS93b3JrZXJfc2VydmljZS5wcm90bxIRc3luYXBzZS5wbHVnaW4udjEiOQoUR2V0QXNzaWdubWVudFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCSLhAQoVR2V0QXNzaWdubWVudFJlc3BvbnNlEg4KBmpvYl9pZBgBIAEoCRIOCgZwbHVnaW4YAiABKAkSFgoOcGx1Z2luX3ZlcnNpb24YAyABKAkSDgoGYWN0aW9uGAQgASgJEicKBnBhcmFtcxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoEbW9kZRgGIAEoDjIaLnN5bmFwc2UucGx1Z2luLnYxLlJ1bk1vZGUSGAoQY2FuY2VsX3JlcXVlc3RlZBgHIAEoCBITCgtwYXJhbXNfanNvbhgIIAEoDCI1ChBSZXBvcnRFdmVudHNPcGVuEg4KBmpvYl9pZBgBIAEoCRIRCgl3b3JrZXJfaWQYAiABKAkiKwoLUmVzdWx0Q2h1bmsSDgoGb2Zmc2V0GAEgASgEEgwKBGRhdGEYAiABKAwigwEKDldvcmtlckZpbmlzaGVkEioKBXN0YXRlGAEgASgOMhsuc3luYXBzZS5wbHVnaW4udjEuSm9iU3RhdGUSKgoFZXJyb3IYAiABKAsyGy5zeW5hcHNlLnBsdWdpbi52MS5Kb2JFcnJvchIZChFyZXN1bHRfc2l6ZV9ieXRlcxgDIAEoBCLSAwoLV29ya2VyRXZlbnQSEgoKd29ya2VyX3NlcRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0Cghwcm9ncmVzcxgKIAEoCzIgLnN5bmFwc2UucGx1Z2luLnYxLlByb2dyZXNzRXZlbnRIABIqCgNsb2cYCyABKAsyGy5zeW5hcHNlLnBsdWdpbi52MS5Mb2dFdmVudEgAEjAKBm1ldHJpYxgMIAEoCzIeLnN5bmFwc2UucGx1Z2luLnYxLk1ldHJpY0V2ZW50SAASOwoMc3RlcF9zdGFydGVkGA0gASgLMiMuc3luYXBzZS5wbHVnaW4udjEuU3RlcFN0YXJ0ZWRFdmVudEgAEj0KDXN0ZXBfZmluaXNoZWQYDiABKAsyJC5zeW5hcHNlLnBsdWdpbi52MS5TdGVwRmluaXNoZWRFdmVudEgAEjYKDHJlc3VsdF9jaHVuaxgPIAEoCzIeLnN5bmFwc2UucGx1Z2luLnYxLlJlc3VsdENodW5rSAASNQoIZmluaXNoZWQYECABKAsyIS5zeW5hcHNlLnBsdWdpbi52MS5Xb3JrZXJGaW5pc2hlZEgAQgYKBGtpbmQiQgoQV29ya2VyRXZlbnRCYXRjaBIuCgZldmVudHMYASADKAsyHi5zeW5hcHNlLnBsdWdpbi52MS5Xb3JrZXJFdmVudCK6AQoTUmVwb3J0RXZlbnRzUmVxdWVzdBIzCgRvcGVuGAEgASgLMiMuc3luYXBzZS5wbHVnaW4udjEuUmVwb3J0RXZlbnRzT3BlbkgAEi8KBWV2ZW50GAIgASgLMh4uc3luYXBzZS5wbHVnaW4udjEuV29ya2VyRXZlbnRIABI1CgZldmVudHMYAyABKAsyIy5zeW5hcHNlLnBsdWdpbi52MS5Xb3JrZXJFdmVudEJhdGNoSABCBgoEa2luZCJKChRSZXBvcnRFdmVudHNSZXNwb25zZRIYChBhY2tlZF93b3JrZXJfc2VxGAEgASgEEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYAiABKAgy2AEKDVdvcmtlclNlcnZpY2USYgoNR2V0QXNzaWdubWVudBInLnN5bmFwc2UucGx1Z2luLnYxLkdldEFzc2lnbm1lbnRSZXF1ZXN0Giguc3luYXBzZS5wbHVnaW4udjEuR2V0QXNzaWdubWVudFJlc3BvbnNlEmMKDFJlcG9ydEV2ZW50cxImLnN5bmFwc2UucGx1Z2luLnYxLlJlcG9ydEV2ZW50c1JlcXVlc3QaJy5zeW5hcHNlLnBsdWdpbi52MS5SZXBvcnRFdmVudHNSZXNwb25zZSgBMAFiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_synapse_plugin_v1_job, file_synapse_plugin_v1_job_event]);
 
 /**
  * Request of WorkerService.GetAssignment.
@@ -302,6 +302,27 @@ export const WorkerEventSchema: GenMessage<WorkerEvent> = /*@__PURE__*/
   messageDesc(file_synapse_plugin_v1_worker_service, 5);
 
 /**
+ * Consecutive events of one job, in worker_seq order.
+ *
+ * @generated from message synapse.plugin.v1.WorkerEventBatch
+ */
+export type WorkerEventBatch = Message<"synapse.plugin.v1.WorkerEventBatch"> & {
+  /**
+   * The events; the first follows the last event sent before it.
+   *
+   * @generated from field: repeated synapse.plugin.v1.WorkerEvent events = 1;
+   */
+  events: WorkerEvent[];
+};
+
+/**
+ * Describes the message synapse.plugin.v1.WorkerEventBatch.
+ * Use `create(WorkerEventBatchSchema)` to create a new message.
+ */
+export const WorkerEventBatchSchema: GenMessage<WorkerEventBatch> = /*@__PURE__*/
+  messageDesc(file_synapse_plugin_v1_worker_service, 6);
+
+/**
  * One message of the worker's side of WorkerService.ReportEvents.
  *
  * @generated from message synapse.plugin.v1.ReportEventsRequest
@@ -328,6 +349,15 @@ export type ReportEventsRequest = Message<"synapse.plugin.v1.ReportEventsRequest
      */
     value: WorkerEvent;
     case: "event";
+  } | {
+    /**
+     * The next events, in worker_seq order. What workers send: per stream message the
+     * server does more work than per event, so a burst of logs travels as few messages.
+     *
+     * @generated from field: synapse.plugin.v1.WorkerEventBatch events = 3;
+     */
+    value: WorkerEventBatch;
+    case: "events";
   } | { case: undefined; value?: undefined };
 };
 
@@ -336,7 +366,7 @@ export type ReportEventsRequest = Message<"synapse.plugin.v1.ReportEventsRequest
  * Use `create(ReportEventsRequestSchema)` to create a new message.
  */
 export const ReportEventsRequestSchema: GenMessage<ReportEventsRequest> = /*@__PURE__*/
-  messageDesc(file_synapse_plugin_v1_worker_service, 6);
+  messageDesc(file_synapse_plugin_v1_worker_service, 7);
 
 /**
  * One message of the server's side of WorkerService.ReportEvents.
@@ -366,7 +396,7 @@ export type ReportEventsResponse = Message<"synapse.plugin.v1.ReportEventsRespon
  * Use `create(ReportEventsResponseSchema)` to create a new message.
  */
 export const ReportEventsResponseSchema: GenMessage<ReportEventsResponse> = /*@__PURE__*/
-  messageDesc(file_synapse_plugin_v1_worker_service, 7);
+  messageDesc(file_synapse_plugin_v1_worker_service, 8);
 
 /**
  * INTERNAL: used only by the platform's own worker processes (local worker subprocesses, Ray
