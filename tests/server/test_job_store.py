@@ -54,8 +54,10 @@ async def test_wal_mode_and_round_trip(store: SqliteJobStore) -> None:
         state=JobState.FAILED, error=error, finished_at=2.0, progress=40.0, cancel_requested=True
     )
     await store.update_job(done)
-    loaded = await store.get_job("j1")
+    loaded = await store.get_job("j1", with_params=True)
     assert loaded == done
+    # Without with_params: the same job, less its params text.
+    assert await store.get_job("j1") == done.evolve(params_json="")
     assert await store.get_job("missing") is None
 
 
@@ -64,10 +66,17 @@ async def test_result_text_is_stored_and_read_without_params(store: SqliteJobSto
     assert await store.get_result("j1") == ("t1", JobState.PENDING, None)
     text = '{"results":[{"prediction":[0.5,-1]}],"big":100000000000000000000000}'
     # A result known only as text (never parsed by the server) is stored as that text.
-    await store.update_job(job.evolve(state=JobState.SUCCEEDED, result_json=text))
+    size = len(text.encode())
+    finished = job.evolve(state=JobState.SUCCEEDED, result_json=text, result_size=size)
+    await store.update_job(finished)
     assert await store.get_result("j1") == ("t1", JobState.SUCCEEDED, text)
-    loaded = await store.get_job("j1")
-    assert loaded is not None and loaded.result_json == text and loaded.params == {"x": 1}
+    # A job read back carries the result's size, not its text (only get_result reads that).
+    loaded = await store.get_job("j1", with_params=True)
+    assert loaded is not None and loaded.result_json == "" and loaded.result_size == size
+    assert loaded.params == {"x": 1}
+    # Writing such a job back (it has no text) keeps the stored text.
+    await store.update_job(loaded.evolve(progress=100.0))
+    assert await store.get_result("j1") == ("t1", JobState.SUCCEEDED, text)
     assert await store.get_result("missing") is None
 
 
@@ -147,12 +156,13 @@ async def test_params_stay_out_of_the_row_that_events_update(tmp_path: Path) -> 
             """VALUES ('old', 't1', 'p', 'a', 'local', '{"x": 2}', 'SUCCEEDED', 1.0)"""
         )
     try:
-        loaded = await store.get_job("j1")
+        loaded = await store.get_job("j1", with_params=True)
         assert loaded is not None and loaded.params == big and loaded.last_seq == 1
-        old = await store.get_job("old")
+        old = await store.get_job("old", with_params=True)
         assert old is not None and old.params == {"x": 2}
+        # Listings read neither params nor results.
         listed = await store.list_jobs(JobFilter(tenant="t1"), 10, "")
-        assert [(j.id, j.params) for j in listed.jobs] == [("old", {"x": 2}), ("j1", big)]
+        assert [(j.id, j.params_json) for j in listed.jobs] == [("old", ""), ("j1", "")]
         again, created = await store.create_job(
             Job(
                 id="j2",
@@ -168,6 +178,26 @@ async def test_params_stay_out_of_the_row_that_events_update(tmp_path: Path) -> 
         assert [j.id for j in await store.jobs_in_states([JobState.PENDING])] == ["j1"]
     finally:
         await store.close()
+
+
+async def test_a_database_from_before_result_sizes_gets_them(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = SqliteJobStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE jobs DROP COLUMN result_size")
+        conn.execute(
+            "INSERT INTO jobs (id, tenant, plugin, action, mode, params, state, created_at, "
+            """result) VALUES ('old', 't1', 'p', 'a', 'local', '{}', 'SUCCEEDED', 1.0, '"é"')"""
+        )
+    reopened = SqliteJobStore(path)
+    await reopened.open()
+    try:
+        old = await reopened.get_job("old")
+        assert old is not None and old.result_size == len('"é"'.encode())  # bytes, not chars
+    finally:
+        await reopened.close()
 
 
 async def test_history_survives_reopen(tmp_path: Path) -> None:

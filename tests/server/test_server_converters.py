@@ -116,7 +116,8 @@ def test_job_and_terminal_event() -> None:
     job = Job(
         id="j1", tenant="hidden", plugin="p", action="a", params_json='{"x": [1, 2], "s": "t"}',
         plugin_version="1.0", state=JobState.SUCCEEDED, request_id="r", created_at=1.5,
-        started_at=2.0, finished_at=3.25, result={"ok": 1}, progress=100.0, last_seq=7,
+        started_at=2.0, finished_at=3.25, result={"ok": 1}, result_size=8, progress=100.0,
+        last_seq=7,
     )  # fmt: skip
     message = conv.job_to_pb(job, with_params=True)
     assert "hidden" not in str(message)

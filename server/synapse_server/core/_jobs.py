@@ -230,10 +230,18 @@ class JobService:
         stored = await self._store.get_job(job.id)
         return stored if stored is not None else job
 
-    async def get(self, tenant: str | None, job_id: str) -> Job:
-        """The job; JobNotFoundError if unknown or another tenant's (``tenant=None``: any)."""
+    async def get(self, tenant: str | None, job_id: str, *, with_params: bool = False) -> Job:
+        """The job; JobNotFoundError if unknown or another tenant's (``tenant=None``: any).
+
+        A finished job comes from the store without its result text, and without its params
+        unless ``with_params`` (see ``SqliteJobStore.get_job``).
+        """
         active = self._active.get(job_id)
-        job = active.job if active is not None else await self._store.get_job(job_id)
+        job = (
+            active.job
+            if active is not None
+            else await self._store.get_job(job_id, with_params=with_params)
+        )
         if job is None or (tenant is not None and job.tenant != tenant):
             raise JobNotFoundError(job_id)
         return job
@@ -455,6 +463,7 @@ class JobService:
             finished_at=time.time(),
             result=result if state is JobState.SUCCEEDED else None,
             result_json=text,
+            result_size=result_size if state is JobState.SUCCEEDED else 0,
             error=error,
             reason=reason,
             progress=progress,

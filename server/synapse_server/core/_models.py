@@ -168,6 +168,9 @@ class Job:
     # The result's JSON text when already known ("" otherwise), so that a large result is
     # serialised once and not again for storage and clients.
     result_json: str = field(default="", compare=False, repr=False)
+    # Size in bytes of the result's JSON text once SUCCEEDED: known without the text, which
+    # jobs read from the store do not carry.
+    result_size: int = 0
 
     @property
     def params(self) -> dict[str, Any]:

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     plugin_version   TEXT NOT NULL DEFAULT '',
     last_seq         INTEGER NOT NULL DEFAULT 0,
     pending_reason   TEXT NOT NULL DEFAULT '',
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    result_size      INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id
     ON jobs (tenant, request_id) WHERE request_id IS NOT NULL;
@@ -80,17 +81,29 @@ CREATE TABLE IF NOT EXISTS job_events (
 _JOB_COLUMNS = (
     "id, tenant, plugin, action, mode, params, state, request_id, created_at, started_at, "
     "finished_at, result, error, reason, progress, plugin_version, last_seq, pending_reason, "
-    "cancel_requested"
+    "cancel_requested, result_size"
 )
 # Params live in their own table: SQLite rewrites a whole row on every UPDATE, and a job's
 # row is updated with each batch of events (progress, last_seq), so megabytes of params in it
 # were rewritten (and appended to the WAL) hundreds of times per job (measured: ~10 ms per
 # update for 7 MB of params). Rows written before job_params existed keep theirs in
 # jobs.params, hence the COALESCE.
-_JOB_FIELDS = ", ".join(
-    "COALESCE(p.params, j.params)" if c == "params" else f"j.{c}" for c in _JOB_COLUMNS.split(", ")
-)
-_SELECT_JOB = f"SELECT {_JOB_FIELDS} FROM jobs j LEFT JOIN job_params p ON p.job_id = j.id"
+
+
+def _job_fields(*, params: str, result: str) -> str:
+    """The job columns, from ``jobs j`` joined to ``job_params p``, with these two sources."""
+    sources = {"params": params, "result": result}
+    return ", ".join(sources.get(c, f"j.{c}") for c in _JOB_COLUMNS.split(", "))
+
+
+_FROM_JOBS = "FROM jobs j LEFT JOIN job_params p ON p.job_id = j.id"
+_PARAMS = "COALESCE(p.params, j.params)"
+# Jobs are read without their result text (megabytes, read only by get_result): result_json
+# stays empty, result_size tells the size. With their params (recovery, GetJob's full view,
+# the request-id check), or as summaries without them too (listings, GetJob's basic view and
+# the tenant checks of other calls).
+_SELECT_JOB = f"SELECT {_job_fields(params=_PARAMS, result='NULL')} {_FROM_JOBS}"
+_SUMMARY_FIELDS = _job_fields(params="''", result="NULL")
 
 
 class JobStore(Protocol):
@@ -109,8 +122,9 @@ class JobStore(Protocol):
         job with the same request id asked for something different.
         """
 
-    async def get_job(self, job_id: str) -> Job | None:
-        """The job, or ``None``."""
+    async def get_job(self, job_id: str, *, with_params: bool = False) -> Job | None:
+        """The job, or ``None``; without its params and result texts unless ``with_params``
+        (params only: the result is read with :meth:`get_result`)."""
 
     async def get_result(self, job_id: str) -> tuple[str, JobState, str | None] | None:
         """``(tenant, state, result JSON text)`` of the job without loading its params, or
@@ -168,6 +182,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         last_seq,
         pending_reason,
         cancel_requested,
+        result_size,
     ) = row
     return Job(
         id=id_,
@@ -175,17 +190,17 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         plugin=plugin,
         action=action,
         mode=mode,
-        # Kept as text (see Job.params): ListJobs no longer parses every listed job's params.
+        # Kept as text (see Job.params); "" in a summary (see _SELECT_JOB).
         params_json=params,
         state=JobState(state),
         request_id=request_id,
         created_at=created_at,
         started_at=started_at,
         finished_at=finished_at,
-        # The result stays text: every reader serves or forwards it as JSON text, and parsing
-        # a large one here would cost more than the whole GetJob/GetJobResult call.
+        # Never selected (NULL, see _SELECT_JOB): get_result reads the text when it is asked for.
         result=None,
         result_json=result or "",
+        result_size=result_size,
         error=None if error is None else JobError.from_dict(load_json(error)),
         reason=reason,
         progress=progress,
@@ -279,6 +294,17 @@ class SqliteJobStore:
 
         def _init(conn: sqlite3.Connection) -> None:
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if "result_size" not in columns:
+                # A database written before results' sizes were kept: add and fill them.
+                with conn:
+                    conn.execute(
+                        "ALTER TABLE jobs ADD COLUMN result_size INTEGER NOT NULL DEFAULT 0"
+                    )
+                    conn.execute(
+                        "UPDATE jobs SET result_size = length(CAST(result AS BLOB)) "
+                        "WHERE result IS NOT NULL"
+                    )
 
         await self._write(_init)
 
@@ -333,7 +359,7 @@ class SqliteJobStore:
                         return existing, False
                 conn.execute(
                     f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES "
-                    "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     _job_values(job),
                 )
                 conn.execute(
@@ -349,11 +375,17 @@ class SqliteJobStore:
 
         return await self._write(_create)
 
-    async def get_job(self, job_id: str) -> Job | None:
-        """The job, or ``None``."""
+    async def get_job(self, job_id: str, *, with_params: bool = False) -> Job | None:
+        """The job, or ``None``. Without ``with_params`` a summary (see ``_SUMMARY_FIELDS``);
+        with it, the params too. The result text is read with :meth:`get_result`."""
+        sql = (
+            f"{_SELECT_JOB} WHERE j.id=?"
+            if with_params
+            else f"SELECT {_SUMMARY_FIELDS} FROM jobs j WHERE j.id=?"
+        )
 
         def _get(conn: sqlite3.Connection) -> Job | None:
-            row = conn.execute(f"{_SELECT_JOB} WHERE j.id=?", (job_id,)).fetchone()
+            row = conn.execute(sql, (job_id,)).fetchone()
             return None if row is None else _row_to_job(row)
 
         return await self._read(_get)
@@ -370,7 +402,10 @@ class SqliteJobStore:
         return await self._read(_get)
 
     async def list_jobs(self, flt: JobFilter, page_size: int, page_token: str) -> JobPage:
-        """Jobs matching ``flt``, newest first; ``page_token`` continues an earlier listing."""
+        """Jobs matching ``flt``, newest first; ``page_token`` continues an earlier listing.
+
+        The jobs are summaries, without params and result texts (listings show neither).
+        """
         if page_size <= 0:
             raise InvalidArgumentError("page_size must be positive", field="page_size")
         clauses: list[str] = []
@@ -391,10 +426,7 @@ class SqliteJobStore:
             clauses.append(f"state IN ({','.join('?' * len(flt.states))})")
             args.extend(sorted(s.value for s in flt.states))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = (
-            f"SELECT j.ord, {_JOB_FIELDS} FROM jobs j LEFT JOIN job_params p ON p.job_id = j.id "
-            f"{where} ORDER BY j.ord DESC LIMIT ?"
-        )
+        sql = f"SELECT j.ord, {_SUMMARY_FIELDS} FROM jobs j {where} ORDER BY j.ord DESC LIMIT ?"
         args.append(page_size + 1)
 
         def _list(conn: sqlite3.Connection) -> JobPage:
@@ -491,13 +523,16 @@ def _job_values(job: Job) -> tuple[Any, ...]:
         job.last_seq,
         job.pending_reason,
         int(job.cancel_requested),
+        job.result_size,
     )
 
 
 def _update(conn: sqlite3.Connection, job: Job) -> None:
     conn.execute(
-        "UPDATE jobs SET state=?, started_at=?, finished_at=?, result=?, error=?, reason=?, "
-        "progress=?, last_seq=?, pending_reason=?, cancel_requested=? WHERE id=?",
+        # A job read without its result text (a summary) leaves the stored text as it is.
+        "UPDATE jobs SET state=?, started_at=?, finished_at=?, result=COALESCE(?, result), "
+        "error=?, reason=?, progress=?, last_seq=?, pending_reason=?, cancel_requested=?, "
+        "result_size=? WHERE id=?",
         (
             job.state.value,
             job.started_at,
@@ -509,6 +544,7 @@ def _update(conn: sqlite3.Connection, job: Job) -> None:
             job.last_seq,
             job.pending_reason,
             int(job.cancel_requested),
+            job.result_size,
             job.id,
         ),
     )

@@ -243,10 +243,6 @@ def job_to_pb(job: Job, *, with_params: bool = False) -> job_pb2.Job:
     ``with_params`` is JOB_VIEW_FULL: params are sent both as a Struct (for older clients) and
     as JSON text; otherwise they are left out.
     """
-    result_size = 0
-    if job.state is JobState.SUCCEEDED:
-        text = job.result_json or json.dumps(job.result, separators=(",", ":"), ensure_ascii=False)
-        result_size = len(text.encode())
     message = job_pb2.Job(
         id=job.id,
         plugin=job.plugin,
@@ -262,7 +258,7 @@ def job_to_pb(job: Job, *, with_params: bool = False) -> job_pb2.Job:
         pending_reason=job.pending_reason if job.state is JobState.PENDING else "",
         request_id=job.request_id or "",
         cancel_requested=job.cancel_requested,
-        result_size_bytes=result_size,
+        result_size_bytes=job.result_size if job.state is JobState.SUCCEEDED else 0,
     )
     if job.error is not None and job.state is JobState.FAILED:
         message.error.CopyFrom(error_to_pb(job.error))

@@ -107,8 +107,8 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
     async def GetJob(  # noqa: N802
         self, request: action_service_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> action_service_pb2.GetJobResponse:
-        job = await self._jobs.get(_tenant(), request.job_id)
         full = request.view != job_pb2.JOB_VIEW_BASIC
+        job = await self._jobs.get(_tenant(), request.job_id, with_params=full)
         return action_service_pb2.GetJobResponse(job=conv.job_to_pb(job, with_params=full))
 
     @map_errors
