@@ -118,6 +118,40 @@ def test_a_crashing_worker_fails_the_job_with_a_reason(platform: PlatformServer)
     assert terminal.state == job_pb2.JOB_STATE_FAILED
     assert terminal.error.type == "WorkerCrashed"
     assert "Ray worker process died" in terminal.error.message, terminal.error.message
+    assert terminal.reason == terminal.error.message
+
+
+_DIED_UNEXPECTEDLY = "the Ray worker process died unexpectedly: it exited, crashed"
+
+
+@pytest.mark.parametrize(
+    ("mode", "how", "expected"),
+    [
+        # Below Python (os._exit, a fault, SIGKILL) Ray sees only a closed connection and
+        # reports no exit code or signal: the reason says so rather than guess.
+        ("task", "exit", _DIED_UNEXPECTEDLY),
+        ("task", "segfault", _DIED_UNEXPECTEDLY),
+        ("task", "sigkill", _DIED_UNEXPECTEDLY),
+        ("job", "exit", _DIED_UNEXPECTEDLY),
+        ("job", "segfault", _DIED_UNEXPECTEDLY),
+        ("job", "ray_kill", "the Ray actor running the worker was killed (ray.kill)"),
+    ],
+)
+def test_a_worker_that_dies_fails_its_job_with_what_happened(
+    platform: PlatformServer, mode: str, how: str, expected: str
+) -> None:
+    job = run_action(platform, "die", {"how": how}, mode=mode)
+    terminal = events(platform, job.id)[-1].terminal
+    assert terminal.state == job_pb2.JOB_STATE_FAILED
+    assert terminal.error.type == "WorkerCrashed"
+    assert terminal.error.message.startswith(expected), terminal.error.message
+    # The node is alive: no reason may blame it.
+    assert "node" not in terminal.error.message.split("(")[0], terminal.error.message
+    # The terminal event carries the same reason as the error.
+    assert terminal.reason == terminal.error.message
+    # The job's own node still runs work.
+    after = run_action(platform, "where", {"steps": 1}, mode=mode)
+    assert result_of(events(platform, after.id)[-1])["mode"] == mode
 
 
 def test_infeasible_request_is_refused_at_submit(platform: PlatformServer) -> None:
@@ -214,3 +248,4 @@ def test_a_dying_node_fails_its_job_with_a_reason(
     assert terminal.state == job_pb2.JOB_STATE_FAILED
     assert terminal.error.type == "WorkerCrashed"
     assert "died" in terminal.error.message, terminal.error.message
+    assert terminal.reason == terminal.error.message

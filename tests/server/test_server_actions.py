@@ -189,6 +189,8 @@ def test_crashing_plugins_fail_their_job_only(
     assert final.state == job_pb2.JOB_STATE_FAILED
     assert final.error.type == error_type, final.error
     assert needle in final.error.message
+    # Every failure says why in the terminal event's reason too.
+    assert final.reason == final.error.message
     if error_type == "WorkerCrashed":
         assert final.error.origin == job_pb2.ERROR_ORIGIN_PLATFORM
         assert final.error.plugin_traceback == "" and final.error.correlation_id

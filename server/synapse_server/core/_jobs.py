@@ -441,6 +441,10 @@ class JobService:
         the result came from one; ``result`` is then parsed only if it travels inline."""
         if active.job.state.is_terminal:
             return
+        if error is not None and not reason:
+            # Every failure says why in the terminal event and the job's reason, whichever
+            # path ended it (a crashed worker, the executor, a restart).
+            reason = error.message
         data: dict[str, Any] = {"state": state.value, "reason": reason}
         progress = active.job.progress
         text = ""

@@ -44,6 +44,7 @@ from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._errors import FailedPreconditionError, InvalidArgumentError
 from synapse_server.core._executor import JobEnvironment, WorkerExit
 from synapse_server.core._models import Job
+from synapse_server.ray._failures import describe_ray_failure
 from synapse_server.ray._plugin_package import PluginPackage, PluginPackager, materialize_plugin
 from synapse_server.ray._runtime import RayRuntime
 
@@ -146,31 +147,6 @@ class RayResources:
         """``num_cpus=1, resources.node_a=0.1``: for reasons and errors."""
         parts = [f"{_label(k)}={_amount(v)}" for k, v in self.demand().items()]
         return ", ".join(parts) or "num_cpus=0"
-
-
-def _explain_ray_error(exc: BaseException) -> str:
-    """A short reason for a job whose Ray worker failed (Ray's own texts are long)."""
-    from ray import exceptions as rex
-
-    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-    if isinstance(exc, rex.TaskCancelledError):
-        return "the Ray worker was cancelled"
-    if isinstance(exc, rex.NodeDiedError):
-        return "the Ray node running the worker died"
-    if isinstance(exc, rex.OutOfMemoryError):
-        return "Ray's memory monitor killed the worker (the node ran out of memory)"
-    if isinstance(exc, rex.WorkerCrashedError):
-        return "the Ray worker process died (crashed, exited or was killed)"
-    if isinstance(exc, rex.RuntimeEnvSetupError):
-        return f"could not set up the plugin's runtime environment: {first_line}"
-    if isinstance(exc, rex.ActorDiedError | rex.ActorUnavailableError | rex.RayActorError):
-        cause = "node died" if "node" in str(exc).lower() and "died" in str(exc).lower() else ""
-        return f"the Ray worker actor died{f' ({cause})' if cause else ''}"
-    if isinstance(exc, rex.RayTaskError):
-        inner: BaseException = getattr(exc, "cause", None) or exc
-        message = (str(inner).strip().splitlines() or [""])[-1][:300]
-        return f"the Ray worker failed: {type(inner).__name__}: {message}"
-    return f"the Ray worker failed: {type(exc).__name__}: {first_line}"
 
 
 @dataclass(frozen=True)
@@ -463,8 +439,11 @@ class _RayExecutorBase:
             try:
                 code = future.result()
             except (rex.RayError, rex.RayTaskError) as exc:
-                detail = _explain_ray_error(exc)
-                logger.warning("job %s: %s", job.id, detail)
+                detail = describe_ray_failure(exc)
+                # Ray's own text (pid, node address, exit detail) is for operators only.
+                logger.warning(
+                    "job %s: %s; Ray said: %s", job.id, detail, " ".join(str(exc).split())[:2000]
+                )
                 return WorkerExit(detail=detail)
             return WorkerExit(exit_code=int(code))
         except asyncio.CancelledError:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -96,6 +98,29 @@ class CrashAction(BaseAction[WhereParams]):
         # it ample time on a loaded machine (the test checks that it arrived).
         time.sleep(2)
         os._exit(17)
+
+
+class DieParams(BaseModel):
+    how: Literal["exit", "segfault", "sigkill", "ray_kill"]
+    code: int = 3
+
+
+class DieAction(BaseAction[DieParams]):
+    """End the worker process without reporting, the way ``how`` says."""
+
+    def execute(self) -> None:
+        if self.params.how == "exit":
+            os._exit(self.params.code)
+        if self.params.how == "segfault":
+            ctypes.string_at(0)
+        if self.params.how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.params.how == "ray_kill":
+            # Job mode: the worker's own actor, killed through Ray as an operator would.
+            import ray
+
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+        time.sleep(60)
 
 
 class StubbornAction(BaseAction[WhereParams]):
