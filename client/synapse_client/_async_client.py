@@ -141,7 +141,7 @@ class AsyncJobHandle:
             )
             failure: SynapseClientError | None = None
             try:
-                with map_rpc_errors():
+                with map_rpc_errors(client._config.security):
                     async for response in call:
                         event = sequencer.accept(response)
                         if event is not None:
@@ -178,7 +178,7 @@ class AsyncJobHandle:
                 metadata=client._config.metadata,
             )
             try:
-                with map_rpc_errors():
+                with map_rpc_errors(client._config.security):
                     async for chunk in call:
                         assembler.add(chunk)
                 return assembler.result()

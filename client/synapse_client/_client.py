@@ -136,7 +136,7 @@ class JobHandle:
             )
             failure: SynapseClientError | None = None
             try:
-                with map_rpc_errors():
+                with map_rpc_errors(client._config.security):
                     for response in call:
                         event = sequencer.accept(response)
                         if event is not None:
@@ -173,7 +173,7 @@ class JobHandle:
                 metadata=client._config.metadata,
             )
             try:
-                with map_rpc_errors():
+                with map_rpc_errors(client._config.security):
                     for chunk in call:
                         assembler.add(chunk)
                 return assembler.result()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from ._errors import ClientConfigError
+from ._errors import ChannelSecurity, ClientConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ class TLSConfig:
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Exponential backoff for calls that failed with UNAVAILABLE.
+
+    A connection that failed its TLS set-up (:class:`TransportSecurityError`) is not retried.
 
     Only idempotent calls are retried. RunAction is one because the client always sends a
     request_id, so a retry after a lost response returns the job the first attempt created.
@@ -165,6 +167,14 @@ class ConnectionConfig:
         )
 
     @property
+    def security(self) -> ChannelSecurity:
+        """How the channel connects (for explaining a failed TLS set-up)."""
+        return ChannelSecurity(
+            tls=self.tls is not None,
+            client_certificate=self.tls is not None and self.tls.certificate_chain is not None,
+        )
+
+    @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """Call metadata sent with every RPC (the bearer token, when one is set)."""
         if self.token is None:
@@ -195,8 +205,8 @@ class ConnectionConfig:
 def retry_delay(policy: RetryPolicy, attempt: int, error: Exception) -> float | None:
     """Seconds to wait before retrying after failed attempt ``attempt``, or None to give up.
 
-    Only errors the server marks retryable (UNAVAILABLE) are retried, and only while the
-    policy has attempts left.
+    Only retryable errors (UNAVAILABLE, but not a failed TLS set-up) are retried, and only
+    while the policy has attempts left.
     """
     from ._errors import RpcFailedError  # local: _errors must not depend on this module
 

@@ -88,7 +88,7 @@ class ClientCore(_CoreBase):
         while True:
             attempt += 1
             try:
-                with map_rpc_errors():
+                with map_rpc_errors(self._config.security):
                     return rpc(
                         request, timeout=self._timeout(timeout), metadata=self._config.metadata
                     )
@@ -134,7 +134,7 @@ class AsyncClientCore(_CoreBase):
         while True:
             attempt += 1
             try:
-                with map_rpc_errors():
+                with map_rpc_errors(self._config.security):
                     return await rpc(
                         request, timeout=self._timeout(timeout), metadata=self._config.metadata
                     )

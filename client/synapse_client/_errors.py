@@ -4,11 +4,17 @@ Every RPC the client makes runs inside :func:`map_rpc_errors` (sync and async co
 plain ``with`` works inside coroutines and async generators), so callers only ever see
 :class:`SynapseClientError` subclasses. The status code → exception class table is built
 from each class's ``grpc_status_code`` attribute, so adding a class is the only edit needed.
+
+A connection that fails its TLS set-up also ends as UNAVAILABLE in grpc, like a server that
+is down. Those failures are told apart here by grpc's status text and become
+:class:`TransportSecurityError` (see its docstring), which is not retried.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "AbortedError",
     "AlreadyExistsError",
+    "ChannelSecurity",
     "ClientConfigError",
     "DataLossError",
     "DeadlineExceededError",
@@ -44,6 +51,8 @@ __all__ = [
     "STATUS_TO_ERROR",
     "RpcFailedError",
     "SynapseClientError",
+    "TransportSecurityError",
+    "TransportSecurityProblem",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
@@ -241,6 +250,110 @@ class UnavailableError(RpcFailedError):
     retryable = True
 
 
+class TransportSecurityProblem(enum.Enum):
+    """Why a connection failed its set-up: what :class:`TransportSecurityError` diagnosed."""
+
+    #: A plain-text client; the server closed the connection at once: it expects TLS.
+    TLS_REQUIRED = "tls_required"
+    #: A TLS client without a certificate; the server closed the connection: it wants one.
+    CLIENT_CERTIFICATE_REQUIRED = "client_certificate_required"
+    #: A TLS client with a certificate; the server closed the connection: it refused it.
+    CLIENT_CERTIFICATE_REJECTED = "client_certificate_rejected"
+    #: The server closed the connection at once; how this client connected is not known.
+    CONNECTION_REJECTED = "connection_rejected"
+    #: A TLS client; the server did not answer in TLS (a plain-text server).
+    SERVER_NOT_TLS = "server_not_tls"
+    #: The server's certificate is not signed by a trusted CA, has expired, ...
+    SERVER_CERTIFICATE_UNTRUSTED = "server_certificate_untrusted"
+    #: The server's certificate does not name the host connected to.
+    SERVER_NAME_MISMATCH = "server_name_mismatch"
+    #: Another TLS handshake failure.
+    HANDSHAKE_FAILED = "handshake_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSecurity:
+    """How a channel connects, so a failed set-up can be explained (see ``from_grpc_error``)."""
+
+    tls: bool
+    client_certificate: bool = False
+
+
+# What each problem means, and what to do about it with this library's options.
+_PROBLEM_TEXT: dict[TransportSecurityProblem, tuple[str, str]] = {
+    TransportSecurityProblem.TLS_REQUIRED: (
+        "the server closed the connection during set-up; it most likely requires TLS, and "
+        "this client connected in plain text",
+        "connect with TLS (tls=True, or a TLSConfig whose root_certificates is the CA that "
+        "issued the server's certificate)",
+    ),
+    TransportSecurityProblem.CLIENT_CERTIFICATE_REQUIRED: (
+        "the server closed the TLS connection during set-up; it most likely requires a "
+        "client certificate (mutual TLS), and this client presented none",
+        "give TLSConfig a certificate_chain and private_key issued by the server's client CA",
+    ),
+    TransportSecurityProblem.CLIENT_CERTIFICATE_REJECTED: (
+        "the server closed the TLS connection during set-up; it most likely rejected this "
+        "client's certificate (not issued by a CA it trusts, expired, or not for client use)",
+        "use a client certificate issued by the server's client CA",
+    ),
+    TransportSecurityProblem.CONNECTION_REJECTED: (
+        "the server closed the connection during set-up; it most likely requires TLS, or a "
+        "client certificate (mutual TLS) that was missing or not accepted",
+        "connect with TLS, with a client certificate if the server asks for one",
+    ),
+    TransportSecurityProblem.SERVER_NOT_TLS: (
+        "the TLS handshake failed: the server does not answer in TLS (a plain-text server?)",
+        "connect without TLS, or check the address",
+    ),
+    TransportSecurityProblem.SERVER_CERTIFICATE_UNTRUSTED: (
+        "the server's TLS certificate could not be verified",
+        "give the CA that issued it as TLSConfig.root_certificates, or have the certificate "
+        "renewed if it expired",
+    ),
+    TransportSecurityProblem.SERVER_NAME_MISMATCH: (
+        "the server's TLS certificate does not name the host this client connected to",
+        "connect by a name the certificate lists, or set TLSConfig.server_name_override",
+    ),
+    TransportSecurityProblem.HANDSHAKE_FAILED: (
+        "the TLS handshake with the server failed",
+        "check the TLS settings of the client and the server",
+    ),
+}
+
+
+class TransportSecurityError(UnavailableError):
+    """The connection failed its TLS set-up; ``problem`` says how, the message what to do.
+
+    A subclass of :class:`UnavailableError` (grpc reports these as UNAVAILABLE, and code that
+    catches that keeps working) that is **not** retryable: trying again cannot help until the
+    client's or server's TLS settings change.
+
+    When the server simply closes the connection during set-up, grpc gives no reason; the
+    likely one follows from how this client connected (``TLS_REQUIRED`` for a plain-text
+    client, ``CLIENT_CERTIFICATE_REQUIRED`` / ``_REJECTED`` for a TLS one). Something else
+    that accepts connections and closes them at once (a proxy with no backend) looks the same.
+    """
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problem: TransportSecurityProblem = TransportSecurityProblem.HANDSHAKE_FAILED,
+        explanation: str = "",
+        grpc_message: str = "",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.problem = problem
+        #: What went wrong, without advice (the CLI adds its own flags as advice).
+        self.explanation = explanation or message
+        #: grpc's own text, for the curious.
+        self.grpc_message = grpc_message
+
+
 class DataLossError(RpcFailedError):
     grpc_status_code = grpc.StatusCode.DATA_LOSS
 
@@ -300,8 +413,83 @@ def _unpack(detail: any_pb2.Any) -> Any:
     return detail
 
 
-def from_grpc_error(error: grpc.RpcError) -> RpcFailedError:
-    """Builds the typed client error for a failed call (sync ``RpcError`` or ``AioRpcError``)."""
+# grpc's texts for a failed connection set-up (grpcio 1.85; see the tests for each case).
+_CONNECT_FAILED = "failed to connect to all addresses"
+_VERIFY_REASON = re.compile(r"CERTIFICATE_VERIFY_FAILED: ([^:]+)")
+_NOT_TLS_MARKERS = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG")
+_CLIENT_CERT_ALERTS = ("ALERT_CERTIFICATE_REQUIRED", "ALERT_HANDSHAKE_FAILURE")
+_BAD_CLIENT_CERT_ALERTS = (
+    "ALERT_UNKNOWN_CA",
+    "ALERT_BAD_CERTIFICATE",
+    "ALERT_CERTIFICATE_EXPIRED",
+    "ALERT_UNSUPPORTED_CERTIFICATE",
+    "ALERT_DECRYPT_ERROR",
+)
+_GRPC_TEXT_LIMIT = 300
+
+
+def _closed_problem(security: ChannelSecurity | None) -> TransportSecurityProblem:
+    if security is None:
+        return TransportSecurityProblem.CONNECTION_REJECTED
+    if not security.tls:
+        return TransportSecurityProblem.TLS_REQUIRED
+    if not security.client_certificate:
+        return TransportSecurityProblem.CLIENT_CERTIFICATE_REQUIRED
+    return TransportSecurityProblem.CLIENT_CERTIFICATE_REJECTED
+
+
+def _transport_problem(
+    text: str, security: ChannelSecurity | None
+) -> tuple[TransportSecurityProblem, str] | None:
+    """``(problem, detail)`` when grpc's text is a failed connection set-up, else None."""
+    if not text.startswith(_CONNECT_FAILED):
+        return None
+    if "Hostname Verification" in text or "No match found for server name" in text:
+        return TransportSecurityProblem.SERVER_NAME_MISMATCH, ""
+    if "handshake failed" in text.lower() or "SSL_ERROR" in text:
+        if any(marker in text for marker in _NOT_TLS_MARKERS):
+            return TransportSecurityProblem.SERVER_NOT_TLS, ""
+        verify = _VERIFY_REASON.search(text)
+        if verify is not None:
+            return TransportSecurityProblem.SERVER_CERTIFICATE_UNTRUSTED, verify.group(1).strip()
+        if any(alert in text for alert in _CLIENT_CERT_ALERTS + _BAD_CLIENT_CERT_ALERTS):
+            return _closed_problem(security), ""
+        return TransportSecurityProblem.HANDSHAKE_FAILED, ""
+    # The server accepted the TCP connection and closed it before HTTP/2 started: a TLS
+    # server that got plain text, or an mTLS server that did not accept the client's
+    # certificate (with TLS 1.3 the client learns of that only as a closed socket).
+    if text.rstrip().endswith("Socket closed"):
+        return _closed_problem(security), ""
+    return None
+
+
+def _transport_security_error(
+    code: grpc.StatusCode,
+    text: str,
+    problem: TransportSecurityProblem,
+    detail: str,
+) -> TransportSecurityError:
+    explanation, advice = _PROBLEM_TEXT[problem]
+    if detail:
+        explanation = f"{explanation} ({detail[:100]})"
+    grpc_text = " ".join(text.split())[:_GRPC_TEXT_LIMIT]
+    return TransportSecurityError(
+        f"{explanation}; {advice} [grpc: {grpc_text}]",
+        code=code,
+        problem=problem,
+        explanation=explanation,
+        grpc_message=grpc_text,
+    )
+
+
+def from_grpc_error(
+    error: grpc.RpcError, security: ChannelSecurity | None = None
+) -> RpcFailedError:
+    """Builds the typed client error for a failed call (sync ``RpcError`` or ``AioRpcError``).
+
+    ``security`` (how the channel connects) lets a connection the server closed during
+    set-up be explained precisely (see :class:`TransportSecurityError`).
+    """
     code_fn = getattr(error, "code", None)
     code: grpc.StatusCode = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
     details_fn = getattr(error, "details", None)
@@ -331,14 +519,21 @@ def from_grpc_error(error: grpc.RpcError) -> RpcFailedError:
         elif isinstance(detail, error_details_pb2.RequestInfo):
             correlation_id = correlation_id or detail.request_id or None
 
+    if code is grpc.StatusCode.UNAVAILABLE and not decoded:
+        found = _transport_problem(message, security)
+        if found is not None:
+            return _transport_security_error(code, message, *found)
     cls = STATUS_TO_ERROR.get(code, UnknownError)
     return cls(message, code=code, details=decoded, correlation_id=correlation_id, reason=reason)
 
 
 @contextmanager
-def map_rpc_errors() -> Iterator[None]:
-    """Re-raises any ``grpc.RpcError`` raised inside as the matching :class:`RpcFailedError`."""
+def map_rpc_errors(security: ChannelSecurity | None = None) -> Iterator[None]:
+    """Re-raises any ``grpc.RpcError`` raised inside as the matching :class:`RpcFailedError`.
+
+    ``security``: how the channel connects, for explaining a failed TLS set-up.
+    """
     try:
         yield
     except grpc.RpcError as error:
-        raise from_grpc_error(error) from error
+        raise from_grpc_error(error, security) from error

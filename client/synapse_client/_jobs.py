@@ -137,9 +137,11 @@ def reconnect_delay(policy: RetryPolicy, attempt: int, failure: SynapseClientErr
     """Seconds to wait before reopening a dropped progress stream; re-raises ``failure``
     when the drop is not one to recover from or the policy's attempts are used up.
     """
-    if isinstance(failure, UnavailableError | _StreamEndedEarlyError) and (
-        attempt < policy.max_attempts
-    ):
+    # Retryable, as for unary calls: UNAVAILABLE, but never a failed TLS set-up.
+    recoverable = isinstance(failure, _StreamEndedEarlyError) or (
+        isinstance(failure, UnavailableError) and failure.retryable
+    )
+    if recoverable and attempt < policy.max_attempts:
         return policy.backoff(attempt)
     raise failure
 

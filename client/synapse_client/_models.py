@@ -178,7 +178,7 @@ class ModelsMixin(_MixinBase):
                 while chunk := fh.read(chunk_size):
                     yield model_service_pb2.RegisterModelRequest(chunk=chunk)
 
-        with map_rpc_errors():
+        with map_rpc_errors(self._config.security):
             response = self._models().RegisterModel(
                 requests(), timeout=timeout, metadata=self._config.metadata
             )
@@ -242,7 +242,7 @@ class ModelsMixin(_MixinBase):
         digest = hashlib.sha256()
         size = 0
         try:
-            with map_rpc_errors():
+            with map_rpc_errors(self._config.security):
                 for message in call:
                     kind = message.WhichOneof("kind")
                     if kind == "model":

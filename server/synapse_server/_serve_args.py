@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", dest="tls_key_file", type=Path)
     parser.add_argument(
         "--tls-client-ca", dest="tls_client_ca_file", type=Path, help="require client certs"
+    )
+    parser.add_argument(
+        "--tls-allow-invalid-dates",
+        dest="tls_allow_invalid_dates",
+        action="store_true",
+        default=None,
+        help="serve a certificate that has expired or is not yet valid (refused by default)",
     )
     parser.add_argument(
         "--allow-public-bind",
@@ -68,18 +76,33 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     return ServerSettings(**given)
 
 
+def _fail(message: str, code: int) -> int:
+    # One line on stderr, never a traceback: these are the operator's mistakes to fix.
+    print(f"synapse serve: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    return code
+
+
 def run_serve(args: argparse.Namespace) -> int:
-    """Handler: build settings, run the server until SIGTERM/SIGINT."""
-    from synapse_server.app import serve
+    """Handler: build settings, run the server until SIGTERM/SIGINT.
+
+    Exit codes: 2 for settings that cannot work (bad values, unusable TLS files), 1 when the
+    server cannot start listening, 0 after a normal stop.
+    """
+    from synapse_server.app import ServerStartError, serve
+    from synapse_server.settings import SettingsError
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         settings = settings_from_args(args)
-        settings.check()
     except (ValidationError, ValueError) as exc:
-        print(f"synapse serve: invalid settings: {exc}")
-        return 2
-    asyncio.run(serve(settings))
+        return _fail(f"invalid settings: {exc}", 2)
+    try:
+        # The server checks its settings first (TLS files included), before opening anything.
+        asyncio.run(serve(settings))
+    except SettingsError as exc:
+        return _fail(f"invalid settings: {exc}", 2)
+    except ServerStartError as exc:
+        return _fail(str(exc), 1)
     return 0

@@ -51,7 +51,7 @@ from synapse_server.ray._environment import ServeJobEnvironment
 from synapse_server.ray._executors import RayJobExecutor, RayTaskExecutor, ray_worker_address
 from synapse_server.settings import ServerSettings
 
-__all__ = ["SynapseServer", "serve"]
+__all__ = ["ServerStartError", "SynapseServer", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,10 @@ _SERVICES = (
     deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
     inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
 )
+
+
+class ServerStartError(RuntimeError):
+    """The server could not start listening; the message says where and the likely cause."""
 
 
 class SynapseServer:
@@ -213,10 +217,20 @@ class SynapseServer:
             ),
             server,
         )
-        if s.tls_enabled:
-            port = server.add_secure_port(s.listen_address, self._server_credentials())
-        else:
-            port = server.add_insecure_port(s.listen_address)
+        try:
+            if s.tls_enabled:
+                port = server.add_secure_port(s.listen_address, self._server_credentials())
+            else:
+                port = server.add_insecure_port(s.listen_address)
+        except RuntimeError as exc:
+            # grpc says only "Failed to bind"; the TLS files passed s.check() already, so the
+            # address is the likely cause.
+            await self.stop(0)
+            raise ServerStartError(
+                f"cannot listen on {s.listen_address}: the address is in use or not available "
+                "on this machine"
+                + (" (or grpc refused the TLS certificate and key)" if s.tls_enabled else "")
+            ) from exc
         server.add_insecure_port(self.worker_address)
         host = s.listen_address.rpartition(":")[0]
         self.address = f"{host}:{port}"

@@ -16,11 +16,15 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["ServerSettings", "parse_tokens"]
+__all__ = ["ServerSettings", "SettingsError", "parse_tokens"]
 
 logger = logging.getLogger(__name__)
 
 _SECRET_FILE = "server.secret"
+
+
+class SettingsError(ValueError):
+    """Settings that are unsafe or cannot work; the message says which and what to do."""
 
 
 def parse_tokens(value: str | dict[str, str] | None) -> dict[str, str]:
@@ -76,6 +80,8 @@ class ServerSettings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
+    # Serve a certificate that has expired or is not yet valid (refused by default).
+    tls_allow_invalid_dates: bool = False
     allow_public_bind: bool = False
     cancel_grace_seconds: float = Field(default=5.0, ge=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
@@ -145,16 +151,37 @@ class ServerSettings(BaseSettings):
             return False
 
     def check(self) -> None:
-        """Reject combinations that would be unsafe or cannot work, with a clear message."""
+        """Reject combinations that would be unsafe or cannot work (:class:`SettingsError`).
+
+        The TLS files are read and checked (see ``_tls.check_server_tls``): a mismatched
+        pair, a file that is not PEM or a certificate outside its validity dates is named
+        here rather than failing the bind.
+        """
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+            raise SettingsError("TLS needs both tls_cert_file and tls_key_file")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
-            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+            raise SettingsError(
+                "tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file"
+            )
         for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
             if path is not None and not path.is_file():
-                raise ValueError(f"TLS file not found: {path}")
+                raise SettingsError(f"TLS file not found: {path}")
+        if self.tls_cert_file is not None and self.tls_key_file is not None:
+            from synapse_server._tls import TLSFileError, check_server_tls
+
+            try:
+                report = check_server_tls(
+                    self.tls_cert_file,
+                    self.tls_key_file,
+                    self.tls_client_ca_file,
+                    allow_invalid_dates=self.tls_allow_invalid_dates,
+                )
+            except TLSFileError as exc:
+                raise SettingsError(str(exc)) from None
+            for warning in report.warnings:
+                logger.warning("%s", warning)
         if not self.tokens and not self.is_loopback_bind() and not self.allow_public_bind:
-            raise ValueError(
+            raise SettingsError(
                 f"refusing to listen on {self.listen_address} without auth tokens; configure "
                 "tokens or set allow_public_bind to accept unauthenticated remote callers"
             )

@@ -30,6 +30,8 @@ from synapse_client import (
     NotFoundError,
     SynapseClientError,
     TLSConfig,
+    TransportSecurityError,
+    TransportSecurityProblem,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -121,9 +123,39 @@ def connect(args: argparse.Namespace) -> Client:
     return Client(args.server, token=args.token, tls=tls, timeout=args.timeout)
 
 
+# What to change on this command line for each failed TLS set-up.
+_TLS_ADVICE = {
+    TransportSecurityProblem.TLS_REQUIRED: (
+        "connect with --tls (system roots) or --tls-ca FILE (the CA that issued the server's "
+        "certificate)"
+    ),
+    TransportSecurityProblem.CLIENT_CERTIFICATE_REQUIRED: (
+        "pass a client certificate issued by the server's client CA: --tls-cert FILE --tls-key FILE"
+    ),
+    TransportSecurityProblem.CLIENT_CERTIFICATE_REJECTED: (
+        "pass a --tls-cert/--tls-key pair issued by the server's client CA"
+    ),
+    TransportSecurityProblem.CONNECTION_REJECTED: (
+        "connect with --tls or --tls-ca FILE, and --tls-cert/--tls-key if it requires "
+        "client certificates"
+    ),
+    TransportSecurityProblem.SERVER_NOT_TLS: "leave out --tls, --tls-ca, --tls-cert and --tls-key",
+    TransportSecurityProblem.SERVER_CERTIFICATE_UNTRUSTED: (
+        "pass the CA that issued the server's certificate with --tls-ca FILE"
+    ),
+    TransportSecurityProblem.SERVER_NAME_MISMATCH: (
+        "connect by a name the certificate lists, or pass --tls-server-name NAME"
+    ),
+    TransportSecurityProblem.HANDSHAKE_FAILED: "check the --tls options against the server's",
+}
+
+
 def exit_code_for(error: BaseException) -> int:
-    """The CLI exit code for an error: 2 for bad input, 130 cancelled, 1 otherwise."""
-    if isinstance(error, ClientConfigError | InvalidArgumentError | NotFoundError):
+    """The CLI exit code for an error: 2 for bad input (TLS options included), 130 cancelled,
+    1 otherwise."""
+    if isinstance(
+        error, ClientConfigError | InvalidArgumentError | NotFoundError | TransportSecurityError
+    ):
         return EXIT_USAGE
     if isinstance(error, JobCancelledError):
         return EXIT_CANCELLED
@@ -171,7 +203,13 @@ def add_remote_command(
 
 def report_failure(error: BaseException, server: str | None = None) -> int:
     """Writes a one-line reason to stderr and returns the exit code for ``error``."""
-    if isinstance(error, UnavailableError) and server:
+    if isinstance(error, TransportSecurityError):
+        where = f" at {server}" if server else ""
+        message = (
+            f"cannot connect to the server{where}: {error.explanation}; "
+            f"{_TLS_ADVICE.get(error.problem, '')}"
+        )
+    elif isinstance(error, UnavailableError) and server:
         message = f"cannot reach the server at {server}: {error.message}"
     elif isinstance(error, UnauthenticatedError):
         message = f"not authenticated ({error.message}); set --token or ${ENV_TOKEN}"
