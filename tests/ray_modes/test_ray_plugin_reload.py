@@ -39,6 +39,9 @@ actions:
     entrypoint: actions:WhereAction
     method: task
     num_cpus: 0
+    # One node that every test of the suite leaves alive (another adds and kills a node).
+    resources:
+      node_a: 0.1
 """
 
 CODE = """\
@@ -127,7 +130,7 @@ def _versions(served: Served, cluster: RayCluster) -> dict[str, tuple[int, str]]
     """Per mode: the version that ran and the digest its job recorded.
 
     Checks that the code was imported from the snapshot of that digest: on the server's
-    disk in local mode, unpacked into a node's own plugin cache in task and job modes.
+    disk in local mode, unpacked into node_a's own plugin cache in task and job modes.
     """
     seen = {}
     for mode in ("local", "task", "job"):
@@ -137,7 +140,7 @@ def _versions(served: Served, cluster: RayCluster) -> dict[str, tuple[int, str]]
         if mode == "local":
             assert ran_from.parent == served.data / "plugins", result["file"]
         else:
-            assert ran_from.parent in cluster.cache_dirs.values(), result["file"]
+            assert ran_from.parent == cluster.cache_dirs["node_a"], result["file"]
         seen[mode] = (result["version"], job.plugin_sha256)
     return seen
 
