@@ -108,6 +108,19 @@ def test_a_snapshot_is_a_read_only_copy_named_by_its_digest(tmp_path: Path) -> N
     assert len(store.digests()) == 2
 
 
+def test_an_altered_snapshot_is_replaced_when_its_code_is_taken_again(tmp_path: Path) -> None:
+    source = _plugin(tmp_path)
+    store = PluginCodeStore(tmp_path / "store")
+    code = store.take(source)
+    copied = code.path / "actions.py"
+    copied.chmod(0o644)
+    copied.write_text(ACTIONS.format(version=666))
+    (code.path / "__pycache__").mkdir()  # written by imports: not an alteration
+    assert store.take(source) == code
+    assert copied.read_text() == (source / "actions.py").read_text()
+    assert code_digest(code.path) == code.sha256
+
+
 def test_a_plugin_over_the_limits_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     source = _plugin(tmp_path)
     (source / "weights.bin").write_bytes(b"\0" * 4096)

@@ -363,3 +363,26 @@ def test_a_restart_loads_the_plugins_as_they_are_on_disk(tmp_path: Path) -> None
         assert [p.name for p in (served.data / "plugins").iterdir()] == [after]
         jobs = served.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs
         assert sorted(j.plugin_sha256 for j in jobs) == sorted([before, before, after])
+
+
+def test_a_queued_job_recovered_after_a_crash_runs_the_code_it_was_validated_against(
+    tmp_path: Path,
+) -> None:
+    with _serve(tmp_path, "--max-concurrent-jobs", "1") as served:
+        stub = served.stub
+        busy = _submit(stub, "wait", {"marker": str(tmp_path / "never")})
+        _eventually(
+            lambda: _job(stub, busy).state == job_pb2.JOB_STATE_RUNNING, "the busy job to run"
+        )
+        queued = _submit(stub, "greet", {"name": "ada", "excited": "very"})
+        validated_with = _job(stub, queued).plugin_sha256
+        served.process.kill()
+        served.process.wait(10)
+    (served.plugin / "actions.py").write_text(V2)
+    # The new server loads the edited plugin, and queues the job left PENDING again: it runs
+    # the snapshot its params were checked against, which the start kept for it.
+    with _serve(tmp_path, "--max-concurrent-jobs", "1") as served:
+        assert _result(served.stub, queued) == {"greeting": "hello ada", "version": 1}
+        assert _job(served.stub, queued).plugin_sha256 == validated_with
+        where, job = _where(served.stub)
+        assert where["version"] == 2 and _ran_from(served, where, job) != validated_with

@@ -152,7 +152,8 @@ class PluginCodeStore:
 
         Each file is read once, and the digest is computed over the bytes written to the
         copy, so a file edited during the copy cannot make the name lie about the content.
-        An identical snapshot already in place is reused. Blocking (call off the event loop).
+        An identical snapshot already in place is reused (after checking that its files
+        still have that digest). Blocking (call off the event loop).
         Raises :class:`PluginCodeTooLargeError` over the size or file limits.
         """
         directory = Path(directory).resolve()
@@ -163,7 +164,14 @@ class PluginCodeStore:
                 digest = self._copy(directory, staging)
                 target = self._root / digest
                 if target.is_dir():
-                    return PluginCode(digest, target)
+                    if code_digest(target) == digest:
+                        return PluginCode(digest, target)
+                    # Changed since it was taken (edited by hand, damaged): the name must
+                    # tell the content, so the fresh copy replaces it.
+                    logger.warning("plugin code snapshot %s was altered; replacing it", digest)
+                    trash = self._root / f"{_STAGING_PREFIX}{uuid.uuid4().hex}"
+                    target.rename(trash)
+                    shutil.rmtree(trash, ignore_errors=True)
                 staging.rename(target)
                 logger.info("plugin code of %s kept as %s", directory, digest)
                 return PluginCode(digest, target)
