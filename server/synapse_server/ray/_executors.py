@@ -44,7 +44,6 @@ from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._errors import FailedPreconditionError, InvalidArgumentError
 from synapse_server.core._executor import JobEnvironment, WorkerExit
 from synapse_server.core._models import Job
-from synapse_server.core._plugin_code import PluginCode
 from synapse_server.ray._plugin_package import PluginPackage, PluginPackager, materialize_plugin
 from synapse_server.ray._runtime import RayRuntime
 
@@ -317,13 +316,10 @@ class _RayExecutorBase:
 
     # Resources ------------------------------------------------------------------------------
 
-    def _plugin_code(self, job: Job) -> PluginCode:
-        # The snapshot the job was validated against, not the plugin directory on disk (see
-        # _plugin_code): every mode runs the same code, and only a reload changes it.
-        return self._catalog.code(job.plugin, job.plugin_sha256)
-
     def _plugin_dir(self, job: Job) -> Path:
-        return self._plugin_code(job).path
+        # The snapshot the job was validated against, not the plugin directory on disk (see
+        # core._plugin_code): every mode runs the same code, and only a reload changes it.
+        return self._catalog.code(job.plugin, job.plugin_sha256).path
 
     def _action_config(self, plugin_dir: Path, action: str) -> dict[str, Any]:
         config_path = plugin_dir / "config.yaml"
@@ -439,7 +435,7 @@ class _RayExecutorBase:
         await self._runtime.ensure_started()
         try:
             resources = self.resources(job)
-            code = self._plugin_code(job)
+            code = self._catalog.code(job.plugin, job.plugin_sha256)  # see _plugin_dir
             await asyncio.to_thread(self.check_fits, resources)
             package = await asyncio.to_thread(self._packager.package, code)
             env = dict(await self._environment.environment(job)) if self._environment else {}
