@@ -139,6 +139,8 @@ class Job:
     state: JobState
     mode: RunMode | None = None
     plugin_version: str = ""
+    # sha256 of the plugin code the job was validated against and ran ("" from older servers).
+    plugin_sha256: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     create_time: datetime | None = None
     start_time: datetime | None = None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import importlib.util
 import logging
 import shutil
@@ -38,6 +37,7 @@ from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._executor import Executor, LocalProcessExecutor
 from synapse_server.core._jobs import JobService
+from synapse_server.core._plugin_code import PluginCodeStore
 from synapse_server.core.deployments import DeploymentService, SqliteDeploymentStore
 from synapse_server.core.inference import InferenceService, ServeKeyring
 from synapse_server.core.models import ModelRegistryService, SqliteModelStore
@@ -127,8 +127,12 @@ class SynapseServer:
         self.worker_address = f"unix:{self._socket_dir / 'worker.sock'}"
         # Ray modes (task, job) exist when Ray is installed; Ray itself starts on first need.
         modes = ["local", "task", "job"] if importlib.util.find_spec("ray") else ["local"]
-        catalog = PluginCatalog(s.plugin_dirs, supported_modes=modes)
+        # Plugins run from snapshots of their code in the data directory (see _plugin_code).
+        catalog = PluginCatalog(
+            s.plugin_dirs, supported_modes=modes, code_store=PluginCodeStore(s.data_dir / "plugins")
+        )
         await asyncio.to_thread(catalog.reload)
+        await self._collect_plugin_code(catalog)
         # Serve: Ray starts lazily (first deployment job or Infer), owned by this server.
         self._ray = RayRuntime(RayRuntimeConfig(address=s.ray_address))
         self._router = router = ServeRouter(self._ray, transport=s.serve_transport)
@@ -148,7 +152,7 @@ class SynapseServer:
         )
         executor = LocalProcessExecutor(
             self.worker_address,
-            s.plugin_dirs,
+            catalog,
             memory_limit_mb=s.worker_memory_limit_mb,
             python=s.worker_python,
             log_dir=s.data_dir / "logs" / "jobs",
@@ -248,25 +252,36 @@ class SynapseServer:
         )
         return self.address
 
-    async def reload_plugins(self) -> None:
-        """Import the plugins again from disk, for later jobs (``synapse serve``: SIGHUP).
+    async def _collect_plugin_code(self, catalog: PluginCatalog) -> None:
+        """Remove plugin code snapshots that neither the catalog nor an unfinished job uses."""
+        assert self._store is not None
+        in_use = await self._store.plugin_code_in_use()
+        await asyncio.to_thread(catalog.collect, in_use)
 
-        The plugins are loaded in a thread first; a plugin that no longer loads raises its
-        error and leaves everything as it was. Then the catalog (actions, params models,
-        schemas) and the fork servers of local jobs are switched together. Jobs already
-        running finish on the code they started with, Ray task/job workers pick changed code
-        up by its content digest on their own, and running deployments keep theirs until
-        they are deployed again.
+    async def reload_plugins(self) -> None:
+        """Load the plugins again from disk, for later jobs (``synapse serve``: SIGHUP).
+
+        The plugin directories are snapshotted and loaded in a thread first; a plugin that
+        no longer loads raises its error and leaves everything as it was. Then the catalog
+        (actions, params models, schemas, code snapshots) and the fork servers of local jobs
+        are switched together. This is the only switch: every mode runs a job from the
+        snapshot it was validated against, so jobs already submitted finish on the code they
+        were submitted with, and running deployments keep theirs until they are deployed
+        again. Snapshots no longer used are removed afterwards.
         """
         if self._catalog is None or self._local_executor is None:
             raise RuntimeError("the server is not started")
         async with self._reload_lock:
-            snapshot = await asyncio.to_thread(functools.partial(self._catalog.scan, fresh=True))
-            # One step on the event loop, no await between: a job submitted from here on is
-            # validated against the new params models and runs on a new fork server; none
-            # gets one without the other.
-            self._catalog.install(snapshot)
-            self._local_executor.reload_plugins()
+            try:
+                snapshot = await asyncio.to_thread(self._catalog.scan)
+                # One step on the event loop, no await between: a job submitted from here on
+                # is validated against the new params models and runs on a new fork server;
+                # none gets one without the other.
+                self._catalog.install(snapshot)
+                self._local_executor.reload_plugins()
+            finally:
+                # Also after a failed reload: its snapshots (the broken code) are unused.
+                await self._collect_plugin_code(self._catalog)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, finish in-flight RPCs within ``grace``, then close."""

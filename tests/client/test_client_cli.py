@@ -112,6 +112,8 @@ def test_jobs_list_get_logs(platform_server: Any) -> None:
     job = json.loads(get.stdout)
     assert job["id"] == job_id and job["state"] == "succeeded"
     assert job["params"] == {"count": 2.0, "label": "jobs"}
+    # Which code of the plugin ran: the snapshot the server loaded.
+    assert job["plugin_sha256"] == platform_server.server.jobs.catalog.code("toy").sha256
 
     logs = synapse("jobs", "logs", job_id, "--server", address)
     lines = logs.stdout.splitlines()

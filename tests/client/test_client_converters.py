@@ -50,6 +50,7 @@ def test_job_round_trip_full() -> None:
         state=JobState.FAILED,
         mode=RunMode.TASK,
         plugin_version="1.2.3",
+        plugin_sha256="ab" * 32,
         params={"inputs": [1.0, 2.5], "name": "x", "nested": {"flag": True, "none": None}},
         create_time=T0,
         start_time=T0,

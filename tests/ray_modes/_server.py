@@ -32,6 +32,7 @@ from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._executor import Executor, LocalProcessExecutor
 from synapse_server.core._jobs import JobService
+from synapse_server.core._plugin_code import PluginCodeStore
 from synapse_server.core.models import ModelRegistryService, SqliteModelStore
 from synapse_server.grpc._auth import AuthInterceptor
 from synapse_server.grpc._model_servicer import ModelServicer
@@ -54,7 +55,9 @@ async def serve(args: argparse.Namespace) -> None:
     models = ModelRegistryService.for_data_dir(model_store, data)
     await models.open()
     plugin_dirs = [Path(p) for p in args.plugin_dir]
-    catalog = PluginCatalog(plugin_dirs, ("local", "task", "job"))
+    catalog = PluginCatalog(
+        plugin_dirs, ("local", "task", "job"), code_store=PluginCodeStore(data / "plugins")
+    )
     catalog.reload()
     issuer = WorkerCredentialIssuer(secrets.token_bytes(32))
     server = grpc.aio.server(
@@ -64,7 +67,7 @@ async def serve(args: argparse.Namespace) -> None:
     worker_address = args.worker_address or f"127.0.0.1:{port}"
     runtime = RayRuntime(RayRuntimeConfig(address=args.ray_address))
     executors: dict[str, Executor] = {
-        "local": LocalProcessExecutor(worker_address, plugin_dirs, log_dir=data / "workers"),
+        "local": LocalProcessExecutor(worker_address, catalog, log_dir=data / "workers"),
         "task": RayTaskExecutor(runtime, worker_address, catalog),
         "job": RayJobExecutor(runtime, worker_address, catalog),
     }

@@ -261,7 +261,9 @@ def test_public_exports_are_pinned() -> None:
         "load_plugin",
         "params_json_schema",
         "params_model",
+        "plugin_directories",
         "run_action",
+        "unload_plugin",
     }
     assert set(synapse_sdk.testing.__all__) >= {"ActionEnvironment", "LocalModelBackend"}
     for module in (synapse_sdk, synapse_sdk.plugins, synapse_sdk.testing):

@@ -256,13 +256,16 @@ def test_cli_runs_a_serve_action_through_infer(
     assert "not found" in capsys.readouterr().err.lower()
 
 
-async def test_job_environment_is_only_for_deployment_actions() -> None:
+async def test_job_environment_is_only_for_deployment_actions(tmp_path: Path) -> None:
     from synapse_server.core._catalog import PluginCatalog
     from synapse_server.core._models import Job
+    from synapse_server.core._plugin_code import PluginCodeStore
     from synapse_server.ray import RayRuntime
     from synapse_server.ray._environment import ServeJobEnvironment
 
-    catalog = PluginCatalog([EXAMPLES], supported_modes=["local"])
+    catalog = PluginCatalog(
+        [EXAMPLES], supported_modes=["local"], code_store=PluginCodeStore(tmp_path / "plugins")
+    )
     catalog.reload()
     runtime = RayRuntime()
     hook = ServeJobEnvironment(

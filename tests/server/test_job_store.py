@@ -250,3 +250,42 @@ async def test_list_jobs_filters_and_pages(store: SqliteJobStore) -> None:
         await store.list_jobs(JobFilter(), 10, "not-a-token")
     pending = await store.jobs_in_states([JobState.PENDING])
     assert [j.id for j in pending] == ["j0", "j1", "j3", "j4", "j5", "j6"]
+
+
+async def test_jobs_keep_their_plugin_code_digest_and_unfinished_ones_are_in_use(
+    store: SqliteJobStore,
+) -> None:
+    running, _ = await store.create_job(_job("run").evolve(plugin_sha256="a" * 64))
+    await store.update_job(running.evolve(state=JobState.RUNNING))
+    await store.create_job(_job("wait").evolve(plugin_sha256="b" * 64))
+    done, _ = await store.create_job(_job("done").evolve(plugin_sha256="c" * 64))
+    await store.update_job(done.evolve(state=JobState.SUCCEEDED))
+    await store.create_job(_job("older"))  # no digest: nothing to keep for it
+    loaded = await store.get_job("run")
+    assert loaded is not None and loaded.plugin_sha256 == "a" * 64
+    page = await store.list_jobs(JobFilter(), 10, "")
+    assert {j.id: j.plugin_sha256 for j in page.jobs}["done"] == "c" * 64
+    assert await store.plugin_code_in_use() == {"a" * 64, "b" * 64}
+
+
+async def test_a_database_from_before_plugin_digests_gets_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = SqliteJobStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE jobs DROP COLUMN plugin_sha256")
+        conn.execute(
+            "INSERT INTO jobs (id, tenant, plugin, action, mode, params, state, created_at) "
+            "VALUES ('old', 't1', 'p', 'a', 'local', '{}', 'PENDING', 1.0)"
+        )
+    reopened = SqliteJobStore(path)
+    await reopened.open()
+    try:
+        old = await reopened.get_job("old")
+        assert old is not None and old.plugin_sha256 == ""
+        assert await reopened.plugin_code_in_use() == set()
+        new, _ = await reopened.create_job(_job("new").evolve(plugin_sha256="d" * 64))
+        assert (await reopened.get_job("new")) == new.evolve(params_json="")
+    finally:
+        await reopened.close()

@@ -117,10 +117,11 @@ def test_job_and_terminal_event() -> None:
         id="j1", tenant="hidden", plugin="p", action="a", params_json='{"x": [1, 2], "s": "t"}',
         plugin_version="1.0", state=JobState.SUCCEEDED, request_id="r", created_at=1.5,
         started_at=2.0, finished_at=3.25, result={"ok": 1}, result_size=8, progress=100.0,
-        last_seq=7,
+        last_seq=7, plugin_sha256="ab" * 32,
     )  # fmt: skip
     message = conv.job_to_pb(job, with_params=True)
     assert "hidden" not in str(message)
+    assert message.plugin_sha256 == "ab" * 32 == conv.job_to_pb(job).plugin_sha256
     assert message.state == job_pb2.JOB_STATE_SUCCEEDED and message.mode == job_pb2.RUN_MODE_LOCAL
     assert dict(message.params)["s"] == "t"
     assert json.loads(message.params_json) == {"x": [1, 2], "s": "t"}

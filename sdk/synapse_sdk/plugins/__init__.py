@@ -10,7 +10,14 @@ from synapse_sdk.plugins._action import (
     validate_params,
     validate_params_json,
 )
-from synapse_sdk.plugins._loader import ActionSpec, Plugin, discover_plugins, load_plugin
+from synapse_sdk.plugins._loader import (
+    ActionSpec,
+    Plugin,
+    discover_plugins,
+    load_plugin,
+    plugin_directories,
+    unload_plugin,
+)
 from synapse_sdk.plugins._models import LocalModelBackend, ModelPath
 from synapse_sdk.plugins._runner import params_json_schema, params_model, run_action
 from synapse_sdk.plugins.enums import PluginCategory
@@ -27,7 +34,9 @@ __all__ = [
     "load_plugin",
     "params_json_schema",
     "params_model",
+    "plugin_directories",
     "run_action",
+    "unload_plugin",
     "validate_params",
     "validate_params_json",
 ]

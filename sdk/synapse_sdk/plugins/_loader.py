@@ -35,7 +35,14 @@ from synapse_sdk.plugins.enums import PluginCategory
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ActionSpec", "Plugin", "discover_plugins", "load_plugin"]
+__all__ = [
+    "ActionSpec",
+    "Plugin",
+    "discover_plugins",
+    "load_plugin",
+    "plugin_directories",
+    "unload_plugin",
+]
 
 CONFIG_FILE = "config.yaml"
 _ENTRYPOINT = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*([:.][A-Za-z_][\w]*)$")
@@ -181,32 +188,60 @@ def _config_code(directory: Path) -> str:
     return code if isinstance(code, str) else ""
 
 
-def discover_plugins(dirs: Iterable[str | Path], *, fresh: bool = False) -> dict[str, Plugin]:
-    """Load every plugin in ``dirs``: each dir that has ``config.yaml`` or its subdirs that do.
-
-    A malformed plugin raises (nothing is skipped silently); two plugins with the same code
-    raise :class:`PluginConfigError` naming both. ``fresh`` is passed to :func:`load_plugin`.
-    """
-    found: dict[str, Plugin] = {}
+def plugin_directories(dirs: Iterable[str | Path]) -> list[Path]:
+    """The plugin directories in ``dirs``: each dir that has ``config.yaml``, else its subdirs
+    that do (sorted). A dir that does not exist raises :class:`PluginNotFoundError`."""
+    found: list[Path] = []
     for raw in dirs:
         root = Path(raw)
         if not root.is_dir():
             raise PluginNotFoundError(f"plugin directory '{root}' does not exist")
         if (root / CONFIG_FILE).is_file():
-            candidates = [root]
+            found.append(root)
         else:
-            candidates = sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file())
-        for directory in candidates:
-            plugin = load_plugin(directory, fresh=fresh)
-            previous = found.get(plugin.code)
-            if previous is not None:
-                raise PluginConfigError(
-                    directory / CONFIG_FILE,
-                    "code",
-                    f"plugin code '{plugin.code}' is already used by {previous.path}",
-                )
-            found[plugin.code] = plugin
+            found.extend(sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file()))
     return found
+
+
+def discover_plugins(dirs: Iterable[str | Path], *, fresh: bool = False) -> dict[str, Plugin]:
+    """Load every plugin in ``dirs`` (see :func:`plugin_directories`).
+
+    A malformed plugin raises (nothing is skipped silently); two plugins with the same code
+    raise :class:`PluginConfigError` naming both. ``fresh`` is passed to :func:`load_plugin`.
+    """
+    found: dict[str, Plugin] = {}
+    for directory in plugin_directories(dirs):
+        plugin = load_plugin(directory, fresh=fresh)
+        previous = found.get(plugin.code)
+        if previous is not None:
+            raise PluginConfigError(
+                directory / CONFIG_FILE,
+                "code",
+                f"plugin code '{plugin.code}' is already used by {previous.path}",
+            )
+        found[plugin.code] = plugin
+    return found
+
+
+def unload_plugin(plugin: Plugin | str | Path) -> None:
+    """Drop a directory or file plugin's modules from ``sys.modules``.
+
+    ``plugin`` is a loaded :class:`Plugin` or the path it was (or failed to be) loaded from.
+    Objects already created from those modules (classes, instances) keep working; the next
+    load imports the modules again. A plugin named by module is left alone: its modules are
+    ordinary ones, shared with whoever imported them.
+    """
+    if isinstance(plugin, Plugin):
+        if plugin.module_prefix:
+            _forget(plugin.module_prefix)
+        elif plugin.path is not None and plugin.path.suffix == ".py":
+            _forget(_package_name(plugin.path.stem, plugin.path))
+        return
+    candidate = Path(plugin).resolve()
+    if candidate.is_dir():
+        _forget(_package_name(_config_code(candidate), candidate))
+    elif candidate.suffix == ".py":
+        _forget(_package_name(candidate.stem, candidate))
 
 
 def _load_directory(directory: Path) -> Plugin:

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from synapse_server.core._catalog import PluginCatalog
+from synapse_server.core._errors import FailedPreconditionError
 from synapse_server.core._models import Job
+from synapse_server.core._plugin_code import PluginCode
 from synapse_server.core._standby import ForkServer, ForkServerError, ForkServerPool
 
 __all__ = [
@@ -111,12 +114,17 @@ class LocalProcessExecutor:
     plugin once; a job's worker is forked from it in milliseconds instead of importing for
     seconds, and still runs that one job only (see ``_standby``). ``warm_workers=0`` starts a
     fresh ``python -m synapse_server.worker`` for every job instead.
+
+    Workers and fork servers import a plugin from the code snapshot the catalog loaded (see
+    ``_plugin_code``), never from the live plugin directory: a fork server started again after
+    a crash runs the same code as before, and a job runs the digest it was validated against
+    (a job queued across a reload gets a fresh worker process with its older snapshot).
     """
 
     def __init__(
         self,
         worker_address: str,
-        plugin_dirs: Sequence[Path],
+        catalog: PluginCatalog,
         *,
         memory_limit_mb: int | None = None,
         python: str | None = None,
@@ -129,7 +137,7 @@ class LocalProcessExecutor:
             raise ValueError("warm_workers must be >= 0")
         self._address = worker_address
         self._environment = environment
-        self._plugin_dirs = [Path(p).resolve() for p in plugin_dirs]
+        self._catalog = catalog
         self._memory_limit_mb = memory_limit_mb
         self._python = python or sys.executable
         self._log_dir = log_dir
@@ -145,29 +153,37 @@ class LocalProcessExecutor:
 
     async def prewarm(self) -> None:
         """Start the fork servers of ``preload_plugins`` (in the background)."""
-        if self._fork_servers is not None:
-            for plugin in self._preload:
+        self._prestart_preloads()
+
+    def _prestart_preloads(self) -> None:
+        if self._fork_servers is None:
+            return
+        loaded = {info.code for info in self._catalog.plugins()}
+        for plugin in self._preload:
+            if plugin in loaded:
                 self._fork_servers.prestart(plugin)
+            else:
+                logger.warning("preload plugin %r is not loaded; no fork server for it", plugin)
 
     def reload_plugins(self) -> None:
-        """Run later jobs on the plugins' code as it is on disk now.
+        """Run later jobs on the code the catalog has loaded now.
 
         The current fork servers are retired (their running jobs finish on them) and those of
-        ``preload_plugins`` started anew in the background. Without fork servers every job
-        already starts a fresh interpreter, so there is nothing to do. Synchronous, so that a
-        caller on the event loop can switch the catalog in the same step.
+        ``preload_plugins`` started anew in the background, from the new snapshots. Without
+        fork servers every job starts a fresh interpreter on its own snapshot, so there is
+        nothing to do. Synchronous, so that a caller on the event loop can switch the catalog
+        in the same step.
         """
         if self._fork_servers is not None:
             self._fork_servers.retire_all()
-            for plugin in self._preload:
-                self._fork_servers.prestart(plugin)
+            self._prestart_preloads()
 
-    def _command(self, *role: str) -> list[str]:
-        """The worker command line; ``role`` is ``--job-id ID`` or ``--fork-server --preload P``."""
+    def _command(self, code: PluginCode, *role: str) -> list[str]:
+        """The worker command line for ``code``; ``role`` is ``--job-id ID`` or
+        ``--fork-server --preload P``."""
         command = [self._python, "-m", "synapse_server.worker", "--address", self._address]
         command += [*role, "--parent-pid", str(os.getpid())]
-        for directory in self._plugin_dirs:
-            command += ["--plugin-dir", str(directory)]
+        command += ["--plugin-dir", str(code.path)]
         if self._memory_limit_mb is not None:
             command += ["--memory-limit-mb", str(self._memory_limit_mb)]
         return command
@@ -213,35 +229,53 @@ class LocalProcessExecutor:
             if log_file is not None:
                 log_file.close()
 
-    async def _spawn_fork_server(self, plugin: str) -> asyncio.subprocess.Process:
-        # The fork server only logs import problems, into fork-server.log next to the job
-        # logs; each forked worker writes to its job's own log.
-        return await self._spawn(
-            self._command("--fork-server", "--preload", plugin),
+    async def _spawn_fork_server(self, plugin: str) -> tuple[asyncio.subprocess.Process, str]:
+        # The plugin's code as loaded now (a reload retires the fork servers started before
+        # it). The fork server only logs import problems, into fork-server.log next to the
+        # job logs; each forked worker writes to its job's own log.
+        code = self._catalog.code(plugin)
+        process = await self._spawn(
+            self._command(code, "--fork-server", "--preload", plugin),
             dict(os.environ),
             "fork-server.log",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
+        return process, code.sha256
 
     @property
     def running(self) -> int:
         """Number of live worker processes."""
         return len(self._processes) + len(self._forked)
 
+    def _fork_server_runs(self, job: Job, code: PluginCode) -> bool:
+        """Whether the plugin's fork server (started from the loaded code) can run ``code``."""
+        try:
+            return self._catalog.code(job.plugin).sha256 == code.sha256
+        except FailedPreconditionError:
+            return False  # the plugin was unloaded since; its snapshot still runs the job
+
     async def run(self, job: Job, credential: str) -> WorkerExit:
         """Start the job's worker process and wait for it to exit."""
+        try:
+            code = self._catalog.code(job.plugin, job.plugin_sha256)
+        except FailedPreconditionError as exc:
+            return WorkerExit(detail=str(exc))
         extra_env: Mapping[str, str] = {}
         if self._environment is not None:
             extra_env = await self._environment.environment(job)
-        if self._fork_servers is not None:
-            return await self._run_forked(self._fork_servers, job, credential, extra_env)
+        if self._fork_servers is not None and self._fork_server_runs(job, code):
+            server = await self._fork_servers.get(job.plugin)
+            # Started for an earlier reload when this job's submission raced with the last
+            # one: the job still runs its own code, in a process of its own.
+            if server.version == code.sha256:
+                return await self._run_forked(server, job, credential, extra_env)
         env = dict(os.environ)
         env.update(extra_env)
         # The credential travels in the environment, not argv, so `ps` does not show it.
         env["SYNAPSE_WORKER_CREDENTIAL"] = credential
         process = await self._spawn(
-            self._command("--job-id", job.id),
+            self._command(code, "--job-id", job.id),
             env,
             f"{job.id}.log",
             stdin=asyncio.subprocess.DEVNULL,
@@ -249,20 +283,19 @@ class LocalProcessExecutor:
         logger.info("job %s: started worker pid %d", job.id, process.pid)
         self._processes[job.id] = process
         try:
-            code = await process.wait()
+            returncode = await process.wait()
         finally:
             self._processes.pop(job.id, None)
-        logger.info("job %s: worker pid %d exited with %d", job.id, process.pid, code)
-        return _exit(code)
+        logger.info("job %s: worker pid %d exited with %d", job.id, process.pid, returncode)
+        return _exit(returncode)
 
     async def _run_forked(
-        self, pool: ForkServerPool, job: Job, credential: str, extra_env: Mapping[str, str]
+        self, server: ForkServer, job: Job, credential: str, extra_env: Mapping[str, str]
     ) -> WorkerExit:
         log_path = ""
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             log_path = str(self._log_dir / f"{job.id}.log")
-        server = await pool.get(job.plugin)
         self._forked[job.id] = server
         try:
             try:

@@ -152,6 +152,9 @@ class Job:
     # The params as the text of one JSON object: the only form a job keeps (see ``params``).
     params_json: str = field(default="{}", repr=False)
     plugin_version: str = ""
+    # sha256 of the plugin code snapshot the job was validated against and runs (see
+    # ``_plugin_code``); "" for jobs stored before digests were recorded.
+    plugin_sha256: str = ""
     mode: str = "local"
     state: JobState = JobState.PENDING
     request_id: str | None = None

@@ -29,7 +29,8 @@ __all__ = ["ForkServer", "ForkServerError", "ForkServerPool"]
 
 logger = logging.getLogger(__name__)
 
-Spawner = Callable[[str], Awaitable[asyncio.subprocess.Process]]
+#: ``spawn(plugin)`` -> the fork server process and the version of the plugin's code it loads.
+Spawner = Callable[[str], Awaitable[tuple[asyncio.subprocess.Process, str]]]
 
 
 class ForkServerError(RuntimeError):
@@ -43,10 +44,13 @@ def _line(data: Mapping[str, object]) -> bytes:
 class ForkServer:
     """One fork server process of one plugin (see the module docstring)."""
 
-    def __init__(self, plugin: str, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, plugin: str, process: asyncio.subprocess.Process, version: str = "") -> None:
         if process.stdin is None or process.stdout is None:
             raise ValueError("a fork server needs pipes on stdin and stdout")
         self.plugin = plugin
+        # Which code of the plugin it imported (the snapshot's digest): jobs of other code
+        # must not run here.
+        self.version = version
         self.process = process
         self._ready = asyncio.Event()
         self._gone: str = ""
@@ -292,9 +296,9 @@ class ForkServerPool:
         return task
 
     async def _start(self, plugin: str) -> ForkServer:
-        process = await self._spawn(plugin)
-        logger.info("fork server pid %d started for %s", process.pid, plugin)
-        return ForkServer(plugin, process)
+        process, version = await self._spawn(plugin)
+        logger.info("fork server pid %d started for %s (%s)", process.pid, plugin, version[:12])
+        return ForkServer(plugin, process, version)
 
     def _retire(self, task: asyncio.Task[ForkServer]) -> None:
         if task.cancelled() or task.exception() is not None:
@@ -307,8 +311,8 @@ class ForkServerPool:
         """Start no more jobs on the current fork servers; the plugins they served.
 
         For a reload of edited plugins: the next job of each plugin starts a new fork server,
-        which imports the plugin's code as it is now. Jobs running on a retired fork server
-        finish there, and the fork server exits after its last one.
+        which imports the plugin's code as the catalog loaded it now. Jobs running on a
+        retired fork server finish there, and the fork server exits after its last one.
         """
         plugins = list(self._servers)
         for plugin in plugins:

@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_seq         INTEGER NOT NULL DEFAULT 0,
     pending_reason   TEXT NOT NULL DEFAULT '',
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    result_size      INTEGER NOT NULL DEFAULT 0
+    result_size      INTEGER NOT NULL DEFAULT 0,
+    plugin_sha256    TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id
     ON jobs (tenant, request_id) WHERE request_id IS NOT NULL;
@@ -81,7 +82,7 @@ CREATE TABLE IF NOT EXISTS job_events (
 _JOB_COLUMNS = (
     "id, tenant, plugin, action, mode, params, state, request_id, created_at, started_at, "
     "finished_at, result, error, reason, progress, plugin_version, last_seq, pending_reason, "
-    "cancel_requested, result_size"
+    "cancel_requested, result_size, plugin_sha256"
 )
 # Params live in their own table: SQLite rewrites a whole row on every UPDATE, and a job's
 # row is updated with each batch of events (progress, last_seq), so megabytes of params in it
@@ -136,6 +137,9 @@ class JobStore(Protocol):
     async def jobs_in_states(self, states: Iterable[JobState]) -> list[Job]:
         """All jobs currently in one of ``states`` (used at startup for recovery)."""
 
+    async def plugin_code_in_use(self) -> set[str]:
+        """The plugin code digests of jobs not yet finished (their snapshots must be kept)."""
+
     async def append_events(self, events: Sequence[JobEvent], job: Job | None = None) -> None:
         """Persist ``events`` (and ``job``'s new row, if given) in one transaction."""
 
@@ -183,6 +187,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         pending_reason,
         cancel_requested,
         result_size,
+        plugin_sha256,
     ) = row
     return Job(
         id=id_,
@@ -205,6 +210,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         reason=reason,
         progress=progress,
         plugin_version=plugin_version,
+        plugin_sha256=plugin_sha256,
         last_seq=last_seq,
         pending_reason=pending_reason,
         cancel_requested=bool(cancel_requested),
@@ -305,6 +311,10 @@ class SqliteJobStore:
                         "UPDATE jobs SET result_size = length(CAST(result AS BLOB)) "
                         "WHERE result IS NOT NULL"
                     )
+            if "plugin_sha256" not in columns:
+                # A database written before jobs recorded their plugin code's digest: its
+                # jobs keep "" (they run the plugin's loaded code, see PluginCatalog.code).
+                conn.execute("ALTER TABLE jobs ADD COLUMN plugin_sha256 TEXT NOT NULL DEFAULT ''")
 
         await self._write(_init)
 
@@ -359,7 +369,7 @@ class SqliteJobStore:
                         return existing, False
                 conn.execute(
                     f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES "
-                    "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"({','.join('?' * len(_JOB_COLUMNS.split(', ')))})",
                     _job_values(job),
                 )
                 conn.execute(
@@ -452,6 +462,20 @@ class SqliteJobStore:
 
         return await self._read(_find)
 
+    async def plugin_code_in_use(self) -> set[str]:
+        """The distinct ``plugin_sha256`` of jobs in a non-terminal state."""
+        unfinished = sorted(s.value for s in JobState if not s.is_terminal)
+
+        def _find(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "SELECT DISTINCT plugin_sha256 FROM jobs WHERE plugin_sha256 != '' AND "
+                f"state IN ({','.join('?' * len(unfinished))})",
+                unfinished,
+            ).fetchall()
+            return {row[0] for row in rows}
+
+        return await self._read(_find)
+
     async def append_events(self, events: Sequence[JobEvent], job: Job | None = None) -> None:
         """Persist ``events`` and, if given, ``job``'s row, atomically."""
         rows = [(e.job_id, e.seq, e.kind.value, e.timestamp, _event_text(e, job)) for e in events]
@@ -524,6 +548,7 @@ def _job_values(job: Job) -> tuple[Any, ...]:
         job.pending_reason,
         int(job.cancel_requested),
         job.result_size,
+        job.plugin_sha256,
     )
 
 

@@ -247,6 +247,7 @@ def job_to_pb(job: Job, *, with_params: bool = False) -> job_pb2.Job:
         id=job.id,
         plugin=job.plugin,
         plugin_version=job.plugin_version,
+        plugin_sha256=job.plugin_sha256,
         action=job.action,
         mode=mode_to_pb(job.mode),
         state=state_to_pb(job.state),

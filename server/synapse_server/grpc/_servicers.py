@@ -193,6 +193,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             job_id=job.id,
             plugin=job.plugin,
             plugin_version=job.plugin_version,
+            plugin_sha256=job.plugin_sha256,
             action=job.action,
             params_json=job.params_json.encode(),
             mode=conv.mode_to_pb(job.mode),

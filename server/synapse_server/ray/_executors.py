@@ -293,13 +293,9 @@ class _RayExecutorBase:
     # Resources ------------------------------------------------------------------------------
 
     def _plugin_dir(self, job: Job) -> Path:
-        path = self._catalog.plugin(job.plugin).path
-        if path is None or not path.is_dir():
-            raise FailedPreconditionError(
-                f"plugin {job.plugin!r} is not a plugin directory; {self.mode} mode ships a "
-                "plugin directory (with config.yaml) to the Ray cluster"
-            )
-        return path
+        # The snapshot the job was validated against, not the plugin directory on disk (see
+        # core._plugin_code): every mode runs the same code, and only a reload changes it.
+        return self._catalog.code(job.plugin, job.plugin_sha256).path
 
     def _action_config(self, plugin_dir: Path, action: str) -> dict[str, Any]:
         config_path = plugin_dir / "config.yaml"
@@ -415,9 +411,9 @@ class _RayExecutorBase:
         await self._runtime.ensure_started()
         try:
             resources = self.resources(job)
-            plugin_dir = self._plugin_dir(job)
+            code = self._catalog.code(job.plugin, job.plugin_sha256)  # see _plugin_dir
             await asyncio.to_thread(self.check_fits, resources)
-            package = await asyncio.to_thread(self._packager.package, plugin_dir)
+            package = await asyncio.to_thread(self._packager.package, code)
             env = dict(await self._environment.environment(job)) if self._environment else {}
             launch = self._launch(job, credential, resources, package, env)
         except (FailedPreconditionError, InvalidArgumentError) as exc:

@@ -335,6 +335,23 @@ def _find_plugin(plugin_dirs: Sequence[Path], code: str, version: str) -> Plugin
     raise PluginNotFoundError(f"plugin {code!r} is not installed on this worker")
 
 
+def _check_code(plugin: Plugin, sha256: str) -> None:
+    """Refuse to run a job on other plugin code than the snapshot it was validated against.
+
+    The server hands a worker the directory of that snapshot (or, on a Ray node, the copy
+    unpacked from it), and both are named by the code's digest. A mismatch is a platform
+    fault: running the job anyway would run code its params were never checked against.
+    """
+    if not sha256:
+        return  # a job stored before digests were recorded
+    held = plugin.path.name if plugin.path is not None else ""
+    if held != sha256:
+        raise PluginNotFoundError(
+            f"this worker holds other code of plugin {plugin.code!r} "
+            f"({held[:12] or 'not a snapshot'}) than the job was submitted with ({sha256[:12]})"
+        )
+
+
 def _limit_memory(limit_mb: int) -> None:
     limit = limit_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -455,6 +472,7 @@ def _execute(
         # parse to the freeze, so the new objects skip even the one young-generation pass.
         with gc_paused():
             plugin = _find_plugin(plugin_dirs, assignment.plugin, assignment.plugin_version)
+            _check_code(plugin, assignment.plugin_sha256)
             action_cls = plugin.get_action_class(assignment.action)
             # Validated here rather than inside run_action so that the params can be frozen
             # below in their validated form; run_action takes the model instance as it is.

@@ -71,7 +71,7 @@ class JobError(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., plugin_traceback: _Optional[str] = ..., origin: _Optional[_Union[ErrorOrigin, str]] = ..., step: _Optional[str] = ..., correlation_id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "plugin", "plugin_version", "action", "mode", "state", "params", "create_time", "start_time", "end_time", "error", "progress_percent", "last_seq", "pending_reason", "request_id", "cancel_requested", "result_size_bytes", "params_json")
+    __slots__ = ("id", "plugin", "plugin_version", "action", "mode", "state", "params", "create_time", "start_time", "end_time", "error", "progress_percent", "last_seq", "pending_reason", "request_id", "cancel_requested", "result_size_bytes", "params_json", "plugin_sha256")
     ID_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class Job(_message.Message):
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     RESULT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_SHA256_FIELD_NUMBER: _ClassVar[int]
     id: str
     plugin: str
     plugin_version: str
@@ -108,4 +109,5 @@ class Job(_message.Message):
     cancel_requested: bool
     result_size_bytes: int
     params_json: bytes
-    def __init__(self, id: _Optional[str] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., action: _Optional[str] = ..., mode: _Optional[_Union[RunMode, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., progress_percent: _Optional[float] = ..., last_seq: _Optional[int] = ..., pending_reason: _Optional[str] = ..., request_id: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., result_size_bytes: _Optional[int] = ..., params_json: _Optional[bytes] = ...) -> None: ...
+    plugin_sha256: str
+    def __init__(self, id: _Optional[str] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., action: _Optional[str] = ..., mode: _Optional[_Union[RunMode, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., progress_percent: _Optional[float] = ..., last_seq: _Optional[int] = ..., pending_reason: _Optional[str] = ..., request_id: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., result_size_bytes: _Optional[int] = ..., params_json: _Optional[bytes] = ..., plugin_sha256: _Optional[str] = ...) -> None: ...
