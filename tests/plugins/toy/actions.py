@@ -162,3 +162,26 @@ class ChattyAction(BaseAction[ChattyParams]):
             if i % 10 == 0:
                 self.log("tick", {"i": i})
         return {"events": n}
+
+
+class GatedParams(BaseModel):
+    """Params of the gated action."""
+
+    gate: str
+
+
+class GatedAction(BaseAction[GatedParams]):
+    """Waits (up to 60 s, or until cancelled) for the file ``gate`` to exist, then returns."""
+
+    action_name = "gated"
+
+    def execute(self) -> dict[str, str]:
+        self.log("waiting", {"gate": self.params.gate})
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.params.gate):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the gate never opened")
+            self.raise_if_cancelled()
+            time.sleep(0.02)
+        self.log("opened")
+        return {"gate": "opened"}

@@ -1,0 +1,379 @@
+"""Storage failures: a full disk, a locked database. No job stays RUNNING, nothing is lost.
+
+The data directory lives on a small tmpfs that the tests fill with a file (mounting needs
+root, which this project's test machines and CI have). A storage failure answers
+RESOURCE_EXHAUSTED (full) or UNAVAILABLE (locked, I/O) and never INTERNAL; a job that ends
+while the disk is full shows its outcome at once and stores it by itself once space returns.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from synapse.plugin.v1 import action_service_pb2 as pb
+from synapse.plugin.v1 import (
+    action_service_pb2_grpc,
+    job_pb2,
+    model_pb2,
+    model_service_pb2,
+    model_service_pb2_grpc,
+)
+
+from tests.conftest import TOY_PLUGINS_DIR, RunningServer
+
+pytestmark = pytest.mark.timeout(180)
+
+DISK_SIZE = "16m"
+RUNNING = job_pb2.JOB_STATE_RUNNING
+PENDING = job_pb2.JOB_STATE_PENDING
+
+
+class DiskFiller:
+    """Fills a file system with one file until the kernel says ENOSPC; frees it again."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "filler"
+
+    def fill(self) -> None:
+        block = b"\0" * (1 << 16)
+        with open(self.path, "ab", buffering=0) as fh:
+            try:
+                while True:
+                    fh.write(block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+            # Whatever is left is smaller than a block: take it too.
+            for size in (4096, 512, 1):
+                try:
+                    while True:
+                        fh.write(b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+
+    def free(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A fresh tmpfs of ``DISK_SIZE``, unmounted after the test."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"this machine does not allow mounting a tmpfs: {done.stderr.strip()}")
+    yield mount_point
+    # Lazy: a process of a failed test may still hold a file open there.
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture
+def filler(small_disk: Path) -> Iterator[DiskFiller]:
+    """Fills the small disk on demand; frees it after the test in any case."""
+    disk = DiskFiller(small_disk)
+    yield disk
+    disk.free()
+
+
+@pytest.fixture
+def full_disk_server(
+    small_disk: Path, filler: DiskFiller, server_factory: Callable[..., RunningServer]
+) -> Callable[..., RunningServer]:
+    """Servers with their data directory on the small disk (stopped before it is freed)."""
+
+    def start(**overrides: Any) -> RunningServer:
+        return server_factory(data_dir=small_disk / "data", **overrides)
+
+    return start
+
+
+def _stub(server: RunningServer) -> Any:
+    return action_service_pb2_grpc.ActionServiceStub(server.channel())
+
+
+def _run(stub: Any, action: str, params: dict[str, Any] | None = None) -> str:
+    request = pb.RunActionRequest(plugin="toy", action=action)
+    if params:
+        request.params.update(params)
+    return str(stub.RunAction(request, timeout=30).job.id)
+
+
+def _wait_for(
+    stub: Any, job_id: str, predicate: Callable[[job_pb2.Job], bool], timeout: float = 90
+) -> job_pb2.Job:
+    """Poll GetJob until ``predicate`` holds (the timeout is a deadline, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=10).job
+        if predicate(job):
+            return job
+        assert time.monotonic() < deadline, f"job never got there; last seen: {job}"
+        time.sleep(0.05)
+
+
+def _stored_state(db: Path, job_id: str) -> str:
+    """The job's state as the database holds it (not the server's memory)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+    conn.close()
+    return str(row[0])
+
+
+def _wait_stored(db: Path, job_id: str, state: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while (found := _stored_state(db, job_id)) != state:
+        assert time.monotonic() < deadline, f"stored state stayed {found}, expected {state}"
+        time.sleep(0.05)
+
+
+class _Follower(threading.Thread):
+    """Collects a job's StreamProgress events in the background."""
+
+    def __init__(self, stub: Any, job_id: str) -> None:
+        super().__init__(daemon=True)
+        self.events: list[Any] = []
+        self._stream = stub.StreamProgress(pb.StreamProgressRequest(job_id=job_id), timeout=150)
+        self.start()
+
+    def run(self) -> None:
+        for message in self._stream:
+            if message.HasField("event"):
+                self.events.append(message.event)
+
+    def result(self) -> list[Any]:
+        self.join(150)
+        assert not self.is_alive(), "the stream did not end"
+        return self.events
+
+
+def _history(stub: Any, job_id: str) -> list[Any]:
+    return [
+        m.event
+        for m in stub.StreamProgress(pb.StreamProgressRequest(job_id=job_id), timeout=30)
+        if m.HasField("event")
+    ]
+
+
+def test_calls_on_a_full_disk_answer_resource_exhausted_and_work_again_once_freed(
+    full_disk_server: Callable[..., RunningServer], filler: DiskFiller
+) -> None:
+    server = full_disk_server()
+    stub = _stub(server)
+    running = _run(stub, "slow")
+    _wait_for(stub, running, lambda j: j.state == RUNNING)
+    filler.fill()
+
+    with pytest.raises(grpc.RpcError) as refused:
+        _run(stub, "quick", {"count": 1, "label": "x"})
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "no space left on device" in str(refused.value.details())
+    # A cancel still reaches the job: the request is not lost to the disk.
+    cancelled = stub.CancelJob(pb.CancelJobRequest(job_id=running), timeout=30).job
+    assert cancelled.state in (RUNNING, job_pb2.JOB_STATE_CANCELLED)
+    _wait_for(stub, running, lambda j: j.state == job_pb2.JOB_STATE_CANCELLED)
+    assert _stored_state(server.settings.data_dir / "synapse.db", running) == "RUNNING"
+
+    filler.free()
+    _wait_stored(server.settings.data_dir / "synapse.db", running, "CANCELLED")
+    done = _run(stub, "quick", {"count": 1, "label": "after"})
+    assert _wait_for(stub, done, lambda j: j.state == job_pb2.JOB_STATE_SUCCEEDED)
+    history = _history(stub, running)
+    assert [e.seq for e in history] == list(range(1, len(history) + 1))
+    assert history[-1].terminal.state == job_pb2.JOB_STATE_CANCELLED
+
+
+def test_a_job_ending_on_a_full_disk_shows_its_outcome_and_stores_it_once_space_returns(
+    full_disk_server: Callable[..., RunningServer], filler: DiskFiller, tmp_path: Path
+) -> None:
+    server = full_disk_server()
+    db = server.settings.data_dir / "synapse.db"
+    stub = _stub(server)
+    gate = tmp_path / "gate"
+    job_id = _run(stub, "gated", {"gate": str(gate)})
+    # PENDING, RUNNING and the action's "waiting" log are stored.
+    stored = _wait_for(stub, job_id, lambda j: j.state == RUNNING and j.last_seq >= 3).last_seq
+    follower = _Follower(stub, job_id)
+    filler.fill()
+    gate.touch()
+
+    # The outcome is served from memory at once; the database still says RUNNING.
+    job = _wait_for(stub, job_id, lambda j: j.state == job_pb2.JOB_STATE_SUCCEEDED)
+    assert job.last_seq == stored  # the newest *stored* event
+    assert _stored_state(db, job_id) == "RUNNING"
+    result = b"".join(
+        r.data for r in stub.GetJobResult(pb.GetJobResultRequest(job_id=job_id), timeout=10)
+    )
+    assert json.loads(result) == {"gate": "opened"}
+    # Subscribers see an event only once it is stored, so none has the outcome yet.
+    assert all(not e.HasField("terminal") for e in follower.events)
+
+    filler.free()
+    _wait_stored(db, job_id, "SUCCEEDED")
+    events = follower.result()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.log.event for e in events if e.HasField("log")] == ["waiting", "opened"]
+    assert events[-1].terminal.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert json.loads(events[-1].terminal.result_json) == {"gate": "opened"}
+    assert [e.SerializeToString() for e in _history(stub, job_id)] == [
+        e.SerializeToString() for e in events
+    ]
+    assert stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=10).job.last_seq == len(events)
+
+
+def test_a_worker_the_full_disk_refuses_fails_its_job_with_the_disk_as_reason(
+    full_disk_server: Callable[..., RunningServer], filler: DiskFiller, tmp_path: Path
+) -> None:
+    server = full_disk_server(max_concurrent_jobs=1)
+    db = server.settings.data_dir / "synapse.db"
+    stub = _stub(server)
+    first_gate = tmp_path / "first"
+    first = _run(stub, "gated", {"gate": str(first_gate)})
+    _wait_for(stub, first, lambda j: j.state == RUNNING)
+    # Waits for the only slot: its worker starts once the first job's has ended.
+    second = _run(stub, "gated", {"gate": str(tmp_path / "never")})
+    filler.fill()
+    first_gate.touch()
+
+    # The second job's worker cannot store that it runs; it gives up after its reconnect
+    # budget, and the job fails naming the disk, not as a worker crash.
+    job = _wait_for(stub, second, lambda j: j.state == job_pb2.JOB_STATE_FAILED)
+    assert job.error.type == "StorageFull"
+    assert "no space left on device" in job.error.message
+    assert job.error.origin == job_pb2.ERROR_ORIGIN_PLATFORM
+    assert _stored_state(db, second) == "PENDING"
+
+    filler.free()
+    _wait_stored(db, first, "SUCCEEDED")
+    _wait_stored(db, second, "FAILED")
+    history = _history(stub, second)
+    assert [e.seq for e in history] == [1, 2]
+    assert history[0].state_changed.state == PENDING
+    assert "no space left on device" in history[-1].terminal.error.message
+
+
+def test_model_upload_on_a_full_disk_is_resource_exhausted_and_leaves_no_partial_file(
+    full_disk_server: Callable[..., RunningServer], filler: DiskFiller
+) -> None:
+    server = full_disk_server()
+    filler.fill()
+    stub = model_service_pb2_grpc.ModelServiceStub(server.channel())
+    info = model_service_pb2.ModelUploadInfo(name="m", archive_format=model_pb2.ARCHIVE_FORMAT_ZIP)
+    requests = [
+        model_service_pb2.RegisterModelRequest(info=info),
+        *[model_service_pb2.RegisterModelRequest(chunk=b"\1" * (1 << 20)) for _ in range(4)],
+    ]
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.RegisterModel(iter(requests), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "no space left on device" in str(refused.value.details())
+    assert not any((server.settings.data_dir / "models" / "tmp").iterdir())
+
+
+def test_a_database_locked_too_long_answers_unavailable(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    server = server_factory()
+    stub = _stub(server)
+    holder = sqlite3.connect(server.settings.data_dir / "synapse.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer that does not let go
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            _run(stub, "quick", {"count": 1, "label": "x"})
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "database is locked" in str(refused.value.details())
+    done = _run(stub, "quick", {"count": 1, "label": "after"})
+    _wait_for(stub, done, lambda j: j.state == job_pb2.JOB_STATE_SUCCEEDED)
+
+
+class _ServerProcess:
+    """``python -m synapse_server`` on the small disk; stderr goes to a file."""
+
+    def __init__(self, data_dir: Path, stderr: Path) -> None:
+        self.stderr_path = stderr
+        with open(stderr, "w") as err:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "synapse_server", "--listen", "127.0.0.1:0",
+                    "--data-dir", str(data_dir), "--plugin-dir", str(TOY_PLUGINS_DIR),
+                    "--shutdown-grace", "3", "--log-level", "WARNING",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )  # fmt: skip
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("synapse server listening on "):
+            self.process.kill()
+            raise AssertionError(f"server did not start: {stderr.read_text()}")
+        self.address = line.rsplit(" ", 1)[1].strip()
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = action_service_pb2_grpc.ActionServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+
+
+@pytest.mark.e2e
+def test_sigterm_on_a_full_disk_exits_cleanly_and_the_next_start_fails_the_job(
+    small_disk: Path, filler: DiskFiller, tmp_path: Path
+) -> None:
+    data_dir = small_disk / "data"
+    first = _ServerProcess(data_dir, tmp_path / "first.err")
+    try:
+        job_id = _run(first.stub, "gated", {"gate": str(tmp_path / "never")})
+        _wait_for(first.stub, job_id, lambda j: j.state == RUNNING)
+        filler.fill()
+        first.process.send_signal(signal.SIGTERM)
+        # A deadline, not a measurement: the drain must not hang on the disk.
+        code = first.process.wait(60)
+    finally:
+        first.close()
+    stderr = first.stderr_path.read_text()
+    assert code == 0, stderr
+    for broken in ("Traceback", "Event loop is closed", "was never awaited"):
+        assert broken not in stderr, stderr
+    # The operator learns which job's outcome could not be stored, and why.
+    assert any(
+        job_id in line and "could not be stored" in line and "no space left on device" in line
+        for line in stderr.splitlines()
+    ), stderr
+
+    filler.free()
+    second = _ServerProcess(data_dir, tmp_path / "second.err")
+    try:
+        history = _history(second.stub, job_id)
+        assert [e.seq for e in history] == list(range(1, len(history) + 1))
+        final = history[-1].terminal
+        assert final.state == job_pb2.JOB_STATE_FAILED
+        assert "server stopped while the job was running" in final.error.message
+        second.process.send_signal(signal.SIGTERM)
+        assert second.process.wait(60) == 0
+    finally:
+        second.close()
