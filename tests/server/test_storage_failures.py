@@ -8,6 +8,7 @@ while the disk is full shows its outcome at once and stores it by itself once sp
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -31,6 +32,25 @@ from synapse.plugin.v1 import (
     model_service_pb2,
     model_service_pb2_grpc,
 )
+from synapse_sdk.models import ArchiveFormat
+from synapse_server.core import (
+    EventHub,
+    EventKind,
+    Job,
+    JobEvent,
+    JobState,
+    SqliteJobStore,
+    StorageFullError,
+    StorageUnavailableError,
+)
+from synapse_server.core._catalog import PluginCatalog
+from synapse_server.core._credentials import WorkerCredentialIssuer
+from synapse_server.core._jobs import JobService
+from synapse_server.core._storage import as_storage_error
+from synapse_server.core.deployments import DeploymentRecord, SqliteDeploymentStore
+from synapse_server.core.models import SqliteModelStore
+from synapse_server.core.models._records import ModelRecord
+from synapse_server.grpc._errors import status_for
 
 from tests.conftest import TOY_PLUGINS_DIR, RunningServer
 
@@ -377,3 +397,130 @@ def test_sigterm_on_a_full_disk_exits_cleanly_and_the_next_start_fails_the_job(
         assert second.process.wait(60) == 0
     finally:
         second.close()
+
+
+def _event(job_id: str, seq: int) -> JobEvent:
+    return JobEvent(job_id, seq, EventKind.STATE, {"state": "PENDING"}, time.time())
+
+
+async def test_stores_on_a_full_disk_raise_storage_full_and_work_again_once_freed(
+    small_disk: Path, filler: DiskFiller
+) -> None:
+    db = small_disk / "synapse.db"
+    jobs, models, deployments = SqliteJobStore(db), SqliteModelStore(db), SqliteDeploymentStore(db)
+    for store in (jobs, models, deployments):
+        await store.open()
+    job, _ = await jobs.create_job(Job(id="j1", tenant="t", plugin="p", action="a"))
+    model = ModelRecord(0, "t", "m", "", "", {}, "0" * 64, 1, ArchiveFormat.ZIP, time.time())
+    deployment = DeploymentRecord(id=0, tenant="t", name="d", plugin="p", action="a")
+    try:
+        filler.fill()
+        with pytest.raises(StorageFullError) as full:
+            await jobs.append_events([_event("j1", 1)], job.evolve(last_seq=1))
+        # The real failure, not "cannot rollback - no transaction is active" over it.
+        assert isinstance(full.value.__cause__, sqlite3.OperationalError)
+        assert "database or disk is full" in str(full.value.__cause__)
+        with pytest.raises(StorageFullError):
+            await jobs.create_job(Job(id="j2", tenant="t", plugin="p", action="a"))
+        with pytest.raises(StorageFullError):
+            await models.insert(model)
+        with pytest.raises(StorageFullError):
+            await deployments.upsert(deployment)
+
+        filler.free()
+        await jobs.append_events([_event("j1", 1)], job.evolve(last_seq=1))
+        assert [e.seq for e in await jobs.list_events("j1", 0, 10)] == [1]
+        assert (await jobs.create_job(Job(id="j2", tenant="t", plugin="p", action="a")))[1]
+        assert (await models.insert(model)).id > 0
+        assert (await deployments.upsert(deployment))[1]
+    finally:
+        for store in (jobs, models, deployments):
+            await store.close()
+
+
+def test_storage_failures_are_classified_and_mapped_once() -> None:
+    full = as_storage_error(OSError(errno.ENOSPC, "No space left on device"))
+    assert isinstance(full, StorageFullError)
+    assert isinstance(as_storage_error(OSError(errno.EDQUOT, "quota")), StorageFullError)
+    io_error = as_storage_error(OSError(errno.EIO, "Input/output error"))
+    assert isinstance(io_error, StorageUnavailableError) and io_error.cause == "disk I/O error"
+    assert as_storage_error(FileNotFoundError(errno.ENOENT, "gone")) is None
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+    assert isinstance(as_storage_error(locked), StorageUnavailableError)
+    short_write = sqlite3.OperationalError("disk I/O error")
+    short_write.sqlite_errorcode = sqlite3.SQLITE_IOERR | (3 << 8)  # type: ignore[attr-defined]
+    assert isinstance(as_storage_error(short_write), StorageUnavailableError)
+    sqlite_full = sqlite3.OperationalError("database or disk is full")
+    sqlite_full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    assert isinstance(as_storage_error(sqlite_full), StorageFullError)
+    assert as_storage_error(sqlite3.ProgrammingError("a bug")) is None
+
+    status = status_for(StorageFullError())
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "no space left on device" in status.details
+    assert status_for(StorageUnavailableError("disk I/O error")).code == (
+        grpc.StatusCode.UNAVAILABLE
+    )
+
+
+class _RefusingStore(SqliteJobStore):
+    """The real store, refusing appends as a full disk does while ``refuse`` is set."""
+
+    refuse = False
+
+    async def append_events(self, events: Any, job: Job | None = None) -> None:
+        if self.refuse:
+            raise StorageFullError()
+        await super().append_events(events, job)
+
+
+class _IdleExecutor:
+    """Starts nothing: these jobs stay where the test puts them."""
+
+    async def run(self, job: Job, credential: str) -> Any:
+        await asyncio.Event().wait()
+
+    async def kill(self, job_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_job_whose_first_event_is_refused_fails_naming_the_disk(tmp_path: Path) -> None:
+    # The narrow case a filled tmpfs cannot hit on purpose: the job's row was stored, its
+    # first event was not.
+    store = _RefusingStore(tmp_path / "jobs.db")
+    await store.open()
+    catalog = PluginCatalog([TOY_PLUGINS_DIR], ["local"])
+    catalog.reload()
+    jobs = JobService(
+        store,
+        EventHub(store),
+        catalog,
+        {"local": _IdleExecutor()},
+        WorkerCredentialIssuer(b"k" * 32),
+    )
+    try:
+        store.refuse = True
+        with pytest.raises(StorageFullError):
+            await jobs.submit("t", "toy", "quick", '{"count": 1, "label": "x"}', request_id="r")
+        (job_id,) = [j.id for j in (await store.jobs_in_states([JobState.PENDING]))]
+        held = await jobs.get("t", job_id)
+        assert held.state is JobState.FAILED and held.error is not None
+        assert held.error.type == "StorageFull"
+        assert "no space left on device" in held.error.message
+
+        store.refuse = False
+        deadline = time.monotonic() + 30
+        while (stored := await store.get_job(job_id)) is not None and not stored.state.is_terminal:
+            assert time.monotonic() < deadline, "the held outcome was never stored"
+            await asyncio.sleep(0.05)
+        history = await store.list_events(job_id, 0, 10)
+        assert [(e.seq, e.kind) for e in history] == [(1, EventKind.STATE), (2, EventKind.TERMINAL)]
+        assert history[1].data["state"] == "FAILED"
+        assert jobs.active_jobs == 0
+    finally:
+        await jobs.close()
+        await store.close()
