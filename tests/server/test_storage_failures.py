@@ -59,6 +59,11 @@ pytestmark = pytest.mark.timeout(180)
 DISK_SIZE = "16m"
 RUNNING = job_pb2.JOB_STATE_RUNNING
 PENDING = job_pb2.JOB_STATE_PENDING
+_TERMINAL = (
+    job_pb2.JOB_STATE_SUCCEEDED,
+    job_pb2.JOB_STATE_FAILED,
+    job_pb2.JOB_STATE_CANCELLED,
+)
 
 
 class DiskFiller:
@@ -87,15 +92,12 @@ class DiskFiller:
         self.path.unlink(missing_ok=True)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A fresh tmpfs of ``DISK_SIZE``, unmounted after the test."""
-    mount_point = tmp_path / "disk"
+def _mount_tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
     mount_point.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE}", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
         capture_output=True,
         text=True,
         check=False,
@@ -105,6 +107,18 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     yield mount_point
     # Lazy: a process of a failed test may still hold a file open there.
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A fresh tmpfs of ``DISK_SIZE``, unmounted after the test."""
+    yield from _mount_tmpfs(tmp_path / "disk", f"size={DISK_SIZE}")
+
+
+@pytest.fixture
+def few_inodes_disk(tmp_path: Path) -> Iterator[Path]:
+    """A fresh tmpfs with room for data but for only a few hundred files."""
+    yield from _mount_tmpfs(tmp_path / "disk", f"size={DISK_SIZE},nr_inodes=400")
 
 
 @pytest.fixture
@@ -289,6 +303,28 @@ def test_a_worker_the_full_disk_refuses_fails_its_job_with_the_disk_as_reason(
     assert [e.seq for e in history] == [1, 2]
     assert history[0].state_changed.state == PENDING
     assert "no space left on device" in history[-1].terminal.error.message
+
+
+@pytest.mark.parametrize("warm_workers", [1, 0])
+def test_a_worker_whose_log_file_cannot_be_created_still_runs_its_job(
+    few_inodes_disk: Path, server_factory: Callable[..., RunningServer], warm_workers: int
+) -> None:
+    server = server_factory(data_dir=few_inodes_disk / "data", warm_workers=warm_workers)
+    stub = _stub(server)
+    first = _run(stub, "quick", {"count": 1, "label": "first"})
+    _wait_for(stub, first, lambda j: j.state == job_pb2.JOB_STATE_SUCCEEDED)
+    # No file can be created any more (ENOSPC), though the database still has room.
+    spare = few_inodes_disk / "spare"
+    spare.mkdir()
+    with pytest.raises(OSError) as full:
+        for n in range(100_000):
+            (spare / str(n)).touch()
+    assert full.value.errno == errno.ENOSPC
+
+    second = _run(stub, "quick", {"count": 1, "label": "second"})
+    job = _wait_for(stub, second, lambda j: j.state in _TERMINAL)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error.message
+    assert not (server.settings.data_dir / "logs" / "jobs" / f"{second}.log").exists()
 
 
 def test_model_upload_on_a_full_disk_is_resource_exhausted_and_leaves_no_partial_file(
