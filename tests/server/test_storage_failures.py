@@ -258,6 +258,8 @@ def test_a_job_ending_on_a_full_disk_shows_its_outcome_and_stores_it_once_space_
         r.data for r in stub.GetJobResult(pb.GetJobResultRequest(job_id=job_id), timeout=10)
     )
     assert json.loads(result) == {"gate": "opened"}
+    listed = stub.ListJobs(pb.ListJobsRequest(states=[RUNNING]), timeout=10).jobs
+    assert job_id not in [j.id for j in listed]
     # Subscribers see an event only once it is stored, so none has the outcome yet.
     assert all(not e.HasField("terminal") for e in follower.events)
 

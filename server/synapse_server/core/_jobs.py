@@ -281,6 +281,10 @@ class JobService:
             page_token,
         )
         jobs = [self._active[j.id].job if j.id in self._active else j for j in page.jobs]
+        if flt.states:
+            # An outcome held in memory until the store takes it (see _keep_unstored) is
+            # what the job is, whatever the store still says.
+            jobs = [j for j in jobs if j.state in flt.states]
         return JobPage(jobs=jobs, next_page_token=page.next_page_token)
 
     async def subscribe(
