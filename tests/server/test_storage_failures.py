@@ -45,7 +45,8 @@ from synapse_server.core import (
 )
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
-from synapse_server.core._jobs import JobService
+from synapse_server.core._hub import NewEvent
+from synapse_server.core._jobs import JobService, ResultChunk, WorkerFinished, WorkerReport
 from synapse_server.core._storage import as_storage_error
 from synapse_server.core.deployments import DeploymentRecord, SqliteDeploymentStore
 from synapse_server.core.models import SqliteModelStore
@@ -274,6 +275,37 @@ def test_a_job_ending_on_a_full_disk_shows_its_outcome_and_stores_it_once_space_
         e.SerializeToString() for e in events
     ]
     assert stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=10).job.last_seq == len(events)
+
+
+def test_events_a_full_disk_refuses_are_sent_again_and_the_job_goes_on(
+    full_disk_server: Callable[..., RunningServer],
+    filler: DiskFiller,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = full_disk_server()
+    stub = _stub(server)
+    gate, then = tmp_path / "gate", tmp_path / "then"
+    job_id = _run(stub, "gated", {"gate": str(gate), "then": str(then)})
+    stored = _wait_for(stub, job_id, lambda j: j.state == RUNNING and j.last_seq >= 3).last_seq
+    filler.fill()
+    gate.touch()  # the action logs "opened", which the server cannot store, and goes on waiting
+    deadline = time.monotonic() + 60
+    # Nothing else writes meanwhile: the store's first refusal is of the worker's events.
+    while not any("storage failure" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "the worker's events never met the full disk"
+        time.sleep(0.05)
+    job = stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=10).job
+    assert (job.state, job.last_seq) == (RUNNING, stored)
+
+    filler.free()
+    _wait_for(stub, job_id, lambda j: j.last_seq > stored)
+    then.touch()
+    job = _wait_for(stub, job_id, lambda j: j.state in _TERMINAL)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error.message
+    history = _history(stub, job_id)
+    assert [e.seq for e in history] == list(range(1, len(history) + 1))
+    assert [e.log.event for e in history if e.HasField("log")] == ["waiting", "opened"]
 
 
 def test_a_worker_the_full_disk_refuses_fails_its_job_with_the_disk_as_reason(
@@ -526,39 +558,74 @@ class _IdleExecutor:
         return None
 
 
-async def test_a_job_whose_first_event_is_refused_fails_naming_the_disk(tmp_path: Path) -> None:
-    # The narrow case a filled tmpfs cannot hit on purpose: the job's row was stored, its
-    # first event was not.
+@pytest.fixture
+async def refusing_jobs(tmp_path: Path) -> Any:
+    """A JobService over a store that refuses appends on demand; workers never start."""
     store = _RefusingStore(tmp_path / "jobs.db")
     await store.open()
     catalog = PluginCatalog([TOY_PLUGINS_DIR], ["local"])
     catalog.reload()
-    jobs = JobService(
-        store,
-        EventHub(store),
-        catalog,
-        {"local": _IdleExecutor()},
-        WorkerCredentialIssuer(b"k" * 32),
-    )
-    try:
-        store.refuse = True
-        with pytest.raises(StorageFullError):
-            await jobs.submit("t", "toy", "quick", '{"count": 1, "label": "x"}', request_id="r")
-        (job_id,) = [j.id for j in (await store.jobs_in_states([JobState.PENDING]))]
-        held = await jobs.get("t", job_id)
-        assert held.state is JobState.FAILED and held.error is not None
-        assert held.error.type == "StorageFull"
-        assert "no space left on device" in held.error.message
+    credentials = WorkerCredentialIssuer(b"k" * 32)
+    jobs = JobService(store, EventHub(store), catalog, {"local": _IdleExecutor()}, credentials)
+    yield jobs, store, credentials
+    await jobs.close()
+    await store.close()
 
-        store.refuse = False
-        deadline = time.monotonic() + 30
-        while (stored := await store.get_job(job_id)) is not None and not stored.state.is_terminal:
-            assert time.monotonic() < deadline, "the held outcome was never stored"
-            await asyncio.sleep(0.05)
-        history = await store.list_events(job_id, 0, 10)
-        assert [(e.seq, e.kind) for e in history] == [(1, EventKind.STATE), (2, EventKind.TERMINAL)]
-        assert history[1].data["state"] == "FAILED"
-        assert jobs.active_jobs == 0
-    finally:
-        await jobs.close()
-        await store.close()
+
+async def test_a_refused_batch_is_not_acknowledged_and_is_taken_whole_when_sent_again(
+    refusing_jobs: Any,
+) -> None:
+    # The server may read a worker's events and the first chunks of its result as one batch
+    # (a filled tmpfs cannot make it do so on purpose): refused, none of it may stay.
+    jobs, store, credentials = refusing_jobs
+    job, _ = await jobs.submit("t", "toy", "quick", '{"count": 1, "label": "x"}')
+    claims = credentials.verify(credentials.mint(job.id, "t"))
+    await jobs.open_worker_stream(claims, job.id, "w")
+    batch = [
+        WorkerReport(1, NewEvent(EventKind.LOG, {"event": "almost"})),
+        WorkerReport(2, ResultChunk(0, b'{"label": ')),
+    ]
+    store.refuse = True
+    with pytest.raises(StorageFullError):
+        await jobs.report(claims, job.id, batch)
+    store.refuse = False
+    assert await jobs.report(claims, job.id, batch) == (2, False)
+    rest = [
+        WorkerReport(3, ResultChunk(10, b'"x"}')),
+        WorkerReport(4, WorkerFinished(JobState.SUCCEEDED, result_size=14)),
+    ]
+    assert await jobs.report(claims, job.id, rest) == (4, True)
+    assert await jobs.result_json("t", job.id) == b'{"label": "x"}'
+    history = await store.list_events(job.id, 0, 10)
+    assert [e.kind for e in history] == [
+        EventKind.STATE,
+        EventKind.STATE,
+        EventKind.LOG,
+        EventKind.TERMINAL,
+    ]
+
+
+async def test_a_job_whose_first_event_is_refused_fails_naming_the_disk(
+    refusing_jobs: Any,
+) -> None:
+    # The narrow case a filled tmpfs cannot hit on purpose: the job's row was stored, its
+    # first event was not.
+    jobs, store, _ = refusing_jobs
+    store.refuse = True
+    with pytest.raises(StorageFullError):
+        await jobs.submit("t", "toy", "quick", '{"count": 1, "label": "x"}', request_id="r")
+    (job_id,) = [j.id for j in (await store.jobs_in_states([JobState.PENDING]))]
+    held = await jobs.get("t", job_id)
+    assert held.state is JobState.FAILED and held.error is not None
+    assert held.error.type == "StorageFull"
+    assert "no space left on device" in held.error.message
+
+    store.refuse = False
+    deadline = time.monotonic() + 30
+    while (stored := await store.get_job(job_id)) is not None and not stored.state.is_terminal:
+        assert time.monotonic() < deadline, "the held outcome was never stored"
+        await asyncio.sleep(0.05)
+    history = await store.list_events(job_id, 0, 10)
+    assert [(e.seq, e.kind) for e in history] == [(1, EventKind.STATE), (2, EventKind.TERMINAL)]
+    assert history[1].data["state"] == "FAILED"
+    assert jobs.active_jobs == 0
