@@ -47,7 +47,7 @@ from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._hub import NewEvent
 from synapse_server.core._jobs import JobService, ResultChunk, WorkerFinished, WorkerReport
-from synapse_server.core._storage import as_storage_error
+from synapse_server.core._storage import as_storage_error, release_transaction
 from synapse_server.core.deployments import DeploymentRecord, SqliteDeploymentStore
 from synapse_server.core.models import SqliteModelStore
 from synapse_server.core.models._records import ModelRecord
@@ -532,6 +532,33 @@ def test_storage_failures_are_classified_and_mapped_once() -> None:
     assert status_for(StorageUnavailableError("disk I/O error")).code == (
         grpc.StatusCode.UNAVAILABLE
     )
+
+
+class _RollbackFailsConnection(sqlite3.Connection):
+    """A connection whose ROLLBACK fails, as one can on a failing device."""
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "ROLLBACK":
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().execute(sql, *args)
+
+
+def test_a_connection_left_inside_a_transaction_is_closed_not_reused(tmp_path: Path) -> None:
+    clean = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    assert release_transaction(clean)  # nothing open: nothing to do, no error
+    clean.execute("BEGIN")
+    assert release_transaction(clean) and not clean.in_transaction
+    clean.close()
+
+    stuck = sqlite3.connect(
+        tmp_path / "b.db", isolation_level=None, factory=_RollbackFailsConnection
+    )
+    stuck.execute("BEGIN")
+    stuck.execute("CREATE TABLE t (x)")
+    assert not release_transaction(stuck)
+    with pytest.raises(sqlite3.ProgrammingError):  # closed
+        stuck.execute("SELECT 1")
+    assert not release_transaction(stuck)  # a second look at it does not raise either
 
 
 class _RefusingStore(SqliteJobStore):

@@ -95,15 +95,24 @@ def release_transaction(conn: sqlite3.Connection) -> bool:
 
     SQLite has often rolled back already (a failed COMMIT on a full disk does); a ROLLBACK
     then would raise "no transaction is active" over the real error, so it is only issued
-    when one is open, and its own failure is logged, never raised. Returns False when the
-    connection is still inside a transaction: the caller must not reuse it.
+    when one is open, and its own failure is logged, never raised. A connection still inside
+    a transaction after that would fail every later BEGIN: it is closed, and False returned
+    so that the caller drops it and opens a fresh one.
     """
-    if conn.in_transaction:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            logger.warning("rollback after a failed write failed too: %s", exc)
-    return not conn.in_transaction
+    try:
+        if not conn.in_transaction:
+            return True
+    except sqlite3.ProgrammingError:  # closed already, by an earlier call for this failure
+        return False
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        logger.warning("rollback after a failed write failed too: %s", exc)
+    if not conn.in_transaction:
+        return True
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()
+    return False
 
 
 class StorageGuard:

@@ -9,7 +9,6 @@ they imply, so a job's row and its event history are always consistent on disk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import threading
@@ -290,18 +289,12 @@ class SqliteJobStore:
             return fn(conn)
         except BaseException:
             if not release_transaction(conn):
-                # A connection stuck inside a transaction would fail every later BEGIN:
-                # the next call of this thread opens a fresh one.
-                self._discard(conn)
+                # Closed, stuck in a transaction: this thread's next call opens a fresh one.
+                self._local.conn = None
+                with self._connections_lock:
+                    if conn in self._connections:
+                        self._connections.remove(conn)
             raise
-
-    def _discard(self, conn: sqlite3.Connection) -> None:
-        self._local.conn = None
-        with self._connections_lock:
-            if conn in self._connections:
-                self._connections.remove(conn)
-        with contextlib.suppress(sqlite3.Error):
-            conn.close()
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()

@@ -269,7 +269,8 @@ class SqliteDeploymentStore:
             try:
                 return fn(conn)
             except BaseException:
-                release_transaction(conn)
+                if not release_transaction(conn):
+                    self._conn = None  # closed, stuck in a transaction: open a fresh one
                 raise
 
         # A full disk, an I/O error or a long lock leaves as a StorageError (see _storage).

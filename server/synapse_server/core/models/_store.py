@@ -112,10 +112,12 @@ class SqliteModelStore:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA busy_timeout=5000")
                 self._conn = conn
+            conn = self._conn
             try:
-                return fn(self._conn)
+                return fn(conn)
             except BaseException:
-                release_transaction(self._conn)
+                if not release_transaction(conn):
+                    self._conn = None  # closed, stuck in a transaction: open a fresh one
                 raise
 
         # A full disk, an I/O error or a long lock leaves as a StorageError (see _storage).
