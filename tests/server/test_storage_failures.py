@@ -585,12 +585,24 @@ class _IdleExecutor:
         return None
 
 
+def _toy_catalog(data_dir: Path) -> PluginCatalog:
+    """The toy plugins' catalog, given a store for snapshots of plugin code where the
+    catalog keeps them."""
+    try:
+        from synapse_server.core._plugin_code import PluginCodeStore
+    except ImportError:
+        return PluginCatalog([TOY_PLUGINS_DIR], ["local"])
+    return PluginCatalog(  # type: ignore[call-arg]
+        [TOY_PLUGINS_DIR], ["local"], code_store=PluginCodeStore(data_dir / "plugins")
+    )
+
+
 @pytest.fixture
 async def refusing_jobs(tmp_path: Path) -> Any:
     """A JobService over a store that refuses appends on demand; workers never start."""
     store = _RefusingStore(tmp_path / "jobs.db")
     await store.open()
-    catalog = PluginCatalog([TOY_PLUGINS_DIR], ["local"])
+    catalog = _toy_catalog(tmp_path)
     catalog.reload()
     credentials = WorkerCredentialIssuer(b"k" * 32)
     jobs = JobService(store, EventHub(store), catalog, {"local": _IdleExecutor()}, credentials)
