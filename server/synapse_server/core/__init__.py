@@ -12,6 +12,9 @@ from synapse_server.core._errors import (
     RequestIdConflictError,
     ServerError,
     ServiceUnavailableError,
+    StorageError,
+    StorageFullError,
+    StorageUnavailableError,
     UnauthenticatedError,
 )
 from synapse_server.core._hub import EventHub, NewEvent
@@ -54,5 +57,8 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "SqliteJobStore",
+    "StorageError",
+    "StorageFullError",
+    "StorageUnavailableError",
     "UnauthenticatedError",
 ]

@@ -18,6 +18,9 @@ __all__ = [
     "RequestIdConflictError",
     "ServerError",
     "ServiceUnavailableError",
+    "StorageError",
+    "StorageFullError",
+    "StorageUnavailableError",
     "UnauthenticatedError",
 ]
 
@@ -72,3 +75,33 @@ class PermissionDeniedError(ServerError):
 
 class ServiceUnavailableError(ServerError):
     """The server cannot take the request now (shutting down, executor gone); retry later."""
+
+
+class StorageError(ServerError):
+    """The server could not write (or read) its own storage: the call changed nothing.
+
+    ``cause`` names the failure in a few words (``no space left on device``, ``database is
+    locked``); the message never carries paths or SQL. Retrying later is safe.
+    """
+
+    def __init__(self, cause: str, message: str) -> None:
+        self.cause = cause
+        super().__init__(message)
+
+
+class StorageFullError(StorageError):
+    """The data directory's file system is full (ENOSPC, SQLITE_FULL): RESOURCE_EXHAUSTED."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no space left on device",
+            "no space left on device: the server's data directory is full; "
+            "retry once space is freed",
+        )
+
+
+class StorageUnavailableError(StorageError):
+    """A transient storage failure (I/O error, database locked too long): UNAVAILABLE."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause, f"the server's storage is unavailable ({cause}); retry later")

@@ -205,8 +205,15 @@ class LocalProcessExecutor:
         env["PYTHONFAULTHANDLER"] = "1"
         log_file = None
         if self._log_dir is not None:
-            self._log_dir.mkdir(parents=True, exist_ok=True)
-            log_file = (self._log_dir / log_name).open("ab")
+            try:
+                self._log_dir.mkdir(parents=True, exist_ok=True)
+                log_file = (self._log_dir / log_name).open("ab")
+            except OSError as exc:
+                # A full disk must not stop the worker: its output is dropped instead, and
+                # the server reports its own storage trouble when it meets it.
+                logger.warning(
+                    "cannot open worker log %s (%s); its output is dropped", log_name, exc
+                )
         try:
             if stdout is not None:
                 return await asyncio.create_subprocess_exec(
@@ -294,7 +301,8 @@ class LocalProcessExecutor:
     ) -> WorkerExit:
         log_path = ""
         if self._log_dir is not None:
-            self._log_dir.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # the worker copes with a log it cannot open
+                self._log_dir.mkdir(parents=True, exist_ok=True)
             log_path = str(self._log_dir / f"{job.id}.log")
         self._forked[job.id] = server
         try:

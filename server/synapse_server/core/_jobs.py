@@ -35,6 +35,8 @@ from synapse_server.core._errors import (
     JobNotFoundError,
     PermissionDeniedError,
     ServiceUnavailableError,
+    StorageError,
+    StorageFullError,
 )
 from synapse_server.core._executor import Executor, SchedulingExecutor, WorkerExit
 from synapse_server.core._hub import EventHub, NewEvent
@@ -49,6 +51,7 @@ from synapse_server.core._models import (
     JobState,
     Keepalive,
 )
+from synapse_server.core._storage import as_storage_error
 from synapse_server.core._store import JobStore
 
 __all__ = [
@@ -63,6 +66,10 @@ logger = logging.getLogger(__name__)
 
 MAX_REQUEST_ID_LENGTH = 128
 SERVER_STOPPED_REASON = "server stopped while the job was running"
+# A terminal state the store refused (full disk, I/O error) is retried after these delays,
+# doubling from the first to the last, until it is stored.
+STORE_RETRY_FIRST_SECONDS = 0.2
+STORE_RETRY_MAX_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +113,14 @@ class _ActiveJob:
     task: asyncio.Task[None] | None = None
     killer: asyncio.Task[None] | None = None
     cancel_reason: str = ""
+    # The job's last events (its terminal one last) with their job row, when the store
+    # refused them: ``job`` already shows the outcome, ``storer`` retries until they are
+    # stored. Subscribers see them only then (an event is visible once stored).
+    unstored: tuple[Sequence[NewEvent], Job] | None = None
+    storer: asyncio.Task[None] | None = None
+    # The storage failure of the job's latest append, if it failed (cleared by a success):
+    # a worker that then gives up is failed with it as the reason.
+    storage_error: StorageError | None = None
 
 
 class JobService:
@@ -135,6 +150,8 @@ class JobService:
         self._inline_limit = inline_result_limit
         self._active: dict[str, _ActiveJob] = {}
         self._closing = False
+        # Set on close: held terminal states get one last immediate attempt.
+        self._store_now = asyncio.Event()
         for executor in self._executors.values():
             if isinstance(executor, SchedulingExecutor):
                 executor.bind_pending_reporter(self.set_pending_reason)
@@ -218,9 +235,17 @@ class JobService:
             return await self._current(job), False
         active = _ActiveJob(job=job)
         self._active[job.id] = active
-        await self._append(
-            active, [NewEvent(EventKind.STATE, {"state": "PENDING", "reason": "submitted"})]
-        )
+        submitted = NewEvent(EventKind.STATE, {"state": "PENDING", "reason": "submitted"})
+        try:
+            await self._append(active, [submitted])
+        except StorageError as exc:
+            # The job's row is stored but not its first event: it never runs, it fails (for
+            # good once the store takes it), and the caller learns why.
+            error = _storage_job_error(exc)
+            await self._finish(
+                active, JobState.FAILED, error=error, reason=error.message, before=[submitted]
+            )
+            raise
         active.task = asyncio.create_task(self._run(active), name=f"job-{job.id}")
         logger.info("job %s: submitted %s/%s mode=%s", job.id, plugin, action, mode)
         return active.job, True
@@ -258,6 +283,10 @@ class JobService:
             page_token,
         )
         jobs = [self._active[j.id].job if j.id in self._active else j for j in page.jobs]
+        if flt.states:
+            # An outcome held in memory until the store takes it (see _keep_unstored) is
+            # what the job is, whatever the store still says.
+            jobs = [j for j in jobs if j.state in flt.states]
         return JobPage(jobs=jobs, next_page_token=page.next_page_token)
 
     async def subscribe(
@@ -318,7 +347,7 @@ class JobService:
                 return active.job
             if not active.job.cancel_requested:
                 active.job = active.job.evolve(cancel_requested=True)
-                await self._store.update_job(active.job)
+                await self._update_row(active)
                 active.cancel.set()
                 active.killer = asyncio.create_task(self._kill_after_grace(active))
                 logger.info("job %s: cancel requested", job_id)
@@ -334,9 +363,20 @@ class JobService:
                 return False
             if active.job.pending_reason != reason:
                 active.job = active.job.evolve(pending_reason=reason)
-                await self._store.update_job(active.job)
+                await self._update_row(active)
                 logger.info("job %s: pending: %s", job_id, reason)
             return True
+
+    async def _update_row(self, active: _ActiveJob) -> None:
+        """Store the job's row as it is in memory, where it has already changed.
+
+        A store that refuses it loses nothing the job needs: the change stays in memory and
+        the job's next append (its terminal event at the latest) writes the whole row.
+        """
+        try:
+            await self._store.update_job(active.job)
+        except StorageError as exc:
+            logger.warning("job %s: could not store its row now (%s)", active.job.id, exc.cause)
 
     async def _kill_after_grace(self, active: _ActiveJob) -> None:
         await asyncio.sleep(self._grace)
@@ -363,12 +403,15 @@ class JobService:
                 except Exception as exc:
                     correlation = uuid.uuid4().hex
                     logger.exception("job %s: executor failed [%s]", job_id, correlation)
+                    # E.g. the worker's log file could not be created on a full disk.
+                    storage = as_storage_error(exc)
+                    cause = storage.cause if storage is not None else type(exc).__name__
                     await self._finish(
                         active,
                         JobState.FAILED,
                         error=JobError(
                             type="ExecutorError",
-                            message=f"could not run the job: {type(exc).__name__}",
+                            message=f"could not run the job: {cause}",
                             origin=ErrorOrigin.PLATFORM,
                             correlation_id=correlation,
                         ),
@@ -380,7 +423,9 @@ class JobService:
                 raise
         finally:
             if active.job.state.is_terminal:
-                self._active.pop(job_id, None)
+                if active.unstored is None:
+                    # Otherwise its storer releases it once the outcome is stored.
+                    self._active.pop(job_id, None)
                 if active.killer is not None:
                     active.killer.cancel()
 
@@ -397,22 +442,30 @@ class JobService:
             return
         correlation = uuid.uuid4().hex
         message = outcome.describe()
-        logger.warning("job %s: %s [%s]", active.job.id, message, correlation)
-        await self._finish(
-            active,
-            JobState.FAILED,
-            error=JobError(
-                type="WorkerCrashed",
-                message=message,
-                origin=ErrorOrigin.PLATFORM,
-                correlation_id=correlation,
-            ),
+        error = JobError(
+            type="WorkerCrashed",
+            message=message,
+            origin=ErrorOrigin.PLATFORM,
+            correlation_id=correlation,
         )
+        if active.storage_error is not None:
+            # The worker gave up because this server could not store what it reported: that,
+            # not the worker, is why the job ended.
+            error = _storage_job_error(
+                active.storage_error, f"; {message}", correlation_id=correlation
+            )
+        logger.warning("job %s: %s [%s]", active.job.id, error.message, correlation)
+        await self._finish(active, JobState.FAILED, error=error, reason=error.message)
 
     async def _append(
         self, active: _ActiveJob, events: Sequence[NewEvent], job: Job | None = None
     ) -> None:
-        stored = await self._hub.append(active.job.id, events, job or active.job)
+        try:
+            stored = await self._hub.append(active.job.id, events, job or active.job)
+        except StorageError as exc:
+            active.storage_error = exc
+            raise
+        active.storage_error = None
         last_seq = stored[-1].seq if stored else active.job.last_seq
         active.job = (job or active.job).evolve(last_seq=last_seq)
 
@@ -424,9 +477,12 @@ class JobService:
         result: Any = None,
         error: JobError | None = None,
         reason: str = "",
+        before: Sequence[NewEvent] = (),
     ) -> None:
         async with active.lock:
-            await self._finish_locked(active, state, result=result, error=error, reason=reason)
+            await self._finish_locked(
+                active, state, result=result, error=error, reason=reason, before=before
+            )
 
     async def _finish_locked(
         self,
@@ -438,9 +494,17 @@ class JobService:
         reason: str = "",
         result_text: str = "",
         result_size: int = 0,
+        before: Sequence[NewEvent] = (),
+        progress: float | None = None,
     ) -> None:
         """``result_text`` (``result_size`` bytes in UTF-8): the worker's own JSON text, when
-        the result came from one; ``result`` is then parsed only if it travels inline."""
+        the result came from one; ``result`` is then parsed only if it travels inline.
+        ``before``: events to store ahead of the terminal one, in the same transaction (with
+        the job's ``progress`` after them).
+
+        Never fails for storage: when the store refuses the events, the outcome is kept in
+        memory (GetJob shows it) and stored by a background task once the store takes it.
+        """
         if active.job.state.is_terminal:
             return
         if error is not None and not reason:
@@ -448,7 +512,7 @@ class JobService:
             # path ended it (a crashed worker, the executor, a restart).
             reason = error.message
         data: dict[str, Any] = {"state": state.value, "reason": reason}
-        progress = active.job.progress
+        progress = active.job.progress if progress is None else progress
         text = ""
         if state is JobState.SUCCEEDED:
             if not result_text:
@@ -475,11 +539,87 @@ class JobService:
             progress=progress,
             pending_reason="",
         )
-        await self._append(active, [NewEvent(EventKind.TERMINAL, data)], job)
+        events = [*before, NewEvent(EventKind.TERMINAL, data)]
+        try:
+            await self._append(active, events, job)
+        except StorageError as exc:
+            self._keep_unstored(active, events, job, exc)
         if state is JobState.CANCELLED:
             # Wakes a worker stream still waiting, so it can be told to stop.
             active.cancel.set()
         logger.info("job %s: %s %s", job.id, state.value, reason or "")
+
+    def _keep_unstored(
+        self, active: _ActiveJob, events: Sequence[NewEvent], job: Job, exc: StorageError
+    ) -> None:
+        """Hold a terminal outcome the store refused, and retry it in the background."""
+        # The outcome is known and final: GetJob, ListJobs and the worker side see it now.
+        # last_seq stays the newest stored event's, so a subscriber resuming from it waits
+        # for the outcome's events instead of missing them.
+        active.job = job.evolve(last_seq=active.job.last_seq)
+        active.unstored = (events, job)
+        self._active.setdefault(job.id, active)
+        logger.warning(
+            "job %s: could not store its %s state (%s); retrying until it is stored",
+            job.id,
+            job.state.value,
+            exc.cause,
+        )
+        active.storer = asyncio.create_task(
+            self._store_unstored(active), name=f"store-job-{job.id}"
+        )
+
+    async def _store_unstored(self, active: _ActiveJob) -> None:
+        """Store the job's held events, retrying with backoff; stops early on ``close``.
+
+        No other event of the job can come in meanwhile (it is terminal in memory), so the
+        events get the seqs that follow the stored ones, in order.
+        """
+        delay = STORE_RETRY_FIRST_SECONDS
+        attempts = 0
+        while active.unstored is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._store_now.wait(), delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_SECONDS)
+            events, job = active.unstored
+            attempts += 1
+            try:
+                stored = await self._hub.append(job.id, events, job)
+            except StorageError as exc:
+                if self._store_now.is_set():
+                    # The server is stopping and the store still refuses: nothing more can
+                    # be done in this process. The next start fails a job left RUNNING and
+                    # queues one left PENDING again.
+                    logger.error(
+                        "job %s: its %s state could not be stored (%s) before the server "
+                        "stopped; the database still holds an earlier state",
+                        job.id,
+                        job.state.value,
+                        exc.cause,
+                    )
+                    return
+                if attempts % 30 == 0:
+                    logger.warning(
+                        "job %s: %s state still not stored after %d attempts (%s)",
+                        job.id,
+                        job.state.value,
+                        attempts,
+                        exc.cause,
+                    )
+                continue
+            except Exception:
+                # Not a storage condition that passes (a bug): retrying cannot help. The job
+                # keeps its outcome in memory for this process's life.
+                logger.exception("job %s: storing its %s state failed", job.id, job.state.value)
+                return
+            active.job = job.evolve(last_seq=stored[-1].seq)
+            active.unstored = None
+            active.storage_error = None
+            logger.warning(
+                "job %s: %s state stored at attempt %d", job.id, job.state.value, attempts + 1
+            )
+        if active.task is None or active.task.done():
+            self._active.pop(active.job.id, None)
 
     # Worker side ----------------------------------------------------------------------------
 
@@ -521,7 +661,6 @@ class JobService:
         active = self._worker_job(claims, job_id)
         async with active.lock:
             if not active.opened:
-                active.opened = True
                 job = active.job.evolve(
                     state=JobState.RUNNING, started_at=time.time(), pending_reason=""
                 )
@@ -530,6 +669,9 @@ class JobService:
                     [NewEvent(EventKind.STATE, {"state": "RUNNING", "reason": "worker started"})],
                     job,
                 )
+                # Only once RUNNING is stored: a worker whose open the store refused opens
+                # again, and its job must not go on without that event.
+                active.opened = True
                 logger.info("job %s: running on worker %s", job_id, worker_id)
             return active.worker_seq, active.cancel
 
@@ -539,46 +681,71 @@ class JobService:
         """Store a batch of worker reports; ``(acked worker_seq, finished)``.
 
         Reports already stored (after a reconnect) are skipped; a gap is INVALID_ARGUMENT.
+        A batch the store refuses is not acknowledged (StorageError), so the worker sends it
+        again; one that ends with the finish is accepted all the same and stored later (see
+        ``_finish_locked``).
         """
         active = self._worker_job(claims, job_id)
         async with active.lock:
             if not active.opened:
                 raise InvalidArgumentError("the stream must be opened before reporting events")
-            events: list[NewEvent] = []
-            finished: WorkerFinished | None = None
-            expected = active.worker_seq + 1
-            progress = active.job.progress
-            for report in reports:
-                if report.worker_seq < expected:
-                    continue
-                if report.worker_seq > expected:
+            result_size = len(active.result)
+            try:
+                return await self._report_locked(active, reports)
+            except BaseException:
+                # Not acknowledged: when the worker sends the batch again, its result chunks
+                # must fit again.
+                del active.result[result_size:]
+                raise
+
+    async def _report_locked(
+        self, active: _ActiveJob, reports: Sequence[WorkerReport]
+    ) -> tuple[int, bool]:
+        events: list[NewEvent] = []
+        finished: WorkerFinished | None = None
+        expected = active.worker_seq + 1
+        progress = active.job.progress
+        for report in reports:
+            if report.worker_seq < expected:
+                continue
+            if report.worker_seq > expected:
+                raise InvalidArgumentError(
+                    f"worker_seq gap: expected {expected}, got {report.worker_seq}"
+                )
+            if finished is not None:
+                raise InvalidArgumentError("events after the finish")
+            expected += 1
+            item = report.item
+            if isinstance(item, NewEvent):
+                if item.kind is EventKind.PROGRESS:
+                    progress = float(item.data.get("overall", progress))
+                events.append(item)
+            elif isinstance(item, ResultChunk):
+                if item.offset != len(active.result):
                     raise InvalidArgumentError(
-                        f"worker_seq gap: expected {expected}, got {report.worker_seq}"
+                        f"result chunk at offset {item.offset}, expected {len(active.result)}"
                     )
-                if finished is not None:
-                    raise InvalidArgumentError("events after the finish")
-                expected += 1
-                item = report.item
-                if isinstance(item, NewEvent):
-                    if item.kind is EventKind.PROGRESS:
-                        progress = float(item.data.get("overall", progress))
-                    events.append(item)
-                elif isinstance(item, ResultChunk):
-                    if item.offset != len(active.result):
-                        raise InvalidArgumentError(
-                            f"result chunk at offset {item.offset}, expected {len(active.result)}"
-                        )
-                    active.result.extend(item.data)
-                else:
-                    finished = item
+                active.result.extend(item.data)
+            else:
+                finished = item
+        if finished is None:
             if events:
                 await self._append(active, events, active.job.evolve(progress=progress))
-            active.worker_seq = expected - 1
-            if finished is not None:
-                await self._worker_finished(active, finished)
-            return active.worker_seq, finished is not None
+        else:
+            try:
+                outcome = self._worker_outcome(active, finished)
+            except InvalidArgumentError:
+                if events:  # what the worker reported before its bad finish is kept
+                    await self._append(active, events, active.job.evolve(progress=progress))
+                raise
+            # The batch's events and the terminal one go to the store together.
+            await self._finish_locked(active, before=events, progress=progress, **outcome)
+        active.worker_seq = expected - 1
+        return active.worker_seq, finished is not None
 
-    async def _worker_finished(self, active: _ActiveJob, finished: WorkerFinished) -> None:
+    def _worker_outcome(self, active: _ActiveJob, finished: WorkerFinished) -> dict[str, Any]:
+        """The ``_finish_locked`` arguments for a worker's finish (InvalidArgumentError if
+        it does not fit what the worker sent)."""
         if finished.state is JobState.SUCCEEDED:
             if finished.result_size != len(active.result):
                 raise InvalidArgumentError(
@@ -595,22 +762,17 @@ class JobService:
             # even an inline one: its terminal event carries the same text). The worker's SDK
             # wrote it with a JSON serialiser, and clients parse what they fetch, reporting
             # text that is not JSON as a protocol error.
-            await self._finish_locked(
-                active, JobState.SUCCEEDED, result_text=text, result_size=size
-            )
-        elif finished.state is JobState.CANCELLED:
-            await self._finish_locked(
-                active, JobState.CANCELLED, reason=active.cancel_reason or "cancelled"
-            )
-        elif finished.state is JobState.FAILED:
+            return {"state": JobState.SUCCEEDED, "result_text": text, "result_size": size}
+        if finished.state is JobState.CANCELLED:
+            return {"state": JobState.CANCELLED, "reason": active.cancel_reason or "cancelled"}
+        if finished.state is JobState.FAILED:
             error = finished.error or JobError(
                 type="UnknownError",
                 message="the worker reported a failure without details",
                 origin=ErrorOrigin.PLATFORM,
             )
-            await self._finish_locked(active, JobState.FAILED, error=error, reason=error.message)
-        else:
-            raise InvalidArgumentError(f"a worker cannot finish a job as {finished.state.value}")
+            return {"state": JobState.FAILED, "error": error, "reason": error.message}
+        raise InvalidArgumentError(f"a worker cannot finish a job as {finished.state.value}")
 
     # Lifecycle ------------------------------------------------------------------------------
 
@@ -668,3 +830,23 @@ class JobService:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, SynapseError):
                 await task
+        await self._flush_unstored()
+
+    async def _flush_unstored(self) -> None:
+        """Give each held terminal state one last attempt now, and wait for the outcome."""
+        self._store_now.set()
+        storers = [a.storer for a in self._active.values() if a.storer is not None]
+        if storers:
+            await asyncio.gather(*storers, return_exceptions=True)
+
+
+def _storage_job_error(
+    exc: StorageError, detail: str = "", *, correlation_id: str = ""
+) -> JobError:
+    """The error of a job that failed because the server could not store its events."""
+    return JobError(
+        type="StorageFull" if isinstance(exc, StorageFullError) else "StorageUnavailable",
+        message=f"the server could not store the job's events ({exc.cause}){detail}",
+        origin=ErrorOrigin.PLATFORM,
+        correlation_id=correlation_id,
+    )

@@ -30,6 +30,7 @@ from synapse_server.core._models import (
     JobState,
 )
 from synapse_server.core._paging import decode_page_token, encode_page_token
+from synapse_server.core._storage import StorageGuard, release_transaction
 
 __all__ = ["JobStore", "SqliteJobStore"]
 
@@ -265,6 +266,8 @@ class SqliteJobStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # Disk full, I/O errors and long locks leave here as StorageError (see _storage).
+        self._guard = StorageGuard("job store", path)
 
     @property
     def path(self) -> Path:
@@ -286,13 +289,30 @@ class SqliteJobStore:
                 self._connections.append(conn)
         return conn
 
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._connection()
+        try:
+            return fn(conn)
+        except BaseException:
+            if not release_transaction(conn):
+                # Closed, stuck in a transaction: this thread's next call opens a fresh one.
+                self._local.conn = None
+                with self._connections_lock:
+                    if conn in self._connections:
+                        self._connections.remove(conn)
+            raise
+
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer_pool, lambda: fn(self._connection()))
+        return await loop.run_in_executor(
+            self._writer_pool, lambda: self._guard.call(lambda: self._call(fn))
+        )
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reader_pool, lambda: fn(self._connection()))
+        return await loop.run_in_executor(
+            self._reader_pool, lambda: self._guard.call(lambda: self._call(fn), write=False)
+        )
 
     async def open(self) -> None:
         """Create the file and schema if needed."""
@@ -324,12 +344,17 @@ class SqliteJobStore:
         def _close_all() -> None:
             with self._connections_lock:
                 for conn in self._connections:
-                    conn.close()
+                    try:
+                        conn.close()
+                    except sqlite3.Error as exc:
+                        # Closing must not fail a shutdown (e.g. on a full disk).
+                        logger.warning("job store: closing a connection failed: %s", exc)
                 self._connections.clear()
 
         # Drain both pools first so no query is mid-flight when connections close.
-        await self._read(lambda _c: None)
-        await self._write(lambda _c: None)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._reader_pool, lambda: None)
+        await loop.run_in_executor(self._writer_pool, lambda: None)
         _close_all()
         self._writer_pool.shutdown(wait=True)
         self._reader_pool.shutdown(wait=True)
@@ -379,8 +404,7 @@ class SqliteJobStore:
                 conn.execute("COMMIT")
                 return job, True
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                release_transaction(conn)
                 raise
 
         return await self._write(_create)
@@ -490,7 +514,7 @@ class SqliteJobStore:
                     _update(conn, job)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                release_transaction(conn)
                 raise
 
         await self._write(_append)

@@ -26,6 +26,7 @@ from synapse_server.core._errors import (
     ServerError,
 )
 from synapse_server.core._paging import checked_page_size, decode_page_token, encode_page_token
+from synapse_server.core._storage import StorageGuard, release_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +252,7 @@ class SqliteDeploymentStore:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-deployments")
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._guard = StorageGuard("deployment store", path)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -262,8 +264,18 @@ class SqliteDeploymentStore:
         return self._conn
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            conn = self._connection()
+            try:
+                return fn(conn)
+            except BaseException:
+                if not release_transaction(conn):
+                    self._conn = None  # closed, stuck in a transaction: open a fresh one
+                raise
+
+        # A full disk, an I/O error or a long lock leaves as a StorageError (see _storage).
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(self._connection()))
+        return await loop.run_in_executor(self._pool, lambda: self._guard.call(call))
 
     async def open(self) -> None:
         """Create the file and the table if needed."""
@@ -324,7 +336,7 @@ class SqliteDeploymentStore:
                     )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                release_transaction(conn)
                 raise
             stored = conn.execute(
                 f"SELECT {_COLUMNS} FROM serve_applications WHERE id = ?", (new_id,)

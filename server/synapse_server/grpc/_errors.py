@@ -36,6 +36,8 @@ from synapse_server.core import (
     PermissionDeniedError,
     RequestIdConflictError,
     ServiceUnavailableError,
+    StorageFullError,
+    StorageUnavailableError,
     UnauthenticatedError,
 )
 from synapse_server.core.deployments import DeploymentNotFoundError
@@ -74,6 +76,9 @@ ERROR_STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (ServiceUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    # The server's own storage failed (nothing was changed): retry later.
+    (StorageFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StorageUnavailableError, grpc.StatusCode.UNAVAILABLE),
 ]
 
 

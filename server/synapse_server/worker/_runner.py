@@ -66,7 +66,16 @@ PROGRESS_FLUSH_SECONDS = 0.05
 PROGRESS_KEEP = 4
 # Net allocations between young-generation collections while the action runs.
 YOUNG_GC_THRESHOLD = 20_000
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# RESOURCE_EXHAUSTED: the server could not store the events (its disk is full); it keeps
+# nothing of a refused batch, so the batch is sent again until the server takes it. As with
+# any answer, the server accepting the reopened stream restarts the reconnect budget.
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 
 EXIT_OK = 0
 EXIT_LOST_SERVER = 3
@@ -268,7 +277,8 @@ class _EventReporter:
                 stop.set()
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 if code in _RETRYABLE and time.monotonic() < deadline:
-                    logger.warning("event stream broken (%s); reconnecting", code)
+                    details = exc.details() if isinstance(exc, grpc.Call) else ""
+                    logger.warning("event stream broken (%s: %s); reconnecting", code, details)
                     time.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue

@@ -288,9 +288,18 @@ class _ForkServer:
 
     def _run_job(self, request: ForkRequest, channel: grpc.Channel | None) -> int:
         if request.log_file:
-            out = os.open(request.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.dup2(out, 1)
-            os.dup2(out, 2)
+            try:
+                out = os.open(request.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            except OSError as exc:
+                # A full disk must not stop the job: its output is dropped (never left on
+                # the fork server's stdout, which carries its reports) and the reason stays
+                # in the fork server's log.
+                logger.warning("job %s: cannot open its log (%s)", request.job_id, exc)
+                out = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(out, 1)
+            else:
+                os.dup2(out, 1)
+                os.dup2(out, 2)
             os.close(out)
         os.environ.update(request.environment)
         return run_worker(

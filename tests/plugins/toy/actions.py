@@ -162,3 +162,33 @@ class ChattyAction(BaseAction[ChattyParams]):
             if i % 10 == 0:
                 self.log("tick", {"i": i})
         return {"events": n}
+
+
+class GatedParams(BaseModel):
+    """Params of the gated action."""
+
+    gate: str
+    then: str = ""
+
+
+class GatedAction(BaseAction[GatedParams]):
+    """Waits (up to 60 s, or until cancelled) for the file ``gate`` to exist, logs "opened",
+    then waits the same way for ``then`` (when given) and returns."""
+
+    action_name = "gated"
+
+    def execute(self) -> dict[str, str]:
+        self.log("waiting", {"gate": self.params.gate})
+        self._wait(self.params.gate)
+        self.log("opened")
+        if self.params.then:
+            self._wait(self.params.then)
+        return {"gate": "opened"}
+
+    def _wait(self, path: str) -> None:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the gate never opened")
+            self.raise_if_cancelled()
+            time.sleep(0.02)

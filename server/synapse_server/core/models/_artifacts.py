@@ -8,6 +8,7 @@ knowledge; this class only writes, reads, verifies and removes files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 from synapse_sdk.models import ModelIntegrityError
 
 from synapse_server.core._errors import InvalidArgumentError, ServerError
+from synapse_server.core._storage import StorageGuard
 
 __all__ = ["ArtifactStore", "ArtifactTooLargeError", "PendingArtifact"]
 
@@ -46,7 +48,8 @@ class PendingArtifact:
     def __init__(self, store: ArtifactStore, max_bytes: int) -> None:
         self._store = store
         self._max_bytes = max_bytes
-        fd, name = tempfile.mkstemp(prefix="upload-", dir=store.tmp_dir)
+        with store.guard.guarded():
+            fd, name = tempfile.mkstemp(prefix="upload-", dir=store.tmp_dir)
         self.path = Path(name)
         self._fh = os.fdopen(fd, "wb")
         self._digest = hashlib.sha256()
@@ -59,21 +62,25 @@ class PendingArtifact:
         if self.size > self._max_bytes:
             raise ArtifactTooLargeError(self._max_bytes)
         self._digest.update(chunk)
-        self._fh.write(chunk)
+        with self._store.guard.guarded():
+            self._fh.write(chunk)
 
     def finish(self) -> str:
         """Flush to disk and return the sha256 of everything written."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        with self._store.guard.guarded():
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
         self._closed = True
         return self._digest.hexdigest()
 
     def discard(self) -> None:
         """Drop the temp file (after a failure, or when the artifact already exists)."""
         if not self._closed:
-            self._fh.close()
             self._closed = True
+            # Buffered bytes that no longer fit on a full disk are dropped with the file.
+            with contextlib.suppress(OSError):
+                self._fh.close()
         self.path.unlink(missing_ok=True)
 
 
@@ -85,11 +92,14 @@ class ArtifactStore:
         self.max_bytes = max_bytes
         self.blob_dir = root / "sha256"
         self.tmp_dir = root / "tmp"
+        # A full disk or an I/O error while writing leaves as a StorageError (see _storage).
+        self.guard = StorageGuard("artifact store", root, directory=root)
 
     def open(self) -> None:
         """Create the directories and drop temp files left by an interrupted upload."""
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        with self.guard.guarded():
+            self.blob_dir.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.tmp_dir.iterdir():
             logger.info("removing interrupted upload %s", stale.name)
             stale.unlink(missing_ok=True)
@@ -114,9 +124,10 @@ class ArtifactStore:
             pending.discard()
             logger.debug("artifact %s already stored; upload deduplicated", sha256)
             return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(pending.path, 0o444)
-        os.replace(pending.path, final)
+        with self.guard.guarded():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(pending.path, 0o444)
+            os.replace(pending.path, final)
         return final
 
     def read(self, sha256: str, chunk_size: int) -> Iterator[bytes]:

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 from synapse_sdk.models import ArchiveFormat
 
 from synapse_server.core._paging import decode_page_token, encode_page_token
+from synapse_server.core._storage import StorageGuard, release_transaction
 from synapse_server.core.models._records import ModelPage, ModelRecord
 
 __all__ = ["ModelStore", "SqliteModelStore"]
@@ -101,6 +102,7 @@ class SqliteModelStore:
         # One thread owns the connection; model metadata calls are rare and short.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-models")
         self._conn: sqlite3.Connection | None = None
+        self._guard = StorageGuard("model store", path)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -110,9 +112,18 @@ class SqliteModelStore:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA busy_timeout=5000")
                 self._conn = conn
-            return fn(self._conn)
+            conn = self._conn
+            try:
+                return fn(conn)
+            except BaseException:
+                if not release_transaction(conn):
+                    self._conn = None  # closed, stuck in a transaction: open a fresh one
+                raise
 
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        # A full disk, an I/O error or a long lock leaves as a StorageError (see _storage).
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: self._guard.call(call)
+        )
 
     async def open(self) -> None:
         """Create the file and schema if needed."""
@@ -122,12 +133,16 @@ class SqliteModelStore:
     async def close(self) -> None:
         """Close the connection and stop the I/O thread."""
 
-        def _close(conn: sqlite3.Connection) -> None:
-            conn.close()
-            self._conn = None
+        def _close() -> None:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except sqlite3.Error as exc:
+                    # Closing must not fail a shutdown (e.g. on a full disk).
+                    logger.warning("model store: closing the connection failed: %s", exc)
+                self._conn = None
 
-        if self._conn is not None:
-            await self._run(_close)
+        await asyncio.get_running_loop().run_in_executor(self._pool, _close)
         self._pool.shutdown(wait=True)
 
     async def insert(self, record: ModelRecord) -> ModelRecord:
