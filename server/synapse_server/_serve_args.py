@@ -89,6 +89,7 @@ def run_serve(args: argparse.Namespace) -> int:
     server cannot start listening, 0 after a normal stop.
     """
     from synapse_server.app import ServerStartError, serve
+    from synapse_server.core import StorageError
     from synapse_server.settings import SettingsError
 
     logging.basicConfig(
@@ -105,4 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return _fail(f"invalid settings: {exc}", 2)
     except ServerStartError as exc:
         return _fail(str(exc), 1)
+    except StorageError as exc:
+        # A full or unwritable data directory at start-up: one line, not a traceback.
+        return _fail(f"cannot start: {exc}", 1)
     return 0

@@ -20,6 +20,7 @@ from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._executor import WorkerExit
 from synapse_server.core._jobs import JobService
+from synapse_server.core._plugin_code import PluginCodeStore
 
 TOY = Path(__file__).parent.parent / "plugins"
 
@@ -47,7 +48,9 @@ class _EndingExecutor:
 async def _service(tmp_path: Path, executors: dict[str, Any]) -> tuple[JobService, Any]:
     store = SqliteJobStore(tmp_path / "jobs.db")
     await store.open()
-    catalog = PluginCatalog([TOY], ("local", "task"))
+    catalog = PluginCatalog(
+        [TOY], ("local", "task"), code_store=PluginCodeStore(tmp_path / "plugins")
+    )
     catalog.reload()
     issuer = WorkerCredentialIssuer(secrets.token_bytes(32))
     return JobService(store, EventHub(store), catalog, executors, issuer), store

@@ -47,6 +47,7 @@ from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._hub import NewEvent
 from synapse_server.core._jobs import JobService, ResultChunk, WorkerFinished, WorkerReport
+from synapse_server.core._plugin_code import PluginCodeStore
 from synapse_server.core._storage import as_storage_error, release_transaction
 from synapse_server.core.deployments import DeploymentRecord, SqliteDeploymentStore
 from synapse_server.core.models import SqliteModelStore
@@ -586,13 +587,8 @@ class _IdleExecutor:
 
 
 def _toy_catalog(data_dir: Path) -> PluginCatalog:
-    """The toy plugins' catalog, given a store for snapshots of plugin code where the
-    catalog keeps them."""
-    try:
-        from synapse_server.core._plugin_code import PluginCodeStore
-    except ImportError:
-        return PluginCatalog([TOY_PLUGINS_DIR], ["local"])
-    return PluginCatalog(  # type: ignore[call-arg]
+    """The toy plugins' catalog, keeping its code snapshots in ``data_dir``."""
+    return PluginCatalog(
         [TOY_PLUGINS_DIR], ["local"], code_store=PluginCodeStore(data_dir / "plugins")
     )
 
