@@ -210,7 +210,9 @@ class JobService:
         )
         executor = self._executors[mode]
         if isinstance(executor, SchedulingExecutor):
-            await executor.admit(candidate)
+            admitted_reason = await executor.admit(candidate)
+            if admitted_reason:
+                candidate = candidate.evolve(pending_reason=admitted_reason)
         job, created = await self._store.create_job(candidate)
         if not created:
             return await self._current(job), False
@@ -358,6 +360,26 @@ class JobService:
                 credential = self._credentials.mint(job_id, active.job.tenant)
                 try:
                     outcome = await executor.run(active.job, credential)
+                except (ServiceUnavailableError, FailedPreconditionError) as exc:
+                    # The platform could not give the job what it needs (Ray did not start,
+                    # its serve application name is held): the error says so in words meant
+                    # for the job's owner, and nothing of the plugin ran.
+                    logger.warning("job %s: not run: %s", job_id, exc)
+                    await self._finish(
+                        active,
+                        JobState.FAILED,
+                        error=JobError(
+                            type=(
+                                "PlatformUnavailable"
+                                if isinstance(exc, ServiceUnavailableError)
+                                else "PreconditionFailed"
+                            ),
+                            message=str(exc),
+                            origin=ErrorOrigin.PLATFORM,
+                        ),
+                        reason=str(exc),
+                    )
+                    return
                 except Exception as exc:
                     correlation = uuid.uuid4().hex
                     logger.exception("job %s: executor failed [%s]", job_id, correlation)

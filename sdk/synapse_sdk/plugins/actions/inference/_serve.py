@@ -382,7 +382,8 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
         return self._synapse_verifier
 
     async def _synapse_replica_info(self) -> dict[str, Any]:
-        """This replica's id and the model ids it has loaded (for DeploymentService)."""
+        """This replica's id, the model ids it has loaded, and the tenant and application it
+        was deployed for (for DeploymentService, which checks who owns an application)."""
         from ray import serve
 
         loaded: list[str] = []
@@ -394,8 +395,11 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
                 except ServeModelIdError:
                     continue
         context = serve.get_replica_context()
+        config = type(self)._synapse_replica_config
         return {
             "replica_id": context.replica_id.unique_id,
+            "tenant": config.tenant if config is not None else None,
+            "app_name": config.app_name if config is not None else None,
             "loaded_model_ids": sorted(set(loaded)),
             "load_counts": dict(self._synapse_load_counts),
         }
