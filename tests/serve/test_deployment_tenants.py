@@ -98,6 +98,17 @@ def _redeploy_as(tenant: str, app_name: str, tmp_path: Path) -> None:
         run_action(plugin.get_action_class("deploy_probe"), {"model": 1}, ctx)
 
 
+def _wait_until_serving_for(tenant: str, app_name: str) -> None:
+    """Until the application's replicas say they serve ``tenant`` (asked straight through Ray)."""
+    from ray import serve
+
+    handle = serve.get_app_handle(app_name).options(method_name="_synapse_replica_info")
+    deadline = time.monotonic() + 120
+    while handle.remote().result(timeout_s=60)["tenant"] != tenant:
+        assert time.monotonic() < deadline, f"{app_name} never served {tenant}"
+        time.sleep(0.2)
+
+
 @pytest.mark.timeout(900)
 def test_another_tenant_cannot_take_an_application_over(
     server: RunningServer, tmp_path: Path
@@ -138,20 +149,15 @@ def test_another_tenant_cannot_take_an_application_over(
 
         # A deployment of team-b replaces A's application under A's name.
         _redeploy_as("team-b", A_APP, tmp_path)
-        # Seen once a replica of the new application has said whom it serves (asked with a
-        # short deadline on every GetDeployment).
-        deadline = time.monotonic() + 120
-        replaced = a.get_deployment(a_id)
-        while replaced.status != "DELETED":
-            assert replaced.status == "RUNNING", replaced
-            assert time.monotonic() < deadline, replaced
-            time.sleep(0.5)
-            replaced = a.get_deployment(a_id)
-        assert "replaced by another deployment" in replaced.status_message
-        assert replaced.replicas == []
-        # Deleting A's record leaves the application that is not A's alone.
-        assert a.delete_deployment(a_id).status == "DELETED"
+        _wait_until_serving_for("team-b", A_APP)
+        # Deleting A's record leaves the application that is no longer A's alone.
+        deleted = a.delete_deployment(a_id)
+        assert deleted.status == "DELETED", deleted
+        assert "replaced by another deployment" in deleted.status_message
         assert A_APP in serve.status().applications
+        # Nor does A's record show it any more.
+        replaced = a.get_deployment(a_id)
+        assert (replaced.status, replaced.replicas) == ("DELETED", [])
         with pytest.raises(sc.FailedPreconditionError):
             a.infer(A_APP, path="/started", timeout=60)
         # The name has a new owner: team-b's job registers it, team-a's cannot get it back.

@@ -90,6 +90,15 @@ class WorkerReport:
     item: NewEvent | ResultChunk | WorkerFinished
 
 
+def _not_run_type(exc: Exception) -> str:
+    """The error type of a job the platform could not run (see ``JobService._run``)."""
+    if isinstance(exc, ServiceUnavailableError):
+        return "PlatformUnavailable"
+    if isinstance(exc, InvalidArgumentError):
+        return "InvalidArgument"
+    return "PreconditionFailed"
+
+
 def result_json_bytes(result: Any) -> bytes:
     """The canonical JSON text of a result, as served by GetJobResult."""
     return dump_json(result)
@@ -360,20 +369,20 @@ class JobService:
                 credential = self._credentials.mint(job_id, active.job.tenant)
                 try:
                     outcome = await executor.run(active.job, credential)
-                except (ServiceUnavailableError, FailedPreconditionError) as exc:
+                except (
+                    ServiceUnavailableError,
+                    FailedPreconditionError,
+                    InvalidArgumentError,
+                ) as exc:
                     # The platform could not give the job what it needs (Ray did not start,
-                    # its serve application name is held): the error says so in words meant
-                    # for the job's owner, and nothing of the plugin ran.
+                    # no node could hold it, its serve application name is held): the error
+                    # says so in words meant for the job's owner; no plugin code ran.
                     logger.warning("job %s: not run: %s", job_id, exc)
                     await self._finish(
                         active,
                         JobState.FAILED,
                         error=JobError(
-                            type=(
-                                "PlatformUnavailable"
-                                if isinstance(exc, ServiceUnavailableError)
-                                else "PreconditionFailed"
-                            ),
+                            type=_not_run_type(exc),
                             message=str(exc),
                             origin=ErrorOrigin.PLATFORM,
                         ),

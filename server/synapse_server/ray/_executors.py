@@ -478,15 +478,16 @@ class _RayExecutorBase:
         await self._ensure_ray()
         from ray import exceptions as rex
 
-        try:
-            resources = self.resources(job)
-            plugin_dir = self._plugin_dir(job)
-            await asyncio.to_thread(self.check_fits, resources)
-            package = await asyncio.to_thread(self._packager.package, plugin_dir)
-            env = dict(await self._environment.environment(job)) if self._environment else {}
-            launch = self._launch(job, credential, resources, package, env)
-        except (FailedPreconditionError, InvalidArgumentError) as exc:
-            return WorkerExit(detail=str(exc))
+        # A job admitted while Ray was starting meets the cluster here for the first time: one
+        # no node could ever hold fails with that reason (ResourcesUnavailableError), as
+        # does a plugin or config that changed since; the job service reports these errors
+        # as the platform's, not as a worker crash.
+        resources = self.resources(job)
+        plugin_dir = self._plugin_dir(job)
+        await asyncio.to_thread(self.check_fits, resources)
+        package = await asyncio.to_thread(self._packager.package, plugin_dir)
+        env = dict(await self._environment.environment(job)) if self._environment else {}
+        launch = self._launch(job, credential, resources, package, env)
         self._launches[job.id] = launch
         logger.info(
             "job %s: launched a %s-mode worker (%s)", job.id, self.mode, resources.describe()
