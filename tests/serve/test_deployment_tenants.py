@@ -160,7 +160,9 @@ def test_another_tenant_cannot_take_an_application_over(
         assert (replaced.status, replaced.replicas) == ("DELETED", [])
         with pytest.raises(sc.FailedPreconditionError):
             a.infer(A_APP, path="/started", timeout=60)
-        # The name has a new owner: team-b's job registers it, team-a's cannot get it back.
+        # No record holds the name now, but its replicas serve team-b: team-a cannot have it.
+        assert _register_from_a_job(a, A_APP)["code"] == "FAILED_PRECONDITION"
+        # The name gets its new owner: team-b's job registers it, team-a's cannot get it back.
         taken = _register_from_a_job(b, A_APP)
         assert taken["code"] == "OK" and taken["created"], taken
         assert _register_from_a_job(a, A_APP)["code"] == "FAILED_PRECONDITION"
