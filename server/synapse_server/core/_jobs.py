@@ -377,7 +377,8 @@ class JobService:
                     # The platform could not give the job what it needs (Ray did not start,
                     # no node could hold it, its serve application name is held): the error
                     # says so in words meant for the job's owner; no plugin code ran.
-                    logger.warning("job %s: not run: %s", job_id, exc)
+                    correlation = uuid.uuid4().hex
+                    logger.warning("job %s: not run: %s [%s]", job_id, exc, correlation)
                     await self._finish(
                         active,
                         JobState.FAILED,
@@ -385,6 +386,7 @@ class JobService:
                             type=_not_run_type(exc),
                             message=str(exc),
                             origin=ErrorOrigin.PLATFORM,
+                            correlation_id=correlation,
                         ),
                         reason=str(exc),
                     )
