@@ -150,6 +150,10 @@ def test_another_tenant_cannot_take_an_application_over(
         # A deployment of team-b replaces A's application under A's name.
         _redeploy_as("team-b", A_APP, tmp_path)
         _wait_until_serving_for("team-b", A_APP)
+        # Until A's record learns of it, A's Infer still goes to that name: the replicas,
+        # which now serve team-b, refuse A's request before any endpoint code runs.
+        with pytest.raises(sc.PermissionDeniedError):
+            a.infer(A_APP, path="/started", timeout=60)
         # Deleting A's record leaves the application that is no longer A's alone.
         deleted = a.delete_deployment(a_id)
         assert deleted.status == "DELETED", deleted

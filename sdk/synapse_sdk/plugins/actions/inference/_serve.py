@@ -406,7 +406,13 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
 
     async def _synapse_infer(self, request: ServeRequest) -> ServeReply:
         """Run one Infer request; every failure becomes a typed reply, never a traceback."""
+        from ray import serve
+
         try:
+            # Every request, not only those that load a model: an id minted for another
+            # tenant or application (whose application this one has replaced under the same
+            # name) never reaches the endpoint's code.
+            self._synapse_claims(serve.get_multiplexed_model_id())
             method = self._synapse_route(request.method, request.path)
             plan = self._synapse_plan(method)
             args, kwargs = self._synapse_bind(method, request, plan)
