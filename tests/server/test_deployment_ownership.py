@@ -79,6 +79,9 @@ def test_a_worker_registers_for_its_own_job_only_and_starts_no_ray(
         assert "its own job" in other_plugin["message"]
         other_action = _register_from_a_job(client, name="anything", action="deploy_probe")
         assert other_action["code"] == "PERMISSION_DENIED", other_action
+        too_long = _register_from_a_job(client, name="x" * 100_000)
+        assert too_long["code"] == "INVALID_ARGUMENT", too_long["code"]
+        assert len(too_long["message"]) < 200, "the refusal echoes the name"
         # Its own plugin and action, but no application: refused without starting Ray.
         missing = _register_from_a_job(client, name="no-such-app")
         assert missing["code"] == "FAILED_PRECONDITION", missing

@@ -64,8 +64,12 @@ _RESOLVE_TTL_S = 2.0
 _MAX_RESOLVED = 4096
 #: How long registration waits for the replicas to say which tenant they were deployed for.
 #: The application has just become RUNNING, so its replicas are idle and answer at once; the
-#: bound only matters on a loaded machine.
-_REGISTER_REPLICA_TIMEOUT_S = 15.0
+#: bound only matters on a loaded machine, and keeps the call well inside the SDK client's
+#: default 30 s deadline.
+_REGISTER_REPLICA_TIMEOUT_S = 10.0
+#: Longest serve application name a deployment registers (the platform's own names are far
+#: shorter); keeps refusals, which quote the name, short.
+MAX_APPLICATION_NAME_LENGTH = 256
 #: The answer to a name that cannot be registered, whatever the reason (Ray Serve has no such
 #: application, another tenant's deployment holds the name, or the replicas were deployed for
 #: another tenant): one text, so the answer never tells that another tenant uses the name.
@@ -669,6 +673,10 @@ class DeploymentService:
         ]
         if missing:
             raise InvalidArgumentError(f"RegisterDeployment needs {', '.join(missing)}")
+        if len(name) > MAX_APPLICATION_NAME_LENGTH:
+            raise InvalidArgumentError(
+                f"name is longer than {MAX_APPLICATION_NAME_LENGTH} characters", field="name"
+            )
         ids = tuple(int(m) for m in model_ids)
         if any(m <= 0 for m in ids):
             raise InvalidArgumentError("model_ids must be positive")
