@@ -148,7 +148,11 @@ class SynapseServer:
         # Deployment jobs learn the Ray address and their tenant's signing key from this; the
         # replicas they start reach the platform at the address Ray workers use.
         serve_environment = ServeJobEnvironment(
-            catalog, self._ray, keyring, replica_address=lambda: self.ray_worker_address
+            catalog,
+            self._ray,
+            keyring,
+            replica_address=lambda: self.ray_worker_address,
+            deployments=deployments,
         )
         executor = LocalProcessExecutor(
             self.worker_address,
@@ -207,7 +211,7 @@ class SynapseServer:
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
         deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentServicer(deployments), server
+            DeploymentServicer(deployments, self._jobs.get), server
         )
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(inference), server

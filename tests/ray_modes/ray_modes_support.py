@@ -198,9 +198,12 @@ class PlatformServer:
 
 
 def start_server(
-    ray_address: str, data_dir: Path, *, extra: tuple[str, ...] = ()
+    ray_address: str, data_dir: Path, *, extra: tuple[str, ...] = (), warm_ray: bool = True
 ) -> PlatformServer:
-    """Start ``_server.py`` against ``ray_address`` with workers dialing through a proxy."""
+    """Start ``_server.py`` against ``ray_address`` with workers dialing through a proxy.
+
+    ``warm_ray=False``: the server connects to Ray only when a job first needs it.
+    """
     proxy = TcpProxy()
     log_path = data_dir / "server.log"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +220,7 @@ def start_server(
             ray_address,
             "--worker-address",
             f"127.0.0.1:{proxy.port}",
-            "--warm-ray",
+            *(["--warm-ray"] if warm_ray else []),
             *extra,
         ],
         stdout=subprocess.PIPE,

@@ -14,6 +14,8 @@ from ray_modes_support import (
     get_job,
     result_of,
     run_action,
+    start_server,
+    stop_server,
     wait_for,
 )
 from synapse.plugin.v1 import job_pb2
@@ -166,6 +168,57 @@ def test_infeasible_request_is_refused_at_submit(platform: PlatformServer) -> No
     with pytest.raises(grpc.RpcError) as info:
         run_action(platform, "where", {"num_cpus": -1})
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_jobs_are_accepted_at_once_while_ray_starts(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    """The first Ray-mode job of a server that has not started Ray yet: RunAction answers
+    without waiting for Ray (PENDING, "starting Ray"), Ray comes up in the background, and
+    the job runs; a job that no node could hold fails then, saying so."""
+    server = start_server(ray_cluster.address, tmp_path / "cold", warm_ray=False)
+    try:
+        job = run_action(server, "where", {"steps": 1})
+        assert job.state == job_pb2.JOB_STATE_PENDING
+        assert job.pending_reason == "starting Ray", job.pending_reason
+        assert result_of(events(server, job.id)[-1])["mode"] == "task"
+        # Ray is up now: a job too big for every node is refused at submit again.
+        with pytest.raises(grpc.RpcError) as info:
+            run_action(server, "where", {"num_cpus": 8})
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        stop_server(server)
+    server = start_server(ray_cluster.address, tmp_path / "cold-big", warm_ray=False)
+    try:
+        big = run_action(server, "where", {"num_cpus": 8}, mode="job")
+        assert big.pending_reason == "starting Ray", big.pending_reason
+        terminal = events(server, big.id)[-1].terminal
+        assert terminal.state == job_pb2.JOB_STATE_FAILED
+        assert terminal.error.type == "PreconditionFailed", terminal.error
+        assert "num_cpus=8" in terminal.error.message and "largest node has 1" in (
+            terminal.error.message
+        )
+    finally:
+        stop_server(server)
+
+
+def test_a_ray_that_does_not_start_fails_the_job_with_a_reason(tmp_path: Path) -> None:
+    # An address Ray cannot use: connecting fails at once (a closed port would take minutes).
+    server = start_server("127.0.0.1:not-a-port", tmp_path / "no-ray", warm_ray=False)
+    try:
+        for mode in ("task", "job"):
+            job = run_action(server, "where", {"steps": 1}, mode=mode)
+            assert job.state == job_pb2.JOB_STATE_PENDING
+            assert job.pending_reason == "starting Ray", job.pending_reason
+            terminal = events(server, job.id)[-1].terminal
+            assert terminal.state == job_pb2.JOB_STATE_FAILED, mode
+            assert terminal.error.type == "PlatformUnavailable", terminal.error
+            assert terminal.error.message.startswith("Ray could not be started: "), (
+                terminal.error.message
+            )
+            assert terminal.error.origin == job_pb2.ERROR_ORIGIN_PLATFORM
+    finally:
+        stop_server(server)
 
 
 def test_busy_cluster_keeps_the_job_pending_with_a_reason_then_cancel_stops_remote_work(

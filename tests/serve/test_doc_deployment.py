@@ -78,6 +78,7 @@ async def inference(deployed: Any, tmp_path: Path) -> AsyncIterator[InferenceSer
     store = SqliteDeploymentStore(tmp_path / "synapse.db")
     await store.open()
     deployments = DeploymentService(store, ServeDeploymentBackend(runtime, router))
+    await runtime.ensure_started()  # registration never starts Ray itself
     await deployments.register(
         TENANT,
         name=APP,

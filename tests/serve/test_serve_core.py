@@ -22,12 +22,14 @@ from synapse_sdk.runtime import RunContext
 from synapse_server.core._errors import (
     FailedPreconditionError,
     InvalidArgumentError,
+    JobNotFoundError,
     PermissionDeniedError,
 )
 from synapse_server.core.deployments import (
     DeploymentNotFoundError,
     DeploymentService,
     DeploymentStatus,
+    ReplicaState,
     SqliteDeploymentStore,
 )
 from synapse_server.core.inference import (
@@ -102,6 +104,8 @@ async def services(deployed: None, tmp_path: Path, request: pytest.FixtureReques
     store = SqliteDeploymentStore(tmp_path / "synapse.db")
     await store.open()
     deployments = DeploymentService(store, ServeDeploymentBackend(runtime, router))
+    # Registration never starts Ray; the session's Ray is this runtime's once it is asked.
+    await runtime.ensure_started()
     await deployments.register(
         TENANT,
         name="mlp-app",
@@ -174,6 +178,8 @@ async def test_concurrent_first_requests_load_a_model_once(services: Any) -> Non
     assert len(fresh.replicas) == 1
     assert model in fresh.replicas[0].loaded_model_ids
     assert fresh.replicas[0].loaded_models_known
+    # Read from Ray's own objects: Ray's enum is normalised, not str()-ed.
+    assert fresh.replicas[0].state is ReplicaState.RUNNING
     from ray import serve
 
     info = (
@@ -357,6 +363,10 @@ async def test_router_rejects_an_unknown_transport() -> None:
         ServeRouter(RayRuntime(), transport="carrier-pigeon")
 
 
+async def _no_jobs(tenant: str, job_id: str) -> Any:
+    raise JobNotFoundError(job_id)
+
+
 @pytest.fixture
 async def grpc_address(services: Any) -> Any:
     import grpc
@@ -375,7 +385,7 @@ async def grpc_address(services: Any) -> Any:
         InferenceServicer(inference), server
     )
     deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
-        DeploymentServicer(deployments), server
+        DeploymentServicer(deployments, _no_jobs), server
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -399,6 +409,9 @@ async def test_client_infer_over_grpc(grpc_address: str, models_root: Path) -> N
             assert doubled.tensors["output"].tolist() == (x * 6).tolist()
             deployments = client.list_deployments()
             assert {d.name for d in deployments} >= {"mlp-app", "probe-app"}
+            # Over the wire too: a RUNNING replica is REPLICA_STATE_RUNNING, never UNSPECIFIED.
+            probe = next(d for d in deployments if d.name == "probe-app")
+            assert [r["state"] for r in client.get_deployment(probe.id).replicas] == ["RUNNING"]
             with pytest.raises(sc.NotFoundError):
                 client.infer("nope", model=1, json={})
             with pytest.raises(sc.InvalidArgumentError):

@@ -90,14 +90,16 @@ class Executor(Protocol):
 class SchedulingExecutor(Executor, Protocol):
     """An executor that places workers on a shared cluster (Ray task and job modes).
 
-    ``admit`` runs at submit time and raises a domain error when the job could never be
-    placed (so the caller gets it from RunAction); the job service binds itself as the pending
-    reporter so a launched job that waits for resources shows why in ``pending_reason``. The
-    reporter answers False once the job has left PENDING.
+    ``admit`` runs at submit time, answers without waiting for the cluster to start, and raises
+    a domain error when the job could never be placed (so the caller gets it from RunAction);
+    what it returns, when not empty, is the new job's ``pending_reason`` (e.g. the cluster is
+    still starting). The job service binds itself as the pending reporter so a launched job
+    that waits for resources shows why in ``pending_reason``. The reporter answers False once
+    the job has left PENDING.
     """
 
-    async def admit(self, job: Job) -> None:
-        """Refuse a job the cluster could never run."""
+    async def admit(self, job: Job) -> str:
+        """Refuse a job the cluster could never run; return the job's pending reason, or ''."""
 
     def bind_pending_reporter(self, reporter: Callable[[str, str], Awaitable[bool]]) -> None:
         """Receive ``async (job_id, reason) -> still pending``."""

@@ -97,6 +97,15 @@ class WorkerReport:
     item: NewEvent | ResultChunk | WorkerFinished
 
 
+def _not_run_type(exc: Exception) -> str:
+    """The error type of a job the platform could not run (see ``JobService._run``)."""
+    if isinstance(exc, ServiceUnavailableError):
+        return "PlatformUnavailable"
+    if isinstance(exc, InvalidArgumentError):
+        return "InvalidArgument"
+    return "PreconditionFailed"
+
+
 def result_json_bytes(result: Any) -> bytes:
     """The canonical JSON text of a result, as served by GetJobResult."""
     return dump_json(result)
@@ -229,7 +238,9 @@ class JobService:
         )
         executor = self._executors[mode]
         if isinstance(executor, SchedulingExecutor):
-            await executor.admit(candidate)
+            admitted_reason = await executor.admit(candidate)
+            if admitted_reason:
+                candidate = candidate.evolve(pending_reason=admitted_reason)
         job, created = await self._store.create_job(candidate)
         if not created:
             return await self._current(job), False
@@ -400,6 +411,28 @@ class JobService:
                 credential = self._credentials.mint(job_id, active.job.tenant)
                 try:
                     outcome = await executor.run(active.job, credential)
+                except (
+                    ServiceUnavailableError,
+                    FailedPreconditionError,
+                    InvalidArgumentError,
+                ) as exc:
+                    # The platform could not give the job what it needs (Ray did not start,
+                    # no node could hold it, its serve application name is held): the error
+                    # says so in words meant for the job's owner; no plugin code ran.
+                    correlation = uuid.uuid4().hex
+                    logger.warning("job %s: not run: %s [%s]", job_id, exc, correlation)
+                    await self._finish(
+                        active,
+                        JobState.FAILED,
+                        error=JobError(
+                            type=_not_run_type(exc),
+                            message=str(exc),
+                            origin=ErrorOrigin.PLATFORM,
+                            correlation_id=correlation,
+                        ),
+                        reason=str(exc),
+                    )
+                    return
                 except Exception as exc:
                     correlation = uuid.uuid4().hex
                     logger.exception("job %s: executor failed [%s]", job_id, correlation)

@@ -3,6 +3,15 @@
 Transport-neutral: the gRPC servicer converts to and from these types, and Ray is reached
 through the :class:`ServeBackend` protocol (implemented by ``synapse_server.ray``). Records
 live in their own table of the server's SQLite file, so a restart keeps them.
+
+Ownership: Ray Serve has one namespace of application names for the whole cluster, so a
+name has at most one owner: the tenant of the one record that holds it (any record not
+DELETED). Another tenant can neither register that name nor learn that it is taken (it is
+answered like an application Ray Serve does not have). Ray Serve itself does not know who
+deployed an application; the replicas a deployment action started do (``deploy()`` gives
+them their tenant), so registration checks what the replicas say, and a record whose
+application another tenant's deployment has since replaced is marked DELETED instead of
+showing, deleting or routing to the other tenant's application.
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ from typing import Any, Protocol, TypeVar
 from synapse_server.core._errors import (
     FailedPreconditionError,
     InvalidArgumentError,
+    PermissionDeniedError,
     ServerError,
 )
+from synapse_server.core._models import Job
 from synapse_server.core._paging import checked_page_size, decode_page_token, encode_page_token
 from synapse_server.core._storage import StorageGuard, release_transaction
 
@@ -32,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "AppObservation",
+    "DeploymentNameHeldError",
     "DeploymentNotFoundError",
     "DeploymentPage",
     "DeploymentRecord",
@@ -39,6 +51,7 @@ __all__ = [
     "DeploymentStatus",
     "DeploymentStore",
     "ReplicaRecord",
+    "ReplicaState",
     "ServeBackend",
     "SqliteDeploymentStore",
 ]
@@ -50,6 +63,21 @@ T = TypeVar("T")
 #: bypass it (another server on the same database).
 _RESOLVE_TTL_S = 2.0
 _MAX_RESOLVED = 4096
+#: How long registration waits for the replicas to say which tenant they were deployed for.
+#: The application has just become RUNNING, so its replicas are idle and answer at once; the
+#: bound only matters on a loaded machine, and keeps the call well inside the SDK client's
+#: default 30 s deadline.
+_REGISTER_REPLICA_TIMEOUT_S = 10.0
+#: Longest serve application name a deployment registers (the platform's own names are far
+#: shorter); keeps refusals, which quote the name, short.
+MAX_APPLICATION_NAME_LENGTH = 256
+#: The answer to a name that cannot be registered, whatever the reason (Ray Serve has no such
+#: application, another tenant's deployment holds the name, or the replicas were deployed for
+#: another tenant): one text, so the answer never tells that another tenant uses the name.
+_NOT_REGISTRABLE = (
+    "Ray Serve has no application named {name!r} deployed for this tenant: "
+    "deploy() it before registering"
+)
 
 
 class DeploymentNotFoundError(ServerError, LookupError):
@@ -58,6 +86,14 @@ class DeploymentNotFoundError(ServerError, LookupError):
     def __init__(self, what: str) -> None:
         self.what = what
         super().__init__(f"deployment {what} not found")
+
+
+class DeploymentNameHeldError(FailedPreconditionError):
+    """Another tenant's record holds this application name (raised by the store)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(_NOT_REGISTRABLE.format(name=name))
 
 
 class DeploymentStatus(StrEnum):
@@ -71,6 +107,35 @@ class DeploymentStatus(StrEnum):
     FAILED = "failed"
 
 
+class ReplicaState(StrEnum):
+    """State of one replica, as the platform reports it: always one of these, never unknown."""
+
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    UPDATING = "UPDATING"
+    RECOVERING = "RECOVERING"
+    STOPPING = "STOPPING"
+
+    @classmethod
+    def parse(cls, value: object) -> ReplicaState:
+        """The state a reported or stored value names.
+
+        Accepts a member's name (``"RUNNING"``), an enum whose ``value`` is one, and the
+        ``"ReplicaState.RUNNING"`` form that ``str()`` of Ray's enum gives (which older servers
+        stored). Ray Serve's ``PENDING_MIGRATION`` and ``STOPPED`` are replicas on their way
+        out (STOPPING). Anything else is STARTING: a replica in a state the platform does not
+        know is not one it counts as serving.
+        """
+        text = str(getattr(value, "value", value)).strip().upper()
+        text = text.rpartition(".")[2]
+        if text in cls.__members__:
+            return cls[text]
+        if text in ("PENDING_MIGRATION", "STOPPED"):
+            return cls.STOPPING
+        logger.warning("unknown replica state %r reported as STARTING", str(value)[:64])
+        return cls.STARTING
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaRecord:
     """One replica as last observed: Ray Serve's id, state and the models it has loaded.
@@ -80,7 +145,7 @@ class ReplicaRecord:
     """
 
     replica_id: str
-    state: str
+    state: ReplicaState
     loaded_model_ids: tuple[str, ...] = ()
     loaded_models_known: bool = False
 
@@ -116,18 +181,33 @@ class DeploymentPage:
 
 @dataclass(frozen=True)
 class AppObservation:
-    """What Ray Serve says about an application right now."""
+    """What Ray Serve says about an application right now.
+
+    ``deployed_for``: the (tenant, application name) pairs the replicas that answered in time
+    were deployed for (what ``deploy()`` gave them); empty when none answered.
+    """
 
     status: DeploymentStatus
     message: str = ""
     replicas: tuple[ReplicaRecord, ...] = ()
+    deployed_for: frozenset[tuple[str, str]] = frozenset()
+
+    def deployed_for_other_than(self, tenant: str, name: str) -> bool:
+        """True when a replica says it serves another tenant or another application name."""
+        return any(owner != (tenant, name) for owner in self.deployed_for)
 
 
 class ServeBackend(Protocol):
     """The Ray Serve operations the deployment service needs."""
 
-    async def observe(self, app_name: str) -> AppObservation | None:
-        """The application's status and replicas; None when Serve has no such application."""
+    async def observe(
+        self, app_name: str, *, start: bool = True, replica_timeout_s: float = 5.0
+    ) -> AppObservation | None:
+        """The application's status and replicas; None when Serve has no such application.
+
+        ``start=False``: answer None instead of starting (or connecting to) Ray when this
+        server has not yet. ``replica_timeout_s``: how long the replicas have to answer.
+        """
         ...
 
     async def delete(self, app_name: str) -> None:
@@ -147,6 +227,8 @@ class DeploymentStore(Protocol):
     async def get(self, deployment_id: int) -> DeploymentRecord | None: ...
 
     async def find_by_name(self, tenant: str, name: str) -> DeploymentRecord | None: ...
+
+    async def holder(self, name: str) -> str | None: ...
 
     async def find_by_endpoint(
         self, tenant: str, plugin: str, endpoint_action: str
@@ -188,7 +270,13 @@ CREATE TABLE IF NOT EXISTS serve_applications (
 );
 CREATE INDEX IF NOT EXISTS serve_applications_endpoint
     ON serve_applications (tenant, plugin, endpoint_action);
+CREATE INDEX IF NOT EXISTS serve_applications_name ON serve_applications (name);
 """
+
+#: What a record loses its application to when a database written before names had one
+#: owner has two live records of one name (the earliest registration keeps it).
+_SUPERSEDED = "the application belongs to an earlier registration; run the deployment action again"
+
 
 _COLUMNS = (
     "id, tenant, name, plugin, action, job_id, status, status_message, route_prefix, "
@@ -200,7 +288,7 @@ def _row_to_record(row: Sequence[Any]) -> DeploymentRecord:
     replicas = tuple(
         ReplicaRecord(
             r["replica_id"],
-            r["state"],
+            ReplicaState.parse(r["state"]),
             tuple(r.get("loaded_model_ids", ())),
             # Rows written before the flag existed: a non-empty list was an answer.
             bool(r.get("loaded_models_known", bool(r.get("loaded_model_ids")))),
@@ -231,7 +319,7 @@ def _replicas_json(replicas: Iterable[ReplicaRecord]) -> str:
         [
             {
                 "replica_id": r.replica_id,
-                "state": r.state,
+                "state": r.state.value,
                 "loaded_model_ids": list(r.loaded_model_ids),
                 "loaded_models_known": r.loaded_models_known,
             }
@@ -278,9 +366,35 @@ class SqliteDeploymentStore:
         return await loop.run_in_executor(self._pool, lambda: self._guard.call(call))
 
     async def open(self) -> None:
-        """Create the file and the table if needed."""
+        """Create the file and the table if needed; give every name one live record."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        await self._run(lambda c: c.executescript(_SCHEMA))
+
+        def _open(conn: sqlite3.Connection) -> None:
+            conn.executescript(_SCHEMA)
+            # Databases from before names had a single owner may hold two tenants' live
+            # records of one application: the earliest registration keeps it.
+            cursor = conn.execute(
+                "UPDATE serve_applications SET status = ?, status_message = ?, replicas = '[]', "
+                "update_time = ? WHERE status != ? AND EXISTS (SELECT 1 FROM "
+                "serve_applications AS earlier WHERE earlier.name = serve_applications.name "
+                "AND earlier.tenant != serve_applications.tenant AND earlier.status != ? "
+                "AND earlier.id < serve_applications.id)",
+                (
+                    DeploymentStatus.DELETED.value,
+                    _SUPERSEDED,
+                    time.time(),
+                    DeploymentStatus.DELETED.value,
+                    DeploymentStatus.DELETED.value,
+                ),
+            )
+            if cursor.rowcount:
+                logger.warning(
+                    "%d deployment record(s) held a name another tenant's earlier record "
+                    "holds; marked deleted",
+                    cursor.rowcount,
+                )
+
+        await self._run(_open)
 
     async def close(self) -> None:
         """Close the connection and stop the I/O thread."""
@@ -294,12 +408,21 @@ class SqliteDeploymentStore:
         self._pool.shutdown(wait=True)
 
     async def upsert(self, record: DeploymentRecord) -> tuple[DeploymentRecord, bool]:
-        """Insert, or update the record of the same (tenant, name); returns it and created."""
+        """Insert, or update the record of the same (tenant, name); returns it and created.
+
+        Raises :class:`DeploymentNameHeldError` when another tenant's record holds the name
+        (checked in the same transaction as the write, so two tenants cannot both get it).
+        """
 
         def _upsert(conn: sqlite3.Connection) -> tuple[DeploymentRecord, bool]:
             now = time.time()
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if (
+                    record.status is not DeploymentStatus.DELETED
+                    and _holder(conn, record.name, other_than=record.tenant) is not None
+                ):
+                    raise DeploymentNameHeldError(record.name)
                 row = conn.execute(
                     "SELECT id FROM serve_applications WHERE tenant = ? AND name = ?",
                     (record.tenant, record.name),
@@ -367,6 +490,10 @@ class SqliteDeploymentStore:
             return None if row is None else _row_to_record(row)
 
         return await self._run(_find)
+
+    async def holder(self, name: str) -> str | None:
+        """The tenant whose record holds the application name (any record not DELETED)."""
+        return await self._run(lambda conn: _holder(conn, name))
 
     async def find_by_endpoint(
         self, tenant: str, plugin: str, endpoint_action: str
@@ -459,6 +586,16 @@ class SqliteDeploymentStore:
         return await self._run(_mark)
 
 
+def _holder(conn: sqlite3.Connection, name: str, other_than: str | None = None) -> str | None:
+    query = "SELECT tenant FROM serve_applications WHERE name = ? AND status != ?"
+    args: list[Any] = [name, DeploymentStatus.DELETED.value]
+    if other_than is not None:
+        query += " AND tenant != ?"
+        args.append(other_than)
+    row = conn.execute(query + " ORDER BY id LIMIT 1", args).fetchone()
+    return None if row is None else str(row[0])
+
+
 class DeploymentService:
     """Lists, inspects, registers and deletes the serve applications of a tenant."""
 
@@ -475,6 +612,52 @@ class DeploymentService:
         self._generation += 1
         self._resolved.clear()
 
+    async def register_for_job(
+        self,
+        job: Job | None,
+        *,
+        name: str,
+        plugin: str = "",
+        action: str = "",
+        route_prefix: str = "",
+        model_ids: Iterable[int] = (),
+        ray_actor_options: Mapping[str, Any] | None = None,
+        endpoint_action: str = "",
+    ) -> tuple[DeploymentRecord, bool]:
+        """Record the application a running deployment job deployed (``RegisterDeployment``).
+
+        ``job`` is the caller's own job (from its worker credential); None for any other
+        caller, who is refused: an application is registered by the job that deployed it,
+        never by a client naming one. The record takes the job's tenant, plugin, action and id;
+        a request naming another plugin or action is refused. Then as :meth:`register`.
+        """
+        if job is None:
+            raise PermissionDeniedError(
+                "RegisterDeployment is for the worker of a deployment job (the SDK's "
+                "register_serve_application); run the deployment action with RunAction"
+            )
+        # PENDING too: the worker runs the action before its event stream is open.
+        if job.state.is_terminal:
+            raise FailedPreconditionError(
+                f"job {job.id!r} is {job.state.value}: only a running job registers"
+            )
+        if (plugin and plugin != job.plugin) or (action and action != job.action):
+            raise PermissionDeniedError(
+                "a worker registers the deployment of its own job only "
+                f"(plugin {job.plugin!r}, action {job.action!r})"
+            )
+        return await self.register(
+            job.tenant,
+            name=name,
+            plugin=job.plugin,
+            action=job.action,
+            job_id=job.id,
+            route_prefix=route_prefix,
+            model_ids=model_ids,
+            ray_actor_options=ray_actor_options,
+            endpoint_action=endpoint_action,
+        )
+
     async def register(
         self,
         tenant: str,
@@ -488,7 +671,13 @@ class DeploymentService:
         ray_actor_options: Mapping[str, Any] | None = None,
         endpoint_action: str = "",
     ) -> tuple[DeploymentRecord, bool]:
-        """Record an application a deployment action has deployed (updates a same-name one)."""
+        """Record an application deployed for ``tenant`` (updates the tenant's same-name one).
+
+        Refused with one answer (FAILED_PRECONDITION) when another tenant's record holds the
+        name, when Ray Serve has no such application (Ray is never started for this), or when
+        its replicas say they were deployed for another tenant or application. A replica that
+        does not answer in time (or an application without replicas) is not held against it.
+        """
         missing = [
             label
             for label, value in (("name", name), ("plugin", plugin), ("action", action))
@@ -496,14 +685,24 @@ class DeploymentService:
         ]
         if missing:
             raise InvalidArgumentError(f"RegisterDeployment needs {', '.join(missing)}")
+        if len(name) > MAX_APPLICATION_NAME_LENGTH:
+            raise InvalidArgumentError(
+                f"name is longer than {MAX_APPLICATION_NAME_LENGTH} characters", field="name"
+            )
         ids = tuple(int(m) for m in model_ids)
         if any(m <= 0 for m in ids):
             raise InvalidArgumentError("model_ids must be positive")
-        observation = await self._backend.observe(name)
-        if observation is None:
-            raise FailedPreconditionError(
-                f"Ray Serve has no application named {name!r}: deploy() it before registering"
-            )
+        refused = FailedPreconditionError(_NOT_REGISTRABLE.format(name=name))
+        holder = await self._store.holder(name)
+        if holder is not None and holder != tenant:
+            raise refused
+        observation = await self._backend.observe(
+            name, start=False, replica_timeout_s=_REGISTER_REPLICA_TIMEOUT_S
+        )
+        if observation is None or observation.deployed_for_other_than(tenant, name):
+            raise refused
+        if not observation.deployed_for:
+            logger.info("registering %s: no replica said whom it was deployed for", name)
         record = DeploymentRecord(
             id=0,
             tenant=tenant,
@@ -519,7 +718,11 @@ class DeploymentService:
             endpoint_action=endpoint_action,
             replicas=observation.replicas,
         )
-        stored, created = await self._store.upsert(record)
+        try:
+            stored, created = await self._store.upsert(record)
+        except DeploymentNameHeldError:
+            # Another tenant registered the name since it was checked above.
+            raise refused from None
         self._forget_resolved()
         logger.info(
             "%s deployment %d (%s) for tenant %r",
@@ -529,6 +732,19 @@ class DeploymentService:
             tenant,
         )
         return stored, created
+
+    async def check_name_available(self, tenant: str, name: str) -> None:
+        """Raise FailedPreconditionError if another tenant's record holds ``name``.
+
+        Checked before a deployment job starts (and before Ray is started for it), so its
+        ``deploy()`` never replaces an application another tenant owns.
+        """
+        holder = await self._store.holder(name)
+        if holder is not None and holder != tenant:
+            raise FailedPreconditionError(
+                f"the serve application name {name!r} is not available to this tenant; "
+                "the deployment was not started"
+            )
 
     async def list(
         self,
@@ -550,15 +766,26 @@ class DeploymentService:
         return await self.refresh(record)
 
     async def refresh(self, record: DeploymentRecord) -> DeploymentRecord:
-        """Update a record's status and replicas from Ray Serve and store them."""
+        """Update a record's status and replicas from Ray Serve and store them.
+
+        A record whose application is gone, or whose application's replicas say they serve
+        another tenant or name (another deployment replaced it), becomes DELETED: it no longer
+        shows, deletes or routes to what now runs under that name, and gives the name up.
+        """
         if record.status == DeploymentStatus.DELETED:
             return record
         observation = await self._backend.observe(record.name)
-        if observation is None:
+        if observation is None or observation.deployed_for_other_than(record.tenant, record.name):
+            message = (
+                "the application no longer exists in Ray Serve"
+                if observation is None
+                else "the application was replaced by another deployment; "
+                "run the deployment action again"
+            )
             updated = replace(
                 record,
                 status=DeploymentStatus.DELETED,
-                status_message="the application no longer exists in Ray Serve",
+                status_message=message,
                 replicas=(),
                 update_time=time.time(),
             )
@@ -589,8 +816,13 @@ class DeploymentService:
         return count
 
     async def delete(self, tenant: str, deployment_id: int) -> DeploymentRecord:
-        """Undeploy: delete the Ray Serve application and mark the record DELETED."""
-        record = await self._visible(tenant, deployment_id)
+        """Undeploy: delete the Ray Serve application and mark the record DELETED.
+
+        The application is looked at first: one that is gone, or that another deployment has
+        replaced (its replicas serve another tenant), is left alone and only the record is
+        marked DELETED.
+        """
+        record = await self.refresh(await self._visible(tenant, deployment_id))
         if record.status == DeploymentStatus.DELETED:
             return record
         await self._backend.delete(record.name)

@@ -1,18 +1,26 @@
 """DeploymentService over the core :class:`DeploymentService`: convert, await, convert back.
 
 Errors go through the gRPC layer's single mapping (``map_errors``); the tenant comes from
-the auth interceptor.
+the auth interceptor. ``RegisterDeployment`` is answered for the caller's own job, looked up
+from its worker credential.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import grpc
 from google.protobuf import json_format, timestamp_pb2
 from synapse.plugin.v1 import deployment_pb2, deployment_service_pb2, deployment_service_pb2_grpc
 
-from synapse_server.core.deployments import DeploymentRecord, DeploymentService, DeploymentStatus
+from synapse_server.core._models import Job
+from synapse_server.core.deployments import (
+    DeploymentRecord,
+    DeploymentService,
+    DeploymentStatus,
+    ReplicaState,
+)
 from synapse_server.grpc._auth import current_principal
 from synapse_server.grpc._errors import map_errors
 
@@ -30,12 +38,11 @@ _STATUS_TO_PB = {
 }
 _STATUS_FROM_PB = {value: key for key, value in _STATUS_TO_PB.items()}
 _REPLICA_STATES = {
-    "STARTING": deployment_pb2.REPLICA_STATE_STARTING,
-    "RUNNING": deployment_pb2.REPLICA_STATE_RUNNING,
-    "UPDATING": deployment_pb2.REPLICA_STATE_UPDATING,
-    "RECOVERING": deployment_pb2.REPLICA_STATE_RECOVERING,
-    "STOPPING": deployment_pb2.REPLICA_STATE_STOPPING,
-    "PENDING_MIGRATION": deployment_pb2.REPLICA_STATE_STOPPING,
+    ReplicaState.STARTING: deployment_pb2.REPLICA_STATE_STARTING,
+    ReplicaState.RUNNING: deployment_pb2.REPLICA_STATE_RUNNING,
+    ReplicaState.UPDATING: deployment_pb2.REPLICA_STATE_UPDATING,
+    ReplicaState.RECOVERING: deployment_pb2.REPLICA_STATE_RECOVERING,
+    ReplicaState.STOPPING: deployment_pb2.REPLICA_STATE_STOPPING,
 }
 
 
@@ -66,7 +73,7 @@ def deployment_to_pb(record: DeploymentRecord) -> deployment_pb2.Deployment:
     for replica in record.replicas:
         message.replicas.add(
             replica_id=replica.replica_id,
-            state=_REPLICA_STATES.get(replica.state, deployment_pb2.REPLICA_STATE_UNSPECIFIED),
+            state=_REPLICA_STATES[replica.state],
             loaded_model_ids=[int(m) for m in replica.loaded_model_ids if m.isdigit()],
             loaded_models_known=replica.loaded_models_known,
         )
@@ -76,8 +83,13 @@ def deployment_to_pb(record: DeploymentRecord) -> deployment_pb2.Deployment:
 class DeploymentServicer(deployment_service_pb2_grpc.DeploymentServiceServicer):
     """Thin gRPC face of the core :class:`DeploymentService`."""
 
-    def __init__(self, service: DeploymentService) -> None:
+    def __init__(
+        self, service: DeploymentService, job_lookup: Callable[[str, str], Awaitable[Job]]
+    ) -> None:
+        """``job_lookup``: ``async (tenant, job_id) -> Job`` (``JobService.get``), for the job
+        a worker credential names."""
         self._service = service
+        self._job_lookup = job_lookup
 
     @map_errors
     async def ListDeployments(  # type: ignore[override]  # noqa: N802
@@ -126,18 +138,17 @@ class DeploymentServicer(deployment_service_pb2_grpc.DeploymentServiceServicer):
         request: deployment_service_pb2.RegisterDeploymentRequest,
         context: grpc.aio.ServicerContext,
     ) -> deployment_service_pb2.RegisterDeploymentResponse:
-        """Record an application deployed by a deployment action."""
+        """Record the application the caller's deployment job deployed."""
         principal = current_principal()
-        job_id = request.job_id
+        job = None
         if principal.worker is not None:
-            # A worker registers for its own job only.
-            job_id = principal.worker.job_id
-        record, created = await self._service.register(
-            principal.tenant,
+            # The credential names the job; its tenant, plugin and action are the record's.
+            job = await self._job_lookup(principal.tenant, principal.worker.job_id)
+        record, created = await self._service.register_for_job(
+            job,
             name=request.name,
             plugin=request.plugin,
             action=request.action,
-            job_id=job_id,
             route_prefix=request.route_prefix,
             model_ids=list(request.model_ids),
             ray_actor_options=json_format.MessageToDict(request.ray_actor_options),

@@ -21,6 +21,7 @@ from synapse_sdk.plugins.actions.inference._multiplex import SERVE_SIGNING_KEY_E
 
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._models import Job
+from synapse_server.core.deployments import DeploymentService
 from synapse_server.core.inference import ServeKeyring
 from synapse_server.ray._runtime import RayRuntime
 
@@ -34,6 +35,8 @@ def serve_application_name(tenant: str, plugin: str, action: str) -> str:
 
     Ray Serve has one namespace of application names for the whole cluster; the tenant in the
     name keeps two tenants deploying the same plugin from replacing each other's application.
+    (Tenant, plugin and action names may contain ``-``, so two triples can still meet in one
+    name: :meth:`ServeJobEnvironment.environment` refuses a name another tenant holds.)
     """
     return f"{tenant}-{plugin}-{action}"
 
@@ -43,7 +46,8 @@ class ServeJobEnvironment:
 
     ``replica_address``: the server address the deployed replicas download their models from
     (they run on any node of the cluster, where a local worker's Unix socket does not exist);
-    None or "" leaves them the worker's own address, right for a local Ray.
+    None or "" leaves them the worker's own address, right for a local Ray. ``deployments``:
+    where the application names tenants hold are looked up (None: nothing is held).
     """
 
     def __init__(
@@ -52,11 +56,13 @@ class ServeJobEnvironment:
         runtime: RayRuntime,
         keyring: ServeKeyring,
         replica_address: Callable[[], str] | None = None,
+        deployments: DeploymentService | None = None,
     ) -> None:
         self._catalog = catalog
         self._runtime = runtime
         self._keyring = keyring
         self._replica_address = replica_address
+        self._deployments = deployments
 
     def needs_ray(self, job: Job) -> bool:
         """True when the job's action deploys to Ray Serve (a ``BaseDeploymentAction``)."""
@@ -72,15 +78,20 @@ class ServeJobEnvironment:
     async def environment(self, job: Job) -> Mapping[str, str]:
         """Extra variables for the job's worker; starts Ray on the first deployment job.
 
-        Raises ``ServiceUnavailableError`` when Ray cannot be started or reached.
+        Raises ``DeploymentNameHeldError`` (before Ray is started) when another tenant's
+        deployment holds the job's application name: its ``deploy()`` would replace that
+        application. Raises ``ServiceUnavailableError`` when Ray cannot be started or reached.
         """
         if not self.needs_ray(job):
             return {}
+        app_name = serve_application_name(job.tenant, job.plugin, job.action)
+        if self._deployments is not None:
+            await self._deployments.check_name_available(job.tenant, app_name)
         await self._runtime.ensure_started()
         env = dict(self._runtime.worker_environment())
         env[SERVE_SIGNING_KEY_ENV] = self._keyring.tenant_key(job.tenant).hex()
         env[SERVE_TENANT_ENV] = job.tenant
-        env[RELEASE_CODE_ENV] = serve_application_name(job.tenant, job.plugin, job.action)
+        env[RELEASE_CODE_ENV] = app_name
         address = self._replica_address() if self._replica_address is not None else ""
         if address:
             env[REPLICA_PLATFORM_ADDRESS_ENV] = address

@@ -41,7 +41,11 @@ import yaml
 from synapse_sdk.jsonutil import gc_paused
 
 from synapse_server.core._catalog import PluginCatalog
-from synapse_server.core._errors import FailedPreconditionError, InvalidArgumentError
+from synapse_server.core._errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ServiceUnavailableError,
+)
 from synapse_server.core._executor import JobEnvironment, WorkerExit
 from synapse_server.core._models import Job
 from synapse_server.ray._failures import describe_ray_failure
@@ -55,6 +59,7 @@ __all__ = [
     "RayResources",
     "RayTaskExecutor",
     "ResourcesUnavailableError",
+    "STARTING_RAY_REASON",
     "WorkerTarget",
     "ray_worker_address",
 ]
@@ -63,6 +68,9 @@ logger = logging.getLogger(__name__)
 
 #: ``async (job_id, reason) -> still pending``: tells the job service why a job waits.
 PendingReporter = Callable[[str, str], Awaitable[bool]]
+
+#: The pending reason of a job accepted while the server's Ray is still starting.
+STARTING_RAY_REASON = "starting Ray"
 
 _LABELS = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
 _NODE_CACHE_SECONDS = 2.0
@@ -273,6 +281,7 @@ class _RayExecutorBase:
         self._configs: dict[Path, tuple[float, dict[str, Any]]] = {}
         self._nodes_lock = threading.Lock()
         self._nodes: tuple[float, list[dict[str, float]]] = (0.0, [])
+        self._ray_start: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> int:
@@ -369,11 +378,43 @@ class _RayExecutorBase:
             return "waiting for resources: " + "; ".join(short)
         return f"waiting for the Ray cluster to start the worker ({resources.describe()})"
 
-    async def admit(self, job: Job) -> None:
-        """Submit-time check: Ray is reachable and some node could hold the job's worker."""
-        await self._runtime.ensure_started()
+    async def admit(self, job: Job) -> str:
+        """Submit-time check that answers at once; returns a pending reason ("" for none).
+
+        The job's plugin directory and resources are checked first (without Ray). With Ray up,
+        a job no node could ever hold is refused here; while Ray is not up yet, starting it
+        could outlast the caller's deadline, so the job is accepted as waiting for it ("starting
+        Ray"), Ray is started in the background, and :meth:`run` fails the job if Ray does not
+        come up or could never hold it.
+        """
         resources = self.resources(job)
+        if not self._runtime.started:
+            self._start_ray_in_background()
+            return STARTING_RAY_REASON
         await asyncio.to_thread(self.check_fits, resources)
+        return ""
+
+    def _start_ray_in_background(self) -> None:
+        if self._ray_start is not None and not self._ray_start.done():
+            return
+        self._ray_start = asyncio.get_running_loop().create_task(
+            self._start_ray(), name=f"start-ray-{self.mode}"
+        )
+
+    async def _start_ray(self) -> None:
+        try:
+            await self._runtime.ensure_started()
+        except ServiceUnavailableError as exc:
+            # Each job waiting for Ray fails with this in run(); the next submit tries again.
+            logger.warning("Ray did not start: %s", exc)
+
+    async def _ensure_ray(self) -> None:
+        """Ray up, or :class:`ServiceUnavailableError` with a reason for the job's error."""
+        try:
+            await self._runtime.ensure_started()
+        except ServiceUnavailableError as exc:
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ServiceUnavailableError(f"Ray could not be started: {first_line}") from exc
 
     # Running --------------------------------------------------------------------------------
 
@@ -406,18 +447,19 @@ class _RayExecutorBase:
 
     async def run(self, job: Job, credential: str) -> WorkerExit:
         """Launch the job's worker on Ray and wait until it is gone."""
+        await self._ensure_ray()
         from ray import exceptions as rex
 
-        await self._runtime.ensure_started()
-        try:
-            resources = self.resources(job)
-            code = self._catalog.code(job.plugin, job.plugin_sha256)  # see _plugin_dir
-            await asyncio.to_thread(self.check_fits, resources)
-            package = await asyncio.to_thread(self._packager.package, code)
-            env = dict(await self._environment.environment(job)) if self._environment else {}
-            launch = self._launch(job, credential, resources, package, env)
-        except (FailedPreconditionError, InvalidArgumentError) as exc:
-            return WorkerExit(detail=str(exc))
+        # A job admitted while Ray was starting meets the cluster here for the first time: one
+        # no node could ever hold fails with that reason (ResourcesUnavailableError), as
+        # does a plugin or config that changed since; the job service reports these errors
+        # as the platform's, not as a worker crash.
+        resources = self.resources(job)
+        code = self._catalog.code(job.plugin, job.plugin_sha256)  # see _plugin_dir
+        await asyncio.to_thread(self.check_fits, resources)
+        package = await asyncio.to_thread(self._packager.package, code)
+        env = dict(await self._environment.environment(job)) if self._environment else {}
+        launch = self._launch(job, credential, resources, package, env)
         self._launches[job.id] = launch
         logger.info(
             "job %s: launched a %s-mode worker (%s)", job.id, self.mode, resources.describe()
@@ -462,6 +504,8 @@ class _RayExecutorBase:
 
     async def close(self) -> None:
         """Stop every worker still running (Ray itself belongs to the runtime)."""
+        if self._ray_start is not None:
+            self._ray_start.cancel()
         for job_id in list(self._launches):
             with contextlib.suppress(Exception):
                 await self.kill(job_id)

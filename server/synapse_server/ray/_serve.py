@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from synapse_sdk.plugins.actions.inference._serve import ServeReply, ServeRequest
@@ -31,6 +32,7 @@ from synapse_server.core.deployments import (
     DeploymentNotFoundError,
     DeploymentStatus,
     ReplicaRecord,
+    ReplicaState,
 )
 from synapse_server.core.inference import InferDeadlineExceededError
 from synapse_server.ray._runtime import RayRuntime
@@ -232,28 +234,42 @@ class ServeDeploymentBackend:
         self._runtime = runtime
         self._router = router
 
-    async def observe(self, app_name: str) -> AppObservation | None:
-        """Status, message and replicas (with the models each has loaded) of an application."""
+    async def observe(
+        self, app_name: str, *, start: bool = True, replica_timeout_s: float = 5.0
+    ) -> AppObservation | None:
+        """Status, message and replicas (with the models each has loaded, and whom each was
+        deployed for) of an application; None when Serve has none of that name.
+
+        ``start=False`` answers None rather than start or connect to Ray: no application can
+        be in a Ray this server has not started or connected to.
+        """
+        if not start and not self._runtime.started:
+            return None
         await self._runtime.ensure_started()
         observed = await asyncio.to_thread(_observe, app_name)
         if observed is None:
             return None
         status, message, replicas = observed
+        deployed_for: set[tuple[str, str]] = set()
         if status in (DeploymentStatus.RUNNING, DeploymentStatus.UNHEALTHY) and replicas:
-            loaded = await self._loaded_models(app_name, len(replicas))
+            infos = await self._replica_infos(app_name, len(replicas), replica_timeout_s)
             replicas = tuple(
                 ReplicaRecord(
                     r.replica_id,
                     r.state,
-                    tuple(loaded.get(r.replica_id, ())),
-                    loaded_models_known=r.replica_id in loaded,
+                    tuple(infos[r.replica_id].loaded_model_ids if r.replica_id in infos else ()),
+                    loaded_models_known=r.replica_id in infos,
                 )
                 for r in replicas
             )
-        return AppObservation(status, message, replicas)
+            deployed_for = {i.deployed_for for i in infos.values() if i.deployed_for is not None}
+        return AppObservation(status, message, replicas, frozenset(deployed_for))
 
-    async def _loaded_models(self, app_name: str, count: int) -> dict[str, list[str]]:
-        """Replica id -> loaded model ids, for the replicas that answered within 5 s.
+    async def _replica_infos(
+        self, app_name: str, count: int, timeout_s: float
+    ) -> dict[str, _ReplicaInfo]:
+        """Replica id -> what it says (loaded models, tenant, application), for the replicas
+        that answered within ``timeout_s``.
 
         A replica missing from the answer is reported with ``loaded_models_known=False``.
         """
@@ -270,22 +286,23 @@ class ServeDeploymentBackend:
             )
             for _ in range(count * 3)
         ]
-        done, pending = await asyncio.wait(tasks, timeout=5)
+        done, pending = await asyncio.wait(tasks, timeout=timeout_s)
         for task in pending:
             task.cancel()
-        loaded: dict[str, list[str]] = {}
+        infos: dict[str, _ReplicaInfo] = {}
         for task in done:
-            info = None if task.cancelled() or task.exception() is not None else task.result()
-            if isinstance(info, dict):
-                loaded[str(info["replica_id"])] = list(info["loaded_model_ids"])
-        if pending or len(loaded) < count:
+            answer = None if task.cancelled() or task.exception() is not None else task.result()
+            info = _ReplicaInfo.parse(answer)
+            if info is not None:
+                infos[info.replica_id] = info
+        if pending or len(infos) < count:
             logger.info(
                 "%s: %d of %d replicas told their loaded models in time",
                 app_name,
-                len(loaded),
+                len(infos),
                 count,
             )
-        return loaded
+        return infos
 
     async def delete(self, app_name: str) -> None:
         """Delete the application and wait until Serve has removed it."""
@@ -302,6 +319,33 @@ class ServeDeploymentBackend:
             raise ServiceUnavailableError(f"could not delete {app_name!r}: {exc}") from exc
         if self._router is not None:
             self._router.forget(app_name)
+
+
+@dataclass(frozen=True)
+class _ReplicaInfo:
+    """A replica's answer to ``_synapse_replica_info``."""
+
+    replica_id: str
+    loaded_model_ids: tuple[str, ...]
+    #: (tenant, application name) the replica was deployed for; None from a replica of an
+    #: SDK that did not say (still running after an upgrade): its owner is unknown.
+    deployed_for: tuple[str, str] | None
+
+    @classmethod
+    def parse(cls, answer: Any) -> _ReplicaInfo | None:
+        """The answer as an info; None for anything that is not a replica's answer."""
+        if not isinstance(answer, dict) or "replica_id" not in answer:
+            return None
+        tenant, app_name = answer.get("tenant"), answer.get("app_name")
+        return cls(
+            replica_id=str(answer["replica_id"]),
+            loaded_model_ids=tuple(str(m) for m in answer.get("loaded_model_ids") or ()),
+            deployed_for=(
+                (tenant, app_name)
+                if isinstance(tenant, str) and isinstance(app_name, str)
+                else None
+            ),
+        )
 
 
 def _observe(app_name: str) -> tuple[DeploymentStatus, str, tuple[ReplicaRecord, ...]] | None:
@@ -324,7 +368,9 @@ def _observe(app_name: str) -> tuple[DeploymentStatus, str, tuple[ReplicaRecord,
         app = (details.get("applications") or {}).get(app_name) or {}
         for deployment in (app.get("deployments") or {}).values():
             for replica in deployment.get("replicas") or ():
-                replicas.append(ReplicaRecord(str(replica["replica_id"]), str(replica["state"])))
+                # Ray's state is an enum whose str() is "ReplicaState.RUNNING", not "RUNNING".
+                state = ReplicaState.parse(replica["state"])
+                replicas.append(ReplicaRecord(str(replica["replica_id"]), state))
     except Exception:
         logger.debug("replica details of %s unavailable", app_name, exc_info=True)
     return mapped, message, tuple(replicas)

@@ -79,8 +79,9 @@ class DeploymentServiceServicer:
 
     def DeleteDeployment(self, request, context):
         """Undeploys: deletes the Ray Serve application and marks the record DELETED. Deleting a
-        deployment that is already DELETED is a no-op. Errors: NOT_FOUND, UNAVAILABLE (Ray is
-        unreachable).
+        deployment that is already DELETED is a no-op; an application that is gone, or that
+        another deployment has replaced, is left alone and only the record becomes DELETED.
+        Errors: NOT_FOUND, UNAVAILABLE (Ray is unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,9 +89,13 @@ class DeploymentServiceServicer:
 
     def RegisterDeployment(self, request, context):
         """Records a Ray Serve application that a deployment action just deployed (the SDK's
-        register_serve_application). Keyed by name within the tenant: registering an existing
-        name updates that record and returns its id. Errors: INVALID_ARGUMENT (missing name,
-        plugin or action), NOT_FOUND (job_id names no job).
+        register_serve_application). Only the worker of a running job may call it, for its own
+        job (the record takes the job's tenant, plugin, action and id). Keyed by name within the
+        tenant: registering an existing name updates that record and returns its id. A name has
+        one owner tenant; a name another tenant holds is answered like a missing application.
+        Errors: PERMISSION_DENIED (a client token, or another job's plugin or action),
+        INVALID_ARGUMENT (missing name), FAILED_PRECONDITION (no such application for this
+        tenant, or the job has finished).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -254,7 +254,9 @@ class BaseDeploymentAction(BaseAction[P]):
             info, _ = client.register_deployment(
                 deployed["name"],
                 ctx.plugin_code or "",
-                self.action_name or ctx.action_name or "",
+                # The job's action as the platform named it: a worker registers for its own
+                # job only, and a class's action_name may differ from its config.yaml key.
+                ctx.action_name or self.action_name or "",
                 job_id=ctx.job_id or "",
                 route_prefix=deployed["route_prefix"],
                 model_ids=model_ids,

@@ -382,7 +382,8 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
         return self._synapse_verifier
 
     async def _synapse_replica_info(self) -> dict[str, Any]:
-        """This replica's id and the model ids it has loaded (for DeploymentService)."""
+        """This replica's id, the model ids it has loaded, and the tenant and application it
+        was deployed for (for DeploymentService, which checks who owns an application)."""
         from ray import serve
 
         loaded: list[str] = []
@@ -394,15 +395,24 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
                 except ServeModelIdError:
                     continue
         context = serve.get_replica_context()
+        config = type(self)._synapse_replica_config
         return {
             "replica_id": context.replica_id.unique_id,
+            "tenant": config.tenant if config is not None else None,
+            "app_name": config.app_name if config is not None else None,
             "loaded_model_ids": sorted(set(loaded)),
             "load_counts": dict(self._synapse_load_counts),
         }
 
     async def _synapse_infer(self, request: ServeRequest) -> ServeReply:
         """Run one Infer request; every failure becomes a typed reply, never a traceback."""
+        from ray import serve
+
         try:
+            # Every request, not only those that load a model: an id minted for another
+            # tenant or application (whose application this one has replaced under the same
+            # name) never reaches the endpoint's code.
+            self._synapse_claims(serve.get_multiplexed_model_id())
             method = self._synapse_route(request.method, request.path)
             plan = self._synapse_plan(method)
             args, kwargs = self._synapse_bind(method, request, plan)

@@ -241,7 +241,7 @@ export const DeploymentStatusSchema: GenEnum<DeploymentStatus> = /*@__PURE__*/
  */
 export enum ReplicaState {
   /**
-   * Not known.
+   * Never returned: a state the server does not know is reported as STARTING.
    *
    * @generated from enum value: REPLICA_STATE_UNSPECIFIED = 0;
    */
