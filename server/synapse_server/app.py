@@ -126,7 +126,9 @@ class SynapseServer:
         catalog = PluginCatalog(s.plugin_dirs, supported_modes=modes)
         await asyncio.to_thread(catalog.reload)
         # Serve: Ray starts lazily (first deployment job or Infer), owned by this server.
-        self._ray = RayRuntime(RayRuntimeConfig(address=s.ray_address))
+        self._ray = RayRuntime(
+            RayRuntimeConfig(address=s.ray_address, head_record=s.data_dir / "ray-head.json")
+        )
         self._router = router = ServeRouter(self._ray, transport=s.serve_transport)
         self._deployment_store = SqliteDeploymentStore(s.data_dir / "synapse.db")
         await self._deployment_store.open()
@@ -134,6 +136,7 @@ class SynapseServer:
             self._deployment_store, ServeDeploymentBackend(self._ray, router)
         )
         if s.ray_address is None:
+            await self._ray.remove_stale_head()
             await deployments.forget_embedded_ray_applications()
         keyring = ServeKeyring(secret)
         inference = InferenceService(deployments, router, keyring)
