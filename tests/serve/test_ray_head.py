@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -201,6 +201,13 @@ def started() -> Iterator[Started]:
                 os.kill(pid, signal.SIGKILL)
 
 
+def _freeze(pids: Iterable[int]) -> None:
+    """SIGSTOP: a stopped process can only leave by SIGKILL, never by a graceful drain."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # an idle worker may have ended
+            os.kill(pid, signal.SIGSTOP)
+
+
 def _start_ray_with_a_task_job(server: ServeProcess) -> None:
     """A job in task mode: the server starts its Ray head (and Serve) to run it."""
     with Client(server.address, timeout=60) as client:
@@ -265,11 +272,9 @@ def test_a_killed_server_takes_its_whole_head_along(started: Started, tmp_path: 
     head = _session(sid)
     # ray start, GCS, raylet, agents, the Serve controller and the task's worker.
     assert len(head) >= 6, head
-    # Stopped processes can only leave by SIGKILL: a head left to drain would stay. Only the
-    # session's leader (the supervisor) keeps running.
-    for pid in head:
-        if pid != sid:
-            os.kill(pid, signal.SIGSTOP)
+    # Frozen, a head left to drain would stay. Only the session's leader (the supervisor)
+    # keeps running.
+    _freeze(pid for pid in head if pid != sid)
     server.kill()
     assert _wait_gone(head, 60) == []
 
@@ -283,8 +288,8 @@ def test_a_restarted_server_removes_the_head_a_killed_one_left(
     head = _session(sid)
     # As if the supervisor had failed: all of the head stopped, so nothing of it reacts to
     # the server's death.
-    for pid in head:
-        os.kill(pid, signal.SIGSTOP)
+    _freeze(head)
+    head = _session(sid)  # what was still there to be stopped
     first.kill()
     assert _wait_gone(head, 2) == head  # still there
 
