@@ -181,7 +181,7 @@ class Started:
             for pid, fields in _live().items()
             if int(fields[1]) == server.pid
             and int(fields[3]) == pid
-            and (b"synapse_server.ray._head" in _cmdline(pid) or b"ray.scripts" in _cmdline(pid))
+            and (b"synapse_server/ray/_head.py" in _cmdline(pid) or b"ray.scripts" in _cmdline(pid))
         ]
         assert len(leaders) == 1, leaders
         self.heads.append(leaders[0])

@@ -20,8 +20,8 @@ would listen on port 10001), and ``_loopback_worker.py`` as the worker program, 
 Serve replica binds its gRPC port (the one Infer requests reach it on) to ``[::]`` whatever
 the node IP. No dashboard either.
 
-**Ending with the server.** ``python -m synapse_server.ray._head SERVER_PID ARGS`` is a small
-supervisor: the leader of a session of its own, it runs ``ray start --head --block ARGS`` in
+**Ending with the server.** ``python .../synapse_server/ray/_head.py SERVER_PID ARGS`` is a
+small supervisor: the leader of a session of its own, it runs ``ray start --head --block ARGS`` in
 that session and watches the server process. When the server is gone (even killed with
 SIGKILL), or the supervisor gets SIGTERM, it SIGKILLs every process of the session and so of
 the head: ``ray start``, GCS, raylet, agents and the workers the raylet forked (each of which
@@ -315,8 +315,10 @@ class LocalRayHead:
         ) as log:
             self._log_path = Path(log.name)
             # No preexec_fn: Popen then spawns without running Python in a forked child.
+            # Run by path, not with -m: the supervisor then imports no more than the
+            # standard library (the package would cost it 40 MB for all its life).
             self._process = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(os.getpid()), *args],
+                [sys.executable, str(Path(__file__).resolve()), str(os.getpid()), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
