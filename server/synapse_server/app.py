@@ -134,7 +134,9 @@ class SynapseServer:
         await asyncio.to_thread(catalog.reload)
         await self._collect_plugin_code(catalog)
         # Serve: Ray starts lazily (first deployment job or Infer), owned by this server.
-        self._ray = RayRuntime(RayRuntimeConfig(address=s.ray_address))
+        self._ray = RayRuntime(
+            RayRuntimeConfig(address=s.ray_address, head_record=s.data_dir / "ray-head.json")
+        )
         self._router = router = ServeRouter(self._ray, transport=s.serve_transport)
         self._deployment_store = SqliteDeploymentStore(s.data_dir / "synapse.db")
         await self._deployment_store.open()
@@ -142,6 +144,7 @@ class SynapseServer:
             self._deployment_store, ServeDeploymentBackend(self._ray, router)
         )
         if s.ray_address is None:
+            await self._ray.remove_stale_head()
             await deployments.forget_embedded_ray_applications()
         keyring = ServeKeyring(secret)
         inference = InferenceService(deployments, router, keyring)

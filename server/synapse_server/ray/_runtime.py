@@ -5,7 +5,9 @@ with it and take its Serve applications along. So the server owns Ray: the first
 something needs it (a deployment action is about to run, or ``Infer`` is called) it starts a
 local Ray head as a child process tree (``_head``) and connects to it (or connects to
 ``ray_address``), starts Serve with the platform's proxy choices, and tells workers the
-cluster address through ``RAY_ADDRESS``. The head stops with the server, even a killed one.
+cluster address through ``RAY_ADDRESS``. The local head listens on loopback only and stops
+with the server, even a killed one; a head left behind by a killed server is removed when
+the next server starts (:meth:`RayRuntime.remove_stale_head`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,16 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from synapse_server.core._errors import ServiceUnavailableError
-from synapse_server.ray._head import LocalRayHead
+from synapse_server.ray._head import (
+    LOOPBACK_ENVIRONMENT,
+    LocalRayHead,
+    LocalRayHeadError,
+    remove_stale_head,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +41,8 @@ class RayRuntimeConfig:
     ``address``: an existing cluster (``ray://`` or ``host:port``); None starts a local Ray
     with ``num_cpus`` CPUs (None: all). ``http_port``/``grpc_port``: Serve's own proxies,
     None keeps them off (the platform reaches replicas through handles, not proxies).
+    ``head_record``: where the local head is recorded (in the server's data directory), so
+    that a server started after a killed one removes a head left behind; None records nothing.
     """
 
     address: str | None = None
@@ -42,6 +52,7 @@ class RayRuntimeConfig:
     grpc_port: int | None = None
     grpc_servicer_functions: tuple[str, ...] = ()
     start_timeout_s: float = 120.0
+    head_record: Path | None = None
 
 
 def _connect(ray: Any, kwargs: dict[str, Any], timeout_s: float) -> None:
@@ -101,7 +112,24 @@ class RayRuntime:
         """Environment a worker needs to reach this Ray (empty before the first start)."""
         if self._gcs_address is None:
             return {}
-        return {"RAY_ADDRESS": self._gcs_address, "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {"RAY_ADDRESS": self._gcs_address, "RAY_USAGE_STATS_ENABLED": "0"}
+        if self._owns_ray:
+            env.update(LOOPBACK_ENVIRONMENT)
+        return env
+
+    async def remove_stale_head(self) -> None:
+        """Kill a local head that a killed server left running (see ``_head``).
+
+        Nothing to do with ``address`` set or without ``head_record``.
+        """
+        record = self._config.head_record
+        if self._config.address is None and record is not None:
+            try:
+                await asyncio.to_thread(remove_stale_head, record)
+            except LocalRayHeadError:
+                # Jobs in local mode need no Ray: the server starts all the same, and starting
+                # its own head (which checks again first) fails until the old one is gone.
+                logger.exception("a Ray head left by a previous server could not be stopped")
 
     def _start(self) -> str:
         with self._lock:
@@ -129,9 +157,15 @@ class RayRuntime:
                         # A head of our own (never attaching to a stray one), started as its
                         # own process tree: see _head.py for why not in this process.
                         self._owns_ray = True
-                        self._head = LocalRayHead(self._config.num_cpus)
+                        self._head = LocalRayHead(
+                            self._config.num_cpus, record_path=self._config.head_record
+                        )
                         kwargs["address"] = self._head.start(self._config.start_timeout_s)
                         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                        # LOOPBACK_ENVIRONMENT for this driver: Ray keeps the head's
+                        # 127.0.0.1 address and this process's ports on loopback. Ray reads
+                        # the variable once, at import, which happened above.
+                        ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
                         _connect(ray, kwargs, self._config.start_timeout_s)
                     logger.info(
                         "%s Ray", "connected to" if self._config.address else "started a local"
