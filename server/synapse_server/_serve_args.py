@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Handler: build settings, run the server until SIGTERM/SIGINT."""
+    from synapse_server._data_dir_lock import DataDirectoryInUseError
     from synapse_server.app import serve
 
     logging.basicConfig(
@@ -81,5 +83,10 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"synapse serve: invalid settings: {exc}")
         return 2
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except DataDirectoryInUseError as exc:
+        # One line, no traceback: nothing went wrong in this process.
+        print(f"synapse serve: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0

@@ -33,6 +33,7 @@ from synapse.plugin.v1 import (
     worker_service_pb2_grpc,
 )
 
+from synapse_server._data_dir_lock import DataDirectoryLock
 from synapse_server.core import EventHub, SqliteJobStore
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
@@ -84,6 +85,7 @@ class SynapseServer:
         self._socket_dir: Path | None = None
         self._catalog: PluginCatalog | None = None
         self._local_executor: LocalProcessExecutor | None = None
+        self._data_lock = DataDirectoryLock(settings.data_dir)
         # One reload at a time: a second SIGHUP waits for the first instead of interleaving.
         self._reload_lock = asyncio.Lock()
 
@@ -104,7 +106,22 @@ class SynapseServer:
         )
 
     async def start(self) -> str:
-        """Build everything, bind, start serving; returns the bound ``host:port``."""
+        """Build everything, bind, start serving; returns the bound ``host:port``.
+
+        Takes the data directory's lock first: DataDirectoryInUseError at once when another
+        server holds it (see ``_data_dir_lock``). The lock is held until :meth:`stop`.
+        """
+        self.settings.check()
+        self._data_lock.acquire()
+        try:
+            address = await self._start()
+        except BaseException:
+            self._data_lock.release()
+            raise
+        self._data_lock.record(address)
+        return address
+
+    async def _start(self) -> str:
         s = self.settings
         s.check()
         s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -274,6 +291,7 @@ class SynapseServer:
             await self._ray.close()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
+        self._data_lock.release()
 
     async def wait_for_termination(self) -> None:
         """Until the gRPC server stops."""
