@@ -57,6 +57,8 @@ __all__ = ["SynapseServer", "serve"]
 logger = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 64 << 20
+# The least time in-flight RPCs get once the jobs are shut down (at most the grace period).
+_STREAM_DRAIN_SECONDS = 1.0
 _SERVICES = (
     action_service_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
@@ -272,13 +274,24 @@ class SynapseServer:
             self._local_executor.reload_plugins()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: health NOT_SERVING, finish in-flight RPCs within ``grace``, then close."""
+        """Drain within ``grace`` seconds (default ``shutdown_grace_seconds``), then close.
+
+        Health turns NOT_SERVING and new jobs are refused; jobs not yet running stay PENDING
+        for the next start; running jobs get the grace period to finish while the gRPC server
+        keeps serving their workers (and everyone else); then in-flight RPCs get what is left
+        of the grace period.
+        """
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         await self._health.enter_graceful_shutdown()
         if self._jobs is not None:
-            await self._jobs.close()
+            await self._jobs.close(grace)
         if self._server is not None:
-            await self._server.stop(grace)
+            # Streams following a job the drain has just ended still deliver its terminal
+            # event, even when the jobs took the whole grace period.
+            floor = min(grace, _STREAM_DRAIN_SECONDS)
+            await self._server.stop(max(deadline - loop.time(), floor))
         if self._store is not None:
             await self._store.close()
         if self._model_store is not None:

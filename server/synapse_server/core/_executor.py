@@ -250,6 +250,12 @@ class LocalProcessExecutor:
         self._processes[job.id] = process
         try:
             code = await process.wait()
+        except asyncio.CancelledError:
+            # The launch was withdrawn (cancelled before it started, server shutting down):
+            # the worker must not go on without anyone waiting for it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            raise
         finally:
             self._processes.pop(job.id, None)
         logger.info("job %s: worker pid %d exited with %d", job.id, process.pid, code)

@@ -120,6 +120,10 @@ class _EventReporter:
         self._tail_category: str | None = None
         self._tail_run = 0
         self.done = threading.Event()
+        # Set once the server has accepted the stream (the job is RUNNING there); ``_settled``
+        # also when the stream failed for good, so that a waiter never waits forever.
+        self.opened = threading.Event()
+        self._settled = threading.Event()
         self.error: BaseException | None = None
         self.cancel_event = threading.Event()
         self._thread = threading.Thread(target=self._run, name="event-reporter", daemon=True)
@@ -201,6 +205,16 @@ class _EventReporter:
             self._urgent_seq = messages[-1].worker_seq
             self._cond.notify_all()
 
+    def wait_opened(self) -> bool:
+        """Wait until the server has accepted the stream; False when it never will.
+
+        The action starts only then: until the server has marked the job RUNNING it may still
+        decide to run it later instead (a shutdown keeps jobs that have not started PENDING),
+        and the action must not have run by then.
+        """
+        self._settled.wait()
+        return self.opened.is_set()
+
     def wait(self, timeout: float | None) -> bool:
         """Wait until the server stored the finish (True) or the stream failed for good."""
         self._thread.join(timeout)
@@ -243,6 +257,12 @@ class _EventReporter:
                 return
 
     def _run(self) -> None:
+        try:
+            self._stream()
+        finally:
+            self._settled.set()
+
+    def _stream(self) -> None:
         deadline = time.monotonic() + self._reconnect_seconds
         delay = 0.1
         while True:
@@ -259,6 +279,8 @@ class _EventReporter:
                     if response.cancel_requested:
                         self.cancel_event.set()
                     resume.set()
+                    self.opened.set()
+                    self._settled.set()
                     # Any answer proves the server is back: restart the reconnect budget.
                     deadline = time.monotonic() + self._reconnect_seconds
                 stop.set()
@@ -471,6 +493,8 @@ def _execute(
             # every YOUNG_GC_THRESHOLD allocations (measured: 100k-input batch inference in a
             # forked worker 0.50 s -> 0.47 s).
             gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
+        if not reporter.wait_opened():
+            return  # the server did not take the job: nothing of the action may run
         result = run_action(action_cls, params, ctx)
     except ActionCancelledError:
         reporter.finish(job_pb2.JOB_STATE_CANCELLED)
