@@ -45,7 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cancel-grace", dest="cancel_grace_seconds", type=float)
     parser.add_argument("--shutdown-grace", dest="shutdown_grace_seconds", type=float)
-    parser.add_argument("--worker-memory-limit-mb", type=int)
+    parser.add_argument(
+        "--worker-memory-limit-mb",
+        type=int,
+        help="memory limit of each local job worker in MiB (default 4096; 0: none)",
+    )
     parser.add_argument("--max-concurrent-jobs", type=int)
     parser.add_argument("--ray-address")
     parser.add_argument(

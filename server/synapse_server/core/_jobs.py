@@ -417,7 +417,7 @@ class JobService:
             active,
             JobState.FAILED,
             error=JobError(
-                type="WorkerCrashed",
+                type=outcome.error_type,
                 message=message,
                 origin=ErrorOrigin.PLATFORM,
                 correlation_id=correlation,

@@ -54,3 +54,42 @@ class HoldCredentialAction(BaseAction[HoldCredentialParams]):
         while time.monotonic() < deadline:
             self.raise_if_cancelled()
             time.sleep(0.02)
+
+
+class HogParams(BaseModel):
+    """Params of the memory hogs."""
+
+    max_mib: int = Field(default=2048, ge=1, le=8192)
+
+
+class TorchHogAction(BaseAction[HogParams]):
+    """Asks torch for one tensor of ``max_mib`` MiB (torch raises a RuntimeError, not a
+    MemoryError, when its CPU allocator fails)."""
+
+    action_name = "torch_hog"
+
+    def execute(self) -> dict[str, int]:
+        import torch
+
+        tensor = torch.empty(self.params.max_mib << 20, dtype=torch.uint8)
+        tensor.fill_(1)
+        return {"allocated_mib": self.params.max_mib}
+
+
+class SharedHogAction(BaseAction[HogParams]):
+    """Fills anonymous shared memory, which a data limit does not count, 16 MiB at a time, up
+    to ``max_mib`` (then it gives up and succeeds)."""
+
+    action_name = "shared_hog"
+
+    def execute(self) -> dict[str, int]:
+        import mmap
+
+        step = 16 << 20
+        held = []
+        for _ in range(self.params.max_mib // 16):
+            block = mmap.mmap(-1, step)  # MAP_SHARED | MAP_ANONYMOUS
+            block.write(b"x" * step)
+            held.append(block)
+            time.sleep(0.02)
+        return {"allocated_mib": len(held) * 16}
