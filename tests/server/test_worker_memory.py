@@ -4,12 +4,15 @@ the worker is killed for it."""
 
 from __future__ import annotations
 
+import argparse
+import resource
 import time
 from typing import Any
 
 import pytest
 from synapse.plugin.v1 import action_service_pb2 as pb
 from synapse.plugin.v1 import action_service_pb2_grpc, job_pb2
+from synapse_client import Client
 from synapse_sdk.events import ErrorInfo
 from synapse_server._serve_args import add_arguments, settings_from_args
 from synapse_server.core._executor import LocalProcessExecutor, WorkerExit
@@ -43,19 +46,21 @@ def _run(server: Any, action: str, params: dict[str, Any] | None = None) -> Any:
         return _final(stub, stub.RunAction(request, timeout=10).job.id)
 
 
-def test_the_limit_is_on_by_default_and_zero_turns_it_off(tmp_path: Any) -> None:
-    import argparse
-
+def test_the_limit_is_on_by_default_and_zero_turns_it_off(
+    tmp_path: Any, server_factory: Any
+) -> None:
     assert ServerSettings(data_dir=tmp_path).worker_memory_limit_mb == 4096
     assert DEFAULT_WORKER_MEMORY_LIMIT_MB == 4096
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     off = settings_from_args(parser.parse_args(["--worker-memory-limit-mb", "0"]))
     assert off.worker_memory_limit_mb == 0
-    executor = LocalProcessExecutor("unix:/nowhere", [], memory_limit_mb=0)
-    assert "--memory-limit-mb" not in executor._command("--job-id", "x")
-    limited = LocalProcessExecutor("unix:/nowhere", [], memory_limit_mb=300)
-    assert "--memory-limit-mb" in limited._command("--job-id", "x")
+    # What a job's worker actually runs under.
+    for limit, expected in ((300, 300 << 20), (0, resource.RLIM_INFINITY)):
+        server = server_factory(worker_memory_limit_mb=limit)
+        with Client(server.address, timeout=60) as client:
+            result = client.run_action("toy", "limits", {}).result(timeout=100)
+        assert result["data_limit"] == expected, limit
 
 
 def test_a_memory_error_in_plugin_code_names_the_limit(server_factory: Any) -> None:

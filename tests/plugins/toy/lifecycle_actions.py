@@ -93,3 +93,14 @@ class SharedHogAction(BaseAction[HogParams]):
             held.append(block)
             time.sleep(0.02)
         return {"allocated_mib": len(held) * 16}
+
+
+class LimitsAction(BaseAction):
+    """Returns the data-memory limit its worker process runs under (-1: none)."""
+
+    action_name = "limits"
+
+    def execute(self) -> dict[str, int]:
+        import resource
+
+        return {"data_limit": resource.getrlimit(resource.RLIMIT_DATA)[0]}
