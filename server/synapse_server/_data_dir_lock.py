@@ -24,7 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOCK_FILE_NAME", "DataDirectoryInUseError", "DataDirectoryLock"]
+__all__ = [
+    "LOCK_FILE_NAME",
+    "DataDirectoryInUseError",
+    "DataDirectoryLock",
+    "DataDirectoryLockError",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +38,11 @@ LOCK_FILE_NAME = "server.lock"
 _MAX_HOLDER_TEXT = 4096
 
 
-class DataDirectoryInUseError(RuntimeError):
+class DataDirectoryLockError(RuntimeError):
+    """The data directory cannot be locked (its message is one line for the operator)."""
+
+
+class DataDirectoryInUseError(DataDirectoryLockError):
     """Another server holds the data directory's lock."""
 
     def __init__(self, data_dir: Path, holder: dict[str, Any]) -> None:
@@ -77,8 +86,13 @@ class DataDirectoryLock:
         """Take the lock or raise :class:`DataDirectoryInUseError` at once (never waits)."""
         if self._fd is not None:
             return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise DataDirectoryLockError(
+                f"cannot lock data directory {self.data_dir}: {exc.strerror or exc}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -104,9 +118,12 @@ class DataDirectoryLock:
             }
         ).encode()
         # Rewritten in place under the lock; a reader that catches it half-written only
-        # gets a vaguer message.
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, text, 0)
+        # gets a vaguer message. Only a description: a full disk must not stop the server.
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, text, 0)
+        except OSError as exc:
+            logger.warning("could not describe this server in %s: %s", self.path, exc)
 
     def release(self) -> None:
         """Give the lock up (the file stays; its text no longer names a live holder)."""

@@ -75,7 +75,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Handler: build settings, run the server until SIGTERM/SIGINT."""
-    from synapse_server._data_dir_lock import DataDirectoryInUseError
+    from synapse_server._data_dir_lock import DataDirectoryLockError
     from synapse_server.app import serve
 
     logging.basicConfig(
@@ -89,8 +89,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(serve(settings))
-    except DataDirectoryInUseError as exc:
-        # One line, no traceback: nothing went wrong in this process.
+    except DataDirectoryLockError as exc:
+        # One line, no traceback: another server has it, or it cannot be written.
         print(f"synapse serve: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -31,7 +31,11 @@ from synapse.plugin.v1 import (
     worker_service_pb2_grpc,
 )
 from synapse_client import Client
-from synapse_server._data_dir_lock import DataDirectoryInUseError, DataDirectoryLock
+from synapse_server._data_dir_lock import (
+    DataDirectoryInUseError,
+    DataDirectoryLock,
+    DataDirectoryLockError,
+)
 from synapse_server.app import SynapseServer
 from synapse_server.core import EventHub, JobState, SqliteJobStore, UnauthenticatedError
 from synapse_server.core._catalog import PluginCatalog
@@ -343,6 +347,26 @@ def test_data_directory_lock_names_its_holder(tmp_path: Path) -> None:
     first.release()
     second.acquire()  # released: the next server takes it
     second.release()
+
+
+def test_a_data_directory_that_cannot_be_locked_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(DataDirectoryLockError, match="cannot lock data directory"):
+        DataDirectoryLock(blocker / "data").acquire()
+    served = subprocess.run(
+        [
+            sys.executable, "-m", "synapse_server", "--listen", "127.0.0.1:0",
+            "--data-dir", str(blocker / "data"), "--plugin-dir", str(TOY_PLUGINS_DIR),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert served.returncode == 1
+    assert served.stderr.strip().splitlines() == [
+        f"synapse serve: cannot lock data directory {blocker / 'data'}: Not a directory"
+    ], served.stderr
 
 
 def test_a_second_server_in_process_cannot_start_on_the_same_data_dir(
