@@ -52,7 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cancel-grace", dest="cancel_grace_seconds", type=float)
     parser.add_argument("--shutdown-grace", dest="shutdown_grace_seconds", type=float)
-    parser.add_argument("--worker-memory-limit-mb", type=int)
+    parser.add_argument(
+        "--worker-memory-limit-mb",
+        type=int,
+        help="memory limit of each local job worker in MiB (default 4096; 0: none)",
+    )
     parser.add_argument("--max-concurrent-jobs", type=int)
     parser.add_argument("--ray-address")
     parser.add_argument(
@@ -86,8 +90,10 @@ def run_serve(args: argparse.Namespace) -> int:
     """Handler: build settings, run the server until SIGTERM/SIGINT.
 
     Exit codes: 2 for settings that cannot work (bad values, unusable TLS files), 1 when the
-    server cannot start listening, 0 after a normal stop.
+    server cannot start (the address cannot be bound, another server holds the data
+    directory, the data directory cannot be written), 0 after a normal stop.
     """
+    from synapse_server._data_dir_lock import DataDirectoryLockError
     from synapse_server.app import ServerStartError, serve
     from synapse_server.core import StorageError
     from synapse_server.settings import SettingsError
@@ -104,7 +110,9 @@ def run_serve(args: argparse.Namespace) -> int:
         asyncio.run(serve(settings))
     except SettingsError as exc:
         return _fail(f"invalid settings: {exc}", 2)
-    except ServerStartError as exc:
+    except (ServerStartError, DataDirectoryLockError) as exc:
+        # One line, no traceback: the address is taken, another server has the data
+        # directory, or it cannot be written.
         return _fail(str(exc), 1)
     except StorageError as exc:
         # A full or unwritable data directory at start-up: one line, not a traceback.

@@ -32,6 +32,7 @@ from synapse.plugin.v1 import (
     worker_service_pb2_grpc,
 )
 
+from synapse_server._data_dir_lock import DataDirectoryLock
 from synapse_server.core import EventHub, SqliteJobStore
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
@@ -56,6 +57,8 @@ __all__ = ["ServerStartError", "SynapseServer", "serve"]
 logger = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 64 << 20
+# The least time in-flight RPCs get once the jobs are shut down (at most the grace period).
+_STREAM_DRAIN_SECONDS = 1.0
 _SERVICES = (
     action_service_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
@@ -88,6 +91,7 @@ class SynapseServer:
         self._socket_dir: Path | None = None
         self._catalog: PluginCatalog | None = None
         self._local_executor: LocalProcessExecutor | None = None
+        self._data_lock = DataDirectoryLock(settings.data_dir)
         # One reload at a time: a second SIGHUP waits for the first instead of interleaving.
         self._reload_lock = asyncio.Lock()
 
@@ -108,7 +112,22 @@ class SynapseServer:
         )
 
     async def start(self) -> str:
-        """Build everything, bind, start serving; returns the bound ``host:port``."""
+        """Build everything, bind, start serving; returns the bound ``host:port``.
+
+        Takes the data directory's lock first: DataDirectoryInUseError at once when another
+        server holds it (see ``_data_dir_lock``). The lock is held until :meth:`stop`.
+        """
+        self.settings.check()
+        self._data_lock.acquire()
+        try:
+            address = await self._start()
+        except BaseException:
+            self._data_lock.release()
+            raise
+        self._data_lock.record(address)
+        return address
+
+    async def _start(self) -> str:
         s = self.settings
         s.check()
         s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -291,13 +310,24 @@ class SynapseServer:
                 await self._collect_plugin_code(self._catalog)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: health NOT_SERVING, finish in-flight RPCs within ``grace``, then close."""
+        """Drain within ``grace`` seconds (default ``shutdown_grace_seconds``), then close.
+
+        Health turns NOT_SERVING and new jobs are refused; jobs not yet running stay PENDING
+        for the next start; running jobs get the grace period to finish while the gRPC server
+        keeps serving their workers (and everyone else); then in-flight RPCs get what is left
+        of the grace period.
+        """
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         await self._health.enter_graceful_shutdown()
         if self._jobs is not None:
-            await self._jobs.close()
+            await self._jobs.close(grace)
         if self._server is not None:
-            await self._server.stop(grace)
+            # Streams following a job the drain has just ended still deliver its terminal
+            # event, even when the jobs took the whole grace period.
+            floor = min(grace, _STREAM_DRAIN_SECONDS)
+            await self._server.stop(max(deadline - loop.time(), floor))
         if self._store is not None:
             await self._store.close()
         if self._model_store is not None:
@@ -310,6 +340,7 @@ class SynapseServer:
             await self._ray.close()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
+        self._data_lock.release()
 
     async def wait_for_termination(self) -> None:
         """Until the gRPC server stops."""

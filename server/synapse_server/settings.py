@@ -21,6 +21,9 @@ __all__ = ["ServerSettings", "SettingsError", "parse_tokens"]
 logger = logging.getLogger(__name__)
 
 _SECRET_FILE = "server.secret"
+#: Each local job worker's memory limit unless configured: the example torch batch jobs use
+#: 0.3-0.43 GiB of data memory (see synapse_server.core._memory for what is counted).
+DEFAULT_WORKER_MEMORY_LIMIT_MB = 4096
 
 
 class SettingsError(ValueError):
@@ -85,7 +88,8 @@ class ServerSettings(BaseSettings):
     allow_public_bind: bool = False
     cancel_grace_seconds: float = Field(default=5.0, ge=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
-    worker_memory_limit_mb: int | None = Field(default=None, gt=0)
+    # Each local job worker's memory limit in MiB (None or 0: none); see core/_memory.py.
+    worker_memory_limit_mb: int | None = Field(default=DEFAULT_WORKER_MEMORY_LIMIT_MB, ge=0)
     max_concurrent_jobs: int = Field(default=4, gt=0)
     ray_address: str | None = None
     server_secret: SecretStr | None = None

@@ -178,7 +178,7 @@ def test_unknown_job_is_not_found(stub: Any) -> None:
         ("fail", "ValueError", "toy failure"),
         ("exit", "WorkerCrashed", "exited with code 7"),
         ("segfault", "WorkerCrashed", "SIGSEGV"),
-        ("memory_hog", "MemoryError", ""),
+        ("memory_hog", "MemoryLimitExceeded", "the job exceeded its memory limit of 2048 MiB"),
     ],
 )
 def test_crashing_plugins_fail_their_job_only(

@@ -164,5 +164,7 @@ def test_sigterm_drains_and_stops(spawn: Any) -> None:
     # action waits 60 s, past the stream's 30 s deadline, unless the drain ends it.
     events = [m.event for m in stream if m.HasField("event")]
     assert events[-1].terminal.state == job_pb2.JOB_STATE_FAILED
+    reason = "server shut down before the job finished (grace 3 s)"
+    assert events[-1].terminal.error.message == reason
     # A drain with a 3 s grace exits by itself; the wait is a deadline, not a measurement.
     assert server.process.wait(30) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,11 @@ def test_tokens_and_tenant_isolation(server_factory: Any) -> None:
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
 
 
-def test_worker_credentials_are_scoped(server_factory: Any) -> None:
+def test_worker_credentials_are_scoped(server_factory: Any, tmp_path: Path) -> None:
     server = server_factory(tokens="tok-a=alice")
     secret = (server.settings.data_dir / "server.secret").read_text().strip().encode()
     issuer = WorkerCredentialIssuer(secret)
+    token_file = tmp_path / "credential"
     with server.channel() as channel:
         workers = worker_service_pb2_grpc.WorkerServiceStub(channel)
         actions = action_service_pb2_grpc.ActionServiceStub(channel)
@@ -78,14 +80,26 @@ def test_worker_credentials_are_scoped(server_factory: Any) -> None:
         with pytest.raises(grpc.RpcError) as info:
             workers.GetAssignment(request, metadata=_md(forged), timeout=5)
         assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
-        # A valid credential for another job is PERMISSION_DENIED, and cannot call clients' RPCs.
-        other = issuer.mint("job-2", "alice")
+        # Well signed but not issued by this server for a running job: refused as well.
+        with pytest.raises(grpc.RpcError) as info:
+            workers.GetAssignment(request, metadata=_md(issuer.mint("job-1", "alice")), timeout=5)
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        # The live credential of another job is PERMISSION_DENIED, and cannot call clients' RPCs.
+        run = pb.RunActionRequest(plugin="toy", action="hold_credential")
+        run.params.update({"path": str(token_file)})
+        job = actions.RunAction(run, metadata=_md("tok-a"), timeout=10).job
+        deadline = time.monotonic() + 60
+        while not token_file.exists():
+            assert time.monotonic() < deadline, "the job never handed out its credential"
+            time.sleep(0.05)
+        other = token_file.read_text()
         with pytest.raises(grpc.RpcError) as info:
             workers.GetAssignment(request, metadata=_md(other), timeout=5)
         assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(grpc.RpcError) as info:
             actions.ListActions(pb.ListActionsRequest(), metadata=_md(other), timeout=5)
         assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        actions.CancelJob(pb.CancelJobRequest(job_id=job.id), metadata=_md("tok-a"), timeout=10)
 
 
 def test_public_bind_needs_tokens(tmp_path: Path) -> None:

@@ -14,13 +14,18 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._errors import FailedPreconditionError
+from synapse_server.core._memory import (
+    EXIT_OUT_OF_MEMORY,
+    MEMORY_LIMIT_ERROR,
+    memory_limit_message,
+)
 from synapse_server.core._models import Job
 from synapse_server.core._plugin_code import PluginCode
 from synapse_server.core._standby import ForkServer, ForkServerError, ForkServerPool
@@ -38,14 +43,25 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class WorkerExit:
-    """How a worker ended: an exit code, or the signal that killed it."""
+    """How a worker ended: an exit code, or the signal that killed it.
+
+    ``memory_limit_mb`` is set when the worker ended because its job exceeded that limit.
+    """
 
     exit_code: int | None = None
     signal: int | None = None
     detail: str = ""
+    memory_limit_mb: int | None = None
+
+    @property
+    def error_type(self) -> str:
+        """The JobError type of a job whose worker ended this way without a result."""
+        return MEMORY_LIMIT_ERROR if self.memory_limit_mb else "WorkerCrashed"
 
     def describe(self) -> str:
         """A reason for a job whose worker ended without reporting a result."""
+        if self.memory_limit_mb:
+            return memory_limit_message(self.memory_limit_mb)
         if self.signal is not None:
             try:
                 name = signal.Signals(self.signal).name
@@ -109,7 +125,9 @@ class LocalProcessExecutor:
     """One worker process per job on this machine.
 
     A crash, ``os._exit``, segfault or memory exhaustion in plugin code ends only that
-    process. ``memory_limit_mb`` caps the worker's address space (RLIMIT_AS).
+    process. ``memory_limit_mb`` (None or 0: no limit) caps the worker's data memory
+    (RLIMIT_DATA) and, checked every ``memory_check_seconds``, its resident memory; a worker
+    above it is killed and its job fails with MemoryLimitExceeded (see ``_memory``).
 
     With ``warm_workers`` >= 1 (the default) each recently used plugin (and each
     ``preload_plugins`` entry, started by :meth:`prewarm`) has a fork server that imported the
@@ -134,13 +152,17 @@ class LocalProcessExecutor:
         environment: JobEnvironment | None = None,
         warm_workers: int = 1,
         preload_plugins: Sequence[str] = (),
+        memory_check_seconds: float = 0.5,
     ) -> None:
         if warm_workers < 0:
             raise ValueError("warm_workers must be >= 0")
         self._address = worker_address
         self._environment = environment
         self._catalog = catalog
-        self._memory_limit_mb = memory_limit_mb
+        self._memory_limit_mb = memory_limit_mb or None
+        self._memory_check = memory_check_seconds
+        # Jobs whose worker the memory watch killed.
+        self._over_limit: set[str] = set()
         self._python = python or sys.executable
         self._log_dir = log_dir
         self._processes: dict[str, asyncio.subprocess.Process] = {}
@@ -292,11 +314,18 @@ class LocalProcessExecutor:
         logger.info("job %s: started worker pid %d", job.id, process.pid)
         self._processes[job.id] = process
         try:
-            returncode = await process.wait()
+            async with self._watching_memory(job.id, process.pid):
+                returncode = await process.wait()
+        except asyncio.CancelledError:
+            # The launch was withdrawn (cancelled before it started, server shutting down):
+            # the worker must not go on without anyone waiting for it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            raise
         finally:
             self._processes.pop(job.id, None)
         logger.info("job %s: worker pid %d exited with %d", job.id, process.pid, returncode)
-        return _exit(returncode)
+        return self._exit(job.id, returncode)
 
     async def _run_forked(
         self, server: ForkServer, job: Job, credential: str, extra_env: Mapping[str, str]
@@ -315,7 +344,8 @@ class LocalProcessExecutor:
                 return WorkerExit(detail=f"could not start the worker: {exc}")
             logger.info("job %s: forked worker pid %d (fork server %d)", job.id, pid, server.pid)
             try:
-                code = await server.wait(job.id)
+                async with self._watching_memory(job.id, pid):
+                    code = await server.wait(job.id)
             except ForkServerError as exc:
                 logger.warning("job %s: %s", job.id, exc)
                 return WorkerExit(detail=str(exc))
@@ -325,7 +355,53 @@ class LocalProcessExecutor:
         finally:
             self._forked.pop(job.id, None)
         logger.info("job %s: worker pid %d exited with %d", job.id, pid, code)
+        return self._exit(job.id, code)
+
+    def _exit(self, job_id: str, code: int) -> WorkerExit:
+        over_limit = job_id in self._over_limit
+        self._over_limit.discard(job_id)
+        if self._memory_limit_mb and (over_limit or code == EXIT_OUT_OF_MEMORY):
+            if code < 0:
+                return WorkerExit(signal=-code, memory_limit_mb=self._memory_limit_mb)
+            return WorkerExit(exit_code=code, memory_limit_mb=self._memory_limit_mb)
         return _exit(code)
+
+    @contextlib.asynccontextmanager
+    async def _watching_memory(self, job_id: str, pid: int) -> AsyncIterator[None]:
+        """While the job's worker runs, kill it if its resident memory exceeds the limit.
+
+        The kernel enforces the limit on data memory (RLIMIT_DATA); this catches what it
+        does not count, such as shared memory, at the price of a check per interval.
+        """
+        if not self._memory_limit_mb:
+            yield
+            return
+        watch = asyncio.create_task(self._watch_memory(job_id, pid, self._memory_limit_mb))
+        try:
+            yield
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+    async def _watch_memory(self, job_id: str, pid: int, limit_mb: int) -> None:
+        limit = limit_mb << 20
+        while True:
+            await asyncio.sleep(self._memory_check)
+            resident = _resident_bytes(pid)
+            if resident is None:
+                return  # gone (or no /proc): nothing to watch
+            if resident > limit:
+                logger.warning(
+                    "job %s: worker pid %d uses %d MiB, over its limit of %d MiB; killing it",
+                    job_id,
+                    pid,
+                    resident >> 20,
+                    limit_mb,
+                )
+                self._over_limit.add(job_id)
+                await self.kill(job_id)
+                return
 
     async def kill(self, job_id: str) -> None:
         """SIGKILL the job's worker (and anything it started in its session)."""
@@ -351,6 +427,15 @@ class LocalProcessExecutor:
         for _, process in processes:
             with contextlib.suppress(ProcessLookupError):
                 await process.wait()
+
+
+def _resident_bytes(pid: int) -> int | None:
+    """The resident memory of process ``pid`` (None if it is gone); /proc never blocks."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _exit(code: int) -> WorkerExit:

@@ -11,6 +11,13 @@ not finished within the grace period.
 Restart policy (``recover``): jobs left RUNNING by a previous server process are FAILED with
 "server stopped while the job was running" (their action may have had side effects, so it is
 not run twice); jobs left PENDING never started plugin code and are queued again.
+
+Shutdown policy (``close``): jobs not yet RUNNING stay PENDING (their launches are withdrawn)
+and run after the next start; RUNNING jobs get the shutdown grace period to finish and keep
+whatever outcome they reach in it, and those still running then are FAILED with a reason that
+says so and their workers killed.
+
+A job's worker credential is valid from its launch until the job ends (see ``_credentials``).
 """
 
 from __future__ import annotations
@@ -70,6 +77,14 @@ SERVER_STOPPED_REASON = "server stopped while the job was running"
 # doubling from the first to the last, until it is stored.
 STORE_RETRY_FIRST_SECONDS = 0.2
 STORE_RETRY_MAX_SECONDS = 2.0
+SHUTTING_DOWN_PENDING = (
+    "the server is shutting down; the job stays pending and runs after a restart"
+)
+
+
+def shutdown_reason(grace_seconds: float) -> str:
+    """Why a job still running when the shutdown grace period ended failed."""
+    return f"server shut down before the job finished (grace {grace_seconds:g} s)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +470,8 @@ class JobService:
             if not active.job.state.is_terminal and not self._closing:
                 raise
         finally:
+            # The worker is gone (or its launch withdrawn): nothing may use its credential.
+            self._credentials.revoke(job_id)
             if active.job.state.is_terminal:
                 if active.unstored is None:
                     # Otherwise its storer releases it once the outcome is stored.
@@ -476,7 +493,7 @@ class JobService:
         correlation = uuid.uuid4().hex
         message = outcome.describe()
         error = JobError(
-            type="WorkerCrashed",
+            type=outcome.error_type,
             message=message,
             origin=ErrorOrigin.PLATFORM,
             correlation_id=correlation,
@@ -577,6 +594,10 @@ class JobService:
             await self._append(active, events, job)
         except StorageError as exc:
             self._keep_unstored(active, events, job, exc)
+        # The job has ended: its worker credential stops working now, not when the worker
+        # process is gone (a process it started may outlive it), and whether or not the
+        # outcome could be stored yet.
+        self._credentials.revoke(job.id)
         if state is JobState.CANCELLED:
             # Wakes a worker stream still waiting, so it can be told to stop.
             active.cancel.set()
@@ -682,6 +703,8 @@ class JobService:
             raise FailedPreconditionError(f"job {job_id!r} is not runnable ({job.state.value})")
         if active.job.state.is_terminal:
             raise FailedPreconditionError(f"job {job_id!r} has already finished")
+        if self._closing and not active.opened:
+            raise ServiceUnavailableError(SHUTTING_DOWN_PENDING)
         return active.job
 
     async def open_worker_stream(
@@ -693,6 +716,9 @@ class JobService:
         """
         active = self._worker_job(claims, job_id)
         async with active.lock:
+            if self._closing and not active.opened:
+                # Shutting down: a job that has not started stays PENDING for the next start.
+                raise ServiceUnavailableError(SHUTTING_DOWN_PENDING)
             if not active.opened:
                 job = active.job.evolve(
                     state=JobState.RUNNING, started_at=time.time(), pending_reason=""
@@ -841,20 +867,39 @@ class JobService:
             active.task = asyncio.create_task(self._run(active), name=f"job-{job.id}")
             logger.info("job %s: queued again after a server restart", job.id)
 
-    async def close(self) -> None:
-        """Stop accepting jobs, fail what is still running (server stopped), kill workers."""
+    async def close(self, grace_seconds: float = 0.0) -> None:
+        """Stop accepting jobs, then shut down (see the module's shutdown policy).
+
+        Jobs not yet RUNNING stay PENDING and their launches are withdrawn at once; RUNNING
+        jobs get ``grace_seconds`` to finish on their own, then the ones still running are
+        FAILED and every worker is killed. Worker RPCs must still be served meanwhile.
+        """
         self._closing = True
-        for active in list(self._active.values()):
-            await self._finish(
-                active,
-                JobState.FAILED,
-                error=JobError(
-                    type="ServerStopped",
-                    message=SERVER_STOPPED_REASON,
-                    origin=ErrorOrigin.PLATFORM,
-                ),
-                reason=SERVER_STOPPED_REASON,
-            )
+        waiting = [a for a in self._active.values() if not a.opened]
+        running = [a for a in self._active.values() if a.opened]
+        # No await since ``_closing`` was set, so no job counted as waiting can have opened
+        # its stream: from here on open_worker_stream refuses it.
+        for active in waiting:
+            if active.task is not None:
+                active.task.cancel()
+        withdrawn = [a.task for a in waiting if a.task is not None]
+        if withdrawn:
+            await asyncio.wait(withdrawn)
+        busy = [a.task for a in running if a.task is not None and not a.task.done()]
+        if busy and grace_seconds > 0:
+            await asyncio.wait(busy, timeout=grace_seconds)
+        reason = shutdown_reason(grace_seconds)
+        for active in running:
+            if not active.job.state.is_terminal:
+                logger.warning("job %s: %s", active.job.id, reason)
+                await self._finish(
+                    active,
+                    JobState.FAILED,
+                    error=JobError(
+                        type="ServerStopped", message=reason, origin=ErrorOrigin.PLATFORM
+                    ),
+                    reason=reason,
+                )
         for executor in self._executors.values():
             await executor.close()
         tasks = [a.task for a in self._active.values() if a.task is not None]

@@ -22,6 +22,7 @@ from synapse_server.grpc._model_converters import (
     model_to_pb,
     upload_spec_from_pb,
 )
+from synapse_server.grpc._streams import writes_through
 
 __all__ = ["ModelServicer"]
 
@@ -90,6 +91,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return list_models_response(page)
 
     @map_errors
+    @writes_through
     async def DownloadModel(  # type: ignore[override]  # noqa: N802
         self, request: model_service_pb2.DownloadModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[model_service_pb2.DownloadModelResponse]:

@@ -28,6 +28,7 @@ from synapse_server.core._paging import checked_page_size
 from synapse_server.grpc import _converters as conv
 from synapse_server.grpc._auth import current_principal
 from synapse_server.grpc._errors import map_errors
+from synapse_server.grpc._streams import writes_through
 
 __all__ = ["ActionServicer", "WorkerServicer", "worker_reports"]
 
@@ -79,6 +80,7 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
         return action_service_pb2.RunActionResponse(job=conv.job_to_pb(job), created=created)
 
     @map_errors
+    @writes_through
     async def StreamProgress(  # noqa: N802
         self, request: action_service_pb2.StreamProgressRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[action_service_pb2.StreamProgressResponse]:
@@ -136,6 +138,7 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
         return action_service_pb2.CancelJobResponse(job=conv.job_to_pb(job))
 
     @map_errors
+    @writes_through
     async def GetJobResult(  # noqa: N802
         self, request: action_service_pb2.GetJobResultRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[action_service_pb2.GetJobResultResponse]:

@@ -12,6 +12,7 @@ import ctypes
 import gc
 import logging
 import os
+import re
 import resource
 import signal
 import threading
@@ -42,6 +43,11 @@ from synapse_sdk.plugins import (
 )
 from synapse_sdk.runtime import PlatformInfo, RunContext
 
+from synapse_server.core._memory import (
+    EXIT_OUT_OF_MEMORY,
+    MEMORY_LIMIT_ERROR,
+    memory_limit_message,
+)
 from synapse_server.grpc._converters import error_info_to_pb, sdk_event_to_worker_pb
 
 __all__ = ["WorkerError", "run_worker"]
@@ -80,6 +86,11 @@ _RETRYABLE = frozenset(
 EXIT_OK = 0
 EXIT_LOST_SERVER = 3
 EXIT_REFUSED = 4
+# Held while the job runs and given back when it runs out of memory, so that the worker can
+# still build and send its report (a failed allocation leaves it at its limit).
+_RESERVE_BYTES = 8 << 20
+# torch's CPU allocator raises a RuntimeError, not a MemoryError, when an allocation fails.
+_ALLOCATION_FAILED = re.compile(r"DefaultCPUAllocator: (can't allocate memory|not enough memory)")
 
 
 class WorkerError(Exception):
@@ -129,6 +140,10 @@ class _EventReporter:
         self._tail_category: str | None = None
         self._tail_run = 0
         self.done = threading.Event()
+        # Set once the server has accepted the stream (the job is RUNNING there); ``_settled``
+        # also when the stream failed for good, so that a waiter never waits forever.
+        self.opened = threading.Event()
+        self._settled = threading.Event()
         self.error: BaseException | None = None
         self.cancel_event = threading.Event()
         self._thread = threading.Thread(target=self._run, name="event-reporter", daemon=True)
@@ -210,6 +225,16 @@ class _EventReporter:
             self._urgent_seq = messages[-1].worker_seq
             self._cond.notify_all()
 
+    def wait_opened(self) -> bool:
+        """Wait until the server has accepted the stream; False when it never will.
+
+        The action starts only then: until the server has marked the job RUNNING it may still
+        decide to run it later instead (a shutdown keeps jobs that have not started PENDING),
+        and the action must not have run by then.
+        """
+        self._settled.wait()
+        return self.opened.is_set()
+
     def wait(self, timeout: float | None) -> bool:
         """Wait until the server stored the finish (True) or the stream failed for good."""
         self._thread.join(timeout)
@@ -252,6 +277,18 @@ class _EventReporter:
                 return
 
     def _run(self) -> None:
+        try:
+            self._stream()
+        except BaseException as exc:
+            # Out of memory (or a bug) in this thread: the job cannot be reported any more.
+            logger.exception("event reporter failed")
+            self.error = exc
+            self.cancel_event.set()
+            self.done.set()
+        finally:
+            self._settled.set()
+
+    def _stream(self) -> None:
         deadline = time.monotonic() + self._reconnect_seconds
         delay = 0.1
         while True:
@@ -268,6 +305,8 @@ class _EventReporter:
                     if response.cancel_requested:
                         self.cancel_event.set()
                     resume.set()
+                    self.opened.set()
+                    self._settled.set()
                     # Any answer proves the server is back: restart the reconnect budget.
                     deadline = time.monotonic() + self._reconnect_seconds
                 stop.set()
@@ -363,8 +402,54 @@ def _check_code(plugin: Plugin, sha256: str) -> None:
 
 
 def _limit_memory(limit_mb: int) -> None:
+    # The data segment (heap, private anonymous mappings, thread stacks), not the address
+    # space: see synapse_server.core._memory.
     limit = limit_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True when ``exc``, or an exception it was raised from, is a failed allocation."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError):
+            return True
+        if isinstance(current, RuntimeError) and _ALLOCATION_FAILED.search(str(current)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class _MemoryGuard:
+    """What a worker does when its job runs out of memory."""
+
+    def __init__(self, limit_mb: int | None) -> None:
+        self.limit_mb = limit_mb
+        self._reserve: bytearray | None = bytearray(_RESERVE_BYTES) if limit_mb else None
+
+    def release(self) -> None:
+        """Give the reserve back, making room for the report."""
+        self._reserve = None
+
+    def error(self, info: ErrorInfo, step: str = "") -> job_pb2.JobError:
+        """The job's error for an out-of-memory failure described by ``info``.
+
+        Under a limit: MemoryLimitExceeded with the limit (the plugin's traceback kept, it
+        says where the memory went). Without one (Ray modes, or turned off) the error keeps its
+        type, and a MemoryError without a message gets one.
+        """
+        self.release()
+        if self.limit_mb:
+            info = ErrorInfo(
+                type=MEMORY_LIMIT_ERROR,
+                message=memory_limit_message(self.limit_mb),
+                traceback=info.traceback,
+            )
+        elif not info.message:
+            info = ErrorInfo(type=info.type, message="out of memory", traceback=info.traceback)
+        return error_info_to_pb(info, step)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -417,8 +502,9 @@ def run_worker(
     """
     if parent_pid is not None:
         _die_with_parent(parent_pid)
-    if memory_limit_mb is not None:
+    if memory_limit_mb:
         _limit_memory(memory_limit_mb)
+    memory = _MemoryGuard(memory_limit_mb)
     worker_id = worker_id or f"local-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     metadata = [("authorization", f"Bearer {credential}")]
     if channel is None:
@@ -440,9 +526,25 @@ def run_worker(
         if assignment.cancel_requested:
             reporter.finish(job_pb2.JOB_STATE_CANCELLED)
         else:
-            _execute(assignment, reporter, address, credential, root_certificates, plugin_dirs)
+            try:
+                _execute(
+                    assignment,
+                    reporter,
+                    address,
+                    credential,
+                    root_certificates,
+                    plugin_dirs,
+                    memory,
+                )
+            except MemoryError as exc:
+                # Out of memory outside the action's own error handling (its result, say).
+                reporter.finish(
+                    job_pb2.JOB_STATE_FAILED, memory.error(ErrorInfo.from_exception(exc))
+                )
         if not reporter.wait(timeout=None):
             logger.error("job %s: could not report the outcome: %s", job_id, reporter.error)
+            if isinstance(reporter.error, MemoryError):
+                return EXIT_OUT_OF_MEMORY
             return EXIT_LOST_SERVER
     return EXIT_OK
 
@@ -454,6 +556,7 @@ def _execute(
     credential: str,
     root_certificates: bytes | None,
     plugin_dirs: Sequence[Path],
+    memory: _MemoryGuard,
 ) -> None:
     modes = {job_pb2.RUN_MODE_LOCAL: "local", job_pb2.RUN_MODE_TASK: "task"}
     platform = PlatformInfo(
@@ -499,11 +602,17 @@ def _execute(
             # every YOUNG_GC_THRESHOLD allocations (measured: 100k-input batch inference in a
             # forked worker 0.50 s -> 0.47 s).
             gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
+        if not reporter.wait_opened():
+            return  # the server did not take the job: nothing of the action may run
         result = run_action(action_cls, params, ctx)
     except ActionCancelledError:
         reporter.finish(job_pb2.JOB_STATE_CANCELLED)
     except ActionFailedError as exc:
-        reporter.finish(job_pb2.JOB_STATE_FAILED, error_info_to_pb(exc.error, exc.step or ""))
+        if is_out_of_memory(exc):
+            error = memory.error(exc.error, exc.step or "")
+        else:
+            error = error_info_to_pb(exc.error, exc.step or "")
+        reporter.finish(job_pb2.JOB_STATE_FAILED, error)
     except PluginNotFoundError as exc:
         # This worker lacks the plugin (or has another version): the platform's failure.
         info = ErrorInfo.from_exception(exc)
@@ -511,8 +620,10 @@ def _execute(
     except Exception as exc:
         # Importing the plugin's code or validating its params failed: the plugin's side.
         info = ErrorInfo.from_exception(exc)
-        reporter.finish(job_pb2.JOB_STATE_FAILED, error_info_to_pb(info))
+        error = memory.error(info) if is_out_of_memory(exc) else error_info_to_pb(info)
+        reporter.finish(job_pb2.JOB_STATE_FAILED, error)
     else:
         # run_action returns plain JSON data, which dump_json writes as json.dumps would.
+        # A MemoryError here (a result too big for the limit) is reported by run_worker.
         payload = dump_json(result)
         reporter.finish(job_pb2.JOB_STATE_SUCCEEDED, result=payload)

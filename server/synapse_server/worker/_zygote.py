@@ -5,7 +5,7 @@ dependencies such as torch). The fork server pays that once per plugin: it impor
 the client package and the plugin's action modules, then waits for requests on stdin and
 forks a child for each job. The child becomes an ordinary worker (``run_worker``) in a new
 session of its own, runs exactly that one job and exits, so isolation is that of a fresh
-process: a crash, ``os._exit``, segfault, memory cap (RLIMIT_AS, inherited) or hard kill ends
+process: a crash, ``os._exit``, segfault, memory limit (RLIMIT_DATA, inherited) or hard kill ends
 only that child.
 
 The next job's child is forked ahead of its request (the "spare"): it detaches, opens its
@@ -425,7 +425,7 @@ def run_zygote(
     """
     if parent_pid is not None:
         _die_with_parent(parent_pid)
-    if memory_limit_mb is not None:
+    if memory_limit_mb:
         _limit_memory(memory_limit_mb)
     sys.stdout.flush()
     report_fd = os.dup(1)
@@ -440,6 +440,11 @@ def run_zygote(
     # updating its collector bookkeeping.
     gc.collect()
     gc.freeze()
-    options: dict[str, Any] = {"root_certificates": root_certificates, "server_name": server_name}
+    options: dict[str, Any] = {
+        "root_certificates": root_certificates,
+        "server_name": server_name,
+        # The children inherit the limit; they need its value to report a job that hits it.
+        "memory_limit_mb": memory_limit_mb,
+    }
     server = _ForkServer(address, plugin_dirs, report_fd, options)
     return server.serve(sys.stdin.fileno())

@@ -1,0 +1,34 @@
+"""The per-job memory limit of local workers: what it counts, and how a job that hits it fails.
+
+A local job's worker runs with ``RLIMIT_DATA`` at the limit: the kernel refuses heap,
+anonymous private mappings and thread stacks beyond it, so an allocation fails inside the
+plugin (``MemoryError``, numpy's ``_ArrayMemoryError``, torch's "DefaultCPUAllocator: can't
+allocate memory") and the job fails with :data:`MEMORY_LIMIT_ERROR` and
+:func:`memory_limit_message`. Not ``RLIMIT_AS``: that counts address space reserved and never
+used, of which torch and glibc reserve a lot (the example batch job: 1.5 GB of address space,
+0.3-0.43 GB of data, 0.2-0.32 GB resident, more on machines with more cores, since each thread
+reserves its own malloc arena and stack).
+
+Memory the kernel does not count as data (shared mappings, ``/dev/shm``) is watched instead:
+the executor checks each worker's resident memory twice a second and kills a worker above the
+limit, which fails its job the same way. A worker that found itself out of memory where it
+could not report it exits with :data:`EXIT_OUT_OF_MEMORY`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_OUT_OF_MEMORY",
+    "MEMORY_LIMIT_ERROR",
+    "memory_limit_message",
+]
+
+#: JobError.type of a job that ran out of its memory limit.
+MEMORY_LIMIT_ERROR = "MemoryLimitExceeded"
+#: Exit code of a worker that ran out of memory and could not report it.
+EXIT_OUT_OF_MEMORY = 5
+
+
+def memory_limit_message(limit_mb: int) -> str:
+    """The failure message of a job that exceeded ``limit_mb``."""
+    return f"the job exceeded its memory limit of {limit_mb} MiB"
