@@ -1,8 +1,9 @@
-"""Channel ownership, stub cache and the retrying unary call, for both client flavours.
+"""The two I/O drivers: channel ownership, stub cache, and performing ``_calls`` (sync, asyncio).
 
-Service methods live in classes built on these cores: :class:`Client` (actions) and, in their
-own modules, further method groups (models, inference) that use ``_stub`` and ``_call`` the
-same way and are added to the client's bases.
+What to send and how to read the answer is decided in ``_calls`` and the other sans-IO
+modules; a driver only runs a call, blocking (:class:`ClientCore`) or awaited
+(:class:`AsyncClientCore`), with the client's deadline, auth metadata, retries and error
+mapping. The public clients are built on these cores.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import grpc
 
+from ._calls import PagedCall, StreamCall, UnaryCall, UploadCall
 from ._config import ConnectionConfig, RetryPolicy, TLSConfig, retry_delay
 from ._errors import RpcFailedError, map_rpc_errors
 
@@ -24,6 +27,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["AsyncClientCore", "ClientCore"]
 
 S = TypeVar("S")
+T = TypeVar("T")
 
 
 class _CoreBase:
@@ -59,6 +63,10 @@ class _CoreBase:
             stub = self._stubs[stub_type] = stub_type(self._channel)
         return stub  # type: ignore[no-any-return]
 
+    def _rpc(self, call: UnaryCall[Any] | PagedCall[Any] | StreamCall | UploadCall[Any]) -> Any:
+        """The stub method (multi-callable) that performs ``call``."""
+        return getattr(self._stub(call.stub), call.method)
+
     @property
     def address(self) -> str:
         """The server address this client talks to."""
@@ -75,7 +83,7 @@ class _CoreBase:
 
 
 class ClientCore(_CoreBase):
-    """Owns one blocking channel; ``_call`` runs a unary RPC with deadline, auth and retries."""
+    """Owns one blocking channel and performs calls on it."""
 
     _channel: grpc.Channel
 
@@ -98,6 +106,39 @@ class ClientCore(_CoreBase):
                     raise
                 logger.info("RPC unavailable (attempt %d), retrying in %.2fs", attempt, delay)
                 time.sleep(delay)
+
+    def _unary(self, call: UnaryCall[T]) -> T:
+        """Performs a unary call and returns its parsed answer."""
+        return call.parse(self._call(self._rpc(call), call.request, call.timeout))
+
+    def _paged(self, call: PagedCall[T]) -> Iterator[T]:
+        """Every item of a listing, fetching each page when the iteration reaches it."""
+        rpc = self._rpc(call)
+        request = call.request
+        while request is not None:
+            response = self._call(rpc, request)
+            yield from call.items(response)
+            request = call.next_request(request, response)
+
+    @contextmanager
+    def _stream(self, call: StreamCall) -> Iterator[Iterator[Any]]:
+        """Opens a server stream; the call is cancelled when the block ends, however it ends."""
+        responses = self._rpc(call)(
+            call.request, timeout=call.timeout, metadata=self._config.metadata
+        )
+        try:
+            with map_rpc_errors(self._config.security):
+                yield responses
+        finally:
+            responses.cancel()
+
+    def _upload(self, call: UploadCall[T], requests: Iterable[Any]) -> T:
+        """Performs a client-streaming call (never retried: the request stream is consumed)."""
+        with map_rpc_errors(self._config.security):
+            response = self._rpc(call)(
+                iter(requests), timeout=call.timeout, metadata=self._config.metadata
+            )
+        return call.parse(response)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
@@ -144,6 +185,40 @@ class AsyncClientCore(_CoreBase):
                     raise
                 logger.info("RPC unavailable (attempt %d), retrying in %.2fs", attempt, delay)
                 await asyncio.sleep(delay)
+
+    async def _unary(self, call: UnaryCall[T]) -> T:
+        """Performs a unary call and returns its parsed answer."""
+        return call.parse(await self._call(self._rpc(call), call.request, call.timeout))
+
+    async def _paged(self, call: PagedCall[T]) -> AsyncIterator[T]:
+        """Every item of a listing, fetching each page when the iteration reaches it."""
+        rpc = self._rpc(call)
+        request = call.request
+        while request is not None:
+            response = await self._call(rpc, request)
+            for item in call.items(response):
+                yield item
+            request = call.next_request(request, response)
+
+    @asynccontextmanager
+    async def _stream(self, call: StreamCall) -> AsyncIterator[AsyncIterator[Any]]:
+        """Opens a server stream; the call is cancelled when the block ends, however it ends."""
+        responses = self._rpc(call)(
+            call.request, timeout=call.timeout, metadata=self._config.metadata
+        )
+        try:
+            with map_rpc_errors(self._config.security):
+                yield responses
+        finally:
+            responses.cancel()
+
+    async def _upload(self, call: UploadCall[T], requests: AsyncIterable[Any]) -> T:
+        """Performs a client-streaming call (never retried: the request stream is consumed)."""
+        with map_rpc_errors(self._config.security):
+            response = await self._rpc(call)(
+                requests, timeout=call.timeout, metadata=self._config.metadata
+            )
+        return call.parse(response)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

@@ -1,0 +1,175 @@
+"""The sans-IO half of both clients: what each RPC sends and how its answer is read.
+
+A call is plain data: the stub and method to use, the request message, and the function that
+turns the response into what the public method returns. Building one validates the caller's
+arguments (raising :class:`ClientConfigError` before anything is sent). The two drivers in
+``_core`` only perform calls, :class:`~synapse_client.Client` with a blocking stub call and
+:class:`~synapse_client.AsyncClient` with an awaited grpc.aio one, so the request building
+and result handling of the two clients cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from synapse.plugin.v1 import action_service_pb2, action_service_pb2_grpc, job_pb2
+
+from ._converters import job_from_proto, job_states_to_proto, plugin_from_proto
+from ._jobs import run_action_request
+from ._types import Job, JobState, PluginInfo, RunMode
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PagedCall",
+    "StreamCall",
+    "UnaryCall",
+    "UploadCall",
+    "cancel_job",
+    "get_job",
+    "get_job_result",
+    "list_actions",
+    "list_jobs",
+    "run_action",
+    "stream_progress",
+]
+
+T = TypeVar("T")
+
+_ACTIONS = action_service_pb2_grpc.ActionServiceStub
+
+
+@dataclass(frozen=True, slots=True)
+class UnaryCall(Generic[T]):
+    """One unary RPC. Drivers retry it on UNAVAILABLE: every request built here is idempotent
+    (RunAction's carries a request_id)."""
+
+    stub: Callable[[Any], Any]
+    method: str
+    request: Any
+    parse: Callable[[Any], T]
+    #: The call's deadline in seconds; None: the client's default deadline.
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PagedCall(Generic[T]):
+    """A listing RPC whose pages the drivers fetch as the caller's iteration reaches them."""
+
+    stub: Callable[[Any], Any]
+    method: str
+    request: Any
+    items: Callable[[Any], Iterable[T]]
+
+    def next_request(self, request: Any, response: Any) -> Any | None:
+        """The request for the page after ``response``, or None when it was the last one."""
+        if not response.next_page_token:
+            return None
+        following = type(request)()
+        following.CopyFrom(request)
+        following.page_token = response.next_page_token
+        return following
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCall:
+    """One server-streaming RPC; the caller feeds its messages to a sans-IO consumer."""
+
+    stub: Callable[[Any], Any]
+    method: str
+    request: Any
+    #: Seconds until the deadline; None: no deadline (streams have no default one).
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadCall(Generic[T]):
+    """One client-streaming RPC: the driver sends the request stream and parses the answer."""
+
+    stub: Callable[[Any], Any]
+    method: str
+    parse: Callable[[Any], T]
+    #: Seconds until the deadline; None: no deadline (an upload's length depends on its size).
+    timeout: float | None = None
+
+
+# --- ActionService -----------------------------------------------------------------------------
+
+
+def _plugins(response: action_service_pb2.ListActionsResponse) -> list[PluginInfo]:
+    return [plugin_from_proto(p) for p in response.plugins]
+
+
+def _started_job(response: action_service_pb2.RunActionResponse) -> tuple[Job, bool]:
+    return job_from_proto(response.job), response.created
+
+
+def _job(response: Any) -> Job:
+    return job_from_proto(response.job)
+
+
+def _jobs(response: action_service_pb2.ListJobsResponse) -> Iterable[Job]:
+    return (job_from_proto(message) for message in response.jobs)
+
+
+def list_actions(plugin: str | None) -> UnaryCall[list[PluginInfo]]:
+    """ListActions for every installed plugin, or just ``plugin``."""
+    request = action_service_pb2.ListActionsRequest(plugin=plugin or "")
+    return UnaryCall(_ACTIONS, "ListActions", request, _plugins)
+
+
+def run_action(
+    plugin: str,
+    action: str,
+    params: dict[str, Any] | None,
+    mode: RunMode | str | None,
+    request_id: str | None,
+) -> UnaryCall[tuple[Job, bool]]:
+    """RunAction; answers the job and whether this request created it."""
+    request = run_action_request(plugin, action, params, mode, request_id)
+    return UnaryCall(_ACTIONS, "RunAction", request, _started_job)
+
+
+def get_job(job_id: str, timeout: float | None, with_params: bool) -> UnaryCall[Job]:
+    """GetJob, with the job's params (FULL view) or without them (BASIC view)."""
+    view = job_pb2.JOB_VIEW_FULL if with_params else job_pb2.JOB_VIEW_BASIC
+    request = action_service_pb2.GetJobRequest(job_id=job_id, view=view)
+    return UnaryCall(_ACTIONS, "GetJob", request, _job, timeout)
+
+
+def list_jobs(
+    state: JobState | str | list[JobState | str] | None,
+    plugin: str | None,
+    action: str | None,
+    page_size: int,
+) -> PagedCall[Job]:
+    """ListJobs, filtered by state(s), plugin and action."""
+    request = action_service_pb2.ListJobsRequest(
+        states=job_states_to_proto(state),  # type: ignore[arg-type]
+        plugin=plugin or "",
+        action=action or "",
+        page_size=page_size,
+    )
+    return PagedCall(_ACTIONS, "ListJobs", request, _jobs)
+
+
+def cancel_job(job_id: str, reason: str) -> UnaryCall[Job]:
+    """CancelJob; answers the job as it is right after."""
+    request = action_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
+    return UnaryCall(_ACTIONS, "CancelJob", request, _job)
+
+
+def stream_progress(
+    request: action_service_pb2.StreamProgressRequest, timeout: float | None
+) -> StreamCall:
+    """StreamProgress (the request comes from an ``EventSequencer``)."""
+    return StreamCall(_ACTIONS, "StreamProgress", request, timeout)
+
+
+def get_job_result(job_id: str, timeout: float | None) -> StreamCall:
+    """GetJobResult: the result's JSON bytes in chunks, for a ``ResultAssembler``."""
+    request = action_service_pb2.GetJobResultRequest(job_id=job_id)
+    return StreamCall(_ACTIONS, "GetJobResult", request, timeout)
