@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from . import _calls as calls
@@ -27,6 +28,15 @@ from ._jobs import (
     job_timeout,
     remaining,
     result_stream_start,
+)
+from ._models import (
+    DEFAULT_UPLOAD_CHUNK,
+    DownloadDestination,
+    DownloadSink,
+    ModelDownload,
+    ModelInfo,
+    ModelUpload,
+    file_sha256,
 )
 from ._types import Job, JobEvent, JobState, PluginInfo, ProgressEvent, RunMode
 
@@ -180,3 +190,101 @@ class AsyncClient(AsyncClientCore):
     async def cancel_job(self, job_id: str, reason: str = "") -> Job:
         """Asks the server to cancel a job; a finished job is returned unchanged."""
         return await self._unary(calls.cancel_job(job_id, reason))
+
+    # --- models --------------------------------------------------------------------------------
+
+    async def register_model(
+        self,
+        archive: str | Path,
+        name: str,
+        *,
+        description: str = "",
+        framework: str = "",
+        metadata: dict[str, Any] | None = None,
+        archive_format: str | None = None,
+        chunk_size: int = DEFAULT_UPLOAD_CHUNK,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ModelInfo:
+        """Uploads an archive file as a new model; see :meth:`Client.register_model`.
+
+        The file is hashed and read chunk by chunk in a worker thread while the upload
+        streams, so the event loop never waits on the disk.
+        """
+        upload = ModelUpload.prepare(
+            archive,
+            name,
+            description=description,
+            framework=framework,
+            metadata=metadata,
+            archive_format=archive_format,
+            chunk_size=chunk_size,
+        )
+        sha256 = await asyncio.to_thread(file_sha256, upload.path)
+
+        async def requests() -> AsyncIterator[Any]:
+            yield upload.header(sha256)
+            fh = await asyncio.to_thread(open, upload.path, "rb")
+            try:
+                while data := await asyncio.to_thread(fh.read, upload.chunk_size):
+                    yield upload.chunk(data)
+            finally:
+                # Waits for a read still running in its thread (the file's own lock).
+                fh.close()
+
+        model = await self._upload(calls.register_model(timeout), requests())
+        logger.info("registered model %d (%s)", model.id, model.name)
+        return model
+
+    async def get_model(
+        self,
+        model_id: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ModelInfo:
+        """One model's metadata; raises :class:`NotFoundError` for an unknown id."""
+        return await self._unary(calls.get_model(model_id, timeout))
+
+    async def list_models(
+        self, name: str | None = None, page_size: int = 0
+    ) -> AsyncIterator[ModelInfo]:
+        """Models, newest first, fetching further pages as the iteration reaches them."""
+        async for model in self._paged(calls.list_models(name, page_size)):
+            yield model
+
+    async def download_model(
+        self,
+        model_id: int,
+        dest: DownloadDestination,
+        *,
+        chunk_size: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ModelInfo:
+        """Streams the model's archive into ``dest`` (a file path or a writable object).
+
+        The bytes are checked against the model's sha256; a mismatch raises
+        :class:`ModelChecksumError` and, for a path, leaves no file behind. Every write
+        (to the file, or ``dest.write``) runs in a worker thread, one at a time and in order.
+        """
+        download = ModelDownload(model_id)
+        sink = DownloadSink(dest)
+        await asyncio.to_thread(sink.open)
+        try:
+            async with self._stream(
+                calls.download_model(model_id, chunk_size, timeout)
+            ) as messages:
+                async for message in messages:
+                    data = download.accept(message)
+                    if data is not None:
+                        await asyncio.to_thread(sink.write, data)
+            model = download.finish()
+            await asyncio.to_thread(sink.commit)
+        finally:
+            await asyncio.to_thread(sink.discard)
+        return model
+
+    async def delete_model(
+        self,
+        model_id: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
+        """Deletes a model (its artifact goes once no other model shares it)."""
+        await self._unary(calls.delete_model(model_id, timeout))

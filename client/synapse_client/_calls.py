@@ -15,10 +15,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from synapse.plugin.v1 import action_service_pb2, action_service_pb2_grpc, job_pb2
+from synapse.plugin.v1 import (
+    action_service_pb2,
+    action_service_pb2_grpc,
+    job_pb2,
+    model_service_pb2,
+    model_service_pb2_grpc,
+)
 
 from ._converters import job_from_proto, job_states_to_proto, plugin_from_proto
 from ._jobs import run_action_request
+from ._models import ModelInfo, model_from_proto
 from ._types import Job, JobState, PluginInfo, RunMode
 
 logger = logging.getLogger(__name__)
@@ -29,10 +36,15 @@ __all__ = [
     "UnaryCall",
     "UploadCall",
     "cancel_job",
+    "delete_model",
+    "download_model",
     "get_job",
     "get_job_result",
+    "get_model",
     "list_actions",
     "list_jobs",
+    "list_models",
+    "register_model",
     "run_action",
     "stream_progress",
 ]
@@ -40,6 +52,7 @@ __all__ = [
 T = TypeVar("T")
 
 _ACTIONS = action_service_pb2_grpc.ActionServiceStub
+_MODELS = model_service_pb2_grpc.ModelServiceStub
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,3 +186,47 @@ def get_job_result(job_id: str, timeout: float | None) -> StreamCall:
     """GetJobResult: the result's JSON bytes in chunks, for a ``ResultAssembler``."""
     request = action_service_pb2.GetJobResultRequest(job_id=job_id)
     return StreamCall(_ACTIONS, "GetJobResult", request, timeout)
+
+
+# --- ModelService ------------------------------------------------------------------------------
+
+
+def _model(response: Any) -> ModelInfo:
+    return model_from_proto(response.model)
+
+
+def _models(response: model_service_pb2.ListModelsResponse) -> Iterable[ModelInfo]:
+    return (model_from_proto(message) for message in response.models)
+
+
+def _nothing(response: Any) -> None:
+    return None
+
+
+def register_model(timeout: float | None) -> UploadCall[ModelInfo]:
+    """RegisterModel; its request stream comes from a ``ModelUpload``."""
+    return UploadCall(_MODELS, "RegisterModel", _model, timeout)
+
+
+def get_model(model_id: int, timeout: float | None) -> UnaryCall[ModelInfo]:
+    """GetModel."""
+    request = model_service_pb2.GetModelRequest(model_id=model_id)
+    return UnaryCall(_MODELS, "GetModel", request, _model, timeout)
+
+
+def list_models(name: str | None, page_size: int) -> PagedCall[ModelInfo]:
+    """ListModels, optionally of one name."""
+    request = model_service_pb2.ListModelsRequest(name=name or "", page_size=page_size)
+    return PagedCall(_MODELS, "ListModels", request, _models)
+
+
+def download_model(model_id: int, chunk_size: int, timeout: float | None) -> StreamCall:
+    """DownloadModel: the model's header then its archive in chunks, for a ``ModelDownload``."""
+    request = model_service_pb2.DownloadModelRequest(model_id=model_id, chunk_size_bytes=chunk_size)
+    return StreamCall(_MODELS, "DownloadModel", request, timeout)
+
+
+def delete_model(model_id: int, timeout: float | None) -> UnaryCall[None]:
+    """DeleteModel."""
+    request = model_service_pb2.DeleteModelRequest(model_id=model_id)
+    return UnaryCall(_MODELS, "DeleteModel", request, _nothing, timeout)

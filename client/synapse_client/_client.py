@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from . import _calls as calls
@@ -29,7 +30,15 @@ from ._jobs import (
     remaining,
     result_stream_start,
 )
-from ._models import ModelsMixin
+from ._models import (
+    DEFAULT_UPLOAD_CHUNK,
+    DownloadDestination,
+    DownloadSink,
+    ModelDownload,
+    ModelInfo,
+    ModelUpload,
+    file_sha256,
+)
 from ._types import Job, JobEvent, JobState, PluginInfo, ProgressEvent, RunMode
 
 logger = logging.getLogger(__name__)
@@ -128,7 +137,7 @@ class JobHandle(JobHandleBase["Client"]):
             time.sleep(delay)
 
 
-class Client(ModelsMixin, InferenceMixin, ClientCore):
+class Client(InferenceMixin, ClientCore):
     """Blocking client of a Synapse server.
 
     ``Client("host:port", token=..., tls=TLSConfig(...))``; use it as a context manager or
@@ -184,3 +193,83 @@ class Client(ModelsMixin, InferenceMixin, ClientCore):
     def cancel_job(self, job_id: str, reason: str = "") -> Job:
         """Asks the server to cancel a job; a finished job is returned unchanged."""
         return self._unary(calls.cancel_job(job_id, reason))
+
+    # --- models --------------------------------------------------------------------------------
+
+    def register_model(
+        self,
+        archive: str | Path,
+        name: str,
+        *,
+        description: str = "",
+        framework: str = "",
+        metadata: dict[str, Any] | None = None,
+        archive_format: str | None = None,
+        chunk_size: int = DEFAULT_UPLOAD_CHUNK,
+        timeout: float | None = None,
+    ) -> ModelInfo:
+        """Uploads an archive file (``.zip``, ``.tar``, ``.tar.gz``) as a new model.
+
+        The archive's sha256 is computed first and sent along, so the server verifies what it
+        received. Pack a directory first (``synapse model register DIR`` does it for you).
+        """
+        upload = ModelUpload.prepare(
+            archive,
+            name,
+            description=description,
+            framework=framework,
+            metadata=metadata,
+            archive_format=archive_format,
+            chunk_size=chunk_size,
+        )
+        sha256 = file_sha256(upload.path)
+
+        def requests() -> Iterator[Any]:
+            yield upload.header(sha256)
+            with open(upload.path, "rb") as fh:
+                while data := fh.read(upload.chunk_size):
+                    yield upload.chunk(data)
+
+        model = self._upload(calls.register_model(timeout), requests())
+        logger.info("registered model %d (%s)", model.id, model.name)
+        return model
+
+    def get_model(self, model_id: int, timeout: float | None = None) -> ModelInfo:
+        """One model's metadata; raises :class:`NotFoundError` for an unknown id."""
+        return self._unary(calls.get_model(model_id, timeout))
+
+    def list_models(self, name: str | None = None, page_size: int = 0) -> Iterator[ModelInfo]:
+        """Models, newest first, fetching further pages as the iteration reaches them."""
+        yield from self._paged(calls.list_models(name, page_size))
+
+    def download_model(
+        self,
+        model_id: int,
+        dest: DownloadDestination,
+        *,
+        chunk_size: int = 0,
+        timeout: float | None = None,
+    ) -> ModelInfo:
+        """Streams the model's archive into ``dest`` (a file path or a writable object).
+
+        The bytes are checked against the model's sha256; a mismatch raises
+        :class:`ModelChecksumError` and, for a path, leaves no file behind.
+        """
+        download = ModelDownload(model_id)
+        sink = DownloadSink(dest)
+        sink.open()
+        try:
+            with self._stream(calls.download_model(model_id, chunk_size, timeout)) as messages:
+                for message in messages:
+                    data = download.accept(message)
+                    if data is not None:
+                        sink.write(data)
+            model = download.finish()
+            sink.commit()
+        finally:
+            sink.discard()
+        return model
+
+    def delete_model(self, model_id: int, timeout: float | None = None) -> None:
+        """Deletes a model (its artifact goes once no other model shares it)."""
+        self._unary(calls.delete_model(model_id, timeout))
