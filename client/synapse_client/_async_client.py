@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from . import _calls as calls
 from ._config import retry_delay
 from ._core import AsyncClientCore
 from ._errors import RpcFailedError, SynapseClientError
+from ._inference import UNSET_JSON, DeploymentInfo, InferResult
 from ._jobs import (
     UNSET,
     EventSequencer,
@@ -288,3 +289,79 @@ class AsyncClient(AsyncClientCore):
     ) -> None:
         """Deletes a model (its artifact goes once no other model shares it)."""
         await self._unary(calls.delete_model(model_id, timeout))
+
+    # --- inference and deployments -------------------------------------------------------------
+
+    async def infer(
+        self,
+        application: str | None = None,
+        *,
+        plugin: str | None = None,
+        action: str | None = None,
+        model: int | str | None = None,
+        json: Any = UNSET_JSON,
+        tensors: Mapping[str, Any] | None = None,
+        method: str = "post",
+        path: str = "/",
+        request_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> InferResult:
+        """Call a deployed endpoint: by ``application`` name, or by ``plugin`` + ``action``.
+
+        The same payloads as :meth:`Client.infer`: ``json`` and/or ``tensors`` (numpy arrays)
+        in, :class:`InferResult` (``json``, ``tensors``) out.
+        """
+        return await self._unary(
+            calls.infer(
+                application,
+                plugin=plugin,
+                action=action,
+                model=model,
+                json=json,
+                tensors=tensors,
+                method=method,
+                path=path,
+                request_id=request_id,
+                timeout=timeout,
+            )
+        )
+
+    async def list_deployments(
+        self, plugin: str | None = None, name: str | None = None
+    ) -> list[DeploymentInfo]:
+        """The caller's deployments (first page of up to 1000), newest first."""
+        return await self._unary(calls.list_deployments(plugin, name))
+
+    async def get_deployment(self, deployment_id: int) -> DeploymentInfo:
+        """One deployment with fresh status and replicas."""
+        return await self._unary(calls.get_deployment(deployment_id))
+
+    async def delete_deployment(self, deployment_id: int) -> DeploymentInfo:
+        """Undeploy a serve application."""
+        return await self._unary(calls.delete_deployment(deployment_id))
+
+    async def register_deployment(
+        self,
+        name: str,
+        plugin: str,
+        action: str,
+        *,
+        job_id: str = "",
+        route_prefix: str = "",
+        model_ids: list[int] | None = None,
+        ray_actor_options: Mapping[str, Any] | None = None,
+        endpoint_action: str = "",
+    ) -> tuple[DeploymentInfo, bool]:
+        """Record a deployed serve application (a deployment job's worker only)."""
+        return await self._unary(
+            calls.register_deployment(
+                name,
+                plugin,
+                action,
+                job_id=job_id,
+                route_prefix=route_prefix,
+                model_ids=model_ids,
+                ray_actor_options=ray_actor_options,
+                endpoint_action=endpoint_action,
+            )
+        )

@@ -11,19 +11,30 @@ and result handling of the two clients cannot drift apart.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from synapse.plugin.v1 import (
     action_service_pb2,
     action_service_pb2_grpc,
+    deployment_service_pb2,
+    deployment_service_pb2_grpc,
+    inference_service_pb2_grpc,
     job_pb2,
     model_service_pb2,
     model_service_pb2_grpc,
 )
 
 from ._converters import job_from_proto, job_states_to_proto, plugin_from_proto
+from ._inference import (
+    UNSET_JSON,
+    DeploymentInfo,
+    InferResult,
+    _deployment,
+    _result,
+    build_infer_request,
+)
 from ._jobs import run_action_request
 from ._models import ModelInfo, model_from_proto
 from ._types import Job, JobState, PluginInfo, RunMode
@@ -36,14 +47,19 @@ __all__ = [
     "UnaryCall",
     "UploadCall",
     "cancel_job",
+    "delete_deployment",
     "delete_model",
     "download_model",
+    "get_deployment",
     "get_job",
     "get_job_result",
     "get_model",
+    "infer",
     "list_actions",
+    "list_deployments",
     "list_jobs",
     "list_models",
+    "register_deployment",
     "register_model",
     "run_action",
     "stream_progress",
@@ -53,6 +69,10 @@ T = TypeVar("T")
 
 _ACTIONS = action_service_pb2_grpc.ActionServiceStub
 _MODELS = model_service_pb2_grpc.ModelServiceStub
+_INFERENCE = inference_service_pb2_grpc.InferenceServiceStub
+_DEPLOYMENTS = deployment_service_pb2_grpc.DeploymentServiceStub
+#: ListDeployments answers one page of up to this many (the newest).
+_DEPLOYMENTS_PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,3 +250,94 @@ def delete_model(model_id: int, timeout: float | None) -> UnaryCall[None]:
     """DeleteModel."""
     request = model_service_pb2.DeleteModelRequest(model_id=model_id)
     return UnaryCall(_MODELS, "DeleteModel", request, _nothing, timeout)
+
+
+# --- InferenceService and DeploymentService ----------------------------------------------------
+
+
+def infer(
+    application: str | None,
+    *,
+    plugin: str | None,
+    action: str | None,
+    model: int | str | None,
+    json: Any = UNSET_JSON,
+    tensors: Mapping[str, Any] | None,
+    method: str,
+    path: str,
+    request_id: str | None,
+    timeout: float | None,
+) -> UnaryCall[InferResult]:
+    """Infer: JSON payload and/or binary tensors in, an :class:`InferResult` out."""
+    request = build_infer_request(
+        application,
+        plugin=plugin,
+        action=action,
+        model=model,
+        json=json,
+        tensors=tensors,
+        method=method,
+        path=path,
+        request_id=request_id,
+    )
+    return UnaryCall(_INFERENCE, "Infer", request, _result, timeout)
+
+
+def _deployment_of(response: Any) -> DeploymentInfo:
+    return _deployment(response.deployment)
+
+
+def _deployments(response: deployment_service_pb2.ListDeploymentsResponse) -> list[DeploymentInfo]:
+    return [_deployment(d) for d in response.deployments]
+
+
+def _registered(
+    response: deployment_service_pb2.RegisterDeploymentResponse,
+) -> tuple[DeploymentInfo, bool]:
+    return _deployment(response.deployment), response.created
+
+
+def list_deployments(plugin: str | None, name: str | None) -> UnaryCall[list[DeploymentInfo]]:
+    """ListDeployments: the first page (the newest), filtered by plugin and name."""
+    request = deployment_service_pb2.ListDeploymentsRequest(
+        plugin=plugin or "", name=name or "", page_size=_DEPLOYMENTS_PAGE
+    )
+    return UnaryCall(_DEPLOYMENTS, "ListDeployments", request, _deployments)
+
+
+def get_deployment(deployment_id: int) -> UnaryCall[DeploymentInfo]:
+    """GetDeployment."""
+    request = deployment_service_pb2.GetDeploymentRequest(deployment_id=deployment_id)
+    return UnaryCall(_DEPLOYMENTS, "GetDeployment", request, _deployment_of)
+
+
+def delete_deployment(deployment_id: int) -> UnaryCall[DeploymentInfo]:
+    """DeleteDeployment."""
+    request = deployment_service_pb2.DeleteDeploymentRequest(deployment_id=deployment_id)
+    return UnaryCall(_DEPLOYMENTS, "DeleteDeployment", request, _deployment_of)
+
+
+def register_deployment(
+    name: str,
+    plugin: str,
+    action: str,
+    *,
+    job_id: str,
+    route_prefix: str,
+    model_ids: list[int] | None,
+    ray_actor_options: Mapping[str, Any] | None,
+    endpoint_action: str,
+) -> UnaryCall[tuple[DeploymentInfo, bool]]:
+    """RegisterDeployment; answers the record and whether this call created it."""
+    request = deployment_service_pb2.RegisterDeploymentRequest(
+        name=name,
+        plugin=plugin,
+        action=action,
+        job_id=job_id,
+        route_prefix=route_prefix,
+        model_ids=list(model_ids or ()),
+        endpoint_action=endpoint_action,
+    )
+    if ray_actor_options:
+        request.ray_actor_options.update(dict(ray_actor_options))
+    return UnaryCall(_DEPLOYMENTS, "RegisterDeployment", request, _registered)

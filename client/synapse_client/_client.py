@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from . import _calls as calls
 from ._config import retry_delay
 from ._core import ClientCore
 from ._errors import RpcFailedError, SynapseClientError
-from ._inference import InferenceMixin
+from ._inference import UNSET_JSON, DeploymentInfo, InferResult
 from ._jobs import (
     UNSET,
     EventSequencer,
@@ -137,7 +137,7 @@ class JobHandle(JobHandleBase["Client"]):
             time.sleep(delay)
 
 
-class Client(InferenceMixin, ClientCore):
+class Client(ClientCore):
     """Blocking client of a Synapse server.
 
     ``Client("host:port", token=..., tls=TLSConfig(...))``; use it as a context manager or
@@ -273,3 +273,87 @@ class Client(InferenceMixin, ClientCore):
     def delete_model(self, model_id: int, timeout: float | None = None) -> None:
         """Deletes a model (its artifact goes once no other model shares it)."""
         self._unary(calls.delete_model(model_id, timeout))
+
+    # --- inference and deployments -------------------------------------------------------------
+
+    def infer(
+        self,
+        application: str | None = None,
+        *,
+        plugin: str | None = None,
+        action: str | None = None,
+        model: int | str | None = None,
+        json: Any = UNSET_JSON,
+        tensors: Mapping[str, Any] | None = None,
+        method: str = "post",
+        path: str = "/",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> InferResult:
+        """Call a deployed endpoint: by ``application`` name, or by ``plugin`` + ``action``.
+
+        ``json`` is the request body (a JSON object maps onto the endpoint's parameters);
+        ``tensors`` adds binary inputs by parameter name (numpy arrays, which the endpoint
+        receives as numpy arrays; binary outputs come back in :attr:`InferResult.tensors`).
+        ``timeout`` is the call's deadline (the client default when None). Raises the
+        client's typed errors (NotFoundError, InvalidArgumentError, UnavailableError,
+        DeadlineExceededError, InternalError).
+        """
+        return self._unary(
+            calls.infer(
+                application,
+                plugin=plugin,
+                action=action,
+                model=model,
+                json=json,
+                tensors=tensors,
+                method=method,
+                path=path,
+                request_id=request_id,
+                timeout=timeout,
+            )
+        )
+
+    def list_deployments(
+        self, plugin: str | None = None, name: str | None = None
+    ) -> list[DeploymentInfo]:
+        """The caller's deployments (first page of up to 1000), newest first."""
+        return self._unary(calls.list_deployments(plugin, name))
+
+    def get_deployment(self, deployment_id: int) -> DeploymentInfo:
+        """One deployment with fresh status and replicas."""
+        return self._unary(calls.get_deployment(deployment_id))
+
+    def delete_deployment(self, deployment_id: int) -> DeploymentInfo:
+        """Undeploy a serve application."""
+        return self._unary(calls.delete_deployment(deployment_id))
+
+    def register_deployment(
+        self,
+        name: str,
+        plugin: str,
+        action: str,
+        *,
+        job_id: str = "",
+        route_prefix: str = "",
+        model_ids: list[int] | None = None,
+        ray_actor_options: Mapping[str, Any] | None = None,
+        endpoint_action: str = "",
+    ) -> tuple[DeploymentInfo, bool]:
+        """Record a deployed serve application (used by ``register_serve_application``).
+
+        Only a deployment job's worker may: the server refuses a client token with
+        :class:`PermissionDeniedError`.
+        """
+        return self._unary(
+            calls.register_deployment(
+                name,
+                plugin,
+                action,
+                job_id=job_id,
+                route_prefix=route_prefix,
+                model_ids=model_ids,
+                ray_actor_options=ray_actor_options,
+                endpoint_action=endpoint_action,
+            )
+        )

@@ -11,7 +11,7 @@ import io
 import os
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from synapse_client import (
     DataLossError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ProtocolError,
 )
 from synapse_client._models import ModelChecksumError, ModelDownload
@@ -184,3 +185,59 @@ def test_download_stream_order_is_checked() -> None:
         twice.accept(_header())
     with pytest.raises(ProtocolError, match="carried no model"):
         ModelDownload(1).finish()
+
+
+# --- deployments (no Ray: records the server already holds) ------------------------------------
+
+
+def _held_deployment(server: Any, tenant: str, name: str) -> int:
+    """Stores a DELETED deployment record for ``tenant`` (reading one needs no Ray)."""
+    from synapse_server.core.deployments import DeploymentRecord, DeploymentStatus
+
+    store = server.server._deployment_store
+    record = DeploymentRecord(
+        id=0,
+        tenant=tenant,
+        name=name,
+        plugin="serve-probe",
+        action="deploy_probe",
+        status=DeploymentStatus.DELETED,
+        status_message="gone",
+        model_ids=(3, 4),
+        endpoint_action="probe",
+        job_id="job-x",
+    )
+    stored, _ = server.call(store.upsert(record))
+    return int(stored.id)
+
+
+async def test_deployments_list_get_delete_register(
+    server_factory: Callable[..., Any],
+) -> None:
+    server = server_factory(tokens={"tok-a": "team-a", "tok-b": "team-b"})
+    deployment_id = _held_deployment(server, "team-a", "team-a-app")
+    async with AsyncClient(server.address, token="tok-a", timeout=30) as client:
+        (listed,) = await client.list_deployments(plugin="serve-probe")
+        assert listed.id == deployment_id and listed.name == "team-a-app"
+        assert (listed.status, listed.status_message) == ("DELETED", "gone")
+        assert listed.model_ids == [3, 4] and listed.endpoint_action == "probe"
+        assert listed.job_id == "job-x" and listed.replicas == []
+        assert await client.list_deployments(name="no-such-app") == []
+        assert await client.get_deployment(deployment_id) == listed
+        with Client(server.address, token="tok-a") as blocking:
+            assert blocking.get_deployment(deployment_id) == listed
+        deleted = await client.delete_deployment(deployment_id)
+        assert deleted.id == deployment_id and deleted.status == "DELETED"
+        with pytest.raises(InvalidArgumentError):
+            await client.get_deployment(0)
+        # A client token never registers an application: only a deployment job's worker does.
+        with pytest.raises(PermissionDeniedError, match="deployment job"):
+            await client.register_deployment(
+                "team-a-app", "serve-probe", "deploy_probe", model_ids=[3]
+            )
+    async with AsyncClient(server.address, token="tok-b", timeout=30) as other:
+        assert await other.list_deployments() == []
+        with pytest.raises(NotFoundError):
+            await other.get_deployment(deployment_id)
+        with pytest.raises(NotFoundError):
+            await other.delete_deployment(deployment_id)
