@@ -137,9 +137,12 @@ class AsyncJobHandle(JobHandleBase["AsyncClient"]):
 
 
 class AsyncClient(AsyncClientCore):
-    """Asyncio client of a Synapse server, with the same methods as :class:`Client`.
+    """Asyncio client of a Synapse server: :class:`Client`'s methods and arguments, awaited.
 
     Construct it inside a running event loop; use ``async with`` or ``await close()``.
+    Listings and job events are async iterators. ``interceptors`` are grpc.aio client
+    interceptors (``grpc.aio.UnaryUnaryClientInterceptor``…); one that implements several
+    kinds sees every call of each kind, as on a blocking channel.
     """
 
     # --- actions and jobs ----------------------------------------------------------------------

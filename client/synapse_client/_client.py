@@ -143,6 +143,11 @@ class Client(ClientCore):
     ``Client("host:port", token=..., tls=TLSConfig(...))``; use it as a context manager or
     call :meth:`close`. Every failed call raises a :class:`SynapseClientError` subclass;
     calls that failed with UNAVAILABLE are retried with backoff first.
+
+    ``interceptors``: grpc client interceptors (``grpc.UnaryUnaryClientInterceptor`` and the
+    other three kinds) that every call goes through, in order, retries included.
+    ``timeout`` is the default deadline of unary calls; ``channel_options`` are extra grpc
+    channel arguments.
     """
 
     # --- actions and jobs ----------------------------------------------------------------------

@@ -11,15 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 
 from ._calls import PagedCall, StreamCall, UnaryCall, UploadCall
-from ._config import ConnectionConfig, RetryPolicy, TLSConfig, retry_delay
+from ._config import (
+    AsyncInterceptor,
+    ConnectionConfig,
+    RetryPolicy,
+    SyncInterceptor,
+    TLSConfig,
+    retry_delay,
+)
 from ._errors import RpcFailedError, map_rpc_errors
 
 logger = logging.getLogger(__name__)
@@ -28,9 +35,17 @@ __all__ = ["AsyncClientCore", "ClientCore"]
 
 S = TypeVar("S")
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 (the interceptor type of one client flavour)
 
 
-class _CoreBase:
+class _CoreBase(Generic[I]):
+    """Connection settings, the channel and its stubs: what both drivers hold.
+
+    ``interceptors`` are grpc client interceptors that every call of the client goes
+    through, in order (blocking ones for :class:`ClientCore`, grpc.aio ones for
+    :class:`AsyncClientCore`): for tracing, extra metadata, logging.
+    """
+
     def __init__(
         self,
         address: str,
@@ -40,6 +55,7 @@ class _CoreBase:
         timeout: float | None = 30.0,
         retry: RetryPolicy | None = None,
         channel_options: tuple[tuple[str, str | int], ...] = (),
+        interceptors: Sequence[I] = (),
     ) -> None:
         self._config = ConnectionConfig.build(
             address,
@@ -50,10 +66,10 @@ class _CoreBase:
             channel_options=channel_options,
         )
         self._stubs: dict[Any, Any] = {}
-        self._channel = self._open_channel()
+        self._channel = self._open_channel(interceptors)
 
-    def _open_channel(self) -> Any:
-        """The channel this flavour uses (blocking or asyncio)."""
+    def _open_channel(self, interceptors: Sequence[I]) -> Any:
+        """The channel this flavour uses (blocking or asyncio), through ``interceptors``."""
         raise NotImplementedError
 
     def _stub(self, stub_type: Callable[[Any], S]) -> S:
@@ -82,13 +98,13 @@ class _CoreBase:
         )
 
 
-class ClientCore(_CoreBase):
+class ClientCore(_CoreBase[SyncInterceptor]):
     """Owns one blocking channel and performs calls on it."""
 
     _channel: grpc.Channel
 
-    def _open_channel(self) -> grpc.Channel:
-        return self._config.sync_channel()
+    def _open_channel(self, interceptors: Sequence[SyncInterceptor]) -> grpc.Channel:
+        return self._config.sync_channel(interceptors)
 
     def _call(self, rpc: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
         """Calls a unary RPC; retries UNAVAILABLE (every caller passes idempotent requests)."""
@@ -156,13 +172,13 @@ class ClientCore(_CoreBase):
         self.close()
 
 
-class AsyncClientCore(_CoreBase):
+class AsyncClientCore(_CoreBase[AsyncInterceptor]):
     """The asyncio twin of :class:`ClientCore`; construct it inside the running event loop."""
 
     _channel: grpc.aio.Channel
 
-    def _open_channel(self) -> grpc.aio.Channel:
-        return self._config.aio_channel()
+    def _open_channel(self, interceptors: Sequence[AsyncInterceptor]) -> grpc.aio.Channel:
+        return self._config.aio_channel(interceptors)
 
     async def _call(
         self,
