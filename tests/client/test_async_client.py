@@ -25,11 +25,12 @@ from synapse_client import (
     ClientConfigError,
     DataLossError,
     InvalidArgumentError,
+    ModelChecksumError,
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
 )
-from synapse_client._models import ModelChecksumError, ModelDownload
+from synapse_client._models import ModelDownload
 
 from tests.models._archives import make_zip
 
