@@ -10,8 +10,10 @@
             print(event.payload.overall_percent)
         print(job.result(timeout=60))
 
-:class:`AsyncClient` offers the same methods for asyncio code. Every failure is a
-:class:`SynapseClientError` subclass.
+:class:`AsyncClient` offers the same methods with the same arguments for asyncio code
+(awaited; listings and job events as async iterators). Both build every request and read
+every answer with the same code, and both take grpc client ``interceptors``. Every failure
+is a :class:`SynapseClientError` subclass.
 """
 
 from ._async_client import AsyncClient, AsyncJobHandle
@@ -49,6 +51,7 @@ from ._errors import (
     from_grpc_error,
 )
 from ._inference import DeploymentInfo, InferResult
+from ._models import ModelChecksumError, ModelInfo
 from ._types import (
     ActionInfo,
     ActionKind,
@@ -104,6 +107,8 @@ __all__ = [
     "LogEvent",
     "LogLevel",
     "MetricEvent",
+    "ModelChecksumError",
+    "ModelInfo",
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",

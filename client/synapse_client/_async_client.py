@@ -1,39 +1,43 @@
 """The asyncio client: :class:`AsyncClient` and :class:`AsyncJobHandle` (grpc.aio).
 
-Same surface as the blocking client; requests, stream resumption and result decoding come
-from the shared ``_jobs`` and ``_converters`` modules, only the awaiting differs.
+The same client as :class:`~synapse_client.Client`, method for method: each builds its call
+with ``_calls`` and the other sans-IO modules and awaits it here; only the I/O differs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
-from synapse.plugin.v1 import action_service_pb2, action_service_pb2_grpc, job_pb2
-
+from . import _calls as calls
 from ._config import retry_delay
-from ._converters import job_from_proto, job_states_to_proto, plugin_from_proto
 from ._core import AsyncClientCore
-from ._errors import (
-    DeadlineExceededError,
-    JobTimeoutError,
-    ProtocolError,
-    RpcFailedError,
-    SynapseClientError,
-    map_rpc_errors,
-)
+from ._errors import RpcFailedError, SynapseClientError
+from ._inference import UNSET_JSON, DeploymentInfo, InferResult
 from ._jobs import (
+    UNSET,
     EventSequencer,
+    JobHandleBase,
+    ProgressFollower,
     ResultAssembler,
-    raise_for_terminal,
-    reconnect_delay,
+    deadline_after,
+    finished_terminal,
+    inline_result,
+    job_timeout,
     remaining,
     result_stream_start,
-    run_action_request,
-    stream_ended_early,
+)
+from ._models import (
+    DEFAULT_UPLOAD_CHUNK,
+    DownloadDestination,
+    DownloadSink,
+    ModelDownload,
+    ModelInfo,
+    ModelUpload,
+    file_sha256,
 )
 from ._types import Job, JobEvent, JobState, PluginInfo, ProgressEvent, RunMode
 
@@ -41,35 +45,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["AsyncClient", "AsyncJobHandle"]
 
-_UNSET: Any = object()
 
-
-class AsyncJobHandle:
+class AsyncJobHandle(JobHandleBase["AsyncClient"]):
     """One job on the server, for asyncio code; see :class:`JobHandle`."""
-
-    def __init__(
-        self,
-        client: AsyncClient,
-        job_id: str,
-        job: Job | None = None,
-        created: bool | None = None,
-    ) -> None:
-        self._client = client
-        self._id = job_id
-        #: The job as the server last reported it to this handle (None until fetched).
-        self.job = job
-        #: From run_action: False when its request_id matched a job that already existed.
-        self.created = created
-        self._result: Any = _UNSET
-
-    @property
-    def id(self) -> str:
-        """The job's id."""
-        return self._id
-
-    def __repr__(self) -> str:
-        state = self.job.state.value if self.job is not None else "unknown"
-        return f"AsyncJobHandle({self._id!r}, state={state})"
 
     async def refresh(self) -> Job:
         """Fetches the job's current state (GetJob)."""
@@ -96,29 +74,21 @@ class AsyncJobHandle:
         Raises :class:`JobFailedError`, :class:`JobCancelledError`, or
         :class:`JobTimeoutError` after ``timeout`` seconds (the job keeps running).
         """
-        if self._result is not _UNSET:
+        if self._result is not UNSET:
             return self._result
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
+        deadline = deadline_after(timeout)
+        with job_timeout(self._id, timeout):
             job = await self._client.get_job(
                 self._id, timeout=remaining(deadline), with_params=False
             )
             sequencer = EventSequencer(self._id, result_stream_start(job))
             async for _ in self._follow(sequencer, deadline):
                 pass
-            terminal = sequencer.terminal
-            if terminal is None:  # _follow only returns normally after the terminal event
-                raise ProtocolError(f"job {self._id}: stream ended without a terminal event")
-            raise_for_terminal(self._id, terminal)
-            value = (
-                terminal.inline_result()
-                if terminal.result_inline
-                else await self._fetch_result(deadline)
-            )
-        except DeadlineExceededError as error:
-            if timeout is None:
-                raise
-            raise JobTimeoutError(self._id, timeout) from error
+            terminal = finished_terminal(sequencer)
+            if terminal.result_inline:
+                value = inline_result(self._id, terminal)
+            else:
+                value = await self._fetch_result(deadline)
         self._result = value
         return value
 
@@ -130,82 +100,56 @@ class AsyncJobHandle:
     async def _follow(
         self, sequencer: EventSequencer, deadline: float | None
     ) -> AsyncIterator[JobEvent]:
-        client = self._client
-        stub = client._stub(action_service_pb2_grpc.ActionServiceStub)
-        attempt = 0
+        follower = ProgressFollower(sequencer, self._client._config.retry)
         while True:
-            call = stub.StreamProgress(
-                sequencer.request(),
-                timeout=remaining(deadline),
-                metadata=client._config.metadata,
-            )
-            failure: SynapseClientError | None = None
+            call = calls.stream_progress(follower.request(), remaining(deadline))
+            failure: SynapseClientError | None
             try:
-                with map_rpc_errors(client._config.security):
-                    async for response in call:
-                        event = sequencer.accept(response)
+                async with self._client._stream(call) as responses:
+                    async for response in responses:
+                        event = follower.accept(response)
                         if event is not None:
-                            attempt = 0
                             yield event
-                if sequencer.ended_early():
-                    failure = stream_ended_early(self._id)
+                failure = follower.end_of_stream()
             except RpcFailedError as error:
                 failure = error
-            finally:
-                call.cancel()
             if failure is None:
                 return
-            attempt += 1
-            delay = reconnect_delay(client._config.retry, attempt, failure)
-            logger.info(
-                "progress stream of job %s dropped after seq %d, resuming in %.2fs",
-                self._id,
-                sequencer.last_seq,
-                delay,
-            )
-            await asyncio.sleep(delay)
+            await asyncio.sleep(follower.reconnect_after(failure))
 
     async def _fetch_result(self, deadline: float | None) -> Any:
-        client = self._client
-        stub = client._stub(action_service_pb2_grpc.ActionServiceStub)
         attempt = 0
         while True:
             attempt += 1
             assembler = ResultAssembler(self._id)
-            call = stub.GetJobResult(
-                action_service_pb2.GetJobResultRequest(job_id=self._id),
-                timeout=remaining(deadline),
-                metadata=client._config.metadata,
-            )
             try:
-                with map_rpc_errors(client._config.security):
-                    async for chunk in call:
+                async with self._client._stream(
+                    calls.get_job_result(self._id, remaining(deadline))
+                ) as chunks:
+                    async for chunk in chunks:
                         assembler.add(chunk)
                 return assembler.result()
             except RpcFailedError as failure:
-                delay = retry_delay(client._config.retry, attempt, failure)
+                delay = retry_delay(self._client._config.retry, attempt, failure)
                 if delay is None:
                     raise
-            finally:
-                call.cancel()
             await asyncio.sleep(delay)
 
 
 class AsyncClient(AsyncClientCore):
-    """Asyncio client of a Synapse server, with the same methods as :class:`Client`.
+    """Asyncio client of a Synapse server: :class:`Client`'s methods and arguments, awaited.
 
     Construct it inside a running event loop; use ``async with`` or ``await close()``.
+    Listings and job events are async iterators. ``interceptors`` are grpc.aio client
+    interceptors (``grpc.aio.UnaryUnaryClientInterceptor``…); one that implements several
+    kinds sees every call of each kind, as on a blocking channel.
     """
 
-    def _actions(self) -> action_service_pb2_grpc.ActionServiceStub:
-        return self._stub(action_service_pb2_grpc.ActionServiceStub)
+    # --- actions and jobs ----------------------------------------------------------------------
 
     async def list_actions(self, plugin: str | None = None) -> list[PluginInfo]:
         """The installed plugins (or just ``plugin``) with their actions and params schemas."""
-        response = await self._call(
-            self._actions().ListActions, action_service_pb2.ListActionsRequest(plugin=plugin or "")
-        )
-        return [plugin_from_proto(p) for p in response.plugins]
+        return await self._unary(calls.list_actions(plugin))
 
     async def run_action(
         self,
@@ -216,10 +160,8 @@ class AsyncClient(AsyncClientCore):
         request_id: str | None = None,
     ) -> AsyncJobHandle:
         """Starts ``plugin``'s ``action`` as a job; retries reuse one generated request_id."""
-        request = run_action_request(plugin, action, params, mode, request_id)
-        response = await self._call(self._actions().RunAction, request)
-        job = job_from_proto(response.job)
-        return AsyncJobHandle(self, job.id, job, created=response.created)
+        job, created = await self._unary(calls.run_action(plugin, action, params, mode, request_id))
+        return AsyncJobHandle(self, job.id, job, created=created)
 
     def job(self, job_id: str) -> AsyncJobHandle:
         """A handle for an existing job (no RPC is made)."""
@@ -236,10 +178,7 @@ class AsyncClient(AsyncClientCore):
 
         ``with_params=False`` leaves ``params`` empty (cheaper for jobs with large params).
         """
-        view = job_pb2.JOB_VIEW_FULL if with_params else job_pb2.JOB_VIEW_BASIC
-        request = action_service_pb2.GetJobRequest(job_id=job_id, view=view)
-        response = await self._call(self._actions().GetJob, request, timeout)
-        return job_from_proto(response.job)
+        return await self._unary(calls.get_job(job_id, timeout, with_params))
 
     async def list_jobs(
         self,
@@ -249,24 +188,183 @@ class AsyncClient(AsyncClientCore):
         page_size: int = 0,
     ) -> AsyncIterator[Job]:
         """Jobs, newest first, fetching further pages as the iteration reaches them."""
-        request = action_service_pb2.ListJobsRequest(
-            states=job_states_to_proto(state),  # type: ignore[arg-type]
-            plugin=plugin or "",
-            action=action or "",
-            page_size=page_size,
-        )
-        while True:
-            response = await self._call(self._actions().ListJobs, request)
-            for message in response.jobs:
-                yield job_from_proto(message)
-            if not response.next_page_token:
-                return
-            request.page_token = response.next_page_token
+        async for job in self._paged(calls.list_jobs(state, plugin, action, page_size)):
+            yield job
 
     async def cancel_job(self, job_id: str, reason: str = "") -> Job:
         """Asks the server to cancel a job; a finished job is returned unchanged."""
-        response = await self._call(
-            self._actions().CancelJob,
-            action_service_pb2.CancelJobRequest(job_id=job_id, reason=reason),
+        return await self._unary(calls.cancel_job(job_id, reason))
+
+    # --- models --------------------------------------------------------------------------------
+
+    async def register_model(
+        self,
+        archive: str | Path,
+        name: str,
+        *,
+        description: str = "",
+        framework: str = "",
+        metadata: dict[str, Any] | None = None,
+        archive_format: str | None = None,
+        chunk_size: int = DEFAULT_UPLOAD_CHUNK,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ModelInfo:
+        """Uploads an archive file as a new model; see :meth:`Client.register_model`.
+
+        The file is hashed and read chunk by chunk in a worker thread while the upload
+        streams, so the event loop never waits on the disk.
+        """
+        upload = ModelUpload.prepare(
+            archive,
+            name,
+            description=description,
+            framework=framework,
+            metadata=metadata,
+            archive_format=archive_format,
+            chunk_size=chunk_size,
         )
-        return job_from_proto(response.job)
+        sha256 = await asyncio.to_thread(file_sha256, upload.path)
+
+        async def requests() -> AsyncIterator[Any]:
+            yield upload.header(sha256)
+            fh = await asyncio.to_thread(open, upload.path, "rb")
+            try:
+                while data := await asyncio.to_thread(fh.read, upload.chunk_size):
+                    yield upload.chunk(data)
+            finally:
+                # Waits for a read still running in its thread (the file's own lock).
+                fh.close()
+
+        model = await self._upload(calls.register_model(timeout), requests())
+        logger.info("registered model %d (%s)", model.id, model.name)
+        return model
+
+    async def get_model(
+        self,
+        model_id: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ModelInfo:
+        """One model's metadata; raises :class:`NotFoundError` for an unknown id."""
+        return await self._unary(calls.get_model(model_id, timeout))
+
+    async def list_models(
+        self, name: str | None = None, page_size: int = 0
+    ) -> AsyncIterator[ModelInfo]:
+        """Models, newest first, fetching further pages as the iteration reaches them."""
+        async for model in self._paged(calls.list_models(name, page_size)):
+            yield model
+
+    async def download_model(
+        self,
+        model_id: int,
+        dest: DownloadDestination,
+        *,
+        chunk_size: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ModelInfo:
+        """Streams the model's archive into ``dest`` (a file path or a writable object).
+
+        The bytes are checked against the model's sha256; a mismatch raises
+        :class:`ModelChecksumError` and, for a path, leaves no file behind. Every write
+        (to the file, or ``dest.write``) runs in a worker thread, one at a time and in order.
+        """
+        download = ModelDownload(model_id)
+        sink = DownloadSink(dest)
+        await asyncio.to_thread(sink.open)
+        try:
+            async with self._stream(
+                calls.download_model(model_id, chunk_size, timeout)
+            ) as messages:
+                async for message in messages:
+                    data = download.accept(message)
+                    if data is not None:
+                        await asyncio.to_thread(sink.write, data)
+            model = download.finish()
+            await asyncio.to_thread(sink.commit)
+        finally:
+            await asyncio.to_thread(sink.discard)
+        return model
+
+    async def delete_model(
+        self,
+        model_id: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
+        """Deletes a model (its artifact goes once no other model shares it)."""
+        await self._unary(calls.delete_model(model_id, timeout))
+
+    # --- inference and deployments -------------------------------------------------------------
+
+    async def infer(
+        self,
+        application: str | None = None,
+        *,
+        plugin: str | None = None,
+        action: str | None = None,
+        model: int | str | None = None,
+        json: Any = UNSET_JSON,
+        tensors: Mapping[str, Any] | None = None,
+        method: str = "post",
+        path: str = "/",
+        request_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> InferResult:
+        """Call a deployed endpoint: by ``application`` name, or by ``plugin`` + ``action``.
+
+        The same payloads as :meth:`Client.infer`: ``json`` and/or ``tensors`` (numpy arrays)
+        in, :class:`InferResult` (``json``, ``tensors``) out.
+        """
+        return await self._unary(
+            calls.infer(
+                application,
+                plugin=plugin,
+                action=action,
+                model=model,
+                json=json,
+                tensors=tensors,
+                method=method,
+                path=path,
+                request_id=request_id,
+                timeout=timeout,
+            )
+        )
+
+    async def list_deployments(
+        self, plugin: str | None = None, name: str | None = None
+    ) -> list[DeploymentInfo]:
+        """The caller's deployments (first page of up to 1000), newest first."""
+        return await self._unary(calls.list_deployments(plugin, name))
+
+    async def get_deployment(self, deployment_id: int) -> DeploymentInfo:
+        """One deployment with fresh status and replicas."""
+        return await self._unary(calls.get_deployment(deployment_id))
+
+    async def delete_deployment(self, deployment_id: int) -> DeploymentInfo:
+        """Undeploy a serve application."""
+        return await self._unary(calls.delete_deployment(deployment_id))
+
+    async def register_deployment(
+        self,
+        name: str,
+        plugin: str,
+        action: str,
+        *,
+        job_id: str = "",
+        route_prefix: str = "",
+        model_ids: list[int] | None = None,
+        ray_actor_options: Mapping[str, Any] | None = None,
+        endpoint_action: str = "",
+    ) -> tuple[DeploymentInfo, bool]:
+        """Record a deployed serve application (a deployment job's worker only)."""
+        return await self._unary(
+            calls.register_deployment(
+                name,
+                plugin,
+                action,
+                job_id=job_id,
+                route_prefix=route_prefix,
+                model_ids=model_ids,
+                ray_actor_options=ray_actor_options,
+                endpoint_action=endpoint_action,
+            )
+        )

@@ -1,73 +1,57 @@
-"""The blocking client: :class:`Client` and the :class:`JobHandle` it returns for each job."""
+"""The blocking client: :class:`Client` and the :class:`JobHandle` it returns for each job.
+
+Every method builds its call with ``_calls`` and the other sans-IO modules and only performs
+it here; :class:`~synapse_client.AsyncClient` is the same client, awaited.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
-from synapse.plugin.v1 import action_service_pb2, action_service_pb2_grpc, job_pb2
-
+from . import _calls as calls
 from ._config import retry_delay
-from ._converters import job_from_proto, job_states_to_proto, plugin_from_proto
 from ._core import ClientCore
-from ._errors import (
-    DeadlineExceededError,
-    JobTimeoutError,
-    ProtocolError,
-    RpcFailedError,
-    SynapseClientError,
-    map_rpc_errors,
-)
-from ._inference import InferenceMixin
+from ._errors import RpcFailedError, SynapseClientError
+from ._inference import UNSET_JSON, DeploymentInfo, InferResult
 from ._jobs import (
+    UNSET,
     EventSequencer,
+    JobHandleBase,
+    ProgressFollower,
     ResultAssembler,
+    deadline_after,
+    finished_terminal,
     inline_result,
-    raise_for_terminal,
-    reconnect_delay,
+    job_timeout,
     remaining,
     result_stream_start,
-    run_action_request,
-    stream_ended_early,
 )
-from ._models import ModelsMixin
+from ._models import (
+    DEFAULT_UPLOAD_CHUNK,
+    DownloadDestination,
+    DownloadSink,
+    ModelDownload,
+    ModelInfo,
+    ModelUpload,
+    file_sha256,
+)
 from ._types import Job, JobEvent, JobState, PluginInfo, ProgressEvent, RunMode
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Client", "JobHandle"]
 
-_UNSET: Any = object()
 
-
-class JobHandle:
+class JobHandle(JobHandleBase["Client"]):
     """One job on the server: follow its events, wait for its result, cancel it.
 
     Handles are cheap and stateless on the server side: any number may follow the same job,
     and a handle can be rebuilt from the id alone (``Client.job(job_id)``).
     """
-
-    def __init__(
-        self, client: Client, job_id: str, job: Job | None = None, created: bool | None = None
-    ) -> None:
-        self._client = client
-        self._id = job_id
-        #: The job as the server last reported it to this handle (None until fetched).
-        self.job = job
-        #: From run_action: False when its request_id matched a job that already existed.
-        self.created = created
-        self._result: Any = _UNSET
-
-    @property
-    def id(self) -> str:
-        """The job's id."""
-        return self._id
-
-    def __repr__(self) -> str:
-        state = self.job.state.value if self.job is not None else "unknown"
-        return f"JobHandle({self._id!r}, state={state})"
 
     def refresh(self) -> Job:
         """Fetches the job's current state (GetJob)."""
@@ -95,27 +79,19 @@ class JobHandle:
         :class:`JobCancelledError`, or :class:`JobTimeoutError` after ``timeout`` seconds
         (the job keeps running).
         """
-        if self._result is not _UNSET:
+        if self._result is not UNSET:
             return self._result
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
+        deadline = deadline_after(timeout)
+        with job_timeout(self._id, timeout):
             job = self._client.get_job(self._id, timeout=remaining(deadline), with_params=False)
             sequencer = EventSequencer(self._id, result_stream_start(job))
             for _ in self._follow(sequencer, deadline):
                 pass
-            terminal = sequencer.terminal
-            if terminal is None:  # _follow only returns normally after the terminal event
-                raise ProtocolError(f"job {self._id}: stream ended without a terminal event")
-            raise_for_terminal(self._id, terminal)
-            value = (
-                inline_result(self._id, terminal)
-                if terminal.result_inline
-                else self._fetch_result(deadline)
-            )
-        except DeadlineExceededError as error:
-            if timeout is None:
-                raise
-            raise JobTimeoutError(self._id, timeout) from error
+            terminal = finished_terminal(sequencer)
+            if terminal.result_inline:
+                value = inline_result(self._id, terminal)
+            else:
+                value = self._fetch_result(deadline)
         self._result = value
         return value
 
@@ -125,84 +101,60 @@ class JobHandle:
         return self.job
 
     def _follow(self, sequencer: EventSequencer, deadline: float | None) -> Iterator[JobEvent]:
-        client = self._client
-        stub = client._stub(action_service_pb2_grpc.ActionServiceStub)
-        attempt = 0
+        follower = ProgressFollower(sequencer, self._client._config.retry)
         while True:
-            call = stub.StreamProgress(
-                sequencer.request(),
-                timeout=remaining(deadline),
-                metadata=client._config.metadata,
-            )
-            failure: SynapseClientError | None = None
+            call = calls.stream_progress(follower.request(), remaining(deadline))
+            failure: SynapseClientError | None
             try:
-                with map_rpc_errors(client._config.security):
-                    for response in call:
-                        event = sequencer.accept(response)
+                with self._client._stream(call) as responses:
+                    for response in responses:
+                        event = follower.accept(response)
                         if event is not None:
-                            attempt = 0
                             yield event
-                if sequencer.ended_early():
-                    failure = stream_ended_early(self._id)
+                failure = follower.end_of_stream()
             except RpcFailedError as error:
                 failure = error
-            finally:
-                call.cancel()
             if failure is None:
                 return
-            attempt += 1
-            delay = reconnect_delay(client._config.retry, attempt, failure)
-            logger.info(
-                "progress stream of job %s dropped after seq %d, resuming in %.2fs",
-                self._id,
-                sequencer.last_seq,
-                delay,
-            )
-            time.sleep(delay)
+            time.sleep(follower.reconnect_after(failure))
 
     def _fetch_result(self, deadline: float | None) -> Any:
-        client = self._client
-        stub = client._stub(action_service_pb2_grpc.ActionServiceStub)
         attempt = 0
         while True:
             attempt += 1
             assembler = ResultAssembler(self._id)
-            call = stub.GetJobResult(
-                action_service_pb2.GetJobResultRequest(job_id=self._id),
-                timeout=remaining(deadline),
-                metadata=client._config.metadata,
-            )
             try:
-                with map_rpc_errors(client._config.security):
-                    for chunk in call:
+                with self._client._stream(
+                    calls.get_job_result(self._id, remaining(deadline))
+                ) as chunks:
+                    for chunk in chunks:
                         assembler.add(chunk)
                 return assembler.result()
             except RpcFailedError as failure:
-                delay = retry_delay(client._config.retry, attempt, failure)
+                delay = retry_delay(self._client._config.retry, attempt, failure)
                 if delay is None:
                     raise
-            finally:
-                call.cancel()
             time.sleep(delay)
 
 
-class Client(ModelsMixin, InferenceMixin, ClientCore):
+class Client(ClientCore):
     """Blocking client of a Synapse server.
 
     ``Client("host:port", token=..., tls=TLSConfig(...))``; use it as a context manager or
     call :meth:`close`. Every failed call raises a :class:`SynapseClientError` subclass;
     calls that failed with UNAVAILABLE are retried with backoff first.
+
+    ``interceptors``: grpc client interceptors (``grpc.UnaryUnaryClientInterceptor`` and the
+    other three kinds) that every call goes through, in order, retries included.
+    ``timeout`` is the default deadline of unary calls; ``channel_options`` are extra grpc
+    channel arguments.
     """
 
-    def _actions(self) -> action_service_pb2_grpc.ActionServiceStub:
-        return self._stub(action_service_pb2_grpc.ActionServiceStub)
+    # --- actions and jobs ----------------------------------------------------------------------
 
     def list_actions(self, plugin: str | None = None) -> list[PluginInfo]:
         """The installed plugins (or just ``plugin``) with their actions and params schemas."""
-        response = self._call(
-            self._actions().ListActions, action_service_pb2.ListActionsRequest(plugin=plugin or "")
-        )
-        return [plugin_from_proto(p) for p in response.plugins]
+        return self._unary(calls.list_actions(plugin))
 
     def run_action(
         self,
@@ -217,10 +169,8 @@ class Client(ModelsMixin, InferenceMixin, ClientCore):
         A ``request_id`` is generated when none is given and reused by every retry, so a
         retried call never starts a second job.
         """
-        request = run_action_request(plugin, action, params, mode, request_id)
-        response = self._call(self._actions().RunAction, request)
-        job = job_from_proto(response.job)
-        return JobHandle(self, job.id, job, created=response.created)
+        job, created = self._unary(calls.run_action(plugin, action, params, mode, request_id))
+        return JobHandle(self, job.id, job, created=created)
 
     def job(self, job_id: str) -> JobHandle:
         """A handle for an existing job (no RPC is made)."""
@@ -233,10 +183,7 @@ class Client(ModelsMixin, InferenceMixin, ClientCore):
 
         ``with_params=False`` leaves ``params`` empty (cheaper for jobs with large params).
         """
-        view = job_pb2.JOB_VIEW_FULL if with_params else job_pb2.JOB_VIEW_BASIC
-        request = action_service_pb2.GetJobRequest(job_id=job_id, view=view)
-        response = self._call(self._actions().GetJob, request, timeout)
-        return job_from_proto(response.job)
+        return self._unary(calls.get_job(job_id, timeout, with_params))
 
     def list_jobs(
         self,
@@ -246,24 +193,172 @@ class Client(ModelsMixin, InferenceMixin, ClientCore):
         page_size: int = 0,
     ) -> Iterator[Job]:
         """Jobs, newest first, fetching further pages as the iteration reaches them."""
-        request = action_service_pb2.ListJobsRequest(
-            states=job_states_to_proto(state),  # type: ignore[arg-type]
-            plugin=plugin or "",
-            action=action or "",
-            page_size=page_size,
-        )
-        while True:
-            response = self._call(self._actions().ListJobs, request)
-            for message in response.jobs:
-                yield job_from_proto(message)
-            if not response.next_page_token:
-                return
-            request.page_token = response.next_page_token
+        yield from self._paged(calls.list_jobs(state, plugin, action, page_size))
 
     def cancel_job(self, job_id: str, reason: str = "") -> Job:
         """Asks the server to cancel a job; a finished job is returned unchanged."""
-        response = self._call(
-            self._actions().CancelJob,
-            action_service_pb2.CancelJobRequest(job_id=job_id, reason=reason),
+        return self._unary(calls.cancel_job(job_id, reason))
+
+    # --- models --------------------------------------------------------------------------------
+
+    def register_model(
+        self,
+        archive: str | Path,
+        name: str,
+        *,
+        description: str = "",
+        framework: str = "",
+        metadata: dict[str, Any] | None = None,
+        archive_format: str | None = None,
+        chunk_size: int = DEFAULT_UPLOAD_CHUNK,
+        timeout: float | None = None,
+    ) -> ModelInfo:
+        """Uploads an archive file (``.zip``, ``.tar``, ``.tar.gz``) as a new model.
+
+        The archive's sha256 is computed first and sent along, so the server verifies what it
+        received. Pack a directory first (``synapse model register DIR`` does it for you).
+        """
+        upload = ModelUpload.prepare(
+            archive,
+            name,
+            description=description,
+            framework=framework,
+            metadata=metadata,
+            archive_format=archive_format,
+            chunk_size=chunk_size,
         )
-        return job_from_proto(response.job)
+        sha256 = file_sha256(upload.path)
+
+        def requests() -> Iterator[Any]:
+            yield upload.header(sha256)
+            with open(upload.path, "rb") as fh:
+                while data := fh.read(upload.chunk_size):
+                    yield upload.chunk(data)
+
+        model = self._upload(calls.register_model(timeout), requests())
+        logger.info("registered model %d (%s)", model.id, model.name)
+        return model
+
+    def get_model(self, model_id: int, timeout: float | None = None) -> ModelInfo:
+        """One model's metadata; raises :class:`NotFoundError` for an unknown id."""
+        return self._unary(calls.get_model(model_id, timeout))
+
+    def list_models(self, name: str | None = None, page_size: int = 0) -> Iterator[ModelInfo]:
+        """Models, newest first, fetching further pages as the iteration reaches them."""
+        yield from self._paged(calls.list_models(name, page_size))
+
+    def download_model(
+        self,
+        model_id: int,
+        dest: DownloadDestination,
+        *,
+        chunk_size: int = 0,
+        timeout: float | None = None,
+    ) -> ModelInfo:
+        """Streams the model's archive into ``dest`` (a file path or a writable object).
+
+        The bytes are checked against the model's sha256; a mismatch raises
+        :class:`ModelChecksumError` and, for a path, leaves no file behind.
+        """
+        download = ModelDownload(model_id)
+        sink = DownloadSink(dest)
+        sink.open()
+        try:
+            with self._stream(calls.download_model(model_id, chunk_size, timeout)) as messages:
+                for message in messages:
+                    data = download.accept(message)
+                    if data is not None:
+                        sink.write(data)
+            model = download.finish()
+            sink.commit()
+        finally:
+            sink.discard()
+        return model
+
+    def delete_model(self, model_id: int, timeout: float | None = None) -> None:
+        """Deletes a model (its artifact goes once no other model shares it)."""
+        self._unary(calls.delete_model(model_id, timeout))
+
+    # --- inference and deployments -------------------------------------------------------------
+
+    def infer(
+        self,
+        application: str | None = None,
+        *,
+        plugin: str | None = None,
+        action: str | None = None,
+        model: int | str | None = None,
+        json: Any = UNSET_JSON,
+        tensors: Mapping[str, Any] | None = None,
+        method: str = "post",
+        path: str = "/",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> InferResult:
+        """Call a deployed endpoint: by ``application`` name, or by ``plugin`` + ``action``.
+
+        ``json`` is the request body (a JSON object maps onto the endpoint's parameters);
+        ``tensors`` adds binary inputs by parameter name (numpy arrays, which the endpoint
+        receives as numpy arrays; binary outputs come back in :attr:`InferResult.tensors`).
+        ``timeout`` is the call's deadline (the client default when None). Raises the
+        client's typed errors (NotFoundError, InvalidArgumentError, UnavailableError,
+        DeadlineExceededError, InternalError).
+        """
+        return self._unary(
+            calls.infer(
+                application,
+                plugin=plugin,
+                action=action,
+                model=model,
+                json=json,
+                tensors=tensors,
+                method=method,
+                path=path,
+                request_id=request_id,
+                timeout=timeout,
+            )
+        )
+
+    def list_deployments(
+        self, plugin: str | None = None, name: str | None = None
+    ) -> list[DeploymentInfo]:
+        """The caller's deployments (first page of up to 1000), newest first."""
+        return self._unary(calls.list_deployments(plugin, name))
+
+    def get_deployment(self, deployment_id: int) -> DeploymentInfo:
+        """One deployment with fresh status and replicas."""
+        return self._unary(calls.get_deployment(deployment_id))
+
+    def delete_deployment(self, deployment_id: int) -> DeploymentInfo:
+        """Undeploy a serve application."""
+        return self._unary(calls.delete_deployment(deployment_id))
+
+    def register_deployment(
+        self,
+        name: str,
+        plugin: str,
+        action: str,
+        *,
+        job_id: str = "",
+        route_prefix: str = "",
+        model_ids: list[int] | None = None,
+        ray_actor_options: Mapping[str, Any] | None = None,
+        endpoint_action: str = "",
+    ) -> tuple[DeploymentInfo, bool]:
+        """Record a deployed serve application (used by ``register_serve_application``).
+
+        Only a deployment job's worker may: the server refuses a client token with
+        :class:`PermissionDeniedError`.
+        """
+        return self._unary(
+            calls.register_deployment(
+                name,
+                plugin,
+                action,
+                job_id=job_id,
+                route_prefix=route_prefix,
+                model_ids=model_ids,
+                ray_actor_options=ray_actor_options,
+                endpoint_action=endpoint_action,
+            )
+        )

@@ -1,8 +1,9 @@
-"""Channel ownership, stub cache and the retrying unary call, for both client flavours.
+"""The two I/O drivers: channel ownership, stub cache, and performing ``_calls`` (sync, asyncio).
 
-Service methods live in classes built on these cores: :class:`Client` (actions) and, in their
-own modules, further method groups (models, inference) that use ``_stub`` and ``_call`` the
-same way and are added to the client's bases.
+What to send and how to read the answer is decided in ``_calls`` and the other sans-IO
+modules; a driver only runs a call, blocking (:class:`ClientCore`) or awaited
+(:class:`AsyncClientCore`), with the client's deadline, auth metadata, retries and error
+mapping. The public clients are built on these cores.
 """
 
 from __future__ import annotations
@@ -10,13 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 
-from ._config import ConnectionConfig, RetryPolicy, TLSConfig, retry_delay
+from ._calls import PagedCall, StreamCall, UnaryCall, UploadCall
+from ._config import (
+    AsyncInterceptor,
+    ConnectionConfig,
+    RetryPolicy,
+    SyncInterceptor,
+    TLSConfig,
+    retry_delay,
+)
 from ._errors import RpcFailedError, map_rpc_errors
 
 logger = logging.getLogger(__name__)
@@ -24,9 +34,18 @@ logger = logging.getLogger(__name__)
 __all__ = ["AsyncClientCore", "ClientCore"]
 
 S = TypeVar("S")
+T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 (the interceptor type of one client flavour)
 
 
-class _CoreBase:
+class _CoreBase(Generic[I]):
+    """Connection settings, the channel and its stubs: what both drivers hold.
+
+    ``interceptors`` are grpc client interceptors that every call of the client goes
+    through, in order (blocking ones for :class:`ClientCore`, grpc.aio ones for
+    :class:`AsyncClientCore`): for tracing, extra metadata, logging.
+    """
+
     def __init__(
         self,
         address: str,
@@ -36,6 +55,7 @@ class _CoreBase:
         timeout: float | None = 30.0,
         retry: RetryPolicy | None = None,
         channel_options: tuple[tuple[str, str | int], ...] = (),
+        interceptors: Sequence[I] = (),
     ) -> None:
         self._config = ConnectionConfig.build(
             address,
@@ -46,10 +66,10 @@ class _CoreBase:
             channel_options=channel_options,
         )
         self._stubs: dict[Any, Any] = {}
-        self._channel = self._open_channel()
+        self._channel = self._open_channel(interceptors)
 
-    def _open_channel(self) -> Any:
-        """The channel this flavour uses (blocking or asyncio)."""
+    def _open_channel(self, interceptors: Sequence[I]) -> Any:
+        """The channel this flavour uses (blocking or asyncio), through ``interceptors``."""
         raise NotImplementedError
 
     def _stub(self, stub_type: Callable[[Any], S]) -> S:
@@ -58,6 +78,10 @@ class _CoreBase:
         if stub is None:
             stub = self._stubs[stub_type] = stub_type(self._channel)
         return stub  # type: ignore[no-any-return]
+
+    def _rpc(self, call: UnaryCall[Any] | PagedCall[Any] | StreamCall | UploadCall[Any]) -> Any:
+        """The stub method (multi-callable) that performs ``call``."""
+        return getattr(self._stub(call.stub), call.method)
 
     @property
     def address(self) -> str:
@@ -74,13 +98,13 @@ class _CoreBase:
         )
 
 
-class ClientCore(_CoreBase):
-    """Owns one blocking channel; ``_call`` runs a unary RPC with deadline, auth and retries."""
+class ClientCore(_CoreBase[SyncInterceptor]):
+    """Owns one blocking channel and performs calls on it."""
 
     _channel: grpc.Channel
 
-    def _open_channel(self) -> grpc.Channel:
-        return self._config.sync_channel()
+    def _open_channel(self, interceptors: Sequence[SyncInterceptor]) -> grpc.Channel:
+        return self._config.sync_channel(interceptors)
 
     def _call(self, rpc: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
         """Calls a unary RPC; retries UNAVAILABLE (every caller passes idempotent requests)."""
@@ -99,6 +123,39 @@ class ClientCore(_CoreBase):
                 logger.info("RPC unavailable (attempt %d), retrying in %.2fs", attempt, delay)
                 time.sleep(delay)
 
+    def _unary(self, call: UnaryCall[T]) -> T:
+        """Performs a unary call and returns its parsed answer."""
+        return call.parse(self._call(self._rpc(call), call.request, call.timeout))
+
+    def _paged(self, call: PagedCall[T]) -> Iterator[T]:
+        """Every item of a listing, fetching each page when the iteration reaches it."""
+        rpc = self._rpc(call)
+        request = call.request
+        while request is not None:
+            response = self._call(rpc, request)
+            yield from call.items(response)
+            request = call.next_request(request, response)
+
+    @contextmanager
+    def _stream(self, call: StreamCall) -> Iterator[Iterator[Any]]:
+        """Opens a server stream; the call is cancelled when the block ends, however it ends."""
+        responses = self._rpc(call)(
+            call.request, timeout=call.timeout, metadata=self._config.metadata
+        )
+        try:
+            with map_rpc_errors(self._config.security):
+                yield responses
+        finally:
+            responses.cancel()
+
+    def _upload(self, call: UploadCall[T], requests: Iterable[Any]) -> T:
+        """Performs a client-streaming call (never retried: the request stream is consumed)."""
+        with map_rpc_errors(self._config.security):
+            response = self._rpc(call)(
+                iter(requests), timeout=call.timeout, metadata=self._config.metadata
+            )
+        return call.parse(response)
+
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
         self._channel.close()
@@ -115,13 +172,13 @@ class ClientCore(_CoreBase):
         self.close()
 
 
-class AsyncClientCore(_CoreBase):
+class AsyncClientCore(_CoreBase[AsyncInterceptor]):
     """The asyncio twin of :class:`ClientCore`; construct it inside the running event loop."""
 
     _channel: grpc.aio.Channel
 
-    def _open_channel(self) -> grpc.aio.Channel:
-        return self._config.aio_channel()
+    def _open_channel(self, interceptors: Sequence[AsyncInterceptor]) -> grpc.aio.Channel:
+        return self._config.aio_channel(interceptors)
 
     async def _call(
         self,
@@ -144,6 +201,40 @@ class AsyncClientCore(_CoreBase):
                     raise
                 logger.info("RPC unavailable (attempt %d), retrying in %.2fs", attempt, delay)
                 await asyncio.sleep(delay)
+
+    async def _unary(self, call: UnaryCall[T]) -> T:
+        """Performs a unary call and returns its parsed answer."""
+        return call.parse(await self._call(self._rpc(call), call.request, call.timeout))
+
+    async def _paged(self, call: PagedCall[T]) -> AsyncIterator[T]:
+        """Every item of a listing, fetching each page when the iteration reaches it."""
+        rpc = self._rpc(call)
+        request = call.request
+        while request is not None:
+            response = await self._call(rpc, request)
+            for item in call.items(response):
+                yield item
+            request = call.next_request(request, response)
+
+    @asynccontextmanager
+    async def _stream(self, call: StreamCall) -> AsyncIterator[AsyncIterator[Any]]:
+        """Opens a server stream; the call is cancelled when the block ends, however it ends."""
+        responses = self._rpc(call)(
+            call.request, timeout=call.timeout, metadata=self._config.metadata
+        )
+        try:
+            with map_rpc_errors(self._config.security):
+                yield responses
+        finally:
+            responses.cancel()
+
+    async def _upload(self, call: UploadCall[T], requests: AsyncIterable[Any]) -> T:
+        """Performs a client-streaming call (never retried: the request stream is consumed)."""
+        with map_rpc_errors(self._config.security):
+            response = await self._rpc(call)(
+                requests, timeout=call.timeout, metadata=self._config.metadata
+            )
+        return call.parse(response)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

@@ -1,4 +1,4 @@
-"""``Client.infer`` and the deployment calls: the generated-client replacement of infer_remote.
+"""The sans-IO side of ``infer`` and the deployment calls (the replacement of infer_remote).
 
 The payload is JSON-like (``google.protobuf.Value``: numbers arrive as floats, as in JSON);
 numeric arrays can go as binary tensors instead (``tensors={"x": numpy_array}``), which the
@@ -19,30 +19,23 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from google.protobuf import struct_pb2
-from synapse.plugin.v1 import (
-    deployment_pb2,
-    deployment_service_pb2,
-    deployment_service_pb2_grpc,
-    inference_service_pb2,
-    inference_service_pb2_grpc,
-    tensor_pb2,
-)
+from synapse.plugin.v1 import deployment_pb2, inference_service_pb2, tensor_pb2
 
-from ._core import ClientCore
 from ._errors import ClientConfigError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "UNSET_JSON",
     "DeploymentInfo",
     "InferResult",
-    "InferenceMixin",
     "array_to_tensor",
     "build_infer_request",
     "tensor_to_array",
 ]
 
-_UNSET: Any = object()
+#: ``infer``'s default ``json``: no JSON payload at all (``json=None`` sends a JSON null).
+UNSET_JSON: Any = object()
 
 _DTYPES: dict[str, int] = {
     "float32": tensor_pb2.DATA_TYPE_FLOAT32,
@@ -172,7 +165,7 @@ def build_infer_request(
     plugin: str | None = None,
     action: str | None = None,
     model: int | str | None = None,
-    json: Any = _UNSET,
+    json: Any = UNSET_JSON,
     tensors: Mapping[str, Any] | None = None,
     method: str = "post",
     path: str = "/",
@@ -194,7 +187,7 @@ def build_infer_request(
             raise ClientConfigError("infer by action needs both plugin and action")
         request.action.plugin = plugin
         request.action.action = action
-    if json is not _UNSET:
+    if json is not UNSET_JSON:
         try:
             _fill_value(request.json, json)
         except (TypeError, ValueError) as exc:
@@ -239,92 +232,3 @@ def _deployment(message: deployment_pb2.Deployment) -> DeploymentInfo:
         endpoint_action=message.endpoint_action,
         job_id=message.job_id,
     )
-
-
-class InferenceMixin(ClientCore):
-    """Infer and deployment calls, mixed into :class:`~synapse_client.Client`."""
-
-    def infer(
-        self,
-        application: str | None = None,
-        *,
-        plugin: str | None = None,
-        action: str | None = None,
-        model: int | str | None = None,
-        json: Any = _UNSET,
-        tensors: Mapping[str, Any] | None = None,
-        method: str = "post",
-        path: str = "/",
-        request_id: str | None = None,
-        timeout: float | None = None,
-    ) -> InferResult:
-        """Call a deployed endpoint: by ``application`` name, or by ``plugin`` + ``action``.
-
-        ``json`` is the request body (a JSON object maps onto the endpoint's parameters);
-        ``tensors`` adds binary inputs by parameter name. ``timeout`` is the call's deadline
-        (the client default when None). Raises the client's typed errors (NotFoundError,
-        InvalidArgumentError, UnavailableError, DeadlineExceededError, InternalError).
-        """
-        request = build_infer_request(
-            application,
-            plugin=plugin,
-            action=action,
-            model=model,
-            json=json,
-            tensors=tensors,
-            method=method,
-            path=path,
-            request_id=request_id,
-        )
-        stub = self._stub(inference_service_pb2_grpc.InferenceServiceStub)
-        return _result(self._call(stub.Infer, request, timeout))
-
-    def _deployments(self) -> deployment_service_pb2_grpc.DeploymentServiceStub:
-        return self._stub(deployment_service_pb2_grpc.DeploymentServiceStub)
-
-    def list_deployments(
-        self, plugin: str | None = None, name: str | None = None
-    ) -> list[DeploymentInfo]:
-        """The caller's deployments (first page of up to 1000), newest first."""
-        request = deployment_service_pb2.ListDeploymentsRequest(
-            plugin=plugin or "", name=name or "", page_size=1000
-        )
-        response = self._call(self._deployments().ListDeployments, request)
-        return [_deployment(d) for d in response.deployments]
-
-    def get_deployment(self, deployment_id: int) -> DeploymentInfo:
-        """One deployment with fresh status and replicas."""
-        request = deployment_service_pb2.GetDeploymentRequest(deployment_id=deployment_id)
-        return _deployment(self._call(self._deployments().GetDeployment, request).deployment)
-
-    def delete_deployment(self, deployment_id: int) -> DeploymentInfo:
-        """Undeploy a serve application."""
-        request = deployment_service_pb2.DeleteDeploymentRequest(deployment_id=deployment_id)
-        return _deployment(self._call(self._deployments().DeleteDeployment, request).deployment)
-
-    def register_deployment(
-        self,
-        name: str,
-        plugin: str,
-        action: str,
-        *,
-        job_id: str = "",
-        route_prefix: str = "",
-        model_ids: list[int] | None = None,
-        ray_actor_options: Mapping[str, Any] | None = None,
-        endpoint_action: str = "",
-    ) -> tuple[DeploymentInfo, bool]:
-        """Record a deployed serve application (used by ``register_serve_application``)."""
-        request = deployment_service_pb2.RegisterDeploymentRequest(
-            name=name,
-            plugin=plugin,
-            action=action,
-            job_id=job_id,
-            route_prefix=route_prefix,
-            model_ids=list(model_ids or ()),
-            endpoint_action=endpoint_action,
-        )
-        if ray_actor_options:
-            request.ray_actor_options.update(dict(ray_actor_options))
-        response = self._call(self._deployments().RegisterDeployment, request)
-        return _deployment(response.deployment), response.created

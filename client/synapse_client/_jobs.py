@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Generic, TypeVar
 
 from synapse.plugin.v1 import action_service_pb2
 
@@ -17,8 +19,10 @@ from ._config import RetryPolicy
 from ._converters import dict_to_json, event_from_proto, json_loads, run_mode_to_proto
 from ._errors import (
     ClientConfigError,
+    DeadlineExceededError,
     JobCancelledError,
     JobFailedError,
+    JobTimeoutError,
     ProtocolError,
     SynapseClientError,
     UnavailableError,
@@ -28,17 +32,27 @@ from ._types import Job, JobErrorInfo, JobEvent, JobState, RunMode, TerminalEven
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "remaining",
     "EventSequencer",
+    "JobHandleBase",
+    "ProgressFollower",
     "ResultAssembler",
+    "deadline_after",
+    "finished_terminal",
     "inline_result",
+    "job_timeout",
     "new_request_id",
     "raise_for_terminal",
     "reconnect_delay",
+    "remaining",
     "result_stream_start",
     "run_action_request",
     "stream_ended_early",
 ]
+
+C = TypeVar("C")
+
+#: A job handle's result cache before the result is known (None is a valid result).
+UNSET: Any = object()
 
 _MAX_REQUEST_ID = 128
 
@@ -46,6 +60,35 @@ _MAX_REQUEST_ID = 128
 def remaining(deadline: float | None) -> float | None:
     """Seconds left until ``deadline`` (a ``time.monotonic`` value; None: no deadline)."""
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """The ``time.monotonic`` deadline ``timeout`` seconds from now (None: no deadline)."""
+    return None if timeout is None else time.monotonic() + timeout
+
+
+class JobHandleBase(Generic[C]):
+    """What both job handles hold: the client, the job's id, and what they learned of it."""
+
+    def __init__(
+        self, client: C, job_id: str, job: Job | None = None, created: bool | None = None
+    ) -> None:
+        self._client = client
+        self._id = job_id
+        #: The job as the server last reported it to this handle (None until fetched).
+        self.job = job
+        #: From run_action: False when its request_id matched a job that already existed.
+        self.created = created
+        self._result: Any = UNSET
+
+    @property
+    def id(self) -> str:
+        """The job's id."""
+        return self._id
+
+    def __repr__(self) -> str:
+        state = self.job.state.value if self.job is not None else "unknown"
+        return f"{type(self).__name__}({self._id!r}, state={state})"
 
 
 def new_request_id() -> str:
@@ -133,6 +176,52 @@ def stream_ended_early(job_id: str) -> ProtocolError:
     return _StreamEndedEarlyError(f"job {job_id}: progress stream ended before the terminal event")
 
 
+class ProgressFollower:
+    """One ``events()`` iteration across reconnects: what to ask for, when to ask again.
+
+    The driver opens StreamProgress with :meth:`request`, passes each message to
+    :meth:`accept`, and when the stream fails or closes (:meth:`end_of_stream`) sleeps
+    :meth:`reconnect_after` seconds before opening it again.
+    """
+
+    def __init__(self, sequencer: EventSequencer, policy: RetryPolicy) -> None:
+        self.sequencer = sequencer
+        self._policy = policy
+        # Failed openings since the last delivered event: a stream that keeps delivering
+        # may drop any number of times.
+        self._failures = 0
+
+    def request(self) -> action_service_pb2.StreamProgressRequest:
+        """The StreamProgress request that continues after the last delivered event."""
+        return self.sequencer.request()
+
+    def accept(self, response: action_service_pb2.StreamProgressResponse) -> JobEvent | None:
+        """The event to deliver for one stream message, or None."""
+        event = self.sequencer.accept(response)
+        if event is not None:
+            self._failures = 0
+        return event
+
+    def end_of_stream(self) -> SynapseClientError | None:
+        """What a stream that closed cleanly means: None when nothing is left to follow."""
+        if self.sequencer.ended_early():
+            return stream_ended_early(self.sequencer.job_id)
+        return None
+
+    def reconnect_after(self, failure: SynapseClientError) -> float:
+        """Seconds to wait before reopening the stream; re-raises ``failure`` when the drop
+        is not one to recover from or the retry policy's attempts are used up."""
+        self._failures += 1
+        delay = reconnect_delay(self._policy, self._failures, failure)
+        logger.info(
+            "progress stream of job %s dropped after seq %d, resuming in %.2fs",
+            self.sequencer.job_id,
+            self.sequencer.last_seq,
+            delay,
+        )
+        return delay
+
+
 def reconnect_delay(policy: RetryPolicy, attempt: int, failure: SynapseClientError) -> float:
     """Seconds to wait before reopening a dropped progress stream; re-raises ``failure``
     when the drop is not one to recover from or the policy's attempts are used up.
@@ -166,6 +255,33 @@ def raise_for_terminal(job_id: str, terminal: TerminalEvent) -> None:
         raise JobCancelledError(job_id, terminal.reason)
     if terminal.state is not JobState.SUCCEEDED:
         raise ProtocolError(f"job {job_id}: terminal event with state {terminal.state}")
+
+
+def finished_terminal(sequencer: EventSequencer) -> TerminalEvent:
+    """The terminal event a followed stream ended with, once it is a success.
+
+    Raises the typed error of a FAILED or CANCELLED job, and :class:`ProtocolError` when the
+    stream ended without one.
+    """
+    terminal = sequencer.terminal
+    if terminal is None:
+        raise ProtocolError(f"job {sequencer.job_id}: stream ended without a terminal event")
+    raise_for_terminal(sequencer.job_id, terminal)
+    return terminal
+
+
+@contextmanager
+def job_timeout(job_id: str, timeout: float | None) -> Iterator[None]:
+    """Turns a deadline that ran out while waiting for a result into :class:`JobTimeoutError`.
+
+    Without a timeout a deadline can only be a call's own, and stays a DeadlineExceededError.
+    """
+    try:
+        yield
+    except DeadlineExceededError as error:
+        if timeout is None:
+            raise
+        raise JobTimeoutError(job_id, timeout) from error
 
 
 def inline_result(job_id: str, terminal: TerminalEvent) -> Any:

@@ -1,9 +1,11 @@
-"""Model methods of the client: register (streamed upload), get, list, download, delete.
+"""The sans-IO side of the model calls: :class:`ModelInfo`, uploads and downloads.
 
-:class:`ModelsMixin` is one of :class:`~synapse_client.Client`'s bases; it uses the core's
-channel, stubs and retrying unary call. Uploads and downloads are streams and are not retried
-(an upload creates a new model each time); their default deadline is none, since their length
-depends on the archive size.
+:class:`ModelUpload` validates a RegisterModel upload and builds its messages;
+:class:`ModelDownload` checks a DownloadModel stream and :class:`DownloadSink` puts its bytes
+where the caller asked. The clients do the reading, writing and waiting: blocking in
+:class:`~synapse_client.Client`, in worker threads in :class:`~synapse_client.AsyncClient`.
+Uploads and downloads are streams and are not retried (an upload creates a new model each
+time); their default deadline is none, since their length depends on the archive size.
 """
 
 from __future__ import annotations
@@ -11,20 +13,28 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 
 from google.protobuf import json_format, struct_pb2
-from synapse.plugin.v1 import model_pb2, model_service_pb2, model_service_pb2_grpc
+from synapse.plugin.v1 import model_pb2, model_service_pb2
 
-from ._errors import ClientConfigError, DataLossError, ProtocolError, map_rpc_errors
+from ._errors import ClientConfigError, DataLossError, ProtocolError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelChecksumError", "ModelInfo", "ModelsMixin", "model_from_proto"]
+__all__ = [
+    "DownloadDestination",
+    "DownloadSink",
+    "ModelChecksumError",
+    "ModelDownload",
+    "ModelInfo",
+    "ModelUpload",
+    "file_sha256",
+    "model_from_proto",
+]
 
 DEFAULT_UPLOAD_CHUNK = 1024 * 1024
 
@@ -108,7 +118,8 @@ def _archive_format(path: Path, archive_format: str | None) -> int:
     return _FORMATS[key]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes (read in chunks)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(DEFAULT_UPLOAD_CHUNK):
@@ -120,42 +131,38 @@ class _Writable(Protocol):
     def write(self, data: bytes, /) -> int: ...
 
 
-if TYPE_CHECKING:
-    from ._core import ClientCore
+#: Where a download goes: a file path, or any object with a ``write(bytes)`` method.
+DownloadDestination = str | Path | BinaryIO | _Writable
 
-    _MixinBase = ClientCore
-else:
-    # At run time the mixin adds methods only; ClientCore comes from Client's other base.
-    _MixinBase = object
+_MAX_CHUNK = 4 * 1024 * 1024
 
 
-class ModelsMixin(_MixinBase):
-    """ModelService methods; mixed into :class:`~synapse_client.Client` next to ClientCore."""
+@dataclass(frozen=True)
+class ModelUpload:
+    """A checked RegisterModel upload: the archive to send and its header, chunk by chunk."""
 
-    def _models(self) -> model_service_pb2_grpc.ModelServiceStub:
-        return self._stub(model_service_pb2_grpc.ModelServiceStub)
+    path: Path
+    info: model_service_pb2.ModelUploadInfo
+    chunk_size: int
 
-    def register_model(
-        self,
+    @classmethod
+    def prepare(
+        cls,
         archive: str | Path,
         name: str,
         *,
-        description: str = "",
-        framework: str = "",
-        metadata: dict[str, Any] | None = None,
-        archive_format: str | None = None,
-        chunk_size: int = DEFAULT_UPLOAD_CHUNK,
-        timeout: float | None = None,
-    ) -> ModelInfo:
-        """Uploads an archive file (``.zip``, ``.tar``, ``.tar.gz``) as a new model.
-
-        The archive's sha256 is computed first and sent along, so the server verifies what it
-        received. Pack a directory first (``synapse model register DIR`` does it for you).
-        """
+        description: str,
+        framework: str,
+        metadata: dict[str, Any] | None,
+        archive_format: str | None,
+        chunk_size: int,
+    ) -> ModelUpload:
+        """Checks the caller's arguments; raises :class:`ClientConfigError` before any I/O
+        but a look at the file."""
         path = Path(archive)
         if not path.is_file():
             raise ClientConfigError(f"{path}: not a file")
-        if not 0 < chunk_size <= 4 * 1024 * 1024:
+        if not 0 < chunk_size <= _MAX_CHUNK:
             raise ClientConfigError("chunk_size must be between 1 byte and 4 MiB")
         fmt = _archive_format(path, archive_format)
         struct = struct_pb2.Struct()
@@ -169,107 +176,100 @@ class ModelsMixin(_MixinBase):
             framework=framework,
             metadata=struct,
             archive_format=fmt,  # type: ignore[arg-type]
-            expected_sha256=_sha256(path),
         )
+        return cls(path, info, chunk_size)
 
-        def requests() -> Iterator[model_service_pb2.RegisterModelRequest]:
-            yield model_service_pb2.RegisterModelRequest(info=info)
-            with open(path, "rb") as fh:
-                while chunk := fh.read(chunk_size):
-                    yield model_service_pb2.RegisterModelRequest(chunk=chunk)
+    def header(self, sha256: str) -> model_service_pb2.RegisterModelRequest:
+        """The first message: the model's info and the archive's sha256 (which the server
+        checks what it received against)."""
+        info = model_service_pb2.ModelUploadInfo()
+        info.CopyFrom(self.info)
+        info.expected_sha256 = sha256
+        return model_service_pb2.RegisterModelRequest(info=info)
 
-        with map_rpc_errors(self._config.security):
-            response = self._models().RegisterModel(
-                requests(), timeout=timeout, metadata=self._config.metadata
-            )
-        model = model_from_proto(response.model)
-        logger.info("registered model %d (%s)", model.id, model.name)
-        return model
+    @staticmethod
+    def chunk(data: bytes) -> model_service_pb2.RegisterModelRequest:
+        """A message carrying the next ``data`` of the archive."""
+        return model_service_pb2.RegisterModelRequest(chunk=data)
 
-    def get_model(self, model_id: int, timeout: float | None = None) -> ModelInfo:
-        """One model's metadata; raises :class:`NotFoundError` for an unknown id."""
-        response = self._call(
-            self._models().GetModel, model_service_pb2.GetModelRequest(model_id=model_id), timeout
-        )
-        return model_from_proto(response.model)
 
-    def list_models(self, name: str | None = None, page_size: int = 0) -> Iterator[ModelInfo]:
-        """Models, newest first, fetching further pages as the iteration reaches them."""
-        request = model_service_pb2.ListModelsRequest(name=name or "", page_size=page_size)
-        while True:
-            response = self._call(self._models().ListModels, request)
-            for message in response.models:
-                yield model_from_proto(message)
-            if not response.next_page_token:
-                return
-            request.page_token = response.next_page_token
+class ModelDownload:
+    """Checks one DownloadModel stream: the header first, then chunks that hash to it."""
 
-    def download_model(
-        self,
-        model_id: int,
-        dest: str | Path | BinaryIO | _Writable,
-        *,
-        chunk_size: int = 0,
-        timeout: float | None = None,
-    ) -> ModelInfo:
-        """Streams the model's archive into ``dest`` (a file path or a writable object).
+    def __init__(self, model_id: int) -> None:
+        self.model_id = model_id
+        self._model: ModelInfo | None = None
+        self._digest = hashlib.sha256()
+        self._size = 0
 
-        The bytes are checked against the model's sha256; a mismatch raises
-        :class:`ModelChecksumError` and, for a path, leaves no file behind.
-        """
-        if isinstance(dest, str | Path):
-            target = Path(dest)
-            partial = target.with_name(target.name + ".part")
-            try:
-                with open(partial, "wb") as fh:
-                    model = self._download_into(model_id, fh, chunk_size, timeout)
-                os.replace(partial, target)
-            finally:
-                partial.unlink(missing_ok=True)
-            return model
-        return self._download_into(model_id, dest, chunk_size, timeout)
+    def accept(self, message: model_service_pb2.DownloadModelResponse) -> bytes | None:
+        """The archive bytes ``message`` carries, to be written; None for the header."""
+        kind = message.WhichOneof("kind")
+        if kind == "model":
+            if self._model is not None:
+                raise ProtocolError(f"model {self.model_id}: second model header")
+            self._model = model_from_proto(message.model)
+            return None
+        if kind == "chunk":
+            if self._model is None:
+                raise ProtocolError(f"model {self.model_id}: chunk before the header")
+            self._digest.update(message.chunk)
+            self._size += len(message.chunk)
+            return message.chunk
+        return None
 
-    def _download_into(
-        self, model_id: int, out: _Writable, chunk_size: int, timeout: float | None
-    ) -> ModelInfo:
-        request = model_service_pb2.DownloadModelRequest(
-            model_id=model_id, chunk_size_bytes=chunk_size
-        )
-        call = self._models().DownloadModel(
-            request, timeout=timeout, metadata=self._config.metadata
-        )
-        model: ModelInfo | None = None
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with map_rpc_errors(self._config.security):
-                for message in call:
-                    kind = message.WhichOneof("kind")
-                    if kind == "model":
-                        if model is not None:
-                            raise ProtocolError(f"model {model_id}: second model header")
-                        model = model_from_proto(message.model)
-                    elif kind == "chunk":
-                        if model is None:
-                            raise ProtocolError(f"model {model_id}: chunk before the header")
-                        digest.update(message.chunk)
-                        size += len(message.chunk)
-                        out.write(message.chunk)
-        finally:
-            call.cancel()
+    def finish(self) -> ModelInfo:
+        """The model, once the stream ended with every byte of the archive it announced."""
+        model = self._model
         if model is None:
-            raise ProtocolError(f"model {model_id}: download stream carried no model")
-        if digest.hexdigest() != model.sha256 or size != model.size_bytes:
+            raise ProtocolError(f"model {self.model_id}: download stream carried no model")
+        digest = self._digest.hexdigest()
+        if digest != model.sha256 or self._size != model.size_bytes:
             raise ModelChecksumError(
-                f"model {model_id}: downloaded {size} bytes with sha256 {digest.hexdigest()}, "
+                f"model {self.model_id}: downloaded {self._size} bytes with sha256 {digest}, "
                 f"expected {model.size_bytes} bytes with sha256 {model.sha256}"
             )
         return model
 
-    def delete_model(self, model_id: int, timeout: float | None = None) -> None:
-        """Deletes a model (its artifact goes once no other model shares it)."""
-        self._call(
-            self._models().DeleteModel,
-            model_service_pb2.DeleteModelRequest(model_id=model_id),
-            timeout,
-        )
+
+class DownloadSink:
+    """Where downloaded bytes go. A path is written as ``NAME.part`` and renamed only once
+    the download is complete and checked, so a failed one leaves no file behind; a
+    writable object gets the bytes as they come.
+
+    Blocking file I/O: the async client calls these methods in a worker thread, one at a time.
+    """
+
+    def __init__(self, dest: DownloadDestination) -> None:
+        self._target: Path | None = None
+        self._partial: Path | None = None
+        self._file: IO[bytes] | None = None
+        self._out: _Writable | None = None
+        if isinstance(dest, str | Path):
+            self._target = Path(dest)
+            self._partial = self._target.with_name(self._target.name + ".part")
+        else:
+            self._out = dest
+
+    def open(self) -> None:
+        """Creates the partial file (for a path)."""
+        if self._partial is not None:
+            self._file = self._out = open(self._partial, "wb")  # noqa: SIM115 (closed in commit/discard)
+
+    def write(self, data: bytes) -> None:
+        """Writes the next bytes of the archive."""
+        assert self._out is not None, "open() first"
+        self._out.write(data)
+
+    def commit(self) -> None:
+        """Moves a complete download to its path."""
+        if self._file is not None and self._partial is not None and self._target is not None:
+            self._file.close()
+            os.replace(self._partial, self._target)
+
+    def discard(self) -> None:
+        """Removes what a download that did not complete left (nothing after commit)."""
+        if self._file is not None:
+            self._file.close()
+        if self._partial is not None:
+            self._partial.unlink(missing_ok=True)

@@ -38,6 +38,8 @@ EXPECTED = {
     "LogEvent",
     "LogLevel",
     "MetricEvent",
+    "ModelChecksumError",
+    "ModelInfo",
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",

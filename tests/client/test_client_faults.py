@@ -34,6 +34,7 @@ from synapse_client import (
     InvalidArgumentError,
     JobTimeoutError,
     NotFoundError,
+    ProtocolError,
     RetryPolicy,
     RpcFailedError,
     SynapseClientError,
@@ -415,3 +416,20 @@ def test_replay_only_stops_at_the_stored_events(fault_server: tuple[str, FaultSc
         assert [e.seq for e in client.job("j1").events(follow=False)] == [1, 2]
         assert [e.seq for e in client.job("j1").events(after_seq=1, follow=False)] == [2]
     assert [after for _, after in script.stream_requests] == [0, 1]
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_bad_inline_result_is_a_protocol_error_in_both_clients(
+    fault_server: tuple[str, FaultScript], flavour: str
+) -> None:
+    # Both clients read a terminal event's inline result with the same strict parser.
+    address, script = fault_server
+    script.events = [_terminal_ok(1, b'{"a": NaN}')]
+    script.job_state = job_pb2.JOB_STATE_SUCCEEDED
+    with pytest.raises(ProtocolError, match="inline result is not JSON"):
+        if flavour == "sync":
+            with Client(address) as client:
+                client.job("j1").result(timeout=10)
+        else:
+            async with AsyncClient(address) as aclient:
+                await aclient.job("j1").result(timeout=10)

@@ -429,6 +429,41 @@ async def test_client_infer_over_grpc(grpc_address: str, models_root: Path) -> N
     await asyncio.to_thread(_calls)
 
 
+async def test_async_client_infer_over_grpc(grpc_address: str, models_root: Path) -> None:
+    import numpy as np
+    import synapse_client as sc
+
+    from examples.models import reference_outputs
+
+    async with sc.AsyncClient(grpc_address, token="tok-acme", timeout=20) as client:
+        # JSON in and out, by application name and by plugin + endpoint action.
+        body = {"inputs": [{"data": [1, 2, 3]}]}
+        want = reference_outputs(models_root / "1", [[1.0, 2.0, 3.0]])[0]
+        by_name = await client.infer("mlp-app", model=1, json=body)
+        by_action = await client.infer(plugin="torch-serve", action="inference", model=1, json=body)
+        for result in (by_name, by_action):
+            assert result.json[0]["prediction"] == pytest.approx(want, rel=1e-5)
+            assert (result.application, result.model_id) == ("mlp-app", "1")
+        # Binary tensors in and out, kept as float32 numpy arrays.
+        x = np.arange(6, dtype=np.float32).reshape(2, 3)
+        doubled = await client.infer("probe-app", model=6, path="/double", tensors={"x": x})
+        output = doubled.tensors["output"]
+        assert output.dtype == np.float32 and output.tolist() == (x * 6).tolist()
+        assert doubled.json is None
+        # The deployments the answers came from, as the blocking client sees them.
+        deployments = await client.list_deployments()
+        probe = next(d for d in deployments if d.name == "probe-app")
+        assert [r["state"] for r in (await client.get_deployment(probe.id)).replicas] == ["RUNNING"]
+        with pytest.raises(sc.NotFoundError):
+            await client.infer("nope", model=1, json={})
+        with pytest.raises(sc.InvalidArgumentError):
+            await client.infer("mlp-app", model=1, json={"inputs": 5})
+        with pytest.raises(sc.DeadlineExceededError):
+            await client.infer("probe-app", path="/sleep", json={"seconds": 5}, timeout=0.5)
+        with pytest.raises(sc.ClientConfigError):
+            await client.infer("probe-app", tensors={"x": np.array(["text"])})
+
+
 def _serve_tasks(tasks: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
     """The pending tasks whose coroutine is Ray Serve's (its routers' background work)."""
     found = set()
