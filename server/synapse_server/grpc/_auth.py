@@ -24,10 +24,16 @@ from synapse_sdk.plugins.actions.inference._multiplex import (
     looks_like_serve_model_id,
 )
 
-from synapse_server.core import PermissionDeniedError, UnauthenticatedError
+from synapse_server.core import (
+    InvalidArgumentError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+)
 from synapse_server.core._credentials import WorkerClaims, WorkerCredentialIssuer
 from synapse_server.core.inference import ServeKeyring
 from synapse_server.grpc._errors import status_for
+from synapse_server.grpc._requests import RejectedRequest, RequestGuard
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -95,15 +101,21 @@ def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Resolves the caller from ``authorization: Bearer`` metadata for every RPC."""
+    """Resolves the caller from ``authorization: Bearer`` metadata for every RPC.
+
+    Its handler re-wrap is also where every request passes the ``guard``'s checks (size,
+    decoding, string lengths; see ``_requests``) before any servicer code runs.
+    """
 
     def __init__(
         self,
         tokens: Mapping[str, str],
         credentials: WorkerCredentialIssuer,
         serve_keys: ServeKeyring | None = None,
+        guard: RequestGuard | None = None,
     ) -> None:
         self._tokens = dict(tokens)
+        self._guard = guard or RequestGuard()
         self._credentials = credentials
         self._serve_keys = serve_keys
 
@@ -164,7 +176,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         except (UnauthenticatedError, PermissionDeniedError) as exc:
             principal, failure = None, exc
             logger.info("rejected call to %s: %s", method, exc)
-        return _wrap(handler, principal, failure)
+        return _wrap(handler, principal, failure, self._guard, method)
 
 
 def _check_serve_scope(principal: Principal | None, request: Any) -> None:
@@ -179,13 +191,23 @@ def _check_serve_scope(principal: Principal | None, request: Any) -> None:
 
 
 def _wrap(
-    handler: grpc.RpcMethodHandler, principal: Principal | None, failure: Exception | None
+    handler: grpc.RpcMethodHandler,
+    principal: Principal | None,
+    failure: Exception | None,
+    guard: RequestGuard,
+    method: str,
 ) -> grpc.RpcMethodHandler:
     # grpc.aio runs each RPC in its own task (own context copy), so setting the ContextVar
     # in the handler cannot leak into another call; streaming handlers need no reset.
-    async def check(context: grpc.aio.ServicerContext) -> None:
+    # The auth failure is answered first: an unauthenticated caller learns nothing about
+    # what the server makes of its request bytes.
+    deserializer = guard.deserializer(method, handler.request_deserializer)
+
+    async def check(context: grpc.aio.ServicerContext, request: Any = None) -> None:
         if failure is not None:
             await context.abort_with_status(status_for(failure))
+        if isinstance(request, RejectedRequest):
+            await context.abort_with_status(status_for(request.error))
 
     async def scope(request: Any, context: grpc.aio.ServicerContext) -> None:
         try:
@@ -198,7 +220,7 @@ def _wrap(
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await check(context)
+            await check(context, request)
             await scope(request, context)
             token = _principal.set(principal)
             try:
@@ -207,7 +229,7 @@ def _wrap(
                 _principal.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
+            unary_unary, deserializer, handler.response_serializer
         )
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
@@ -215,15 +237,19 @@ def _wrap(
         async def unary_stream(
             request: Any, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            await check(context)
+            await check(context, request)
             await scope(request, context)
             _principal.set(principal)
             async for item in inner_us(request, context):
                 yield item
 
         return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
+            unary_stream, deserializer, handler.response_serializer
         )
+    # Streamed requests: a refused message raises its domain error from the request
+    # iterator. Our servicers map it like any other error; a handler that lets it escape
+    # (reflection) is answered here, from the handler's own task: an abort from another
+    # task can collide with the handler's pending send.
     if handler.stream_stream is not None:
         inner_ss = handler.stream_stream
 
@@ -232,11 +258,14 @@ def _wrap(
         ) -> AsyncIterator[Any]:
             await check(context)
             _principal.set(principal)
-            async for item in inner_ss(request_iterator, context):
-                yield item
+            try:
+                async for item in inner_ss(guard.checked(request_iterator), context):
+                    yield item
+            except (InvalidArgumentError, ResourceExhaustedError) as exc:
+                await context.abort_with_status(status_for(exc))
 
         return grpc.stream_stream_rpc_method_handler(
-            stream_stream, handler.request_deserializer, handler.response_serializer
+            stream_stream, deserializer, handler.response_serializer
         )
     inner_su = handler.stream_unary
 
@@ -244,10 +273,12 @@ def _wrap(
         await check(context)
         token = _principal.set(principal)
         try:
-            return await inner_su(request_iterator, context)
+            return await inner_su(guard.checked(request_iterator), context)
+        except (InvalidArgumentError, ResourceExhaustedError) as exc:
+            await context.abort_with_status(status_for(exc))
         finally:
             _principal.reset(token)
 
     return grpc.stream_unary_rpc_method_handler(
-        stream_unary, handler.request_deserializer, handler.response_serializer
+        stream_unary, deserializer, handler.response_serializer
     )
