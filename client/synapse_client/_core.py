@@ -16,7 +16,13 @@ from typing import Any, Self, TypeVar
 
 import grpc
 
-from ._config import ConnectionConfig, RetryPolicy, TLSConfig, retry_delay
+from ._config import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ConnectionConfig,
+    RetryPolicy,
+    TLSConfig,
+    retry_delay,
+)
 from ._errors import RpcFailedError, map_rpc_errors
 
 logger = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ class _CoreBase:
         timeout: float | None = 30.0,
         retry: RetryPolicy | None = None,
         channel_options: tuple[tuple[str, str | int], ...] = (),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self._config = ConnectionConfig.build(
             address,
@@ -44,6 +51,7 @@ class _CoreBase:
             timeout=timeout,
             retry=retry,
             channel_options=channel_options,
+            max_message_bytes=max_message_bytes,
         )
         self._stubs: dict[Any, Any] = {}
         self._channel = self._open_channel()

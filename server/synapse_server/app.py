@@ -45,6 +45,7 @@ from synapse_server.grpc._auth import AuthInterceptor
 from synapse_server.grpc._deployment_servicer import DeploymentServicer
 from synapse_server.grpc._inference_servicer import InferenceServicer
 from synapse_server.grpc._model_servicer import ModelServicer
+from synapse_server.grpc._requests import RequestGuard
 from synapse_server.grpc._servicers import ActionServicer, WorkerServicer
 from synapse_server.ray import RayRuntime, RayRuntimeConfig, ServeDeploymentBackend, ServeRouter
 from synapse_server.ray._environment import ServeJobEnvironment
@@ -55,7 +56,6 @@ __all__ = ["SynapseServer", "serve"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_MESSAGE = 64 << 20
 _SERVICES = (
     action_service_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
@@ -127,7 +127,9 @@ class SynapseServer:
         await asyncio.to_thread(catalog.reload)
         # Serve: Ray starts lazily (first deployment job or Infer), owned by this server.
         self._ray = RayRuntime(RayRuntimeConfig(address=s.ray_address))
-        self._router = router = ServeRouter(self._ray, transport=s.serve_transport)
+        self._router = router = ServeRouter(
+            self._ray, transport=s.serve_transport, max_message_bytes=s.max_message_bytes
+        )
         self._deployment_store = SqliteDeploymentStore(s.data_dir / "synapse.db")
         await self._deployment_store.open()
         deployments = DeploymentService(
@@ -140,7 +142,11 @@ class SynapseServer:
         # Deployment jobs learn the Ray address and their tenant's signing key from this; the
         # replicas they start reach the platform at the address Ray workers use.
         serve_environment = ServeJobEnvironment(
-            catalog, self._ray, keyring, replica_address=lambda: self.ray_worker_address
+            catalog,
+            self._ray,
+            keyring,
+            replica_address=lambda: self.ray_worker_address,
+            replica_message_bytes=router.replica_message_bytes,
         )
         executor = LocalProcessExecutor(
             self.worker_address,
@@ -184,15 +190,21 @@ class SynapseServer:
             max_concurrent_jobs=s.max_concurrent_jobs,
         )
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(s.tokens, issuer, serve_keys=keyring)],
+            interceptors=[
+                AuthInterceptor(
+                    s.tokens, issuer, serve_keys=keyring, guard=RequestGuard(s.max_message_bytes)
+                )
+            ],
+            # Each RPC's own, smaller request limit is the guard's; gRPC refuses anything
+            # over the largest before it is read.
             options=[
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
             ],
         )
         action_service_pb2_grpc.add_ActionServiceServicer_to_server(
-            ActionServicer(self._jobs, s.keepalive_seconds), server
+            ActionServicer(self._jobs, s.keepalive_seconds, s.max_message_bytes), server
         )
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerServicer(self._jobs), server
@@ -202,7 +214,7 @@ class SynapseServer:
             DeploymentServicer(deployments), server
         )
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(inference), server
+            InferenceServicer(inference, s.max_message_bytes), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
