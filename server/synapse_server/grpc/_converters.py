@@ -164,8 +164,13 @@ def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def _seconds(ts: timestamp_pb2.Timestamp) -> float:
-    return ts.ToNanoseconds() / 1e9
+def _seconds(ts: timestamp_pb2.Timestamp, field: str = "time") -> float:
+    """A request's timestamp in seconds; InvalidArgumentError when it is not a valid one
+    (nanos outside 0..999,999,999 or a date outside years 1..9999)."""
+    try:
+        return ts.ToNanoseconds() / 1e9
+    except ValueError:
+        raise InvalidArgumentError(f"{field} is not a valid timestamp", field=field) from None
 
 
 def struct_from_dict(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
