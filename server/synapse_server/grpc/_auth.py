@@ -32,7 +32,7 @@ from synapse_server.core import (
 )
 from synapse_server.core._credentials import WorkerClaims, WorkerCredentialIssuer
 from synapse_server.core.inference import ServeKeyring
-from synapse_server.grpc._errors import status_for
+from synapse_server.grpc._errors import end_with_status, status_for
 from synapse_server.grpc._requests import RejectedRequest, RequestGuard
 
 __all__ = [
@@ -165,7 +165,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        """Wrap the method's handler so it runs with the caller set (or aborts)."""
+        """Wrap the method's handler so it runs with the caller set (or is refused)."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -199,29 +199,31 @@ def _wrap(
 ) -> grpc.RpcMethodHandler:
     # grpc.aio runs each RPC in its own task (own context copy), so setting the ContextVar
     # in the handler cannot leak into another call; streaming handlers need no reset.
-    # The auth failure is answered first: an unauthenticated caller learns nothing about
-    # what the server makes of its request bytes.
+    # Refusals end the call with end_with_status (no AbortError: see there). The auth failure
+    # is answered first: an unauthenticated caller learns nothing about what the server makes
+    # of its request bytes.
     deserializer = guard.deserializer(method, handler.request_deserializer)
 
-    async def check(context: grpc.aio.ServicerContext, request: Any = None) -> None:
+    def refusal(request: Any = None) -> grpc.Status | None:
         if failure is not None:
-            await context.abort_with_status(status_for(failure))
+            return status_for(failure)
         if isinstance(request, RejectedRequest):
-            await context.abort_with_status(status_for(request.error))
-
-    async def scope(request: Any, context: grpc.aio.ServicerContext) -> None:
+            return status_for(request.error)
         try:
             _check_serve_scope(principal, request)
         except PermissionDeniedError as exc:
             logger.info("rejected serve model credential: %s", exc)
-            await context.abort_with_status(status_for(exc))
+            return status_for(exc)
+        return None
 
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await check(context, request)
-            await scope(request, context)
+            status = refusal(request)
+            if status is not None:
+                end_with_status(context, status)
+                return None
             token = _principal.set(principal)
             try:
                 return await inner_uu(request, context)
@@ -237,8 +239,10 @@ def _wrap(
         async def unary_stream(
             request: Any, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            await check(context, request)
-            await scope(request, context)
+            status = refusal(request)
+            if status is not None:
+                end_with_status(context, status)
+                return
             _principal.set(principal)
             async for item in inner_us(request, context):
                 yield item
@@ -256,13 +260,16 @@ def _wrap(
         async def stream_stream(
             request_iterator: Any, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            await check(context)
-            _principal.set(principal)
-            try:
-                async for item in inner_ss(guard.checked(request_iterator), context):
-                    yield item
-            except (InvalidArgumentError, ResourceExhaustedError) as exc:
-                await context.abort_with_status(status_for(exc))
+            status = refusal()
+            if status is None:
+                _principal.set(principal)
+                try:
+                    async for item in inner_ss(guard.checked(request_iterator), context):
+                        yield item
+                    return
+                except (InvalidArgumentError, ResourceExhaustedError) as exc:
+                    status = status_for(exc)
+            end_with_status(context, status)
 
         return grpc.stream_stream_rpc_method_handler(
             stream_stream, deserializer, handler.response_serializer
@@ -270,14 +277,17 @@ def _wrap(
     inner_su = handler.stream_unary
 
     async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        await check(context)
-        token = _principal.set(principal)
-        try:
-            return await inner_su(guard.checked(request_iterator), context)
-        except (InvalidArgumentError, ResourceExhaustedError) as exc:
-            await context.abort_with_status(status_for(exc))
-        finally:
-            _principal.reset(token)
+        status = refusal()
+        if status is None:
+            token = _principal.set(principal)
+            try:
+                return await inner_su(guard.checked(request_iterator), context)
+            except (InvalidArgumentError, ResourceExhaustedError) as exc:
+                status = status_for(exc)
+            finally:
+                _principal.reset(token)
+        end_with_status(context, status)
+        return None
 
     return grpc.stream_unary_rpc_method_handler(
         stream_unary, deserializer, handler.response_serializer

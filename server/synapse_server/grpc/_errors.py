@@ -53,7 +53,14 @@ from synapse_server.core.inference import (
 )
 from synapse_server.core.models import ArtifactTooLargeError
 
-__all__ = ["ERROR_STATUS", "MAX_MESSAGE_BYTES", "MAX_VIOLATIONS", "map_errors", "status_for"]
+__all__ = [
+    "ERROR_STATUS",
+    "MAX_MESSAGE_BYTES",
+    "MAX_VIOLATIONS",
+    "end_with_status",
+    "map_errors",
+    "status_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -170,13 +177,25 @@ def _correlation_detail(correlation_id: str) -> any_pb2.Any:
     return detail
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    status = status_for(exc)
-    await context.abort_with_status(status)
+def end_with_status(context: grpc.aio.ServicerContext, status: grpc.Status) -> None:
+    """Make ``status`` the call's answer; the handler then returns instead of raising.
+
+    ``context.abort`` would raise an AbortError that grpc.aio keeps on the call's state,
+    whose traceback holds the handler frames and so the request: a reference cycle that
+    keeps a large refused request alive until the cyclic collector runs (measured: 12
+    refused 50 MB requests left the server over 1 GB larger).
+    """
+    context.set_code(status.code)
+    context.set_details(status.details)
+    context.set_trailing_metadata(status.trailing_metadata)
 
 
 def map_errors(method: F) -> F:
-    """Decorate a servicer method (coroutine or async generator) to map errors to statuses."""
+    """Decorate a servicer method (coroutine or async generator) to map errors to statuses.
+
+    The status is set after the ``except`` block, so the error (whose traceback holds the
+    request) is released as soon as it is mapped.
+    """
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
@@ -186,10 +205,12 @@ def map_errors(method: F) -> F:
             try:
                 async for item in method(self, request, context):
                     yield item
+                return
             except (grpc.aio.AbortError, GeneratorExit):
                 raise
             except Exception as exc:
-                await _abort(context, exc)
+                status = status_for(exc)
+            end_with_status(context, status)
 
         return stream_wrapper  # type: ignore[return-value]
 
@@ -200,6 +221,8 @@ def map_errors(method: F) -> F:
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            status = status_for(exc)
+        end_with_status(context, status)
+        return None
 
     return unary_wrapper  # type: ignore[return-value]

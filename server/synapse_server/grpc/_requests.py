@@ -197,7 +197,10 @@ class RequestGuard:
                 try:
                     check_strings(message)
                 except InvalidArgumentError as exc:
-                    return RejectedRequest(exc)
+                    # Without its traceback: the frames would keep the refused message and
+                    # its over-long value alive in a reference cycle until the cyclic
+                    # collector ran, which an idle server may not do for a long time.
+                    return RejectedRequest(exc.with_traceback(None))
             return message
 
         return deserialize
