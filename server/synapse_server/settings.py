@@ -97,8 +97,9 @@ class ServerSettings(BaseSettings):
     # The largest gRPC message of the RPCs that carry payloads: RunAction requests, Infer
     # requests and answers, WorkerService streams, job views with their params. Serve
     # replicas are allowed this much (plus framing) on their channel to the server. Every
-    # other RPC has a smaller fixed limit (docs/contract.md, "Message size").
-    max_message_bytes: int = Field(default=64 << 20, ge=1 << 20, le=1 << 30)
+    # other RPC has a smaller fixed limit (docs/contract.md, "Message size"). At least 8 MiB:
+    # model archive and job result chunks are up to 4 MiB.
+    max_message_bytes: int = Field(default=64 << 20, ge=8 << 20, le=1 << 30)
 
     @field_validator("plugin_dirs", mode="before")
     @classmethod

@@ -40,7 +40,14 @@ from synapse_server.core._paging import decode_page_token
 from synapse_server.grpc._errors import MAX_MESSAGE_BYTES, MAX_VIOLATIONS, status_for
 from synapse_server.grpc._requests import STRING_LIMITS
 
-from tests.server._raw import Method, Outcome, ServerWithPendingJob, all_methods, call_raw
+from tests.server._raw import (
+    Method,
+    Outcome,
+    ServerWithPendingJob,
+    all_methods,
+    call_raw,
+    raw_channel,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -385,16 +392,16 @@ def test_every_string_field_of_a_request_has_a_bound() -> None:
 
 
 def test_a_request_over_the_server_limit_names_the_limit(server_factory: object) -> None:
-    server = server_factory(max_message_bytes=1 << 20)  # type: ignore[operator]
+    server = server_factory(max_message_bytes=8 << 20)  # type: ignore[operator]
     request = action_service_pb2.RunActionRequest(
-        plugin="toy", action="quick", params_json=b" " * (2 << 20)
+        plugin="toy", action="quick", params_json=b" " * (9 << 20)
     )
     with server.channel() as channel:
         call = channel.unary_unary("/synapse.plugin.v1.ActionService/RunAction")
         with pytest.raises(grpc.RpcError) as info:
             call(request.SerializeToString(), timeout=60)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "1048576" in (info.value.details() or "")
+    assert "8388608" in (info.value.details() or "")
 
 
 def test_the_python_client_refuses_a_message_over_its_limit_before_sending(
@@ -423,12 +430,12 @@ def test_the_python_client_receives_answers_over_grpcs_4_mib_default(
 
 
 def test_get_job_full_view_near_the_limit_sends_the_params_once(server_factory: object) -> None:
-    server = server_factory(max_message_bytes=1 << 20)  # type: ignore[operator]
-    label = "y" * (600 << 10)
+    server = server_factory(max_message_bytes=8 << 20)  # type: ignore[operator]
+    label = "y" * (5 << 20)
     request = action_service_pb2.RunActionRequest(
         plugin="toy", action="quick", params_json=f'{{"count": 0, "label": "{label}"}}'.encode()
     )
-    with server.channel() as channel:
+    with raw_channel(server.address) as channel:
         run = channel.unary_unary("/synapse.plugin.v1.ActionService/RunAction")
         job = action_service_pb2.RunActionResponse.FromString(
             run(request.SerializeToString(), timeout=60)
