@@ -21,6 +21,7 @@ from ._errors import ChannelSecurity, ClientConfigError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "ENV_SERVER",
     "ENV_TOKEN",
     "AsyncInterceptor",
@@ -35,6 +36,8 @@ ENV_SERVER = "SYNAPSE_SERVER"
 ENV_TOKEN = "SYNAPSE_TOKEN"
 
 _USER_AGENT = "synapse-client-python/0.1"
+#: The server's default limit on RunAction and Infer messages and their answers.
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 #: The interceptors ``Client`` takes: any of grpc's four client interceptor interfaces.
 SyncInterceptor: TypeAlias = (
@@ -221,6 +224,11 @@ class ConnectionConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: Extra grpc channel arguments, appended after the client's own.
     channel_options: tuple[tuple[str, str | int], ...] = ()
+    #: The largest message sent or received (gRPC's own default receive limit is 4 MiB, below
+    #: an Infer answer or a job's params the server may send). A request over it fails here,
+    #: before it is sent, with RESOURCE_EXHAUSTED naming the limit. Match the server's
+    #: ``max_message_bytes``.
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
         if not self.address or not isinstance(self.address, str):
@@ -229,6 +237,8 @@ class ConnectionConfig:
             raise ClientConfigError("timeout must be positive (or None for no deadline)")
         if self.token is not None and (not self.token or "\n" in self.token):
             raise ClientConfigError("token must be a non-empty single-line string")
+        if not 0 < self.max_message_bytes < 1 << 31:
+            raise ClientConfigError("max_message_bytes must be between 1 and 2**31 - 1")
 
     @classmethod
     def build(
@@ -240,6 +250,7 @@ class ConnectionConfig:
         timeout: float | None = 30.0,
         retry: RetryPolicy | None = None,
         channel_options: tuple[tuple[str, str | int], ...] = (),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> ConnectionConfig:
         """Normalises the arguments both client constructors accept."""
         tls_config = TLSConfig() if tls is True else (tls or None)
@@ -252,6 +263,7 @@ class ConnectionConfig:
             timeout=timeout,
             retry=retry or RetryPolicy(),
             channel_options=channel_options,
+            max_message_bytes=max_message_bytes,
         )
 
     @property
@@ -271,7 +283,11 @@ class ConnectionConfig:
 
     def options(self) -> list[tuple[str, str | int]]:
         """Channel arguments."""
-        options: list[tuple[str, str | int]] = [("grpc.primary_user_agent", _USER_AGENT)]
+        options: list[tuple[str, str | int]] = [
+            ("grpc.primary_user_agent", _USER_AGENT),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+        ]
         if self.tls is not None and self.tls.server_name_override:
             options.append(("grpc.ssl_target_name_override", self.tls.server_name_override))
         options.extend(self.channel_options)

@@ -20,6 +20,7 @@ import grpc
 
 from ._calls import PagedCall, StreamCall, UnaryCall, UploadCall
 from ._config import (
+    DEFAULT_MAX_MESSAGE_BYTES,
     AsyncInterceptor,
     ConnectionConfig,
     RetryPolicy,
@@ -56,6 +57,7 @@ class _CoreBase(Generic[I]):
         retry: RetryPolicy | None = None,
         channel_options: tuple[tuple[str, str | int], ...] = (),
         interceptors: Sequence[I] = (),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self._config = ConnectionConfig.build(
             address,
@@ -64,6 +66,7 @@ class _CoreBase(Generic[I]):
             timeout=timeout,
             retry=retry,
             channel_options=channel_options,
+            max_message_bytes=max_message_bytes,
         )
         self._stubs: dict[Any, Any] = {}
         self._channel = self._open_channel(interceptors)

@@ -64,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("grpc", "ray"),
         help="how Infer reaches Serve replicas: grpc (default) or ray actor calls",
     )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        help="largest RunAction/Infer/worker message and answer (default 64 MiB)",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 

@@ -46,6 +46,7 @@ from synapse_server.grpc._auth import AuthInterceptor
 from synapse_server.grpc._deployment_servicer import DeploymentServicer
 from synapse_server.grpc._inference_servicer import InferenceServicer
 from synapse_server.grpc._model_servicer import ModelServicer
+from synapse_server.grpc._requests import RequestGuard
 from synapse_server.grpc._servicers import ActionServicer, WorkerServicer
 from synapse_server.ray import RayRuntime, RayRuntimeConfig, ServeDeploymentBackend, ServeRouter
 from synapse_server.ray._environment import ServeJobEnvironment
@@ -56,7 +57,6 @@ __all__ = ["ServerStartError", "SynapseServer", "serve"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_MESSAGE = 64 << 20
 # The least time in-flight RPCs get once the jobs are shut down (at most the grace period).
 _STREAM_DRAIN_SECONDS = 1.0
 _SERVICES = (
@@ -156,7 +156,9 @@ class SynapseServer:
         self._ray = RayRuntime(
             RayRuntimeConfig(address=s.ray_address, head_record=s.data_dir / "ray-head.json")
         )
-        self._router = router = ServeRouter(self._ray, transport=s.serve_transport)
+        self._router = router = ServeRouter(
+            self._ray, transport=s.serve_transport, max_message_bytes=s.max_message_bytes
+        )
         self._deployment_store = SqliteDeploymentStore(s.data_dir / "synapse.db")
         await self._deployment_store.open()
         deployments = DeploymentService(
@@ -175,6 +177,7 @@ class SynapseServer:
             keyring,
             replica_address=lambda: self.ray_worker_address,
             deployments=deployments,
+            replica_message_bytes=router.replica_message_bytes,
         )
         executor = LocalProcessExecutor(
             self.worker_address,
@@ -218,15 +221,21 @@ class SynapseServer:
             max_concurrent_jobs=s.max_concurrent_jobs,
         )
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(s.tokens, issuer, serve_keys=keyring)],
+            interceptors=[
+                AuthInterceptor(
+                    s.tokens, issuer, serve_keys=keyring, guard=RequestGuard(s.max_message_bytes)
+                )
+            ],
+            # Each RPC's own, smaller request limit is the guard's; gRPC refuses anything
+            # over the largest before it is read.
             options=[
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
             ],
         )
         action_service_pb2_grpc.add_ActionServiceServicer_to_server(
-            ActionServicer(self._jobs, s.keepalive_seconds), server
+            ActionServicer(self._jobs, s.keepalive_seconds, s.max_message_bytes), server
         )
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerServicer(self._jobs), server
@@ -236,7 +245,7 @@ class SynapseServer:
             DeploymentServicer(deployments, self._jobs.get), server
         )
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(inference), server
+            InferenceServicer(inference, s.max_message_bytes), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -104,6 +104,12 @@ class ServerSettings(BaseSettings):
     # gRPC channel to each replica: about half the CPU per call of "ray") or "ray" (Ray actor
     # calls, for clusters whose nodes cannot open TCP connections to each other's replicas).
     serve_transport: Literal["grpc", "ray"] = "grpc"
+    # The largest gRPC message of the RPCs that carry payloads: RunAction requests, Infer
+    # requests and answers, WorkerService streams, job views with their params. Serve
+    # replicas are allowed this much (plus framing) on their channel to the server. Every
+    # other RPC has a smaller fixed limit (docs/contract.md, "Message size"). At least 8 MiB:
+    # model archive and job result chunks are up to 4 MiB.
+    max_message_bytes: int = Field(default=64 << 20, ge=8 << 20, le=1 << 30)
 
     @field_validator("plugin_dirs", mode="before")
     @classmethod
@@ -130,7 +136,9 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _check_address(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not sep or not host or not (port.isascii() and port.isdigit()):
+            raise ValueError(f"listen_address must be host:port, got {value!r}")
+        if not 0 <= int(port) <= 65535:
             raise ValueError(f"listen_address must be host:port, got {value!r}")
         return value
 

@@ -15,7 +15,15 @@ export interface SynapseClientOptions {
   tls?: boolean;
   /** Extra interceptors, run after the auth interceptor. */
   interceptors?: Interceptor[];
+  /**
+   * The largest message sent or received, in bytes; match the server's `max_message_bytes`
+   * (default 64 MiB). A request over it fails before it is sent, with `ResourceExhausted`.
+   */
+  maxMessageBytes?: number;
 }
+
+/** The server's default limit on RunAction and Infer messages and their answers. */
+export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
 /** Typed clients for the public services of one Synapse server. */
 export interface SynapseClient {
@@ -57,7 +65,16 @@ export function createSynapseClient(
   const interceptors: Interceptor[] = [];
   if (options.token !== undefined) interceptors.push(bearerAuth(options.token));
   interceptors.push(...(options.interceptors ?? []));
-  const transport = createGrpcTransport({ baseUrl, interceptors });
+  const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+  if (!Number.isInteger(maxBytes) || maxBytes <= 0) {
+    throw new TypeError("createSynapseClient: maxMessageBytes must be a positive integer");
+  }
+  const transport = createGrpcTransport({
+    baseUrl,
+    interceptors,
+    readMaxBytes: maxBytes,
+    writeMaxBytes: maxBytes,
+  });
   return {
     actions: createClient(ActionService, transport),
     models: createClient(ModelService, transport),

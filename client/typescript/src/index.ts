@@ -1,6 +1,6 @@
 // Public entry point of the TypeScript client: the convenience layer plus the generated
 // messages and service descriptors of synapse.plugin.v1.
-export { bearerAuth, createSynapseClient } from "./client.js";
+export { DEFAULT_MAX_MESSAGE_BYTES, bearerAuth, createSynapseClient } from "./client.js";
 export type { SynapseClient, SynapseClientOptions } from "./client.js";
 export { badRequestViolations, errorInfo } from "./errors.js";
 export type { ErrorInfo, FieldViolation } from "./errors.js";

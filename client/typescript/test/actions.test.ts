@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import { Code } from "@connectrpc/connect";
+import { createSynapseClient } from "../src/client.js";
 import { badRequestViolations, errorInfo } from "../src/errors.js";
 import { JobState, JobView, RunMode } from "../src/gen/synapse/plugin/v1/job_pb.js";
 import { ActionKind } from "../src/gen/synapse/plugin/v1/plugin_pb.js";
@@ -11,10 +12,12 @@ import {
   CALL_TIMEOUT_MS,
   drain,
   TOY_PLUGIN,
+  address,
   client,
   clientWithToken,
   otherTenantToken,
   expectCode,
+  token,
   followJob,
   terminalOf,
 } from "./helpers.js";
@@ -316,6 +319,38 @@ describe("errors", () => {
     await expectCode(synapse.actions.getJob({ jobId }, opts), Code.NotFound);
     await expectCode(synapse.actions.cancelJob({ jobId }, opts), Code.NotFound);
     await expectCode(followJob(synapse, jobId), Code.NotFound);
+  });
+});
+
+describe("bad input", () => {
+  test("an over-long job id: INVALID_ARGUMENT naming the field, with a short message", async () => {
+    const jobId = "x".repeat(10_000);
+    const error = await expectCode(synapse.actions.getJob({ jobId }, opts), Code.InvalidArgument);
+    assert.ok(error.rawMessage.length < 1024, `message of ${error.rawMessage.length} chars`);
+    assert.deepEqual(
+      badRequestViolations(error).map((v) => v.field),
+      ["job_id"],
+    );
+  });
+
+  test("a request over its RPC's size limit: RESOURCE_EXHAUSTED naming the limit", async () => {
+    // GetJob requests are at most 64 KiB on the server; the client's own limit is 64 MiB.
+    const error = await expectCode(
+      synapse.actions.getJob({ jobId: "x".repeat(100_000) }, opts),
+      Code.ResourceExhausted,
+    );
+    assert.match(error.rawMessage, /65536 bytes/);
+  });
+
+  test("a message over the client's maxMessageBytes fails before it is sent", async () => {
+    const small = createSynapseClient(address, { token, maxMessageBytes: 1024 });
+    await expectCode(
+      small.actions.runAction(
+        { plugin: TOY_PLUGIN, action: "count", paramsJson: new Uint8Array(4096) },
+        opts,
+      ),
+      Code.ResourceExhausted,
+    );
   });
 });
 

@@ -58,8 +58,9 @@ def parse_model_id(model_id: int | str) -> int:
         text = str(model_id).strip()
         if text.startswith(_REFERENCE_PREFIX):
             text = text[len(_REFERENCE_PREFIX) :]
-        if not text.isdigit():
-            raise ModelNotFoundError(model_id, "not a model id or synapse://models/<id> reference")
+        # ASCII digits only: str.isdigit and int() accept any Unicode digit ("١٢" is 12).
+        if not (text.isascii() and text.isdigit()) or len(text) > 19:
+            raise ModelNotFoundError(text[:64], "not a model id or synapse://models/<id> reference")
         value = int(text)
     if value <= 0:
         raise ModelNotFoundError(model_id, "model ids are positive integers")

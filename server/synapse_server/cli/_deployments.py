@@ -10,7 +10,14 @@ from typing import Any
 from synapse_client import Client, ClientConfigError, DeploymentInfo
 
 from synapse_server.cli._exit import EXIT_OK
-from synapse_server.cli._remote import add_remote_command, print_line, print_table, to_json
+from synapse_server.cli._remote import (
+    add_remote_command,
+    ascii_count,
+    ascii_id,
+    print_line,
+    print_table,
+    to_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +35,7 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--plugin", help="only deployments of this plugin code")
     listing.add_argument("--name", help="only the serve application with this name")
     listing.add_argument(
-        "--limit", type=int, default=50, help="at most this many (default 50, 0 = all)"
+        "--limit", type=ascii_count, default=50, help="at most this many (default 50, 0 = all)"
     )
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     add_remote_command(listing, _list)
@@ -36,11 +43,11 @@ def register(subparsers: Any) -> None:
     get = commands.add_parser(
         "get", help="show one deployment as JSON, refreshed from Ray Serve (replicas, models)"
     )
-    get.add_argument("deployment_id", type=int, metavar="ID")
+    get.add_argument("deployment_id", type=ascii_id, metavar="ID")
     add_remote_command(get, _get)
 
     delete = commands.add_parser("delete", help="undeploy a serve application")
-    delete.add_argument("deployment_id", type=int, metavar="ID")
+    delete.add_argument("deployment_id", type=ascii_id, metavar="ID")
     add_remote_command(delete, _delete)
 
 

@@ -22,6 +22,7 @@ from synapse_server.cli._exit import EXIT_OK
 from synapse_server.cli._progress import describe_event
 from synapse_server.cli._remote import (
     add_remote_command,
+    ascii_count,
     print_line,
     print_table,
     to_json,
@@ -48,7 +49,7 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--plugin", help="only jobs of this plugin code")
     listing.add_argument("--action", help="only jobs of this action")
     listing.add_argument(
-        "--limit", type=int, default=50, help="at most this many jobs (default 50, 0 = all)"
+        "--limit", type=ascii_count, default=50, help="at most this many jobs (default 50, 0 = all)"
     )
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     add_remote_command(listing, _list)
@@ -63,7 +64,7 @@ def register(subparsers: Any) -> None:
         "-f", "--follow", action="store_true", help="keep following until the job ends"
     )
     logs.add_argument(
-        "--after-seq", type=int, default=0, metavar="SEQ", help="start after this event seq"
+        "--after-seq", type=ascii_count, default=0, metavar="SEQ", help="start after this event seq"
     )
     logs.add_argument("--json", action="store_true", help="one JSON object per event")
     add_remote_command(logs, _logs)

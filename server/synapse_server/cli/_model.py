@@ -16,6 +16,8 @@ from synapse_sdk.models import ArchiveError, extract_archive, pack_path
 from synapse_server.cli._exit import EXIT_OK, EXIT_USAGE
 from synapse_server.cli._remote import (
     add_connection_arguments,
+    ascii_count,
+    ascii_id,
     connect,
     report_failure,
 )
@@ -41,24 +43,24 @@ def register(subparsers: Any) -> None:
 
     lst = actions.add_parser("list", help="list models, newest first")
     lst.add_argument("--name", default=None, help="only models with this name")
-    lst.add_argument("--limit", type=int, default=None, help="print at most this many")
+    lst.add_argument("--limit", type=ascii_count, default=None, help="print at most this many")
     add_connection_arguments(lst, required=True)
     lst.set_defaults(handler=_list)
 
     get = actions.add_parser("get", help="print one model's metadata")
-    get.add_argument("model_id", type=int)
+    get.add_argument("model_id", type=ascii_id)
     add_connection_arguments(get, required=True)
     get.set_defaults(handler=_get)
 
     dl = actions.add_parser("download", help="download (and extract) a model")
-    dl.add_argument("model_id", type=int)
+    dl.add_argument("model_id", type=ascii_id)
     dl.add_argument("-o", "--output", type=Path, required=True, help="target directory")
     dl.add_argument("--archive", action="store_true", help="keep the archive, do not extract")
     add_connection_arguments(dl, required=True)
     dl.set_defaults(handler=_download)
 
     rm = actions.add_parser("delete", help="delete a model")
-    rm.add_argument("model_id", type=int)
+    rm.add_argument("model_id", type=ascii_id)
     add_connection_arguments(rm, required=True)
     rm.set_defaults(handler=_delete)
 

@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "add_connection_arguments",
+    "ascii_count",
+    "ascii_id",
     "add_remote_command",
     "connect",
     "exit_code_for",
@@ -71,6 +73,27 @@ __all__ = [
 
 
 _CANCEL_REASON = "cancelled from the command line"
+_MAX_INT64 = (1 << 63) - 1
+
+
+def _ascii_int(text: str, what: str, minimum: int) -> int:
+    # int() alone reads any Unicode digits ("١٢" is 12) and argparse's type=int with it.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        raise argparse.ArgumentTypeError(f"{what} must be written in ASCII digits: {text[:32]!r}")
+    value = int(text)
+    if not minimum <= value <= _MAX_INT64:
+        raise argparse.ArgumentTypeError(f"{what} must be between {minimum} and {_MAX_INT64}")
+    return value
+
+
+def ascii_id(text: str) -> int:
+    """argparse type of a model or deployment id: a positive integer in ASCII digits."""
+    return _ascii_int(text, "an id", 1)
+
+
+def ascii_count(text: str) -> int:
+    """argparse type of a count or sequence number: ASCII digits, 0 or more."""
+    return _ascii_int(text, "a count", 0)
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser, required: bool) -> None:

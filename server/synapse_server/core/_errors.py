@@ -10,19 +10,39 @@ from __future__ import annotations
 from synapse_sdk.errors import SynapseError
 
 __all__ = [
+    "QUOTE_CHARS",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "JobAlreadyFinishedError",
     "JobNotFoundError",
     "PermissionDeniedError",
     "RequestIdConflictError",
+    "ResourceExhaustedError",
     "ServerError",
     "ServiceUnavailableError",
     "StorageError",
     "StorageFullError",
     "StorageUnavailableError",
     "UnauthenticatedError",
+    "quoted",
 ]
+
+#: How many characters of a caller's value an error message quotes at most.
+QUOTE_CHARS = 64
+
+
+def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``value`` quoted for an error message or a log line: at most ``limit`` characters of it.
+
+    Every message that names caller input goes through here, so a huge id or name is never
+    copied into an error (which grew the server by several copies of it per request, and
+    made a status too large for the caller's metadata limit). A cut value says how long it
+    was.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class ServerError(SynapseError):
@@ -34,7 +54,7 @@ class JobNotFoundError(ServerError, LookupError):
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
-        super().__init__(f"job {job_id!r} not found")
+        super().__init__(f"job {quoted(job_id)} not found")
 
 
 class InvalidArgumentError(ServerError, ValueError):
@@ -62,7 +82,14 @@ class JobAlreadyFinishedError(FailedPreconditionError):
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
-        super().__init__(f"job {job_id!r} has already finished")
+        super().__init__(f"job {quoted(job_id)} has already finished")
+
+
+class ResourceExhaustedError(ServerError):
+    """A limit was hit: a message over the size allowed for its RPC, a value over its bound.
+
+    The message names the limit, so the caller knows what to change.
+    """
 
 
 class UnauthenticatedError(ServerError):

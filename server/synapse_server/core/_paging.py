@@ -10,6 +10,7 @@ import base64
 import binascii
 
 from synapse_server.core._errors import InvalidArgumentError
+from synapse_server.core._limits import MAX_INT64, MAX_PAGE_TOKEN_CHARS, is_ascii_digits
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -40,10 +41,17 @@ def encode_page_token(kind: str, position: int) -> str:
 def decode_page_token(kind: str, token: str) -> int:
     """The position a ``kind`` token continues after; INVALID_ARGUMENT for anything else."""
     try:
+        if len(token) > MAX_PAGE_TOKEN_CHARS:
+            raise ValueError("too long")
         prefix, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if prefix != kind or not value.isdigit():
-            raise ValueError(token)
-        return int(value)
+        # ASCII digits only (str.isdigit accepts "²", which int() then refuses), and at
+        # most an int64.
+        if prefix != kind or len(value) > 19 or not is_ascii_digits(value):
+            raise ValueError("not a position")
+        position = int(value)
+        if position > MAX_INT64:
+            raise ValueError("not a position")
+        return position
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgumentError(
             "page_token is not a token this server returned", field="page_token"

@@ -30,7 +30,9 @@ from synapse_server.core._errors import (
     InvalidArgumentError,
     PermissionDeniedError,
     ServerError,
+    quoted,
 )
+from synapse_server.core._limits import parse_id
 from synapse_server.core.deployments import (
     DeploymentRecord,
     DeploymentService,
@@ -180,19 +182,26 @@ class InferenceService:
         request_id = request.request_id or uuid.uuid4().hex
         method = (request.method or "POST").upper()
         if method not in _METHODS:
-            raise InvalidArgumentError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
+            raise InvalidArgumentError(
+                f"method must be one of {sorted(_METHODS)}, got {quoted(method)}", field="method"
+            )
         path = request.path or "/"
         if not path.startswith("/"):
-            raise InvalidArgumentError(f"path must start with '/', got {path!r}")
+            raise InvalidArgumentError(
+                f"path must start with '/', got {quoted(path)}", field="path"
+            )
         names = [t.name for t in request.tensors]
         if len(set(names)) != len(names) or any(not n for n in names):
             raise InvalidArgumentError("tensor names must be non-empty and unique")
         if request.timeout_s is not None and request.timeout_s <= 0:
             raise InferDeadlineExceededError("the deadline passed before the call started")
+        # Checked before the deployment is looked up: a malformed id is the caller's mistake
+        # whatever the target. ASCII digits only: int() would read "١٢" as 12.
+        requested = str(parse_id(request.model_id, "model_id")) if request.model_id else ""
         record = await self._deployments.resolve(
             tenant, request.application, request.plugin, request.action
         )
-        model_id = self._model_id(record, request.model_id)
+        model_id = requested or self._default_model_id(record)
         token = self._keyring.model_id_for(tenant, record.name, model_id)
         serve_request = ServeRequest(
             method=method,
@@ -214,14 +223,7 @@ class InferenceService:
         )
 
     @staticmethod
-    def _model_id(record: DeploymentRecord, requested: str) -> str:
-        text = requested.strip()
-        if text:
-            if not text.isdigit() or int(text) <= 0:
-                raise InvalidArgumentError(
-                    f"model_id must be a positive integer, got {requested!r}"
-                )
-            return str(int(text))
+    def _default_model_id(record: DeploymentRecord) -> str:
         if len(record.model_ids) == 1:
             return str(record.model_ids[0])
         raise InvalidArgumentError(

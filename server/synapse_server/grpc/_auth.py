@@ -24,10 +24,16 @@ from synapse_sdk.plugins.actions.inference._multiplex import (
     looks_like_serve_model_id,
 )
 
-from synapse_server.core import PermissionDeniedError, UnauthenticatedError
+from synapse_server.core import (
+    InvalidArgumentError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+)
 from synapse_server.core._credentials import WorkerClaims, WorkerCredentialIssuer
 from synapse_server.core.inference import ServeKeyring
-from synapse_server.grpc._errors import status_for
+from synapse_server.grpc._errors import end_with_status, status_for
+from synapse_server.grpc._requests import RejectedRequest, RequestGuard
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -95,15 +101,21 @@ def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Resolves the caller from ``authorization: Bearer`` metadata for every RPC."""
+    """Resolves the caller from ``authorization: Bearer`` metadata for every RPC.
+
+    Its handler re-wrap is also where every request passes the ``guard``'s checks (size,
+    decoding, string lengths; see ``_requests``) before any servicer code runs.
+    """
 
     def __init__(
         self,
         tokens: Mapping[str, str],
         credentials: WorkerCredentialIssuer,
         serve_keys: ServeKeyring | None = None,
+        guard: RequestGuard | None = None,
     ) -> None:
         self._tokens = dict(tokens)
+        self._guard = guard or RequestGuard()
         self._credentials = credentials
         self._serve_keys = serve_keys
 
@@ -153,7 +165,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        """Wrap the method's handler so it runs with the caller set (or aborts)."""
+        """Wrap the method's handler so it runs with the caller set (or is refused)."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -164,7 +176,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         except (UnauthenticatedError, PermissionDeniedError) as exc:
             principal, failure = None, exc
             logger.info("rejected call to %s: %s", method, exc)
-        return _wrap(handler, principal, failure)
+        return _wrap(handler, principal, failure, self._guard, method)
 
 
 def _check_serve_scope(principal: Principal | None, request: Any) -> None:
@@ -179,27 +191,39 @@ def _check_serve_scope(principal: Principal | None, request: Any) -> None:
 
 
 def _wrap(
-    handler: grpc.RpcMethodHandler, principal: Principal | None, failure: Exception | None
+    handler: grpc.RpcMethodHandler,
+    principal: Principal | None,
+    failure: Exception | None,
+    guard: RequestGuard,
+    method: str,
 ) -> grpc.RpcMethodHandler:
     # grpc.aio runs each RPC in its own task (own context copy), so setting the ContextVar
     # in the handler cannot leak into another call; streaming handlers need no reset.
-    async def check(context: grpc.aio.ServicerContext) -> None:
-        if failure is not None:
-            await context.abort_with_status(status_for(failure))
+    # Refusals end the call with end_with_status (no AbortError: see there). The auth failure
+    # is answered first: an unauthenticated caller learns nothing about what the server makes
+    # of its request bytes.
+    deserializer = guard.deserializer(method, handler.request_deserializer)
 
-    async def scope(request: Any, context: grpc.aio.ServicerContext) -> None:
+    def refusal(request: Any = None) -> grpc.Status | None:
+        if failure is not None:
+            return status_for(failure)
+        if isinstance(request, RejectedRequest):
+            return status_for(request.error)
         try:
             _check_serve_scope(principal, request)
         except PermissionDeniedError as exc:
             logger.info("rejected serve model credential: %s", exc)
-            await context.abort_with_status(status_for(exc))
+            return status_for(exc)
+        return None
 
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await check(context)
-            await scope(request, context)
+            status = refusal(request)
+            if status is not None:
+                end_with_status(context, status)
+                return None
             token = _principal.set(principal)
             try:
                 return await inner_uu(request, context)
@@ -207,7 +231,7 @@ def _wrap(
                 _principal.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
+            unary_unary, deserializer, handler.response_serializer
         )
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
@@ -215,39 +239,56 @@ def _wrap(
         async def unary_stream(
             request: Any, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            await check(context)
-            await scope(request, context)
+            status = refusal(request)
+            if status is not None:
+                end_with_status(context, status)
+                return
             _principal.set(principal)
             async for item in inner_us(request, context):
                 yield item
 
         return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
+            unary_stream, deserializer, handler.response_serializer
         )
+    # Streamed requests: a refused message raises its domain error from the request
+    # iterator. Our servicers map it like any other error; a handler that lets it escape
+    # (reflection) is answered here, from the handler's own task: an abort from another
+    # task can collide with the handler's pending send.
     if handler.stream_stream is not None:
         inner_ss = handler.stream_stream
 
         async def stream_stream(
             request_iterator: Any, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            await check(context)
-            _principal.set(principal)
-            async for item in inner_ss(request_iterator, context):
-                yield item
+            status = refusal()
+            if status is None:
+                _principal.set(principal)
+                try:
+                    async for item in inner_ss(guard.checked(request_iterator), context):
+                        yield item
+                    return
+                except (InvalidArgumentError, ResourceExhaustedError) as exc:
+                    status = status_for(exc)
+            end_with_status(context, status)
 
         return grpc.stream_stream_rpc_method_handler(
-            stream_stream, handler.request_deserializer, handler.response_serializer
+            stream_stream, deserializer, handler.response_serializer
         )
     inner_su = handler.stream_unary
 
     async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        await check(context)
-        token = _principal.set(principal)
-        try:
-            return await inner_su(request_iterator, context)
-        finally:
-            _principal.reset(token)
+        status = refusal()
+        if status is None:
+            token = _principal.set(principal)
+            try:
+                return await inner_su(guard.checked(request_iterator), context)
+            except (InvalidArgumentError, ResourceExhaustedError) as exc:
+                status = status_for(exc)
+            finally:
+                _principal.reset(token)
+        end_with_status(context, status)
+        return None
 
     return grpc.stream_unary_rpc_method_handler(
-        stream_unary, handler.request_deserializer, handler.response_serializer
+        stream_unary, deserializer, handler.response_serializer
     )

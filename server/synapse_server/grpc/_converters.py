@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from synapse.plugin.v1 import (
     action_service_pb2,
     job_event_pb2,
@@ -32,7 +33,7 @@ from synapse_sdk.events import (
     StepStartedEvent,
     StepStatus,
 )
-from synapse_sdk.jsonutil import dump_json_checked
+from synapse_sdk.jsonutil import dump_json
 
 from synapse_server.core import (
     ErrorOrigin,
@@ -67,6 +68,8 @@ __all__ = [
     "state_from_pb",
     "state_to_pb",
     "struct_from_dict",
+    "struct_to_python",
+    "value_to_python",
     "worker_event_from_pb",
 ]
 
@@ -161,8 +164,13 @@ def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def _seconds(ts: timestamp_pb2.Timestamp) -> float:
-    return ts.ToNanoseconds() / 1e9
+def _seconds(ts: timestamp_pb2.Timestamp, field: str = "time") -> float:
+    """A request's timestamp in seconds; InvalidArgumentError when it is not a valid one
+    (nanos outside 0..999,999,999 or a date outside years 1..9999)."""
+    try:
+        return ts.ToNanoseconds() / 1e9
+    except ValueError:
+        raise InvalidArgumentError(f"{field} is not a valid timestamp", field=field) from None
 
 
 def struct_from_dict(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
@@ -173,15 +181,90 @@ def struct_from_dict(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
     return message
 
 
+class _NotJsonNumber(Exception):
+    """A NaN or infinite number, with the path to it, collected while the stack unwinds."""
+
+    def __init__(self, number: float) -> None:
+        self.number = number
+        self.path: list[str] = []
+
+
+def _python(message: struct_pb2.Value) -> Any:
+    # try/except costs nothing in Python 3.11 until something raises: the path to a bad
+    # number is built only then, never for the values that convert.
+    kind = message.WhichOneof("kind")
+    if kind == "struct_value":
+        return _struct_python(message.struct_value)
+    if kind == "list_value":
+        items = []
+        for index, item in enumerate(message.list_value.values):
+            try:
+                items.append(_python(item))
+            except _NotJsonNumber as exc:
+                exc.path.append(f"[{index}]")
+                raise
+        return items
+    if kind == "number_value":
+        number = message.number_value
+        if math.isinf(number) or math.isnan(number):
+            raise _NotJsonNumber(number)
+        return number
+    if kind == "string_value":
+        return message.string_value
+    if kind == "bool_value":
+        return message.bool_value
+    return None
+
+
+def _struct_python(message: struct_pb2.Struct) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in message.fields.items():
+        try:
+            out[key] = _python(item)
+        except _NotJsonNumber as exc:
+            exc.path.append(f".{key[:64]}" if len(key) <= 64 else f".{key[:64]}...")
+            raise
+    return out
+
+
+def _not_json_number(exc: _NotJsonNumber, field: str) -> InvalidArgumentError:
+    path = field + "".join(reversed(exc.path))
+    if len(path) > 256:
+        path = path[:253] + "..."
+    return InvalidArgumentError(
+        f"{path}: {exc.number} is not a JSON number (NaN and Infinity are not allowed)",
+        field=path,
+    )
+
+
+def value_to_python(message: struct_pb2.Value, field: str = "json") -> Any:
+    """A ``google.protobuf.Value`` as plain Python, as ``json_format.MessageToDict`` gives it.
+
+    Numbers are floats; an unset value is None. The one converter of every Struct and Value
+    a request carries: a NaN or infinite number, which a Struct can carry and JSON cannot,
+    raises :class:`InvalidArgumentError` naming its path under ``field`` (``json.inputs[2]``).
+    Several times faster than ``json_format``, which formats a path for every element.
+    """
+    try:
+        return _python(message)
+    except _NotJsonNumber as exc:
+        raise _not_json_number(exc, field) from None
+
+
+def struct_to_python(message: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    """A ``google.protobuf.Struct`` as a dict; see :func:`value_to_python`."""
+    try:
+        return _struct_python(message)
+    except _NotJsonNumber as exc:
+        raise _not_json_number(exc, field) from None
+
+
 def params_json_from_struct(message: struct_pb2.Struct) -> str:
     """Struct → JSON object text (numbers arrive as floats, as Struct carries them).
 
     InvalidArgumentError for NaN or infinity, which a Struct can carry and JSON cannot.
     """
-    try:
-        return dump_json_checked(json_format.MessageToDict(message)).decode()
-    except ValueError as exc:
-        raise InvalidArgumentError(f"params: {exc}", field="params") from None
+    return dump_json(struct_to_python(message, "params")).decode()
 
 
 def params_json_from_pb(data: bytes, field: str = "params_json") -> str:
@@ -449,6 +532,12 @@ def sdk_event_to_worker_pb(event: Event, worker_seq: int) -> worker_service_pb2.
     return message
 
 
+def _finite(number: float, field: str) -> float:
+    if math.isinf(number) or math.isnan(number):
+        raise InvalidArgumentError(f"{field}: {number} is not a finite number", field=field)
+    return number
+
+
 def worker_event_from_pb(message: worker_service_pb2.WorkerEvent) -> WorkerReport:
     """A WorkerEvent → the core's WorkerReport (INVALID_ARGUMENT when malformed)."""
     which = message.WhichOneof("kind")
@@ -462,7 +551,7 @@ def worker_event_from_pb(message: worker_service_pb2.WorkerEvent) -> WorkerRepor
                 "category": p.category or None,
                 "current": p.current,
                 "total": p.total,
-                "overall": p.overall_percent,
+                "overall": _finite(p.overall_percent, "progress.overall_percent"),
             },
             ts,
         )
@@ -473,7 +562,7 @@ def worker_event_from_pb(message: worker_service_pb2.WorkerEvent) -> WorkerRepor
             {
                 "event": log.event,
                 "level": _LEVELS_BACK.get(log.level, LogLevel.INFO).value,
-                "data": json_format.MessageToDict(log.data),
+                "data": struct_to_python(log.data, "log.data"),
             },
             ts,
         )
@@ -483,7 +572,7 @@ def worker_event_from_pb(message: worker_service_pb2.WorkerEvent) -> WorkerRepor
             EventKind.METRIC,
             {
                 "category": metric.category or None,
-                "values": json_format.MessageToDict(metric.values),
+                "values": struct_to_python(metric.values, "metric.values"),
             },
             ts,
         )
@@ -491,7 +580,12 @@ def worker_event_from_pb(message: worker_service_pb2.WorkerEvent) -> WorkerRepor
         s = message.step_started
         item = NewEvent(
             EventKind.STEP_STARTED,
-            {"name": s.name, "index": s.index, "count": s.count, "weight": s.weight},
+            {
+                "name": s.name,
+                "index": s.index,
+                "count": s.count,
+                "weight": _finite(s.weight, "step_started.weight"),
+            },
             ts,
         )
     elif which == "step_finished":
@@ -505,7 +599,7 @@ def worker_event_from_pb(message: worker_service_pb2.WorkerEvent) -> WorkerRepor
                 "index": f.index,
                 "status": _STEP_STATUSES_BACK[f.status].value,
                 "error": _step_error_dict(f.error) if f.HasField("error") else None,
-                "data": json_format.MessageToDict(f.data),
+                "data": struct_to_python(f.data, "step_finished.data"),
             },
             ts,
         )

@@ -11,9 +11,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from synapse.plugin.v1 import deployment_pb2, deployment_service_pb2, deployment_service_pb2_grpc
 
+from synapse_server.core._limits import is_ascii_digits
 from synapse_server.core._models import Job
 from synapse_server.core.deployments import (
     DeploymentRecord,
@@ -22,6 +23,7 @@ from synapse_server.core.deployments import (
     ReplicaState,
 )
 from synapse_server.grpc._auth import current_principal
+from synapse_server.grpc._converters import struct_to_python
 from synapse_server.grpc._errors import map_errors
 
 __all__ = ["DeploymentServicer", "deployment_to_pb"]
@@ -52,6 +54,11 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+def _is_model_id(text: str) -> bool:
+    # A replica's loaded ids come from its signed model ids; anything else is left out.
+    return len(text) <= 19 and is_ascii_digits(text) and int(text) < 1 << 63
+
+
 def deployment_to_pb(record: DeploymentRecord) -> deployment_pb2.Deployment:
     """The wire form of a deployment record."""
     message = deployment_pb2.Deployment(
@@ -74,7 +81,7 @@ def deployment_to_pb(record: DeploymentRecord) -> deployment_pb2.Deployment:
         message.replicas.add(
             replica_id=replica.replica_id,
             state=_REPLICA_STATES[replica.state],
-            loaded_model_ids=[int(m) for m in replica.loaded_model_ids if m.isdigit()],
+            loaded_model_ids=[int(m) for m in replica.loaded_model_ids if _is_model_id(m)],
             loaded_models_known=replica.loaded_models_known,
         )
     return message
@@ -151,7 +158,7 @@ class DeploymentServicer(deployment_service_pb2_grpc.DeploymentServiceServicer):
             action=request.action,
             route_prefix=request.route_prefix,
             model_ids=list(request.model_ids),
-            ray_actor_options=json_format.MessageToDict(request.ray_actor_options),
+            ray_actor_options=struct_to_python(request.ray_actor_options, "ray_actor_options"),
             endpoint_action=request.endpoint_action,
         )
         return deployment_service_pb2.RegisterDeploymentResponse(

@@ -5,6 +5,12 @@ status code with the error's message; ``ParamsValidationError`` also carries a
 ``google.rpc.BadRequest`` with one field violation per bad field in the rich status details;
 anything else becomes INTERNAL with a correlation id that is logged with the traceback on the
 server and never sends the traceback to the caller.
+
+Every status is bounded: its message and each field violation are cut to a few hundred bytes
+and at most a few violations are sent. Errors quote at most a short prefix of a caller's
+value already (``quoted``); the bound here is the last line of defence, because the status
+travels in the response trailers, which a client refuses past its metadata limit (8 KiB by
+default), so an over-long message would reach the caller as RESOURCE_EXHAUSTED instead.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from synapse_server.core import (
     JobNotFoundError,
     PermissionDeniedError,
     RequestIdConflictError,
+    ResourceExhaustedError,
     ServiceUnavailableError,
     StorageFullError,
     StorageUnavailableError,
@@ -48,11 +55,25 @@ from synapse_server.core.inference import (
 )
 from synapse_server.core.models import ArtifactTooLargeError
 
-__all__ = ["ERROR_STATUS", "map_errors", "status_for"]
+__all__ = [
+    "ERROR_STATUS",
+    "MAX_MESSAGE_BYTES",
+    "MAX_VIOLATIONS",
+    "end_with_status",
+    "map_errors",
+    "status_for",
+]
 
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The longest status message sent, in UTF-8 bytes (longer ones are cut).
+MAX_MESSAGE_BYTES = 512
+#: At most this many field violations are sent; the message says how many there were.
+MAX_VIOLATIONS = 8
+_MAX_FIELD_BYTES = 128
+_MAX_DESCRIPTION_BYTES = 256
 
 #: Domain error → status code; the first matching class (in order) wins.
 ERROR_STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
@@ -69,6 +90,7 @@ ERROR_STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InferenceFailedError, grpc.StatusCode.INTERNAL),
     (ModelIntegrityError, grpc.StatusCode.DATA_LOSS),
     (ArtifactTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ArchiveError, grpc.StatusCode.INVALID_ARGUMENT),
     (RequestIdConflictError, grpc.StatusCode.ALREADY_EXISTS),
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -86,11 +108,14 @@ def status_for(exc: BaseException) -> grpc.Status:
     """The status a caller gets for ``exc`` (INTERNAL + correlation id when unknown)."""
     for kind, code in ERROR_STATUS:
         if isinstance(exc, kind):
-            status = status_pb2.Status(code=code.value[0], message=str(exc))
+            message = _bounded(str(exc), MAX_MESSAGE_BYTES)
+            violations, count = _field_violations(exc)
+            if count > len(violations):
+                message += f" ({count} field violations, the first {len(violations)} in details)"
+            status = status_pb2.Status(code=code.value[0], message=message)
             correlation_id = getattr(exc, "correlation_id", None)
             if isinstance(correlation_id, str) and correlation_id:
-                status.details.append(_correlation_detail(correlation_id))
-            violations = _field_violations(exc)
+                status.details.append(_correlation_detail(_bounded(correlation_id, 64)))
             if violations:
                 detail = any_pb2.Any()
                 detail.Pack(error_details_pb2.BadRequest(field_violations=violations))
@@ -107,18 +132,38 @@ def status_for(exc: BaseException) -> grpc.Status:
     )
 
 
-def _field_violations(exc: BaseException) -> list[error_details_pb2.BadRequest.FieldViolation]:
-    """One violation per bad field, named by its path in the request (``params.<field>``)."""
-    violation = error_details_pb2.BadRequest.FieldViolation
+def _bounded(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), marked when cut."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def _field_violations(
+    exc: BaseException,
+) -> tuple[list[error_details_pb2.BadRequest.FieldViolation], int]:
+    """One violation per bad field, named by its path in the request (``params.<field>``).
+
+    At most :data:`MAX_VIOLATIONS` of them, and how many there were.
+    """
+
+    def violation(field: str, description: str) -> error_details_pb2.BadRequest.FieldViolation:
+        return error_details_pb2.BadRequest.FieldViolation(
+            field=_bounded(field, _MAX_FIELD_BYTES),
+            description=_bounded(description, _MAX_DESCRIPTION_BYTES),
+        )
+
     if isinstance(exc, ParamsValidationError):
-        return [
-            violation(field=f"params.{v.field}" if v.field else "params", description=v.description)
-            for v in exc.violations
+        found = [
+            violation(f"params.{v.field}" if v.field else "params", v.description)
+            for v in exc.violations[:MAX_VIOLATIONS]
         ]
+        return found, len(exc.violations)
     field = getattr(exc, "field", None)
     if isinstance(exc, InvalidArgumentError) and field:
-        return [violation(field=field, description=str(exc))]
-    return []
+        return [violation(field, str(exc))], 1
+    return [], 0
 
 
 def _correlation_detail(correlation_id: str) -> any_pb2.Any:
@@ -137,13 +182,25 @@ def _correlation_detail(correlation_id: str) -> any_pb2.Any:
     return detail
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    status = status_for(exc)
-    await context.abort_with_status(status)
+def end_with_status(context: grpc.aio.ServicerContext, status: grpc.Status) -> None:
+    """Make ``status`` the call's answer; the handler then returns instead of raising.
+
+    ``context.abort`` would raise an AbortError that grpc.aio keeps on the call's state,
+    whose traceback holds the handler frames and so the request: a reference cycle that
+    keeps a large refused request alive until the cyclic collector runs (measured: 12
+    refused 50 MB requests left the server over 1 GB larger).
+    """
+    context.set_code(status.code)
+    context.set_details(status.details)
+    context.set_trailing_metadata(status.trailing_metadata)
 
 
 def map_errors(method: F) -> F:
-    """Decorate a servicer method (coroutine or async generator) to map errors to statuses."""
+    """Decorate a servicer method (coroutine or async generator) to map errors to statuses.
+
+    The status is set after the ``except`` block, so the error (whose traceback holds the
+    request) is released as soon as it is mapped.
+    """
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
@@ -153,10 +210,12 @@ def map_errors(method: F) -> F:
             try:
                 async for item in method(self, request, context):
                     yield item
+                return
             except (grpc.aio.AbortError, GeneratorExit):
                 raise
             except Exception as exc:
-                await _abort(context, exc)
+                status = status_for(exc)
+            end_with_status(context, status)
 
         return stream_wrapper  # type: ignore[return-value]
 
@@ -167,6 +226,8 @@ def map_errors(method: F) -> F:
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            status = status_for(exc)
+        end_with_status(context, status)
+        return None
 
     return unary_wrapper  # type: ignore[return-value]

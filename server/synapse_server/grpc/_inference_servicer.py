@@ -3,15 +3,15 @@
 The call's deadline becomes the core's timeout (and the Ray request is cancelled when it
 passes or the caller cancels); tensors and the JSON payload are converted here only.
 
-The JSON payload is converted by :func:`value_to_python` / :func:`python_to_value` rather
-than ``json_format``: same results, several times faster (``json_format`` formats a field
-path string for every element it visits), and this runs twice per Infer call.
+The JSON payload is converted by :func:`value_to_python` (the converter of every Struct a
+request carries) and :func:`python_to_value` rather than ``json_format``: same results,
+several times faster (``json_format`` formats a field path string for every element it
+visits), and this runs twice per Infer call.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import grpc
@@ -19,10 +19,12 @@ from google.protobuf import struct_pb2
 from synapse.plugin.v1 import inference_service_pb2, inference_service_pb2_grpc, tensor_pb2
 from synapse_sdk.plugins.actions.inference._serve import TensorPayload
 
-from synapse_server.core._errors import InvalidArgumentError
+from synapse_server.core._errors import InvalidArgumentError, ResourceExhaustedError, quoted
 from synapse_server.core.inference import InferenceService, InferRequestData
 from synapse_server.grpc._auth import current_principal
+from synapse_server.grpc._converters import value_to_python
 from synapse_server.grpc._errors import map_errors
+from synapse_server.grpc._requests import DEFAULT_MAX_MESSAGE_BYTES, format_bytes
 
 __all__ = [
     "InferenceServicer",
@@ -60,29 +62,6 @@ _DTYPE_SIZES = {
     "bool": 1,
 }
 _DTYPE_VALUES = {name: value for value, name in _DTYPE_NAMES.items()}
-
-
-def value_to_python(message: struct_pb2.Value) -> Any:
-    """A ``google.protobuf.Value`` as plain Python (as ``json_format.MessageToDict``).
-
-    Numbers are floats; an unset value is None. Raises :class:`InvalidArgumentError` for a
-    NaN or infinite number, which JSON cannot carry.
-    """
-    kind = message.WhichOneof("kind")
-    if kind == "struct_value":
-        return {key: value_to_python(item) for key, item in message.struct_value.fields.items()}
-    if kind == "list_value":
-        return [value_to_python(item) for item in message.list_value.values]
-    if kind == "number_value":
-        number = message.number_value
-        if math.isinf(number) or math.isnan(number):
-            raise InvalidArgumentError(f"json: {number} is not a JSON number")
-        return number
-    if kind == "string_value":
-        return message.string_value
-    if kind == "bool_value":
-        return message.bool_value
-    return None
 
 
 def python_to_value(value: Any, message: struct_pb2.Value | None = None) -> struct_pb2.Value:
@@ -126,18 +105,24 @@ def tensor_from_pb(message: tensor_pb2.Tensor) -> TensorPayload:
     """A wire tensor as the core's payload; checks dtype, shape and byte length."""
     name = _DTYPE_NAMES.get(message.dtype)
     if name is None:
-        raise InvalidArgumentError(f"tensor {message.name!r}: dtype must be set")
-    count = 1
-    for dim in message.shape:
-        if dim < 0:
-            raise InvalidArgumentError(f"tensor {message.name!r}: negative dimension")
-        count *= dim
-    if len(message.data) != count * _DTYPE_SIZES[name]:
+        raise InvalidArgumentError(f"tensor {quoted(message.name)}: dtype must be set")
+    shape = message.shape
+    if any(dim < 0 for dim in shape):
+        raise InvalidArgumentError(f"tensor {quoted(message.name)}: negative dimension")
+    size = len(message.data)
+    expected = 0 if 0 in shape else _DTYPE_SIZES[name]
+    for dim in shape if expected else ():
+        expected *= dim
+        if expected > size:
+            # Cannot match any more: stop before a long shape builds a huge number.
+            break
+    if size != expected:
+        described = list(shape) if len(shape) <= 8 else f"of {len(shape)} dimensions"
         raise InvalidArgumentError(
-            f"tensor {message.name!r}: {len(message.data)} bytes, expected "
-            f"{count * _DTYPE_SIZES[name]} for shape {list(message.shape)} and dtype {name}"
+            f"tensor {quoted(message.name)}: {size} bytes do not fit shape {described} "
+            f"and dtype {name}"
         )
-    return TensorPayload(message.name, name, tuple(message.shape), message.data)
+    return TensorPayload(message.name, name, tuple(shape), message.data)
 
 
 def tensor_to_pb(tensor: TensorPayload) -> tensor_pb2.Tensor:
@@ -159,7 +144,7 @@ def infer_request_from_pb(
         plugin=request.action.plugin if target == "action" else None,
         action=request.action.action if target == "action" else None,
         model_id=request.model_id,
-        json=value_to_python(request.json) if has_json else None,
+        json=value_to_python(request.json, "json") if has_json else None,
         has_json=has_json,
         tensors=tuple(tensor_from_pb(t) for t in request.inputs),
         method=request.method,
@@ -172,8 +157,11 @@ def infer_request_from_pb(
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     """Thin gRPC face of the core :class:`InferenceService`."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(
+        self, service: InferenceService, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
         self._service = service
+        self._max_message_bytes = max_message_bytes
 
     @map_errors
     async def Infer(  # type: ignore[override]  # noqa: N802
@@ -190,4 +178,11 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         )
         if result.json is not None or not result.tensors:
             python_to_value(result.json, response.json)
+        size = response.ByteSize()
+        if size > self._max_message_bytes:
+            # Said here, with the limit, rather than left to gRPC's send to fail.
+            raise ResourceExhaustedError(
+                f"the answer of {result.application!r} is {size} bytes; this server sends at "
+                f"most {format_bytes(self._max_message_bytes)}"
+            )
         return response

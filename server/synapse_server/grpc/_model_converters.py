@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from synapse.plugin.v1 import model_pb2, model_service_pb2
 from synapse_sdk.models import ArchiveFormat
 
 from synapse_server.core import InvalidArgumentError
 from synapse_server.core.models import ModelPage, ModelRecord, ModelUploadSpec
+from synapse_server.grpc._converters import struct_to_python
 
 __all__ = [
     "archive_format_from_pb",
@@ -67,7 +68,7 @@ def upload_spec_from_pb(info: model_service_pb2.ModelUploadInfo) -> ModelUploadS
         archive_format=archive_format_from_pb(info.archive_format),
         description=info.description,
         framework=info.framework,
-        metadata=json_format.MessageToDict(info.metadata),
+        metadata=struct_to_python(info.metadata, "info.metadata"),
         expected_sha256=info.expected_sha256.lower(),
     )
 

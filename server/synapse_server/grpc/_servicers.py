@@ -22,12 +22,14 @@ from synapse_server.core import (
     JobEvent,
     JobFilter,
     PermissionDeniedError,
+    ResourceExhaustedError,
 )
 from synapse_server.core._jobs import JobService, WorkerReport
 from synapse_server.core._paging import checked_page_size
 from synapse_server.grpc import _converters as conv
 from synapse_server.grpc._auth import current_principal
 from synapse_server.grpc._errors import map_errors
+from synapse_server.grpc._requests import DEFAULT_MAX_MESSAGE_BYTES
 from synapse_server.grpc._streams import writes_through
 
 __all__ = ["ActionServicer", "WorkerServicer", "worker_reports"]
@@ -49,9 +51,15 @@ def _tenant() -> str:
 class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
     """ActionService over :class:`JobService`."""
 
-    def __init__(self, jobs: JobService, keepalive_seconds: float) -> None:
+    def __init__(
+        self,
+        jobs: JobService,
+        keepalive_seconds: float,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
         self._jobs = jobs
         self._keepalive = keepalive_seconds
+        self._max_message_bytes = max_message_bytes
 
     @map_errors
     async def ListActions(  # noqa: N802
@@ -111,7 +119,18 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
     ) -> action_service_pb2.GetJobResponse:
         full = request.view != job_pb2.JOB_VIEW_BASIC
         job = await self._jobs.get(_tenant(), request.job_id, with_params=full)
-        return action_service_pb2.GetJobResponse(job=conv.job_to_pb(job, with_params=full))
+        response = action_service_pb2.GetJobResponse(job=conv.job_to_pb(job, with_params=full))
+        if full and response.ByteSize() > self._max_message_bytes:
+            # The params travel twice in the full view; near the message limit only their
+            # JSON text is sent, which every client reads first.
+            response.job.ClearField("params")
+            if response.ByteSize() > self._max_message_bytes:
+                raise ResourceExhaustedError(
+                    f"the job's params are {len(response.job.params_json)} bytes: over the "
+                    f"{self._max_message_bytes}-byte message limit with the job around them; "
+                    "ask for JOB_VIEW_BASIC"
+                )
+        return response
 
     @map_errors
     async def ListJobs(  # noqa: N802
@@ -142,9 +161,9 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
     async def GetJobResult(  # noqa: N802
         self, request: action_service_pb2.GetJobResultRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[action_service_pb2.GetJobResultResponse]:
-        if request.chunk_size_bytes > _MAX_CHUNK:
+        if not 0 <= request.chunk_size_bytes <= _MAX_CHUNK:
             raise InvalidArgumentError(
-                f"chunk_size_bytes must be at most {_MAX_CHUNK}", field="chunk_size_bytes"
+                f"chunk_size_bytes must be between 0 and {_MAX_CHUNK}", field="chunk_size_bytes"
             )
         payload = await self._jobs.result_json(_tenant(), request.job_id)
         size = request.chunk_size_bytes or _DEFAULT_CHUNK
@@ -259,6 +278,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                     if finished:
                         return
                 if ended:
+                    # The reader's failure (a message refused by the request checks, a
+                    # malformed stream) is the stream's answer, not a clean end.
+                    await reader
                     return
         finally:
             reader.cancel()

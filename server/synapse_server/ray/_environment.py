@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from synapse_sdk.plugins.actions.inference import BaseDeploymentAction
 from synapse_sdk.plugins.actions.inference._deployment import (
     RELEASE_CODE_ENV,
+    REPLICA_MESSAGE_BYTES_ENV,
     REPLICA_PLATFORM_ADDRESS_ENV,
 )
 from synapse_sdk.plugins.actions.inference._multiplex import SERVE_SIGNING_KEY_ENV, SERVE_TENANT_ENV
@@ -48,6 +49,8 @@ class ServeJobEnvironment:
     (they run on any node of the cluster, where a local worker's Unix socket does not exist);
     None or "" leaves them the worker's own address, right for a local Ray. ``deployments``:
     where the application names tenants hold are looked up (None: nothing is held).
+    ``replica_message_bytes``: the gRPC message limit deploy() gives the replicas (the
+    router's, so an Infer message the server accepts also reaches the replica).
     """
 
     def __init__(
@@ -57,12 +60,14 @@ class ServeJobEnvironment:
         keyring: ServeKeyring,
         replica_address: Callable[[], str] | None = None,
         deployments: DeploymentService | None = None,
+        replica_message_bytes: int | None = None,
     ) -> None:
         self._catalog = catalog
         self._runtime = runtime
         self._keyring = keyring
         self._replica_address = replica_address
         self._deployments = deployments
+        self._replica_message_bytes = replica_message_bytes
 
     def needs_ray(self, job: Job) -> bool:
         """True when the job's action deploys to Ray Serve (a ``BaseDeploymentAction``)."""
@@ -95,4 +100,6 @@ class ServeJobEnvironment:
         address = self._replica_address() if self._replica_address is not None else ""
         if address:
             env[REPLICA_PLATFORM_ADDRESS_ENV] = address
+        if self._replica_message_bytes is not None:
+            env[REPLICA_MESSAGE_BYTES_ENV] = str(self._replica_message_bytes)
         return env

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from synapse_sdk.plugins.actions.inference._serve import ServeReply, ServeRequest
 
-from synapse_server.core._errors import ServiceUnavailableError
+from synapse_server.core._errors import ResourceExhaustedError, ServiceUnavailableError
 from synapse_server.core.deployments import (
     AppObservation,
     DeploymentNotFoundError,
@@ -50,15 +52,53 @@ _STATUS = {
     "DELETING": DeploymentStatus.DELETING,
 }
 _MAX_CACHED_HANDLES = 4096
+#: Ray Serve's limit on a message between a handle and a replica over its gRPC channel
+#: (default 4 MiB), read from the environment when Ray Serve is imported.
+REPLICA_MESSAGE_LIMIT_ENV = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
+#: What a request or answer gains over its payload on the way to a replica (pickled
+#: ServeRequest/ServeReply and Serve's own envelope).
+_REPLICA_FRAMING_BYTES = 1 << 20
+
+
+def _allow_replica_messages(limit: int) -> None:
+    """Let this process's gRPC channels to Serve replicas carry ``limit`` bytes.
+
+    Serve reads the limit from the environment once, when it is imported: the server builds
+    its router before it first imports Ray (and a local Ray head it starts inherits the
+    variable). In a process that imported Serve earlier, the variable must have been set
+    before that import.
+    """
+    if int(os.environ.get(REPLICA_MESSAGE_LIMIT_ENV) or 0) < limit:
+        os.environ[REPLICA_MESSAGE_LIMIT_ENV] = str(limit)
+    constants = sys.modules.get("ray.serve._private.constants")
+    read = getattr(constants, REPLICA_MESSAGE_LIMIT_ENV, limit)
+    if isinstance(read, int) and read < limit:
+        logger.warning(
+            "Ray Serve was imported before the Infer router was set up: Infer messages over "
+            "%d bytes may be refused on the way to a replica (set %s before importing Ray)",
+            read,
+            REPLICA_MESSAGE_LIMIT_ENV,
+        )
 
 
 class ServeRouter:
     """Sends Infer requests to Ray Serve replicas through cached handles."""
 
-    def __init__(self, runtime: RayRuntime, *, transport: str = "grpc") -> None:
+    def __init__(
+        self,
+        runtime: RayRuntime,
+        *,
+        transport: str = "grpc",
+        max_message_bytes: int = 64 << 20,
+    ) -> None:
         if transport not in ("grpc", "ray"):
             raise ValueError(f"transport must be 'grpc' or 'ray', got {transport!r}")
         self._runtime = runtime
+        # An Infer request or answer of up to max_message_bytes must pass Serve's channel to
+        # the replica too (the replicas get the same limit from deploy()).
+        self.replica_message_bytes = max_message_bytes + _REPLICA_FRAMING_BYTES
+        if transport == "grpc":
+            _allow_replica_messages(self.replica_message_bytes)
         self._transport_options: dict[str, Any] = (
             {
                 "_by_reference": False,
@@ -175,6 +215,13 @@ class ServeRouter:
                 raise ServiceUnavailableError(
                     f"the replica of {app_name!r} failed ({type(exc).__name__})"
                 ) from exc
+            except Exception as exc:
+                if not _is_message_too_large(exc):
+                    raise
+                raise ResourceExhaustedError(
+                    f"the request to or the answer of {app_name!r} is over the "
+                    f"{self.replica_message_bytes} bytes a Serve replica's channel carries"
+                ) from None
         finally:
             left = self._in_flight.pop(key) - 1
             if left:
@@ -187,6 +234,17 @@ class ServeRouter:
                 "entrypoint a BaseServeDeployment deployed by deploy()?"
             )
         return reply
+
+
+def _is_message_too_large(exc: BaseException) -> bool:
+    """True for Serve's gRPC channel refusing a message over its size limit."""
+    code = getattr(exc, "code", None)
+    if callable(code):
+        try:
+            return str(code()) == "StatusCode.RESOURCE_EXHAUSTED"
+        except Exception:
+            return False
+    return False
 
 
 async def _shutdown_handle(handle: Any) -> None:

@@ -469,7 +469,9 @@ def open_channel(
     address: str, root_certificates: bytes | None, server_name: str | None
 ) -> grpc.Channel:
     """A channel to the server's WorkerService (TLS when ``root_certificates`` is given)."""
-    options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 64 << 20)]
+    # Unlimited here: what the server sends (an assignment with its params) is bounded by
+    # the server's own max_message_bytes, which an operator may raise past any fixed value.
+    options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", -1)]
     if root_certificates is None:
         return grpc.insecure_channel(address, options=options)
     if server_name:

@@ -24,7 +24,11 @@ class ProbeServe(BaseServeDeployment):
 
     async def _get_model(self, model_info: dict[str, Any]) -> Any:
         await asyncio.sleep(0.3)
-        return {"dir": model_info["path"].name, "scale": float(model_info["path"].name)}
+        name = model_info["path"].name
+        # Local model directories are named by their scale; a model the platform downloaded
+        # (a directory named by its checksum) scales by 1.
+        scale = float(name) if name.isascii() and name.isdigit() else 1.0
+        return {"dir": name, "scale": scale}
 
     @app.post("/")
     async def infer(self, x: list[float]) -> dict[str, Any]:

@@ -26,7 +26,27 @@ RELEASE_CHECKSUM_ENV = "SYNAPSE_PLUGIN_RELEASE_CHECKSUM"
 #: The server address replicas download models from, when the worker's own address (e.g. a
 #: Unix socket on the server's machine) is not reachable from the cluster's nodes.
 REPLICA_PLATFORM_ADDRESS_ENV = "SYNAPSE_SERVE_PLATFORM_ADDRESS"
+#: The largest message, in bytes, a replica exchanges with the platform's Infer router (set
+#: by the platform for deployment jobs); without it, :data:`DEFAULT_REPLICA_MESSAGE_BYTES`.
+REPLICA_MESSAGE_BYTES_ENV = "SYNAPSE_SERVE_REPLICA_MESSAGE_BYTES"
+#: The platform's default Infer message limit (64 MiB) plus room for Serve's framing.
+DEFAULT_REPLICA_MESSAGE_BYTES = (64 << 20) + (1 << 20)
+#: Ray Serve reads a replica's gRPC message limit (4 MiB by default) from this variable.
+_SERVE_REPLICA_LIMIT_VAR = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
 _ACTOR_OPTION_KEYS = ("num_cpus", "num_gpus", "memory")
+
+
+def _replica_runtime_env(runtime_env: dict[str, Any]) -> dict[str, Any]:
+    """``runtime_env`` with the replica's gRPC message limit set (unless the plugin set one).
+
+    Infer requests reach replicas over Serve's gRPC channel, whose 4 MiB default would refuse
+    a tensor the platform accepts; the variable must be in the replica process's
+    environment when it imports Serve, which is what a runtime env's ``env_vars`` do.
+    """
+    limit = os.environ.get(REPLICA_MESSAGE_BYTES_ENV) or str(DEFAULT_REPLICA_MESSAGE_BYTES)
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    env_vars.setdefault(_SERVE_REPLICA_LIMIT_VAR, limit)
+    return {**runtime_env, "env_vars": env_vars}
 
 
 @dataclass(frozen=True)
@@ -211,9 +231,7 @@ class BaseDeploymentAction(BaseAction[P]):
             serve_options.pop("max_models_per_replica", entrypoint.max_models_per_replica)
         )
         actor_options = dict(self.get_ray_actor_options())
-        runtime_env = self.get_runtime_env()
-        if runtime_env:
-            actor_options["runtime_env"] = runtime_env
+        actor_options["runtime_env"] = _replica_runtime_env(self.get_runtime_env())
         deployment_cls = build_deployment_class(entrypoint, config, max_models)
         register_plugin_modules_by_value(entrypoint)
         run_serve_application(
