@@ -126,8 +126,9 @@ def test_deploy_gives_replicas_the_platform_message_limit(monkeypatch: pytest.Mo
     assert _replica_runtime_env({"env_vars": {serve_var: "5"}})["env_vars"][serve_var] == "5"
 
 
-async def test_deployment_jobs_learn_the_replica_message_limit() -> None:
+async def test_deployment_jobs_learn_the_replica_message_limit(tmp_path: Path) -> None:
     from synapse_server.core._catalog import PluginCatalog
+    from synapse_server.core._plugin_code import PluginCodeStore
     from synapse_server.core._models import Job
     from synapse_server.core.inference import ServeKeyring
     from synapse_server.ray._environment import ServeJobEnvironment
@@ -139,7 +140,9 @@ async def test_deployment_jobs_learn_the_replica_message_limit() -> None:
         def worker_environment(self) -> dict[str, str]:
             return {"RAY_ADDRESS": "127.0.0.1:1"}
 
-    catalog = PluginCatalog([PLUGINS], supported_modes=["local"])
+    catalog = PluginCatalog(
+        [PLUGINS], supported_modes=["local"], code_store=PluginCodeStore(tmp_path / "plugins")
+    )
     catalog.reload()
     hook = ServeJobEnvironment(
         catalog,

@@ -79,6 +79,8 @@ class RayRuntime:
         self._owns_ray = False
         self._gcs_address: str | None = None
         self._head: LocalRayHead | None = None
+        # Ray's ENABLE_RAY_CLUSTER before this runtime turned it off (None: untouched).
+        self._cluster_constant: bool | None = None
 
     @property
     def started(self) -> bool:
@@ -164,8 +166,12 @@ class RayRuntime:
                         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
                         # LOOPBACK_ENVIRONMENT for this driver: Ray keeps the head's
                         # 127.0.0.1 address and this process's ports on loopback. Ray reads
-                        # the variable once, at import, which happened above.
-                        ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+                        # the variable once, at import, which happened above. The previous
+                        # value comes back in close(), so a process that goes on to use Ray
+                        # otherwise (a test session) gets Ray's own behaviour again.
+                        constants = ray._private.ray_constants
+                        self._cluster_constant = constants.ENABLE_RAY_CLUSTER
+                        constants.ENABLE_RAY_CLUSTER = False
                         _connect(ray, kwargs, self._config.start_timeout_s)
                     logger.info(
                         "%s Ray", "connected to" if self._config.address else "started a local"
@@ -217,6 +223,9 @@ class RayRuntime:
             if self._head is not None:
                 self._head.stop()
                 self._head = None
+            if self._cluster_constant is not None:
+                ray._private.ray_constants.ENABLE_RAY_CLUSTER = self._cluster_constant
+                self._cluster_constant = None
 
         await asyncio.to_thread(_stop)
         self._started = False
