@@ -92,15 +92,14 @@ class SqliteDeploymentStore:
 
     def __init__(self, database: SqliteDatabase | Path) -> None:
         self._db = database if isinstance(database, SqliteDatabase) else SqliteDatabase(database)
-        # A full disk, an I/O error or a long lock leaves as a StorageError (see _storage).
-        self._guard = self._db.guard("deployment store")
+        self._io = self._db.channel("deployment store")
         self._opened = False
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._db.write(fn, self._guard)
+        return await self._io.write(fn)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._db.read(fn, self._guard)
+        return await self._io.read(fn)
 
     async def open(self) -> None:
         """Open the database (creating the file and migrating its schema if needed)."""

@@ -174,8 +174,7 @@ class SqliteJobStore:
 
     def __init__(self, database: SqliteDatabase | Path) -> None:
         self._db = database if isinstance(database, SqliteDatabase) else SqliteDatabase(database)
-        # Disk full, I/O errors and long locks leave here as StorageError (see _storage).
-        self._guard = self._db.guard("job store")
+        self._io = self._db.channel("job store")
         self._opened = False
 
     @property
@@ -184,10 +183,10 @@ class SqliteJobStore:
         return self._db.path
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._db.write(fn, self._guard)
+        return await self._io.write(fn)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._db.read(fn, self._guard)
+        return await self._io.read(fn)
 
     async def open(self) -> None:
         """Open the database (creating the file and migrating its schema if needed)."""
