@@ -196,3 +196,20 @@ async def test_a_connection_stuck_in_a_transaction_is_replaced(
         await stores.deployments.upsert(DeploymentRecord(0, "t1", "app", "p", "a"))
     finally:
         await stores.close()
+
+
+async def test_a_database_that_failed_to_open_can_be_opened_once_fixed(tmp_path: Path) -> None:
+    before = _sqlite_threads()
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the data directory should be")
+    store = SqliteJobStore(blocker / "synapse.db")
+    with pytest.raises(OSError):
+        await store.open()
+    assert _sqlite_threads() == before
+    blocker.unlink()
+    await store.open()
+    try:
+        assert (await store.create_job(_job("j1")))[1]
+    finally:
+        await store.close()
+    assert _sqlite_threads() == before

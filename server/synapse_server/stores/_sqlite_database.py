@@ -71,9 +71,9 @@ class SqliteDatabase:
             self._users += 1
             if self._users > 1:
                 return
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
             try:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
                 await self._schema.write(lambda conn: migrate(conn, self._path))
             except BaseException:
                 self._users -= 1
