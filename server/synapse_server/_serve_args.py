@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-dir", type=Path, help="SQLite database, logs and the server secret")
     parser.add_argument(
+        "--database-url", help="where the stores live (default sqlite:///<data-dir>/synapse.db)"
+    )
+    parser.add_argument(
         "--plugin-dir", dest="plugin_dirs", action="append", type=Path, help="repeatable"
     )
     parser.add_argument(

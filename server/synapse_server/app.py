@@ -33,15 +33,15 @@ from synapse.plugin.v1 import (
 )
 
 from synapse_server._data_dir_lock import DataDirectoryLock
-from synapse_server.core import EventHub, SqliteJobStore
+from synapse_server.core import EventHub, JobStore
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._executor import Executor, LocalProcessExecutor
 from synapse_server.core._jobs import JobService
 from synapse_server.core._plugin_code import PluginCodeStore
-from synapse_server.core.deployments import DeploymentService, SqliteDeploymentStore
+from synapse_server.core.deployments import DeploymentService, DeploymentStore
 from synapse_server.core.inference import InferenceService, ServeKeyring
-from synapse_server.core.models import ModelRegistryService, SqliteModelStore
+from synapse_server.core.models import ModelRegistryService, ModelStore
 from synapse_server.grpc._auth import AuthInterceptor
 from synapse_server.grpc._deployment_servicer import DeploymentServicer
 from synapse_server.grpc._inference_servicer import InferenceServicer
@@ -52,6 +52,7 @@ from synapse_server.ray import RayRuntime, RayRuntimeConfig, ServeDeploymentBack
 from synapse_server.ray._environment import ServeJobEnvironment
 from synapse_server.ray._executors import RayJobExecutor, RayTaskExecutor, ray_worker_address
 from synapse_server.settings import ServerSettings
+from synapse_server.stores import StoreSchemaError, open_stores
 
 __all__ = ["ServerStartError", "SynapseServer", "serve"]
 
@@ -82,10 +83,10 @@ class SynapseServer:
         self.ray_worker_address = ""
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
-        self._store: SqliteJobStore | None = None
+        self._store: JobStore | None = None
         self._jobs: JobService | None = None
-        self._model_store: SqliteModelStore | None = None
-        self._deployment_store: SqliteDeploymentStore | None = None
+        self._model_store: ModelStore | None = None
+        self._deployment_store: DeploymentStore | None = None
         self._ray: RayRuntime | None = None
         self._router: ServeRouter | None = None
         self._socket_dir: Path | None = None
@@ -133,11 +134,13 @@ class SynapseServer:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         secret = s.resolve_secret()
         issuer = WorkerCredentialIssuer(secret)
-        self._store = SqliteJobStore(s.data_dir / "synapse.db")
-        await self._store.open()
+        try:
+            stores = await open_stores(s.resolved_database_url())
+        except StoreSchemaError as exc:
+            raise ServerStartError(str(exc)) from exc
+        self._store, self._model_store = stores.jobs, stores.models
+        self._deployment_store = stores.deployments
         hub = EventHub(self._store)
-        self._model_store = SqliteModelStore(s.data_dir / "synapse.db")
-        await self._model_store.open()
         models = ModelRegistryService.for_data_dir(self._model_store, s.data_dir)
         await models.open()
         # Local workers reach the server over a private Unix socket: no TLS or port needed,
@@ -159,8 +162,6 @@ class SynapseServer:
         self._router = router = ServeRouter(
             self._ray, transport=s.serve_transport, max_message_bytes=s.max_message_bytes
         )
-        self._deployment_store = SqliteDeploymentStore(s.data_dir / "synapse.db")
-        await self._deployment_store.open()
         deployments = DeploymentService(
             self._deployment_store, ServeDeploymentBackend(self._ray, router)
         )

@@ -78,6 +78,9 @@ class ServerSettings(BaseSettings):
 
     listen_address: str = "127.0.0.1:50051"
     data_dir: Path = Path(".synapse")
+    # Where jobs, events, models and deployments are stored (a URL; may carry a password, so
+    # never shown). Unset: the SQLite file synapse.db in data_dir (see resolved_database_url).
+    database_url: str | None = Field(default=None, repr=False)
     plugin_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     tokens: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict, repr=False)
     tls_cert_file: Path | None = None
@@ -142,6 +145,12 @@ class ServerSettings(BaseSettings):
             raise ValueError(f"listen_address must be host:port, got {value!r}")
         return value
 
+    def resolved_database_url(self) -> str:
+        """The stores' database URL: ``database_url``, else ``sqlite:///<data_dir>/synapse.db``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'synapse.db'}"
+
     @property
     def tls_enabled(self) -> bool:
         """True when a certificate and key are configured."""
@@ -164,6 +173,8 @@ class ServerSettings(BaseSettings):
 
     def check(self) -> None:
         """Reject combinations that would be unsafe or cannot work (:class:`SettingsError`).
+
+        The database URL must be one the stores know (see ``synapse_server.stores``).
 
         The TLS files are read and checked (see ``_tls.check_server_tls``): a mismatched
         pair, a file that is not PEM or a certificate outside its validity dates is named
@@ -192,6 +203,10 @@ class ServerSettings(BaseSettings):
                 raise SettingsError(str(exc)) from None
             for warning in report.warnings:
                 logger.warning("%s", warning)
+        from synapse_server.stores import sqlite_database_path
+
+        # An unknown scheme or a malformed URL is named here, before anything is opened.
+        sqlite_database_path(self.resolved_database_url())
         if not self.tokens and not self.is_loopback_bind() and not self.allow_public_bind:
             raise SettingsError(
                 f"refusing to listen on {self.listen_address} without auth tokens; configure "

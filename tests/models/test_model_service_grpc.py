@@ -18,9 +18,9 @@ from synapse_sdk.models._client_source import ClientModelSource
 from synapse_server.core.models import (
     ModelRegistryLimits,
     ModelRegistryService,
-    SqliteModelStore,
 )
 from synapse_server.grpc._model_servicer import ModelServicer
+from synapse_server.stores import SqliteModelStore
 
 from tests.models._archives import make_tar, make_zip
 

@@ -15,8 +15,8 @@ from synapse_server.core.models import (
     ModelRegistryLimits,
     ModelRegistryService,
     ModelUploadSpec,
-    SqliteModelStore,
 )
+from synapse_server.stores import SqliteModelStore
 
 from tests.models._archives import make_tar, make_zip
 

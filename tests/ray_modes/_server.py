@@ -27,18 +27,19 @@ from synapse.plugin.v1 import (
     model_service_pb2_grpc,
     worker_service_pb2_grpc,
 )
-from synapse_server.core import EventHub, SqliteJobStore
+from synapse_server.core import EventHub
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._executor import Executor, LocalProcessExecutor
 from synapse_server.core._jobs import JobService
 from synapse_server.core._plugin_code import PluginCodeStore
-from synapse_server.core.models import ModelRegistryService, SqliteModelStore
+from synapse_server.core.models import ModelRegistryService
 from synapse_server.grpc._auth import AuthInterceptor
 from synapse_server.grpc._model_servicer import ModelServicer
 from synapse_server.grpc._servicers import ActionServicer, WorkerServicer
 from synapse_server.ray._executors import RayJobExecutor, RayTaskExecutor
 from synapse_server.ray._runtime import RayRuntime, RayRuntimeConfig
+from synapse_server.stores import SqliteJobStore, SqliteModelStore
 
 logger = logging.getLogger("ray_modes.server")
 

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from synapse_sdk.plugins import LocalModelBackend, load_plugin
 from synapse_sdk.testing import ActionEnvironment
-from synapse_server.core.deployments import DeploymentService, SqliteDeploymentStore
+from synapse_server.core.deployments import DeploymentService
 from synapse_server.core.inference import InferenceService, InferRequestData, ServeKeyring
 from synapse_server.ray import RayRuntime, ServeDeploymentBackend, ServeRouter
+from synapse_server.stores import SqliteDeploymentStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 

@@ -128,8 +128,8 @@ def test_deploy_gives_replicas_the_platform_message_limit(monkeypatch: pytest.Mo
 
 async def test_deployment_jobs_learn_the_replica_message_limit(tmp_path: Path) -> None:
     from synapse_server.core._catalog import PluginCatalog
-    from synapse_server.core._plugin_code import PluginCodeStore
     from synapse_server.core._models import Job
+    from synapse_server.core._plugin_code import PluginCodeStore
     from synapse_server.core.inference import ServeKeyring
     from synapse_server.ray._environment import ServeJobEnvironment
 

@@ -30,7 +30,6 @@ from synapse_server.core.deployments import (
     DeploymentService,
     DeploymentStatus,
     ReplicaState,
-    SqliteDeploymentStore,
 )
 from synapse_server.core.inference import (
     EndpointNotFoundError,
@@ -41,6 +40,7 @@ from synapse_server.core.inference import (
     ServeKeyring,
 )
 from synapse_server.ray import RayRuntime, ServeDeploymentBackend, ServeRouter
+from synapse_server.stores import SqliteDeploymentStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180), pytest.mark.asyncio(loop_scope="session")]
 

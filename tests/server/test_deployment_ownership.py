@@ -9,9 +9,7 @@ the same rules against real Ray Serve deployments.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +17,8 @@ import pytest
 import synapse_client as sc
 from synapse_client import Client
 from synapse_server.core.deployments import (
-    DeploymentNameHeldError,
     DeploymentRecord,
     DeploymentStatus,
-    SqliteDeploymentStore,
 )
 
 from tests.conftest import RunningServer
@@ -127,60 +123,3 @@ def test_a_deployment_job_whose_name_another_tenant_holds_fails_before_ray_start
     assert failed.value.error_type == "PreconditionFailed", failed.value
     assert "not available to this tenant" in failed.value.message
     assert not _ray_started(server), "the deployment job started Ray before its name was checked"
-
-
-async def test_the_store_gives_a_name_one_live_owner(tmp_path: Path) -> None:
-    store = SqliteDeploymentStore(tmp_path / "synapse.db")
-    await store.open()
-    try:
-        first, _ = await store.upsert(_record("team-a", "app", DeploymentStatus.RUNNING))
-        with pytest.raises(DeploymentNameHeldError):
-            await store.upsert(_record("team-b", "app", DeploymentStatus.RUNNING))
-        assert await store.holder("app") == "team-a"
-        # The owner updates its own record freely.
-        again, created = await store.upsert(_record("team-a", "app", DeploymentStatus.UNHEALTHY))
-        assert (again.id, created) == (first.id, False)
-        # A DELETED record gives the name up: another tenant may take it, and then holds it.
-        await store.update(replace(again, status=DeploymentStatus.DELETED))
-        assert await store.holder("app") is None
-        taken, created = await store.upsert(_record("team-b", "app", DeploymentStatus.RUNNING))
-        assert created and await store.holder("app") == "team-b"
-        with pytest.raises(DeploymentNameHeldError):
-            await store.upsert(_record("team-a", "app", DeploymentStatus.RUNNING))
-        # team-a's old record stays as it was: DELETED, with its own id.
-        old = await store.get(first.id)
-        assert old is not None and old.status is DeploymentStatus.DELETED and taken.id != first.id
-    finally:
-        await store.close()
-
-
-async def test_opening_a_database_with_two_owners_of_one_name_keeps_the_first(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "synapse.db"
-    store = SqliteDeploymentStore(path)
-    await store.open()
-    first, _ = await store.upsert(_record("team-a", "app", DeploymentStatus.RUNNING))
-    other, _ = await store.upsert(_record("team-c", "other", DeploymentStatus.RUNNING))
-    await store.close()
-    # What a server before single ownership let a second tenant write.
-    with sqlite3.connect(path) as conn:
-        conn.execute(
-            "INSERT INTO serve_applications (tenant, name, plugin, action, status, "
-            "create_time, update_time) VALUES ('team-b', 'app', 'p', 'a', 'running', 0, 0)"
-        )
-    store = SqliteDeploymentStore(path)
-    await store.open()
-    try:
-        page_a = await store.list("team-a", (), "", "", 10, "")
-        page_b = await store.list("team-b", (), "", "", 10, "")
-        assert [r.status for r in page_a.deployments] == [DeploymentStatus.RUNNING]
-        (squatter,) = page_b.deployments
-        assert squatter.status is DeploymentStatus.DELETED
-        assert "earlier registration" in squatter.status_message
-        assert await store.holder("app") == "team-a"
-        untouched = await store.get(other.id)
-        assert untouched is not None and untouched.status is DeploymentStatus.RUNNING
-        assert (await store.get(first.id)) == first
-    finally:
-        await store.close()

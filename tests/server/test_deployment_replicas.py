@@ -14,9 +14,9 @@ from synapse_server.core.deployments import (
     DeploymentStatus,
     ReplicaRecord,
     ReplicaState,
-    SqliteDeploymentStore,
 )
 from synapse_server.grpc._deployment_servicer import deployment_to_pb
+from synapse_server.stores import SqliteDeploymentStore
 
 
 def _record(*replicas: ReplicaRecord) -> DeploymentRecord:

@@ -15,8 +15,8 @@ from synapse_client import Client
 from synapse_server.core.deployments import (
     DeploymentRecord,
     DeploymentStatus,
-    SqliteDeploymentStore,
 )
+from synapse_server.stores import SqliteDeploymentStore
 
 from tests.conftest import RunningServer
 

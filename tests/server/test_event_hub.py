@@ -17,8 +17,8 @@ from synapse_server.core import (
     JobEvent,
     JobState,
     NewEvent,
-    SqliteJobStore,
 )
+from synapse_server.stores import SqliteJobStore
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from synapse_server.core import EventHub, EventKind, Job, JobState, SqliteJobStore
+from synapse_server.core import EventHub, EventKind, Job, JobState
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._executor import WorkerExit
 from synapse_server.core._jobs import JobService
 from synapse_server.core._plugin_code import PluginCodeStore
+from synapse_server.stores import SqliteJobStore
 
 TOY = Path(__file__).parent.parent / "plugins"
 

@@ -37,7 +37,7 @@ from synapse_server._data_dir_lock import (
     DataDirectoryLockError,
 )
 from synapse_server.app import SynapseServer
-from synapse_server.core import EventHub, JobState, SqliteJobStore, UnauthenticatedError
+from synapse_server.core import EventHub, JobState, UnauthenticatedError
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._credentials import EXPIRED_MESSAGE, WorkerCredentialIssuer
 from synapse_server.core._executor import WorkerExit
@@ -45,6 +45,7 @@ from synapse_server.core._jobs import JobService, WorkerFinished, WorkerReport
 from synapse_server.core._models import Job
 from synapse_server.core._plugin_code import PluginCodeStore
 from synapse_server.grpc._auth import WORKER_METHODS
+from synapse_server.stores import SqliteJobStore
 from synapse_server.worker._runner import run_worker
 
 from tests.conftest import TOY_PLUGINS_DIR, RunningServer, make_settings

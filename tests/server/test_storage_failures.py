@@ -39,7 +39,6 @@ from synapse_server.core import (
     Job,
     JobEvent,
     JobState,
-    SqliteJobStore,
     StorageFullError,
     StorageUnavailableError,
 )
@@ -48,11 +47,11 @@ from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._hub import NewEvent
 from synapse_server.core._jobs import JobService, ResultChunk, WorkerFinished, WorkerReport
 from synapse_server.core._plugin_code import PluginCodeStore
-from synapse_server.core._storage import as_storage_error, release_transaction
-from synapse_server.core.deployments import DeploymentRecord, SqliteDeploymentStore
-from synapse_server.core.models import SqliteModelStore
+from synapse_server.core.deployments import DeploymentRecord
 from synapse_server.core.models._records import ModelRecord
 from synapse_server.grpc._errors import status_for
+from synapse_server.stores import SqliteDeploymentStore, SqliteJobStore, SqliteModelStore
+from synapse_server.stores._sqlite import release_transaction, sqlite_storage_error
 
 from tests.conftest import TOY_PLUGINS_DIR, RunningServer
 
@@ -510,22 +509,22 @@ async def test_stores_on_a_full_disk_raise_storage_full_and_work_again_once_free
 
 
 def test_storage_failures_are_classified_and_mapped_once() -> None:
-    full = as_storage_error(OSError(errno.ENOSPC, "No space left on device"))
+    full = sqlite_storage_error(OSError(errno.ENOSPC, "No space left on device"))
     assert isinstance(full, StorageFullError)
-    assert isinstance(as_storage_error(OSError(errno.EDQUOT, "quota")), StorageFullError)
-    io_error = as_storage_error(OSError(errno.EIO, "Input/output error"))
+    assert isinstance(sqlite_storage_error(OSError(errno.EDQUOT, "quota")), StorageFullError)
+    io_error = sqlite_storage_error(OSError(errno.EIO, "Input/output error"))
     assert isinstance(io_error, StorageUnavailableError) and io_error.cause == "disk I/O error"
-    assert as_storage_error(FileNotFoundError(errno.ENOENT, "gone")) is None
+    assert sqlite_storage_error(FileNotFoundError(errno.ENOENT, "gone")) is None
     locked = sqlite3.OperationalError("database is locked")
     locked.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
-    assert isinstance(as_storage_error(locked), StorageUnavailableError)
+    assert isinstance(sqlite_storage_error(locked), StorageUnavailableError)
     short_write = sqlite3.OperationalError("disk I/O error")
     short_write.sqlite_errorcode = sqlite3.SQLITE_IOERR | (3 << 8)  # type: ignore[attr-defined]
-    assert isinstance(as_storage_error(short_write), StorageUnavailableError)
+    assert isinstance(sqlite_storage_error(short_write), StorageUnavailableError)
     sqlite_full = sqlite3.OperationalError("database or disk is full")
     sqlite_full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
-    assert isinstance(as_storage_error(sqlite_full), StorageFullError)
-    assert as_storage_error(sqlite3.ProgrammingError("a bug")) is None
+    assert isinstance(sqlite_storage_error(sqlite_full), StorageFullError)
+    assert sqlite_storage_error(sqlite3.ProgrammingError("a bug")) is None
 
     status = status_for(StorageFullError())
     assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED

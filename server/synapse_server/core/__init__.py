@@ -1,6 +1,9 @@
-"""The transport-neutral core of the platform: jobs, events, stores, plugins and executors.
+"""The transport-neutral core of the platform: jobs, events, store protocols, plugins and
+executors.
 
 Nothing here imports grpc or generated protobuf code; the gRPC layer converts at its edge.
+Nothing here knows a database either: the stores (``synapse_server.stores``) implement the
+protocols defined here (``JobStore``, ``models.ModelStore``, ``deployments.DeploymentStore``).
 """
 
 from synapse_server.core._errors import (
@@ -32,7 +35,7 @@ from synapse_server.core._models import (
     JobState,
     Keepalive,
 )
-from synapse_server.core._store import JobStore, SqliteJobStore
+from synapse_server.core._store import JobStore
 
 __all__ = [
     "KEEPALIVE",
@@ -58,7 +61,6 @@ __all__ = [
     "ResourceExhaustedError",
     "ServerError",
     "ServiceUnavailableError",
-    "SqliteJobStore",
     "StorageError",
     "StorageFullError",
     "StorageUnavailableError",

@@ -1,10 +1,12 @@
 """Storage failures as domain errors, shared by every store and file writer of the server.
 
 A full disk, an I/O error or a database locked for longer than the busy timeout reach the
-stores as ``sqlite3`` or ``OSError`` exceptions. Callers only ever see
-:class:`StorageFullError` (RESOURCE_EXHAUSTED) or :class:`StorageUnavailableError`
-(UNAVAILABLE): the job service retries on them, the gRPC layer maps them once. Other failures
-(a bug, a corrupt file) pass through unchanged and stay INTERNAL.
+stores as ``OSError`` or as their database driver's exceptions. Callers only ever see
+:class:`StorageError` subclasses: :class:`StorageFullError` (RESOURCE_EXHAUSTED) or
+:class:`StorageUnavailableError` (UNAVAILABLE): the job service retries on them, the gRPC
+layer maps them once. Other failures (a bug, a corrupt file) pass through unchanged and stay
+INTERNAL. File system errors are classified here; each store backend classifies its driver's
+errors (``synapse_server.stores``) and hands its translator to :class:`StorageGuard`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import contextlib
 import errno
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,11 +23,15 @@ from typing import TypeVar
 
 from synapse_server.core._errors import StorageError, StorageFullError, StorageUnavailableError
 
-__all__ = ["StorageGuard", "as_storage_error", "release_transaction"]
+__all__ = ["StorageGuard", "StorageTranslator", "as_storage_error", "transient_storage_error"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Turns an exception into the storage error it stands for (``directory``: where the failing
+#: file lives), or ``None`` when it is not a storage failure.
+StorageTranslator = Callable[[BaseException, Path | None], StorageError | None]
 
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _TRANSIENT_ERRNOS = {
@@ -37,17 +42,6 @@ _TRANSIENT_ERRNOS = {
     errno.ENFILE: "too many open files",
     errno.EMFILE: "too many open files",
 }
-# Primary result codes (the low byte of an extended code). SQLite reports a write that hit
-# ENOSPC as SQLITE_FULL; the others are conditions that go away (a lock holder finishes, a
-# device comes back) without anything in the request being wrong.
-_SQLITE_TRANSIENT = {
-    sqlite3.SQLITE_BUSY: "database is locked",
-    sqlite3.SQLITE_LOCKED: "database is locked",
-    sqlite3.SQLITE_IOERR: "disk I/O error",
-    sqlite3.SQLITE_READONLY: "database is read-only",
-    sqlite3.SQLITE_CANTOPEN: "cannot open the database file",
-    sqlite3.SQLITE_PROTOCOL: "database lock protocol error",
-}
 # An I/O error on a file system with less free space than this is taken for a full disk:
 # SQLite reports some writes that hit ENOSPC (growing its shared-memory file) as I/O errors.
 _NEARLY_FULL_BYTES = 256 << 10
@@ -56,27 +50,24 @@ _LOG_EVERY_SECONDS = 30.0
 
 
 def as_storage_error(exc: BaseException, directory: Path | None = None) -> StorageError | None:
-    """The domain error for ``exc`` when it is a storage failure, else ``None``.
+    """The domain error for ``exc`` when it is a file system failure, else ``None``.
 
     ``directory`` (where the failing file lives) lets an ambiguous I/O error be recognised as
-    a full disk.
+    a full disk. A :class:`StorageError` is returned as it is.
     """
     if isinstance(exc, StorageError):
         return exc
-    cause: str | None = None
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        if not isinstance(code, int):
-            return None
-        if code & 0xFF == sqlite3.SQLITE_FULL:
-            return StorageFullError()
-        cause = _SQLITE_TRANSIENT.get(code & 0xFF)
-    elif isinstance(exc, OSError):
-        if exc.errno in _FULL_ERRNOS:
-            return StorageFullError()
-        cause = _TRANSIENT_ERRNOS.get(exc.errno or 0)
-    if cause is None:
+    if not isinstance(exc, OSError):
         return None
+    if exc.errno in _FULL_ERRNOS:
+        return StorageFullError()
+    cause = _TRANSIENT_ERRNOS.get(exc.errno or 0)
+    return None if cause is None else transient_storage_error(cause, directory)
+
+
+def transient_storage_error(cause: str, directory: Path | None = None) -> StorageError:
+    """A failure that goes away by itself (``cause`` names it in a few words), or a full
+    disk when ``directory``'s file system has next to no free space left."""
     if directory is not None and _nearly_full(directory):
         return StorageFullError()
     return StorageUnavailableError(cause)
@@ -90,42 +81,26 @@ def _nearly_full(directory: Path) -> bool:
     return stats.f_bavail * stats.f_frsize < _NEARLY_FULL_BYTES
 
 
-def release_transaction(conn: sqlite3.Connection) -> bool:
-    """Roll back ``conn``'s open transaction, if any, after a failed statement.
-
-    SQLite has often rolled back already (a failed COMMIT on a full disk does); a ROLLBACK
-    then would raise "no transaction is active" over the real error, so it is only issued
-    when one is open, and its own failure is logged, never raised. A connection still inside
-    a transaction after that would fail every later BEGIN: it is closed, and False returned
-    so that the caller drops it and opens a fresh one.
-    """
-    try:
-        if not conn.in_transaction:
-            return True
-    except sqlite3.ProgrammingError:  # closed already, by an earlier call for this failure
-        return False
-    try:
-        conn.execute("ROLLBACK")
-    except sqlite3.Error as exc:
-        logger.warning("rollback after a failed write failed too: %s", exc)
-    if not conn.in_transaction:
-        return True
-    with contextlib.suppress(sqlite3.Error):
-        conn.close()
-    return False
-
-
 class StorageGuard:
     """Runs one store's storage calls: translates failures, logs them (throttled) and the
     recovery.
 
     ``name`` says what is stored (``job store``), ``path`` where; both go to the server log
-    only, never to callers.
+    only, never to callers. ``translate`` classifies failures (file system errors by
+    default; a database store passes its driver's translator).
     """
 
-    def __init__(self, name: str, path: Path, *, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        *,
+        directory: Path | None = None,
+        translate: StorageTranslator = as_storage_error,
+    ) -> None:
         self._name = name
         self._path = path
+        self._translate = translate
         # Where free space is measured: the file's directory unless told otherwise.
         self._directory = path.parent if directory is None else directory
         self._lock = threading.Lock()
@@ -135,7 +110,7 @@ class StorageGuard:
 
     def translate(self, exc: BaseException) -> StorageError | None:
         """``exc`` as a storage error (see :func:`as_storage_error`), or ``None``."""
-        return as_storage_error(exc, self._directory)
+        return self._translate(exc, self._directory)
 
     def call(self, fn: Callable[[], T], *, write: bool = True) -> T:
         """``fn()``, with a storage failure raised as a :class:`StorageError`.

@@ -1,118 +1,29 @@
-"""Job persistence: a :class:`JobStore` protocol and its embedded SQLite implementation.
+"""The job store protocol: where jobs and their events live.
 
-SQLite runs in WAL mode with one writer connection and one reader connection, each owned by
-its own thread, so the event loop never blocks on disk and long replays do not stall writes.
-Events are written in batches (one transaction per batch) together with any job-row change
-they imply, so a job's row and its event history are always consistent on disk.
+Implemented by ``synapse_server.stores`` (SQLite in the embedded server); the job service and
+the event hub only ever talk to this protocol.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
-from synapse_sdk.jsonutil import dump_json_checked, load_json
+from synapse_server.core._models import Job, JobEvent, JobFilter, JobPage, JobState
 
-from synapse_server.core._errors import InvalidArgumentError, RequestIdConflictError
-from synapse_server.core._models import (
-    EventKind,
-    Job,
-    JobError,
-    JobEvent,
-    JobFilter,
-    JobPage,
-    JobState,
-)
-from synapse_server.core._paging import decode_page_token, encode_page_token
-from synapse_server.core._storage import StorageGuard, release_transaction
-
-__all__ = ["JobStore", "SqliteJobStore"]
-
-logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    ord         INTEGER PRIMARY KEY AUTOINCREMENT,
-    id          TEXT NOT NULL UNIQUE,
-    tenant      TEXT NOT NULL,
-    plugin      TEXT NOT NULL,
-    action      TEXT NOT NULL,
-    mode        TEXT NOT NULL,
-    params      TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    request_id  TEXT,
-    created_at  REAL NOT NULL,
-    started_at  REAL,
-    finished_at REAL,
-    result      TEXT,
-    error       TEXT,
-    reason      TEXT NOT NULL DEFAULT '',
-    progress    REAL NOT NULL DEFAULT 0,
-    plugin_version   TEXT NOT NULL DEFAULT '',
-    last_seq         INTEGER NOT NULL DEFAULT 0,
-    pending_reason   TEXT NOT NULL DEFAULT '',
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    result_size      INTEGER NOT NULL DEFAULT 0,
-    plugin_sha256    TEXT NOT NULL DEFAULT ''
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id
-    ON jobs (tenant, request_id) WHERE request_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
-CREATE TABLE IF NOT EXISTS job_params (
-    job_id      TEXT PRIMARY KEY,
-    params      TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS job_events (
-    job_id    TEXT NOT NULL,
-    seq       INTEGER NOT NULL,
-    kind      TEXT NOT NULL,
-    ts        REAL NOT NULL,
-    data      TEXT NOT NULL,
-    PRIMARY KEY (job_id, seq)
-) WITHOUT ROWID;
-"""
-
-_JOB_COLUMNS = (
-    "id, tenant, plugin, action, mode, params, state, request_id, created_at, started_at, "
-    "finished_at, result, error, reason, progress, plugin_version, last_seq, pending_reason, "
-    "cancel_requested, result_size, plugin_sha256"
-)
-# Params live in their own table: SQLite rewrites a whole row on every UPDATE, and a job's
-# row is updated with each batch of events (progress, last_seq), so megabytes of params in it
-# were rewritten (and appended to the WAL) hundreds of times per job (measured: ~10 ms per
-# update for 7 MB of params). Rows written before job_params existed keep theirs in
-# jobs.params, hence the COALESCE.
-
-
-def _job_fields(*, params: str, result: str) -> str:
-    """The job columns, from ``jobs j`` joined to ``job_params p``, with these two sources."""
-    sources = {"params": params, "result": result}
-    return ", ".join(sources.get(c, f"j.{c}") for c in _JOB_COLUMNS.split(", "))
-
-
-_FROM_JOBS = "FROM jobs j LEFT JOIN job_params p ON p.job_id = j.id"
-_PARAMS = "COALESCE(p.params, j.params)"
-# Jobs are read without their result text (megabytes, read only by get_result): result_json
-# stays empty, result_size tells the size. With their params (recovery, GetJob's full view,
-# the request-id check), or as summaries without them too (listings, GetJob's basic view and
-# the tenant checks of other calls).
-_SELECT_JOB = f"SELECT {_job_fields(params=_PARAMS, result='NULL')} {_FROM_JOBS}"
-_SUMMARY_FIELDS = _job_fields(params="''", result="NULL")
+__all__ = ["JobStore"]
 
 
 class JobStore(Protocol):
-    """Where jobs and their events live; a server database can replace the SQLite one."""
+    """Where jobs and their events live; a server database can replace the SQLite one.
+
+    Texts are kept as given: a job's params (``params_json``) and result (``result_json``)
+    come back byte for byte, never re-serialised. Jobs are read as summaries (no params, no
+    result text; ``result_size`` tells the result's size in bytes) unless asked for more.
+    """
 
     async def open(self) -> None:
-        """Create or migrate the schema."""
+        """Open the store (creating or migrating its schema if needed)."""
 
     async def close(self) -> None:
         """Release connections and threads."""
@@ -121,7 +32,9 @@ class JobStore(Protocol):
         """Insert ``job``; with a ``request_id`` already used by the tenant return that job.
 
         Returns ``(job, created)``. Raises :class:`RequestIdConflictError` when the earlier
-        job with the same request id asked for something different.
+        job with the same request id asked for something different (another plugin, action,
+        mode or params; the same params in other spacing or key order are the same). Atomic:
+        concurrent calls with one request id create one job.
         """
 
     async def get_job(self, job_id: str, *, with_params: bool = False) -> Job | None:
@@ -130,470 +43,36 @@ class JobStore(Protocol):
 
     async def get_result(self, job_id: str) -> tuple[str, JobState, str | None] | None:
         """``(tenant, state, result JSON text)`` of the job without loading its params, or
-        ``None`` for an unknown job."""
+        ``None`` for an unknown job (the text is ``None`` until the job has a result)."""
 
     async def list_jobs(self, flt: JobFilter, page_size: int, page_token: str) -> JobPage:
-        """Jobs matching ``flt``, newest first."""
+        """Summaries of the jobs matching ``flt``, newest first, ``page_size`` at most.
+
+        ``page_token`` continues the listing a page's ``next_page_token`` ended; a page size
+        that is not positive or a token that is not one raises ``InvalidArgumentError``.
+        """
 
     async def jobs_in_states(self, states: Iterable[JobState]) -> list[Job]:
-        """All jobs currently in one of ``states`` (used at startup for recovery)."""
+        """All jobs currently in one of ``states``, oldest first, with their params (used at
+        startup for recovery)."""
 
     async def plugin_code_in_use(self) -> set[str]:
         """The plugin code digests of jobs not yet finished (their snapshots must be kept)."""
 
     async def append_events(self, events: Sequence[JobEvent], job: Job | None = None) -> None:
-        """Persist ``events`` (and ``job``'s new row, if given) in one transaction."""
+        """Persist ``events`` (and ``job``'s new row, if given) in one transaction.
 
-    async def update_job(self, job: Job) -> None:
-        """Persist ``job``'s mutable fields."""
-
-    async def list_events(self, job_id: str, after_seq: int, limit: int) -> list[JobEvent]:
-        """Up to ``limit`` events of the job with ``seq > after_seq``, in order."""
-
-    async def last_event(self, job_id: str) -> JobEvent | None:
-        """The job's latest event, or ``None``."""
-
-
-def _dump(value: Any) -> str:
-    # A terminal event carries an inline result of up to a megabyte: the Rust serialiser
-    # writes it several times faster than json.dumps.
-    return dump_json_checked(value).decode()
-
-
-def _result_text(job: Job) -> str | None:
-    if job.result_json:
-        return job.result_json
-    return None if job.result is None else _dump(job.result)
-
-
-def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
-    (
-        id_,
-        tenant,
-        plugin,
-        action,
-        mode,
-        params,
-        state,
-        request_id,
-        created_at,
-        started_at,
-        finished_at,
-        result,
-        error,
-        reason,
-        progress,
-        plugin_version,
-        last_seq,
-        pending_reason,
-        cancel_requested,
-        result_size,
-        plugin_sha256,
-    ) = row
-    return Job(
-        id=id_,
-        tenant=tenant,
-        plugin=plugin,
-        action=action,
-        mode=mode,
-        # Kept as text (see Job.params); "" in a summary (see _SELECT_JOB).
-        params_json=params,
-        state=JobState(state),
-        request_id=request_id,
-        created_at=created_at,
-        started_at=started_at,
-        finished_at=finished_at,
-        # Never selected (NULL, see _SELECT_JOB): get_result reads the text when it is asked for.
-        result=None,
-        result_json=result or "",
-        result_size=result_size,
-        error=None if error is None else JobError.from_dict(load_json(error)),
-        reason=reason,
-        progress=progress,
-        plugin_version=plugin_version,
-        plugin_sha256=plugin_sha256,
-        last_seq=last_seq,
-        pending_reason=pending_reason,
-        cancel_requested=bool(cancel_requested),
-    )
-
-
-def _row_to_event(job_id: str, row: tuple[Any, ...]) -> JobEvent:
-    seq, kind, ts, data = row
-    return JobEvent(
-        job_id=job_id, seq=seq, kind=EventKind(kind), data=load_json(data), timestamp=ts
-    )
-
-
-def _event_text(event: JobEvent, job: Job | None) -> str:
-    data = event.data
-    text = data.get("result_json")
-    if (
-        event.kind is EventKind.TERMINAL
-        and text is not None
-        and job is not None
-        and job.result_json == text
-    ):
-        # The job row written with this event holds the same text: storing it again
-        # (escaped, inside the event's JSON) would write an inline result twice. Readers
-        # put it back from the row (_attach_results).
-        return _dump({k: v for k, v in data.items() if k != "result_json"})
-    return _dump(data)
-
-
-def _attach_results(conn: sqlite3.Connection, events: list[JobEvent]) -> list[JobEvent]:
-    """Give a terminal event stored without its inline result text the job row's text."""
-    for event in events:
-        data = event.data
-        if (
-            event.kind is EventKind.TERMINAL
-            and data.get("result_inline")
-            and "result_json" not in data
-            and "result" not in data  # stored by earlier versions, with the parsed result
-        ):
-            row = conn.execute("SELECT result FROM jobs WHERE id=?", (event.job_id,)).fetchone()
-            data["result_json"] = (row[0] if row is not None else None) or "null"
-    return events
-
-
-class SqliteJobStore:
-    """The embedded :class:`JobStore`: one SQLite file in WAL mode."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
-        # Disk full, I/O errors and long locks leave here as StorageError (see _storage).
-        self._guard = StorageGuard("job store", path)
-
-    @property
-    def path(self) -> Path:
-        """The database file."""
-        return self._path
-
-    def _connection(self) -> sqlite3.Connection:
-        # Each pool thread owns one connection for its whole life.
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode survives a process kill (only an OS crash may lose the
-            # last transactions), which is the failure the server must tolerate.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
-        return conn
-
-    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._connection()
-        try:
-            return fn(conn)
-        except BaseException:
-            if not release_transaction(conn):
-                # Closed, stuck in a transaction: this thread's next call opens a fresh one.
-                self._local.conn = None
-                with self._connections_lock:
-                    if conn in self._connections:
-                        self._connections.remove(conn)
-            raise
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._writer_pool, lambda: self._guard.call(lambda: self._call(fn))
-        )
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._reader_pool, lambda: self._guard.call(lambda: self._call(fn), write=False)
-        )
-
-    async def open(self) -> None:
-        """Create the file and schema if needed."""
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-
-        def _init(conn: sqlite3.Connection) -> None:
-            conn.executescript(_SCHEMA)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-            if "result_size" not in columns:
-                # A database written before results' sizes were kept: add and fill them.
-                with conn:
-                    conn.execute(
-                        "ALTER TABLE jobs ADD COLUMN result_size INTEGER NOT NULL DEFAULT 0"
-                    )
-                    conn.execute(
-                        "UPDATE jobs SET result_size = length(CAST(result AS BLOB)) "
-                        "WHERE result IS NOT NULL"
-                    )
-            if "plugin_sha256" not in columns:
-                # A database written before jobs recorded their plugin code's digest: its
-                # jobs keep "" (they run the plugin's loaded code, see PluginCatalog.code).
-                conn.execute("ALTER TABLE jobs ADD COLUMN plugin_sha256 TEXT NOT NULL DEFAULT ''")
-
-        await self._write(_init)
-
-    async def close(self) -> None:
-        """Close every connection and stop the I/O threads."""
-
-        def _close_all() -> None:
-            with self._connections_lock:
-                for conn in self._connections:
-                    try:
-                        conn.close()
-                    except sqlite3.Error as exc:
-                        # Closing must not fail a shutdown (e.g. on a full disk).
-                        logger.warning("job store: closing a connection failed: %s", exc)
-                self._connections.clear()
-
-        # Drain both pools first so no query is mid-flight when connections close.
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._reader_pool, lambda: None)
-        await loop.run_in_executor(self._writer_pool, lambda: None)
-        _close_all()
-        self._writer_pool.shutdown(wait=True)
-        self._reader_pool.shutdown(wait=True)
-
-    async def journal_mode(self) -> str:
-        """The journal mode SQLite reports (``wal`` once opened)."""
-        return await self._read(lambda c: str(c.execute("PRAGMA journal_mode").fetchone()[0]))
-
-    async def create_job(self, job: Job) -> tuple[Job, bool]:
-        """Insert ``job`` or return the tenant's earlier job with the same request id."""
-
-        def _create(conn: sqlite3.Connection) -> tuple[Job, bool]:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if job.request_id is not None:
-                    row = conn.execute(
-                        f"{_SELECT_JOB} WHERE j.tenant=? AND j.request_id=?",
-                        (job.tenant, job.request_id),
-                    ).fetchone()
-                    if row is not None:
-                        existing = _row_to_job(row)
-                        conn.execute("COMMIT")
-                        same = (existing.plugin, existing.action, existing.mode) == (
-                            job.plugin,
-                            job.action,
-                            job.mode,
-                        ) and (
-                            # The same text is the same params; other text (spacing, key
-                            # order) may still be, so only then are both parsed.
-                            existing.params_json == job.params_json or existing.params == job.params
-                        )
-                        if not same:
-                            raise RequestIdConflictError(
-                                f"request_id {job.request_id!r} was already used for a "
-                                "different request"
-                            )
-                        return existing, False
-                conn.execute(
-                    f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES "
-                    f"({','.join('?' * len(_JOB_COLUMNS.split(', ')))})",
-                    _job_values(job),
-                )
-                conn.execute(
-                    "INSERT INTO job_params (job_id, params) VALUES (?, ?)",
-                    (job.id, job.params_json),
-                )
-                conn.execute("COMMIT")
-                return job, True
-            except BaseException:
-                release_transaction(conn)
-                raise
-
-        return await self._write(_create)
-
-    async def get_job(self, job_id: str, *, with_params: bool = False) -> Job | None:
-        """The job, or ``None``. Without ``with_params`` a summary (see ``_SUMMARY_FIELDS``);
-        with it, the params too. The result text is read with :meth:`get_result`."""
-        sql = (
-            f"{_SELECT_JOB} WHERE j.id=?"
-            if with_params
-            else f"SELECT {_SUMMARY_FIELDS} FROM jobs j WHERE j.id=?"
-        )
-
-        def _get(conn: sqlite3.Connection) -> Job | None:
-            row = conn.execute(sql, (job_id,)).fetchone()
-            return None if row is None else _row_to_job(row)
-
-        return await self._read(_get)
-
-    async def get_result(self, job_id: str) -> tuple[str, JobState, str | None] | None:
-        """``(tenant, state, result JSON text)``; ``None`` for an unknown job."""
-
-        def _get(conn: sqlite3.Connection) -> tuple[str, JobState, str | None] | None:
-            row = conn.execute(
-                "SELECT tenant, state, result FROM jobs WHERE id=?", (job_id,)
-            ).fetchone()
-            return None if row is None else (row[0], JobState(row[1]), row[2])
-
-        return await self._read(_get)
-
-    async def list_jobs(self, flt: JobFilter, page_size: int, page_token: str) -> JobPage:
-        """Jobs matching ``flt``, newest first; ``page_token`` continues an earlier listing.
-
-        The jobs are summaries, without params and result texts (listings show neither).
+        A seq the job already has fails the whole call: none of the events, nor the row, is
+        stored. A terminal event's inline result text reads back as it was appended.
         """
-        if page_size <= 0:
-            raise InvalidArgumentError("page_size must be positive", field="page_size")
-        clauses: list[str] = []
-        args: list[Any] = []
-        if page_token:
-            clauses.append("ord < ?")
-            args.append(decode_page_token("o", page_token))
-        if flt.tenant is not None:
-            clauses.append("tenant = ?")
-            args.append(flt.tenant)
-        if flt.plugin:
-            clauses.append("plugin = ?")
-            args.append(flt.plugin)
-        if flt.action:
-            clauses.append("action = ?")
-            args.append(flt.action)
-        if flt.states:
-            clauses.append(f"state IN ({','.join('?' * len(flt.states))})")
-            args.extend(sorted(s.value for s in flt.states))
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT j.ord, {_SUMMARY_FIELDS} FROM jobs j {where} ORDER BY j.ord DESC LIMIT ?"
-        args.append(page_size + 1)
-
-        def _list(conn: sqlite3.Connection) -> JobPage:
-            rows = conn.execute(sql, args).fetchall()
-            more = len(rows) > page_size
-            rows = rows[:page_size]
-            jobs = [_row_to_job(row[1:]) for row in rows]
-            token = encode_page_token("o", rows[-1][0]) if more and rows else ""
-            return JobPage(jobs=jobs, next_page_token=token)
-
-        return await self._read(_list)
-
-    async def jobs_in_states(self, states: Iterable[JobState]) -> list[Job]:
-        """All jobs in ``states``, oldest first."""
-        values = sorted(s.value for s in states)
-
-        def _find(conn: sqlite3.Connection) -> list[Job]:
-            rows = conn.execute(
-                f"{_SELECT_JOB} WHERE j.state IN ({','.join('?' * len(values))}) ORDER BY j.ord",
-                values,
-            ).fetchall()
-            return [_row_to_job(row) for row in rows]
-
-        return await self._read(_find)
-
-    async def plugin_code_in_use(self) -> set[str]:
-        """The distinct ``plugin_sha256`` of jobs in a non-terminal state."""
-        unfinished = sorted(s.value for s in JobState if not s.is_terminal)
-
-        def _find(conn: sqlite3.Connection) -> set[str]:
-            rows = conn.execute(
-                "SELECT DISTINCT plugin_sha256 FROM jobs WHERE plugin_sha256 != '' AND "
-                f"state IN ({','.join('?' * len(unfinished))})",
-                unfinished,
-            ).fetchall()
-            return {row[0] for row in rows}
-
-        return await self._read(_find)
-
-    async def append_events(self, events: Sequence[JobEvent], job: Job | None = None) -> None:
-        """Persist ``events`` and, if given, ``job``'s row, atomically."""
-        rows = [(e.job_id, e.seq, e.kind.value, e.timestamp, _event_text(e, job)) for e in events]
-
-        def _append(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN")
-            try:
-                conn.executemany(
-                    "INSERT INTO job_events (job_id, seq, kind, ts, data) VALUES (?,?,?,?,?)", rows
-                )
-                if job is not None:
-                    _update(conn, job)
-                conn.execute("COMMIT")
-            except BaseException:
-                release_transaction(conn)
-                raise
-
-        await self._write(_append)
 
     async def update_job(self, job: Job) -> None:
-        """Persist ``job``'s state, timestamps, outcome and progress."""
-        await self._write(lambda conn: _update(conn, job))
+        """Persist ``job``'s mutable fields: state, times, outcome (error, reason, result),
+        progress, ``last_seq``, pending reason, cancel request and result size. A job without
+        a result text or value (a summary) leaves the stored result text as it is."""
 
     async def list_events(self, job_id: str, after_seq: int, limit: int) -> list[JobEvent]:
-        """Events with ``seq > after_seq`` in order, at most ``limit``."""
-
-        def _list(conn: sqlite3.Connection) -> list[JobEvent]:
-            rows = conn.execute(
-                "SELECT seq, kind, ts, data FROM job_events WHERE job_id=? AND seq>? "
-                "ORDER BY seq LIMIT ?",
-                (job_id, after_seq, limit),
-            ).fetchall()
-            return _attach_results(conn, [_row_to_event(job_id, row) for row in rows])
-
-        return await self._read(_list)
+        """Up to ``limit`` events of the job with ``seq > after_seq``, in seq order."""
 
     async def last_event(self, job_id: str) -> JobEvent | None:
-        """The event with the highest seq, or ``None``."""
-
-        def _last(conn: sqlite3.Connection) -> JobEvent | None:
-            row = conn.execute(
-                "SELECT seq, kind, ts, data FROM job_events WHERE job_id=? "
-                "ORDER BY seq DESC LIMIT 1",
-                (job_id,),
-            ).fetchone()
-            return None if row is None else _attach_results(conn, [_row_to_event(job_id, row)])[0]
-
-        return await self._read(_last)
-
-
-def _job_values(job: Job) -> tuple[Any, ...]:
-    return (
-        job.id,
-        job.tenant,
-        job.plugin,
-        job.action,
-        job.mode,
-        "",  # the params go to job_params
-        job.state.value,
-        job.request_id,
-        job.created_at,
-        job.started_at,
-        job.finished_at,
-        _result_text(job),
-        None if job.error is None else _dump(job.error.to_dict()),
-        job.reason,
-        job.progress,
-        job.plugin_version,
-        job.last_seq,
-        job.pending_reason,
-        int(job.cancel_requested),
-        job.result_size,
-        job.plugin_sha256,
-    )
-
-
-def _update(conn: sqlite3.Connection, job: Job) -> None:
-    conn.execute(
-        # A job read without its result text (a summary) leaves the stored text as it is.
-        "UPDATE jobs SET state=?, started_at=?, finished_at=?, result=COALESCE(?, result), "
-        "error=?, reason=?, progress=?, last_seq=?, pending_reason=?, cancel_requested=?, "
-        "result_size=? WHERE id=?",
-        (
-            job.state.value,
-            job.started_at,
-            job.finished_at,
-            _result_text(job),
-            None if job.error is None else _dump(job.error.to_dict()),
-            job.reason,
-            job.progress,
-            job.last_seq,
-            job.pending_reason,
-            int(job.cancel_requested),
-            job.result_size,
-            job.id,
-        ),
-    )
+        """The job's event with the highest seq, or ``None``."""

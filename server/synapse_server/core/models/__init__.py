@@ -16,7 +16,7 @@ from synapse_server.core.models._service import (
     ModelRegistryService,
     ModelUsageCheck,
 )
-from synapse_server.core.models._store import ModelStore, SqliteModelStore
+from synapse_server.core.models._store import ModelStore
 
 __all__ = [
     "ArtifactStore",
@@ -29,6 +29,5 @@ __all__ = [
     "ModelUploadSpec",
     "ModelUsageCheck",
     "PendingArtifact",
-    "SqliteModelStore",
     "model_file_reference",
 ]

@@ -1,0 +1,120 @@
+"""The stores a server uses, chosen by its database URL (the ``database_url`` setting).
+
+``sqlite:///<path>`` (the default: ``<data dir>/synapse.db``) is the embedded SQLite file; a
+relative path is taken from the working directory, as ``--data-dir`` is. A URL of another
+scheme is a settings error that names the scheme, never the rest of the URL (it may carry a
+password).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from synapse_server.core import JobStore
+from synapse_server.core.deployments import DeploymentStore
+from synapse_server.core.models import ModelStore
+from synapse_server.settings import SettingsError
+from synapse_server.stores._sqlite_database import SqliteDatabase
+from synapse_server.stores._sqlite_deployments import SqliteDeploymentStore
+from synapse_server.stores._sqlite_jobs import SqliteJobStore
+from synapse_server.stores._sqlite_models import SqliteModelStore
+
+__all__ = ["SUPPORTED_SCHEMES", "Stores", "open_stores", "sqlite_database_path", "sqlite_url"]
+
+logger = logging.getLogger(__name__)
+
+#: The URL schemes :func:`open_stores` knows.
+SUPPORTED_SCHEMES = ("sqlite",)
+_SQLITE_PREFIX = "sqlite:///"
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The server's stores, one per aggregate, all on one database."""
+
+    jobs: JobStore
+    models: ModelStore
+    deployments: DeploymentStore
+
+    async def close(self) -> None:
+        """Close every store (each is closed even when another fails to)."""
+        errors: list[BaseException] = []
+        for store in (self.jobs, self.models, self.deployments):
+            try:
+                await store.close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+def sqlite_url(path: Path) -> str:
+    """The database URL of the SQLite file at ``path``."""
+    return f"{_SQLITE_PREFIX}{path}"
+
+
+def _scheme(url: str) -> str:
+    scheme, sep, _ = url.partition("://")
+    if not sep or not scheme:
+        raise SettingsError(
+            "database_url must be a URL such as sqlite:///path/to/synapse.db "
+            "(the default is the file synapse.db in the data directory)"
+        )
+    return scheme.lower()
+
+
+def sqlite_database_path(url: str) -> Path | None:
+    """The file a ``sqlite:///`` URL names; ``None`` for a URL of another supported scheme.
+
+    Raises :class:`SettingsError` for a URL that is not one or whose scheme is unsupported.
+    """
+    scheme = _scheme(url)
+    if scheme not in SUPPORTED_SCHEMES:
+        raise SettingsError(
+            f"database_url: unsupported scheme {scheme[:20]!r} (supported: "
+            f"{', '.join(SUPPORTED_SCHEMES)})"
+        )
+    if not url.lower().startswith(_SQLITE_PREFIX) or len(url) == len(_SQLITE_PREFIX):
+        raise SettingsError(
+            "database_url: a SQLite URL names its file after three slashes: "
+            "sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    path = url[len(_SQLITE_PREFIX) :]
+    if path == ":memory:" or "?" in path:
+        raise SettingsError(
+            "database_url: the SQLite database must be a plain file path (no in-memory "
+            "database, no query options): the server keeps its jobs there across restarts"
+        )
+    return Path(path)
+
+
+async def open_stores(url: str) -> Stores:
+    """Open the stores for the database at ``url`` (schema created or migrated first).
+
+    Raises :class:`SettingsError` for an unusable URL, ``StoreSchemaError`` for a database a
+    newer release wrote, ``StorageError`` when the storage fails.
+    """
+    path = sqlite_database_path(url)
+    assert path is not None  # the only scheme so far
+    # One database, shared: one writer and one reader thread for the file (see SqliteDatabase).
+    database = SqliteDatabase(path)
+    jobs, models, deployments = (
+        SqliteJobStore(database),
+        SqliteModelStore(database),
+        SqliteDeploymentStore(database),
+    )
+    opened: list[SqliteJobStore | SqliteModelStore | SqliteDeploymentStore] = []
+    try:
+        for store in (jobs, models, deployments):
+            await store.open()
+            opened.append(store)
+    except BaseException:
+        for store in reversed(opened):
+            with contextlib.suppress(Exception):
+                await store.close()
+        raise
+    logger.info("stores opened on %s", path)
+    return Stores(jobs=jobs, models=models, deployments=deployments)

@@ -1,0 +1,44 @@
+"""Store backends under test: the contract tests run once per backend.
+
+A backend is a database URL that :func:`open_stores` understands, fresh for each test. A new
+backend joins every contract test (tests/stores/test_*_contract.py) by adding one param to
+``backend``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from synapse_server.stores import Stores, open_stores, sqlite_url
+
+
+@dataclass(frozen=True)
+class StoreBackend:
+    """One backend's database for one test; :meth:`open` may be called again (a restart,
+    or a second server on the same database)."""
+
+    name: str
+    url: str
+
+    async def open(self) -> Stores:
+        """The stores on this test's database (created and migrated on first use)."""
+        return await open_stores(self.url)
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
+    """A fresh database of each backend."""
+    if request.param == "sqlite":
+        return StoreBackend("sqlite", sqlite_url(tmp_path / "synapse.db"))
+    raise AssertionError(f"no fixture for backend {request.param!r}")
+
+
+@pytest.fixture
+async def stores(backend: StoreBackend) -> AsyncIterator[Stores]:
+    """The backend's stores, open for the test."""
+    opened = await backend.open()
+    yield opened
+    await opened.close()
