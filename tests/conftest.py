@@ -13,6 +13,8 @@ import pytest
 from synapse_server.app import SynapseServer
 from synapse_server.settings import ServerSettings
 
+from tests._postgres import PostgresCluster, postgres_bin_dir
+
 TESTS_DIR = Path(__file__).parent
 TOY_PLUGINS_DIR = TESTS_DIR / "plugins"
 
@@ -83,6 +85,27 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     yield start
     for running in started:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL server for the session, in a temporary directory, on a free port.
+
+    Skipped, saying why, only where PostgreSQL's server binaries are not installed (``.ci/run``
+    installs Debian's ``postgresql`` package).
+    """
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (initdb not found): apt-get install postgresql")
+    cluster = PostgresCluster(bin_dir)
+    try:
+        cluster.start()
+    except BaseException:
+        print(cluster.log_tail())
+        cluster.remove()
+        raise
+    yield cluster
+    cluster.remove()
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 A backend is a database URL that :func:`open_stores` understands, fresh for each test. A new
 backend joins every contract test (tests/stores/test_*_contract.py) by adding one param to
-``backend``.
+``backend``. PostgreSQL is a real server the session starts itself (see tests/_postgres.py);
+its tests are skipped, saying why, only where PostgreSQL is not installed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from synapse_server.stores import Stores, open_stores, sqlite_url
+
+from tests._postgres import PostgresCluster
 
 
 @dataclass(frozen=True)
@@ -28,17 +32,21 @@ class StoreBackend:
         return await open_stores(self.url)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
     """A fresh database of each backend."""
     if request.param == "sqlite":
         return StoreBackend("sqlite", sqlite_url(tmp_path / "synapse.db"))
+    if request.param == "postgres":
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        return StoreBackend("postgres", cluster.database())
     raise AssertionError(f"no fixture for backend {request.param!r}")
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def stores(backend: StoreBackend) -> AsyncIterator[Stores]:
-    """The backend's stores, open for the test."""
+    """The backend's stores, open for the test (on the test's own event loop: a PostgreSQL
+    pool's tasks run on the loop that opened it)."""
     opened = await backend.open()
     yield opened
     await opened.close()

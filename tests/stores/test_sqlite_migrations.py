@@ -93,8 +93,12 @@ async def test_a_fresh_database_runs_every_migration_and_gets_todays_schema(
     versions = _versions(path)
     assert [(v, n) for v, n, _ in versions] == [(m.version, m.name) for m in MIGRATIONS]
     assert all(before <= applied <= time.time() for _, _, applied in versions)
-    # The tables the last release created fresh (its CREATE statements), column for column.
-    main = _legacy_database(tmp_path / "main.db", "v3_before_migrations")
+    # The tables the release before job leases created fresh, column for column, with what
+    # the lease migration adds.
+    main = _legacy_database(tmp_path / "main.db", "v4_numbered_migrations")
+    with sqlite3.connect(main) as conn:
+        _sqlite_schema._job_leases(conn)
+    conn.close()
     assert _schema(path) == _schema(main)
     # Opening again applies nothing.
     await _open_and_close(path)
@@ -162,6 +166,7 @@ def _fill(path: Path, fixture: str) -> None:
         ("v1_all_tables", 1),
         ("v2_result_sizes", 2),
         ("v3_before_migrations", 3),
+        ("v4_numbered_migrations", 4),
     ],
 )
 async def test_a_database_of_an_earlier_release_upgrades_and_keeps_everything(
@@ -198,7 +203,8 @@ async def test_a_database_of_an_earlier_release_upgrades_and_keeps_everything(
             assert [(m.name, m.metadata, m.archive_format) for m in page.models] == [
                 ("m", {"k": 1}, ArchiveFormat.ZIP)
             ]
-            # The earliest registration keeps a name two tenants held.
+        if fixture != "v1_first_release" and found < 4:
+            # The earliest registration keeps a name two tenants held (migration 4).
             assert await stores.deployments.holder("app") == "team-a"
             squatter = await stores.deployments.find_by_name("team-b", "app")
             assert squatter is not None and squatter.status is DeploymentStatus.DELETED
@@ -206,6 +212,11 @@ async def test_a_database_of_an_earlier_release_upgrades_and_keeps_everything(
             for tenant, name in (("team-a", "app"), ("team-c", "other")):
                 kept = await stores.deployments.find_by_name(tenant, name)
                 assert kept is not None and kept.status is DeploymentStatus.RUNNING
+        # Jobs written before owners have none: any server sharing the database may claim
+        # the unfinished ones (a single server recovers them all at start anyway).
+        assert {j.owner for j in listed.jobs} == {""}
+        claimed = await stores.jobs.claim_jobs("s1")
+        assert [c.job.id for c in claimed] == ["waiting", "new"]
         model = await stores.models.insert(_model())
         assert model.id > 0
     finally:
