@@ -27,7 +27,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-dir", type=Path, help="SQLite database, logs and the server secret")
     parser.add_argument(
-        "--database-url", help="where the stores live (default sqlite:///<data-dir>/synapse.db)"
+        "--database",
+        "--database-url",
+        dest="database_url",
+        help="where the stores live: sqlite:///<path> (default <data-dir>/synapse.db) or "
+        "postgresql://user:password@host:port/db (several servers share it)",
+    )
+    parser.add_argument(
+        "--artifacts-dir",
+        type=Path,
+        help="where model artifacts live (default: the data directory); servers sharing a "
+        "PostgreSQL database share this directory",
+    )
+    parser.add_argument(
+        "--job-lease",
+        dest="job_lease_seconds",
+        type=float,
+        help="servers sharing a database: seconds until another server takes over the jobs "
+        "of a server that stopped (default 15)",
     )
     parser.add_argument(
         "--plugin-dir", dest="plugin_dirs", action="append", type=Path, help="repeatable"

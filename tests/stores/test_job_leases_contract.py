@@ -168,5 +168,9 @@ async def test_a_cancel_request_reaches_the_owner_and_stays(jobs: JobStore) -> N
     await jobs.update_job(job.evolve(progress=10.0))
     loaded = await jobs.get_job("j1")
     assert loaded is not None and loaded.cancel_requested and loaded.progress == 10.0
-    await jobs.update_job(job.evolve(state=JobState.CANCELLED))
-    assert await jobs.renew_server("a", 30.0) == []
+    # A server claiming the job learns why it was to be cancelled.
+    await jobs.release_server("a")
+    (claim,) = await jobs.claim_jobs("b")
+    assert claim.job.cancel_requested and claim.cancel_reason == "stop it"
+    await jobs.update_job(claim.job.evolve(state=JobState.CANCELLED))
+    assert await jobs.renew_server("b", 30.0) == []

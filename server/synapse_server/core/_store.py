@@ -29,10 +29,12 @@ class ServerRecord:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
-    """A job this server took over (with its params), and the server that had it."""
+    """A job this server took over (with its params), the server that had it, and why its
+    cancellation was asked for (when ``job.cancel_requested``)."""
 
     job: Job
     previous_owner: str
+    cancel_reason: str = ""
 
 
 class JobStore(Protocol):

@@ -451,12 +451,22 @@ class PostgresJobStore:
                     (list(_UNFINISHED), *args, limit),
                 )
                 claimed = [_row_to_job(row) for row in await cursor.fetchall()]
+                reasons: dict[str, str] = {}
                 if claimed:
-                    await conn.execute(
-                        "UPDATE jobs SET owner_server_id=%s WHERE id = ANY(%s)",
+                    cursor = await conn.execute(
+                        "UPDATE jobs SET owner_server_id=%s WHERE id = ANY(%s) "
+                        "RETURNING id, cancel_reason",
                         (server_id, [job.id for job in claimed]),
                     )
-            return [ClaimedJob(job.evolve(owner=server_id), job.owner) for job in claimed]
+                    reasons = {str(r[0]): str(r[1]) for r in await cursor.fetchall()}
+            return [
+                ClaimedJob(
+                    job.evolve(owner=server_id),
+                    job.owner,
+                    reasons.get(job.id, "") if job.cancel_requested else "",
+                )
+                for job in claimed
+            ]
 
         found: list[ClaimedJob] = await self._write(_claim)
         return found

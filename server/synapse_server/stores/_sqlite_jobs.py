@@ -444,11 +444,23 @@ class SqliteJobStore:
                     (*_UNFINISHED, *args, limit),
                 ).fetchall()
                 claimed = [_row_to_job(row) for row in rows]
+                reasons = {
+                    job.id: str(
+                        conn.execute(
+                            "SELECT cancel_reason FROM jobs WHERE id=?", (job.id,)
+                        ).fetchone()[0]
+                    )
+                    for job in claimed
+                    if job.cancel_requested
+                }
                 conn.executemany(
                     "UPDATE jobs SET owner_server_id=? WHERE id=?",
                     [(server_id, job.id) for job in claimed],
                 )
-            return [ClaimedJob(job.evolve(owner=server_id), job.owner) for job in claimed]
+            return [
+                ClaimedJob(job.evolve(owner=server_id), job.owner, reasons.get(job.id, ""))
+                for job in claimed
+            ]
 
         return await self._write(_claim)
 
