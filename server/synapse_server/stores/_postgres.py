@@ -31,6 +31,7 @@ from synapse_server.core._storage import StorageGuard
 
 __all__ = [
     "POSTGRES_SCHEMES",
+    "DatabaseUnreachableError",
     "PostgresChannel",
     "PostgresDatabase",
     "PostgresOptions",
@@ -55,6 +56,17 @@ _TRANSIENT_SQLSTATES = {
     "55P03": "database lock not available",
     "57014": "database statement timeout",
 }
+
+
+class DatabaseUnreachableError(StorageUnavailableError):
+    """The database cannot be reached (at start: the server does not start). UNAVAILABLE."""
+
+    def __init__(self, display: str, reason: str) -> None:
+        StorageError.__init__(
+            self,
+            "the database is unreachable",
+            f"cannot connect to the database at {display}: {reason}",
+        )
 
 
 class PostgresOptions:
@@ -191,9 +203,7 @@ class PostgresDatabase:
         try:
             await asyncio.to_thread(migrate, self._url, self.display, opts.connect_timeout)
         except psycopg.OperationalError as exc:
-            raise StorageUnavailableError(
-                f"cannot connect to the database at {self.display}: {_first_line(exc)}"
-            ) from None
+            raise DatabaseUnreachableError(self.display, _first_line(exc)) from None
         self._pool = AsyncConnectionPool(
             self._url,
             min_size=opts.min_connections,
