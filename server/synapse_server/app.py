@@ -172,7 +172,9 @@ class SynapseServer:
         hub = EventHub(
             self._store, remote_poll_seconds=s.remote_poll_seconds if stores.shared else None
         )
-        models = ModelRegistryService.for_data_dir(self._model_store, s.artifacts_root)
+        models = ModelRegistryService.for_data_dir(
+            self._model_store, s.artifacts_root, shared_by=server_id
+        )
         await models.open()
         # Local workers reach the server over a private Unix socket: no TLS or port needed,
         # and the directory is readable only by this user.

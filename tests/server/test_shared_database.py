@@ -13,10 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from synapse_client import Client, JobState, LogEvent, TerminalEvent
+from synapse_client import Client, JobState, LogEvent, NotFoundError, TerminalEvent
 
 from tests._postgres import PostgresCluster
 from tests.conftest import RunningServer
+from tests.models._archives import make_tar
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -114,3 +115,30 @@ def test_a_subscriber_on_another_server_gets_every_event_when_notifications_are_
         assert seqs == list(range(1, len(seqs) + 1))
         assert len([e for e in events if isinstance(e.payload, LogEvent)]) == 10  # type: ignore[attr-defined]
         assert isinstance(events[-1].payload, TerminalEvent)  # type: ignore[attr-defined]
+
+
+def test_models_live_in_the_shared_artifacts_directory(
+    server_factory: Callable[..., RunningServer], shared_url: str, tmp_path: Path
+) -> None:
+    a, b = _pair(server_factory, shared_url, tmp_path)
+    archive = make_tar(tmp_path / "m.tar.gz", [("model.pt", b"w" * 100_000)], gz=True)
+    shared = tmp_path / "artifacts" / "models" / "sha256"
+    with Client(a.address, timeout=60) as on_a, Client(b.address, timeout=60) as on_b:
+        model = on_a.register_model(archive, "mlp")
+        out = tmp_path / "from-b.tar.gz"
+        on_b.download_model(model.id, out)
+        assert out.read_bytes() == archive.read_bytes()
+        # An artifact just committed by a server whose row is not in yet (here: none ever
+        # will be) is not an orphan to a server starting meanwhile.
+        young = shared / "ab" / ("ab" * 32)
+        young.parent.mkdir(parents=True, exist_ok=True)
+        young.write_bytes(b"in flight")
+        server_factory(
+            database_url=shared_url,
+            artifacts_dir=tmp_path / "artifacts",
+            server_secret="shared-secret-of-the-servers",
+        )
+        assert young.exists()
+        on_b.delete_model(model.id)
+        with pytest.raises(NotFoundError):
+            on_a.get_model(model.id)
