@@ -70,14 +70,17 @@ class PostgresCluster:
         if not self.data.exists():
             self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", _SUPERUSER, "-E", "UTF8")
 
-    def start(self) -> None:
-        """Start the server (creating the cluster first if needed) and wait until it accepts."""
+    def start(self, *, durable: bool = False) -> None:
+        """Start the server (creating the cluster first if needed) and wait until it accepts.
+
+        Tests run it without durability (no fsync: faster, and nothing outlives them);
+        ``durable`` keeps PostgreSQL's defaults (benchmarks).
+        """
         self.init()
-        options = (
-            f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=300"
-        )
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 "
+        options += "-c max_connections=300"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             "pg_ctl", "-D", str(self.data), "-l", str(self.data / "server.log"),
             "-o", options, "-w", "-t", "60", "start",

@@ -329,10 +329,12 @@ class SynapseServer:
             self.address, self.worker_address, external_cluster=bool(s.ray_address)
         )
         self._server = server
+        if self._cluster is not None:
+            await self._cluster.register(self.address)
         await server.start()
         if self._cluster is not None:
-            # Records this server, listens to the others, recovers its own jobs.
-            await self._cluster.start(self.address)
+            # Listens to the other servers, recovers this server's own jobs.
+            await self._cluster.start()
         else:
             await self._jobs.recover()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)

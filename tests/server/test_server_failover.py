@@ -249,3 +249,27 @@ def test_a_database_restart_under_load_loses_nothing_acknowledged(
         for job_id in acknowledged:
             assert client.job(job_id).result(timeout=120) is not None, job_id
             assert client.get_job(job_id).state is JobState.SUCCEEDED
+
+
+def test_a_database_outage_longer_than_the_lease_fails_no_job(
+    spawn: Callable[..., Any], postgres_cluster: PostgresCluster
+) -> None:
+    a, b = spawn("a"), spawn("b")
+    with Client(a.address, timeout=60) as on_a, Client(b.address, timeout=60) as on_b:
+        handles = [
+            client.run_action("toy", "nap", {"seconds": 8}) for client in (on_a, on_b, on_a, on_b)
+        ]
+        deadline = time.monotonic() + 60
+        while not all(on_a.get_job(h.id).state is JobState.RUNNING for h in handles):
+            assert time.monotonic() < deadline, "the jobs did not start"
+            time.sleep(0.1)
+        postgres_cluster.stop("fast")
+        try:
+            time.sleep(LEASE_SECONDS * 2.5)  # every lease has expired meanwhile
+        finally:
+            postgres_cluster.start()
+        # Neither server takes the other's jobs for a stopped server's: all of them finish.
+        for handle in handles:
+            assert handle.result(timeout=120) == {"slept": 8}
+            history = list(on_a.job(handle.id).events())
+            assert [e.seq for e in history] == list(range(1, len(history) + 1))

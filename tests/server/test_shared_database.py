@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from synapse_client import Client, JobState, LogEvent, NotFoundError, TerminalEvent
@@ -142,3 +143,41 @@ def test_models_live_in_the_shared_artifacts_directory(
         on_b.delete_model(model.id)
         with pytest.raises(NotFoundError):
             on_a.get_model(model.id)
+
+
+def test_a_server_that_lost_its_lease_cannot_write_into_the_job_any_more(
+    server_factory: Callable[..., RunningServer], shared_url: str, tmp_path: Path
+) -> None:
+    a, b = _pair(server_factory, shared_url, tmp_path)
+    with Client(a.address, timeout=60) as on_a, Client(b.address, timeout=60) as on_b:
+        job = on_a.run_action("toy", "nap", {"seconds": 60})
+        events = on_b.job(job.id).events()
+        for event in events:  # until the action runs
+            if isinstance(event.payload, LogEvent):
+                break
+        # A stops renewing its lease (as if cut off from the database); B takes the job over.
+        cluster = a.server._cluster
+        assert cluster is not None and cluster._task is not None
+        a.call(_cancel(cluster._task))
+        terminal = [e for e in events if isinstance(e.payload, TerminalEvent)]
+        a_id = cluster.server_id
+        assert terminal[0].payload.state is JobState.FAILED
+        assert terminal[0].payload.error.message == (
+            f"server {a_id} stopped while the job was running"
+        )
+        # A still runs the worker and writes for it (the cancel makes the worker finish):
+        # refused, and A stops the worker and forgets the job.
+        on_a.cancel_job(job.id)
+        deadline = time.monotonic() + 60
+        while a.server.jobs.active_jobs:
+            assert time.monotonic() < deadline, "server a still holds the job"
+            time.sleep(0.1)
+        history = list(on_b.job(job.id).events())
+        assert [e.seq for e in history] == list(range(1, len(history) + 1))
+        finals = [e for e in history if isinstance(e.payload, TerminalEvent)]
+        assert len(finals) == 1 and finals[0].payload.state is JobState.FAILED
+        assert on_a.get_job(job.id).state is JobState.FAILED
+
+
+async def _cancel(task: Any) -> None:
+    task.cancel()

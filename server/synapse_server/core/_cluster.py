@@ -74,11 +74,15 @@ class JobCluster:
         """Seconds between heartbeats."""
         return self._lease / 3
 
-    async def start(self, address: str) -> None:
-        """Record this server (listening at ``address``), listen to the store, take back this
-        server's own unfinished jobs (a restart) and start the heartbeat."""
+    async def register(self, address: str) -> None:
+        """Record this server (listening at ``address``) with a fresh lease: before it takes
+        any job, so that no other server takes its jobs for a stopped server's."""
         await self._store.register_server(self.server_id, address, self._host, self._lease)
         self._held_since = time.monotonic()
+
+    async def start(self) -> None:
+        """Listen to the store, take back this server's own unfinished jobs (a restart) and
+        start the heartbeat (after :meth:`register`, once workers can reach the server)."""
         if self._notifications is not None:
             await self._notifications.start(
                 self.server_id,
