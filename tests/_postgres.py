@@ -105,6 +105,11 @@ class PostgresCluster:
         self.sql(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def drop(self, url: str) -> None:
+        """Drop the database of ``url`` (made by :meth:`database`), even while connected."""
+        name = url.rsplit("/", 1)[1]
+        self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
     def sql(self, statement: str, database: str = "postgres") -> list[tuple[Any, ...]]:
         """Run one statement (autocommit); its rows, if it returns any."""
         import psycopg

@@ -8,7 +8,7 @@ its tests are skipped, saying why, only where PostgreSQL is not installed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +33,17 @@ class StoreBackend:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
-    """A fresh database of each backend."""
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
+    """A fresh database of each backend (a PostgreSQL one is dropped after the test)."""
     if request.param == "sqlite":
-        return StoreBackend("sqlite", sqlite_url(tmp_path / "synapse.db"))
-    if request.param == "postgres":
+        yield StoreBackend("sqlite", sqlite_url(tmp_path / "synapse.db"))
+    elif request.param == "postgres":
         cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-        return StoreBackend("postgres", cluster.database())
-    raise AssertionError(f"no fixture for backend {request.param!r}")
+        url = cluster.database()
+        yield StoreBackend("postgres", url)
+        cluster.drop(url)
+    else:
+        raise AssertionError(f"no fixture for backend {request.param!r}")
 
 
 @pytest_asyncio.fixture(loop_scope="function")
