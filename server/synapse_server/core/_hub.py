@@ -55,7 +55,16 @@ class NewEvent:
 class _JobChannel:
     """Per-job state shared by its publisher and subscribers."""
 
-    __slots__ = ("cond", "finished", "last_seq", "local", "lock", "subscribers", "tail")
+    __slots__ = (
+        "checked_at",
+        "cond",
+        "finished",
+        "last_seq",
+        "local",
+        "lock",
+        "subscribers",
+        "tail",
+    )
 
     def __init__(self, last_seq: int, finished: bool) -> None:
         self.last_seq = last_seq
@@ -63,6 +72,9 @@ class _JobChannel:
         # True once this process appended to the job (it owns it): its appends wake the
         # subscribers. Otherwise another server does, and the channel follows the store.
         self.local = False
+        # When a remote channel last looked at the store (loop time): its subscribers share
+        # one look per poll interval.
+        self.checked_at = 0.0
         self.tail: collections.deque[JobEvent] = collections.deque(maxlen=_TAIL_SIZE)
         self.cond = asyncio.Condition()
         # Serialises appends to this job so seqs are assigned and persisted in one order.
@@ -312,7 +324,13 @@ class EventHub:
                     pass
                 else:
                     return True
-            if remote and (await self._refresh(job_id, channel) or has_news()):
-                return True
+            if remote:
+                assert self._remote_poll is not None
+                if loop.time() - channel.checked_at >= self._remote_poll / 2:
+                    channel.checked_at = loop.time()
+                    if await self._refresh(job_id, channel):
+                        return True
+                if has_news():
+                    return True
             if deadline is not None and loop.time() >= deadline:
                 return False
