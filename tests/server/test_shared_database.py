@@ -17,7 +17,7 @@ import pytest
 from synapse_client import Client, JobState, LogEvent, NotFoundError, TerminalEvent
 
 from tests._postgres import PostgresCluster
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, make_settings
 from tests.models._archives import make_tar
 
 pytestmark = pytest.mark.timeout(180)
@@ -181,3 +181,28 @@ def test_a_server_that_lost_its_lease_cannot_write_into_the_job_any_more(
 
 async def _cancel(task: Any) -> None:
     task.cancel()
+
+
+def test_a_server_that_stops_cleanly_hands_its_pending_jobs_over_at_once(
+    server_factory: Callable[..., RunningServer], shared_url: str, tmp_path: Path
+) -> None:
+    common: dict[str, Any] = {
+        "database_url": shared_url,
+        "artifacts_dir": tmp_path / "artifacts",
+        # Long: the hand-over must not wait for the lease to expire.
+        "job_lease_seconds": 120.0,
+        "server_secret": "shared-secret-of-the-servers",
+    }
+    a = RunningServer(make_settings(tmp_path / "a", max_concurrent_jobs=1, **common))
+    b = server_factory(**common)
+    with Client(a.address, timeout=60) as on_a, Client(b.address, timeout=60) as on_b:
+        busy = on_a.run_action("toy", "nap", {"seconds": 60})
+        waiting = [on_a.run_action("toy", "quick", {"count": 1, "label": str(i)}) for i in range(2)]
+        deadline = time.monotonic() + 60
+        while on_a.get_job(busy.id).state is not JobState.RUNNING:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        a.stop(grace=0.5)
+        for handle in waiting:
+            assert on_b.job(handle.id).result(timeout=60) is not None
+        assert on_b.get_job(busy.id).state is JobState.FAILED

@@ -76,8 +76,14 @@ async def test_the_jobs_of_an_expired_server_are_claimed_once_and_oldest_first(
     # Nothing of a live server is claimed; a job without a recorded owner is.
     claimed = await jobs.claim_jobs("b")
     assert [(c.job.id, c.previous_owner, c.job.owner) for c in claimed] == [("orphan", "", "b")]
+    # Only the jobs of servers that gave their lease up, when asked for those.
+    await jobs.renew_server("b", 0.0)  # b's lease runs out: expired, not released
+    await jobs.create_job(_job("b1", "b", JobState.PENDING))
+    assert await jobs.claim_jobs("c", released_only=True) == []
+    await jobs.register_server("b", "", "h", 30.0)
     await jobs.release_server("a")
-    claimed = await jobs.claim_jobs("b", limit=1)
+    assert [s.id for s in await jobs.live_servers()] == ["b"]
+    claimed = await jobs.claim_jobs("b", released_only=True, limit=1)
     assert [(c.job.id, c.previous_owner) for c in claimed] == [("a0", "a")]
     assert claimed[0].job.state is JobState.RUNNING and claimed[0].job.params == {"i": 1}
     rest = await jobs.claim_jobs("b")
@@ -85,7 +91,7 @@ async def test_the_jobs_of_an_expired_server_are_claimed_once_and_oldest_first(
     # A claimed job is the claimer's now: nobody claims it again, the claimer keeps its own.
     assert await jobs.claim_jobs("b") == []
     assert await jobs.claim_jobs("c") == []
-    for job_id in ("a0", "a1", "orphan", "b0"):
+    for job_id in ("a0", "a1", "orphan", "b0", "b1"):
         loaded = await jobs.get_job(job_id)
         assert loaded is not None and loaded.owner == "b"
     finished = await jobs.get_job("a2")

@@ -44,6 +44,9 @@ def test_the_url_comes_from_the_flag_or_the_environment(monkeypatch: pytest.Monk
     )
     flagged = settings_from_args(parser.parse_args(["--database-url", "sqlite:///flag.db"]))
     assert flagged.resolved_database_url() == "sqlite:///flag.db"
+    # --database is the same flag.
+    short = settings_from_args(parser.parse_args(["--database", "postgresql://h/db"]))
+    assert short.resolved_database_url() == "postgresql://h/db"
     assert sqlite_database_path("sqlite:////srv/env.db") == Path("/srv/env.db")
     # The URL may carry a password one day: it is not shown with the settings.
     assert "env.db" not in repr(settings_from_args(parser.parse_args([])))

@@ -9,10 +9,11 @@ and treats them as a restart does: RUNNING jobs fail naming the stopped server, 
 run on the survivor.
 
 A server that could not reach the database is not sure its own lease held meanwhile, and
-others' leases look expired to everyone after an outage: so a server takes over other
-servers' jobs only once its own heartbeat has succeeded without a break for a whole lease
-period. A live server that was cut off as long renews its lease within that time, and keeps
-its jobs.
+others' leases look expired to everyone after an outage: so a server takes over the jobs of
+servers whose lease *expired* only once its own heartbeat has succeeded without a break for a
+whole lease period. A live server that was cut off as long renews its lease within that time,
+and keeps its jobs. The jobs of a server that gave its lease up (a clean shutdown) are taken
+over at the next heartbeat.
 
 The heartbeat also brings the cancellations other servers stored for this server's jobs (a
 notification brings them sooner: it only wakes the heartbeat).
@@ -134,10 +135,13 @@ class JobCluster:
         for job_id, reason in cancels:
             await self._jobs.cancel_requested_elsewhere(job_id, reason)
         await self._adopt(list(self._unadopted.values()))
-        if now - self._held_since < self._lease:
-            return
+        # A lease given up is safe to act on at once; an expired one only once this server's
+        # own lease has held for a whole period (see the module).
+        released_only = now - self._held_since < self._lease
         try:
-            claimed = await self._store.claim_jobs(self.server_id, limit=_CLAIM_BATCH)
+            claimed = await self._store.claim_jobs(
+                self.server_id, released_only=released_only, limit=_CLAIM_BATCH
+            )
         except StorageError as exc:
             logger.warning("server %s: could not claim jobs (%s)", self.server_id, exc.cause)
             return

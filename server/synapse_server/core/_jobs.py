@@ -447,6 +447,10 @@ class JobService:
                 active, JobState.CANCELLED, reason=claimed.cancel_reason or "cancelled by the user"
             )
             return
+        if self._closing:
+            # Left PENDING: once this server has given its lease up, another one takes it.
+            logger.info("job %s: not taken over while shutting down", job.id)
+            return
         if job.mode not in self._executors:
             await self._finish(
                 active,

@@ -120,20 +120,27 @@ class JobStore(Protocol):
 
     async def release_server(self, server_id: str) -> None:
         """End the server's lease now (a clean shutdown): its unfinished jobs may be claimed
-        by the other servers at once."""
+        by the other servers at once (see ``released_only``)."""
 
     async def live_servers(self) -> list[ServerRecord]:
         """The servers whose lease has not expired."""
 
     async def claim_jobs(
-        self, server_id: str, *, previous_owner: str | None = None, limit: int = 100
+        self,
+        server_id: str,
+        *,
+        previous_owner: str | None = None,
+        released_only: bool = False,
+        limit: int = 100,
     ) -> list[ClaimedJob]:
         """Take over unfinished (PENDING or RUNNING) jobs for ``server_id``, oldest first.
 
         With ``previous_owner``: the jobs of that server (a restart under the same id), at
         once. Without: the jobs of servers whose lease has expired or that are not recorded
-        (never ``server_id``'s own). Each job is claimed by one server only, however many try
-        at the same time; jobs another claimer holds at that moment are skipped.
+        (never ``server_id``'s own); with ``released_only``, only those of servers that gave
+        their lease up (:meth:`release_server`). Each job is claimed by one server only,
+        however many try at the same time; jobs another claimer holds at that moment are
+        skipped.
         """
 
     async def request_cancel(self, job_id: str, reason: str) -> Job | None:

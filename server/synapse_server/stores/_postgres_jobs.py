@@ -413,7 +413,8 @@ class PostgresJobStore:
         """End the lease now."""
 
         async def _release(conn: Any) -> None:
-            await conn.execute(f"UPDATE servers SET expires_at={_NOW} WHERE id=%s", (server_id,))
+            # 0: given up (not merely expired), see claim_jobs(released_only=True).
+            await conn.execute("UPDATE servers SET expires_at=0 WHERE id=%s", (server_id,))
 
         await self._write(_release)
 
@@ -431,11 +432,23 @@ class PostgresJobStore:
         return found
 
     async def claim_jobs(
-        self, server_id: str, *, previous_owner: str | None = None, limit: int = 100
+        self,
+        server_id: str,
+        *,
+        previous_owner: str | None = None,
+        released_only: bool = False,
+        limit: int = 100,
     ) -> list[ClaimedJob]:
-        """Take over the unfinished jobs of ``previous_owner``, or of expired servers."""
+        """Take over the unfinished jobs of ``previous_owner``, or of expired (or released)
+        servers."""
         if previous_owner is not None:
             which, args = "j.owner_server_id = %s", [previous_owner]
+        elif released_only:
+            which = (
+                "j.owner_server_id != %s AND EXISTS (SELECT 1 FROM servers s "
+                "WHERE s.id = j.owner_server_id AND s.expires_at = 0)"
+            )
+            args = [server_id]
         else:
             which = (
                 "j.owner_server_id != %s AND NOT EXISTS (SELECT 1 FROM servers s "

@@ -404,7 +404,9 @@ class SqliteJobStore:
         """End the lease now."""
         await self._write(
             lambda c: c.execute(
-                "UPDATE servers SET expires_at=? WHERE id=?", (time.time(), server_id)
+                # 0: given up (not merely expired), see claim_jobs(released_only=True).
+                "UPDATE servers SET expires_at=0 WHERE id=?",
+                (server_id,),
             )
         )
 
@@ -422,9 +424,15 @@ class SqliteJobStore:
         return await self._read(_live)
 
     async def claim_jobs(
-        self, server_id: str, *, previous_owner: str | None = None, limit: int = 100
+        self,
+        server_id: str,
+        *,
+        previous_owner: str | None = None,
+        released_only: bool = False,
+        limit: int = 100,
     ) -> list[ClaimedJob]:
-        """Take over the unfinished jobs of ``previous_owner``, or of expired servers."""
+        """Take over the unfinished jobs of ``previous_owner``, or of expired (or released)
+        servers."""
 
         def _claim(conn: sqlite3.Connection) -> list[ClaimedJob]:
             # The write lock from the start: one claimer at a time sees and takes a job.
@@ -432,6 +440,12 @@ class SqliteJobStore:
                 args: list[Any]
                 if previous_owner is not None:
                     which, args = "j.owner_server_id = ?", [previous_owner]
+                elif released_only:
+                    which = (
+                        "j.owner_server_id != ? AND EXISTS (SELECT 1 FROM servers s "
+                        "WHERE s.id = j.owner_server_id AND s.expires_at = 0)"
+                    )
+                    args = [server_id]
                 else:
                     which = (
                         "j.owner_server_id != ? AND NOT EXISTS (SELECT 1 FROM servers s "
