@@ -166,7 +166,10 @@ def _imported_from(directory: Path) -> list[str]:
     """Names of the modules in sys.modules whose code (or package path) is in ``directory``."""
     found = []
     for name, module in list(sys.modules.items()):
-        where = [getattr(module, "__file__", None) or "", *getattr(module, "__path__", [])]
+        path = getattr(module, "__path__", None)
+        # Some modules (torch.ops namespaces) have a __path__ that is not a list of paths.
+        entries = list(path) if isinstance(path, list) else []
+        where = [getattr(module, "__file__", None) or "", *entries]
         if any(str(place).startswith(str(directory)) for place in where):
             found.append(name)
     return found
