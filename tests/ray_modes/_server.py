@@ -2,8 +2,9 @@
 
 It composes the same pieces the server's composition root does (SQLite store, event hub,
 plugin catalog, worker credentials, the local, task and job executors, the job service, the
-model registry, the auth interceptor and the Action/Worker/Model servicers) on 127.0.0.1:0,
-connects to the given Ray cluster, prints ``{"port": N}`` on stdout and serves until SIGTERM/SIGINT.
+model registry, and the Action/Worker/Model servicers in the gRPC server assembly with the
+auth interceptor) on 127.0.0.1:0, connects to the given Ray cluster, prints ``{"port": N}``
+on stdout and serves until SIGTERM/SIGINT.
 
 Running it in its own process keeps Ray's process-global driver out of the test process, so
 this suite's multi-node cluster and other suites' local Ray do not collide.

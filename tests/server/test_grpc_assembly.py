@@ -24,12 +24,7 @@ from synapse_server.core import PermissionDeniedError, UnauthenticatedError
 from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._limits import MAX_NAME_CHARS
 from synapse_server.grpc._auth import AuthInterceptor, current_principal
-from synapse_server.grpc._interceptors import (
-    CallInterceptor,
-    CallScope,
-    InterceptorChain,
-    Metadata,
-)
+from synapse_server.grpc._interceptors import CallInterceptor, InterceptorChain, Metadata
 from synapse_server.grpc._requests import SMALL_REQUEST_BYTES, RequestGuard
 from synapse_server.grpc._server import (
     HEALTH_SERVICE,
@@ -70,34 +65,27 @@ class _Context:
         pass
 
 
-class _RecordingScope(CallScope):
-    __slots__ = ("log", "name")
-
-    def __init__(self, name: str, log: list[str]) -> None:
-        self.name, self.log = name, log
-
-    def check(self, request: Any) -> None:
-        self.log.append(f"{self.name}.check({type(request).__name__})")
-
-    def enter(self) -> None:
-        self.log.append(f"{self.name}.enter")
-
-    def exit(self, context: Any, error: BaseException | None) -> None:
-        code = context.code()
-        self.log.append(f"{self.name}.exit({code.name if code else None}, {type(error).__name__})")
-
-
-class _RecordingInterceptor(CallInterceptor):
+class _RecordingInterceptor(CallInterceptor[str]):
     """Logs every hook; refuses calls with ``refuse`` raised from start_call."""
 
     def __init__(self, name: str, log: list[str], refuse: Exception | None = None) -> None:
         self.name, self.log, self.refuse = name, log, refuse
 
-    def start_call(self, method: str, metadata: Metadata) -> CallScope | None:
+    def start_call(self, method: str, metadata: Metadata) -> str:
         self.log.append(f"{self.name}.start({method.rsplit('/', 1)[-1]})")
         if self.refuse is not None:
             raise self.refuse
-        return _RecordingScope(self.name, self.log)
+        return self.name
+
+    def check(self, call: str, request: Any) -> None:
+        self.log.append(f"{call}.check({type(request).__name__})")
+
+    def enter(self, call: str) -> None:
+        self.log.append(f"{call}.enter")
+
+    def exit(self, call: str, context: Any, error: BaseException | None) -> None:
+        code = context.code()
+        self.log.append(f"{call}.exit({code.name if code else None}, {type(error).__name__})")
 
 
 @dataclass
@@ -269,17 +257,13 @@ async def test_the_guard_answers_before_the_checks_and_a_check_refuses(shape: st
     await _run(wrapped, shape, [oversized], context)
     assert context.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    class Refusing(_RecordingScope):
-        def check(self, request: Any) -> None:
-            super().check(request)
+    class Refusing(_RecordingInterceptor):
+        def check(self, call: str, request: Any) -> None:
+            super().check(call, request)
             raise PermissionDeniedError("not this one")
 
-    class RefusingInterceptor(CallInterceptor):
-        def start_call(self, method: str, metadata: Metadata) -> CallScope:
-            return Refusing("r", log)
-
     log.clear()
-    chain = InterceptorChain([RefusingInterceptor(), _RecordingInterceptor("b", log)])
+    chain = InterceptorChain([Refusing("r", log), _RecordingInterceptor("b", log)])
     wrapped = await _rewrap(chain, _Toy(log).handler(shape))
     context = _Context()
     requests = _decode(wrapped, model_service_pb2.GetModelRequest(model_id=1))

@@ -26,7 +26,7 @@ from synapse_sdk.plugins.actions.inference._multiplex import (
 from synapse_server.core import PermissionDeniedError, UnauthenticatedError
 from synapse_server.core._credentials import WorkerClaims, WorkerCredentialIssuer
 from synapse_server.core.inference import ServeKeyring
-from synapse_server.grpc._interceptors import CallInterceptor, CallScope, Metadata
+from synapse_server.grpc._interceptors import CallInterceptor, Metadata
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -93,7 +93,7 @@ def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
     return None
 
 
-class AuthInterceptor(CallInterceptor):
+class AuthInterceptor(CallInterceptor[Principal]):
     """Resolves the caller from ``authorization: Bearer`` metadata for every RPC.
 
     An entry of the server's interceptor chain (``_interceptors``): a refused caller is
@@ -151,44 +151,31 @@ class AuthInterceptor(CallInterceptor):
             raise PermissionDeniedError("a serve model credential can only fetch its model")
         return Principal(tenant=claims.tenant, serve_model_id=claims.model_id)
 
-    def start_call(self, method: str, metadata: Metadata) -> CallScope | None:
-        """The caller's scope (sets :func:`current_principal`); refuses unknown callers."""
+    def start_call(self, method: str, metadata: Metadata) -> Principal | None:
+        """The caller (None for health and reflection); refuses unknown callers."""
         try:
-            principal = self.authenticate(method, metadata)
+            return self.authenticate(method, metadata)
         except (UnauthenticatedError, PermissionDeniedError) as exc:
             logger.info("rejected call to %s: %s", method, exc)
             raise
-        if principal is None:
-            # Health and reflection: no caller to set (the ContextVar's default is None).
-            return None
-        if principal.serve_model_id is not None:
-            return _ServeModelScope(principal)
-        return _PrincipalScope(principal)
 
+    def enter(self, call: Principal) -> None:
+        """Set the caller for the handler (:func:`current_principal`)."""
+        # The call's task has a context of its own (see CallInterceptor.enter), so the value
+        # needs no reset; resetting from a streaming handler's finaliser could even run in
+        # another context.
+        _principal.set(call)
 
-class _PrincipalScope(CallScope):
-    __slots__ = ("principal",)
-
-    def __init__(self, principal: Principal) -> None:
-        self.principal = principal
-
-    def enter(self) -> None:
-        # The call's task has a context of its own (see CallScope.enter), so the value needs
-        # no reset; resetting from a streaming handler's finaliser could even run in another
-        # context.
-        _principal.set(self.principal)
-
-
-class _ServeModelScope(_PrincipalScope):
-    __slots__ = ()
-
-    def check(self, request: Any) -> None:
-        # The interceptor sees no request message, so the one-model scope is checked here.
+    def check(self, call: Principal, request: Any) -> None:
+        """A serve model credential's request must be for its one model."""
+        # The metadata says nothing of the request message, so the scope is checked here.
         # Streamed requests (None here) are never one model's: refused as well.
+        if call.serve_model_id is None:
+            return
         requested = str(getattr(request, "model_id", ""))
-        if requested != self.principal.serve_model_id:
+        if requested != call.serve_model_id:
             error = PermissionDeniedError(
-                f"this serve model credential grants model {self.principal.serve_model_id} only"
+                f"this serve model credential grants model {call.serve_model_id} only"
             )
             logger.info("rejected serve model credential: %s", error)
             raise error

@@ -78,7 +78,7 @@ def server_interceptors(
     settings: ServerSettings,
     credentials: WorkerCredentialIssuer,
     serve_keys: ServeKeyring | None = None,
-) -> list[CallInterceptor]:
+) -> list[CallInterceptor[Any]]:
     """The interceptor chain of the platform's server, in the order they run on every RPC."""
     return [AuthInterceptor(settings.tokens, credentials, serve_keys=serve_keys)]
 
@@ -109,7 +109,7 @@ class GrpcServer:
         self,
         services: Sequence[ServiceRegistration] = (),
         *,
-        interceptors: Sequence[CallInterceptor] = (),
+        interceptors: Sequence[CallInterceptor[Any]] = (),
         guard: RequestGuard | None = None,
         options: Sequence[tuple[str, Any]] = (("grpc.so_reuseport", 0),),
     ) -> None:
