@@ -148,10 +148,7 @@ class ServerWithPendingJob:
         except BaseException:
             self.server.stop()
             raise
-        # Minted by the server's own issuer: a credential is live only once its server
-        # issued it (a job's launch does; this job is never launched).
-        issuer: WorkerCredentialIssuer = self.server.server.jobs._credentials
-        self.credential = issuer.mint(self.job_id, "default")
+        self.credential = WorkerCredentialIssuer(SECRET.encode()).mint(self.job_id, "default")
         self.channel = raw_channel(self.server.address)
 
     @property
