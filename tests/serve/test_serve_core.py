@@ -369,25 +369,35 @@ async def _no_jobs(tenant: str, job_id: str) -> Any:
 
 @pytest.fixture
 async def grpc_address(services: Any) -> Any:
-    import grpc
-    from synapse.plugin.v1 import deployment_service_pb2_grpc, inference_service_pb2_grpc
+    from synapse.plugin.v1 import (
+        deployment_service_pb2,
+        deployment_service_pb2_grpc,
+        inference_service_pb2,
+        inference_service_pb2_grpc,
+    )
     from synapse_server.core._credentials import WorkerCredentialIssuer
     from synapse_server.grpc._auth import AuthInterceptor
     from synapse_server.grpc._deployment_servicer import DeploymentServicer
     from synapse_server.grpc._inference_servicer import InferenceServicer
+    from synapse_server.grpc._server import GrpcServer, ServiceRegistration, service_name
 
     deployments, inference = services
-    server = grpc.aio.server(
+    server = GrpcServer(
+        [
+            ServiceRegistration(
+                InferenceServicer(inference),
+                inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
+                service_name(inference_service_pb2, "InferenceService"),
+            ),
+            ServiceRegistration(
+                DeploymentServicer(deployments, _no_jobs),
+                deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server,
+                service_name(deployment_service_pb2, "DeploymentService"),
+            ),
+        ],
         interceptors=[AuthInterceptor({"tok-acme": TENANT}, WorkerCredentialIssuer(SECRET))],
-        options=[("grpc.so_reuseport", 0)],
     )
-    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-        InferenceServicer(inference), server
-    )
-    deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
-        DeploymentServicer(deployments, _no_jobs), server
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_port("127.0.0.1:0")
     await server.start()
     yield f"127.0.0.1:{port}"
     await server.stop(0)
