@@ -19,10 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from synapse_sdk.plugins.actions.inference._multiplex import (
-    ServeModelIdError,
-    looks_like_serve_model_id,
-)
+from synapse_sdk.serving import ServeModelIdError, looks_like_serve_model_id
 
 from synapse_server.core import (
     InvalidArgumentError,
