@@ -270,7 +270,9 @@ class TensorPayload:
                 return cls(name, "bfloat16", tuple(int(d) for d in tensor.shape), raw)
             value = tensor.numpy()
         np = _numpy()
-        array = np.ascontiguousarray(value)
+        # Not ascontiguousarray: it turns a 0-d array into shape (1,). tobytes() writes
+        # row-major order whatever the array's layout.
+        array = np.asarray(value)
         dtype_name = array.dtype.name
         if dtype_name not in TENSOR_DTYPES:
             raise TensorCodecError(

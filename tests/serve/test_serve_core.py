@@ -14,11 +14,14 @@ from synapse_sdk.plugins import load_plugin, run_action
 from synapse_sdk.plugins._models import LocalModelBackend
 from synapse_sdk.runtime import RunContext
 from synapse_sdk.serving import (
+    INFER_METHOD,
+    PROTOCOL_VERSION,
     ServeModelIdSigner,
     ServeReply,
     ServeRequest,
     TensorPayload,
     derive_app_key,
+    format_version,
     unverified_claims,
 )
 from synapse_server.core._errors import (
@@ -267,6 +270,29 @@ async def test_replica_rejects_forged_expired_and_foreign_ids(services: Any) -> 
     assert reply.error_kind is None and reply.json == {"model": "2", "y": [2.0]}
     with pytest.raises(PermissionDeniedError):
         raise InferenceService._error(reply.__class__(error_kind="permission_denied"), None, "")  # type: ignore[arg-type]
+
+
+async def test_replica_speaks_the_versioned_protocol(services: Any) -> None:
+    from ray import serve
+
+    key = derive_app_key(ServeKeyring(SECRET).tenant_key(TENANT), "probe-app")
+    token = ServeModelIdSigner(key, "probe-app", TENANT).mint(2)
+    handle = serve.get_app_handle("probe-app").options(
+        method_name=INFER_METHOD, multiplexed_model_id=token
+    )
+    request = ServeRequest(json={"x": [1.0]}, has_json=True, headers={"traceparent": "t"})
+    # A newer minor with fields this replica does not know: read, the unknown ones ignored.
+    newer_minor = {**request.to_wire(), "v": (PROTOCOL_VERSION[0], 99), "priority": 1}
+    reply = ServeReply.from_wire(await handle.remote(newer_minor))
+    assert reply.error_kind is None and reply.json == {"model": "2", "y": [2.0]}
+    # Another major: refused with a typed answer naming both versions; the endpoint never ran.
+    newer_major = {**request.to_wire(), "v": (PROTOCOL_VERSION[0] + 1, 0)}
+    answer = await handle.remote(newer_major)
+    assert answer["error_kind"] == "unsupported_protocol"
+    assert f"{PROTOCOL_VERSION[0] + 1}.0" in answer["error_message"]
+    assert format_version(PROTOCOL_VERSION) in answer["error_message"]
+    # The pre-versioning form (a pickled dataclass) is not a message of any version.
+    assert (await handle.remote(request))["error_kind"] == "unsupported_protocol"
 
 
 async def test_delete_undeploys(services: Any, models_root: Path) -> None:
