@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import synapse_client
+
+from tests._imports import imported_modules, offending
 
 EXPECTED = {
     "ENV_SERVER",
@@ -89,3 +93,10 @@ def test_client_never_imports_sdk_or_server() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_no_client_module_imports_sdk_or_server() -> None:
+    # Also the imports inside functions, which importing the package does not run.
+    imports = imported_modules(Path(synapse_client.__file__).parent)
+    assert len(imports) > 5, "no client modules found"
+    assert offending(imports, packages=("synapse_sdk", "synapse_server"), private_only=False) == {}

@@ -18,10 +18,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from synapse_sdk.plugins.actions.inference._multiplex import (
-    ServeModelIdError,
-    looks_like_serve_model_id,
-)
+from synapse_sdk.serving import ServeModelIdError, looks_like_serve_model_id
 
 from synapse_server.core import PermissionDeniedError, UnauthenticatedError
 from synapse_server.core._credentials import WorkerClaims, WorkerCredentialIssuer
