@@ -83,3 +83,36 @@ def test_bad_plugin_config_names_file(tmp_path: Path) -> None:
 def test_unknown_mode_is_usage_error() -> None:
     proc = _run("plugin", "run", "inference", "--plugin", str(DOC_PLUGIN_DIR), "--mode", "ray")
     assert proc.returncode == 2
+
+
+TOY_PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "toy"
+
+
+def test_a_second_ctrl_c_in_a_local_run_exits_without_a_traceback() -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [str(SYNAPSE), "plugin", "run", "stubborn", "--plugin", str(TOY_PLUGIN)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        # The action ignores cancellation (sleeps 60 s) once it has logged "started".
+        for line in proc.stderr:
+            if "started" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        for line in proc.stderr:
+            if "cancelling" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+    assert rest.strip().splitlines()[-1] == "aborted"
