@@ -23,7 +23,14 @@ from synapse_sdk.errors import (
     ParamsValidationError,
     SynapseError,
 )
-from synapse_sdk.plugins import LocalModelBackend, load_plugin, run_action
+from synapse_sdk.plugins import (
+    LocalModelBackend,
+    load_plugin,
+    params_model,
+    run_action,
+    unknown_params_warnings,
+    validate_params,
+)
 from synapse_sdk.runtime import RunContext
 
 from synapse_server.cli import _remote
@@ -163,6 +170,9 @@ def run_command(args: argparse.Namespace) -> int:
         params = _read_params(args.params)
         plugin = load_plugin(args.plugin)
         action_cls = plugin.get_action_class(args.action)
+        # The same warnings a server records with the job (run_action validates again).
+        checked = validate_params(params_model(action_cls), params, args.action)
+        _remote.print_warnings(unknown_params_warnings(checked, params))
     except (_UsageError, ActionNotFoundError, ParamsValidationError) as exc:
         return _fail(exc, EXIT_USAGE)
     except SynapseError as exc:

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -71,6 +71,7 @@ __all__ = [
     "connect",
     "exit_code_for",
     "print_line",
+    "print_warnings",
     "print_table",
     "report_failure",
     "run_remote",
@@ -211,6 +212,13 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, JobCancelledError):
         return EXIT_CANCELLED
     return EXIT_FAILED
+
+
+def print_warnings(warnings: Sequence[str]) -> None:
+    """Each of a job's warnings as ``warning: ...`` on stderr."""
+    for warning in warnings:
+        sys.stderr.write(f"warning: {' '.join(warning.split())}\n")
+    sys.stderr.flush()
 
 
 def print_line(line: str) -> None:
@@ -375,6 +383,7 @@ def run_remote(args: argparse.Namespace, params: dict[str, Any]) -> int:
             job = handle.job
             mode = job.mode.value if job is not None and job.mode is not None else "default"
             sys.stderr.write(f"job {handle.id} submitted ({args.plugin}/{args.action}, {mode})\n")
+            print_warnings(job.warnings if job is not None else ())
             last_seq = 0
             cancelling = False
             while True:
