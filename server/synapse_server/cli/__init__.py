@@ -10,8 +10,14 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
+import os
 import sys
 from collections.abc import Sequence
+
+# Before the command modules import grpc: gRPC's own error log lines (a refused handshake, a
+# port in use) would come on top of the one-line reason each command prints. GRPC_VERBOSITY
+# set by the user (e.g. ERROR, DEBUG) still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from synapse_server.cli import _deployments, _jobs, _model, _plugin, _serve
 from synapse_server.cli._exit import EXIT_CANCELLED, EXIT_USAGE

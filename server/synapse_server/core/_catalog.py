@@ -128,11 +128,13 @@ def _at_source(error: PluginConfigError, code: PluginCode, source: Path) -> Plug
     The plugin is loaded from its snapshot, but the author edits the source directory: a
     message pointing into the data directory would send them to a file they never wrote.
     """
+    snapshot = code.path.resolve()
     try:
-        path = source / error.path.relative_to(code.path)
+        path = source / error.path.resolve().relative_to(snapshot)
     except ValueError:
         path = error.path
-    return PluginConfigError(path, error.field, error.message.replace(str(code.path), str(source)))
+    message = error.message.replace(str(snapshot), str(source)).replace(str(code.path), str(source))
+    return PluginConfigError(path, error.field, message)
 
 
 class PluginCatalog:
