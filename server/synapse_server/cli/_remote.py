@@ -59,7 +59,7 @@ from synapse_sdk.events import (
 )
 
 from synapse_server.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from synapse_server.cli._progress import ConsoleProgressSink
+from synapse_server.cli._progress import ConsoleProgressSink, console_text
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def exit_code_for(error: BaseException) -> int:
 def print_warnings(warnings: Sequence[str]) -> None:
     """Each of a job's warnings as ``warning: ...`` on stderr."""
     for warning in warnings:
-        sys.stderr.write(f"warning: {' '.join(warning.split())}\n")
+        sys.stderr.write(console_text(f"warning: {' '.join(warning.split())}", sys.stderr))
     sys.stderr.flush()
 
 
@@ -382,7 +382,11 @@ def run_remote(args: argparse.Namespace, params: dict[str, Any]) -> int:
                 return EXIT_OK
             job = handle.job
             mode = job.mode.value if job is not None and job.mode is not None else "default"
-            sys.stderr.write(f"job {handle.id} submitted ({args.plugin}/{args.action}, {mode})\n")
+            sys.stderr.write(
+                console_text(
+                    f"job {handle.id} submitted ({args.plugin}/{args.action}, {mode})", sys.stderr
+                )
+            )
             print_warnings(job.warnings if job is not None else ())
             last_seq = 0
             cancelling = False
