@@ -128,3 +128,23 @@ def test_checking_keeps_no_model_class_alive() -> None:
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_lists_of_models_holding_models() -> None:
+    class Wrapper(BaseModel):
+        inner: Item
+        tags: list[str] = []
+
+    class Outer(BaseModel):
+        items: list[Wrapper]
+        pairs: tuple[Item, Item] | None = None
+
+    params = {
+        "items": [
+            {"inner": {"data": [1]}},
+            {"inner": {"data": [2], "dta": 1}, "tag": ["x"]},
+            {"inner": {"data": [3]}, "tags": ["y"]},
+        ],
+        "pairs": [{"data": [1]}, {"data": [2], "extra": 0}],
+    }
+    assert _unknown(Outer, params) == ["items.1.tag", "items.1.inner.dta", "pairs.1.extra"]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import typing
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import AliasChoices, AliasPath, BaseModel, RootModel
@@ -45,7 +46,6 @@ def _per_model(compute: Callable[[type[BaseModel]], T]) -> Callable[[type[BaseMo
     return cached
 
 
-@_per_model
 def _accepted_keys(model: type[BaseModel]) -> dict[str, str]:
     """Input key -> field name, for every key the model reads (names and aliases)."""
     config = model.model_config
@@ -80,14 +80,6 @@ def _holds_model(annotation: Any) -> bool:
     return any(_holds_model(arg) for arg in typing.get_args(annotation))
 
 
-@_per_model
-def _nested_fields(model: type[BaseModel]) -> frozenset[str]:
-    return frozenset(
-        name for name, info in model.model_fields.items() if _holds_model(info.annotation)
-    )
-
-
-@_per_model
 def _checkable(model: type[BaseModel]) -> bool:
     """False when the model's own keys cannot be judged: it accepts extras itself, forbids
     them (validation already named them), or a model validator running before the fields
@@ -100,21 +92,26 @@ def _checkable(model: type[BaseModel]) -> bool:
     return not any(d.info.mode in ("before", "wrap") for d in decorators)
 
 
-def _pairs(validated: Any, raw: Any) -> Iterator[tuple[str, BaseModel, Mapping[str, Any]]]:
-    """(path suffix, model, its input) for each model inside ``validated`` built from ``raw``."""
-    if isinstance(validated, BaseModel):
-        if isinstance(raw, Mapping):
-            yield "", validated, raw
-    elif isinstance(validated, list | tuple) and isinstance(raw, list | tuple):
-        if len(validated) == len(raw):
-            for index, (item, source) in enumerate(zip(validated, raw, strict=True)):
-                for suffix, model, data in _pairs(item, source):
-                    yield f".{index}{suffix}", model, data
-    elif isinstance(validated, Mapping) and isinstance(raw, Mapping):
-        for key, item in validated.items():
-            if key in raw:
-                for suffix, model, data in _pairs(item, raw[key]):
-                    yield f".{key}{suffix}", model, data
+@dataclass(frozen=True, slots=True)
+class _ModelKeys:
+    """What the walk needs to know of one model class, computed once."""
+
+    #: The input keys the model reads; None when its own keys are not judged.
+    accepted: frozenset[str] | None
+    #: (input key, field name) of the fields whose values may hold models.
+    nested: tuple[tuple[str, str], ...]
+
+
+@_per_model
+def _model_keys(model: type[BaseModel]) -> _ModelKeys:
+    accepted = _accepted_keys(model)
+    nested_fields = {
+        name for name, info in model.model_fields.items() if _holds_model(info.annotation)
+    }
+    return _ModelKeys(
+        accepted=frozenset(accepted) if _checkable(model) else None,
+        nested=tuple((key, name) for key, name in accepted.items() if name in nested_fields),
+    )
 
 
 class _Found:
@@ -125,33 +122,75 @@ class _Found:
         self.paths: list[str] = []
         self.count = 0
 
-    def add(self, path: str) -> None:
+    def add(self, path: list[str | int], key: str) -> None:
         self.count += 1
         if len(self.paths) < self.keep:
-            self.paths.append(path)
+            self.paths.append(".".join([*(str(p) for p in path), key]))
 
 
-def _walk(model: BaseModel, data: Mapping[str, Any], prefix: str, found: _Found) -> None:
-    cls = type(model)
-    accepted = _accepted_keys(cls)
-    if _checkable(cls):
+# The walk runs over every item of large params (100k batch inputs): the path is one list
+# pushed and popped, and a string only for a key that is reported.
+
+
+def _walk(model: BaseModel, data: Mapping[str, Any], path: list[str | int], found: _Found) -> None:
+    keys = _model_keys(type(model))
+    if keys.accepted is not None and not keys.accepted.issuperset(data):
         for key in data:
-            if key not in accepted:
-                found.add(f"{prefix}{key}")
-    nested = _nested_fields(cls)
-    if not nested:
-        return
-    for key, value in data.items():
-        name = accepted.get(key)
-        if name is None or name not in nested:
+            if key not in keys.accepted:
+                found.add(path, key)
+    for key, name in keys.nested:
+        if key in data:
+            path.append(key)
+            _descend(getattr(model, name, None), data[key], path, found)
+            path.pop()
+
+
+def _descend(validated: Any, raw: Any, path: list[str | int], found: _Found) -> None:
+    """Follow ``validated`` (built from ``raw``) to the models inside it."""
+    if isinstance(validated, BaseModel):
+        if isinstance(raw, Mapping):
+            _walk(validated, raw, path, found)
+    elif isinstance(validated, list | tuple):
+        if isinstance(raw, list | tuple) and len(raw) == len(validated):
+            _descend_items(validated, raw, path, found)
+    elif isinstance(validated, Mapping) and isinstance(raw, Mapping):
+        for key, item in validated.items():
+            if key in raw:
+                path.append(key)
+                _descend(item, raw[key], path, found)
+                path.pop()
+
+
+def _descend_items(
+    validated: list[Any] | tuple[Any, ...],
+    raw: list[Any] | tuple[Any, ...],
+    path: list[str | int],
+    found: _Found,
+) -> None:
+    # The common case inline, a list of models of one class built from JSON objects: about a
+    # third of the cost of the general path per item (measured on 100k items).
+    model_type: type | None = None
+    keys: _ModelKeys | None = None
+    for index, item in enumerate(validated):
+        source = raw[index]
+        if type(source) is not dict or not isinstance(item, BaseModel):
+            path.append(index)
+            _descend(item, source, path, found)
+            path.pop()
             continue
-        for suffix, inner, inner_data in _pairs(getattr(model, name, None), value):
-            _walk(inner, inner_data, f"{prefix}{key}{suffix}.", found)
+        if type(item) is not model_type:
+            model_type, keys = type(item), _model_keys(type(item))
+        assert keys is not None
+        accepted = keys.accepted
+        if (accepted is not None and not accepted.issuperset(source)) or keys.nested:
+            path.append(index)
+            _walk(item, source, path, found)
+            path.pop()
 
 
 def _collect(validated: BaseModel, params: Mapping[str, Any], keep: int) -> _Found:
     found = _Found(keep)
-    _walk(validated, params, "", found)
+    _walk(validated, params, [], found)
     return found
 
 
