@@ -18,7 +18,7 @@ import pytest
 from synapse.plugin.v1 import model_service_pb2, model_service_pb2_grpc
 from synapse_client import ActionKind, Client
 from synapse_client._types import ProgressEvent
-from synapse_sdk.plugins.actions.inference._multiplex import ServeModelIdSigner, derive_app_key
+from synapse_sdk.serving import ServeModelIdSigner, derive_app_key
 from synapse_server.core.inference import ServeKeyring
 
 RunningServer = Any  # tests/conftest.py's RunningServer (conftest modules are not importable)

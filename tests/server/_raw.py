@@ -148,7 +148,10 @@ class ServerWithPendingJob:
         except BaseException:
             self.server.stop()
             raise
-        self.credential = WorkerCredentialIssuer(SECRET.encode()).mint(self.job_id, "default")
+        # Minted by the server's own issuer, so it is live (credentials are valid only while
+        # the server has them on record for a job that has not ended).
+        issuer: WorkerCredentialIssuer = self.server.server.jobs._credentials
+        self.credential = issuer.mint(self.job_id, "default")
         self.channel = raw_channel(self.server.address)
 
     @property

@@ -166,7 +166,10 @@ def _imported_from(directory: Path) -> list[str]:
     """Names of the modules in sys.modules whose code (or package path) is in ``directory``."""
     found = []
     for name, module in list(sys.modules.items()):
-        where = [getattr(module, "__file__", None) or "", *getattr(module, "__path__", [])]
+        path = getattr(module, "__path__", None)
+        # Some modules (torch.ops namespaces) have a __path__ that is not a list of paths.
+        entries = list(path) if isinstance(path, list) else []
+        where = [getattr(module, "__file__", None) or "", *entries]
         if any(str(place).startswith(str(directory)) for place in where):
             found.append(name)
     return found
@@ -191,7 +194,7 @@ def test_the_catalog_loads_each_plugin_from_its_snapshot(tmp_path: Path) -> None
     module = sys.modules[plugin.get_action_class("hello").__module__]
     assert Path(str(module.__file__)).parent == code.path
     # The digest of the code whose model checked the params: the code the job must run.
-    assert catalog.check_params_json("snap", "hello", '{"name": "x"}') == code.sha256
+    assert catalog.check_params_json("snap", "hello", '{"name": "x"}').sha256 == code.sha256
 
 
 def test_a_broken_edit_keeps_the_catalog_and_names_the_edited_file(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.timeout(60)
 
 LEGACY = Path(__file__).parent / "legacy"
 LATEST = len(MIGRATIONS)
+WARNING = "unknown params key 'batchsize' (ignored)"
 
 
 def _legacy_database(path: Path, fixture: str) -> Path:
@@ -93,12 +94,10 @@ async def test_a_fresh_database_runs_every_migration_and_gets_todays_schema(
     versions = _versions(path)
     assert [(v, n) for v, n, _ in versions] == [(m.version, m.name) for m in MIGRATIONS]
     assert all(before <= applied <= time.time() for _, _, applied in versions)
-    # The tables the release before job leases created fresh, column for column, with what
-    # the lease migration adds.
-    main = _legacy_database(tmp_path / "main.db", "v4_numbered_migrations")
-    with sqlite3.connect(main) as conn:
-        _sqlite_schema._job_leases(conn)
-    conn.close()
+    # The tables the release before migrations created fresh (its CREATE statements), with
+    # the columns later migrations added, column for column.
+    main = _legacy_database(tmp_path / "main.db", "v3_before_migrations")
+    await _open_and_close(main)
     assert _schema(path) == _schema(main)
     # Opening again applies nothing.
     await _open_and_close(path)
@@ -129,6 +128,8 @@ def _fill(path: Path, fixture: str) -> None:
                 values["result_size"] = len(result.encode()) if result else 0
             if "plugin_sha256" in columns:
                 values["plugin_sha256"] = "" if job_id == "done" else "c" * 64
+            if "warnings" in columns and job_id == "done":
+                values["warnings"] = json.dumps([WARNING])
             conn.execute(
                 f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                 tuple(values.values()),
@@ -167,6 +168,7 @@ def _fill(path: Path, fixture: str) -> None:
         ("v2_result_sizes", 2),
         ("v3_before_migrations", 3),
         ("v4_numbered_migrations", 4),
+        ("v5_job_warnings", 5),
     ],
 )
 async def test_a_database_of_an_earlier_release_upgrades_and_keeps_everything(
@@ -180,6 +182,7 @@ async def test_a_database_of_an_earlier_release_upgrades_and_keeps_everything(
         done = await stores.jobs.get_job("done", with_params=True)
         assert done is not None and done.params == {"x": 1} and done.state is JobState.SUCCEEDED
         assert done.result_size == len('"é"'.encode())  # bytes, filled in when it was missing
+        assert done.warnings == ((WARNING,) if found >= 5 else ())
         assert await stores.jobs.get_result("done") == ("t1", JobState.SUCCEEDED, '"é"')
         failed = await stores.jobs.get_job("failed", with_params=True)
         assert failed is not None and failed.params_json == '{"y" : [1, 2]}'

@@ -41,8 +41,10 @@ def _model() -> ModelRecord:
     return ModelRecord(0, "t1", "m", "", "", {}, "a" * 64, 1, ArchiveFormat.ZIP, 1.0)
 
 
-def _sqlite_threads() -> list[str]:
-    return sorted(t.name for t in threading.enumerate() if t.name.startswith("sqlite-"))
+def _sqlite_threads() -> dict[int | None, str]:
+    """The live SQLite I/O threads by ident: names repeat across pools (``sqlite-reader_0``),
+    and stores of earlier tests in the same process may still be alive."""
+    return {t.ident: t.name for t in threading.enumerate() if t.name.startswith("sqlite-")}
 
 
 async def test_the_database_is_in_wal_mode(tmp_path: Path) -> None:
@@ -66,7 +68,7 @@ async def test_the_stores_of_one_file_share_one_writer_and_read_on_their_own(
         await stores.models.all_checksums()
         await stores.deployments.upsert(DeploymentRecord(0, "t1", "app", "p", "a"))
         await stores.deployments.holder("app")
-        started = [n.rsplit("_", 1)[0] for n in _sqlite_threads() if n not in before]
+        started = [n.rsplit("_", 1)[0] for i, n in _sqlite_threads().items() if i not in before]
         # One writer for the file; a reader per store (a replay never delays a look-up).
         assert sorted(started) == ["sqlite-reader"] * 3 + ["sqlite-writer"]
     finally:

@@ -50,7 +50,7 @@ CANCEL_CHANNEL = "synapse_cancel"
 _COLUMNS = (
     "id, tenant, plugin, action, mode, params, state, request_id, created_at, started_at, "
     "finished_at, result, error, reason, progress, plugin_version, last_seq, pending_reason, "
-    "cancel_requested, result_size, plugin_sha256, owner_server_id"
+    "cancel_requested, result_size, plugin_sha256, warnings, owner_server_id"
 )
 _INSERTED = [c for c in _COLUMNS.split(", ") if c != "params"]
 _UNFINISHED = tuple(sorted(s.value for s in JobState if not s.is_terminal))
@@ -94,6 +94,7 @@ def _insert_values(job: Job) -> tuple[Any, ...]:
         job.cancel_requested,
         job.result_size,
         job.plugin_sha256,
+        _dump(list(job.warnings)),
         job.owner,
     )
 

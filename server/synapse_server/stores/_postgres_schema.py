@@ -47,7 +47,9 @@ _INITIAL = (
     pending_reason   TEXT NOT NULL DEFAULT '',
     cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
     result_size      BIGINT NOT NULL DEFAULT 0,
-    plugin_sha256    TEXT NOT NULL DEFAULT ''
+    plugin_sha256    TEXT NOT NULL DEFAULT '',
+    -- A JSON array of strings (e.g. params keys the action ignored).
+    warnings         TEXT NOT NULL DEFAULT '[]'
 )""",
     """CREATE UNIQUE INDEX jobs_request_id ON jobs (tenant, request_id)
     WHERE request_id IS NOT NULL""",

@@ -42,7 +42,7 @@ T = TypeVar("T")
 _JOB_COLUMNS = (
     "id, tenant, plugin, action, mode, params, state, request_id, created_at, started_at, "
     "finished_at, result, error, reason, progress, plugin_version, last_seq, pending_reason, "
-    "cancel_requested, result_size, plugin_sha256, owner_server_id"
+    "cancel_requested, result_size, plugin_sha256, warnings, owner_server_id"
 )
 _UNFINISHED = tuple(sorted(s.value for s in JobState if not s.is_terminal))
 _IN_UNFINISHED = f"({','.join('?' * len(_UNFINISHED))})"
@@ -104,6 +104,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         cancel_requested,
         result_size,
         plugin_sha256,
+        warnings,
         owner,
     ) = row
     return Job(
@@ -131,6 +132,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         last_seq=last_seq,
         pending_reason=pending_reason,
         cancel_requested=bool(cancel_requested),
+        warnings=tuple(load_json(warnings)) if warnings != "[]" else (),
         owner=owner,
     )
 
@@ -543,6 +545,7 @@ def _job_values(job: Job) -> tuple[Any, ...]:
         int(job.cancel_requested),
         job.result_size,
         job.plugin_sha256,
+        _dump(list(job.warnings)),
         job.owner,
     )
 

@@ -147,6 +147,11 @@ def _one_owner_per_name(conn: sqlite3.Connection) -> None:
         )
 
 
+def _job_warnings(conn: sqlite3.Connection) -> None:
+    # A JSON array of strings; jobs stored before this have none.
+    conn.execute("ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]'")
+
+
 #: The statements of the job ownership migration; the PostgreSQL schema has the same columns.
 _LEASES = (
     # The server that runs each unfinished job ("" before servers shared a database).
@@ -175,7 +180,8 @@ MIGRATIONS: tuple[Migration[sqlite3.Connection], ...] = checked_migrations(
         Migration(2, "jobs.result_size", _result_sizes),
         Migration(3, "jobs.plugin_sha256", _plugin_digests),
         Migration(4, "one live owner per serve application name", _one_owner_per_name),
-        Migration(5, "job owners, server leases and cancel requests", _job_leases),
+        Migration(5, "jobs.warnings", _job_warnings),
+        Migration(6, "job owners, server leases and cancel requests", _job_leases),
     ]
 )
 
