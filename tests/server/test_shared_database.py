@@ -61,6 +61,20 @@ def test_any_server_answers_for_a_job_another_runs_and_follows_it_live(
         assert [e.seq for e in on_a.job(job.id).events()] == seqs
 
 
+def test_params_warnings_recorded_by_one_server_are_read_by_the_other(
+    server_factory: Callable[..., RunningServer], shared_url: str, tmp_path: Path
+) -> None:
+    a, b = _pair(server_factory, shared_url, tmp_path)
+    warning = "unknown params key 'batchsize' (ignored)"
+    with Client(a.address, timeout=60) as on_a, Client(b.address, timeout=60) as on_b:
+        handle = on_a.run_action("toy", "quick", {"count": 1, "label": "w", "batchsize": 4})
+        assert handle.job is not None and handle.job.warnings == (warning,)
+        handle.result(timeout=60)
+        assert on_b.get_job(handle.id).warnings == (warning,)
+        listed = next(j for j in on_b.list_jobs(plugin="toy") if j.id == handle.id)
+        assert listed.warnings == (warning,)
+
+
 def test_a_cancel_asked_on_another_server_reaches_the_job(
     server_factory: Callable[..., RunningServer], shared_url: str, tmp_path: Path
 ) -> None:
