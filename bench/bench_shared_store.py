@@ -16,7 +16,7 @@ Measured for each:
   events 20 ms apart; one subscriber on A and one on B; for each event, the time B received
   it minus the time A did (p50/p99): what following a job from another server adds.
 
-    .venv/bin/python bench/bench_shared_store.py [--jobs 120] [--events 200]
+    .venv/bin/python bench/bench_shared_store.py [--jobs 120] [--events 100] [--delay-jobs 5]
 
 Prints a table and writes JSON to bench/results/.
 """
