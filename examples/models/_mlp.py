@@ -8,7 +8,7 @@ model in one of two formats:
   the loading side needs the architecture's class (the example plugins define ``mlp``).
 * ``model.pt2``: a ``torch.export`` program, which keeps the graph with the weights, so the
   loading side needs no Python class; ``torch.export.load`` pulls in torch's compiler stack
-  (a few seconds of imports in a fresh process, tens of ms per load after that).
+  (seconds of imports in every fresh process, such as a job's worker; 50-150 ms per load).
 """
 
 from __future__ import annotations
