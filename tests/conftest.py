@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ import grpc
 import pytest
 from synapse_server.app import SynapseServer
 from synapse_server.settings import ServerSettings
+
+from tests._postgres import PostgresCluster, postgres_bin_dir
 
 TESTS_DIR = Path(__file__).parent
 TOY_PLUGINS_DIR = TESTS_DIR / "plugins"
@@ -83,6 +86,32 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     yield start
     for running in started:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL server for the session, in a temporary directory, on a free port.
+
+    Skipped, saying why, only where PostgreSQL's server binaries are not installed; with
+    ``SYNAPSE_TESTS_REQUIRE_POSTGRES=1`` (set by ``.ci/run``, which installs Debian's
+    ``postgresql`` package) a missing PostgreSQL fails the tests instead, so CI never passes
+    without having run them.
+    """
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        why = "PostgreSQL is not installed (initdb not found): apt-get install postgresql"
+        if os.environ.get("SYNAPSE_TESTS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{why} (SYNAPSE_TESTS_REQUIRE_POSTGRES=1)", pytrace=False)
+        pytest.skip(why)
+    cluster = PostgresCluster(bin_dir)
+    try:
+        cluster.start()
+    except BaseException:
+        print(cluster.log_tail())
+        cluster.remove()
+        raise
+    yield cluster
+    cluster.remove()
 
 
 @pytest.fixture

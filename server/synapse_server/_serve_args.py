@@ -51,7 +51,10 @@ _FLAG_NAMES = {
     "tls_client_ca_file": "--tls-client-ca",
     "cancel_grace_seconds": "--cancel-grace",
     "shutdown_grace_seconds": "--shutdown-grace",
+    "job_lease_seconds": "--job-lease",
 }
+#: Further names of a flag (``--database`` reads better beside a postgresql:// URL).
+_FLAG_ALIASES = {"database_url": ("--database",)}
 #: Settings read from the environment only: a command line is visible to other local users.
 _ENV_ONLY = frozenset({"server_secret"})
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -164,7 +167,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             # Values go to the settings model as given, which parses and checks them the same
             # way as the variable's (and so reports them the same way).
             parser.add_argument(
-                flag, dest=field, metavar=_metavar(field, kind), help=_help(field, info)
+                flag,
+                *_FLAG_ALIASES.get(field, ()),
+                dest=field,
+                metavar=_metavar(field, kind),
+                help=_help(field, info),
             )
     parser.add_argument(
         "--log-level",

@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +33,7 @@ from synapse.plugin.v1 import (
 from synapse_server._data_dir_lock import DataDirectoryLock
 from synapse_server.core import EventHub, JobStore
 from synapse_server.core._catalog import PluginCatalog
+from synapse_server.core._cluster import JobCluster
 from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._executor import Executor, LocalProcessExecutor
 from synapse_server.core._jobs import JobService
@@ -54,7 +56,7 @@ from synapse_server.ray import RayRuntime, RayRuntimeConfig, ServeDeploymentBack
 from synapse_server.ray._environment import ServeJobEnvironment
 from synapse_server.ray._executors import RayJobExecutor, RayTaskExecutor, ray_worker_address
 from synapse_server.settings import ServerSettings
-from synapse_server.stores import StoreSchemaError, open_stores
+from synapse_server.stores import StoreSchemaError, open_stores, sqlite_database_path
 
 __all__ = ["ServerStartError", "SynapseServer", "serve"]
 
@@ -87,6 +89,11 @@ class SynapseServer:
         self._catalog: PluginCatalog | None = None
         self._local_executor: LocalProcessExecutor | None = None
         self._data_lock = DataDirectoryLock(settings.data_dir)
+        # One server per SQLite database and per artifacts directory it alone cleans up: when
+        # either lies outside the data directory, its directory is locked too. Servers
+        # sharing a PostgreSQL database share the artifacts directory instead.
+        self._extra_locks: list[DataDirectoryLock] = []
+        self._cluster: JobCluster | None = None
         # One reload at a time: a second SIGHUP waits for the first instead of interleaving.
         self._reload_lock = asyncio.Lock()
 
@@ -105,12 +112,31 @@ class SynapseServer:
         self.settings.check()
         self._data_lock.acquire()
         try:
+            for lock in self._single_server_locks():
+                lock.acquire()
+                self._extra_locks.append(lock)
             address = await self._start()
         except BaseException:
-            self._data_lock.release()
+            self._release_locks()
             raise
-        self._data_lock.record(address)
+        for lock in (self._data_lock, *self._extra_locks):
+            lock.record(address)
         return address
+
+    def _single_server_locks(self) -> list[DataDirectoryLock]:
+        s = self.settings
+        database = sqlite_database_path(s.resolved_database_url())
+        if database is None:
+            return []
+        home = s.data_dir.resolve()
+        dirs = {database.parent.resolve(), s.artifacts_root.resolve()} - {home}
+        return [DataDirectoryLock(d) for d in sorted(dirs)]
+
+    def _release_locks(self) -> None:
+        for lock in reversed(self._extra_locks):
+            lock.release()
+        self._extra_locks.clear()
+        self._data_lock.release()
 
     async def _start(self) -> str:
         s = self.settings
@@ -124,8 +150,15 @@ class SynapseServer:
             raise ServerStartError(str(exc)) from exc
         self._store, self._model_store = stores.jobs, stores.models
         self._deployment_store = stores.deployments
-        hub = EventHub(self._store)
-        models = ModelRegistryService.for_data_dir(self._model_store, s.data_dir)
+        # Several servers may share a PostgreSQL database: jobs are owned by leases, and
+        # subscribers follow jobs other servers run through the store.
+        server_id = s.resolve_server_id() if stores.shared else ""
+        hub = EventHub(
+            self._store, remote_poll_seconds=s.remote_poll_seconds if stores.shared else None
+        )
+        models = ModelRegistryService.for_data_dir(
+            self._model_store, s.artifacts_root, shared_by=server_id
+        )
         await models.open()
         # Local workers reach the server over a private Unix socket: no TLS or port needed,
         # and the directory is readable only by this user.
@@ -151,7 +184,14 @@ class SynapseServer:
         )
         if s.ray_address is None:
             await self._ray.remove_stale_head()
-            await deployments.forget_embedded_ray_applications()
+            others = (
+                [r for r in await self._store.live_servers() if r.id != server_id]
+                if stores.shared
+                else []
+            )
+            # Other live servers' embedded Rays still serve their applications.
+            if not others:
+                await deployments.forget_embedded_ray_applications()
         keyring = ServeKeyring(secret)
         inference = InferenceService(deployments, router, keyring)
         # Deployment jobs learn the Ray address and their tenant's signing key from this; the
@@ -204,7 +244,18 @@ class SynapseServer:
             issuer,
             cancel_grace_seconds=s.cancel_grace_seconds,
             max_concurrent_jobs=s.max_concurrent_jobs,
+            server_id=server_id,
         )
+        if stores.shared:
+            self._cluster = JobCluster(
+                self._jobs,
+                self._store,
+                hub,
+                stores.notifications,
+                server_id=server_id,
+                host=socket.gethostname(),
+                lease_seconds=s.job_lease_seconds,
+            )
         grpc_server = build_grpc_server(
             s,
             _grpc_services(s, self._jobs, models, deployments, inference),
@@ -229,8 +280,14 @@ class SynapseServer:
             self.address, self.worker_address, external_cluster=bool(s.ray_address)
         )
         self._grpc = grpc_server
+        if self._cluster is not None:
+            await self._cluster.register(self.address)
         await grpc_server.start()
-        await self._jobs.recover()
+        if self._cluster is not None:
+            # Listens to the other servers, recovers this server's own jobs.
+            await self._cluster.start()
+        else:
+            await self._jobs.recover()
         await grpc_server.set_serving()
         logger.info(
             "listening on %s (tls=%s, auth=%s)", self.address, s.tls_enabled, bool(s.tokens)
@@ -283,6 +340,9 @@ class SynapseServer:
             await self._grpc.enter_graceful_shutdown()
         if self._jobs is not None:
             await self._jobs.close(grace)
+        if self._cluster is not None:
+            # After the jobs: the pending ones this server leaves go to the others at once.
+            await self._cluster.stop()
         if self._grpc is not None:
             # Streams following a job the drain has just ended still deliver its terminal
             # event, even when the jobs took the whole grace period.
@@ -300,7 +360,7 @@ class SynapseServer:
             await self._ray.close()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
-        self._data_lock.release()
+        self._release_locks()
 
     async def wait_for_termination(self) -> None:
         """Until the gRPC server stops."""

@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,7 @@ __all__ = ["ServerSettings", "SettingsError", "parse_tokens"]
 logger = logging.getLogger(__name__)
 
 _SECRET_FILE = "server.secret"
+_SERVER_ID_FILE = "server.id"
 #: Each local job worker's memory limit unless configured: the example torch batch jobs use
 #: 0.3-0.43 GiB of data memory (see synapse_server.core._memory for what is counted).
 DEFAULT_WORKER_MEMORY_LIMIT_MB = 4096
@@ -89,8 +91,29 @@ class ServerSettings(BaseSettings):
     database_url: str | None = Field(
         default=None,
         repr=False,
-        description="where jobs, events, models and deployments are stored; unset: "
-        "sqlite:///<data-dir>/synapse.db",
+        description="where jobs, events, models and deployments are stored: "
+        "sqlite:///<path> or postgresql://user:password@host:port/db (several servers share "
+        "it); unset: sqlite:///<data-dir>/synapse.db",
+    )
+    # Servers sharing a PostgreSQL database point this at one shared directory (e.g. NFS).
+    artifacts_dir: Path | None = Field(
+        default=None,
+        description="where model artifacts live (<dir>/models/...); servers sharing a "
+        "PostgreSQL database share this directory; unset: the data directory",
+    )
+    # The heartbeat renews the lease every third of it.
+    job_lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="servers sharing a database: seconds without a heartbeat after which "
+        "another server fails a server's running jobs and runs its pending ones",
+    )
+    # Notifications are usually much faster; this bounds the delay should one be lost.
+    remote_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="servers sharing a database: a StreamProgress subscriber following a job "
+        "another server runs looks at the database at least this often",
     )
     plugin_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
@@ -212,6 +235,26 @@ class ServerSettings(BaseSettings):
         if not 0 <= int(port) <= 65535:
             raise ValueError(f"listen_address must be host:port, got {value!r}")
         return value
+
+    @property
+    def artifacts_root(self) -> Path:
+        """Where artifacts live: ``artifacts_dir``, else the data directory."""
+        return self.artifacts_dir if self.artifacts_dir is not None else self.data_dir
+
+    def resolve_server_id(self) -> str:
+        """This server's id among the servers sharing a database: made once and kept in the
+        data directory, so a restart recognises its own jobs (the data directory's lock
+        keeps two live servers from having one id)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / _SERVER_ID_FILE
+        if not path.exists():
+            host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.")[:40]
+            server_id = f"{host or 'server'}-{secrets.token_hex(4)}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(server_id)
+            logger.info("this server's id is %s (kept in %s)", server_id, path)
+        return path.read_text(encoding="utf-8").strip()
 
     def resolved_database_url(self) -> str:
         """The stores' database URL: ``database_url``, else ``sqlite:///<data_dir>/synapse.db``."""

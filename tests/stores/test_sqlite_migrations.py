@@ -37,6 +37,7 @@ pytestmark = pytest.mark.timeout(60)
 
 LEGACY = Path(__file__).parent / "legacy"
 LATEST = len(MIGRATIONS)
+WARNING = "unknown params key 'batchsize' (ignored)"
 
 
 def _legacy_database(path: Path, fixture: str) -> Path:
@@ -127,6 +128,8 @@ def _fill(path: Path, fixture: str) -> None:
                 values["result_size"] = len(result.encode()) if result else 0
             if "plugin_sha256" in columns:
                 values["plugin_sha256"] = "" if job_id == "done" else "c" * 64
+            if "warnings" in columns and job_id == "done":
+                values["warnings"] = json.dumps([WARNING])
             conn.execute(
                 f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                 tuple(values.values()),
@@ -164,6 +167,8 @@ def _fill(path: Path, fixture: str) -> None:
         ("v1_all_tables", 1),
         ("v2_result_sizes", 2),
         ("v3_before_migrations", 3),
+        ("v4_numbered_migrations", 4),
+        ("v5_job_warnings", 5),
     ],
 )
 async def test_a_database_of_an_earlier_release_upgrades_and_keeps_everything(
@@ -177,6 +182,7 @@ async def test_a_database_of_an_earlier_release_upgrades_and_keeps_everything(
         done = await stores.jobs.get_job("done", with_params=True)
         assert done is not None and done.params == {"x": 1} and done.state is JobState.SUCCEEDED
         assert done.result_size == len('"é"'.encode())  # bytes, filled in when it was missing
+        assert done.warnings == ((WARNING,) if found >= 5 else ())
         assert await stores.jobs.get_result("done") == ("t1", JobState.SUCCEEDED, '"é"')
         failed = await stores.jobs.get_job("failed", with_params=True)
         assert failed is not None and failed.params_json == '{"y" : [1, 2]}'
@@ -200,7 +206,8 @@ async def test_a_database_of_an_earlier_release_upgrades_and_keeps_everything(
             assert [(m.name, m.metadata, m.archive_format) for m in page.models] == [
                 ("m", {"k": 1}, ArchiveFormat.ZIP)
             ]
-            # The earliest registration keeps a name two tenants held.
+        if fixture != "v1_first_release" and found < 4:
+            # The earliest registration keeps a name two tenants held (migration 4).
             assert await stores.deployments.holder("app") == "team-a"
             squatter = await stores.deployments.find_by_name("team-b", "app")
             assert squatter is not None and squatter.status is DeploymentStatus.DELETED
@@ -208,6 +215,11 @@ async def test_a_database_of_an_earlier_release_upgrades_and_keeps_everything(
             for tenant, name in (("team-a", "app"), ("team-c", "other")):
                 kept = await stores.deployments.find_by_name(tenant, name)
                 assert kept is not None and kept.status is DeploymentStatus.RUNNING
+        # Jobs written before owners have none: any server sharing the database may claim
+        # the unfinished ones (a single server recovers them all at start anyway).
+        assert {j.owner for j in listed.jobs} == {""}
+        claimed = await stores.jobs.claim_jobs("s1")
+        assert [c.job.id for c in claimed] == ["waiting", "new"]
         model = await stores.models.insert(_model())
         assert model.id > 0
     finally:

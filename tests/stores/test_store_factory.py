@@ -44,6 +44,9 @@ def test_the_url_comes_from_the_flag_or_the_environment(monkeypatch: pytest.Monk
     )
     flagged = settings_from_args(parser.parse_args(["--database-url", "sqlite:///flag.db"]))
     assert flagged.resolved_database_url() == "sqlite:///flag.db"
+    # --database is the same flag.
+    short = settings_from_args(parser.parse_args(["--database", "postgresql://h/db"]))
+    assert short.resolved_database_url() == "postgresql://h/db"
     assert sqlite_database_path("sqlite:////srv/env.db") == Path("/srv/env.db")
     # The URL may carry a password one day: it is not shown with the settings.
     assert "env.db" not in repr(settings_from_args(parser.parse_args([])))
@@ -52,8 +55,10 @@ def test_the_url_comes_from_the_flag_or_the_environment(monkeypatch: pytest.Monk
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("postgresql://synapse:hunter2@db.example/synapse", "unsupported scheme 'postgresql'"),
+        ("mysql://synapse:hunter2@db.example/synapse", "unsupported scheme 'mysql'"),
         ("MYSQL://root:hunter2@localhost/x", "unsupported scheme 'mysql'"),
+        ("postgresql://synapse:hunter2@[db.example/x", "not a valid PostgreSQL URL"),
+        ("postgres://synapse:hunter2@db/x?hunter3=1", "not a valid PostgreSQL URL"),
         ("hunter2@db.example/synapse", "must be a URL"),
         ("synapse.db", "must be a URL"),
         ("sqlite://hunter2.db", "three slashes"),
@@ -74,7 +79,7 @@ def test_a_url_the_stores_do_not_know_is_a_settings_error(
 
 async def test_open_stores_refuses_such_a_url_before_creating_anything(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="unsupported scheme"):
-        await open_stores(f"postgresql:///{tmp_path}/x")
+        await open_stores(f"mysql:///{tmp_path}/x")
     assert os.listdir(tmp_path) == []
 
 
@@ -83,13 +88,13 @@ def test_synapse_serve_names_the_bad_url_in_one_line(tmp_path: Path) -> None:
         [
             sys.executable, "-m", "synapse_server", "--listen", "127.0.0.1:0",
             "--data-dir", str(tmp_path / "data"),
-            "--database-url", "postgresql://synapse:hunter2@db.example/synapse",
+            "--database-url", "mysql://synapse:hunter2@db.example/synapse",
         ],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "unsupported scheme 'postgresql'" in lines[0], done.stderr
+    assert len(lines) == 1 and "unsupported scheme 'mysql'" in lines[0], done.stderr
     assert "hunter2" not in done.stderr + done.stdout
     assert not (tmp_path / "data" / "synapse.db").exists()
 

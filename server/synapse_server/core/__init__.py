@@ -11,6 +11,7 @@ from synapse_server.core._errors import (
     InvalidArgumentError,
     JobAlreadyFinishedError,
     JobNotFoundError,
+    JobOwnershipLostError,
     PermissionDeniedError,
     RequestIdConflictError,
     ResourceExhaustedError,
@@ -35,7 +36,7 @@ from synapse_server.core._models import (
     JobState,
     Keepalive,
 )
-from synapse_server.core._store import JobStore
+from synapse_server.core._store import ClaimedJob, JobStore, ServerRecord, StoreNotifications
 
 __all__ = [
     "KEEPALIVE",
@@ -51,9 +52,13 @@ __all__ = [
     "JobEvent",
     "JobFilter",
     "JobNotFoundError",
+    "JobOwnershipLostError",
     "JobPage",
     "JobState",
     "JobStore",
+    "ClaimedJob",
+    "ServerRecord",
+    "StoreNotifications",
     "Keepalive",
     "NewEvent",
     "PermissionDeniedError",

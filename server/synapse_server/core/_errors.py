@@ -15,6 +15,7 @@ __all__ = [
     "InvalidArgumentError",
     "JobAlreadyFinishedError",
     "JobNotFoundError",
+    "JobOwnershipLostError",
     "PermissionDeniedError",
     "RequestIdConflictError",
     "ResourceExhaustedError",
@@ -83,6 +84,16 @@ class JobAlreadyFinishedError(FailedPreconditionError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"job {quoted(job_id)} has already finished")
+
+
+class JobOwnershipLostError(FailedPreconditionError):
+    """This server no longer owns the job: another server took it over after this one's
+    lease expired (it could not reach the database in time), so nothing it writes for the job
+    is stored any more."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {quoted(job_id)} is now run by another server")
 
 
 class ResourceExhaustedError(ServerError):

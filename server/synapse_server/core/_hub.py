@@ -10,6 +10,12 @@ costs no memory, and one that disconnects leaves nothing behind but a counter de
 A subscriber that lags far behind may skip progress events that a later progress event of the
 same category supersedes; logs, steps, metrics, state changes and the terminal event are
 always delivered, and the latest progress value always arrives.
+
+Several servers on one database: only a job's owner appends its events; a subscriber on
+another server follows a *remote* channel. It learns of new events from the store's
+notifications (:meth:`EventHub.remote_events`) and, should one be lost, by looking at the
+job's row every ``remote_poll_seconds`` while it waits: new events reach it within that bound
+at worst. It reads them from the store, in order, as a late subscriber does.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,11 +55,26 @@ class NewEvent:
 class _JobChannel:
     """Per-job state shared by its publisher and subscribers."""
 
-    __slots__ = ("cond", "finished", "last_seq", "lock", "subscribers", "tail")
+    __slots__ = (
+        "checked_at",
+        "cond",
+        "finished",
+        "last_seq",
+        "local",
+        "lock",
+        "subscribers",
+        "tail",
+    )
 
     def __init__(self, last_seq: int, finished: bool) -> None:
         self.last_seq = last_seq
         self.finished = finished
+        # True once this process appended to the job (it owns it): its appends wake the
+        # subscribers. Otherwise another server does, and the channel follows the store.
+        self.local = False
+        # When a remote channel last looked at the store (loop time): its subscribers share
+        # one look per poll interval.
+        self.checked_at = 0.0
         self.tail: collections.deque[JobEvent] = collections.deque(maxlen=_TAIL_SIZE)
         self.cond = asyncio.Condition()
         # Serialises appends to this job so seqs are assigned and persisted in one order.
@@ -86,10 +107,14 @@ def coalesce(events: Sequence[JobEvent]) -> list[JobEvent]:
 class EventHub:
     """Appends job events with gap-free seqs and serves replay-then-live subscriptions."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, *, remote_poll_seconds: float | None = None) -> None:
+        """``remote_poll_seconds``: set when other servers append to the store too (see the
+        module's docstring); ``None`` for a server that owns every job it serves."""
         self._store = store
         self._channels: dict[str, _JobChannel] = {}
         self._opening: dict[str, asyncio.Lock] = {}
+        self._remote_poll = remote_poll_seconds
+        self._wakers: set[asyncio.Task[Any]] = set()
 
     @property
     def open_channels(self) -> int:
@@ -116,9 +141,60 @@ class EventHub:
 
     def _maybe_release(self, job_id: str, channel: _JobChannel) -> None:
         # Finished jobs without subscribers are served from the store; live jobs keep their
-        # channel so the next append does not have to look up the last seq again.
-        if channel.finished and channel.subscribers == 0 and self._channels.get(job_id) is channel:
+        # channel so the next append does not have to look up the last seq again. A remote
+        # job's channel only serves its subscribers.
+        if (
+            (channel.finished or not channel.local)
+            and channel.subscribers == 0
+            and self._channels.get(job_id) is channel
+        ):
             del self._channels[job_id]
+
+    def remote_events(self, job_id: str, last_seq: int, terminal: bool) -> None:
+        """Another server stored the job's events up to ``last_seq`` (``terminal``: the last
+        of them ends the job): wake this server's subscribers of the job."""
+        channel = self._channels.get(job_id)
+        if channel is None or channel.local or last_seq <= channel.last_seq:
+            return
+        channel.last_seq = last_seq
+        channel.finished = channel.finished or terminal
+        task = asyncio.get_running_loop().create_task(self._wake(channel))
+        self._wakers.add(task)
+        task.add_done_callback(self._wakers.discard)
+
+    def refresh_remote(self) -> None:
+        """Look again at every followed remote job (notifications may have been lost)."""
+        for job_id, channel in list(self._channels.items()):
+            if not channel.local:
+                task = asyncio.get_running_loop().create_task(self._refresh(job_id, channel))
+                self._wakers.add(task)
+                task.add_done_callback(self._wakers.discard)
+
+    async def _refresh(self, job_id: str, channel: _JobChannel) -> bool:
+        """Read a remote job's progress from the store; True when there is news."""
+        job = await self._store.get_job(job_id)
+        if job is None or channel.local or job.last_seq <= channel.last_seq:
+            return False
+        channel.last_seq = job.last_seq
+        channel.finished = channel.finished or job.state.is_terminal
+        await self._wake(channel)
+        return True
+
+    @staticmethod
+    async def _wake(channel: _JobChannel) -> None:
+        async with channel.cond:
+            channel.cond.notify_all()
+
+    async def adopt(self, job_id: str) -> None:
+        """This server takes the job over from another: its next appends continue after the
+        newest stored event, whatever this server saw of the job before."""
+        channel = await self._channel(job_id)
+        async with channel.lock:
+            last = await self._store.last_event(job_id)
+            channel.last_seq = 0 if last is None else last.seq
+            channel.finished = last is not None and last.is_terminal
+            channel.tail.clear()
+            channel.local = True
 
     async def append(
         self,
@@ -154,6 +230,7 @@ class EventHub:
             if job_update is not None:
                 job_update = job_update.evolve(last_seq=channel.last_seq + len(stored))
             await self._store.append_events(stored, job_update)
+            channel.local = True
             if stored:
                 channel.tail.extend(stored)
                 channel.last_seq = stored[-1].seq
@@ -214,17 +291,46 @@ class EventHub:
                 def _has_news(seen: int = cursor) -> bool:
                     return channel.last_seq > seen or channel.finished
 
-                async with channel.cond:
-                    try:
-                        await asyncio.wait_for(
-                            channel.cond.wait_for(_has_news),
-                            timeout=keepalive_seconds,
-                        )
-                    except TimeoutError:
-                        pass
-                    else:
-                        continue
+                if await self._wait(job_id, channel, _has_news, keepalive_seconds):
+                    continue
                 yield KEEPALIVE
         finally:
             channel.subscribers -= 1
             self._maybe_release(job_id, channel)
+
+    async def _wait(
+        self,
+        job_id: str,
+        channel: _JobChannel,
+        has_news: Callable[[], bool],
+        keepalive_seconds: float | None,
+    ) -> bool:
+        """Until the channel has news (True) or ``keepalive_seconds`` pass without (False).
+
+        A remote channel also looks at the store every ``remote_poll_seconds`` meanwhile.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if keepalive_seconds is None else loop.time() + keepalive_seconds
+        while True:
+            remote = self._remote_poll is not None and not channel.local
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            if remote:
+                assert self._remote_poll is not None
+                timeout = self._remote_poll if timeout is None else min(timeout, self._remote_poll)
+            async with channel.cond:
+                try:
+                    await asyncio.wait_for(channel.cond.wait_for(has_news), timeout=timeout)
+                except TimeoutError:
+                    pass
+                else:
+                    return True
+            if remote:
+                assert self._remote_poll is not None
+                if loop.time() - channel.checked_at >= self._remote_poll / 2:
+                    channel.checked_at = loop.time()
+                    if await self._refresh(job_id, channel):
+                        return True
+                if has_news():
+                    return True
+            if deadline is not None and loop.time() >= deadline:
+                return False

@@ -12,6 +12,15 @@ Restart policy (``recover``): jobs left RUNNING by a previous server process are
 "server stopped while the job was running" (their action may have had side effects, so it is
 not run twice); jobs left PENDING never started plugin code and are queued again.
 
+Several servers on one database (a ``server_id``): a job belongs to the server it was
+submitted to, which alone runs it and appends its events; every server answers for every job
+from the store. A restart recovers only this server's own jobs (the same policy); the jobs of
+a server whose lease expired are taken over by a survivor (:meth:`adopt`, driven by
+``_cluster.JobCluster``) with the same policy, naming that server. A cancellation asked on
+another server is stored for the owner, which acts on it (:meth:`cancel_requested_elsewhere`).
+A server that finds a job taken over from it (its lease expired while it could not reach the
+database) stops the job's worker and forgets it (:class:`JobOwnershipLostError`).
+
 Shutdown policy (``close``): jobs not yet RUNNING stay PENDING (their launches are withdrawn)
 and run after the next start; RUNNING jobs get the shutdown grace period to finish and keep
 whatever outcome they reach in it, and those still running then are FAILED with a reason that
@@ -40,6 +49,7 @@ from synapse_server.core._errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     JobNotFoundError,
+    JobOwnershipLostError,
     PermissionDeniedError,
     ServiceUnavailableError,
     StorageError,
@@ -59,7 +69,7 @@ from synapse_server.core._models import (
     Keepalive,
 )
 from synapse_server.core._storage import as_storage_error
-from synapse_server.core._store import JobStore
+from synapse_server.core._store import ClaimedJob, JobStore
 
 __all__ = [
     "JobService",
@@ -73,6 +83,13 @@ logger = logging.getLogger(__name__)
 
 MAX_REQUEST_ID_LENGTH = 128
 SERVER_STOPPED_REASON = "server stopped while the job was running"
+
+
+def server_lost_reason(server_id: str) -> str:
+    """Why a job failed that another server was running when that server stopped."""
+    return f"server {server_id} stopped while the job was running"
+
+
 # A terminal state the store refused (full disk, I/O error) is retried after these delays,
 # doubling from the first to the last, until it is stored.
 STORE_RETRY_FIRST_SECONDS = 0.2
@@ -145,6 +162,8 @@ class _ActiveJob:
     # The storage failure of the job's latest append, if it failed (cleared by a success):
     # a worker that then gives up is failed with it as the reason.
     storage_error: StorageError | None = None
+    # Another server took the job over: nothing more is stored for it here.
+    lost: bool = False
 
 
 class JobService:
@@ -161,7 +180,10 @@ class JobService:
         cancel_grace_seconds: float = 5.0,
         max_concurrent_jobs: int = 4,
         inline_result_limit: int = 1 << 20,
+        server_id: str = "",
     ) -> None:
+        """``server_id``: this server's id when several servers share the store (``""``: the
+        only server, which owns every job)."""
         if not executors:
             raise ValueError("at least one executor is needed")
         self._store = store
@@ -172,6 +194,7 @@ class JobService:
         self._grace = cancel_grace_seconds
         self._slots = asyncio.Semaphore(max_concurrent_jobs)
         self._inline_limit = inline_result_limit
+        self._server_id = server_id
         self._active: dict[str, _ActiveJob] = {}
         self._closing = False
         # Set on close: held terminal states get one last immediate attempt.
@@ -251,6 +274,7 @@ class JobService:
             mode=mode,
             request_id=request_id or None,
             pending_reason=pending_reason,
+            owner=self._server_id,
         )
         executor = self._executors[mode]
         if isinstance(executor, SchedulingExecutor):
@@ -357,9 +381,14 @@ class JobService:
         """Ask the job to stop; a finished job is returned unchanged."""
         job = await self.get(tenant, job_id)
         active = self._active.get(job_id)
+        reason = reason or "cancelled by the user"
+        if active is None and self._server_id and not job.state.is_terminal:
+            # Another server runs it: the request is stored for that server to act on.
+            requested = await self._store.request_cancel(job_id, reason)
+            logger.info("job %s: cancel requested for its owner %s", job_id, job.owner)
+            return requested or job
         if job.state.is_terminal or active is None:
             return job
-        reason = reason or "cancelled by the user"
         async with active.lock:
             if active.job.state.is_terminal:
                 return active.job
@@ -379,6 +408,82 @@ class JobService:
                 active.killer = asyncio.create_task(self._kill_after_grace(active))
                 logger.info("job %s: cancel requested", job_id)
             return active.job
+
+    async def cancel_requested_elsewhere(self, job_id: str, reason: str) -> None:
+        """Act on a cancellation another server stored for a job of this one."""
+        active = self._active.get(job_id)
+        if active is None or active.job.state.is_terminal or active.cancel_reason:
+            return
+        try:
+            await self.cancel(None, job_id, reason)
+        except (JobNotFoundError, StorageError) as exc:
+            # Asked again at the next heartbeat while the request is stored.
+            logger.warning("job %s: cancel request not handled yet: %s", job_id, exc)
+
+    async def adopt(self, claimed: ClaimedJob) -> None:
+        """Take over a job claimed from a server that stopped (or this server's previous
+        process): a RUNNING job fails, naming that server; a PENDING one runs here (or is
+        cancelled, when that was asked for)."""
+        job, previous = claimed.job, claimed.previous_owner
+        await self._hub.adopt(job.id)
+        job = job.evolve(last_seq=await self._hub.last_seq(job.id))
+        active = _ActiveJob(job=job)
+        if job.state is JobState.RUNNING:
+            restarted = previous == self._server_id
+            reason = SERVER_STOPPED_REASON if restarted else server_lost_reason(previous)
+            await self._finish(
+                active,
+                JobState.FAILED,
+                error=JobError(
+                    type="ServerRestarted" if restarted else "ServerLost",
+                    message=reason,
+                    origin=ErrorOrigin.PLATFORM,
+                ),
+                reason=reason,
+            )
+            logger.warning("job %s: marked FAILED: %s", job.id, reason)
+            return
+        if job.cancel_requested:
+            await self._finish(
+                active, JobState.CANCELLED, reason=claimed.cancel_reason or "cancelled by the user"
+            )
+            return
+        if self._closing:
+            # Left PENDING: once this server has given its lease up, another one takes it.
+            logger.info("job %s: not taken over while shutting down", job.id)
+            return
+        if job.mode not in self._executors:
+            await self._finish(
+                active,
+                JobState.FAILED,
+                error=JobError(
+                    type="ExecutorUnavailable",
+                    message=f"no executor for mode {job.mode!r} on the server that took it over",
+                    origin=ErrorOrigin.PLATFORM,
+                ),
+            )
+            return
+        self._active[job.id] = active
+        active.task = asyncio.create_task(self._run(active), name=f"job-{job.id}")
+        logger.info("job %s: taken over from server %s; queued", job.id, previous or "(none)")
+
+    def _lose(self, active: _ActiveJob) -> None:
+        """Another server took the job over: stop its worker here and forget it."""
+        if active.lost:
+            return
+        active.lost = True
+        job_id = active.job.id
+        logger.warning("job %s: now run by another server; stopping its worker here", job_id)
+        if self._active.get(job_id) is active:
+            del self._active[job_id]
+        self._credentials.revoke(job_id)
+        active.cancel.set()
+        executor = self._executors.get(active.job.mode)
+        if executor is not None:
+            task = asyncio.get_running_loop().create_task(executor.kill(job_id))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if active.task is not None and active.task is not asyncio.current_task():
+            active.task.cancel()
 
     async def set_pending_reason(self, job_id: str, reason: str) -> bool:
         """Record why a launched job still waits; False once it is no longer PENDING."""
@@ -516,6 +621,9 @@ class JobService:
         except StorageError as exc:
             active.storage_error = exc
             raise
+        except JobOwnershipLostError:
+            self._lose(active)
+            raise
         active.storage_error = None
         last_seq = stored[-1].seq if stored else active.job.last_seq
         active.job = (job or active.job).evolve(last_seq=last_seq)
@@ -595,6 +703,8 @@ class JobService:
             await self._append(active, events, job)
         except StorageError as exc:
             self._keep_unstored(active, events, job, exc)
+        except JobOwnershipLostError:
+            return  # the server that took it over decides how it ends
         # The job has ended: its worker credential stops working now, not when the worker
         # process is gone (a process it started may outlive it), and whether or not the
         # outcome could be stored yet.
@@ -837,7 +947,18 @@ class JobService:
     # Lifecycle ------------------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Fail jobs a previous process left RUNNING and queue again those left PENDING."""
+        """Fail jobs a previous process left RUNNING and queue again those left PENDING.
+
+        With a ``server_id``: only the jobs of this server's previous process (the others'
+        are theirs, or taken over once their lease expires).
+        """
+        if self._server_id:
+            claimed = await self._store.claim_jobs(
+                self._server_id, previous_owner=self._server_id, limit=1_000_000
+            )
+            for claim in claimed:
+                await self.adopt(claim)
+            return
         for job in await self._store.jobs_in_states([JobState.RUNNING]):
             active = _ActiveJob(job=job)
             await self._finish(

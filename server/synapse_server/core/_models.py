@@ -177,6 +177,9 @@ class Job:
     # Size in bytes of the result's JSON text once SUCCEEDED: known without the text, which
     # jobs read from the store do not carry.
     result_size: int = 0
+    # The server that runs the job when several share one database ("" for a single server):
+    # only it appends the job's events (see JobStore.append_events).
+    owner: str = ""
 
     @property
     def params(self) -> dict[str, Any]:

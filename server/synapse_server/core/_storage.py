@@ -85,15 +85,16 @@ class StorageGuard:
     """Runs one store's storage calls: translates failures, logs them (throttled) and the
     recovery.
 
-    ``name`` says what is stored (``job store``), ``path`` where; both go to the server log
-    only, never to callers. ``translate`` classifies failures (file system errors by
-    default; a database store passes its driver's translator).
+    ``name`` says what is stored (``job store``), ``path`` where (a file, or a database
+    server's address without credentials); both go to the server log only, never to callers.
+    ``translate`` classifies failures (file system errors by default; a database store passes
+    its driver's translator).
     """
 
     def __init__(
         self,
         name: str,
-        path: Path,
+        path: Path | str,
         *,
         directory: Path | None = None,
         translate: StorageTranslator = as_storage_error,
@@ -101,8 +102,11 @@ class StorageGuard:
         self._name = name
         self._path = path
         self._translate = translate
-        # Where free space is measured: the file's directory unless told otherwise.
-        self._directory = path.parent if directory is None else directory
+        # Where free space is measured: the file's directory unless told otherwise (none for
+        # a database on another server).
+        if directory is None and isinstance(path, Path):
+            directory = path.parent
+        self._directory = directory
         self._lock = threading.Lock()
         self._failing = False
         self._last_log = 0.0

@@ -1,9 +1,10 @@
 """The stores a server uses, chosen by its database URL (the ``database_url`` setting).
 
 ``sqlite:///<path>`` (the default: ``<data dir>/synapse.db``) is the embedded SQLite file; a
-relative path is taken from the working directory, as ``--data-dir`` is. A URL of another
-scheme is a settings error that names the scheme, never the rest of the URL (it may carry a
-password).
+relative path is taken from the working directory, as ``--data-dir`` is: one server per
+database. ``postgresql://...`` (or ``postgres://``) is a PostgreSQL database that several
+servers share. A URL of another scheme is a settings error that names the scheme, never the
+rest of the URL (it may carry a password).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from synapse_server.core import JobStore
+from synapse_server.core import JobStore, StoreNotifications
 from synapse_server.core.deployments import DeploymentStore
 from synapse_server.core.models import ModelStore
 from synapse_server.settings import SettingsError
+from synapse_server.stores._postgres import POSTGRES_SCHEMES, PostgresOptions
 from synapse_server.stores._sqlite_database import SqliteDatabase
 from synapse_server.stores._sqlite_deployments import SqliteDeploymentStore
 from synapse_server.stores._sqlite_jobs import SqliteJobStore
@@ -27,17 +29,23 @@ __all__ = ["SUPPORTED_SCHEMES", "Stores", "open_stores", "sqlite_database_path",
 logger = logging.getLogger(__name__)
 
 #: The URL schemes :func:`open_stores` knows.
-SUPPORTED_SCHEMES = ("sqlite",)
+SUPPORTED_SCHEMES = ("sqlite", *POSTGRES_SCHEMES)
 _SQLITE_PREFIX = "sqlite:///"
 
 
 @dataclass(frozen=True)
 class Stores:
-    """The server's stores, one per aggregate, all on one database."""
+    """The server's stores, one per aggregate, all on one database.
+
+    ``shared``: several servers may use the database at once (PostgreSQL), so jobs are owned
+    by leases; ``notifications`` tells a server what the others store (``None`` for SQLite).
+    """
 
     jobs: JobStore
     models: ModelStore
     deployments: DeploymentStore
+    shared: bool = False
+    notifications: StoreNotifications | None = None
 
     async def close(self) -> None:
         """Close every store (each is closed even when another fails to)."""
@@ -67,7 +75,7 @@ def _scheme(url: str) -> str:
 
 
 def sqlite_database_path(url: str) -> Path | None:
-    """The file a ``sqlite:///`` URL names; ``None`` for a URL of another supported scheme.
+    """The file a ``sqlite:///`` URL names; ``None`` for a PostgreSQL URL.
 
     Raises :class:`SettingsError` for a URL that is not one or whose scheme is unsupported.
     """
@@ -77,6 +85,9 @@ def sqlite_database_path(url: str) -> Path | None:
             f"database_url: unsupported scheme {scheme[:20]!r} (supported: "
             f"{', '.join(SUPPORTED_SCHEMES)})"
         )
+    if scheme in POSTGRES_SCHEMES:
+        _check_postgres_url(url)
+        return None
     if not url.lower().startswith(_SQLITE_PREFIX) or len(url) == len(_SQLITE_PREFIX):
         raise SettingsError(
             "database_url: a SQLite URL names its file after three slashes: "
@@ -91,14 +102,35 @@ def sqlite_database_path(url: str) -> Path | None:
     return Path(path)
 
 
-async def open_stores(url: str) -> Stores:
+def _check_postgres_url(url: str) -> None:
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise SettingsError(
+            "database_url: a PostgreSQL database needs the postgres extra "
+            "(pip install 'synapse-platform[postgres]')"
+        ) from None
+    try:
+        conninfo_to_dict(url)
+    except Exception:
+        # The driver's message may quote the URL, password included.
+        raise SettingsError(
+            "database_url: not a valid PostgreSQL URL (postgresql://user:password@host:port/db)"
+        ) from None
+
+
+async def open_stores(url: str, postgres: PostgresOptions | None = None) -> Stores:
     """Open the stores for the database at ``url`` (schema created or migrated first).
 
+    ``postgres``: pool size and time limits of a PostgreSQL database.
+
     Raises :class:`SettingsError` for an unusable URL, ``StoreSchemaError`` for a database a
-    newer release wrote, ``StorageError`` when the storage fails.
+    newer release wrote, ``StorageError`` when the storage fails (a database that cannot be
+    reached: ``StorageUnavailableError`` naming it, without credentials).
     """
     path = sqlite_database_path(url)
-    assert path is not None  # the only scheme so far
+    if path is None:
+        return await _open_postgres(url, postgres)
     # One database, shared: one writer and one reader thread for the file (see SqliteDatabase).
     database = SqliteDatabase(path)
     jobs, models, deployments = (
@@ -118,3 +150,36 @@ async def open_stores(url: str) -> Stores:
         raise
     logger.info("stores opened on %s", path)
     return Stores(jobs=jobs, models=models, deployments=deployments)
+
+
+async def _open_postgres(url: str, options: PostgresOptions | None) -> Stores:
+    from synapse_server.stores._postgres import PostgresDatabase
+    from synapse_server.stores._postgres_deployments import PostgresDeploymentStore
+    from synapse_server.stores._postgres_jobs import PostgresJobStore
+    from synapse_server.stores._postgres_models import PostgresModelStore
+    from synapse_server.stores._postgres_notify import PostgresNotifications
+
+    database = PostgresDatabase(url, options)
+    stores = (
+        PostgresJobStore(database),
+        PostgresModelStore(database),
+        PostgresDeploymentStore(database),
+    )
+    opened: list[PostgresJobStore | PostgresModelStore | PostgresDeploymentStore] = []
+    try:
+        for store in stores:
+            await store.open()
+            opened.append(store)
+    except BaseException:
+        for store in reversed(opened):
+            with contextlib.suppress(Exception):
+                await store.close()
+        raise
+    logger.info("stores opened on %s", database.display)
+    return Stores(
+        jobs=stores[0],
+        models=stores[1],
+        deployments=stores[2],
+        shared=True,
+        notifications=PostgresNotifications(database),
+    )

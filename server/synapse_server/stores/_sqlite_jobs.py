@@ -10,6 +10,7 @@ replays do not stall writes. The tables are created by the schema migrations
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,15 +18,18 @@ from typing import Any, TypeVar
 from synapse_sdk.jsonutil import dump_json_checked, load_json
 
 from synapse_server.core import (
+    ClaimedJob,
     EventKind,
     InvalidArgumentError,
     Job,
     JobError,
     JobEvent,
     JobFilter,
+    JobOwnershipLostError,
     JobPage,
     JobState,
     RequestIdConflictError,
+    ServerRecord,
 )
 from synapse_server.core._paging import decode_page_token, encode_page_token
 from synapse_server.stores._sqlite import transaction
@@ -38,8 +42,10 @@ T = TypeVar("T")
 _JOB_COLUMNS = (
     "id, tenant, plugin, action, mode, params, state, request_id, created_at, started_at, "
     "finished_at, result, error, reason, progress, plugin_version, last_seq, pending_reason, "
-    "cancel_requested, result_size, plugin_sha256, warnings"
+    "cancel_requested, result_size, plugin_sha256, warnings, owner_server_id"
 )
+_UNFINISHED = tuple(sorted(s.value for s in JobState if not s.is_terminal))
+_IN_UNFINISHED = f"({','.join('?' * len(_UNFINISHED))})"
 # Params live in their own table: SQLite rewrites a whole row on every UPDATE, and a job's
 # row is updated with each batch of events (progress, last_seq), so megabytes of params in it
 # were rewritten (and appended to the WAL) hundreds of times per job (measured: ~10 ms per
@@ -99,6 +105,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         result_size,
         plugin_sha256,
         warnings,
+        owner,
     ) = row
     return Job(
         id=id_,
@@ -126,6 +133,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         pending_reason=pending_reason,
         cancel_requested=bool(cancel_requested),
         warnings=tuple(load_json(warnings)) if warnings != "[]" else (),
+        owner=owner,
     )
 
 
@@ -348,14 +356,144 @@ class SqliteJobStore:
                 conn.executemany(
                     "INSERT INTO job_events (job_id, seq, kind, ts, data) VALUES (?,?,?,?,?)", rows
                 )
-                if job is not None:
-                    _update(conn, job)
+                if job is not None and not _update(conn, job):
+                    # Rolled back with the events: another server runs the job now.
+                    raise JobOwnershipLostError(job.id)
 
         await self._write(_append)
 
     async def update_job(self, job: Job) -> None:
         """Persist ``job``'s state, timestamps, outcome and progress."""
         await self._write(lambda conn: _update(conn, job))
+
+    # Several servers on one database (see JobStore) -------------------------------------------
+
+    async def register_server(
+        self, server_id: str, address: str, host: str, lease_seconds: float
+    ) -> None:
+        """Record the server with a fresh lease."""
+
+        def _register(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.execute(
+                "INSERT INTO servers (id, address, host, started_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET address=excluded.address, "
+                "host=excluded.host, started_at=excluded.started_at, "
+                "expires_at=excluded.expires_at",
+                (server_id, address, host, now, now + lease_seconds),
+            )
+
+        await self._write(_register)
+
+    async def renew_server(self, server_id: str, lease_seconds: float) -> list[tuple[str, str]]:
+        """Extend the lease; the server's unfinished jobs with a cancel request."""
+
+        def _renew(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            conn.execute(
+                "UPDATE servers SET expires_at=? WHERE id=?",
+                (time.time() + lease_seconds, server_id),
+            )
+            rows = conn.execute(
+                "SELECT id, cancel_reason FROM jobs WHERE owner_server_id=? AND "
+                f"cancel_requested=1 AND state IN {_IN_UNFINISHED}",
+                (server_id, *_UNFINISHED),
+            ).fetchall()
+            return [(str(r[0]), str(r[1])) for r in rows]
+
+        return await self._write(_renew)
+
+    async def release_server(self, server_id: str) -> None:
+        """End the lease now."""
+        await self._write(
+            lambda c: c.execute(
+                # 0: given up (not merely expired), see claim_jobs(released_only=True).
+                "UPDATE servers SET expires_at=0 WHERE id=?",
+                (server_id,),
+            )
+        )
+
+    async def live_servers(self) -> list[ServerRecord]:
+        """Servers whose lease holds."""
+
+        def _live(conn: sqlite3.Connection) -> list[ServerRecord]:
+            rows = conn.execute(
+                "SELECT id, address, host, started_at, expires_at FROM servers "
+                "WHERE expires_at > ? ORDER BY started_at",
+                (time.time(),),
+            ).fetchall()
+            return [ServerRecord(*row) for row in rows]
+
+        return await self._read(_live)
+
+    async def claim_jobs(
+        self,
+        server_id: str,
+        *,
+        previous_owner: str | None = None,
+        released_only: bool = False,
+        limit: int = 100,
+    ) -> list[ClaimedJob]:
+        """Take over the unfinished jobs of ``previous_owner``, or of expired (or released)
+        servers."""
+
+        def _claim(conn: sqlite3.Connection) -> list[ClaimedJob]:
+            # The write lock from the start: one claimer at a time sees and takes a job.
+            with transaction(conn, immediate=True):
+                args: list[Any]
+                if previous_owner is not None:
+                    which, args = "j.owner_server_id = ?", [previous_owner]
+                elif released_only:
+                    which = (
+                        "j.owner_server_id != ? AND EXISTS (SELECT 1 FROM servers s "
+                        "WHERE s.id = j.owner_server_id AND s.expires_at = 0)"
+                    )
+                    args = [server_id]
+                else:
+                    which = (
+                        "j.owner_server_id != ? AND NOT EXISTS (SELECT 1 FROM servers s "
+                        "WHERE s.id = j.owner_server_id AND s.expires_at > ?)"
+                    )
+                    args = [server_id, time.time()]
+                rows = conn.execute(
+                    f"{_SELECT_JOB} WHERE j.state IN {_IN_UNFINISHED} AND {which} "
+                    "ORDER BY j.ord LIMIT ?",
+                    (*_UNFINISHED, *args, limit),
+                ).fetchall()
+                claimed = [_row_to_job(row) for row in rows]
+                reasons = {
+                    job.id: str(
+                        conn.execute(
+                            "SELECT cancel_reason FROM jobs WHERE id=?", (job.id,)
+                        ).fetchone()[0]
+                    )
+                    for job in claimed
+                    if job.cancel_requested
+                }
+                conn.executemany(
+                    "UPDATE jobs SET owner_server_id=? WHERE id=?",
+                    [(server_id, job.id) for job in claimed],
+                )
+            return [
+                ClaimedJob(job.evolve(owner=server_id), job.owner, reasons.get(job.id, ""))
+                for job in claimed
+            ]
+
+        return await self._write(_claim)
+
+    async def request_cancel(self, job_id: str, reason: str) -> Job | None:
+        """Record a cancel request for the unfinished job (the first reason stays)."""
+
+        def _request(conn: sqlite3.Connection) -> Job | None:
+            conn.execute(
+                "UPDATE jobs SET cancel_reason=CASE WHEN cancel_requested=1 THEN cancel_reason "
+                f"ELSE ? END, cancel_requested=1 WHERE id=? AND state IN {_IN_UNFINISHED}",
+                (reason, job_id, *_UNFINISHED),
+            )
+            row = conn.execute(f"SELECT {_SUMMARY_FIELDS} FROM jobs j WHERE j.id=?", (job_id,))
+            found = row.fetchone()
+            return None if found is None else _row_to_job(found)
+
+        return await self._write(_request)
 
     async def list_events(self, job_id: str, after_seq: int, limit: int) -> list[JobEvent]:
         """Events with ``seq > after_seq`` in order, at most ``limit``."""
@@ -408,15 +546,19 @@ def _job_values(job: Job) -> tuple[Any, ...]:
         job.result_size,
         job.plugin_sha256,
         _dump(list(job.warnings)),
+        job.owner,
     )
 
 
-def _update(conn: sqlite3.Connection, job: Job) -> None:
-    conn.execute(
-        # A job read without its result text (a summary) leaves the stored text as it is.
+def _update(conn: sqlite3.Connection, job: Job) -> bool:
+    """Write the job's mutable fields; False when it has an owner that no longer owns it."""
+    cursor = conn.execute(
+        # A job read without its result text (a summary) leaves the stored text as it is; a
+        # cancel request stored by another server stays until the owner has seen it.
         "UPDATE jobs SET state=?, started_at=?, finished_at=?, result=COALESCE(?, result), "
-        "error=?, reason=?, progress=?, last_seq=?, pending_reason=?, cancel_requested=?, "
-        "result_size=? WHERE id=?",
+        "error=?, reason=?, progress=?, last_seq=?, pending_reason=?, "
+        "cancel_requested=MAX(cancel_requested, ?), result_size=? "
+        "WHERE id=? AND (?='' OR owner_server_id=?)",
         (
             job.state.value,
             job.started_at,
@@ -430,5 +572,8 @@ def _update(conn: sqlite3.Connection, job: Job) -> None:
             int(job.cancel_requested),
             job.result_size,
             job.id,
+            job.owner,
+            job.owner,
         ),
     )
+    return cursor.rowcount > 0 or not job.owner

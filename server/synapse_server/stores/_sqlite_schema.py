@@ -152,6 +152,28 @@ def _job_warnings(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]'")
 
 
+#: The statements of the job ownership migration; the PostgreSQL schema has the same columns.
+_LEASES = (
+    # The server that runs each unfinished job ("" before servers shared a database).
+    "ALTER TABLE jobs ADD COLUMN owner_server_id TEXT NOT NULL DEFAULT ''",
+    # Why a cancellation asked on another server than the job's owner was asked.
+    "ALTER TABLE jobs ADD COLUMN cancel_reason TEXT NOT NULL DEFAULT ''",
+    "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner_server_id, state)",
+    """CREATE TABLE IF NOT EXISTS servers (
+    id          TEXT PRIMARY KEY,
+    address     TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    started_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL
+)""",
+)
+
+
+def _job_leases(conn: sqlite3.Connection) -> None:
+    for statement in _LEASES:
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[Migration[sqlite3.Connection], ...] = checked_migrations(
     [
         Migration(1, "jobs, events, models and serve applications", _initial),
@@ -159,6 +181,7 @@ MIGRATIONS: tuple[Migration[sqlite3.Connection], ...] = checked_migrations(
         Migration(3, "jobs.plugin_sha256", _plugin_digests),
         Migration(4, "one live owner per serve application name", _one_owner_per_name),
         Migration(5, "jobs.warnings", _job_warnings),
+        Migration(6, "job owners, server leases and cancel requests", _job_leases),
     ]
 )
 

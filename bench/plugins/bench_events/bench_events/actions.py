@@ -16,6 +16,8 @@ class EmitParams(BaseModel):
     payload_bytes: int = Field(default=64, ge=0, le=65536)
     #: Pause after the first progress event so subscribers can attach before the burst.
     pause_s: float = Field(default=0.0, ge=0, le=60)
+    #: Pause between log events (0: back to back), to time single events rather than bursts.
+    interval_s: float = Field(default=0.0, ge=0, le=10)
 
 
 class EmitEventsAction(BaseAction[EmitParams]):
@@ -30,5 +32,7 @@ class EmitEventsAction(BaseAction[EmitParams]):
         filler = "x" * self.params.payload_bytes
         for i in range(self.params.count):
             self.log("tick", {"i": i, "pad": filler})
+            if self.params.interval_s:
+                time.sleep(self.params.interval_s)
         self.set_progress(1, 1, "emit")
         return {"emitted": self.params.count}

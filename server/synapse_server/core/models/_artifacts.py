@@ -85,13 +85,17 @@ class PendingArtifact:
 
 
 class ArtifactStore:
-    """Artifact files under ``root``, named by their sha256."""
+    """Artifact files under ``root``, named by their sha256.
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    ``uploader``: set when several servers share ``root`` (each names itself): a server's
+    uploads in progress live in a temporary directory of its own, which only it cleans up.
+    """
+
+    def __init__(self, root: Path, max_bytes: int, *, uploader: str = "") -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.blob_dir = root / "sha256"
-        self.tmp_dir = root / "tmp"
+        self.tmp_dir = root / "tmp" / uploader if uploader else root / "tmp"
         # A full disk or an I/O error while writing leaves as a StorageError (see _storage).
         self.guard = StorageGuard("artifact store", root, directory=root)
 
@@ -101,6 +105,8 @@ class ArtifactStore:
             self.blob_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.tmp_dir.iterdir():
+            if stale.is_dir():  # another server's uploads (shared root)
+                continue
             logger.info("removing interrupted upload %s", stale.name)
             stale.unlink(missing_ok=True)
 
@@ -160,8 +166,10 @@ class ArtifactStore:
         path.unlink(missing_ok=True)
         logger.info("removed artifact %s", sha256)
 
-    def stored(self) -> Iterable[str]:
-        """Checksums of every stored artifact (for orphan cleanup)."""
+    def stored(self, older_than: float | None = None) -> Iterable[str]:
+        """Checksums of every stored artifact (for orphan cleanup); with ``older_than`` (a
+        time), only those moved into place before it (``commit`` renames: the inode's change
+        time is the commit's)."""
         for path in self.blob_dir.glob("*/*"):
-            if path.is_file():
+            if path.is_file() and (older_than is None or path.stat().st_ctime < older_than):
                 yield path.name

@@ -34,6 +34,9 @@ __all__ = ["ModelRegistryLimits", "ModelRegistryService", "ModelUsageCheck"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+# With a shared artifacts directory, uploads of other servers may sit committed but not yet
+# referenced for as long as their row insert takes: far less than this.
+_SHARED_ORPHAN_GRACE_SECONDS = 3600.0
 MAX_CHUNK_SIZE = 4 * 1024 * 1024
 _MAX_NAME = 256
 
@@ -88,9 +91,14 @@ class ModelRegistryService:
         artifacts: ArtifactStore,
         limits: ModelRegistryLimits | None = None,
         usage_check: ModelUsageCheck | None = None,
+        *,
+        orphan_grace_seconds: float = 0.0,
     ) -> None:
+        """``orphan_grace_seconds``: an unreferenced artifact younger than this is kept at
+        :meth:`open` (another server sharing the directory may be about to insert its row)."""
         self._store = store
         self._artifacts = artifacts
+        self._orphan_grace = orphan_grace_seconds
         self._limits = limits or ModelRegistryLimits()
         self._usage_check = usage_check
         self._refs_lock = asyncio.Lock()
@@ -102,12 +110,18 @@ class ModelRegistryService:
         data_dir: Path,
         limits: ModelRegistryLimits | None = None,
         usage_check: ModelUsageCheck | None = None,
+        *,
+        shared_by: str = "",
     ) -> ModelRegistryService:
-        """The registry with artifacts under ``<data_dir>/models``."""
+        """The registry with artifacts under ``<data_dir>/models``.
+
+        ``shared_by``: this server's id when several servers share the directory (uploads in
+        progress kept apart, young unreferenced artifacts left alone at start).
+        """
         lim = limits or ModelRegistryLimits()
-        return cls(
-            store, ArtifactStore(data_dir / "models", lim.max_archive_bytes), lim, usage_check
-        )
+        artifacts = ArtifactStore(data_dir / "models", lim.max_archive_bytes, uploader=shared_by)
+        grace = _SHARED_ORPHAN_GRACE_SECONDS if shared_by else 0.0
+        return cls(store, artifacts, lim, usage_check, orphan_grace_seconds=grace)
 
     @property
     def limits(self) -> ModelRegistryLimits:
@@ -117,8 +131,11 @@ class ModelRegistryService:
     async def open(self) -> None:
         """Prepare directories and drop artifacts no model references (an interrupted upload)."""
         await asyncio.to_thread(self._artifacts.open)
+        # Listed before the references are read: an artifact committed after the listing
+        # cannot be taken for an orphan.
+        older_than = time.time() - self._orphan_grace if self._orphan_grace else None
+        stored = await asyncio.to_thread(lambda: set(self._artifacts.stored(older_than)))
         referenced = await self._store.all_checksums()
-        stored = await asyncio.to_thread(lambda: set(self._artifacts.stored()))
         for orphan in stored - referenced:
             logger.info("removing unreferenced artifact %s", orphan)
             await asyncio.to_thread(self._artifacts.remove, orphan)
