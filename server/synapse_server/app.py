@@ -202,6 +202,7 @@ class SynapseServer:
                     catalog,
                     root_certificates=roots,
                     environment=serve_environment,
+                    memory_limit_mb=s.worker_memory_limit_mb,
                 ),
                 RayJobExecutor(
                     self._ray,
@@ -209,6 +210,7 @@ class SynapseServer:
                     catalog,
                     root_certificates=roots,
                     environment=serve_environment,
+                    memory_limit_mb=s.worker_memory_limit_mb,
                 ),
             ):
                 executors[ray_executor.mode] = ray_executor
