@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,28 @@ def test_cancel_leaves_no_worker_process_behind(platform: PlatformServer, mode: 
     wait_for(lambda: _process_start(worker) is None, 60, "the cancelled job's worker to end")
     if mode == "task":
         assert _process_start(parent) == parent_start, "the Ray worker process was lost"
+
+
+@pytest.mark.parametrize("mode", ["task", "job"])
+def test_a_ray_worker_killed_from_outside_takes_its_job_worker_along(
+    platform: PlatformServer, mode: str
+) -> None:
+    """The Ray worker process SIGKILLed (as the kernel's OOM killer would): the job fails with
+    what Ray reports, and the worker it supervised does not run on without it."""
+    import signal
+
+    job = run_action(platform, "stubborn", {"resources": {"node_b": 0.1}}, mode=mode)
+    started = _first_log(platform, job.id, "started")
+    worker, parent = int(started["pid"]), int(started["parent_pid"])
+    assert _is_ray_worker(parent)
+    os.kill(parent, signal.SIGKILL)
+    terminal = events(platform, job.id)[-1].terminal
+    assert terminal.state == job_pb2.JOB_STATE_FAILED
+    assert terminal.error.type == "WorkerCrashed"
+    assert terminal.error.message.startswith("the Ray worker process died unexpectedly"), (
+        terminal.error.message
+    )
+    wait_for(lambda: _process_start(worker) is None, 60, "the orphaned worker to end")
 
 
 @pytest.fixture(scope="module")
