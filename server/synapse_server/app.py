@@ -203,6 +203,7 @@ class SynapseServer:
                     root_certificates=roots,
                     environment=serve_environment,
                     memory_limit_mb=s.worker_memory_limit_mb,
+                    warm_workers=s.warm_workers > 0,
                 ),
                 RayJobExecutor(
                     self._ray,

@@ -70,9 +70,15 @@ async def serve(args: argparse.Namespace) -> None:
     limit = args.worker_memory_limit_mb
     executors: dict[str, Executor] = {
         "local": LocalProcessExecutor(
-            worker_address, catalog, log_dir=data / "workers", memory_limit_mb=limit
+            worker_address,
+            catalog,
+            log_dir=data / "workers",
+            memory_limit_mb=limit,
+            warm_workers=int(args.warm_workers),
         ),
-        "task": RayTaskExecutor(runtime, worker_address, catalog, memory_limit_mb=limit),
+        "task": RayTaskExecutor(
+            runtime, worker_address, catalog, memory_limit_mb=limit, warm_workers=args.warm_workers
+        ),
         "job": RayJobExecutor(runtime, worker_address, catalog, memory_limit_mb=limit),
     }
     jobs = JobService(
@@ -117,6 +123,8 @@ def main() -> int:
     parser.add_argument("--warm-ray", action="store_true")
     # Each job worker's memory limit (none by default, as before the option existed).
     parser.add_argument("--worker-memory-limit-mb", type=int)
+    # Fork servers for local and task-mode workers (the server's default), or none.
+    parser.add_argument("--cold-workers", dest="warm_workers", action="store_false")
     args = parser.parse_args()
     logging.basicConfig(
         level=os.environ.get("SYNAPSE_TEST_LOG_LEVEL", "INFO"),

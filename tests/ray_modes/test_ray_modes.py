@@ -174,6 +174,16 @@ def _is_ray_worker(pid: int) -> bool:
         return False
 
 
+def _ray_worker_above(pid: int) -> int:
+    """The Ray worker process that ``pid`` is (or descends from): a job's worker is its
+    child, or in task mode its grandchild, forked from a fork server the Ray worker keeps."""
+    while pid > 1:
+        if _is_ray_worker(pid):
+            return pid
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    raise AssertionError("not running under a Ray worker process")
+
+
 def _first_log(server: PlatformServer, job_id: str, name: str) -> dict[str, Any]:
     """The data of the job's first log event called ``name``, read from the live stream."""
     from synapse.plugin.v1 import action_service_pb2
@@ -199,15 +209,33 @@ def test_a_plugin_crash_in_task_mode_leaves_its_ray_worker_process_running(
     Ray worker process goes on to run the next task."""
     job = run_action(platform, "crash", {"resources": {"node_a": 0.1}})
     crashed = _first_log(platform, job.id, "about to crash")
-    ray_worker = int(crashed["parent_pid"])
-    assert _is_ray_worker(ray_worker), "the plugin runs in a child of the Ray worker"
+    # The crashing worker's parent (the Ray worker, or its fork server) outlives it.
+    ray_worker = _ray_worker_above(int(crashed["parent_pid"]))
     started = _process_start(ray_worker)
     terminal = events(platform, job.id)[-1].terminal
     assert terminal.error.message == "worker exited with code 17 without reporting a result"
     assert _process_start(ray_worker) == started, "the Ray worker process died with the plugin"
     after = run_action(platform, "where", {"steps": 1, "resources": {"node_a": 0.1}})
     result = result_of(events(platform, after.id)[-1])
-    assert result["parent_pid"] == ray_worker, "the next task runs in the same Ray worker"
+    assert _ray_worker_above(result["parent_pid"]) == ray_worker, (
+        "the next task runs in the same Ray worker"
+    )
+
+
+def test_task_mode_forks_each_jobs_worker_from_a_fork_server_in_the_ray_worker(
+    platform: PlatformServer,
+) -> None:
+    """Consecutive jobs in one Ray worker process: each runs in a process of its own, forked
+    from the one fork server that Ray worker keeps (no interpreter start per job)."""
+    results = []
+    for _ in range(3):
+        job = run_action(platform, "where", {"steps": 1, "resources": {"node_a": 0.1}})
+        results.append(result_of(events(platform, job.id)[-1]))
+    fork_servers = {r["parent_pid"] for r in results}
+    ray_workers = {_ray_worker_above(r["parent_pid"]) for r in results}
+    assert len({r["pid"] for r in results}) == 3, "each job gets a process of its own"
+    assert len(fork_servers) == 1 and len(ray_workers) == 1, results
+    assert fork_servers != ray_workers, "the worker is forked from the fork server"
 
 
 @pytest.mark.parametrize("mode", ["task", "job"])
@@ -218,8 +246,8 @@ def test_cancel_leaves_no_worker_process_behind(platform: PlatformServer, mode: 
 
     job = run_action(platform, "stubborn", {"resources": {"node_b": 0.1}}, mode=mode)
     started = _first_log(platform, job.id, "started")
-    worker, parent = int(started["pid"]), int(started["parent_pid"])
-    assert _process_start(worker) is not None and _is_ray_worker(parent)
+    worker, parent = int(started["pid"]), _ray_worker_above(int(started["parent_pid"]))
+    assert _process_start(worker) is not None
     parent_start = _process_start(parent)
     platform.actions.CancelJob(action_service_pb2.CancelJobRequest(job_id=job.id), timeout=10)
     assert events(platform, job.id)[-1].terminal.state == job_pb2.JOB_STATE_CANCELLED
@@ -238,8 +266,7 @@ def test_a_ray_worker_killed_from_outside_takes_its_job_worker_along(
 
     job = run_action(platform, "stubborn", {"resources": {"node_b": 0.1}}, mode=mode)
     started = _first_log(platform, job.id, "started")
-    worker, parent = int(started["pid"]), int(started["parent_pid"])
-    assert _is_ray_worker(parent)
+    worker, parent = int(started["pid"]), _ray_worker_above(int(started["parent_pid"]))
     os.kill(parent, signal.SIGKILL)
     terminal = events(platform, job.id)[-1].terminal
     assert terminal.state == job_pb2.JOB_STATE_FAILED

@@ -176,6 +176,11 @@ def test_the_worker_environment_carries_the_credential_not_ray_worker_internals(
     assert child_environment(base, {}, "t", ray_address="127.0.0.1:1", node_id=None)[
         "RAY_ADDRESS"
     ] == ("127.0.0.1:1")
+    # A fork server's environment holds no credential (its children get theirs per job).
+    inherited = {**base, CREDENTIAL_ENV: "stale"}
+    assert CREDENTIAL_ENV not in child_environment(
+        inherited, {}, None, ray_address=None, node_id=None
+    )
 
 
 def test_the_worker_command_is_the_local_workers_without_the_credential(tmp_path: Path) -> None:
@@ -185,8 +190,9 @@ def test_the_worker_command_is_the_local_workers_without_the_credential(tmp_path
     command = worker_command(
         "/usr/bin/python3",
         "127.0.0.1:5000",
-        "job-1",
         tmp_path / "plugin",
+        "--job-id",
+        "job-1",
         worker_id="ray-node-1",
         memory_limit_mb=4096,
         root_cert_file=cert,
@@ -204,8 +210,10 @@ def test_the_worker_command_is_the_local_workers_without_the_credential(tmp_path
         "--root-cert-file": str(cert),
         "--server-name": "synapse.local",
     }
-    unlimited = worker_command("python", "a", "j", tmp_path, worker_id="w", memory_limit_mb=None)
-    assert "--memory-limit-mb" not in unlimited
+    role = ("--fork-server", "--preload", "p")
+    fork_server = worker_command("py", "a", tmp_path, *role, worker_id="w", memory_limit_mb=None)
+    assert fork_server[3:8] == ["--address", "a", "--fork-server", "--preload", "p"]
+    assert "--memory-limit-mb" not in fork_server and "--job-id" not in fork_server
 
 
 def test_a_job_reserving_more_ray_memory_than_the_limit_gets_its_reservation() -> None:

@@ -186,19 +186,24 @@ def _run_remote_worker(
     package: PluginPackage,
     env: Mapping[str, str] | None = None,
     memory_limit_mb: int | None = None,
+    plugin: str = "",
+    warm: bool = False,
 ) -> WorkerExit:
     """Body of the Ray task / actor method: unpack the plugin, run the worker as a child.
 
     The worker is ``python -m synapse_server.worker`` in a process of its own, supervised here
     (see ``_supervisor``): the result says how it ended, exit code or signal, as in local
     mode. ``env`` (the job environment hook's variables) goes to the child only, so a task
-    worker process reused by later jobs never holds it.
+    worker process reused by later jobs never holds it. ``warm`` (task mode): the worker is
+    forked from a fork server this Ray worker process keeps for ``plugin``'s code, as local
+    mode's fork servers do, instead of starting an interpreter per job.
     """
     import ray
 
     from synapse_server.ray._supervisor import (
         child_environment,
         root_certificates_file,
+        supervise_forked_worker,
         supervise_worker,
         worker_command,
     )
@@ -209,25 +214,44 @@ def _run_remote_worker(
     cert_file = None
     if target.root_certificates is not None:
         cert_file = root_certificates_file(plugin_cache_dir() / "tls", target.root_certificates)
-    command = worker_command(
-        sys.executable,
-        target.address,
-        job_id,
-        plugin_dir,
-        worker_id=f"ray-{node[:12]}-{os.getpid()}",
-        memory_limit_mb=memory_limit_mb,
-        root_cert_file=cert_file,
-        server_name=target.server_name,
-    )
-    child_env = child_environment(
-        os.environ, env or {}, credential, ray_address=context.gcs_address, node_id=node
-    )
-    return supervise_worker(
-        command,
-        child_env,
+    options: dict[str, Any] = {
+        "worker_id": f"ray-{node[:12]}-{os.getpid()}",
+        "memory_limit_mb": memory_limit_mb,
+        "root_cert_file": cert_file,
+        "server_name": target.server_name,
+    }
+
+    def cancelled() -> bool:
+        return _is_canceled(context)
+
+    def cold_start() -> WorkerExit:
+        return supervise_worker(
+            worker_command(
+                sys.executable, target.address, plugin_dir, "--job-id", job_id, **options
+            ),
+            child_environment(
+                os.environ, env or {}, credential, ray_address=context.gcs_address, node_id=node
+            ),
+            job_id=job_id,
+            memory_limit_mb=memory_limit_mb,
+            cancelled=cancelled,
+        )
+
+    if not warm:
+        return cold_start()
+    preload = ["--preload", plugin] if plugin else []
+    return supervise_forked_worker(
+        (package.sha256, plugin, memory_limit_mb, target, sys.executable),
+        worker_command(
+            sys.executable, target.address, plugin_dir, "--fork-server", *preload, **options
+        ),
+        child_environment(os.environ, {}, None, ray_address=context.gcs_address, node_id=node),
         job_id=job_id,
+        credential=credential,
+        environment=env or {},
         memory_limit_mb=memory_limit_mb,
-        cancelled=lambda: _is_canceled(context),
+        cold_start=cold_start,
+        cancelled=cancelled,
     )
 
 
@@ -251,7 +275,7 @@ class IsolatedWorkerActor:
         env: Mapping[str, str] | None = None,
         memory_limit_mb: int | None = None,
     ) -> WorkerExit:
-        """Run the job's worker as a child of this actor's process."""
+        """Run the job's worker as a child of this actor's process (one job: no fork server)."""
         return _run_remote_worker(target, job_id, credential, package, env, memory_limit_mb)
 
 
@@ -580,13 +604,19 @@ class _RayExecutorBase:
 
 
 class RayTaskExecutor(_RayExecutorBase):
-    """``task`` mode: each job's worker is a Ray task (never retried)."""
+    """``task`` mode: each job's worker is a Ray task (never retried).
+
+    ``warm_workers`` (the default): each Ray worker process keeps a fork server for the plugin
+    code of its last job and forks each job's worker from it (see ``_supervisor``); False
+    starts a fresh ``python -m synapse_server.worker`` for every job instead.
+    """
 
     mode = "task"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, warm_workers: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._remote: Any = None
+        self._warm = warm_workers
 
     def _launch(
         self,
@@ -605,7 +635,16 @@ class RayTaskExecutor(_RayExecutorBase):
             max_retries=0,
             retry_exceptions=False,
             **resources.ray_options(),
-        ).remote(self._target(), job.id, credential, package, env, self.memory_limit_mb(resources))
+        ).remote(
+            self._target(),
+            job.id,
+            credential,
+            package,
+            env,
+            self.memory_limit_mb(resources),
+            job.plugin,
+            self._warm,
+        )
         return _Launch(ref=ref)
 
 
