@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import pydantic_core
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from synapse.plugin.v1 import job_event_pb2, job_pb2, plugin_pb2
 
 from ._errors import ClientConfigError, ProtocolError
@@ -41,6 +41,7 @@ from ._types import (
     StepStatus,
     TerminalEvent,
 )
+from .codec import python_to_struct, struct_to_python
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +138,11 @@ def job_states_to_proto(states: JobState | str | list[JobState | str] | None) ->
 
 
 def dict_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """``google.protobuf.Struct`` → dict (numbers come back as floats, as Struct stores them)."""
-    return json_format.MessageToDict(struct)
+    """``google.protobuf.Struct`` → dict (numbers come back as floats, as Struct stores them).
+
+    ``ValueError`` for NaN or infinity, which JSON cannot hold (as ``json_format`` does).
+    """
+    return struct_to_python(struct)
 
 
 def dict_to_struct(data: dict[str, Any] | None) -> struct_pb2.Struct:
@@ -149,7 +153,7 @@ def dict_to_struct(data: dict[str, Any] | None) -> struct_pb2.Struct:
     if not isinstance(data, dict):
         raise ClientConfigError(f"params must be a JSON object (dict), got {type(data).__name__}")
     try:
-        struct.update(data)
+        python_to_struct(data, struct)
     except (ValueError, TypeError) as exc:
         raise ClientConfigError(f"params are not JSON-serialisable: {exc}") from exc
     return struct
@@ -272,6 +276,7 @@ def job_from_proto(message: job_pb2.Job) -> Job:
         request_id=message.request_id,
         cancel_requested=message.cancel_requested,
         result_size_bytes=message.result_size_bytes,
+        warnings=tuple(message.warnings),
     )
 
 
@@ -292,6 +297,7 @@ def job_to_proto(job: Job) -> job_pb2.Job:
         request_id=job.request_id,
         cancel_requested=job.cancel_requested,
         result_size_bytes=job.result_size_bytes,
+        warnings=job.warnings,
     )
     _set_time(message, "create_time", job.create_time)
     _set_time(message, "start_time", job.start_time)

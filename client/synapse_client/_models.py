@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from synapse.plugin.v1 import model_pb2, model_service_pb2
 
 from ._errors import ClientConfigError, DataLossError, ProtocolError
+from .codec import python_to_struct, struct_to_python
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def model_from_proto(message: model_pb2.Model) -> ModelInfo:
         name=message.name,
         description=message.description,
         framework=message.framework,
-        metadata=json_format.MessageToDict(message.metadata),
+        metadata=struct_to_python(message.metadata),
         sha256=message.sha256,
         size_bytes=message.size_bytes,
         archive_format=_FORMAT_NAMES.get(message.archive_format, "unspecified"),
@@ -167,7 +168,7 @@ class ModelUpload:
         fmt = _archive_format(path, archive_format)
         struct = struct_pb2.Struct()
         try:
-            struct.update(metadata or {})
+            python_to_struct(metadata or {}, struct)
         except (ValueError, TypeError) as exc:
             raise ClientConfigError(f"metadata is not a JSON object: {exc}") from exc
         info = model_service_pb2.ModelUploadInfo(

@@ -16,9 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from synapse.plugin.v1 import (
     action_service_pb2,
     action_service_pb2_grpc,
@@ -42,11 +39,16 @@ from synapse_server.core._plugin_code import PluginCodeStore
 from synapse_server.core.deployments import DeploymentService, DeploymentStore
 from synapse_server.core.inference import InferenceService, ServeKeyring
 from synapse_server.core.models import ModelRegistryService, ModelStore
-from synapse_server.grpc._auth import AuthInterceptor
 from synapse_server.grpc._deployment_servicer import DeploymentServicer
 from synapse_server.grpc._inference_servicer import InferenceServicer
 from synapse_server.grpc._model_servicer import ModelServicer
-from synapse_server.grpc._requests import RequestGuard
+from synapse_server.grpc._server import (
+    GrpcServer,
+    ServiceRegistration,
+    build_grpc_server,
+    server_credentials,
+    service_name,
+)
 from synapse_server.grpc._servicers import ActionServicer, WorkerServicer
 from synapse_server.ray import RayRuntime, RayRuntimeConfig, ServeDeploymentBackend, ServeRouter
 from synapse_server.ray._environment import ServeJobEnvironment
@@ -60,13 +62,6 @@ logger = logging.getLogger(__name__)
 
 # The least time in-flight RPCs get once the jobs are shut down (at most the grace period).
 _STREAM_DRAIN_SECONDS = 1.0
-_SERVICES = (
-    action_service_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
-    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
-    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-    deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
-    inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
-)
 
 
 class ServerStartError(RuntimeError):
@@ -81,8 +76,7 @@ class SynapseServer:
         self.address = ""
         self.worker_address = ""
         self.ray_worker_address = ""
-        self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._grpc: GrpcServer | None = None
         self._store: JobStore | None = None
         self._jobs: JobService | None = None
         self._model_store: ModelStore | None = None
@@ -101,16 +95,6 @@ class SynapseServer:
         """The job service (for in-process use and tests)."""
         assert self._jobs is not None, "server not started"
         return self._jobs
-
-    def _server_credentials(self) -> grpc.ServerCredentials:
-        s = self.settings
-        assert s.tls_cert_file is not None and s.tls_key_file is not None
-        client_ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None
-        return grpc.ssl_server_credentials(
-            [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
-            root_certificates=client_ca,
-            require_client_auth=client_ca is not None,
-        )
 
     async def start(self) -> str:
         """Build everything, bind, start serving; returns the bound ``host:port``.
@@ -224,47 +208,14 @@ class SynapseServer:
             cancel_grace_seconds=s.cancel_grace_seconds,
             max_concurrent_jobs=s.max_concurrent_jobs,
         )
-        server = grpc.aio.server(
-            interceptors=[
-                AuthInterceptor(
-                    s.tokens, issuer, serve_keys=keyring, guard=RequestGuard(s.max_message_bytes)
-                )
-            ],
-            # Each RPC's own, smaller request limit is the guard's; gRPC refuses anything
-            # over the largest before it is read.
-            options=[
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", s.max_message_bytes),
-                ("grpc.max_send_message_length", s.max_message_bytes),
-            ],
-        )
-        action_service_pb2_grpc.add_ActionServiceServicer_to_server(
-            ActionServicer(self._jobs, s.keepalive_seconds, s.max_message_bytes), server
-        )
-        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
-            WorkerServicer(self._jobs), server
-        )
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
-        deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentServicer(deployments, self._jobs.get), server
-        )
-        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(inference, s.max_message_bytes), server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (
-                *_SERVICES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        grpc_server = build_grpc_server(
+            s,
+            _grpc_services(s, self._jobs, models, deployments, inference),
+            issuer,
+            serve_keys=keyring,
         )
         try:
-            if s.tls_enabled:
-                port = server.add_secure_port(s.listen_address, self._server_credentials())
-            else:
-                port = server.add_insecure_port(s.listen_address)
+            port = grpc_server.add_port(s.listen_address, server_credentials(s))
         except RuntimeError as exc:
             # grpc says only "Failed to bind"; the TLS files passed s.check() already, so the
             # address is the likely cause.
@@ -274,18 +225,16 @@ class SynapseServer:
                 "on this machine"
                 + (" (or grpc refused the TLS certificate and key)" if s.tls_enabled else "")
             ) from exc
-        server.add_insecure_port(self.worker_address)
+        grpc_server.add_port(self.worker_address)
         host = s.listen_address.rpartition(":")[0]
         self.address = f"{host}:{port}"
         self.ray_worker_address = ray_worker_address(
             self.address, self.worker_address, external_cluster=bool(s.ray_address)
         )
-        self._server = server
-        await server.start()
+        self._grpc = grpc_server
+        await grpc_server.start()
         await self._jobs.recover()
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for name in _SERVICES:
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await grpc_server.set_serving()
         logger.info(
             "listening on %s (tls=%s, auth=%s)", self.address, s.tls_enabled, bool(s.tokens)
         )
@@ -333,14 +282,15 @@ class SynapseServer:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.enter_graceful_shutdown()
         if self._jobs is not None:
             await self._jobs.close(grace)
-        if self._server is not None:
+        if self._grpc is not None:
             # Streams following a job the drain has just ended still deliver its terminal
             # event, even when the jobs took the whole grace period.
             floor = min(grace, _STREAM_DRAIN_SECONDS)
-            await self._server.stop(max(deadline - loop.time(), floor))
+            await self._grpc.stop(max(deadline - loop.time(), floor))
         if self._store is not None:
             await self._store.close()
         if self._model_store is not None:
@@ -357,8 +307,45 @@ class SynapseServer:
 
     async def wait_for_termination(self) -> None:
         """Until the gRPC server stops."""
-        if self._server is not None:
-            await self._server.wait_for_termination()
+        if self._grpc is not None:
+            await self._grpc.wait_for_termination()
+
+
+def _grpc_services(
+    s: ServerSettings,
+    jobs: JobService,
+    models: ModelRegistryService,
+    deployments: DeploymentService,
+    inference: InferenceService,
+) -> list[ServiceRegistration]:
+    """The services on the platform's port, each a servicer over its core service."""
+    return [
+        ServiceRegistration(
+            ActionServicer(jobs, s.keepalive_seconds, s.max_message_bytes),
+            action_service_pb2_grpc.add_ActionServiceServicer_to_server,
+            service_name(action_service_pb2, "ActionService"),
+        ),
+        ServiceRegistration(
+            WorkerServicer(jobs),
+            worker_service_pb2_grpc.add_WorkerServiceServicer_to_server,
+            service_name(worker_service_pb2, "WorkerService"),
+        ),
+        ServiceRegistration(
+            ModelServicer(models),
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server,
+            service_name(model_service_pb2, "ModelService"),
+        ),
+        ServiceRegistration(
+            DeploymentServicer(deployments, jobs.get),
+            deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server,
+            service_name(deployment_service_pb2, "DeploymentService"),
+        ),
+        ServiceRegistration(
+            InferenceServicer(inference, s.max_message_bytes),
+            inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
+            service_name(inference_service_pb2, "InferenceService"),
+        ),
+    ]
 
 
 async def serve(settings: ServerSettings) -> None:

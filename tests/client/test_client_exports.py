@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import synapse_client
 
+from tests._imports import imported_modules, offending
+
 EXPECTED = {
+    "DEFAULT_PORT",
+    "normalize_address",
     "ENV_SERVER",
+    "ENV_TLS",
+    "ENV_TLS_CA",
+    "ENV_TLS_CERT",
+    "ENV_TLS_KEY",
+    "ENV_TLS_SERVER_NAME",
     "ENV_TOKEN",
     "STATUS_TO_ERROR",
     "AbortedError",
@@ -89,3 +100,10 @@ def test_client_never_imports_sdk_or_server() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_no_client_module_imports_sdk_or_server() -> None:
+    # Also the imports inside functions, which importing the package does not run.
+    imports = imported_modules(Path(synapse_client.__file__).parent)
+    assert len(imports) > 5, "no client modules found"
+    assert offending(imports, packages=("synapse_sdk", "synapse_server"), private_only=False) == {}

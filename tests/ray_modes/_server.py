@@ -2,8 +2,9 @@
 
 It composes the same pieces the server's composition root does (SQLite store, event hub,
 plugin catalog, worker credentials, the local, task and job executors, the job service, the
-model registry, the auth interceptor and the Action/Worker/Model servicers) on 127.0.0.1:0,
-connects to the given Ray cluster, prints ``{"port": N}`` on stdout and serves until SIGTERM/SIGINT.
+model registry, and the Action/Worker/Model servicers in the gRPC server assembly with the
+auth interceptor) on 127.0.0.1:0, connects to the given Ray cluster, prints ``{"port": N}``
+on stdout and serves until SIGTERM/SIGINT.
 
 Running it in its own process keeps Ray's process-global driver out of the test process, so
 this suite's multi-node cluster and other suites' local Ray do not collide.
@@ -21,10 +22,12 @@ import signal
 import sys
 from pathlib import Path
 
-import grpc
 from synapse.plugin.v1 import (
+    action_service_pb2,
     action_service_pb2_grpc,
+    model_service_pb2,
     model_service_pb2_grpc,
+    worker_service_pb2,
     worker_service_pb2_grpc,
 )
 from synapse_server.core import EventHub
@@ -36,6 +39,7 @@ from synapse_server.core._plugin_code import PluginCodeStore
 from synapse_server.core.models import ModelRegistryService
 from synapse_server.grpc._auth import AuthInterceptor
 from synapse_server.grpc._model_servicer import ModelServicer
+from synapse_server.grpc._server import GrpcServer, ServiceRegistration, service_name
 from synapse_server.grpc._servicers import ActionServicer, WorkerServicer
 from synapse_server.ray._executors import RayJobExecutor, RayTaskExecutor
 from synapse_server.ray._runtime import RayRuntime, RayRuntimeConfig
@@ -61,10 +65,9 @@ async def serve(args: argparse.Namespace) -> None:
     )
     catalog.reload()
     issuer = WorkerCredentialIssuer(secrets.token_bytes(32))
-    server = grpc.aio.server(
-        interceptors=[AuthInterceptor({}, issuer)], options=[("grpc.so_reuseport", 0)]
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
+    # The servicers need the job service, which needs the workers' address: bind first.
+    server = GrpcServer(interceptors=[AuthInterceptor({}, issuer)])
+    port = server.add_port("127.0.0.1:0")
     worker_address = args.worker_address or f"127.0.0.1:{port}"
     runtime = RayRuntime(RayRuntimeConfig(address=args.ray_address))
     limit = args.worker_memory_limit_mb
@@ -90,12 +93,26 @@ async def serve(args: argparse.Namespace) -> None:
         cancel_grace_seconds=args.cancel_grace,
         max_concurrent_jobs=args.max_concurrent_jobs,
     )
-    action_service_pb2_grpc.add_ActionServiceServicer_to_server(
-        ActionServicer(jobs, keepalive_seconds=5.0), server
-    )
-    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(jobs), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
+    for registration in (
+        ServiceRegistration(
+            ActionServicer(jobs, keepalive_seconds=5.0),
+            action_service_pb2_grpc.add_ActionServiceServicer_to_server,
+            service_name(action_service_pb2, "ActionService"),
+        ),
+        ServiceRegistration(
+            WorkerServicer(jobs),
+            worker_service_pb2_grpc.add_WorkerServiceServicer_to_server,
+            service_name(worker_service_pb2, "WorkerService"),
+        ),
+        ServiceRegistration(
+            ModelServicer(models),
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server,
+            service_name(model_service_pb2, "ModelService"),
+        ),
+    ):
+        server.add_service(registration)
     await server.start()
+    await server.set_serving()
     if args.warm_ray:
         await runtime.ensure_started()
     print(json.dumps({"port": port}), flush=True)

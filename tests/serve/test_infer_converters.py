@@ -12,7 +12,7 @@ from synapse.plugin.v1 import inference_service_pb2
 from synapse_client import ClientConfigError
 from synapse_client._inference import _result, build_infer_request
 from synapse_server.core._errors import InvalidArgumentError
-from synapse_server.grpc._inference_servicer import (
+from synapse_server.grpc._inference_converters import (
     infer_request_from_pb,
     python_to_value,
     value_to_python,

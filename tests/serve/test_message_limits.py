@@ -108,22 +108,19 @@ def test_an_8_mib_tensor_reaches_a_replica_and_comes_back(
 
 def test_deploy_gives_replicas_the_platform_message_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     # Replicas on a cluster the server did not start get the limit from their runtime env.
-    from synapse_sdk.plugins.actions.inference._deployment import (
-        DEFAULT_REPLICA_MESSAGE_BYTES,
-        REPLICA_MESSAGE_BYTES_ENV,
-        _replica_runtime_env,
-    )
+    from synapse_sdk.serving import DEFAULT_REPLICA_MESSAGE_BYTES, REPLICA_MESSAGE_BYTES_ENV
+    from synapse_sdk.serving._deploy import replica_runtime_env
 
     serve_var = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
     monkeypatch.delenv(REPLICA_MESSAGE_BYTES_ENV, raising=False)
-    assert _replica_runtime_env({}) == {"env_vars": {serve_var: str(DEFAULT_REPLICA_MESSAGE_BYTES)}}
+    assert replica_runtime_env({}) == {"env_vars": {serve_var: str(DEFAULT_REPLICA_MESSAGE_BYTES)}}
     monkeypatch.setenv(REPLICA_MESSAGE_BYTES_ENV, "123456789")
-    assert _replica_runtime_env({"pip": ["x"], "env_vars": {"A": "1"}}) == {
+    assert replica_runtime_env({"pip": ["x"], "env_vars": {"A": "1"}}) == {
         "pip": ["x"],
         "env_vars": {"A": "1", serve_var: "123456789"},
     }
     # A plugin that sets the variable itself keeps its value.
-    assert _replica_runtime_env({"env_vars": {serve_var: "5"}})["env_vars"][serve_var] == "5"
+    assert replica_runtime_env({"env_vars": {serve_var: "5"}})["env_vars"][serve_var] == "5"
 
 
 async def test_deployment_jobs_learn_the_replica_message_limit(tmp_path: Path) -> None:

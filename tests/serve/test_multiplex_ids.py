@@ -6,7 +6,7 @@ import time
 
 import jwt
 import pytest
-from synapse_sdk.plugins.actions.inference._multiplex import (
+from synapse_sdk.serving.model_ids import (
     SERVE_SIGNING_KEY_ENV,
     ServeModelIdError,
     ServeModelIdSigner,

@@ -12,13 +12,18 @@ from typing import Any
 import pytest
 from synapse_sdk.plugins import load_plugin, run_action
 from synapse_sdk.plugins._models import LocalModelBackend
-from synapse_sdk.plugins.actions.inference._multiplex import (
+from synapse_sdk.runtime import RunContext
+from synapse_sdk.serving import (
+    INFER_METHOD,
+    PROTOCOL_VERSION,
     ServeModelIdSigner,
+    ServeReply,
+    ServeRequest,
+    TensorPayload,
     derive_app_key,
+    format_version,
     unverified_claims,
 )
-from synapse_sdk.plugins.actions.inference._serve import ServeRequest, TensorPayload
-from synapse_sdk.runtime import RunContext
 from synapse_server.core._errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -256,13 +261,38 @@ async def test_replica_rejects_forged_expired_and_foreign_ids(services: Any) -> 
     foreign_key = derive_app_key(ServeKeyring(SECRET).tenant_key("evil"), "probe-app")
     foreign = ServeModelIdSigner(foreign_key, "probe-app", "evil").mint(2)
     for token in (forged, expired, foreign, "2"):
-        reply = await handle.options(multiplexed_model_id=token).remote(request)
-        assert reply.error_kind == "permission_denied", token
+        answer = await handle.options(multiplexed_model_id=token).remote(request.to_wire())
+        assert ServeReply.from_wire(answer).error_kind == "permission_denied", token
     ok = ServeModelIdSigner(good_key, "probe-app", TENANT).mint(2)
-    reply = await handle.options(multiplexed_model_id=ok).remote(request)
+    reply = ServeReply.from_wire(
+        await handle.options(multiplexed_model_id=ok).remote(request.to_wire())
+    )
     assert reply.error_kind is None and reply.json == {"model": "2", "y": [2.0]}
     with pytest.raises(PermissionDeniedError):
         raise InferenceService._error(reply.__class__(error_kind="permission_denied"), None, "")  # type: ignore[arg-type]
+
+
+async def test_replica_speaks_the_versioned_protocol(services: Any) -> None:
+    from ray import serve
+
+    key = derive_app_key(ServeKeyring(SECRET).tenant_key(TENANT), "probe-app")
+    token = ServeModelIdSigner(key, "probe-app", TENANT).mint(2)
+    handle = serve.get_app_handle("probe-app").options(
+        method_name=INFER_METHOD, multiplexed_model_id=token
+    )
+    request = ServeRequest(json={"x": [1.0]}, has_json=True, headers={"traceparent": "t"})
+    # A newer minor with fields this replica does not know: read, the unknown ones ignored.
+    newer_minor = {**request.to_wire(), "v": (PROTOCOL_VERSION[0], 99), "priority": 1}
+    reply = ServeReply.from_wire(await handle.remote(newer_minor))
+    assert reply.error_kind is None and reply.json == {"model": "2", "y": [2.0]}
+    # Another major: refused with a typed answer naming both versions; the endpoint never ran.
+    newer_major = {**request.to_wire(), "v": (PROTOCOL_VERSION[0] + 1, 0)}
+    answer = await handle.remote(newer_major)
+    assert answer["error_kind"] == "unsupported_protocol"
+    assert f"{PROTOCOL_VERSION[0] + 1}.0" in answer["error_message"]
+    assert format_version(PROTOCOL_VERSION) in answer["error_message"]
+    # The pre-versioning form (a pickled dataclass) is not a message of any version.
+    assert (await handle.remote(request))["error_kind"] == "unsupported_protocol"
 
 
 async def test_delete_undeploys(services: Any, models_root: Path) -> None:
@@ -322,14 +352,14 @@ async def test_replica_refuses_a_remembered_id_once_it_expires(services: Any) ->
     bound = handle.options(multiplexed_model_id=token)
     answered_in_time = 0
     for _ in range(2):
-        reply = await bound.remote(request)
+        reply = ServeReply.from_wire(await bound.remote(request.to_wire()))
         # A reply back before expiry was checked while the id was valid (then remembered).
         if time.time() < expires_at - 0.2:
             assert reply.error_kind is None, reply
             answered_in_time += 1
     assert answered_in_time, "no call came back before the id expired: nothing was remembered"
     await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.1)
-    reply = await bound.remote(request)
+    reply = ServeReply.from_wire(await bound.remote(request.to_wire()))
     assert reply.error_kind == "permission_denied" and "expired" in reply.error_message
 
 
@@ -350,8 +380,8 @@ async def test_router_transport_is_the_configured_one(services: Any) -> None:
     request = ServeRequest(json={"x": [1.0]}, has_json=True, request_id="transport-check")
     token = ServeKeyring(SECRET).model_id_for(TENANT, "probe-app", "2")
     _, handle = await router._handle("probe-app", token)
-    response = handle.remote(request)
-    reply = await response
+    response = handle.remote(request.to_wire())
+    reply = ServeReply.from_wire(await response)
     assert reply.error_kind is None and reply.json == {"model": "2", "y": [2.0]}
     # by_reference: Ray actor calls (object refs); otherwise Serve's gRPC channel.
     grpc_transport = "_by_reference" in router._transport_options
@@ -369,25 +399,35 @@ async def _no_jobs(tenant: str, job_id: str) -> Any:
 
 @pytest.fixture
 async def grpc_address(services: Any) -> Any:
-    import grpc
-    from synapse.plugin.v1 import deployment_service_pb2_grpc, inference_service_pb2_grpc
+    from synapse.plugin.v1 import (
+        deployment_service_pb2,
+        deployment_service_pb2_grpc,
+        inference_service_pb2,
+        inference_service_pb2_grpc,
+    )
     from synapse_server.core._credentials import WorkerCredentialIssuer
     from synapse_server.grpc._auth import AuthInterceptor
     from synapse_server.grpc._deployment_servicer import DeploymentServicer
     from synapse_server.grpc._inference_servicer import InferenceServicer
+    from synapse_server.grpc._server import GrpcServer, ServiceRegistration, service_name
 
     deployments, inference = services
-    server = grpc.aio.server(
+    server = GrpcServer(
+        [
+            ServiceRegistration(
+                InferenceServicer(inference),
+                inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
+                service_name(inference_service_pb2, "InferenceService"),
+            ),
+            ServiceRegistration(
+                DeploymentServicer(deployments, _no_jobs),
+                deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server,
+                service_name(deployment_service_pb2, "DeploymentService"),
+            ),
+        ],
         interceptors=[AuthInterceptor({"tok-acme": TENANT}, WorkerCredentialIssuer(SECRET))],
-        options=[("grpc.so_reuseport", 0)],
     )
-    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-        InferenceServicer(inference), server
-    )
-    deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
-        DeploymentServicer(deployments, _no_jobs), server
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_port("127.0.0.1:0")
     await server.start()
     yield f"127.0.0.1:{port}"
     await server.stop(0)
@@ -554,7 +594,12 @@ async def test_a_forgotten_app_keeps_its_router_until_its_calls_end(deployed: No
         method_name="_synapse_infer", multiplexed_model_id=token
     )
     deadline = time.monotonic() + 60
-    while tag not in (await probe.remote(ServeRequest(path="/started"))).json:
+    while (
+        tag
+        not in ServeReply.from_wire(
+            await probe.remote(ServeRequest(path="/started").to_wire())
+        ).json
+    ):
         assert time.monotonic() < deadline, f"the call {tag!r} never reached the replica"
         await asyncio.sleep(0.1)
     started = _serve_tasks(asyncio.all_tasks() - before)

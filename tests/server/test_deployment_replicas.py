@@ -15,7 +15,7 @@ from synapse_server.core.deployments import (
     ReplicaRecord,
     ReplicaState,
 )
-from synapse_server.grpc._deployment_servicer import deployment_to_pb
+from synapse_server.grpc._deployment_converters import deployment_to_pb
 from synapse_server.stores import SqliteDeploymentStore
 
 

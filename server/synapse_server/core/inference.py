@@ -12,21 +12,26 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from synapse_sdk.plugins.actions.inference._multiplex import (
+from synapse_sdk.serving import (
+    ErrorKind,
     ServeModelClaims,
     ServeModelIdError,
     ServeModelIdSigner,
     ServeModelIdVerifier,
+    ServeReply,
+    ServeRequest,
+    TensorPayload,
     derive_app_key,
     derive_tenant_key,
     unverified_claims,
 )
-from synapse_sdk.plugins.actions.inference._serve import ServeReply, ServeRequest, TensorPayload
 
 from synapse_server.core._errors import (
+    FailedPreconditionError,
     InvalidArgumentError,
     PermissionDeniedError,
     ServerError,
@@ -49,6 +54,7 @@ __all__ = [
     "InferenceFailedError",
     "InferenceService",
     "ServeKeyring",
+    "ServeProtocolMismatchError",
 ]
 
 _METHODS = frozenset({"POST", "GET", "PUT", "PATCH", "DELETE"})
@@ -60,6 +66,11 @@ class InferDeadlineExceededError(ServerError, TimeoutError):
 
 class EndpointNotFoundError(ServerError, LookupError):
     """The application has no such route, or the endpoint reported a missing resource."""
+
+
+class ServeProtocolMismatchError(FailedPreconditionError):
+    """The application's replicas speak another major serve protocol than this server (an
+    application deployed with an incompatible synapse-sdk); the message names both."""
 
 
 class InferenceFailedError(ServerError):
@@ -85,6 +96,8 @@ class InferRequestData:
     path: str = ""
     request_id: str = ""
     timeout_s: float | None = None
+    #: Request-scoped context passed on to the replica (trace context, ids).
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -210,6 +223,7 @@ class InferenceService:
             has_json=request.has_json,
             tensors=request.tensors,
             request_id=request_id,
+            headers=request.headers,
         )
         reply = await self._backend.call(record.name, token, serve_request, request.timeout_s)
         if reply.error_kind is not None:
@@ -235,12 +249,14 @@ class InferenceService:
     def _error(reply: ServeReply, record: DeploymentRecord, request_id: str) -> Exception:
         message = reply.error_message or "the serve endpoint failed"
         kind = reply.error_kind
-        if kind == "invalid_argument":
+        if kind == ErrorKind.INVALID_ARGUMENT:
             return InvalidArgumentError(message)
-        if kind == "not_found":
+        if kind == ErrorKind.NOT_FOUND:
             return EndpointNotFoundError(message)
-        if kind == "permission_denied":
+        if kind == ErrorKind.PERMISSION_DENIED:
             return PermissionDeniedError(message)
+        if kind == ErrorKind.UNSUPPORTED_PROTOCOL:
+            return ServeProtocolMismatchError(f"application {record.name!r}: {message}")
         logger.warning(
             "Infer on %s failed in the replica (correlation id %s)", record.name, request_id
         )

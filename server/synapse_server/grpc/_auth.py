@@ -13,27 +13,17 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-from synapse_sdk.plugins.actions.inference._multiplex import (
-    ServeModelIdError,
-    looks_like_serve_model_id,
-)
+from synapse_sdk.serving import ServeModelIdError, looks_like_serve_model_id
 
-from synapse_server.core import (
-    InvalidArgumentError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-    UnauthenticatedError,
-)
+from synapse_server.core import PermissionDeniedError, UnauthenticatedError
 from synapse_server.core._credentials import WorkerClaims, WorkerCredentialIssuer
 from synapse_server.core.inference import ServeKeyring
-from synapse_server.grpc._errors import end_with_status, status_for
-from synapse_server.grpc._requests import RejectedRequest, RequestGuard
+from synapse_server.grpc._interceptors import CallInterceptor, Metadata
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -100,11 +90,11 @@ def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
     return None
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(CallInterceptor[Principal]):
     """Resolves the caller from ``authorization: Bearer`` metadata for every RPC.
 
-    Its handler re-wrap is also where every request passes the ``guard``'s checks (size,
-    decoding, string lengths; see ``_requests``) before any servicer code runs.
+    An entry of the server's interceptor chain (``_interceptors``): a refused caller is
+    answered before anything else; an accepted one's :class:`Principal` is set for the handler.
     """
 
     def __init__(
@@ -112,10 +102,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         tokens: Mapping[str, str],
         credentials: WorkerCredentialIssuer,
         serve_keys: ServeKeyring | None = None,
-        guard: RequestGuard | None = None,
     ) -> None:
         self._tokens = dict(tokens)
-        self._guard = guard or RequestGuard()
         self._credentials = credentials
         self._serve_keys = serve_keys
 
@@ -160,135 +148,31 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             raise PermissionDeniedError("a serve model credential can only fetch its model")
         return Principal(tenant=claims.tenant, serve_model_id=claims.model_id)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        """Wrap the method's handler so it runs with the caller set (or is refused)."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
+    def start_call(self, method: str, metadata: Metadata) -> Principal | None:
+        """The caller (None for health and reflection); refuses unknown callers."""
         try:
-            principal = self.authenticate(method, handler_call_details.invocation_metadata)
-            failure: Exception | None = None
+            return self.authenticate(method, metadata)
         except (UnauthenticatedError, PermissionDeniedError) as exc:
-            principal, failure = None, exc
             logger.info("rejected call to %s: %s", method, exc)
-        return _wrap(handler, principal, failure, self._guard, method)
+            raise
 
+    def enter(self, call: Principal) -> None:
+        """Set the caller for the handler (:func:`current_principal`)."""
+        # The call's task has a context of its own (see CallInterceptor.enter), so the value
+        # needs no reset; resetting from a streaming handler's finaliser could even run in
+        # another context.
+        _principal.set(call)
 
-def _check_serve_scope(principal: Principal | None, request: Any) -> None:
-    # The interceptor sees no request message, so the one-model scope is checked here.
-    if principal is None or principal.serve_model_id is None:
-        return
-    requested = str(getattr(request, "model_id", ""))
-    if requested != principal.serve_model_id:
-        raise PermissionDeniedError(
-            f"this serve model credential grants model {principal.serve_model_id} only"
-        )
-
-
-def _wrap(
-    handler: grpc.RpcMethodHandler,
-    principal: Principal | None,
-    failure: Exception | None,
-    guard: RequestGuard,
-    method: str,
-) -> grpc.RpcMethodHandler:
-    # grpc.aio runs each RPC in its own task (own context copy), so setting the ContextVar
-    # in the handler cannot leak into another call; streaming handlers need no reset.
-    # Refusals end the call with end_with_status (no AbortError: see there). The auth failure
-    # is answered first: an unauthenticated caller learns nothing about what the server makes
-    # of its request bytes.
-    deserializer = guard.deserializer(method, handler.request_deserializer)
-
-    def refusal(request: Any = None) -> grpc.Status | None:
-        if failure is not None:
-            return status_for(failure)
-        if isinstance(request, RejectedRequest):
-            return status_for(request.error)
-        try:
-            _check_serve_scope(principal, request)
-        except PermissionDeniedError as exc:
-            logger.info("rejected serve model credential: %s", exc)
-            return status_for(exc)
-        return None
-
-    if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
-
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            status = refusal(request)
-            if status is not None:
-                end_with_status(context, status)
-                return None
-            token = _principal.set(principal)
-            try:
-                return await inner_uu(request, context)
-            finally:
-                _principal.reset(token)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, deserializer, handler.response_serializer
-        )
-    if handler.unary_stream is not None:
-        inner_us = handler.unary_stream
-
-        async def unary_stream(
-            request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
-            status = refusal(request)
-            if status is not None:
-                end_with_status(context, status)
-                return
-            _principal.set(principal)
-            async for item in inner_us(request, context):
-                yield item
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, deserializer, handler.response_serializer
-        )
-    # Streamed requests: a refused message raises its domain error from the request
-    # iterator. Our servicers map it like any other error; a handler that lets it escape
-    # (reflection) is answered here, from the handler's own task: an abort from another
-    # task can collide with the handler's pending send.
-    if handler.stream_stream is not None:
-        inner_ss = handler.stream_stream
-
-        async def stream_stream(
-            request_iterator: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
-            status = refusal()
-            if status is None:
-                _principal.set(principal)
-                try:
-                    async for item in inner_ss(guard.checked(request_iterator), context):
-                        yield item
-                    return
-                except (InvalidArgumentError, ResourceExhaustedError) as exc:
-                    status = status_for(exc)
-            end_with_status(context, status)
-
-        return grpc.stream_stream_rpc_method_handler(
-            stream_stream, deserializer, handler.response_serializer
-        )
-    inner_su = handler.stream_unary
-
-    async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        status = refusal()
-        if status is None:
-            token = _principal.set(principal)
-            try:
-                return await inner_su(guard.checked(request_iterator), context)
-            except (InvalidArgumentError, ResourceExhaustedError) as exc:
-                status = status_for(exc)
-            finally:
-                _principal.reset(token)
-        end_with_status(context, status)
-        return None
-
-    return grpc.stream_unary_rpc_method_handler(
-        stream_unary, deserializer, handler.response_serializer
-    )
+    def check(self, call: Principal, request: Any) -> None:
+        """A serve model credential's request must be for its one model."""
+        # The metadata says nothing of the request message, so the scope is checked here.
+        # Streamed requests (None here) are never one model's: refused as well.
+        if call.serve_model_id is None:
+            return
+        requested = str(getattr(request, "model_id", ""))
+        if requested != call.serve_model_id:
+            error = PermissionDeniedError(
+                f"this serve model credential grants model {call.serve_model_id} only"
+            )
+            logger.info("rejected serve model credential: %s", error)
+            raise error

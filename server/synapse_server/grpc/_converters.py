@@ -1,8 +1,12 @@
-"""Every conversion between protobuf messages and domain objects, in one place.
+"""Protobuf ↔ domain conversion for jobs, events, the catalog and worker reports.
 
 Server side: domain jobs, events and catalog entries to ``synapse.plugin.v1`` messages, and
 requests back to domain values. Worker side: SDK events to ``WorkerEvent`` messages, and
-``WorkerEvent`` messages to the core's ``WorkerReport``.
+``WorkerEvent`` messages to the core's ``WorkerReport``. Struct and Value conversion is
+``synapse_client.codec``'s (shared with the client and the replicas); this module only turns
+its errors into the core's ``InvalidArgumentError``. The other service areas have their own
+converter modules beside this one (``_inference_converters``, ``_deployment_converters``,
+``_model_converters``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from synapse.plugin.v1 import (
     plugin_pb2,
     worker_service_pb2,
 )
+from synapse_client import codec
+from synapse_client.codec import NonFiniteNumberError, python_to_struct
 from synapse_sdk.events import (
     ErrorInfo,
     Event,
@@ -175,88 +181,28 @@ def _seconds(ts: timestamp_pb2.Timestamp, field: str = "time") -> float:
 
 def struct_from_dict(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
     """A JSON-like mapping → Struct."""
-    message = struct_pb2.Struct()
-    if data:
-        message.update(dict(data))
-    return message
-
-
-class _NotJsonNumber(Exception):
-    """A NaN or infinite number, with the path to it, collected while the stack unwinds."""
-
-    def __init__(self, number: float) -> None:
-        self.number = number
-        self.path: list[str] = []
-
-
-def _python(message: struct_pb2.Value) -> Any:
-    # try/except costs nothing in Python 3.11 until something raises: the path to a bad
-    # number is built only then, never for the values that convert.
-    kind = message.WhichOneof("kind")
-    if kind == "struct_value":
-        return _struct_python(message.struct_value)
-    if kind == "list_value":
-        items = []
-        for index, item in enumerate(message.list_value.values):
-            try:
-                items.append(_python(item))
-            except _NotJsonNumber as exc:
-                exc.path.append(f"[{index}]")
-                raise
-        return items
-    if kind == "number_value":
-        number = message.number_value
-        if math.isinf(number) or math.isnan(number):
-            raise _NotJsonNumber(number)
-        return number
-    if kind == "string_value":
-        return message.string_value
-    if kind == "bool_value":
-        return message.bool_value
-    return None
-
-
-def _struct_python(message: struct_pb2.Struct) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, item in message.fields.items():
-        try:
-            out[key] = _python(item)
-        except _NotJsonNumber as exc:
-            exc.path.append(f".{key[:64]}" if len(key) <= 64 else f".{key[:64]}...")
-            raise
-    return out
-
-
-def _not_json_number(exc: _NotJsonNumber, field: str) -> InvalidArgumentError:
-    path = field + "".join(reversed(exc.path))
-    if len(path) > 256:
-        path = path[:253] + "..."
-    return InvalidArgumentError(
-        f"{path}: {exc.number} is not a JSON number (NaN and Infinity are not allowed)",
-        field=path,
-    )
+    return python_to_struct(data) if data else struct_pb2.Struct()
 
 
 def value_to_python(message: struct_pb2.Value, field: str = "json") -> Any:
-    """A ``google.protobuf.Value`` as plain Python, as ``json_format.MessageToDict`` gives it.
+    """A ``google.protobuf.Value`` of a request as plain Python (``synapse_client.codec``).
 
-    Numbers are floats; an unset value is None. The one converter of every Struct and Value
-    a request carries: a NaN or infinite number, which a Struct can carry and JSON cannot,
-    raises :class:`InvalidArgumentError` naming its path under ``field`` (``json.inputs[2]``).
-    Several times faster than ``json_format``, which formats a path for every element.
+    The one converter of every Struct and Value a request carries: a NaN or infinite number,
+    which a Struct can carry and JSON cannot, raises :class:`InvalidArgumentError` naming
+    its path under ``field`` (``json.inputs[2]``).
     """
     try:
-        return _python(message)
-    except _NotJsonNumber as exc:
-        raise _not_json_number(exc, field) from None
+        return codec.value_to_python(message, field)
+    except NonFiniteNumberError as exc:
+        raise InvalidArgumentError(str(exc), field=exc.field) from None
 
 
 def struct_to_python(message: struct_pb2.Struct, field: str) -> dict[str, Any]:
-    """A ``google.protobuf.Struct`` as a dict; see :func:`value_to_python`."""
+    """A ``google.protobuf.Struct`` of a request as a dict; see :func:`value_to_python`."""
     try:
-        return _struct_python(message)
-    except _NotJsonNumber as exc:
-        raise _not_json_number(exc, field) from None
+        return codec.struct_to_python(message, field)
+    except NonFiniteNumberError as exc:
+        raise InvalidArgumentError(str(exc), field=exc.field) from None
 
 
 def params_json_from_struct(message: struct_pb2.Struct) -> str:
@@ -343,6 +289,7 @@ def job_to_pb(job: Job, *, with_params: bool = False) -> job_pb2.Job:
         request_id=job.request_id or "",
         cancel_requested=job.cancel_requested,
         result_size_bytes=job.result_size if job.state is JobState.SUCCEEDED else 0,
+        warnings=job.warnings,
     )
     if job.error is not None and job.state is JobState.FAILED:
         message.error.CopyFrom(error_to_pb(job.error))

@@ -11,80 +11,18 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
-from google.protobuf import timestamp_pb2
-from synapse.plugin.v1 import deployment_pb2, deployment_service_pb2, deployment_service_pb2_grpc
+from synapse.plugin.v1 import deployment_service_pb2, deployment_service_pb2_grpc
 
-from synapse_server.core._limits import is_ascii_digits
 from synapse_server.core._models import Job
-from synapse_server.core.deployments import (
-    DeploymentRecord,
-    DeploymentService,
-    DeploymentStatus,
-    ReplicaState,
-)
+from synapse_server.core.deployments import DeploymentService
 from synapse_server.grpc._auth import current_principal
 from synapse_server.grpc._converters import struct_to_python
+from synapse_server.grpc._deployment_converters import deployment_to_pb, statuses_from_pb
 from synapse_server.grpc._errors import map_errors
 
-__all__ = ["DeploymentServicer", "deployment_to_pb"]
+__all__ = ["DeploymentServicer"]
 
 logger = logging.getLogger(__name__)
-
-_STATUS_TO_PB = {
-    DeploymentStatus.DEPLOYING: deployment_pb2.DEPLOYMENT_STATUS_DEPLOYING,
-    DeploymentStatus.RUNNING: deployment_pb2.DEPLOYMENT_STATUS_RUNNING,
-    DeploymentStatus.UNHEALTHY: deployment_pb2.DEPLOYMENT_STATUS_UNHEALTHY,
-    DeploymentStatus.DELETING: deployment_pb2.DEPLOYMENT_STATUS_DELETING,
-    DeploymentStatus.DELETED: deployment_pb2.DEPLOYMENT_STATUS_DELETED,
-    DeploymentStatus.FAILED: deployment_pb2.DEPLOYMENT_STATUS_FAILED,
-}
-_STATUS_FROM_PB = {value: key for key, value in _STATUS_TO_PB.items()}
-_REPLICA_STATES = {
-    ReplicaState.STARTING: deployment_pb2.REPLICA_STATE_STARTING,
-    ReplicaState.RUNNING: deployment_pb2.REPLICA_STATE_RUNNING,
-    ReplicaState.UPDATING: deployment_pb2.REPLICA_STATE_UPDATING,
-    ReplicaState.RECOVERING: deployment_pb2.REPLICA_STATE_RECOVERING,
-    ReplicaState.STOPPING: deployment_pb2.REPLICA_STATE_STOPPING,
-}
-
-
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
-def _is_model_id(text: str) -> bool:
-    # A replica's loaded ids come from its signed model ids; anything else is left out.
-    return len(text) <= 19 and is_ascii_digits(text) and int(text) < 1 << 63
-
-
-def deployment_to_pb(record: DeploymentRecord) -> deployment_pb2.Deployment:
-    """The wire form of a deployment record."""
-    message = deployment_pb2.Deployment(
-        id=record.id,
-        name=record.name,
-        plugin=record.plugin,
-        action=record.action,
-        job_id=record.job_id,
-        status=_STATUS_TO_PB[record.status],
-        status_message=record.status_message,
-        route_prefix=record.route_prefix,
-        model_ids=list(record.model_ids),
-        endpoint_action=record.endpoint_action,
-        create_time=_timestamp(record.create_time),
-        update_time=_timestamp(record.update_time),
-    )
-    if record.ray_actor_options:
-        message.ray_actor_options.update(record.ray_actor_options)
-    for replica in record.replicas:
-        message.replicas.add(
-            replica_id=replica.replica_id,
-            state=_REPLICA_STATES[replica.state],
-            loaded_model_ids=[int(m) for m in replica.loaded_model_ids if _is_model_id(m)],
-            loaded_models_known=replica.loaded_models_known,
-        )
-    return message
 
 
 class DeploymentServicer(deployment_service_pb2_grpc.DeploymentServiceServicer):
@@ -105,10 +43,9 @@ class DeploymentServicer(deployment_service_pb2_grpc.DeploymentServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> deployment_service_pb2.ListDeploymentsResponse:
         """List the caller's deployments."""
-        statuses = [_STATUS_FROM_PB[s] for s in request.statuses if s in _STATUS_FROM_PB]
         page = await self._service.list(
             current_principal().tenant,
-            statuses=statuses,
+            statuses=statuses_from_pb(request.statuses),
             plugin=request.plugin,
             name=request.name,
             page_size=request.page_size,

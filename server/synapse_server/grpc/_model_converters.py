@@ -1,14 +1,14 @@
-"""Protobuf ↔ domain conversion for the ModelService (kept apart from the job converters)."""
+"""Protobuf ↔ domain conversion for the ModelService (Structs through ``_converters``)."""
 
 from __future__ import annotations
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from synapse.plugin.v1 import model_pb2, model_service_pb2
 from synapse_sdk.models import ArchiveFormat
 
 from synapse_server.core import InvalidArgumentError
 from synapse_server.core.models import ModelPage, ModelRecord, ModelUploadSpec
-from synapse_server.grpc._converters import struct_to_python
+from synapse_server.grpc._converters import struct_from_dict, struct_to_python
 
 __all__ = [
     "archive_format_from_pb",
@@ -43,8 +43,7 @@ def archive_format_from_pb(value: int) -> ArchiveFormat:
 
 def model_to_pb(record: ModelRecord) -> model_pb2.Model:
     """A registered model as its wire message."""
-    metadata = struct_pb2.Struct()
-    metadata.update(record.metadata)
+    metadata = struct_from_dict(record.metadata)
     created = timestamp_pb2.Timestamp()
     created.FromNanoseconds(int(record.created_at * 1e9))
     return model_pb2.Model(

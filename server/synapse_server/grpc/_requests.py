@@ -3,8 +3,8 @@
 grpc.aio decodes a request with the method's deserializer before the servicer runs; a
 deserializer that raises makes grpc.aio answer ``UNKNOWN`` with the exception's text and log
 a traceback (unary requests), or raises inside the servicer's ``async for`` (streamed ones).
-:class:`RequestGuard` wraps every method's deserializer instead (the auth interceptor's
-handler re-wrap applies it to every service on the port), so that
+:class:`RequestGuard` wraps every method's deserializer instead (the interceptor chain's
+handler re-wrap, ``_interceptors``, applies it to every service on the port), so that
 
 * a message over its RPC's size limit is refused with ``RESOURCE_EXHAUSTED`` naming the
   limit, without being parsed;

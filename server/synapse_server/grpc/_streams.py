@@ -66,10 +66,10 @@ async def write_through(context: grpc.aio.ServicerContext, message: Any) -> None
 def writes_through(method: F) -> F:
     """Decorate an async-generator servicer method: its messages go out by :func:`write_through`.
 
-    The decorated method is still an async generator (the error mapping and the auth wrapper
-    treat it as a stream) but yields nothing to grpc: it writes every message of the original
-    generator itself, each once the previous one is written, as grpc would. Put it under
-    ``map_errors``.
+    The decorated method is still an async generator (the error mapping and the interceptor
+    chain's handler re-wrap treat it as a stream) but yields nothing to grpc: it writes every
+    message of the original generator itself, each once the previous one is written, as grpc
+    would. Put it under ``map_errors``.
     """
 
     @functools.wraps(method)

@@ -13,12 +13,13 @@ import logging
 from collections.abc import Callable, Mapping
 
 from synapse_sdk.plugins.actions.inference import BaseDeploymentAction
-from synapse_sdk.plugins.actions.inference._deployment import (
+from synapse_sdk.serving import (
     RELEASE_CODE_ENV,
     REPLICA_MESSAGE_BYTES_ENV,
     REPLICA_PLATFORM_ADDRESS_ENV,
+    SERVE_SIGNING_KEY_ENV,
+    SERVE_TENANT_ENV,
 )
-from synapse_sdk.plugins.actions.inference._multiplex import SERVE_SIGNING_KEY_ENV, SERVE_TENANT_ENV
 
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._models import Job

@@ -8,8 +8,9 @@ Requests reach replicas over Serve's gRPC channel to each replica (``_by_referen
 with plain pickle, by default: measured against Ray actor calls (Serve's default), it halves
 the server's CPU per Infer call and so doubles the calls per second one server core can
 route. ``transport="ray"`` keeps actor calls, for clusters where the server cannot open TCP
-connections to the replicas' nodes. Our request and reply types are plain dataclasses of an
-installed package, so plain pickle is enough; it is faster than cloudpickle.
+connections to the replicas' nodes. Requests and replies cross as the plain dicts of the
+versioned serve protocol (``synapse_sdk.serving.wire``), so plain pickle is enough (it is
+faster than cloudpickle) and the replica's SDK may be another version than the server's.
 
 The router's handles route on the event loop that calls them (the gRPC server's), not on
 Serve's shared router thread: a call then costs no hop to that thread and back, which was
@@ -23,10 +24,17 @@ import asyncio
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from typing import Any
 
-from synapse_sdk.plugins.actions.inference._serve import ServeReply, ServeRequest
+from synapse_sdk.serving import (
+    INFER_METHOD,
+    REPLICA_INFO_METHOD,
+    ProtocolVersionError,
+    ReplicaInfo,
+    ServeReply,
+    ServeRequest,
+    WireFormatError,
+)
 
 from synapse_server.core._errors import ResourceExhaustedError, ServiceUnavailableError
 from synapse_server.core.deployments import (
@@ -36,7 +44,7 @@ from synapse_server.core.deployments import (
     ReplicaRecord,
     ReplicaState,
 )
-from synapse_server.core.inference import InferDeadlineExceededError
+from synapse_server.core.inference import InferDeadlineExceededError, ServeProtocolMismatchError
 from synapse_server.ray._runtime import RayRuntime
 
 logger = logging.getLogger(__name__)
@@ -55,8 +63,8 @@ _MAX_CACHED_HANDLES = 4096
 #: Ray Serve's limit on a message between a handle and a replica over its gRPC channel
 #: (default 4 MiB), read from the environment when Ray Serve is imported.
 REPLICA_MESSAGE_LIMIT_ENV = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
-#: What a request or answer gains over its payload on the way to a replica (pickled
-#: ServeRequest/ServeReply and Serve's own envelope).
+#: What a request or answer gains over its payload on the way to a replica (the pickled
+#: serve protocol message and Serve's own envelope).
 _REPLICA_FRAMING_BYTES = 1 << 20
 
 
@@ -162,7 +170,7 @@ class ServeRouter:
         if len(self._bound) >= _MAX_CACHED_HANDLES:
             self._bound.clear()
         bound = app.options(
-            method_name="_synapse_infer",
+            method_name=INFER_METHOD,
             multiplexed_model_id=multiplexed_model_id,
             **self._transport_options,
         )
@@ -184,11 +192,11 @@ class ServeRouter:
         key = id(app)
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         try:
-            response = handle.remote(request)
+            response = handle.remote(request.to_wire())
             try:
                 # asyncio.timeout, unlike wait_for, wraps the await in no extra task.
                 async with asyncio.timeout(timeout_s):
-                    reply = await response
+                    answer = await response
             except TimeoutError:
                 response.cancel()
                 raise InferDeadlineExceededError(
@@ -228,12 +236,15 @@ class ServeRouter:
                 self._in_flight[key] = left
             elif key in self._retired:
                 self._shut_down(self._retired.pop(key))
-        if not isinstance(reply, ServeReply):
+        try:
+            return ServeReply.from_wire(answer)
+        except ProtocolVersionError as exc:
+            raise ServeProtocolMismatchError(f"application {app_name!r}: {exc}") from None
+        except WireFormatError as exc:
             raise ServiceUnavailableError(
-                f"{app_name!r} answered {type(reply).__name__}, not a ServeReply: is its "
+                f"{app_name!r} answered something that is not a serve reply ({exc}): is its "
                 "entrypoint a BaseServeDeployment deployed by deploy()?"
-            )
-        return reply
+            ) from None
 
 
 def _is_message_too_large(exc: BaseException) -> bool:
@@ -320,12 +331,12 @@ class ServeDeploymentBackend:
                 )
                 for r in replicas
             )
-            deployed_for = {i.deployed_for for i in infos.values() if i.deployed_for is not None}
+            deployed_for = {d for i in infos.values() if (d := _deployed_for(i)) is not None}
         return AppObservation(status, message, replicas, frozenset(deployed_for))
 
     async def _replica_infos(
         self, app_name: str, count: int, timeout_s: float
-    ) -> dict[str, _ReplicaInfo]:
+    ) -> dict[str, ReplicaInfo]:
         """Replica id -> what it says (loaded models, tenant, application), for the replicas
         that answered within ``timeout_s``.
 
@@ -339,18 +350,16 @@ class ServeDeploymentBackend:
             logger.info("could not ask %s for its loaded models", app_name, exc_info=True)
             return {}
         tasks = [
-            asyncio.ensure_future(
-                _await(handle.options(method_name="_synapse_replica_info").remote())
-            )
+            asyncio.ensure_future(_await(handle.options(method_name=REPLICA_INFO_METHOD).remote()))
             for _ in range(count * 3)
         ]
         done, pending = await asyncio.wait(tasks, timeout=timeout_s)
         for task in pending:
             task.cancel()
-        infos: dict[str, _ReplicaInfo] = {}
+        infos: dict[str, ReplicaInfo] = {}
         for task in done:
             answer = None if task.cancelled() or task.exception() is not None else task.result()
-            info = _ReplicaInfo.parse(answer)
+            info = ReplicaInfo.from_wire(answer)
             if info is not None:
                 infos[info.replica_id] = info
         if pending or len(infos) < count:
@@ -379,31 +388,12 @@ class ServeDeploymentBackend:
             self._router.forget(app_name)
 
 
-@dataclass(frozen=True)
-class _ReplicaInfo:
-    """A replica's answer to ``_synapse_replica_info``."""
-
-    replica_id: str
-    loaded_model_ids: tuple[str, ...]
-    #: (tenant, application name) the replica was deployed for; None from a replica of an
-    #: SDK that did not say (still running after an upgrade): its owner is unknown.
-    deployed_for: tuple[str, str] | None
-
-    @classmethod
-    def parse(cls, answer: Any) -> _ReplicaInfo | None:
-        """The answer as an info; None for anything that is not a replica's answer."""
-        if not isinstance(answer, dict) or "replica_id" not in answer:
-            return None
-        tenant, app_name = answer.get("tenant"), answer.get("app_name")
-        return cls(
-            replica_id=str(answer["replica_id"]),
-            loaded_model_ids=tuple(str(m) for m in answer.get("loaded_model_ids") or ()),
-            deployed_for=(
-                (tenant, app_name)
-                if isinstance(tenant, str) and isinstance(app_name, str)
-                else None
-            ),
-        )
+def _deployed_for(info: ReplicaInfo) -> tuple[str, str] | None:
+    """(tenant, application name) the replica was deployed for; None from a replica of an
+    SDK that did not say (still running after an upgrade): its owner is unknown."""
+    if info.tenant is None or info.app_name is None:
+        return None
+    return (info.tenant, info.app_name)
 
 
 def _observe(app_name: str) -> tuple[DeploymentStatus, str, tuple[ReplicaRecord, ...]] | None:

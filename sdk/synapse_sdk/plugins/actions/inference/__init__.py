@@ -14,8 +14,8 @@ from synapse_sdk.plugins.actions.inference._inference import (
     InferenceContext,
     InferenceProgressCategories,
 )
-from synapse_sdk.plugins.actions.inference._multiplex import create_serve_multiplexed_model_id
 from synapse_sdk.plugins.actions.inference._serve import BaseServeDeployment
+from synapse_sdk.serving.model_ids import create_serve_multiplexed_model_id
 
 __all__ = [
     "BaseDeploymentAction",

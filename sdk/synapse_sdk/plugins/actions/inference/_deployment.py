@@ -1,7 +1,8 @@
 """Deployment actions: configuration side of ``BaseDeploymentAction`` and its step context.
 
 ``ray_init``, ``deploy`` and ``register_serve_application`` import Ray only when called; the
-deployment mechanics (multiplexed loader, candidate-then-replace rollout) are in ``_serve``.
+deployment mechanics (multiplexed loader, candidate-then-replace rollout) are in
+``synapse_sdk.serving._deploy``.
 """
 
 from __future__ import annotations
@@ -16,37 +17,17 @@ from synapse_sdk.plugins._models import LocalModelBackend
 from synapse_sdk.plugins.enums import PluginCategory
 from synapse_sdk.plugins.steps import BaseStepContext
 from synapse_sdk.runtime import current_context
+from synapse_sdk.serving._deploy import (
+    RELEASE_CHECKSUM_ENV,
+    RELEASE_CODE_ENV,
+    REPLICA_PLATFORM_ADDRESS_ENV,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["BaseDeploymentAction", "DeploymentContext", "DeploymentProgressCategories"]
 
-RELEASE_CODE_ENV = "SYNAPSE_PLUGIN_RELEASE_CODE"
-RELEASE_CHECKSUM_ENV = "SYNAPSE_PLUGIN_RELEASE_CHECKSUM"
-#: The server address replicas download models from, when the worker's own address (e.g. a
-#: Unix socket on the server's machine) is not reachable from the cluster's nodes.
-REPLICA_PLATFORM_ADDRESS_ENV = "SYNAPSE_SERVE_PLATFORM_ADDRESS"
-#: The largest message, in bytes, a replica exchanges with the platform's Infer router (set
-#: by the platform for deployment jobs); without it, :data:`DEFAULT_REPLICA_MESSAGE_BYTES`.
-REPLICA_MESSAGE_BYTES_ENV = "SYNAPSE_SERVE_REPLICA_MESSAGE_BYTES"
-#: The platform's default Infer message limit (64 MiB) plus room for Serve's framing.
-DEFAULT_REPLICA_MESSAGE_BYTES = (64 << 20) + (1 << 20)
-#: Ray Serve reads a replica's gRPC message limit (4 MiB by default) from this variable.
-_SERVE_REPLICA_LIMIT_VAR = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
 _ACTOR_OPTION_KEYS = ("num_cpus", "num_gpus", "memory")
-
-
-def _replica_runtime_env(runtime_env: dict[str, Any]) -> dict[str, Any]:
-    """``runtime_env`` with the replica's gRPC message limit set (unless the plugin set one).
-
-    Infer requests reach replicas over Serve's gRPC channel, whose 4 MiB default would refuse
-    a tensor the platform accepts; the variable must be in the replica process's
-    environment when it imports Serve, which is what a runtime env's ``env_vars`` do.
-    """
-    limit = os.environ.get(REPLICA_MESSAGE_BYTES_ENV) or str(DEFAULT_REPLICA_MESSAGE_BYTES)
-    env_vars = dict(runtime_env.get("env_vars") or {})
-    env_vars.setdefault(_SERVE_REPLICA_LIMIT_VAR, limit)
-    return {**runtime_env, "env_vars": env_vars}
 
 
 @dataclass(frozen=True)
@@ -172,20 +153,21 @@ class BaseDeploymentAction(BaseAction[P]):
         new version has started; a failed deployment raises ``ServeDeploymentError`` with
         Ray Serve's reason.
         """
-        from synapse_sdk.plugins.actions.inference._multiplex import (
+        from synapse_sdk.plugins.actions.inference._serve import BaseServeDeployment
+        from synapse_sdk.runtime import PlatformInfo
+        from synapse_sdk.serving._deploy import (
+            build_deployment_class,
+            register_plugin_modules_by_value,
+            replica_runtime_env,
+            run_serve_application,
+        )
+        from synapse_sdk.serving._replica import ServeReplicaConfig
+        from synapse_sdk.serving.model_ids import (
             SERVE_SIGNING_KEY_ENV,
             SERVE_TENANT_ENV,
             ServeModelIdError,
             derive_app_key,
         )
-        from synapse_sdk.plugins.actions.inference._serve import (
-            BaseServeDeployment,
-            ServeReplicaConfig,
-            build_deployment_class,
-            register_plugin_modules_by_value,
-            run_serve_application,
-        )
-        from synapse_sdk.runtime import PlatformInfo
 
         entrypoint = self.entrypoint
         if not (isinstance(entrypoint, type) and issubclass(entrypoint, BaseServeDeployment)):
@@ -231,7 +213,7 @@ class BaseDeploymentAction(BaseAction[P]):
             serve_options.pop("max_models_per_replica", entrypoint.max_models_per_replica)
         )
         actor_options = dict(self.get_ray_actor_options())
-        actor_options["runtime_env"] = _replica_runtime_env(self.get_runtime_env())
+        actor_options["runtime_env"] = replica_runtime_env(self.get_runtime_env())
         deployment_cls = build_deployment_class(entrypoint, config, max_models)
         register_plugin_modules_by_value(entrypoint)
         run_serve_application(

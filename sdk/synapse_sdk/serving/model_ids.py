@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "SERVE_SIGNING_KEY_ENV",
+    "SERVE_TENANT_ENV",
     "ServeModelClaims",
     "ServeModelIdError",
     "ServeModelIdSigner",

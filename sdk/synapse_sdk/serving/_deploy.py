@@ -1,0 +1,192 @@
+"""Deployment mechanics behind ``BaseDeploymentAction.deploy()``: the class Serve runs, the
+candidate-then-replace rollout, and the environment the platform gives deployment jobs.
+
+Ray is imported only inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from synapse_sdk.errors import SynapseError
+from synapse_sdk.serving._replica import ServeReplicaConfig
+from synapse_sdk.serving.wire import INFER_METHOD
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_REPLICA_MESSAGE_BYTES",
+    "RELEASE_CHECKSUM_ENV",
+    "RELEASE_CODE_ENV",
+    "REPLICA_MESSAGE_BYTES_ENV",
+    "REPLICA_PLATFORM_ADDRESS_ENV",
+    "SERVE_OPTION_KEYS",
+    "ServeDeploymentError",
+    "build_deployment_class",
+    "register_plugin_modules_by_value",
+    "replica_runtime_env",
+    "run_serve_application",
+]
+
+#: The serve application name the platform gives a deployment job.
+RELEASE_CODE_ENV = "SYNAPSE_PLUGIN_RELEASE_CODE"
+#: The route prefix the platform gives a deployment job.
+RELEASE_CHECKSUM_ENV = "SYNAPSE_PLUGIN_RELEASE_CHECKSUM"
+#: The server address replicas download models from, when the worker's own address (e.g. a
+#: Unix socket on the server's machine) is not reachable from the cluster's nodes.
+REPLICA_PLATFORM_ADDRESS_ENV = "SYNAPSE_SERVE_PLATFORM_ADDRESS"
+#: The largest message, in bytes, a replica exchanges with the platform's Infer router (set
+#: by the platform for deployment jobs); without it, :data:`DEFAULT_REPLICA_MESSAGE_BYTES`.
+REPLICA_MESSAGE_BYTES_ENV = "SYNAPSE_SERVE_REPLICA_MESSAGE_BYTES"
+#: The platform's default Infer message limit (64 MiB) plus room for Serve's framing.
+DEFAULT_REPLICA_MESSAGE_BYTES = (64 << 20) + (1 << 20)
+#: Ray Serve reads a replica's gRPC message limit (4 MiB by default) from this variable.
+_SERVE_REPLICA_LIMIT_VAR = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
+
+#: serve.deployment options a plugin's ``config.yaml`` may set under ``serve:``.
+SERVE_OPTION_KEYS = frozenset(
+    {
+        "num_replicas",
+        "max_ongoing_requests",
+        "max_queued_requests",
+        "autoscaling_config",
+        "health_check_period_s",
+        "health_check_timeout_s",
+        "graceful_shutdown_timeout_s",
+        "graceful_shutdown_wait_loop_s",
+        "user_config",
+    }
+)
+
+
+def replica_runtime_env(runtime_env: Mapping[str, Any]) -> dict[str, Any]:
+    """``runtime_env`` with the replica's gRPC message limit set (unless the plugin set one).
+
+    Infer requests reach replicas over Serve's gRPC channel, whose 4 MiB default would refuse
+    a tensor the platform accepts; the variable must be in the replica process's
+    environment when it imports Serve, which is what a runtime env's ``env_vars`` do.
+    """
+    limit = os.environ.get(REPLICA_MESSAGE_BYTES_ENV) or str(DEFAULT_REPLICA_MESSAGE_BYTES)
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    env_vars.setdefault(_SERVE_REPLICA_LIMIT_VAR, limit)
+    return {**runtime_env, "env_vars": env_vars}
+
+
+class ServeDeploymentError(SynapseError, RuntimeError):
+    """Ray Serve could not deploy the application; ``reason`` is Serve's message."""
+
+    def __init__(self, app_name: str, reason: str) -> None:
+        self.app_name = app_name
+        self.reason = reason
+        super().__init__(f"deploying serve application {app_name!r} failed: {reason}")
+
+
+def build_deployment_class(
+    entrypoint: type, config: ServeReplicaConfig, max_models_per_replica: int
+) -> type:
+    """The class Serve runs: ``entrypoint`` (a ``BaseServeDeployment`` subclass) with its
+    multiplexed loader and replica config."""
+    from ray import serve
+
+    if not (isinstance(entrypoint, type) and callable(getattr(entrypoint, INFER_METHOD, None))):
+        raise TypeError(f"entrypoint must be a BaseServeDeployment subclass, got {entrypoint!r}")
+
+    # The loader's name must match the attribute: Serve finds `self` through it.
+    async def _synapse_multiplexed_load(self: Any, token: str) -> Any:
+        return await self._synapse_load_model(token)
+
+    namespace: dict[str, Any] = {
+        "__module__": entrypoint.__module__,
+        "__qualname__": entrypoint.__qualname__,
+        "__doc__": entrypoint.__doc__,
+        "_synapse_replica_config": config,
+        "_synapse_multiplexed_load": serve.multiplexed(
+            max_num_models_per_replica=max_models_per_replica
+        )(_synapse_multiplexed_load),
+    }
+    cls = type(entrypoint.__name__, (entrypoint,), namespace)
+    app = getattr(entrypoint, "app", None)
+    if app is not None:
+        cls = serve.ingress(app)(cls)
+    return typing.cast(type, cls)
+
+
+def register_plugin_modules_by_value(entrypoint: type) -> None:
+    """Ship the plugin's code with the deployment: its modules are not importable in Ray."""
+    from ray import cloudpickle
+
+    module_name = entrypoint.__module__
+    top = module_name.split(".", 1)[0]
+    if top.startswith("_synapse_plugin_") and top in sys.modules:
+        cloudpickle.register_pickle_by_value(sys.modules[top])
+    elif module_name == "__main__" or module_name not in sys.modules:
+        return
+    elif getattr(sys.modules[module_name], "__spec__", None) is None:
+        cloudpickle.register_pickle_by_value(sys.modules[module_name])
+
+
+def run_serve_application(
+    deployment_cls: type,
+    *,
+    app_name: str,
+    route_prefix: str | None,
+    ray_actor_options: Mapping[str, Any],
+    serve_options: Mapping[str, Any],
+    init_args: tuple[Any, ...],
+    timeout_s: float = 300.0,
+) -> None:
+    """Deploy and wait until RUNNING; an existing application is replaced only when the new
+    version has proven it starts (it is first run as a candidate under another name)."""
+    from ray import serve
+
+    unknown = set(serve_options) - SERVE_OPTION_KEYS
+    if unknown:
+        raise ValueError(f"unknown serve options: {', '.join(sorted(unknown))}")
+    name = getattr(deployment_cls, "__name__", "Deployment")
+    deployment: Any = serve.deployment(
+        deployment_cls, name=name, ray_actor_options=dict(ray_actor_options), **serve_options
+    )
+    existing = serve.status().applications.get(app_name)
+    if existing is not None and str(existing.status.value) in ("RUNNING", "UNHEALTHY"):
+        candidate = f"{app_name}--candidate"
+        try:
+            serve._run(
+                deployment.bind(*init_args), name=candidate, route_prefix=None, _blocking=False
+            )
+            _wait_running(candidate, timeout_s)
+        finally:
+            try:
+                serve.delete(candidate)
+            except Exception:
+                logger.warning("could not delete candidate application %s", candidate)
+    serve._run(
+        deployment.bind(*init_args), name=app_name, route_prefix=route_prefix, _blocking=False
+    )
+    _wait_running(app_name, timeout_s)
+
+
+def _wait_running(app_name: str, timeout_s: float) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        status = serve.status().applications.get(app_name)
+        state = str(status.status.value) if status is not None else "NOT_STARTED"
+        if state == "RUNNING":
+            return
+        if state == "DEPLOY_FAILED" and status is not None:
+            reason = status.message or "; ".join(
+                d.message for d in status.deployments.values() if d.message
+            )
+            raise ServeDeploymentError(app_name, reason or "no reason given by Ray Serve")
+        if time.monotonic() > deadline:
+            raise ServeDeploymentError(app_name, f"not RUNNING after {timeout_s:.0f}s ({state})")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
