@@ -1,4 +1,4 @@
-"""Local vs task mode: 200 short jobs each through one real server, in one run.
+"""Local vs task (and job) mode: 200 short jobs each through one real server, in one run.
 
 Starts a one-node Ray (``ray.cluster_utils.Cluster``, not connected to this process) and the
 test server process (``tests/ray_modes/_server.py``: the real job service, executors and gRPC
@@ -10,10 +10,11 @@ each mode and reads the server's own timestamps back with GetJob:
   jobs beyond ``--concurrency`` wait for a free slot, so this includes queueing)
 - submit → RUNNING latency of a lone job on an idle server (p50 of 10 sequential jobs)
 
-and prints both modes and the task/local ratios as JSON (also written to bench/results/).
-Usage::
+and prints each mode and its ratios over local mode (the same run's baseline) as JSON (also
+written to bench/results/). Job mode starts a Ray actor per job, so it gets its own, smaller
+job count (``--job-mode-jobs``; 0 leaves it out). Usage::
 
-    .venv/bin/python bench/bench_modes.py [--jobs 200] [--concurrency 8]
+    .venv/bin/python bench/bench_modes.py [--jobs 200] [--concurrency 8] [--job-mode-jobs 40]
 """
 
 from __future__ import annotations
@@ -76,11 +77,25 @@ def bench_mode(server: Any, mode: str, jobs: int) -> dict[str, float]:
     }
 
 
+_RATIOS = {
+    "idle_submit_to_running_p50": "idle_submit_to_running_p50_ms",
+    "jobs_per_second": "jobs_per_second",
+    "submit_to_running_p50": "submit_to_running_p50_ms",
+    "submit_to_running_p95": "submit_to_running_p95_ms",
+}
+
+
+def _ratios(figures: dict[str, float], local: dict[str, float]) -> dict[str, float]:
+    """A mode's figures over local mode's in the same run (the machine's load cancels out)."""
+    return {name: figures[key] / local[key] for name, key in _RATIOS.items()}
+
+
 def main() -> int:
     """Run both modes against one server and print the figures and ratios."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--job-mode-jobs", type=int, default=40)
     args = parser.parse_args()
     from ray.cluster_utils import Cluster
 
@@ -98,25 +113,20 @@ def main() -> int:
             try:
                 local = bench_mode(server, "local", args.jobs)
                 task = bench_mode(server, "task", args.jobs)
+                job = bench_mode(server, "job", args.job_mode_jobs) if args.job_mode_jobs else None
             finally:
                 stop_server(server)
     finally:
         cluster.shutdown()
-    report = {
+    modes = {"task": task} | ({"job": job} if job else {})
+    report: dict[str, Any] = {
         "machine": f"{os.cpu_count()} CPUs",
         "concurrency": args.concurrency,
         "local": local,
-        "task": task,
-        "task_over_local": {
-            "idle_submit_to_running_p50": task["idle_submit_to_running_p50_ms"]
-            / local["idle_submit_to_running_p50_ms"],
-            "jobs_per_second": task["jobs_per_second"] / local["jobs_per_second"],
-            "submit_to_running_p50": task["submit_to_running_p50_ms"]
-            / local["submit_to_running_p50_ms"],
-            "submit_to_running_p95": task["submit_to_running_p95_ms"]
-            / local["submit_to_running_p95_ms"],
-        },
+        **modes,
     }
+    for name, figures in modes.items():
+        report[f"{name}_over_local"] = _ratios(figures, local)
     text = json.dumps(report, indent=2)
     print(text)
     out = (

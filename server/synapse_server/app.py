@@ -226,6 +226,8 @@ class SynapseServer:
                     catalog,
                     root_certificates=roots,
                     environment=serve_environment,
+                    memory_limit_mb=s.worker_memory_limit_mb,
+                    warm_workers=s.warm_workers > 0,
                 ),
                 RayJobExecutor(
                     self._ray,
@@ -233,6 +235,7 @@ class SynapseServer:
                     catalog,
                     root_certificates=roots,
                     environment=serve_environment,
+                    memory_limit_mb=s.worker_memory_limit_mb,
                 ),
             ):
                 executors[ray_executor.mode] = ray_executor

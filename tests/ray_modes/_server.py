@@ -70,10 +70,19 @@ async def serve(args: argparse.Namespace) -> None:
     port = server.add_port("127.0.0.1:0")
     worker_address = args.worker_address or f"127.0.0.1:{port}"
     runtime = RayRuntime(RayRuntimeConfig(address=args.ray_address))
+    limit = args.worker_memory_limit_mb
     executors: dict[str, Executor] = {
-        "local": LocalProcessExecutor(worker_address, catalog, log_dir=data / "workers"),
-        "task": RayTaskExecutor(runtime, worker_address, catalog),
-        "job": RayJobExecutor(runtime, worker_address, catalog),
+        "local": LocalProcessExecutor(
+            worker_address,
+            catalog,
+            log_dir=data / "workers",
+            memory_limit_mb=limit,
+            warm_workers=int(args.warm_workers),
+        ),
+        "task": RayTaskExecutor(
+            runtime, worker_address, catalog, memory_limit_mb=limit, warm_workers=args.warm_workers
+        ),
+        "job": RayJobExecutor(runtime, worker_address, catalog, memory_limit_mb=limit),
     }
     jobs = JobService(
         store,
@@ -129,6 +138,10 @@ def main() -> int:
     parser.add_argument("--cancel-grace", type=float, default=2.0)
     parser.add_argument("--max-concurrent-jobs", type=int, default=8)
     parser.add_argument("--warm-ray", action="store_true")
+    # Each job worker's memory limit (none by default, as before the option existed).
+    parser.add_argument("--worker-memory-limit-mb", type=int)
+    # Fork servers for local and task-mode workers (the server's default), or none.
+    parser.add_argument("--cold-workers", dest="warm_workers", action="store_false")
     args = parser.parse_args()
     logging.basicConfig(
         level=os.environ.get("SYNAPSE_TEST_LOG_LEVEL", "INFO"),

@@ -25,6 +25,7 @@ from synapse_server.core._memory import (
     EXIT_OUT_OF_MEMORY,
     MEMORY_LIMIT_ERROR,
     memory_limit_message,
+    resident_bytes,
 )
 from synapse_server.core._models import Job
 from synapse_server.core._plugin_code import PluginCode
@@ -52,6 +53,23 @@ class WorkerExit:
     signal: int | None = None
     detail: str = ""
     memory_limit_mb: int | None = None
+
+    @classmethod
+    def from_returncode(
+        cls, returncode: int, memory_limit_mb: int | None = None, over_limit: bool = False
+    ) -> WorkerExit:
+        """How a worker process ended, from its return code as ``subprocess`` gives it.
+
+        ``over_limit``: the worker was killed for exceeding ``memory_limit_mb``. Under a limit,
+        that and the worker's own out-of-memory exit code both mean the job exceeded it.
+        """
+        if memory_limit_mb and (over_limit or returncode == EXIT_OUT_OF_MEMORY):
+            if returncode < 0:
+                return cls(signal=-returncode, memory_limit_mb=memory_limit_mb)
+            return cls(exit_code=returncode, memory_limit_mb=memory_limit_mb)
+        if returncode < 0:
+            return cls(signal=-returncode)
+        return cls(exit_code=returncode)
 
     @property
     def error_type(self) -> str:
@@ -360,11 +378,7 @@ class LocalProcessExecutor:
     def _exit(self, job_id: str, code: int) -> WorkerExit:
         over_limit = job_id in self._over_limit
         self._over_limit.discard(job_id)
-        if self._memory_limit_mb and (over_limit or code == EXIT_OUT_OF_MEMORY):
-            if code < 0:
-                return WorkerExit(signal=-code, memory_limit_mb=self._memory_limit_mb)
-            return WorkerExit(exit_code=code, memory_limit_mb=self._memory_limit_mb)
-        return _exit(code)
+        return WorkerExit.from_returncode(code, self._memory_limit_mb, over_limit)
 
     @contextlib.asynccontextmanager
     async def _watching_memory(self, job_id: str, pid: int) -> AsyncIterator[None]:
@@ -388,7 +402,7 @@ class LocalProcessExecutor:
         limit = limit_mb << 20
         while True:
             await asyncio.sleep(self._memory_check)
-            resident = _resident_bytes(pid)
+            resident = resident_bytes(pid)
             if resident is None:
                 return  # gone (or no /proc): nothing to watch
             if resident > limit:
@@ -427,18 +441,3 @@ class LocalProcessExecutor:
         for _, process in processes:
             with contextlib.suppress(ProcessLookupError):
                 await process.wait()
-
-
-def _resident_bytes(pid: int) -> int | None:
-    """The resident memory of process ``pid`` (None if it is gone); /proc never blocks."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _exit(code: int) -> WorkerExit:
-    if code < 0:
-        return WorkerExit(signal=-code)
-    return WorkerExit(exit_code=code)

@@ -1,6 +1,6 @@
-"""The per-job memory limit of local workers: what it counts, and how a job that hits it fails.
+"""The per-job memory limit of job workers: what it counts, and how a job that hits it fails.
 
-A local job's worker runs with ``RLIMIT_DATA`` at the limit: the kernel refuses heap,
+A job's worker runs with ``RLIMIT_DATA`` at the limit: the kernel refuses heap,
 anonymous private mappings and thread stacks beyond it, so an allocation fails inside the
 plugin (``MemoryError``, numpy's ``_ArrayMemoryError``, torch's "DefaultCPUAllocator: can't
 allocate memory") and the job fails with :data:`MEMORY_LIMIT_ERROR` and
@@ -13,14 +13,20 @@ Memory the kernel does not count as data (shared mappings, ``/dev/shm``) is watc
 the executor checks each worker's resident memory twice a second and kills a worker above the
 limit, which fails its job the same way. A worker that found itself out of memory where it
 could not report it exits with :data:`EXIT_OUT_OF_MEMORY`.
+
+In the Ray modes the same worker runs as a child process of the Ray task or actor, which
+applies the same limit and watch (``synapse_server.ray._supervisor``).
 """
 
 from __future__ import annotations
+
+import os
 
 __all__ = [
     "EXIT_OUT_OF_MEMORY",
     "MEMORY_LIMIT_ERROR",
     "memory_limit_message",
+    "resident_bytes",
 ]
 
 #: JobError.type of a job that ran out of its memory limit.
@@ -32,3 +38,12 @@ EXIT_OUT_OF_MEMORY = 5
 def memory_limit_message(limit_mb: int) -> str:
     """The failure message of a job that exceeded ``limit_mb``."""
     return f"the job exceeded its memory limit of {limit_mb} MiB"
+
+
+def resident_bytes(pid: int) -> int | None:
+    """The resident memory of process ``pid`` (None if it is gone); /proc never blocks."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return None

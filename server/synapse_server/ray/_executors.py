@@ -1,16 +1,20 @@
 """Run job workers on a Ray cluster: ``task`` mode (Ray tasks) and ``job`` mode (isolated actors).
 
-Both start the same ``run_worker`` the local worker process runs, so plugin code is unchanged
-and events travel the same way: the remote worker dials the server's ``WorkerService`` with
-the job-scoped credential (passed as a task argument, never logged) and streams its events with
-its own sequence numbers, resending after a broken connection. The executors never see events.
+In both, the Ray task or actor starts the job's worker as a child process: the same
+``python -m synapse_server.worker`` the local executor starts, so plugin code is unchanged and
+events travel the same way: the worker dials the server's ``WorkerService`` with the
+job-scoped credential (a task argument, then the child's environment; never logged, never in
+argv) and streams its events with its own sequence numbers, resending after a broken
+connection. The executors never see events. The Ray side supervises the child
+(``_supervisor``): it applies the per-job memory limit and returns how the child ended.
 
-- ``task``: a Ray task per job. Ray reuses worker processes between tasks, so a job starts in
-  milliseconds once the plugin is unpacked on the node.
+- ``task``: a Ray task per job. Ray reuses worker processes between tasks; a plugin that
+  crashes ends only its child, never the Ray worker process.
 - ``job``: a dedicated Ray actor per job, a fresh process with the plugin's own runtime
-  environment (``requirements.txt`` → ``runtime_env.pip``), killed when the job ends. The Ray
-  Jobs API would need the dashboard (the server's Ray runs without it) and would store the
-  credential in Ray's job record, so an isolated actor gives the same isolation without those.
+  environment (``requirements.txt`` → ``runtime_env.pip``; the child runs that environment's
+  interpreter), killed when the job ends. The Ray Jobs API would need the dashboard (the
+  server's Ray runs without it) and would store the credential in Ray's job record, so an
+  isolated actor gives the same isolation without those.
 
 Resources (``num_cpus``, ``num_gpus``, ``memory`` in bytes, ``resources`` for custom Ray
 resources) come from the job's params, else from the action's entry in ``config.yaml``, else
@@ -18,9 +22,12 @@ one CPU. A request no node of the cluster can ever hold is refused at submit tim
 (:class:`ResourcesUnavailableError`, FAILED_PRECONDITION); one that fits but not right now
 waits PENDING with a ``pending_reason`` naming what it waits for.
 
-Faults: tasks are never retried and actors never restarted (an action may have side effects);
-a worker process or node that dies ends ``run`` with a :class:`WorkerExit` whose detail says
-what happened, and ``kill`` force-cancels the task or kills the actor.
+Faults: tasks are never retried and actors never restarted (an action may have side effects).
+A worker that exits, crashes or is killed ends ``run`` with its exit code or signal, or as
+over its memory limit, exactly as in local mode; a Ray worker process or node that dies under
+it ends ``run`` with a :class:`WorkerExit` whose detail says what Ray reported. ``kill``
+cancels the task (its supervisor kills the worker's process group; force after a grace) or
+kills the actor (the worker dies with it).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -49,7 +57,12 @@ from synapse_server.core._errors import (
 from synapse_server.core._executor import JobEnvironment, WorkerExit
 from synapse_server.core._models import Job
 from synapse_server.ray._failures import describe_ray_failure
-from synapse_server.ray._plugin_package import PluginPackage, PluginPackager, materialize_plugin
+from synapse_server.ray._plugin_package import (
+    PluginPackage,
+    PluginPackager,
+    materialize_plugin,
+    plugin_cache_dir,
+)
 from synapse_server.ray._runtime import RayRuntime
 
 __all__ = [
@@ -172,36 +185,82 @@ def _run_remote_worker(
     credential: str,
     package: PluginPackage,
     env: Mapping[str, str] | None = None,
-) -> int:
-    """Body of the Ray task / actor method: unpack the plugin and run the worker.
+    memory_limit_mb: int | None = None,
+    plugin: str = "",
+    warm: bool = False,
+) -> WorkerExit:
+    """Body of the Ray task / actor method: unpack the plugin, run the worker as a child.
 
-    ``env`` (the job environment hook's variables) is set only for this run: a task worker
-    process is reused by later jobs, which must not inherit it.
+    The worker is ``python -m synapse_server.worker`` in a process of its own, supervised here
+    (see ``_supervisor``): the result says how it ended, exit code or signal, as in local
+    mode. ``env`` (the job environment hook's variables) goes to the child only, so a task
+    worker process reused by later jobs never holds it. ``warm`` (task mode): the worker is
+    forked from a fork server this Ray worker process keeps for ``plugin``'s code, as local
+    mode's fork servers do, instead of starting an interpreter per job.
     """
     import ray
 
-    from synapse_server.worker._runner import run_worker
+    from synapse_server.ray._supervisor import (
+        child_environment,
+        root_certificates_file,
+        supervise_forked_worker,
+        supervise_worker,
+        worker_command,
+    )
 
     plugin_dir = materialize_plugin(package)
-    node = ray.get_runtime_context().get_node_id()[:12]
-    saved = {name: os.environ.get(name) for name in env or {}}
-    os.environ.update(env or {})
-    try:
-        return run_worker(
-            target.address,
-            job_id,
-            credential,
-            plugin_dirs=[plugin_dir],
-            root_certificates=target.root_certificates,
-            server_name=target.server_name,
-            worker_id=f"ray-{node}-{os.getpid()}",
+    context = ray.get_runtime_context()
+    node = context.get_node_id()
+    cert_file = None
+    if target.root_certificates is not None:
+        cert_file = root_certificates_file(plugin_cache_dir() / "tls", target.root_certificates)
+    options: dict[str, Any] = {
+        "worker_id": f"ray-{node[:12]}-{os.getpid()}",
+        "memory_limit_mb": memory_limit_mb,
+        "root_cert_file": cert_file,
+        "server_name": target.server_name,
+    }
+
+    def cancelled() -> bool:
+        return _is_canceled(context)
+
+    def cold_start() -> WorkerExit:
+        return supervise_worker(
+            worker_command(
+                sys.executable, target.address, plugin_dir, "--job-id", job_id, **options
+            ),
+            child_environment(
+                os.environ, env or {}, credential, ray_address=context.gcs_address, node_id=node
+            ),
+            job_id=job_id,
+            memory_limit_mb=memory_limit_mb,
+            cancelled=cancelled,
         )
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+
+    if not warm:
+        return cold_start()
+    preload = ["--preload", plugin] if plugin else []
+    return supervise_forked_worker(
+        (package.sha256, plugin, memory_limit_mb, target, sys.executable),
+        worker_command(
+            sys.executable, target.address, plugin_dir, "--fork-server", *preload, **options
+        ),
+        child_environment(os.environ, {}, None, ray_address=context.gcs_address, node_id=node),
+        job_id=job_id,
+        credential=credential,
+        environment=env or {},
+        memory_limit_mb=memory_limit_mb,
+        cold_start=cold_start,
+        cancelled=cancelled,
+    )
+
+
+def _is_canceled(context: Any) -> bool:
+    # An actor task's cancel only sets this flag (a task's raises KeyboardInterrupt instead).
+    try:
+        return bool(context.is_canceled())
+    except RuntimeError:
+        return False
 
 
 class IsolatedWorkerActor:
@@ -214,9 +273,10 @@ class IsolatedWorkerActor:
         credential: str,
         package: PluginPackage,
         env: Mapping[str, str] | None = None,
-    ) -> int:
-        """Run the job's worker in this actor's process."""
-        return _run_remote_worker(target, job_id, credential, package, env)
+        memory_limit_mb: int | None = None,
+    ) -> WorkerExit:
+        """Run the job's worker as a child of this actor's process (one job: no fork server)."""
+        return _run_remote_worker(target, job_id, credential, package, env, memory_limit_mb)
 
 
 def ray_worker_address(listen_address: str, local_address: str, external_cluster: bool) -> str:
@@ -266,8 +326,12 @@ class _RayExecutorBase:
         environment: JobEnvironment | None = None,
         default_num_cpus: float = 1.0,
         pending_poll_seconds: float = 0.5,
+        memory_limit_mb: int | None = None,
+        stop_grace_seconds: float = 5.0,
     ) -> None:
         self._runtime = runtime
+        self._memory_limit_mb = memory_limit_mb or None
+        self._stop_grace = stop_grace_seconds
         self._address = worker_address
         self._root_certificates = root_certificates
         self._server_name = server_name
@@ -324,6 +388,17 @@ class _RayExecutorBase:
         # Only a few keys are read: the parsed params are dropped before collection resumes.
         with gc_paused():
             return RayResources.resolve(job.params, config, self._default_num_cpus)
+
+    def memory_limit_mb(self, resources: RayResources) -> int | None:
+        """The memory limit of a job's worker (None: none).
+
+        The server's limit, raised to the job's Ray ``memory`` reservation when that is
+        larger: Ray set that much aside for the job on its node, so the job may use it.
+        """
+        if not self._memory_limit_mb:
+            return None
+        reserved = math.ceil(resources.memory / (1 << 20)) if resources.memory > 0 else 0
+        return max(self._memory_limit_mb, reserved)
 
     def _node_totals(self) -> list[dict[str, float]]:
         import ray
@@ -428,14 +503,26 @@ class _RayExecutorBase:
     ) -> _Launch:
         raise NotImplementedError
 
-    def _stop(self, launch: _Launch) -> None:
+    def _stop(self, launch: _Launch, grace: float = 0.0) -> None:
+        """Stop the launch's worker; blocks up to ``grace`` seconds (call off the event loop).
+
+        A task is cancelled first without force: its supervisor kills the worker's process
+        group and returns, and the Ray worker process lives on for later tasks; only a task
+        still running after ``grace`` is force-cancelled, which ends its Ray worker process
+        (and the worker with it). An actor is killed; its worker dies with it.
+        """
         import ray
 
         launch.killed = True
         if launch.actor is not None:
             ray.kill(launch.actor, no_restart=True)
-        else:
-            ray.cancel(launch.ref, force=True, recursive=True)
+            return
+        if grace > 0:
+            ray.cancel(launch.ref, force=False, recursive=True)
+            done, _ = ray.wait([launch.ref], timeout=grace)
+            if done:
+                return
+        ray.cancel(launch.ref, force=True, recursive=True)
 
     def _release(self, launch: _Launch) -> None:
         """Drop what the launch holds once the worker is gone (actors are killed)."""
@@ -475,7 +562,7 @@ class _RayExecutorBase:
                     reason = await asyncio.to_thread(self._waiting_reason, resources)
                     reporting = await self._pending_reporter(job.id, reason)
             try:
-                code = future.result()
+                outcome = future.result()
             except (rex.RayError, rex.RayTaskError) as exc:
                 detail = describe_ray_failure(exc)
                 # Ray's own text (pid, node address, exit detail) is for operators only.
@@ -483,7 +570,11 @@ class _RayExecutorBase:
                     "job %s: %s; Ray said: %s", job.id, detail, " ".join(str(exc).split())[:2000]
                 )
                 return WorkerExit(detail=detail)
-            return WorkerExit(exit_code=int(code))
+            if not isinstance(outcome, WorkerExit):
+                raise TypeError(f"a Ray worker returned {type(outcome).__name__}, not WorkerExit")
+            if outcome.exit_code != 0:
+                logger.warning("job %s: %s", job.id, outcome.describe())
+            return outcome
         except asyncio.CancelledError:
             # The job ended without its worker (cancelled while queued, server closing).
             future.cancel()
@@ -500,25 +591,32 @@ class _RayExecutorBase:
         if launch is None or launch.killed:
             return
         logger.warning("job %s: stopping its Ray worker", job_id)
-        await asyncio.to_thread(self._stop, launch)
+        await asyncio.to_thread(self._stop, launch, self._stop_grace)
 
     async def close(self) -> None:
         """Stop every worker still running (Ray itself belongs to the runtime)."""
         if self._ray_start is not None:
             self._ray_start.cancel()
-        for job_id in list(self._launches):
-            with contextlib.suppress(Exception):
-                await self.kill(job_id)
+        # Together: each kill may wait for its task's grace.
+        await asyncio.gather(
+            *(self.kill(job_id) for job_id in list(self._launches)), return_exceptions=True
+        )
 
 
 class RayTaskExecutor(_RayExecutorBase):
-    """``task`` mode: each job's worker is a Ray task (never retried)."""
+    """``task`` mode: each job's worker is a Ray task (never retried).
+
+    ``warm_workers`` (the default): each Ray worker process keeps a fork server for the plugin
+    code of its last job and forks each job's worker from it (see ``_supervisor``); False
+    starts a fresh ``python -m synapse_server.worker`` for every job instead.
+    """
 
     mode = "task"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, warm_workers: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._remote: Any = None
+        self._warm = warm_workers
 
     def _launch(
         self,
@@ -537,7 +635,16 @@ class RayTaskExecutor(_RayExecutorBase):
             max_retries=0,
             retry_exceptions=False,
             **resources.ray_options(),
-        ).remote(self._target(), job.id, credential, package, env)
+        ).remote(
+            self._target(),
+            job.id,
+            credential,
+            package,
+            env,
+            self.memory_limit_mb(resources),
+            job.plugin,
+            self._warm,
+        )
         return _Launch(ref=ref)
 
 
@@ -588,5 +695,7 @@ class RayJobExecutor(_RayExecutorBase):
             runtime_env=self.runtime_env(self._plugin_dir(job)),
             **resources.ray_options(),
         ).remote()
-        ref = actor.run.remote(self._target(), job.id, credential, package, env)
+        ref = actor.run.remote(
+            self._target(), job.id, credential, package, env, self.memory_limit_mb(resources)
+        )
         return _Launch(ref=ref, actor=actor)

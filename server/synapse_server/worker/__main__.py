@@ -35,6 +35,10 @@ def main() -> int:
     parser.add_argument("--parent-pid", type=int)
     parser.add_argument("--root-cert-file", type=Path)
     parser.add_argument("--server-name")
+    parser.add_argument(
+        "--worker-id",
+        help="how the worker names itself to the server (--fork-server: each child <id>-<pid>)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     root = args.root_cert_file.read_bytes() if args.root_cert_file else None
@@ -49,6 +53,7 @@ def main() -> int:
             parent_pid=args.parent_pid,
             root_certificates=root,
             server_name=args.server_name,
+            worker_id=args.worker_id,
         )
     if not args.job_id:
         parser.error("--job-id is required (or --fork-server)")
@@ -64,6 +69,7 @@ def main() -> int:
         server_name=args.server_name,
         memory_limit_mb=args.memory_limit_mb,
         parent_pid=args.parent_pid,
+        worker_id=args.worker_id,
     )
 
 

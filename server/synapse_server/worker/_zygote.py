@@ -155,11 +155,13 @@ class _ForkServer:
         plugin_dirs: Sequence[Path],
         report_fd: int,
         options: dict[str, Any],
+        worker_id: str | None = None,
     ) -> None:
         self._address = address
         self._plugin_dirs = list(plugin_dirs)
         self._report_fd = report_fd
         self._options = options
+        self._worker_id = worker_id
         self._selector = selectors.DefaultSelector()
         self._children: dict[int, str] = {}  # pid -> job id, until reaped
         self._pids: dict[str, int] = {}  # job id -> pid, until reaped
@@ -308,6 +310,7 @@ class _ForkServer:
             request.credential,
             plugin_dirs=self._plugin_dirs,
             channel=channel,
+            worker_id=f"{self._worker_id}-{os.getpid()}" if self._worker_id else None,
             **self._options,
         )
 
@@ -416,12 +419,14 @@ def run_zygote(
     parent_pid: int | None = None,
     root_certificates: bytes | None = None,
     server_name: str | None = None,
+    worker_id: str | None = None,
 ) -> int:
     """Import ``preload`` plugins once, then fork a worker per request read from stdin.
 
     Reports go to the stdout this process was started with; from here on file descriptor 1
     is the standard error, so output of plugin code at import cannot corrupt them. Returns
-    0 once the input has ended and every child has been reaped.
+    0 once the input has ended and every child has been reaped. ``worker_id``: each child
+    names itself ``<worker_id>-<its pid>`` to the server (default: ``local-<pid>-...``).
     """
     if parent_pid is not None:
         _die_with_parent(parent_pid)
@@ -446,5 +451,5 @@ def run_zygote(
         # The children inherit the limit; they need its value to report a job that hits it.
         "memory_limit_mb": memory_limit_mb,
     }
-    server = _ForkServer(address, plugin_dirs, report_fd, options)
+    server = _ForkServer(address, plugin_dirs, report_fd, options, worker_id)
     return server.serve(sys.stdin.fileno())

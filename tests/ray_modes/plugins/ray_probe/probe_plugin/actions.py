@@ -1,4 +1,8 @@
-"""Actions that report where they ran, fetch a model, crash, or refuse to stop (Ray-mode tests)."""
+"""Actions that report where they ran, fetch a model, crash, hog memory or refuse to stop.
+
+For the Ray-mode tests. In task and job mode the action runs in a worker process that the Ray
+task or actor started: its parent process is the Ray worker.
+"""
 
 from __future__ import annotations
 
@@ -25,15 +29,18 @@ class WhereParams(BaseModel):
 
 
 def _ray_node_id() -> str:
-    """The Ray node this process runs on, or "" outside Ray."""
-    try:
-        import ray
+    """The Ray node this job's worker runs on, or "" outside Ray (local mode).
 
-        if ray.is_initialized():
-            return str(ray.get_runtime_context().get_node_id())
-    except ImportError:
-        pass
-    return ""
+    The worker is a child of the Ray worker, not one itself: the platform names the node in
+    SYNAPSE_RAY_NODE_ID.
+    """
+    return os.environ.get("SYNAPSE_RAY_NODE_ID", "")
+
+
+def _data_limit() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_DATA)[0]
 
 
 class WhereAction(BaseAction[WhereParams]):
@@ -50,8 +57,10 @@ class WhereAction(BaseAction[WhereParams]):
         return {
             "node_id": node_id,
             "pid": os.getpid(),
+            "parent_pid": os.getppid(),
             "mode": current_context().mode,
             "file": __file__,
+            "data_limit": _data_limit(),
         }
 
 
@@ -93,7 +102,7 @@ class CrashAction(BaseAction[WhereParams]):
     """Log once, then end the process without reporting."""
 
     def execute(self) -> None:
-        self.log("about to crash")
+        self.log("about to crash", {"pid": os.getpid(), "parent_pid": os.getppid()})
         # The log goes out on the reporter's thread and plugin code cannot wait for it: give
         # it ample time on a loaded machine (the test checks that it arrived).
         time.sleep(2)
@@ -103,6 +112,8 @@ class CrashAction(BaseAction[WhereParams]):
 class DieParams(BaseModel):
     how: Literal["exit", "segfault", "sigkill", "ray_kill"]
     code: int = 3
+    num_cpus: float | None = None
+    resources: dict[str, float] | None = None
 
 
 class DieAction(BaseAction[DieParams]):
@@ -116,17 +127,52 @@ class DieAction(BaseAction[DieParams]):
         if self.params.how == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         if self.params.how == "ray_kill":
-            # Job mode: the worker's own actor, killed through Ray as an operator would.
+            # Job mode: the actor running this worker, killed through Ray as an operator would
+            # (connecting as a driver of the cluster named by RAY_ADDRESS; the platform names
+            # a job's actor synapse-job-<job id>, in the server's namespace).
             import ray
 
-            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            ray.init(log_to_driver=False)
+            name = f"synapse-job-{current_context().job_id}"
+            for entry in ray.util.list_named_actors(all_namespaces=True):
+                if entry["name"] == name:
+                    actor = ray.get_actor(name, namespace=entry["namespace"])
+                    ray.kill(actor, no_restart=True)
         time.sleep(60)
+
+
+class HogParams(BaseModel):
+    how: Literal["data", "shared"]
+    max_mib: int = 2048
+    num_cpus: float | None = None
+    memory: float | None = None
+    resources: dict[str, float] | None = None
+
+
+class HogAction(BaseAction[HogParams]):
+    """Allocate up to ``max_mib`` (then give up and succeed): heap memory (``data``, which
+    RLIMIT_DATA counts) or anonymous shared memory (``shared``, which it does not)."""
+
+    def execute(self) -> dict[str, int]:
+        import mmap
+
+        step = 16 << 20
+        held: list[object] = []
+        for _ in range(self.params.max_mib // 16):
+            if self.params.how == "data":
+                held.append(bytearray(step))
+            else:
+                block = mmap.mmap(-1, step)  # MAP_SHARED | MAP_ANONYMOUS
+                block.write(b"x" * step)
+                held.append(block)
+                time.sleep(0.02)
+        return {"allocated_mib": len(held) * 16}
 
 
 class StubbornAction(BaseAction[WhereParams]):
     """Loop forever, ignoring is_cancelled (the platform has to kill it)."""
 
     def execute(self) -> None:
-        self.log("started", {"pid": os.getpid()})
+        self.log("started", {"pid": os.getpid(), "parent_pid": os.getppid()})
         while True:
             time.sleep(0.1)
