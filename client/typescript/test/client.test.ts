@@ -95,7 +95,8 @@ describe("Client: run an action, follow its progress, wait for the result", () =
   });
 
   test("a result above the inline limit is streamed with GetJobResult", async () => {
-    const big = 300_000;
+    // Over the server's default inline limit (1 MiB).
+    const big = 1_500_000;
     const job = await synapse.runAction(PLATFORM_TOY, "quick", { count: 1, label: "big", big });
     const result = (await job.result({ timeoutMs: 60_000 })) as { blob: string; label: string };
     assert.equal(result.label, "big");
