@@ -1,10 +1,10 @@
-// InferenceService end to end: upload the example TorchScript model, deploy it with the
+// InferenceService end to end: upload the example model, deploy it with the
 // torch-serve example plugin's deployment action (Ray Serve), call Infer and compare with the
 // outputs the model itself gives (computed by tools/run-node-e2e with torch), then undeploy.
 // Skipped, with the reason printed, while the server does not serve DeploymentService and
 // InferenceService.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { randomUUID } from "node:crypto";
 import { test } from "node:test";
@@ -94,10 +94,12 @@ test("deploy the example torch model and Infer on it", { skip, timeout: 400_000 
   const { plugins } = await synapse.actions.listActions({ plugin: SERVE_PLUGIN }, opts);
   assert.equal(plugins.length, 1, `plugin ${SERVE_PLUGIN} is served`);
 
-  const archive = buildZip({
-    "model.pt": readFileSync(join(modelDir, "model.pt")),
-    "config.json": readFileSync(join(modelDir, "config.json")),
-  });
+  // Every file the build wrote (config.json and the weights, whatever their format).
+  const archive = buildZip(
+    Object.fromEntries(
+      readdirSync(modelDir).map((name) => [name, readFileSync(join(modelDir, name))]),
+    ),
+  );
   const { model } = await synapse.models.registerModel(
     (async function* () {
       yield {
