@@ -1,18 +1,24 @@
 // Convenience layer over the generated service descriptors: one transport with bearer-token
 // auth, and a typed client per public service.
+import type { SecureClientSessionOptions } from "node:http2";
 import { type Client, type Interceptor, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ActionService } from "./gen/synapse/plugin/v1/action_service_pb.js";
 import { DeploymentService } from "./gen/synapse/plugin/v1/deployment_service_pb.js";
 import { InferenceService } from "./gen/synapse/plugin/v1/inference_service_pb.js";
 import { ModelService } from "./gen/synapse/plugin/v1/model_service_pb.js";
+import { type TlsConfig, checkTls } from "./config.js";
 
 /** Options of {@link createSynapseClient}. */
 export interface SynapseClientOptions {
   /** Bearer token sent as `authorization: Bearer <token>` on every call; omit for none. */
   token?: string;
-  /** Use TLS (`https://`); the default is plaintext HTTP/2 (`http://`). */
-  tls?: boolean;
+  /**
+   * TLS: `true` for the system's trusted CAs, or a {@link TlsConfig} with the CA that issued
+   * the server's certificate and, for mutual TLS, a client certificate and key. The default is
+   * plaintext HTTP/2.
+   */
+  tls?: boolean | TlsConfig;
   /** Extra interceptors, run after the auth interceptor. */
   interceptors?: Interceptor[];
   /**
@@ -48,6 +54,17 @@ export function bearerAuth(token: string): Interceptor {
   };
 }
 
+/** Node's TLS session options for a TlsConfig (PEM text or bytes, both accepted by Node). */
+function tlsOptions(tls: TlsConfig): SecureClientSessionOptions {
+  const options: SecureClientSessionOptions = {};
+  if (tls.ca !== undefined) options.ca = Buffer.from(tls.ca);
+  if (tls.cert !== undefined) options.cert = Buffer.from(tls.cert);
+  if (tls.key !== undefined) options.key = Buffer.from(tls.key);
+  // Node checks the certificate against `servername` when it is set (and sends it as SNI).
+  if (tls.serverName !== undefined) options.servername = tls.serverName;
+  return options;
+}
+
 /**
  * Clients for the server at `address` (`host:port`, or a full `http(s)://` URL) over gRPC
  * (HTTP/2), with the token attached to every call.
@@ -59,9 +76,11 @@ export function createSynapseClient(
   if (address === "") {
     throw new TypeError("createSynapseClient: address is empty; expected host:port or a URL");
   }
+  const tls = options.tls === true ? {} : options.tls || undefined;
+  if (tls !== undefined) checkTls(tls);
   const baseUrl = /^https?:\/\//.test(address)
     ? address
-    : `${options.tls ? "https" : "http"}://${address}`;
+    : `${tls !== undefined ? "https" : "http"}://${address}`;
   const interceptors: Interceptor[] = [];
   if (options.token !== undefined) interceptors.push(bearerAuth(options.token));
   interceptors.push(...(options.interceptors ?? []));
@@ -74,6 +93,7 @@ export function createSynapseClient(
     interceptors,
     readMaxBytes: maxBytes,
     writeMaxBytes: maxBytes,
+    ...(tls !== undefined ? { nodeOptions: tlsOptions(tls) } : {}),
   });
   return {
     actions: createClient(ActionService, transport),

@@ -1,10 +1,10 @@
-// InferenceService end to end: upload the example TorchScript model, deploy it with the
+// InferenceService end to end: upload the example model, deploy it with the
 // torch-serve example plugin's deployment action (Ray Serve), call Infer and compare with the
 // outputs the model itself gives (computed by tools/run-node-e2e with torch), then undeploy.
 // Skipped, with the reason printed, while the server does not serve DeploymentService and
 // InferenceService.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { randomUUID } from "node:crypto";
 import { test } from "node:test";
@@ -15,9 +15,17 @@ import { DeploymentStatus } from "../src/gen/synapse/plugin/v1/deployment_pb.js"
 import { JobState } from "../src/gen/synapse/plugin/v1/job_pb.js";
 import { ArchiveFormat } from "../src/gen/synapse/plugin/v1/model_pb.js";
 import {
+  Client,
+  ClientConfigError,
+  InvalidArgumentError,
+  NotFoundError,
+} from "../src/index.js";
+import {
   CALL_TIMEOUT_MS,
+  address,
   buildZip,
   client,
+  token,
   expectCode,
   followJob,
   isUnimplemented,
@@ -25,6 +33,8 @@ import {
 } from "./helpers.js";
 
 const synapse = client();
+/** The high-level client, whose infer() takes plain JSON and throws typed errors. */
+const high = new Client(address, { token });
 const opts = { timeoutMs: CALL_TIMEOUT_MS };
 const SERVE_PLUGIN = "torch-serve";
 
@@ -55,6 +65,16 @@ test("Infer on an unknown application: NOT_FOUND", { skip }, async () => {
     ),
     Code.NotFound,
   );
+  await assert.rejects(
+    high.infer({ application: `no-such-app-${randomUUID()}`, json: {} }),
+    NotFoundError,
+  );
+});
+
+test("Client.infer without a target or with an empty one: ClientConfigError", async () => {
+  await assert.rejects(high.infer({ json: {} } as never), ClientConfigError);
+  await assert.rejects(high.infer({ application: "" }), ClientConfigError);
+  await assert.rejects(high.infer({ plugin: "p", action: "" }), ClientConfigError);
 });
 
 test("Infer without a target: INVALID_ARGUMENT", { skip }, async () => {
@@ -74,10 +94,12 @@ test("deploy the example torch model and Infer on it", { skip, timeout: 400_000 
   const { plugins } = await synapse.actions.listActions({ plugin: SERVE_PLUGIN }, opts);
   assert.equal(plugins.length, 1, `plugin ${SERVE_PLUGIN} is served`);
 
-  const archive = buildZip({
-    "model.pt": readFileSync(join(modelDir, "model.pt")),
-    "config.json": readFileSync(join(modelDir, "config.json")),
-  });
+  // Every file the build wrote (config.json and the weights, whatever their format).
+  const archive = buildZip(
+    Object.fromEntries(
+      readdirSync(modelDir).map((name) => [name, readFileSync(join(modelDir, name))]),
+    ),
+  );
   const { model } = await synapse.models.registerModel(
     (async function* () {
       yield {
@@ -148,6 +170,35 @@ test("deploy the example torch model and Infer on it", { skip, timeout: 400_000 
       { timeoutMs: 120_000 },
     );
     assert.equal(byAction.application, deployment.name);
+
+    // The high-level client: plain JSON in and out, the same answers.
+    const viaClient = await high.infer({
+      application: deployment.name,
+      model: model.id,
+      json: reference.inputs.map((data) => ({ data })),
+      timeoutMs: 120_000,
+    });
+    assert.equal(viaClient.application, deployment.name);
+    const rows = (viaClient.json as { prediction: number[] }[]).map((r) => r.prediction);
+    assert.equal(rows.length, reference.outputs.length);
+    rows.forEach((row, i) => {
+      row.forEach((value, j) => {
+        const expected = reference.outputs[i]?.[j] ?? Number.NaN;
+        assert.ok(Math.abs(value - expected) < 1e-5, `output[${i}][${j}] ${value} != ${expected}`);
+      });
+    });
+    const byPlugin = await high.infer({
+      plugin: SERVE_PLUGIN,
+      action: "inference",
+      model: Number(model.id),
+      json: [{ data: reference.inputs[0] ?? [] }],
+      timeoutMs: 120_000,
+    });
+    assert.equal(byPlugin.application, deployment.name);
+    await assert.rejects(
+      high.infer({ application: deployment.name, model: "abc", json: [] }),
+      InvalidArgumentError,
+    );
 
     // A model id that is not a number is rejected before reaching the replica.
     await expectCode(
