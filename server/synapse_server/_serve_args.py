@@ -72,7 +72,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="largest RunAction/Infer/worker message and answer (default 64 MiB)",
     )
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--metrics-listen",
+        help="host:port to serve Prometheus metrics at /metrics on (default: off)",
+    )
+    parser.add_argument("--log-format", help="text (default) or json: one JSON object per line")
+    parser.add_argument(
+        "--access-log",
+        help="level of the access log line per RPC: debug (default), info or off",
+    )
+    parser.add_argument(
+        "--health-check-interval",
+        dest="health_check_seconds",
+        type=float,
+        help="seconds between checks that Ray can be reached (InferenceService health)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING…")
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -94,6 +109,14 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _describe(exc: ValidationError) -> str:
+    """Each invalid setting with what is wrong with it; never the value (it may be a token)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+        for error in exc.errors()
+    )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Handler: build settings, run the server until SIGTERM/SIGINT.
 
@@ -105,13 +128,17 @@ def run_serve(args: argparse.Namespace) -> int:
     from synapse_server.app import ServerStartError, serve
     from synapse_server.core import StorageError
     from synapse_server.settings import SettingsError
+    from synapse_server.telemetry import configure_logging
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         settings = settings_from_args(args)
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        return _fail(f"invalid settings: {_describe(exc)}", 2)
+    except ValueError as exc:
+        return _fail(f"invalid settings: {exc}", 2)
+    try:
+        configure_logging(args.log_level, settings.log_format)
+    except ValueError as exc:
         return _fail(f"invalid settings: {exc}", 2)
     try:
         # The server checks its settings first (TLS files included), before opening anything.

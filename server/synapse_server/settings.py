@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["ServerSettings", "SettingsError", "parse_tokens"]
@@ -113,6 +113,23 @@ class ServerSettings(BaseSettings):
     # other RPC has a smaller fixed limit (docs/contract.md, "Message size"). At least 8 MiB:
     # model archive and job result chunks are up to 4 MiB.
     max_message_bytes: int = Field(default=64 << 20, ge=8 << 20, le=1 << 30)
+    metrics_listen: str | None = Field(
+        default=None,
+        description="host:port to serve Prometheus metrics at /metrics on (default: off)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="log lines as text or as one JSON object per line"
+    )
+    access_log: Literal["off", "debug", "info"] = Field(
+        default="debug",
+        description="level of the access log line per RPC (debug: written with --log-level "
+        "DEBUG only)",
+    )
+    health_check_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often the health of InferenceService (Ray reachable) is checked",
+    )
 
     @field_validator("plugin_dirs", mode="before")
     @classmethod
@@ -135,14 +152,19 @@ class ServerSettings(BaseSettings):
             return parse_tokens(value)
         return value
 
-    @field_validator("listen_address")
+    @field_validator("listen_address", "metrics_listen")
     @classmethod
-    def _check_address(cls, value: str) -> str:
+    def _check_address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or (info.field_name == "metrics_listen" and not value.strip()):
+            return None  # an empty SYNAPSE_METRICS_LISTEN: metrics off
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not (port.isascii() and port.isdigit()):
-            raise ValueError(f"listen_address must be host:port, got {value!r}")
-        if not 0 <= int(port) <= 65535:
-            raise ValueError(f"listen_address must be host:port, got {value!r}")
+        if (
+            not sep
+            or not host
+            or not (port.isascii() and port.isdigit())
+            or not 0 <= int(port) <= 65535
+        ):
+            raise ValueError(f"{info.field_name} must be host:port, got {value[:80]!r}")
         return value
 
     def resolved_database_url(self) -> str:

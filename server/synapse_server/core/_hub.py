@@ -25,6 +25,7 @@ from typing import Any
 from synapse_server.core._errors import JobAlreadyFinishedError
 from synapse_server.core._models import KEEPALIVE, EventKind, Job, JobEvent, Keepalive
 from synapse_server.core._store import JobStore
+from synapse_server.telemetry import PlatformMetrics
 
 __all__ = ["EventHub", "NewEvent"]
 
@@ -86,8 +87,9 @@ def coalesce(events: Sequence[JobEvent]) -> list[JobEvent]:
 class EventHub:
     """Appends job events with gap-free seqs and serves replay-then-live subscriptions."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, *, metrics: PlatformMetrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics or PlatformMetrics()
         self._channels: dict[str, _JobChannel] = {}
         self._opening: dict[str, asyncio.Lock] = {}
 
@@ -95,6 +97,12 @@ class EventHub:
     def open_channels(self) -> int:
         """Jobs with in-memory state (live or subscribed); for leak checks."""
         return len(self._channels)
+
+    @property
+    def subscribers(self) -> int:
+        """Open subscriptions over all jobs (read by the metrics scrape, on another thread:
+        ``list`` copies the channels in one step)."""
+        return sum(channel.subscribers for channel in list(self._channels.values()))
 
     async def _channel(self, job_id: str) -> _JobChannel:
         channel = self._channels.get(job_id)
@@ -155,6 +163,7 @@ class EventHub:
                 job_update = job_update.evolve(last_seq=channel.last_seq + len(stored))
             await self._store.append_events(stored, job_update)
             if stored:
+                self._metrics.events_stored(event.kind.value for event in stored)
                 channel.tail.extend(stored)
                 channel.last_seq = stored[-1].seq
                 channel.finished = stored[-1].is_terminal

@@ -160,6 +160,14 @@ class ArtifactStore:
         path.unlink(missing_ok=True)
         logger.info("removed artifact %s", sha256)
 
+    def stored_bytes(self) -> int:
+        """The size of every stored artifact together (read from the file system)."""
+        total = 0
+        for path in self.blob_dir.glob("*/*"):
+            with contextlib.suppress(OSError):  # removed meanwhile
+                total += path.stat().st_size
+        return total
+
     def stored(self) -> Iterable[str]:
         """Checksums of every stored artifact (for orphan cleanup)."""
         for path in self.blob_dir.glob("*/*"):
