@@ -432,5 +432,8 @@ async def serve(settings: ServerSettings) -> None:
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await stop.wait()
-    print("synapse server stopping", file=sys.stderr, flush=True)
+    if settings.log_format == "json":
+        logger.info("synapse server stopping")  # stderr carries JSON lines only
+    else:
+        print("synapse server stopping", file=sys.stderr, flush=True)
     await server.stop()

@@ -196,7 +196,8 @@ class ServerSettings(BaseSettings):
     def check(self) -> None:
         """Reject combinations that would be unsafe or cannot work (:class:`SettingsError`).
 
-        The database URL must be one the stores know (see ``synapse_server.stores``).
+        The database URL must be one the stores know (see ``synapse_server.stores``), and
+        every plugin directory must exist.
 
         The TLS files are read and checked (see ``_tls.check_server_tls``): a mismatched
         pair, a file that is not PEM or a certificate outside its validity dates is named
@@ -225,6 +226,9 @@ class ServerSettings(BaseSettings):
                 raise SettingsError(str(exc)) from None
             for warning in report.warnings:
                 logger.warning("%s", warning)
+        for directory in self.plugin_dirs:
+            if not directory.is_dir():
+                raise SettingsError(f"plugin directory not found: {directory}")
         from synapse_server.stores import sqlite_database_path
 
         # An unknown scheme or a malformed URL is named here, before anything is opened.

@@ -22,6 +22,7 @@ from synapse_server.telemetry._logging import (
     configure_logging,
     forward_job_logs,
     log_context,
+    log_handler,
 )
 from synapse_server.telemetry._metrics import JobCountSource, PlatformMetrics, PrometheusMetrics
 from synapse_server.telemetry._setup import ACCESS_LOGGER, Telemetry, TelemetryConfigError
@@ -43,4 +44,5 @@ __all__ = [
     "configure_logging",
     "forward_job_logs",
     "log_context",
+    "log_handler",
 ]

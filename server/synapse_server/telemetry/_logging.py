@@ -27,6 +27,7 @@ __all__ = [
     "configure_logging",
     "forward_job_logs",
     "log_context",
+    "log_handler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,13 +139,24 @@ def configure_logging(
     name = level.strip().upper()
     if name not in LOG_LEVELS:
         raise ValueError(f"log level {level[:20]!r} is not one of {', '.join(LOG_LEVELS)}")
+    handler = log_handler(log_format, stream, text_format=text_format)
+    logging.basicConfig(level=name, handlers=[handler], force=True)
+    return handler
+
+
+def log_handler(
+    log_format: str = "text", stream: IO[str] | None = None, *, text_format: str = TEXT_FORMAT
+) -> logging.Handler:
+    """A handler writing to ``stream`` (stderr) in ``log_format``, with the ids in scope.
+
+    Raises ValueError for an unknown format.
+    """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format[:20]!r} is not one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.addFilter(_ContextFilter())
     formatter = JsonFormatter() if log_format == "json" else logging.Formatter(text_format)
     handler.setFormatter(formatter)
-    logging.basicConfig(level=name, handlers=[handler], force=True)
     return handler
 
 
