@@ -30,7 +30,6 @@ from synapse.plugin.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-from synapse_sdk.errors import SynapseError
 
 from synapse_server._data_dir_lock import DataDirectoryLock
 from synapse_server.core import EventHub, JobStore
@@ -151,13 +150,7 @@ class SynapseServer:
         catalog = PluginCatalog(
             s.plugin_dirs, supported_modes=modes, code_store=PluginCodeStore(s.data_dir / "plugins")
         )
-        try:
-            await asyncio.to_thread(catalog.reload)
-        except SynapseError as exc:
-            # A plugin directory that is missing or a plugin that does not load: one line
-            # for the operator, not a traceback.
-            await self.stop(0)
-            raise ServerStartError(f"cannot load the plugins: {exc}") from exc
+        await asyncio.to_thread(catalog.reload)
         await self._collect_plugin_code(catalog)
         # Serve: Ray starts lazily (first deployment job or Infer), owned by this server.
         self._ray = RayRuntime(
