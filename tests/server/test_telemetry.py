@@ -23,7 +23,13 @@ from typing import Any
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from synapse_client import Client, LogEvent, NotFoundError, UnauthenticatedError
+from synapse_client import (
+    Client,
+    LogEvent,
+    NotFoundError,
+    SynapseClientError,
+    UnauthenticatedError,
+)
 from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.grpc._auth import AuthInterceptor
 from synapse_server.grpc._server import server_interceptors
@@ -194,6 +200,38 @@ def test_infer_calls_are_counted_with_bounded_labels(metrics_server: RunningServ
     infer = rpc("InferenceService", "Infer")
     assert moved(before, after, "grpc_server_handled_total", **infer, grpc_code="NOT_FOUND") == 2
     assert not any("free-text" in v for _, pairs in after for _, v in pairs)
+
+
+def test_text_a_caller_chooses_never_becomes_a_label(metrics_server: RunningServer) -> None:
+    """Unknown plugins, actions, modes, methods and services, each with a fresh name: no
+    label value of the scrape contains any of them, and nothing was counted as a job."""
+    import grpc
+
+    before = samples(metrics_server)
+    marker = "hostile-label-text"
+    with Client(metrics_server.address, token="tok", timeout=30) as client:
+        with pytest.raises(NotFoundError):
+            client.run_action(f"{marker}-plugin", "quick", {})
+        with pytest.raises(NotFoundError):
+            client.run_action("toy", f"{marker}-action", {})
+        with pytest.raises(SynapseClientError):
+            client.run_action("toy", "quick", {"label": "x", "count": 1}, mode=f"{marker}-mode")
+    with grpc.insecure_channel(metrics_server.address) as channel:
+        for method in (
+            f"/synapse.plugin.v1.ActionService/{marker}Method",
+            f"/{marker}.Service/Call",
+        ):
+            call = channel.unary_unary(method)
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"", metadata=(("authorization", "Bearer tok"),), timeout=10)
+            assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    after = samples(metrics_server)
+    values = {v for _, pairs in after for _, v in pairs}
+    assert not any(marker in v for v in values), sorted(v for v in values if marker in v)
+    run = rpc("ActionService", "RunAction")
+    assert moved(before, after, "grpc_server_handled_total", **run, grpc_code="NOT_FOUND") == 2
+    submitted = [k for k in after if k[0] == "synapse_jobs_submitted_total"]
+    assert all(moved(before, after, name, **dict(labels)) == 0 for name, labels in submitted)
 
 
 def test_metrics_endpoint_serves_only_metrics_and_servers_keep_their_own(
