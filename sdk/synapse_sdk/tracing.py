@@ -53,6 +53,7 @@ __all__ = [
     "extract_context",
     "inject_headers",
     "install_global_tracing",
+    "preload_tracing",
     "trace_headers",
 ]
 
@@ -220,6 +221,27 @@ def install_global_tracing(
     except Exception as exc:
         logger.warning("tracing is off in this %s: %s", component, exc)
         return None
+
+
+def preload_tracing(environ: Mapping[str, str] | None = None) -> None:
+    """Import the OpenTelemetry SDK and exporter that ``OTEL_*`` asks for, nothing else.
+
+    For a process that forks workers: importing them takes a good part of a second, which
+    each forked worker would otherwise pay again when it installs its tracing. No provider
+    and no thread is started here (a thread would not survive the fork). Never raises: a
+    problem is reported by the worker that installs its tracing.
+    """
+    try:
+        config = TracingConfig.from_environ(os.environ if environ is None else environ)
+        if config is None:
+            return
+        import opentelemetry.sdk.trace
+        import opentelemetry.sdk.trace.export
+
+        if config.exporter == "otlp":
+            import opentelemetry.exporter.otlp.proto.grpc.trace_exporter  # noqa: F401
+    except Exception:
+        logger.debug("tracing modules not preloaded", exc_info=True)
 
 
 def trace_headers(metadata: Any) -> dict[str, str]:
