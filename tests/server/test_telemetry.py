@@ -509,3 +509,41 @@ def test_inference_is_serving_before_the_local_ray_is_needed(
 ) -> None:
     # The embedded Ray starts on the first call that needs it.
     assert _health(platform_server, INFERENCE) == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize(
+    ("variables", "imported"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}, True),
+        ({}, False),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317", "OTEL_SDK_DISABLED": "true"},
+            False,
+        ),
+    ],
+)
+def test_fork_servers_preload_the_tracing_their_workers_install(
+    variables: dict[str, str], imported: bool
+) -> None:
+    """What a fork server preloads: the SDK and exporter when tracing is on (each forked
+    worker then installs its tracing without those imports), nothing when it is off."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, synapse_server.worker._zygote as z; from synapse_sdk.tracing import "
+        "preload_tracing; before = 'opentelemetry.sdk.trace' in sys.modules; "
+        "preload_tracing(); print(before, "
+        "'opentelemetry.exporter.otlp.proto.grpc.trace_exporter' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**env, **variables},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.split() == ["False", str(imported)]
