@@ -8,6 +8,7 @@ handed to the deployment job and from there to the replicas).
 
 from __future__ import annotations
 
+import os
 import shutil
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -133,3 +134,51 @@ def test_infer_metrics_and_trace_reach_the_replica(
     assert replica.kind == SPAN_SERVER
     assert replica.attributes["synapse.application"] == application
     assert replica.attributes["synapse.model.id"] == str(model_id)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)
+def test_a_task_mode_job_on_ray_joins_the_callers_trace(
+    server_factory: Callable[..., RunningServer],
+    collector: OtlpCollector,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job's worker running as a Ray task exports its span into the caller's trace, the
+    child of the server's job span, with the job's attributes and mode.
+
+    The tracing configuration is the server's only (not this process's environment, which
+    the Ray the server starts would inherit): the task worker learns it from the job."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    environ = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    server = server_factory(worker_memory_limit_mb=None, environ=environ)
+    caller = TracerProvider()
+    try:
+        with (
+            caller.get_tracer("test").start_as_current_span("caller") as root,
+            Client(server.address, timeout=120) as client,
+        ):
+            job = client.run_action("toy", "quick", {"count": 1, "label": "ray"}, mode="task")
+            assert job.result(timeout=300)["label"] == "ray"
+    finally:
+        caller.shutdown()
+    trace_id = f"{root.get_span_context().trace_id:032x}"
+
+    def worker_span_in(spans: list[Any]) -> bool:
+        names = {s.name for s in spans if s.trace_id == trace_id}
+        return {"job toy/quick", "run toy/quick"} <= names
+
+    spans = [s for s in collector.wait_for(worker_span_in, timeout=120) if s.trace_id == trace_id]
+    by_name = {s.name: s for s in spans}
+    job_span, worker = by_name["job toy/quick"], by_name["run toy/quick"]
+    assert worker.parent_span_id == job_span.span_id
+    assert worker.service == "synapse-worker"
+    expected = {"synapse.job.id": job.id, "synapse.plugin": "toy", "synapse.job.mode": "task"}
+    for span in (job_span, worker):
+        assert expected.items() <= span.attributes.items(), span
