@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,9 @@ TOY_PLUGINS_DIR = TESTS_DIR / "plugins"
 class RunningServer:
     """A SynapseServer running on its own event loop in a background thread."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, environ: Mapping[str, str] | None = None) -> None:
         self.settings = settings
-        self.server = SynapseServer(settings)
+        self.server = SynapseServer(settings, environ)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -79,7 +79,9 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
 
     def start(**overrides: Any) -> RunningServer:
         data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
-        running = RunningServer(make_settings(data_dir, **overrides))
+        # The OTEL_* variables the server reads instead of this process's (none: its own).
+        environ = overrides.pop("environ", None)
+        running = RunningServer(make_settings(data_dir, **overrides), environ)
         started.append(running)
         return running
 

@@ -150,6 +150,17 @@ def connection_from_env(
 
 
 _USER_AGENT = "synapse-client-python/0.1"
+
+# OpenTelemetry's API when installed (optional: the client needs only grpcio and protobuf).
+_otel: tuple[Any, Any] | None
+try:
+    from opentelemetry import propagate as _propagate
+    from opentelemetry import trace as _trace
+except ImportError:  # pragma: no cover - installed with the platform
+    _otel = None
+else:
+    _otel = (_trace, _propagate)
+
 #: The server's default limit on RunAction and Infer messages and their answers.
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
@@ -326,6 +337,23 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
+def trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The W3C trace context (``traceparent``, ``tracestate``) of the caller's current span.
+
+    Read when a call starts, so that the server's span of the call (and the job or replica
+    work it leads to) joins the caller's trace. Empty without OpenTelemetry installed or
+    without a current span; the client never starts spans of its own.
+    """
+    if _otel is None:
+        return ()
+    trace, propagate = _otel
+    if not trace.get_current_span().get_span_context().is_valid:
+        return ()
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionConfig:
     """Where and how to connect: address, bearer token, TLS, default deadline, retries."""
@@ -394,10 +422,12 @@ class ConnectionConfig:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        """Call metadata sent with every RPC (the bearer token, when one is set)."""
+        """Call metadata sent with every RPC: the bearer token, when one is set, and the
+        caller's trace context (see :func:`trace_metadata`)."""
+        traced = trace_metadata()
         if self.token is None:
-            return ()
-        return (("authorization", f"Bearer {self.token}"),)
+            return traced
+        return (("authorization", f"Bearer {self.token}"), *traced)
 
     def options(self) -> list[tuple[str, str | int]]:
         """Channel arguments."""

@@ -52,6 +52,7 @@ _FLAG_NAMES = {
     "cancel_grace_seconds": "--cancel-grace",
     "shutdown_grace_seconds": "--shutdown-grace",
     "job_lease_seconds": "--job-lease",
+    "health_check_seconds": "--health-check-interval",
 }
 #: Further names of a flag (``--database`` reads better beside a postgresql:// URL).
 _FLAG_ALIASES = {"database_url": ("--database",)}
@@ -110,6 +111,7 @@ def _default_text(info: FieldInfo) -> str:
 _METAVARS = {
     "listen_address": "HOST:PORT",
     "ray_address": "HOST:PORT",
+    "metrics_listen": "HOST:PORT",
     "database_url": "URL",
     "worker_python": "PATH",
     "preload_plugins": "CODE",
@@ -284,6 +286,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from synapse_server.app import ServerStartError, serve
     from synapse_server.core import StorageError
     from synapse_server.settings import SettingsError
+    from synapse_server.telemetry import configure_logging
 
     level = str(args.log_level).upper()
     if level not in _LOG_LEVELS:
@@ -293,6 +296,8 @@ def run_serve(args: argparse.Namespace) -> int:
         settings = settings_from_flags(args)
     except SettingsArgumentError as exc:
         return _fail(str(exc), 2)
+    # The settings' log format from here on (the default one above covers their errors).
+    configure_logging(level, settings.log_format)
     try:
         # The server checks its settings first (TLS files included), before opening anything.
         asyncio.run(serve(settings))

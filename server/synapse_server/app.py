@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import os
 import shutil
 import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from synapse.plugin.v1 import (
@@ -55,8 +57,9 @@ from synapse_server.grpc._servicers import ActionServicer, WorkerServicer
 from synapse_server.ray import RayRuntime, RayRuntimeConfig, ServeDeploymentBackend, ServeRouter
 from synapse_server.ray._environment import ServeJobEnvironment
 from synapse_server.ray._executors import RayJobExecutor, RayTaskExecutor, ray_worker_address
-from synapse_server.settings import ServerSettings
+from synapse_server.settings import ServerSettings, SettingsError
 from synapse_server.stores import StoreSchemaError, open_stores, sqlite_database_path
+from synapse_server.telemetry import MetricsEndpointError, Telemetry, TelemetryConfigError
 
 __all__ = ["ServerStartError", "SynapseServer", "serve"]
 
@@ -71,10 +74,16 @@ class ServerStartError(RuntimeError):
 
 
 class SynapseServer:
-    """A running platform server; build with settings, then :meth:`start` and :meth:`stop`."""
+    """A running platform server; build with settings, then :meth:`start` and :meth:`stop`.
 
-    def __init__(self, settings: ServerSettings) -> None:
+    ``environ`` holds the ``OTEL_*`` variables that configure tracing (default: this
+    process's environment).
+    """
+
+    def __init__(self, settings: ServerSettings, environ: Mapping[str, str] | None = None) -> None:
         self.settings = settings
+        self._environ = os.environ if environ is None else environ
+        self.telemetry: Telemetry | None = None
         self.address = ""
         self.worker_address = ""
         self.ray_worker_address = ""
@@ -141,6 +150,10 @@ class SynapseServer:
     async def _start(self) -> str:
         s = self.settings
         s.check()
+        try:
+            self.telemetry = telemetry = Telemetry.from_settings(s, self._environ)
+        except TelemetryConfigError as exc:
+            raise SettingsError(str(exc)) from None
         s.data_dir.mkdir(parents=True, exist_ok=True)
         secret = s.resolve_secret()
         issuer = WorkerCredentialIssuer(secret)
@@ -154,7 +167,9 @@ class SynapseServer:
         # subscribers follow jobs other servers run through the store.
         server_id = s.resolve_server_id() if stores.shared else ""
         hub = EventHub(
-            self._store, remote_poll_seconds=s.remote_poll_seconds if stores.shared else None
+            self._store,
+            remote_poll_seconds=s.remote_poll_seconds if stores.shared else None,
+            metrics=telemetry.metrics,
         )
         models = ModelRegistryService.for_data_dir(
             self._model_store, s.artifacts_root, shared_by=server_id
@@ -193,7 +208,7 @@ class SynapseServer:
             if not others:
                 await deployments.forget_embedded_ray_applications()
         keyring = ServeKeyring(secret)
-        inference = InferenceService(deployments, router, keyring)
+        inference = InferenceService(deployments, router, keyring, metrics=telemetry.metrics)
         # Deployment jobs learn the Ray address and their tenant's signing key from this; the
         # replicas they start reach the platform at the address Ray workers use.
         serve_environment = ServeJobEnvironment(
@@ -204,13 +219,15 @@ class SynapseServer:
             deployments=deployments,
             replica_message_bytes=router.replica_message_bytes,
         )
+        # Workers trace and log as the server does (OTEL_*, the log format).
+        job_environment = telemetry.job_environment(serve_environment)
         executor = LocalProcessExecutor(
             self.worker_address,
             catalog,
             memory_limit_mb=s.worker_memory_limit_mb,
             python=s.worker_python,
             log_dir=s.data_dir / "logs" / "jobs",
-            environment=serve_environment,
+            environment=job_environment,
             warm_workers=s.warm_workers,
             preload_plugins=s.preload_plugins,
         )
@@ -225,7 +242,7 @@ class SynapseServer:
                     lambda: self.ray_worker_address,
                     catalog,
                     root_certificates=roots,
-                    environment=serve_environment,
+                    environment=job_environment,
                     memory_limit_mb=s.worker_memory_limit_mb,
                     warm_workers=s.warm_workers > 0,
                 ),
@@ -234,7 +251,7 @@ class SynapseServer:
                     lambda: self.ray_worker_address,
                     catalog,
                     root_certificates=roots,
-                    environment=serve_environment,
+                    environment=job_environment,
                     memory_limit_mb=s.worker_memory_limit_mb,
                 ),
             ):
@@ -248,6 +265,8 @@ class SynapseServer:
             cancel_grace_seconds=s.cancel_grace_seconds,
             max_concurrent_jobs=s.max_concurrent_jobs,
             server_id=server_id,
+            metrics=telemetry.metrics,
+            tracer=telemetry.tracer,
         )
         if stores.shared:
             self._cluster = JobCluster(
@@ -259,11 +278,19 @@ class SynapseServer:
                 host=socket.gethostname(),
                 lease_seconds=s.job_lease_seconds,
             )
+        _watch_gauges(telemetry, self._jobs, hub, executor, models, modes)
         grpc_server = build_grpc_server(
             s,
             _grpc_services(s, self._jobs, models, deployments, inference),
             issuer,
             serve_keys=keyring,
+            telemetry=telemetry,
+        )
+        # InferenceService serves only while Ray can be reached.
+        grpc_server.watch_service(
+            service_name(inference_service_pb2, "InferenceService"),
+            self._ray.reachable,
+            s.health_check_seconds,
         )
         try:
             port = grpc_server.add_port(s.listen_address, server_credentials(s))
@@ -277,6 +304,11 @@ class SynapseServer:
                 + (" (or grpc refused the TLS certificate and key)" if s.tls_enabled else "")
             ) from exc
         grpc_server.add_port(self.worker_address)
+        try:
+            telemetry.start()
+        except MetricsEndpointError as exc:
+            await self.stop(0)
+            raise ServerStartError(str(exc)) from exc
         host = s.listen_address.rpartition(":")[0]
         self.address = f"{host}:{port}"
         self.ray_worker_address = ray_worker_address(
@@ -363,12 +395,33 @@ class SynapseServer:
             await self._ray.close()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
+        if self.telemetry is not None:
+            # Last: the spans of the jobs the drain ended are exported too.
+            await self.telemetry.close()
         self._release_locks()
 
     async def wait_for_termination(self) -> None:
         """Until the gRPC server stops."""
         if self._grpc is not None:
             await self._grpc.wait_for_termination()
+
+
+def _watch_gauges(
+    telemetry: Telemetry,
+    jobs: JobService,
+    hub: EventHub,
+    executor: LocalProcessExecutor,
+    models: ModelRegistryService,
+    modes: list[str],
+) -> None:
+    """The gauges read at scrape time, from the services that know the values."""
+    metrics = telemetry.metrics
+    if not metrics.enabled:
+        return
+    metrics.watch_jobs(jobs, modes)
+    metrics.watch_subscribers(lambda: hub.subscribers)
+    metrics.watch_worker_processes(executor.process_counts)
+    metrics.watch_store_bytes("models", models.stored_bytes)
 
 
 def _grpc_services(
@@ -437,5 +490,8 @@ async def serve(settings: ServerSettings) -> None:
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await stop.wait()
-    print("synapse server stopping", file=sys.stderr, flush=True)
+    if settings.log_format == "json":
+        logger.info("synapse server stopping")  # stderr carries JSON lines only
+    else:
+        print("synapse server stopping", file=sys.stderr, flush=True)
     await server.stop()

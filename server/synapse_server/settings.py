@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["ServerSettings", "SettingsError", "parse_tokens"]
@@ -204,6 +204,23 @@ class ServerSettings(BaseSettings):
         description="largest message of the RPCs that carry payloads (RunAction, Infer and "
         "their answers, worker streams, job views with params)",
     )
+    metrics_listen: str | None = Field(
+        default=None,
+        description="host:port to serve Prometheus metrics at /metrics on; unset: no metrics",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="log lines as text or as one JSON object per line"
+    )
+    access_log: Literal["off", "debug", "info"] = Field(
+        default="debug",
+        description="level of the access log line per RPC (debug: written with --log-level "
+        "DEBUG only)",
+    )
+    health_check_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often the health of InferenceService (Ray reachable) is checked",
+    )
 
     @field_validator("plugin_dirs", mode="before")
     @classmethod
@@ -226,14 +243,19 @@ class ServerSettings(BaseSettings):
             return parse_tokens(value)
         return value
 
-    @field_validator("listen_address")
+    @field_validator("listen_address", "metrics_listen")
     @classmethod
-    def _check_address(cls, value: str) -> str:
+    def _check_address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or (info.field_name == "metrics_listen" and not value.strip()):
+            return None  # an empty SYNAPSE_METRICS_LISTEN: metrics off
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not (port.isascii() and port.isdigit()):
-            raise ValueError(f"listen_address must be host:port, got {value!r}")
-        if not 0 <= int(port) <= 65535:
-            raise ValueError(f"listen_address must be host:port, got {value!r}")
+        if (
+            not sep
+            or not host
+            or not (port.isascii() and port.isdigit())
+            or not 0 <= int(port) <= 65535
+        ):
+            raise ValueError(f"{info.field_name} must be host:port, got {value[:80]!r}")
         return value
 
     @property

@@ -66,15 +66,21 @@ SERVE_OPTION_KEYS = frozenset(
 
 
 def replica_runtime_env(runtime_env: Mapping[str, Any]) -> dict[str, Any]:
-    """``runtime_env`` with the replica's gRPC message limit set (unless the plugin set one).
+    """``runtime_env`` with the replica's gRPC message limit set (unless the plugin set one),
+    and the tracing configuration (``OTEL_*``) of the process that deploys.
 
     Infer requests reach replicas over Serve's gRPC channel, whose 4 MiB default would refuse
     a tensor the platform accepts; the variable must be in the replica process's
-    environment when it imports Serve, which is what a runtime env's ``env_vars`` do.
+    environment when it imports Serve, which is what a runtime env's ``env_vars`` do. The
+    ``OTEL_*`` variables (the platform hands its own to the deployment job) make the replicas
+    trace as the platform does, also on a cluster whose nodes were started without them.
     """
     limit = os.environ.get(REPLICA_MESSAGE_BYTES_ENV) or str(DEFAULT_REPLICA_MESSAGE_BYTES)
     env_vars = dict(runtime_env.get("env_vars") or {})
     env_vars.setdefault(_SERVE_REPLICA_LIMIT_VAR, limit)
+    for name, value in os.environ.items():
+        if name.startswith("OTEL_"):
+            env_vars.setdefault(name, value)
     return {**runtime_env, "env_vars": env_vars}
 
 

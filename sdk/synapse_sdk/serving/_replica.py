@@ -11,6 +11,11 @@ One :class:`ReplicaRuntime` per replica instance answers the platform's calls (s
   loop, then the plugin's ``_get_model``);
 * ``info``: who the replica was deployed for and which models it has loaded.
 
+A request whose ``headers`` carry a W3C trace context is answered inside a SERVER span that
+continues it (the replica traces as the ``OTEL_*`` variables its deployment handed on say;
+see :mod:`synapse_sdk.tracing`), so the server's Infer span and the replica's work are one
+trace; the endpoint's own spans nest under it.
+
 How a request maps onto an endpoint:
 
 * ``method`` and ``path`` (default ``POST /``) select the FastAPI route of the deployment's
@@ -27,6 +32,7 @@ How a request maps onto an endpoint:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -52,6 +58,12 @@ from synapse_sdk.serving.wire import (
     ServeReply,
     ServeRequest,
     WireFormatError,
+)
+from synapse_sdk.tracing import (
+    ATTR_APPLICATION,
+    ATTR_MODEL,
+    extract_context,
+    install_global_tracing,
 )
 
 logger = logging.getLogger(__name__)
@@ -116,6 +128,8 @@ class ReplicaRuntime:
         self._verified: dict[str, ServeModelClaims] = {}
         self._backend: ModelBackend | None = None
         self._adapters: dict[Any, Any] = {}
+        # This process's spans, when its environment asks for them (set up once per process).
+        install_global_tracing("replica")
 
     # Models ----------------------------------------------------------------------------------
 
@@ -222,7 +236,37 @@ class ReplicaRuntime:
                 error_kind=ErrorKind.INTERNAL,
                 error_message=f"the replica could not read the request: {exc}",
             ).to_wire()
-        return (await self.answer(request)).to_wire()
+        parent = extract_context(request.headers) if request.headers else None
+        if parent is None:
+            return (await self.answer(request)).to_wire()
+        return (await self._traced_answer(request, parent)).to_wire()
+
+    async def _traced_answer(self, request: ServeRequest, parent: Any) -> ServeReply:
+        from opentelemetry import trace
+
+        config = type(self._deployment)._synapse_replica_config
+        attributes = {"rpc.method": request.path, "http.request.method": request.method}
+        if config is not None:
+            attributes[ATTR_APPLICATION] = config.app_name
+        with trace.get_tracer("synapse_sdk.serving").start_as_current_span(
+            f"serve {request.method} {request.path}",
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes=attributes,
+        ) as span:
+            from ray import serve
+
+            # The model is the signed id's (answer() refuses the request if it is invalid).
+            with contextlib.suppress(ServeModelIdError):
+                span.set_attribute(
+                    ATTR_MODEL, self.claims(serve.get_multiplexed_model_id()).model_id
+                )
+            reply = await self.answer(request)
+            if reply.error_kind is not None:
+                span.set_attribute("synapse.error_kind", str(reply.error_kind))
+                if reply.error_kind == ErrorKind.INTERNAL:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, "internal"))
+            return reply
 
     async def answer(self, request: ServeRequest) -> ServeReply:
         """Run one request; every failure becomes a typed reply, never a traceback."""

@@ -297,6 +297,13 @@ class LocalProcessExecutor:
         """Number of live worker processes."""
         return len(self._processes) + len(self._forked)
 
+    def process_counts(self) -> dict[str, int]:
+        """Live processes by kind: job workers and fork servers (for the metrics gauge)."""
+        counts = {"job": self.running}
+        if self._fork_servers is not None:
+            counts["fork_server"] = len(self._fork_servers.servers())
+        return counts
+
     def _fork_server_runs(self, job: Job, code: PluginCode) -> bool:
         """Whether the plugin's fork server (started from the loaded code) can run ``code``."""
         try:

@@ -31,6 +31,7 @@ from typing import Any
 from synapse_server.core._errors import JobAlreadyFinishedError
 from synapse_server.core._models import KEEPALIVE, EventKind, Job, JobEvent, Keepalive
 from synapse_server.core._store import JobStore
+from synapse_server.telemetry import PlatformMetrics
 
 __all__ = ["EventHub", "NewEvent"]
 
@@ -107,10 +108,17 @@ def coalesce(events: Sequence[JobEvent]) -> list[JobEvent]:
 class EventHub:
     """Appends job events with gap-free seqs and serves replay-then-live subscriptions."""
 
-    def __init__(self, store: JobStore, *, remote_poll_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        remote_poll_seconds: float | None = None,
+        metrics: PlatformMetrics | None = None,
+    ) -> None:
         """``remote_poll_seconds``: set when other servers append to the store too (see the
         module's docstring); ``None`` for a server that owns every job it serves."""
         self._store = store
+        self._metrics = metrics or PlatformMetrics()
         self._channels: dict[str, _JobChannel] = {}
         self._opening: dict[str, asyncio.Lock] = {}
         self._remote_poll = remote_poll_seconds
@@ -120,6 +128,12 @@ class EventHub:
     def open_channels(self) -> int:
         """Jobs with in-memory state (live or subscribed); for leak checks."""
         return len(self._channels)
+
+    @property
+    def subscribers(self) -> int:
+        """Open subscriptions over all jobs (read by the metrics scrape, on another thread:
+        ``list`` copies the channels in one step)."""
+        return sum(channel.subscribers for channel in list(self._channels.values()))
 
     async def _channel(self, job_id: str) -> _JobChannel:
         channel = self._channels.get(job_id)
@@ -232,6 +246,7 @@ class EventHub:
             await self._store.append_events(stored, job_update)
             channel.local = True
             if stored:
+                self._metrics.events_stored(event.kind.value for event in stored)
                 channel.tail.extend(stored)
                 channel.last_seq = stored[-1].seq
                 channel.finished = stored[-1].is_terminal

@@ -42,6 +42,14 @@ from typing import Any
 
 from synapse_sdk.errors import SynapseError
 from synapse_sdk.jsonutil import dump_json
+from synapse_sdk.tracing import (
+    ATTR_ACTION,
+    ATTR_JOB_ID,
+    ATTR_JOB_MODE,
+    ATTR_JOB_STATE,
+    ATTR_PLUGIN,
+    inject_headers,
+)
 
 from synapse_server.core._catalog import ActionKind, PluginCatalog
 from synapse_server.core._credentials import WorkerClaims, WorkerCredentialIssuer
@@ -70,6 +78,7 @@ from synapse_server.core._models import (
 )
 from synapse_server.core._storage import as_storage_error
 from synapse_server.core._store import ClaimedJob, JobStore
+from synapse_server.telemetry import PlatformMetrics, bind_log_context, forward_job_logs
 
 __all__ = [
     "JobService",
@@ -164,10 +173,18 @@ class _ActiveJob:
     storage_error: StorageError | None = None
     # Another server took the job over: nothing more is stored for it here.
     lost: bool = False
+    # The job's span (tracing on) and its context for the worker (GetAssignment headers).
+    span: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class JobService:
-    """Jobs for clients (tenant-scoped) and for workers (credential-scoped)."""
+    """Jobs for clients (tenant-scoped) and for workers (credential-scoped).
+
+    ``metrics`` hears of submissions, starts, ends and (through the hub) stored events;
+    ``tracer`` (an OpenTelemetry tracer, None: no spans) traces each job from its submission
+    to its worker's exit, and the worker continues that trace.
+    """
 
     def __init__(
         self,
@@ -181,6 +198,8 @@ class JobService:
         max_concurrent_jobs: int = 4,
         inline_result_limit: int = 1 << 20,
         server_id: str = "",
+        metrics: PlatformMetrics | None = None,
+        tracer: Any = None,
     ) -> None:
         """``server_id``: this server's id when several servers share the store (``""``: the
         only server, which owns every job)."""
@@ -195,6 +214,8 @@ class JobService:
         self._slots = asyncio.Semaphore(max_concurrent_jobs)
         self._inline_limit = inline_result_limit
         self._server_id = server_id
+        self._metrics = metrics or PlatformMetrics()
+        self._tracer = tracer
         self._active: dict[str, _ActiveJob] = {}
         self._closing = False
         # Set on close: held terminal states get one last immediate attempt.
@@ -212,6 +233,24 @@ class JobService:
     def active_jobs(self) -> int:
         """Jobs not yet finished in this process."""
         return len(self._active)
+
+    def job_counts(self) -> dict[tuple[str, str], int]:
+        """Jobs not yet finished in this process by ``(mode, state)`` (PENDING, RUNNING).
+
+        Read by the metrics scrape on another thread: ``list`` copies the jobs in one step.
+        """
+        counts: dict[tuple[str, str], int] = {}
+        for active in list(self._active.values()):
+            state = active.job.state
+            if not state.is_terminal:
+                key = (active.job.mode, state.value)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def worker_headers(self, job_id: str) -> dict[str, str]:
+        """The context a job's worker continues (its span's trace context; {} untraced)."""
+        active = self._active.get(job_id)
+        return dict(active.headers) if active is not None else {}
 
     # Client side ----------------------------------------------------------------------------
 
@@ -298,6 +337,7 @@ class JobService:
             )
             raise
         active.task = asyncio.create_task(self._run(active), name=f"job-{job.id}")
+        self._metrics.job_submitted(plugin, action, mode)
         logger.info("job %s: submitted %s/%s mode=%s", job.id, plugin, action, mode)
         return active.job, True
 
@@ -522,8 +562,44 @@ class JobService:
 
     # Running --------------------------------------------------------------------------------
 
+    def _start_span(self, active: _ActiveJob) -> None:
+        """Trace the job in this task (its own context): a span, the child of the submitting
+        call's, made current here and handed to the worker as its headers."""
+        job = active.job
+        bind_log_context(job_id=job.id)
+        if self._tracer is None:
+            return
+        from opentelemetry import context, trace
+
+        active.span = self._tracer.start_span(
+            f"job {job.plugin}/{job.action}",
+            attributes={
+                ATTR_JOB_ID: job.id,
+                ATTR_PLUGIN: job.plugin,
+                ATTR_ACTION: job.action,
+                ATTR_JOB_MODE: job.mode,
+            },
+        )
+        context.attach(trace.set_span_in_context(active.span))
+        inject_headers(active.headers)
+
+    @staticmethod
+    def _end_span(active: _ActiveJob) -> None:
+        span, active.span = active.span, None
+        if span is None:
+            return
+        from opentelemetry import trace
+
+        job = active.job
+        span.set_attribute(ATTR_JOB_STATE, job.state.value)
+        if job.state is JobState.FAILED:
+            message = job.error.type if job.error is not None else "failed"
+            span.set_status(trace.Status(trace.StatusCode.ERROR, message))
+        span.end()
+
     async def _run(self, active: _ActiveJob) -> None:
         job_id = active.job.id
+        self._start_span(active)
         try:
             async with self._slots:
                 if active.job.state.is_terminal:
@@ -578,6 +654,7 @@ class JobService:
         finally:
             # The worker is gone (or its launch withdrawn): nothing may use its credential.
             self._credentials.revoke(job_id)
+            self._end_span(active)
             if active.job.state.is_terminal:
                 if active.unstored is None:
                     # Otherwise its storer releases it once the outcome is stored.
@@ -709,6 +786,12 @@ class JobService:
         # process is gone (a process it started may outlive it), and whether or not the
         # outcome could be stored yet.
         self._credentials.revoke(job.id)
+        run_seconds = (
+            job.finished_at - job.started_at
+            if job.started_at is not None and job.finished_at is not None
+            else None
+        )
+        self._metrics.job_finished(job.plugin, job.action, job.mode, state.value, run_seconds)
         if state is JobState.CANCELLED:
             # Wakes a worker stream still waiting, so it can be told to stop.
             active.cancel.set()
@@ -842,6 +925,9 @@ class JobService:
                 # Only once RUNNING is stored: a worker whose open the store refused opens
                 # again, and its job must not go on without that event.
                 active.opened = True
+                self._metrics.job_started(
+                    job.plugin, job.action, job.mode, time.time() - job.created_at
+                )
                 logger.info("job %s: running on worker %s", job_id, worker_id)
             return active.worker_seq, active.cancel
 
@@ -872,6 +958,7 @@ class JobService:
         self, active: _ActiveJob, reports: Sequence[WorkerReport]
     ) -> tuple[int, bool]:
         events: list[NewEvent] = []
+        logs: list[tuple[Any, Any, NewEvent]] = []
         finished: WorkerFinished | None = None
         expected = active.worker_seq + 1
         progress = active.job.progress
@@ -889,6 +976,8 @@ class JobService:
             if isinstance(item, NewEvent):
                 if item.kind is EventKind.PROGRESS:
                     progress = float(item.data.get("overall", progress))
+                elif item.kind is EventKind.LOG:
+                    logs.append((item.data.get("level", ""), item.data.get("event", ""), item))
                 events.append(item)
             elif isinstance(item, ResultChunk):
                 if item.offset != len(active.result):
@@ -911,6 +1000,15 @@ class JobService:
             # The batch's events and the terminal one go to the store together.
             await self._finish_locked(active, before=events, progress=progress, **outcome)
         active.worker_seq = expected - 1
+        if logs:
+            # Stored (or held as the outcome) by now: the server's log gets them too.
+            job = active.job
+            forward_job_logs(
+                job.id,
+                job.plugin,
+                job.action,
+                [(str(level), str(event), item.data.get("data")) for level, event, item in logs],
+            )
         return active.worker_seq, finished is not None
 
     def _worker_outcome(self, active: _ActiveJob, finished: WorkerFinished) -> dict[str, Any]:

@@ -4,10 +4,15 @@ Transport-neutral. The service resolves the target deployment (tenant-scoped), m
 signed multiplexed model id for it (the caller never chooses one), and hands the request to
 an :class:`InferenceBackend` (Ray Serve handles in ``synapse_server.ray``). The replica's
 typed answer becomes a result or a domain error; the gRPC layer maps those to status codes.
+
+Every call is reported to the metrics facade (application, model, error kind, duration) and
+the current span (the call's, when traced) gets the application and model; its trace context
+travels to the replica in the request's ``headers``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -16,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from opentelemetry import trace
 from synapse_sdk.serving import (
     ErrorKind,
     ServeModelClaims,
@@ -29,19 +35,24 @@ from synapse_sdk.serving import (
     derive_tenant_key,
     unverified_claims,
 )
+from synapse_sdk.tracing import ATTR_APPLICATION, ATTR_MODEL, inject_headers
 
 from synapse_server.core._errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     ServerError,
+    ServiceUnavailableError,
     quoted,
 )
 from synapse_server.core._limits import parse_id
 from synapse_server.core.deployments import (
+    DeploymentNotFoundError,
     DeploymentRecord,
     DeploymentService,
 )
+from synapse_server.telemetry import PlatformMetrics, bind_log_context
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +188,35 @@ class ServeKeyring:
         return token
 
 
+@dataclass(slots=True)
+class _CallLabels:
+    """The metric labels of one Infer call, known once its deployment is resolved."""
+
+    application: str = ""
+    model: str = ""
+
+
+def _error_kind(exc: BaseException) -> str:
+    """The ``error`` label of a failed call: one of a fixed set, never the message."""
+    if isinstance(exc, InvalidArgumentError):
+        return "invalid_argument"
+    if isinstance(exc, InferDeadlineExceededError):
+        return "deadline_exceeded"
+    if isinstance(exc, DeploymentNotFoundError | EndpointNotFoundError):
+        return "not_found"
+    if isinstance(exc, PermissionDeniedError):
+        return "permission_denied"
+    if isinstance(exc, FailedPreconditionError):
+        return "failed_precondition"
+    if isinstance(exc, ServiceUnavailableError):
+        return "unavailable"
+    if isinstance(exc, ResourceExhaustedError):
+        return "resource_exhausted"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "internal"
+
+
 class InferenceService:
     """Runs Infer calls for authenticated tenants; see the module docstring."""
 
@@ -185,14 +225,34 @@ class InferenceService:
         deployments: DeploymentService,
         backend: InferenceBackend,
         keyring: ServeKeyring,
+        *,
+        metrics: PlatformMetrics | None = None,
     ) -> None:
         self._deployments = deployments
         self._backend = backend
         self._keyring = keyring
+        self._metrics = metrics or PlatformMetrics()
 
     async def infer(self, tenant: str, request: InferRequestData) -> InferResult:
         """Route ``request`` to its deployment's replica and return the endpoint's answer."""
+        labels = _CallLabels()
+        start = time.perf_counter()
+        error = ""
+        try:
+            return await self._infer(tenant, request, labels)
+        except BaseException as exc:
+            error = _error_kind(exc)
+            raise
+        finally:
+            self._metrics.infer_finished(
+                labels.application, labels.model, error, time.perf_counter() - start
+            )
+
+    async def _infer(
+        self, tenant: str, request: InferRequestData, labels: _CallLabels
+    ) -> InferResult:
         request_id = request.request_id or uuid.uuid4().hex
+        bind_log_context(request_id=request_id)
         method = (request.method or "POST").upper()
         if method not in _METHODS:
             raise InvalidArgumentError(
@@ -215,6 +275,14 @@ class InferenceService:
             tenant, request.application, request.plugin, request.action
         )
         model_id = requested or self._default_model_id(record)
+        # Labels from the deployment only: a model it was not deployed with is "other".
+        labels.application = record.name
+        labels.model = model_id if int(model_id) in record.model_ids else "other"
+        span = trace.get_current_span()
+        headers = request.headers
+        if span.get_span_context().is_valid:
+            span.set_attributes({ATTR_APPLICATION: record.name, ATTR_MODEL: model_id})
+            headers = inject_headers(dict(headers))
         token = self._keyring.model_id_for(tenant, record.name, model_id)
         serve_request = ServeRequest(
             method=method,
@@ -223,7 +291,7 @@ class InferenceService:
             has_json=request.has_json,
             tensors=request.tensors,
             request_id=request_id,
-            headers=request.headers,
+            headers=headers,
         )
         reply = await self._backend.call(record.name, token, serve_request, request.timeout_s)
         if reply.error_kind is not None:

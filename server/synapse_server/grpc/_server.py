@@ -5,13 +5,16 @@ entries (servicer, the generated ``add_*_to_server`` function, the service's ful
 ``grpc.health.v1`` health checking (a status per service) and server reflection are derived
 from that list, so adding a service is one entry. Every RPC of every service, health and
 reflection included, passes the same interceptor chain (``_interceptors``): the request
-guard and authentication today, built from the settings by :func:`server_interceptors`.
+guard, the telemetry interceptors that are configured (RPC metrics, tracing, access log) and
+authentication, built from the settings by :func:`server_interceptors`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +27,13 @@ from synapse_server.core.inference import ServeKeyring
 from synapse_server.grpc._auth import AuthInterceptor
 from synapse_server.grpc._interceptors import CallInterceptor, InterceptorChain
 from synapse_server.grpc._requests import RequestGuard
+from synapse_server.grpc._telemetry import (
+    AccessLogInterceptor,
+    RpcMetricsInterceptor,
+    TracingInterceptor,
+)
 from synapse_server.settings import ServerSettings
+from synapse_server.telemetry import Telemetry
 
 __all__ = [
     "HEALTH_SERVICE",
@@ -78,9 +87,25 @@ def server_interceptors(
     settings: ServerSettings,
     credentials: WorkerCredentialIssuer,
     serve_keys: ServeKeyring | None = None,
+    telemetry: Telemetry | None = None,
 ) -> list[CallInterceptor[Any]]:
-    """The interceptor chain of the platform's server, in the order they run on every RPC."""
-    return [AuthInterceptor(settings.tokens, credentials, serve_keys=serve_keys)]
+    """The interceptor chain of the platform's server, in the order they run on every RPC.
+
+    Telemetry first, each only when configured (metrics with ``metrics_listen``, spans with
+    ``OTEL_*`` tracing, access lines when the access logger writes at its level), so that
+    calls authentication refuses are counted, traced and logged too; then authentication.
+    """
+    chain: list[CallInterceptor[Any]] = []
+    if telemetry is not None:
+        if telemetry.metrics.enabled:
+            chain.append(RpcMetricsInterceptor(telemetry.metrics))
+        if telemetry.tracer is not None:
+            chain.append(TracingInterceptor(telemetry.tracer))
+        if telemetry.access_log_active():
+            assert telemetry.access_log_level is not None
+            chain.append(AccessLogInterceptor(telemetry.access_log_level))
+    chain.append(AuthInterceptor(settings.tokens, credentials, serve_keys=serve_keys))
+    return chain
 
 
 def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
@@ -114,6 +139,9 @@ class GrpcServer:
         options: Sequence[tuple[str, Any]] = (("grpc.so_reuseport", 0),),
     ) -> None:
         self.health = health.aio.HealthServicer()
+        # Services whose health a probe decides (see watch_service), and the tasks probing.
+        self._watched: dict[str, tuple[Callable[[], Awaitable[bool]], float]] = {}
+        self._watchers: list[asyncio.Task[None]] = []
         self.server = grpc.aio.server(
             interceptors=[InterceptorChain(interceptors, guard)], options=list(options)
         )
@@ -158,17 +186,69 @@ class GrpcServer:
         )
         await self.server.start()
 
+    def watch_service(
+        self, name: str, probe: Callable[[], Awaitable[bool]], interval_s: float
+    ) -> None:
+        """Let ``probe`` decide the health of service ``name``, asked every ``interval_s``.
+
+        From :meth:`set_serving` on, the service is SERVING while the probe answers True and
+        NOT_SERVING while it answers False (or fails), until the graceful shutdown.
+        """
+        if name not in self.service_names:
+            raise ValueError(f"service {name} is not registered")
+        self._watched[name] = (probe, interval_s)
+
     async def set_serving(self) -> None:
-        """Health: the server (``""``) and every registered service SERVING."""
+        """Health: the server (``""``) and every registered service SERVING, a watched
+        service as its probe says (and from now on watched)."""
         for name in ("", *self.service_names):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            watched = self._watched.get(name)
+            serving = await _probe(name, watched[0]) if watched is not None else True
+            await self._set_health(name, serving)
+        for name, (probe, interval_s) in self._watched.items():
+            self._watchers.append(
+                asyncio.create_task(self._watch(name, probe, interval_s), name=f"health-{name}")
+            )
+
+    async def _set_health(self, name: str, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set(name, status)
+
+    async def _watch(
+        self, name: str, probe: Callable[[], Awaitable[bool]], interval_s: float
+    ) -> None:
+        last: bool | None = None
+        while True:
+            await asyncio.sleep(interval_s)
+            serving = await _probe(name, probe)
+            if serving != last:
+                if last is not None:
+                    logger.warning(
+                        "health: %s is %s", name, "SERVING" if serving else "NOT_SERVING"
+                    )
+                last = serving
+            await self._set_health(name, serving)
+
+    async def _stop_watching(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for task in watchers:
+            task.cancel()
+        for task in watchers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def enter_graceful_shutdown(self) -> None:
         """Health: everything NOT_SERVING from now on (the server keeps answering calls)."""
+        await self._stop_watching()
         await self.health.enter_graceful_shutdown()
 
     async def stop(self, grace: float | None) -> None:
         """Refuse new RPCs, give those in flight ``grace`` seconds, then cancel them."""
+        await self._stop_watching()
         await self.server.stop(grace)
 
     async def wait_for_termination(self) -> None:
@@ -176,16 +256,25 @@ class GrpcServer:
         await self.server.wait_for_termination()
 
 
+async def _probe(name: str, probe: Callable[[], Awaitable[bool]]) -> bool:
+    try:
+        return bool(await probe())
+    except Exception:
+        logger.exception("health probe of %s failed", name)
+        return False
+
+
 def build_grpc_server(
     settings: ServerSettings,
     services: Sequence[ServiceRegistration],
     credentials: WorkerCredentialIssuer,
     serve_keys: ServeKeyring | None = None,
+    telemetry: Telemetry | None = None,
 ) -> GrpcServer:
     """The platform's server for ``services``: interceptors, guard and options from settings."""
     return GrpcServer(
         services,
-        interceptors=server_interceptors(settings, credentials, serve_keys),
+        interceptors=server_interceptors(settings, credentials, serve_keys, telemetry),
         guard=RequestGuard(settings.max_message_bytes),
         options=server_options(settings),
     )

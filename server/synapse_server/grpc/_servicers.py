@@ -31,6 +31,7 @@ from synapse_server.grpc._auth import current_principal
 from synapse_server.grpc._errors import map_errors
 from synapse_server.grpc._requests import DEFAULT_MAX_MESSAGE_BYTES
 from synapse_server.grpc._streams import writes_through
+from synapse_server.telemetry import bind_log_context
 
 __all__ = ["ActionServicer", "WorkerServicer", "worker_reports"]
 
@@ -211,6 +212,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request: worker_service_pb2.GetAssignmentRequest, context: grpc.aio.ServicerContext
     ) -> worker_service_pb2.GetAssignmentResponse:
         job = await self._jobs.assignment(_worker(), request.job_id)
+        bind_log_context(job_id=job.id)
         return worker_service_pb2.GetAssignmentResponse(
             job_id=job.id,
             plugin=job.plugin,
@@ -220,6 +222,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             params_json=job.params_json.encode(),
             mode=conv.mode_to_pb(job.mode),
             cancel_requested=job.cancel_requested,
+            headers=self._jobs.worker_headers(job.id),
         )
 
     @map_errors
@@ -234,6 +237,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             raise InvalidArgumentError("the first message must be `open`")
         job_id = first.open.job_id
         acked, cancel = await self._jobs.open_worker_stream(claims, job_id, first.open.worker_id)
+        bind_log_context(job_id=job_id)
         cancel_sent = cancel.is_set()
         yield worker_service_pb2.ReportEventsResponse(
             acked_worker_seq=acked, cancel_requested=cancel_sent

@@ -13,6 +13,7 @@ the next server starts (:meth:`RayRuntime.remove_stale_head`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -53,6 +54,15 @@ class RayRuntimeConfig:
     grpc_servicer_functions: tuple[str, ...] = ()
     start_timeout_s: float = 120.0
     head_record: Path | None = None
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a Ray address (``host:port``, ``ray://host:port``), else None."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
 
 
 def _connect(ray: Any, kwargs: dict[str, Any], timeout_s: float) -> None:
@@ -118,6 +128,30 @@ class RayRuntime:
         if self._owns_ray:
             env.update(LOOPBACK_ENVIRONMENT)
         return env
+
+    async def reachable(self, timeout_s: float = 2.0) -> bool:
+        """Whether Ray can be reached now (the health of ``InferenceService``).
+
+        A Ray in use: its GCS accepts a connection. A configured cluster not yet connected
+        to: its address accepts one. The local Ray before its first start: True, since it
+        starts on the first call that needs it. A connection attempt, nothing of Ray's API:
+        a probe must answer within ``timeout_s`` even when the cluster is gone.
+        """
+        target = self._gcs_address if self._started else self._config.address
+        if not target:
+            return True
+        endpoint = _host_port(target)
+        if endpoint is None:
+            # An address Ray resolves itself ("auto"): nothing to probe from here.
+            return True
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(*endpoint), timeout_s)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
 
     async def remove_stale_head(self) -> None:
         """Kill a local head that a killed server left running (see ``_head``).

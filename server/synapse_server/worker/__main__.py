@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 
+from synapse_server.telemetry import LOG_FORMATS, configure_logging
 from synapse_server.worker._exit import exit_process
 from synapse_server.worker._runner import run_worker
 from synapse_server.worker._zygote import run_zygote
@@ -40,7 +41,13 @@ def main() -> int:
         help="how the worker names itself to the server (--fork-server: each child <id>-<pid>)",
     )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    # The server's log format (SYNAPSE_LOG_FORMAT); JSON lines carry the job id.
+    log_format = os.environ.get("SYNAPSE_LOG_FORMAT", "text")
+    configure_logging(
+        "INFO",
+        log_format if log_format in LOG_FORMATS else "text",
+        text_format="%(asctime)s worker %(levelname)s %(message)s",
+    )
     root = args.root_cert_file.read_bytes() if args.root_cert_file else None
     if args.fork_server:
         if args.job_id:

@@ -8,6 +8,7 @@ stream the worker reconnects and resends only what the server has not stored.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -42,6 +43,15 @@ from synapse_sdk.plugins import (
     validate_params_json,
 )
 from synapse_sdk.runtime import PlatformInfo, RunContext
+from synapse_sdk.tracing import (
+    ATTR_ACTION,
+    ATTR_JOB_ID,
+    ATTR_JOB_MODE,
+    ATTR_PLUGIN,
+    extract_context,
+    inject_headers,
+    install_global_tracing,
+)
 
 from synapse_server.core._memory import (
     EXIT_OUT_OF_MEMORY,
@@ -49,6 +59,7 @@ from synapse_server.core._memory import (
     memory_limit_message,
 )
 from synapse_server.grpc._converters import error_info_to_pb, sdk_event_to_worker_pb
+from synapse_server.telemetry import bind_log_context
 
 __all__ = ["WorkerError", "run_worker"]
 
@@ -70,6 +81,9 @@ PROGRESS_FLUSH_SECONDS = 0.05
 # Short bursts arrive complete; a flood (one event per batch of a 100k-input job: 391 in half
 # a second) costs a gRPC message, a stored row and a client event per kept event only.
 PROGRESS_KEEP = 4
+# How long a finished worker waits for its last spans to be exported.
+_SPAN_FLUSH_MILLIS = 3000
+_MODES = {job_pb2.RUN_MODE_LOCAL: "local", job_pb2.RUN_MODE_TASK: "task"}
 # Net allocations between young-generation collections while the action runs.
 YOUNG_GC_THRESHOLD = 20_000
 # RESOURCE_EXHAUSTED: the server could not store the events (its disk is full); it keeps
@@ -509,9 +523,15 @@ def run_worker(
     memory = _MemoryGuard(memory_limit_mb)
     worker_id = worker_id or f"local-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     metadata = [("authorization", f"Bearer {credential}")]
+    bind_log_context(job_id=job_id)
     if channel is None:
         channel = open_channel(address, root_certificates, server_name)
-    with channel:
+    with channel, contextlib.ExitStack() as tracing:
+        # Spans as the server's OTEL_* variables say (handed on to this process); the last
+        # ones are exported before the process exits.
+        provider = install_global_tracing("worker")
+        if provider is not None:
+            tracing.callback(provider.force_flush, _SPAN_FLUSH_MILLIS)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         try:
             assignment = stub.GetAssignment(
@@ -523,6 +543,7 @@ def run_worker(
         except grpc.RpcError as exc:
             logger.error("job %s: the server refused the assignment: %s", job_id, exc)
             return EXIT_REFUSED
+        tracing.enter_context(_job_span(assignment, metadata))
         reporter = _EventReporter(stub, job_id, worker_id, metadata, reconnect_seconds)
         reporter.start()
         if assignment.cancel_requested:
@@ -551,6 +572,31 @@ def run_worker(
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def _job_span(
+    assignment: worker_service_pb2.GetAssignmentResponse, metadata: list[tuple[str, str]]
+) -> Iterator[None]:
+    """The worker's span for the job, the child of the server's job span (the assignment's
+    headers); the reports then carry its context, so their RPCs join the trace too."""
+    parent = extract_context(dict(assignment.headers))
+    if parent is None:
+        yield
+        return
+    from opentelemetry import trace
+
+    attributes = {
+        ATTR_JOB_ID: assignment.job_id,
+        ATTR_PLUGIN: assignment.plugin,
+        ATTR_ACTION: assignment.action,
+        ATTR_JOB_MODE: _MODES.get(assignment.mode, "job"),
+    }
+    with trace.get_tracer("synapse_server.worker").start_as_current_span(
+        f"run {assignment.plugin}/{assignment.action}", context=parent, attributes=attributes
+    ):
+        metadata.extend(inject_headers({}).items())
+        yield
+
+
 def _execute(
     assignment: worker_service_pb2.GetAssignmentResponse,
     reporter: _EventReporter,
@@ -560,7 +606,6 @@ def _execute(
     plugin_dirs: Sequence[Path],
     memory: _MemoryGuard,
 ) -> None:
-    modes = {job_pb2.RUN_MODE_LOCAL: "local", job_pb2.RUN_MODE_TASK: "task"}
     platform = PlatformInfo(
         address=address,
         token=credential,
@@ -576,7 +621,7 @@ def _execute(
         platform=platform,
         # Model downloads go through the platform (works without a shared file system).
         model_backend=PlatformModelBackend.from_platform(platform),
-        mode=modes.get(assignment.mode, "job"),
+        mode=_MODES.get(assignment.mode, "job"),
     )
     try:
         # This process runs this one job and then exits, so everything alive once the params

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from synapse_sdk.tracing import preload_tracing
 
 from synapse_server.worker._exit import exit_process
 from synapse_server.worker._runner import (
@@ -438,6 +439,8 @@ def run_zygote(
     # Every job builds a platform model backend, which imports the client package: done
     # once here rather than in every child.
     importlib.import_module("synapse_client")
+    # With tracing on, each job's worker installs an exporter: its imports are done here.
+    preload_tracing()
     for code in preload:
         _preload(plugin_dirs, code)
     # Everything imported so far lives as long as this process and every child: the

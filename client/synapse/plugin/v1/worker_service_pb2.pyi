@@ -21,7 +21,14 @@ class GetAssignmentRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class GetAssignmentResponse(_message.Message):
-    __slots__ = ("job_id", "plugin", "plugin_version", "action", "params", "mode", "cancel_requested", "params_json", "plugin_sha256")
+    __slots__ = ("job_id", "plugin", "plugin_version", "action", "params", "mode", "cancel_requested", "params_json", "plugin_sha256", "headers")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +38,7 @@ class GetAssignmentResponse(_message.Message):
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     plugin: str
     plugin_version: str
@@ -40,7 +48,8 @@ class GetAssignmentResponse(_message.Message):
     cancel_requested: bool
     params_json: bytes
     plugin_sha256: str
-    def __init__(self, job_id: _Optional[str] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., action: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., mode: _Optional[_Union[_job_pb2.RunMode, str]] = ..., cancel_requested: _Optional[bool] = ..., params_json: _Optional[bytes] = ..., plugin_sha256: _Optional[str] = ...) -> None: ...
+    headers: _containers.ScalarMap[str, str]
+    def __init__(self, job_id: _Optional[str] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., action: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., mode: _Optional[_Union[_job_pb2.RunMode, str]] = ..., cancel_requested: _Optional[bool] = ..., params_json: _Optional[bytes] = ..., plugin_sha256: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ReportEventsOpen(_message.Message):
     __slots__ = ("job_id", "worker_id")

@@ -166,6 +166,14 @@ class ArtifactStore:
         path.unlink(missing_ok=True)
         logger.info("removed artifact %s", sha256)
 
+    def stored_bytes(self) -> int:
+        """The size of every stored artifact together (read from the file system)."""
+        total = 0
+        for path in self.blob_dir.glob("*/*"):
+            with contextlib.suppress(OSError):  # removed meanwhile
+                total += path.stat().st_size
+        return total
+
     def stored(self, older_than: float | None = None) -> Iterable[str]:
         """Checksums of every stored artifact (for orphan cleanup); with ``older_than`` (a
         time), only those moved into place before it (``commit`` renames: the inode's change

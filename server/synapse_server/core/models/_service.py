@@ -128,6 +128,10 @@ class ModelRegistryService:
         """The registry's size limits."""
         return self._limits
 
+    def stored_bytes(self) -> int:
+        """Bytes of model archives on disk (blocking: reads the file system)."""
+        return self._artifacts.stored_bytes()
+
     async def open(self) -> None:
         """Prepare directories and drop artifacts no model references (an interrupted upload)."""
         await asyncio.to_thread(self._artifacts.open)

@@ -1,0 +1,308 @@
+"""What telemetry costs: Infer latency and job events per second with it on against off.
+
+One run, one local Ray, two ``synapse serve`` processes connected to it, each with the
+torch-serve example deployed (the same MLP):
+
+- ``off``: no ``--metrics-listen``, no ``OTEL_*`` variables (the default);
+- ``on``: ``--metrics-listen`` and tracing to an in-process OTLP collector with
+  ``OTEL_TRACES_SAMPLER=parentbased_always_off``.
+
+Three configurations are measured, interleaved in a rotated order each round:
+
+- ``off``: calls to the ``off`` server;
+- ``metrics+sampler_off``: calls to the ``on`` server without a caller span (metrics
+  recorded, every span unsampled: what an operator runs day to day);
+- ``metrics+sampled``: calls to the ``on`` server inside a sampled caller span (the sampler
+  follows the parent: every span of the call is recorded and exported, server, job, worker
+  and replica; the always-on case).
+
+Figures: Infer p50/p99 over ``--calls`` sequential calls, and events per second of a job that
+logs ``--events`` events (submission to result; the median of ``--jobs`` jobs), each the
+median over ``--rounds``; the
+ratios against ``off`` (latency: on/off, above 1 is slower; events/s: on/off, below 1 is
+slower). The target: metrics with the sampler off costs at most 5%.
+
+    .venv/bin/python bench/bench_telemetry.py [--calls 300] [--events 5000] [--jobs 3] [--rounds 5]
+
+Prints a table and writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+RESULTS_DIR = ROOT / "bench" / "results"
+EVENTS_PLUGIN = ROOT / "bench" / "plugins" / "bench_events"
+SECRET = "bench-telemetry-secret-0123456789abcdef"
+PAYLOAD = {"inputs": [{"data": [1.0, 2.0, 3.0]}]}
+CONFIGS = ("off", "metrics+sampler_off", "metrics+sampled")
+
+
+def start_ray() -> str:
+    """A local Ray owned by this process with Serve started; its GCS address."""
+    import ray
+    from ray import serve
+
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False})
+    return str(ray.get_runtime_context().gcs_address)
+
+
+def start_server(
+    work: Path, name: str, gcs: str, extra_args: list[str], extra_env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``synapse serve`` on a free port with both plugin directories; (process, address)."""
+    folder = work / name
+    folder.mkdir()
+    out, log = folder / "server.out", folder / "server.log"
+    proc = subprocess.Popen(
+        [
+            str(ROOT / ".venv" / "bin" / "synapse"),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(folder / "data"),
+            "--plugin-dir",
+            str(ROOT / "examples" / "plugins"),
+            "--plugin-dir",
+            str(EVENTS_PLUGIN),
+            "--ray-address",
+            gcs,
+            "--log-level",
+            "WARNING",
+            *extra_args,
+        ],
+        stdout=out.open("wb"),
+        stderr=log.open("wb"),
+        env={**os.environ, "SYNAPSE_SERVER_SECRET": SECRET, **extra_env},
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for line in out.read_text().splitlines():
+            if line.startswith("synapse server listening on "):
+                return proc, line.removeprefix("synapse server listening on ").strip()
+        if proc.poll() is not None:
+            raise RuntimeError(f"the {name} server exited: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    stop_server(proc)
+    raise RuntimeError(f"the {name} server did not start within 120 s")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def deploy(client: Any, work: Path, name: str) -> int:
+    """Register the example MLP and deploy torch-serve with it; the model id."""
+    from examples.models import MLPConfig, build_model_dir
+
+    model_dir = build_model_dir(work / f"model-{name}", MLPConfig(hidden=8, seed=7))
+    archive = shutil.make_archive(str(work / f"model-{name}"), "zip", model_dir)
+    model_id = int(client.register_model(archive, "bench-mlp", framework="torch").id)
+    client.run_action(
+        "torch-serve", "deployment", {"model": model_id, "num_cpus": 0}, mode="local"
+    ).result(timeout=360)
+    return model_id
+
+
+def infer_latency(call: Callable[[], None], calls: int) -> dict[str, float]:
+    """p50/p99 in milliseconds of ``calls`` sequential calls."""
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return {
+        "p50_ms": statistics.median(samples),
+        "p99_ms": samples[min(len(samples) - 1, round(0.99 * len(samples)) - 1)],
+    }
+
+
+def events_rate(client: Any, events: int, jobs: int = 1) -> float:
+    """Events per second of a job logging ``events`` events, submission to result: the
+    median of ``jobs`` jobs run one after the other."""
+    rates = []
+    for _ in range(jobs):
+        started = time.perf_counter()
+        result = client.run_action(
+            "bench-events", "emit", {"count": events, "payload_bytes": 64}, mode="local"
+        ).result(timeout=600)
+        wall = time.perf_counter() - started
+        if result.get("emitted") != events:
+            raise RuntimeError(f"the job emitted {result!r}, expected {events}")
+        rates.append(events / wall)
+    return statistics.median(rates)
+
+
+def main() -> int:
+    """Run the benchmark; prints the table and writes JSON to bench/results/."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=300, help="sequential Infer calls")
+    parser.add_argument("--events", type=int, default=5000, help="events of each job")
+    parser.add_argument("--jobs", type=int, default=3, help="event jobs per configuration")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; figures are medians")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import ray
+    from opentelemetry.sdk.trace import TracerProvider
+    from synapse_client import Client
+
+    from tests._otlp import OtlpCollector
+
+    work = Path(tempfile.mkdtemp(prefix="bench-telemetry-"))
+    collector = OtlpCollector()
+    procs: list[subprocess.Popen[bytes]] = []
+    clients: list[Any] = []
+    try:
+        gcs = start_ray()
+        proc_off, address_off = start_server(work, "off", gcs, [], {})
+        procs.append(proc_off)
+        proc_on, address_on = start_server(
+            work,
+            "on",
+            gcs,
+            ["--metrics-listen", "127.0.0.1:0"],
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+                "OTEL_TRACES_SAMPLER": "parentbased_always_off",
+                "OTEL_SERVICE_NAME": "synapse-bench",
+            },
+        )
+        procs.append(proc_on)
+        client_off = Client(address_off, timeout=120)
+        client_on = Client(address_on, timeout=120)
+        clients += [client_off, client_on]
+        models = {"off": deploy(client_off, work, "off"), "on": deploy(client_on, work, "on")}
+        # The caller's spans are sampled and never exported: only their context travels.
+        caller = TracerProvider().get_tracer("bench")
+
+        def runner(config: str) -> tuple[Any, int, Callable[[], Any]]:
+            if config == "off":
+                return client_off, models["off"], contextlib.nullcontext
+            if config == "metrics+sampler_off":
+                return client_on, models["on"], contextlib.nullcontext
+
+            def span() -> Any:
+                return caller.start_as_current_span("bench call")
+
+            return client_on, models["on"], span
+
+        # Warm both paths (replica model load, channels, fork servers).
+        for config in CONFIGS:
+            client, model, scope = runner(config)
+            with scope():
+                for _ in range(20):
+                    client.infer(
+                        plugin="torch-serve", action="inference", model=model, json=PAYLOAD
+                    )
+                events_rate(client, 100)
+
+        rounds: dict[str, list[dict[str, float]]] = {c: [] for c in CONFIGS}
+        for index in range(args.rounds):
+            order = CONFIGS[index % len(CONFIGS) :] + CONFIGS[: index % len(CONFIGS)]
+            for config in order:
+                client, model, scope = runner(config)
+
+                def call(client: Any = client, model: int = model, scope: Any = scope) -> None:
+                    with scope():
+                        client.infer(
+                            plugin="torch-serve", action="inference", model=model, json=PAYLOAD
+                        )
+
+                figures = infer_latency(call, args.calls)
+                with scope():
+                    figures["events_per_s"] = events_rate(client, args.events, args.jobs)
+                rounds[config].append(figures)
+            collector.clear()
+        report = _report(rounds, args)
+    finally:
+        for client in clients:
+            client.close()
+        for proc in procs:
+            stop_server(proc)
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        collector.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    _print(report)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS_DIR / f"telemetry-{stamp}.json").write_text(json.dumps(report, indent=2))
+    within = report["ratios"]["metrics+sampler_off"]["infer_p50"] <= 1.05 and (
+        report["ratios"]["metrics+sampler_off"]["events_per_s"] >= 0.95
+    )
+    print(f"metrics with the sampler off within 5% of off: {'yes' if within else 'NO'}")
+    return 0
+
+
+def _report(rounds: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> dict[str, Any]:
+    medians = {
+        config: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for config, runs in rounds.items()
+    }
+    off = medians["off"]
+    ratios = {
+        config: {
+            "infer_p50": figures["p50_ms"] / off["p50_ms"],
+            "infer_p99": figures["p99_ms"] / off["p99_ms"],
+            "events_per_s": figures["events_per_s"] / off["events_per_s"],
+        }
+        for config, figures in medians.items()
+        if config != "off"
+    }
+    return {
+        "bench": "telemetry",
+        "calls": args.calls,
+        "events": args.events,
+        "jobs": args.jobs,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "medians": medians,
+        "per_round": rounds,
+        "ratios": ratios,
+    }
+
+
+def _print(report: dict[str, Any]) -> None:
+    print(f"{'config':<22}{'p50 ms':>10}{'p99 ms':>10}{'events/s':>12}{'p50 x':>9}{'ev/s x':>9}")
+    for config, figures in report["medians"].items():
+        ratio = report["ratios"].get(config, {"infer_p50": 1.0, "events_per_s": 1.0})
+        print(
+            f"{config:<22}{figures['p50_ms']:>10.2f}{figures['p99_ms']:>10.2f}"
+            f"{figures['events_per_s']:>12.0f}{ratio['infer_p50']:>9.3f}"
+            f"{ratio['events_per_s']:>9.3f}"
+        )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
