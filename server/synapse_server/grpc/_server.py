@@ -119,6 +119,7 @@ class GrpcServer:
         )
         self._services: list[ServiceRegistration] = []
         self._started = False
+        self._serving = False
         for service in services:
             self.add_service(service)
 
@@ -126,6 +127,11 @@ class GrpcServer:
     def service_names(self) -> tuple[str, ...]:
         """The full names of the registered services, in registration order."""
         return tuple(service.name for service in self._services)
+
+    @property
+    def serving(self) -> bool:
+        """True from :meth:`set_serving` until :meth:`enter_graceful_shutdown`."""
+        return self._serving
 
     def add_service(self, service: ServiceRegistration) -> None:
         """Register one more service (before :meth:`start`; a name at most once)."""
@@ -162,9 +168,11 @@ class GrpcServer:
         """Health: the server (``""``) and every registered service SERVING."""
         for name in ("", *self.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
 
     async def enter_graceful_shutdown(self) -> None:
         """Health: everything NOT_SERVING from now on (the server keeps answering calls)."""
+        self._serving = False
         await self.health.enter_graceful_shutdown()
 
     async def stop(self, grace: float | None) -> None:
