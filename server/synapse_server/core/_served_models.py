@@ -8,7 +8,8 @@ answers what those protocols ask besides inference itself, transport-neutrally:
   reported exactly like a missing one);
 * whether the model is ready at a version: the application is RUNNING (as Ray Serve reports
   it now, not as last recorded) and the version names a model registered and visible to the
-  caller; the replica loads that model on its first request;
+  caller (no version: the deployment's only declared model, as for an Infer without a model
+  id); the replica loads that model on its first request;
 * what is known of the model: its declared versions (the deployment's model ids), status,
   plugin and endpoint, and the framework the model was registered with.
 
@@ -98,14 +99,9 @@ class ServedModelService:
                 logger.info("default model of %s is no longer registered", record.name)
                 model = None
         status = record.status
-        running = status == DeploymentStatus.RUNNING
-        if requested is not None or record.model_ids:
-            # A version (asked for, or the default) must name a visible model.
-            ready = running and model is not None
-        else:
-            # No version and no default: "any version", which the application serves when
-            # it runs; an Infer without a version then asks for one.
-            ready = running
+        # Without a version, ready means what an Infer without a model id gets: the
+        # application's only declared model (none, or several, cannot be chosen for the caller).
+        ready = status == DeploymentStatus.RUNNING and model is not None
         shown = str(requested) if requested is not None else _default_version(record)
         return ServedModel(
             name=record.name,

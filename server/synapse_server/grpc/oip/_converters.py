@@ -80,6 +80,8 @@ _UNSUPPORTED_PARAMETERS = {
 #: The request parameter that bounds the request's time in the server, in microseconds
 #: (tritonclient's ``timeout``).
 _TIMEOUT_PARAMETER = "timeout"
+#: More elements than any message can hold; a shape is not multiplied out past this.
+_MAX_ELEMENTS = 1 << 63
 #: At most this many dimensions are written into an error message.
 _SHAPE_IN_MESSAGE = 8
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -111,6 +113,8 @@ def _elements(shape: Sequence[int], bound: int) -> int | None:
 
     Stops early, so that a long shape of huge dimensions never builds a huge number.
     """
+    if 0 in shape:
+        return 0
     count = 1
     for dim in shape:
         count *= dim
@@ -148,7 +152,7 @@ def _raw_payload(
     dtype = dtype_by_oip(tensor.datatype)
     assert dtype is not None and dtype.itemsize is not None
     shape = tuple(tensor.shape)
-    count = _elements(shape, len(raw) // dtype.itemsize)
+    count = _elements(shape, _MAX_ELEMENTS)
     if count is None or count * dtype.itemsize != len(raw):
         needed = "more" if count is None else str(count * dtype.itemsize)
         raise InvalidArgumentError(
@@ -177,7 +181,7 @@ def _typed_payload(
         )
     shape = tuple(tensor.shape)
     values = getattr(contents, field_name) if typed is not None else ()
-    count = _elements(shape, len(values))
+    count = _elements(shape, _MAX_ELEMENTS)
     if count != len(values):
         if typed is None:
             detail = f"{tensor.datatype} data is sent in raw_input_contents only"
