@@ -14,6 +14,8 @@ from fastapi import HTTPException
 from pydantic import BaseModel
 from synapse_sdk.plugins.actions.inference import BaseDeploymentAction, BaseServeDeployment
 
+from ._model_files import load_model_dir
+
 
 class TensorInference(BaseServeDeployment):
     """Runs the requested MLP on ``input`` (``[batch, in_features]``, any numeric type)."""
@@ -21,9 +23,7 @@ class TensorInference(BaseServeDeployment):
     action_name = "inference"
 
     async def _get_model(self, model_info: dict[str, Any]) -> Any:
-        import torch
-
-        model = torch.jit.load(str(model_info["path"] / "model.pt"))
+        model = load_model_dir(model_info["path"])
         model.eval()
         config = json.loads((model_info["path"] / "config.json").read_text())
         return model, int(config["in_features"])
