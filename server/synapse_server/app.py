@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from synapse.plugin.v1 import (
@@ -40,6 +40,7 @@ from synapse_server.core._credentials import WorkerCredentialIssuer
 from synapse_server.core._executor import Executor, LocalProcessExecutor
 from synapse_server.core._jobs import JobService
 from synapse_server.core._plugin_code import PluginCodeStore
+from synapse_server.core._served_models import ServedModelService
 from synapse_server.core.deployments import DeploymentService, DeploymentStore
 from synapse_server.core.inference import InferenceService, ServeKeyring
 from synapse_server.core.models import ModelRegistryService, ModelStore
@@ -54,6 +55,8 @@ from synapse_server.grpc._server import (
     service_name,
 )
 from synapse_server.grpc._servicers import ActionServicer, WorkerServicer
+from synapse_server.grpc.oip import OpenInferenceServicer
+from synapse_server.grpc.oip import registration as oip_registration
 from synapse_server.ray import RayRuntime, RayRuntimeConfig, ServeDeploymentBackend, ServeRouter
 from synapse_server.ray._environment import ServeJobEnvironment
 from synapse_server.ray._executors import RayJobExecutor, RayTaskExecutor, ray_worker_address
@@ -281,7 +284,7 @@ class SynapseServer:
         _watch_gauges(telemetry, self._jobs, hub, executor, models, modes)
         grpc_server = build_grpc_server(
             s,
-            _grpc_services(s, self._jobs, models, deployments, inference),
+            _grpc_services(s, self._jobs, models, deployments, inference, self._serving),
             issuer,
             serve_keys=keyring,
             telemetry=telemetry,
@@ -328,6 +331,10 @@ class SynapseServer:
             "listening on %s (tls=%s, auth=%s)", self.address, s.tls_enabled, bool(s.tokens)
         )
         return self.address
+
+    def _serving(self) -> bool:
+        """Whether the server takes requests: started and not shutting down."""
+        return self._grpc is not None and self._grpc.serving
 
     async def _collect_plugin_code(self, catalog: PluginCatalog) -> None:
         """Remove plugin code snapshots that neither the catalog nor an unfinished job uses."""
@@ -430,6 +437,7 @@ def _grpc_services(
     models: ModelRegistryService,
     deployments: DeploymentService,
     inference: InferenceService,
+    serving: Callable[[], bool],
 ) -> list[ServiceRegistration]:
     """The services on the platform's port, each a servicer over its core service."""
     return [
@@ -457,6 +465,15 @@ def _grpc_services(
             InferenceServicer(inference, s.max_message_bytes),
             inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
             service_name(inference_service_pb2, "InferenceService"),
+        ),
+        # The Open Inference Protocol v2 over the same inference core.
+        oip_registration(
+            OpenInferenceServicer(
+                inference,
+                ServedModelService(deployments, models),
+                ready=serving,
+                max_message_bytes=s.max_message_bytes,
+            )
         ),
     ]
 

@@ -28,6 +28,7 @@ BATCH_PLUGIN = PLUGINS / "batch_inference"
 LOADER_COPIES = [
     BATCH_PLUGIN / "batch_plugin" / "_model_files.py",
     PLUGINS / "torch_serve" / "serve_plugin" / "_model_files.py",
+    PLUGINS / "tensor_serve" / "tensor_serve_plugin" / "_model_files.py",
 ]
 INPUTS = [[1.0, 2.0, 3.0], [0.5, 0.0, -1.0], [-2.0, 4.0, 0.25]]
 #: torch 2.13 warns on every TorchScript call; only the test of the legacy format makes them.
@@ -53,8 +54,9 @@ def _assert_predicts(model: Any, inputs: list[Any], expected: list[Any]) -> None
 
 
 def test_the_example_plugins_carry_the_same_loader() -> None:
-    first, second = (path.read_bytes() for path in LOADER_COPIES)
-    assert first == second, "edit both copies of _model_files.py alike"
+    first, *others = (path.read_bytes() for path in LOADER_COPIES)
+    for path, other in zip(LOADER_COPIES[1:], others, strict=True):
+        assert other == first, f"edit every copy of _model_files.py alike ({path})"
 
 
 @pytest.mark.parametrize("model_format", MODEL_FORMATS)

@@ -17,18 +17,22 @@ from synapse.plugin.v1 import (
     worker_service_pb2,
 )
 from synapse_server.core._credentials import WorkerCredentialIssuer
+from synapse_server.grpc.oip._proto import grpc_predict_v2_pb2
 
 from tests.conftest import RunningServer, make_settings
 
 SECRET = "bad-input-tests-secret-0123456789abcdef"
 
-#: Every client-facing service of the platform and the worker service.
+#: Every client-facing service of the platform (the Open Inference Protocol's included) and
+#: the worker service.
 SERVICES = {
     "ActionService": action_service_pb2,
     "ModelService": model_service_pb2,
     "DeploymentService": deployment_service_pb2,
     "InferenceService": inference_service_pb2,
     "WorkerService": worker_service_pb2,
+    # The Open Inference Protocol v2 on the same port.
+    "GRPCInferenceService": grpc_predict_v2_pb2,
 }
 
 

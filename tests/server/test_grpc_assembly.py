@@ -514,10 +514,13 @@ async def test_no_service_is_added_after_the_start() -> None:
 
 
 def _generated_services() -> set[str]:
-    """Every service the platform's protos define (from the generated ``*_pb2`` modules)."""
+    """Every service the platform's protos define (from the generated ``*_pb2`` modules), and
+    the Open Inference Protocol's (vendored, beside its server)."""
     import importlib
 
-    names: set[str] = set()
+    from synapse_server.grpc.oip import SERVICE_NAME as OIP_SERVICE
+
+    names: set[str] = {OIP_SERVICE}
     for module in pkgutil.iter_modules(generated.__path__):
         if module.name.endswith("_pb2"):
             pb2 = importlib.import_module(f"{generated.__name__}.{module.name}")

@@ -1,7 +1,8 @@
 """Property-based fuzzing of every RPC of a real server with hostile request bytes.
 
-Each RPC of ActionService, ModelService, DeploymentService, InferenceService and
-WorkerService (with and without a worker credential) is called through a raw channel with
+Each RPC of ActionService, ModelService, DeploymentService, InferenceService, the Open
+Inference Protocol's GRPCInferenceService and WorkerService (with and without a worker
+credential) is called through a raw channel with
 random bytes, mutated valid requests and requests built from random field values (Unicode
 digits, over-long ids and names, unknown enum numbers, NaN and Infinity, deep and wide
 Structs). Whatever arrives, the server must answer with a status a caller can act on: never
@@ -268,7 +269,16 @@ def messages(cls: type, depth: int = 0) -> st.SearchStrategy[Message]:
             field = descriptor.fields_by_name[name]
             if field.is_repeated:
                 target = getattr(message, name)
-                if field.type == FieldDescriptor.TYPE_MESSAGE:
+                if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                    # A map (the Open Inference Protocol's parameters): its entries arrive
+                    # as key/value messages and are set by key.
+                    value_field = field.message_type.fields_by_name["value"]
+                    for entry in value:
+                        if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                            target[entry.key].CopyFrom(entry.value)
+                        else:
+                            target[entry.key] = entry.value
+                elif field.type == FieldDescriptor.TYPE_MESSAGE:
                     for item in value:
                         target.add().CopyFrom(item)
                 else:
@@ -336,6 +346,10 @@ def _payloads(method: Method, draw: st.DrawFn, job_id: str) -> list[bytes]:
 def _good_first(method: Method, job_id: str) -> bytes:
     from synapse.plugin.v1 import model_pb2, model_service_pb2, worker_service_pb2
 
+    if method.name == "ModelStreamInfer":
+        from synapse_server.grpc.oip._proto import grpc_predict_v2_pb2
+
+        return grpc_predict_v2_pb2.ModelInferRequest(model_name="fuzz").SerializeToString()
     if method.name == "RegisterModel":
         info = model_service_pb2.ModelUploadInfo(
             name="fuzz", archive_format=model_pb2.ARCHIVE_FORMAT_ZIP

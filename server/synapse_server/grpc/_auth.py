@@ -5,8 +5,10 @@ the server per job) are accepted only for ``WorkerService`` and the model downlo
 worker needs. A signed serve model id (minted by the server for one model of one serve
 application) is accepted only for ``GetModel``/``DownloadModel`` of that one model: it is how
 a platform-deployed replica downloads the model it serves. Without configured tokens every
-client call runs as tenant ``default``. Health checking and reflection need no token. Tokens
-never appear in logs or errors.
+client call runs as tenant ``default``. Health checking and reflection need no token, nor do
+the Open Inference Protocol's own health checks (``ServerLive``, ``ServerReady``); its other
+RPCs take the same tokens and tenants as the platform's API. Tokens never appear in logs or
+errors.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from synapse_server.grpc._interceptors import CallInterceptor, Metadata
 
 __all__ = [
     "DEFAULT_TENANT",
+    "OPEN_METHODS",
     "AuthInterceptor",
     "Principal",
     "current_principal",
@@ -38,6 +41,14 @@ DEFAULT_TENANT = "default"
 
 _WORKER_SERVICE = "/synapse.plugin.v1.WorkerService/"
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+#: Methods anyone may call: the Open Inference Protocol's liveness and readiness checks, which
+#: say no more than health checking does (probes send no token).
+OPEN_METHODS = frozenset(
+    {
+        "/inference.GRPCInferenceService/ServerLive",
+        "/inference.GRPCInferenceService/ServerReady",
+    }
+)
 #: Methods a worker credential may call besides WorkerService (model downloads from a run).
 WORKER_METHODS = frozenset(
     {
@@ -117,7 +128,7 @@ class AuthInterceptor(CallInterceptor[Principal]):
 
     def authenticate(self, method: str, metadata: Any) -> Principal | None:
         """The principal for a call of ``method``; raises the error the caller gets."""
-        if method.startswith(_OPEN_PREFIXES):
+        if method.startswith(_OPEN_PREFIXES) or method in OPEN_METHODS:
             return None
         token = _bearer(metadata)
         if token and WorkerCredentialIssuer.looks_like_worker_credential(token):

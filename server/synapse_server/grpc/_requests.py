@@ -64,12 +64,17 @@ DEPLOYMENT_REQUEST_BYTES = 1 << 20
 REGISTER_MODEL_MESSAGE_BYTES = (4 << 20) + (64 << 10)
 
 _PREFIX = "/synapse.plugin.v1."
+#: The Open Inference Protocol v2 service (``synapse_server.grpc.oip``).
+_OIP = "/inference.GRPCInferenceService/"
 #: The RPCs whose requests may be as large as the server's ``max_message_bytes``.
 _LARGE_REQUEST_METHODS = frozenset(
     {
         _PREFIX + "ActionService/RunAction",
         _PREFIX + "InferenceService/Infer",
         _PREFIX + "WorkerService/ReportEvents",
+        # Tensors, as Infer's: each message of the stream too.
+        _OIP + "ModelInfer",
+        _OIP + "ModelStreamInfer",
     }
 )
 _FIXED_LIMITS = {
@@ -130,6 +135,25 @@ STRING_LIMITS: Mapping[str, Mapping[str, int]] = {
     _P + "GetAssignmentRequest": {"job_id": MAX_ID_CHARS, "worker_id": MAX_ID_CHARS},
     _P + "ReportEventsRequest": {},
     _P + "ReportEventsOpen": {"job_id": MAX_ID_CHARS, "worker_id": MAX_ID_CHARS},
+    # Open Inference Protocol v2: model names are serve application names, versions model
+    # ids; the values of string parameters are the endpoint's data (bounded by the message).
+    "inference.ModelReadyRequest": {"name": MAX_NAME_CHARS, "version": MAX_ID_CHARS},
+    "inference.ModelMetadataRequest": {"name": MAX_NAME_CHARS, "version": MAX_ID_CHARS},
+    "inference.ModelInferRequest": {
+        "model_name": MAX_NAME_CHARS,
+        "model_version": MAX_ID_CHARS,
+        "id": MAX_ID_CHARS,
+    },
+    "inference.ModelInferRequest.ParametersEntry": {"key": MAX_NAME_CHARS},
+    "inference.ModelInferRequest.InferInputTensor": {
+        "name": MAX_NAME_CHARS,
+        "datatype": MAX_NAME_CHARS,
+    },
+    "inference.ModelInferRequest.InferInputTensor.ParametersEntry": {"key": MAX_NAME_CHARS},
+    "inference.ModelInferRequest.InferRequestedOutputTensor": {"name": MAX_NAME_CHARS},
+    "inference.ModelInferRequest.InferRequestedOutputTensor.ParametersEntry": {
+        "key": MAX_NAME_CHARS
+    },
 }
 
 
@@ -153,8 +177,9 @@ class RejectedRequest:
 class RequestGuard:
     """Size, decoding and string-length checks for every request; see the module docstring.
 
-    ``max_message_bytes`` bounds RunAction, Infer and WorkerService.ReportEvents messages;
-    every other RPC has the smaller fixed bound of its kind.
+    ``max_message_bytes`` bounds RunAction, Infer, WorkerService.ReportEvents and the Open
+    Inference Protocol's ModelInfer and ModelStreamInfer messages; every other RPC has the
+    smaller fixed bound of its kind.
     """
 
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
@@ -229,10 +254,26 @@ def check_strings(message: Message, prefix: str = "") -> None:
                     field=name,
                 )
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            if field.message_type.full_name not in STRING_LIMITS:
+            entry_limits = STRING_LIMITS.get(field.message_type.full_name)
+            if entry_limits is None:
                 continue
-            if field.is_repeated:
+            if field.message_type.GetOptions().map_entry:
+                # A map reads as a mapping (its keys), not as a list of entry messages.
+                _check_map_keys(value, entry_limits.get("key"), prefix + field.name)
+            elif field.is_repeated:
                 for index, item in enumerate(value):
                     check_strings(item, f"{prefix}{field.name}[{index}].")
             else:
                 check_strings(value, f"{prefix}{field.name}.")
+
+
+def _check_map_keys(mapping: Any, limit: int | None, name: str) -> None:
+    """InvalidArgumentError naming map field ``name`` when a string key is over ``limit``."""
+    if limit is None:
+        return
+    for key in mapping:
+        if isinstance(key, str) and len(key) > limit:
+            raise InvalidArgumentError(
+                f"a key of {name} is {len(key)} characters long; at most {limit} are allowed",
+                field=name,
+            )

@@ -147,6 +147,7 @@ class GrpcServer:
         )
         self._services: list[ServiceRegistration] = []
         self._started = False
+        self._serving = False
         for service in services:
             self.add_service(service)
 
@@ -154,6 +155,11 @@ class GrpcServer:
     def service_names(self) -> tuple[str, ...]:
         """The full names of the registered services, in registration order."""
         return tuple(service.name for service in self._services)
+
+    @property
+    def serving(self) -> bool:
+        """True from :meth:`set_serving` until :meth:`enter_graceful_shutdown`."""
+        return self._serving
 
     def add_service(self, service: ServiceRegistration) -> None:
         """Register one more service (before :meth:`start`; a name at most once)."""
@@ -209,6 +215,7 @@ class GrpcServer:
             self._watchers.append(
                 asyncio.create_task(self._watch(name, probe, interval_s), name=f"health-{name}")
             )
+        self._serving = True
 
     async def _set_health(self, name: str, serving: bool) -> None:
         status = (
@@ -243,6 +250,7 @@ class GrpcServer:
 
     async def enter_graceful_shutdown(self) -> None:
         """Health: everything NOT_SERVING from now on (the server keeps answering calls)."""
+        self._serving = False
         await self._stop_watching()
         await self.health.enter_graceful_shutdown()
 

@@ -1,7 +1,8 @@
 """Load a model directory into a torch module, with loaders that never unpickle.
 
-The same file is in both example plugins: a plugin is snapshotted, packed and shipped to its
-workers and replicas on its own, so they cannot share a module (a test keeps the two equal).
+The same file is in each example plugin that loads models: a plugin is snapshotted, packed
+and shipped to its workers and replicas on its own, so they cannot share a module (a test
+keeps the copies equal).
 torch is imported inside the functions: the deployment action that imports this module does
 not need it, only the replicas do.
 

@@ -1,0 +1,1 @@
+"""An MLP endpoint on binary tensors, as a plugin."""
