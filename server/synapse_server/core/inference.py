@@ -4,15 +4,21 @@ Transport-neutral. The service resolves the target deployment (tenant-scoped), m
 signed multiplexed model id for it (the caller never chooses one), and hands the request to
 an :class:`InferenceBackend` (Ray Serve handles in ``synapse_server.ray``). The replica's
 typed answer becomes a result or a domain error; the gRPC layer maps those to status codes.
+
+Two calls, for every front end (our ``InferenceService`` servicer, the Open Inference
+Protocol one): :meth:`InferenceService.infer` (one answer) and
+:meth:`InferenceService.stream` (one result per item an endpoint yields). Both check the
+request the same way before anything reaches a replica.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -102,13 +108,28 @@ class InferRequestData:
 
 @dataclass(frozen=True)
 class InferResult:
-    """The endpoint's answer and which model and application produced it."""
+    """The endpoint's answer and which model and application produced it.
+
+    ``batch_size`` is how many requests the endpoint answered in the same call as this one
+    (0: not batched), for metrics.
+    """
 
     json: Any
     tensors: tuple[TensorPayload, ...]
     model_id: str
     request_id: str
     application: str
+    batch_size: int = 0
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A checked request, resolved to its deployment and signed model id."""
+
+    record: DeploymentRecord
+    model_id: str
+    token: str
+    request: ServeRequest
 
 
 class InferenceBackend(Protocol):
@@ -122,7 +143,21 @@ class InferenceBackend(Protocol):
         timeout_s: float | None,
     ) -> ServeReply:
         """The replica's reply; raises :class:`DeploymentNotFoundError`,
-        ``ServiceUnavailableError`` or :class:`InferDeadlineExceededError`."""
+        ``ServiceUnavailableError``, ``ResourceExhaustedError`` (the application's queues
+        are full) or :class:`InferDeadlineExceededError`."""
+        ...
+
+    def stream(
+        self,
+        app_name: str,
+        multiplexed_model_id: str,
+        request: ServeRequest,
+        timeout_s: float | None,
+    ) -> AsyncIterator[ServeReply]:
+        """The replica's replies, one per item the endpoint yields; ``timeout_s`` bounds the
+        whole stream. Closing the iterator cancels the request in the replica. Raises as
+        :meth:`call` does, and :class:`ServeProtocolMismatchError` when the replicas cannot
+        stream (an SDK older than serve protocol 1.1)."""
         ...
 
 
@@ -191,7 +226,37 @@ class InferenceService:
         self._keyring = keyring
 
     async def infer(self, tenant: str, request: InferRequestData) -> InferResult:
-        """Route ``request`` to its deployment's replica and return the endpoint's answer."""
+        """Route ``request`` to its deployment's replica and return the endpoint's answer.
+
+        Raises the domain errors of the module (and ``InvalidArgumentError``,
+        ``DeploymentNotFoundError``, ``FailedPreconditionError``, ``PermissionDeniedError``,
+        ``ResourceExhaustedError``, ``ServiceUnavailableError``); FAILED_PRECONDITION for an
+        endpoint that streams (call :meth:`stream`).
+        """
+        prepared = await self._prepare(tenant, request)
+        reply = await self._backend.call(
+            prepared.record.name, prepared.token, prepared.request, request.timeout_s
+        )
+        return self._result(prepared, reply)
+
+    async def stream(
+        self, tenant: str, request: InferRequestData
+    ) -> AsyncGenerator[InferResult, None]:
+        """Route ``request`` to its deployment and yield a result per item the endpoint yields
+        (one for an endpoint that returns). ``request.timeout_s`` bounds the whole stream;
+        closing the generator (the caller went away) stops the endpoint's generator in the
+        replica. A failure after some items is raised after them, as :meth:`infer` raises it.
+        """
+        prepared = await self._prepare(tenant, request)
+        replies = self._backend.stream(
+            prepared.record.name, prepared.token, prepared.request, request.timeout_s
+        )
+        async with contextlib.aclosing(_closable(replies)) as items:
+            async for reply in items:
+                yield self._result(prepared, reply)
+
+    async def _prepare(self, tenant: str, request: InferRequestData) -> _Prepared:
+        """Check the request, resolve its deployment and sign its model id."""
         request_id = request.request_id or uuid.uuid4().hex
         method = (request.method or "POST").upper()
         if method not in _METHODS:
@@ -225,15 +290,18 @@ class InferenceService:
             request_id=request_id,
             headers=request.headers,
         )
-        reply = await self._backend.call(record.name, token, serve_request, request.timeout_s)
+        return _Prepared(record, model_id, token, serve_request)
+
+    def _result(self, prepared: _Prepared, reply: ServeReply) -> InferResult:
         if reply.error_kind is not None:
-            raise self._error(reply, record, request_id)
+            raise self._error(reply, prepared.record, prepared.request.request_id)
         return InferResult(
             json=reply.json,
             tensors=reply.tensors,
-            model_id=model_id,
-            request_id=request_id,
-            application=record.name,
+            model_id=prepared.model_id,
+            request_id=prepared.request.request_id,
+            application=prepared.record.name,
+            batch_size=reply.batch_size,
         )
 
     @staticmethod
@@ -255,9 +323,22 @@ class InferenceService:
             return EndpointNotFoundError(message)
         if kind == ErrorKind.PERMISSION_DENIED:
             return PermissionDeniedError(message)
+        if kind == ErrorKind.FAILED_PRECONDITION:
+            return FailedPreconditionError(message)
         if kind == ErrorKind.UNSUPPORTED_PROTOCOL:
             return ServeProtocolMismatchError(f"application {record.name!r}: {message}")
         logger.warning(
             "Infer on %s failed in the replica (correlation id %s)", record.name, request_id
         )
         return InferenceFailedError(message, request_id)
+
+
+async def _closable(items: AsyncIterator[ServeReply]) -> AsyncGenerator[ServeReply, None]:
+    """``items`` as an async generator whose ``aclose`` also closes ``items``."""
+    try:
+        async for item in items:
+            yield item
+    finally:
+        close = getattr(items, "aclose", None)
+        if close is not None:
+            await close()
