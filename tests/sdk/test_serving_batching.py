@@ -270,3 +270,29 @@ def test_settings_from_serve_options(options: dict[str, Any], expected: Any) -> 
 def test_bad_settings_name_the_option(options: dict[str, Any], named: str) -> None:
     with pytest.raises(ValueError, match=named):
         BatchSettings.from_options(options)
+
+
+def _by_value(func: Any) -> Any:
+    """``func`` as cloudpickle rebuilds a function of a module pickled by value (how a
+    plugin's code reaches its replicas): its globals hold only the names its code uses."""
+    import builtins
+    import types
+
+    used = {n: func.__globals__[n] for n in func.__code__.co_names if n in func.__globals__}
+    copy = types.FunctionType(func.__code__, {"__builtins__": builtins, **used})
+    copy.__annotations__ = dict(func.__annotations__)
+    return copy
+
+
+def test_annotations_of_a_function_pickled_by_value_still_validate() -> None:
+    from synapse_sdk.serving._replica import _resolve_hints
+
+    @batched
+    async def infer(x: list[float], tag: list[str], extra: Any = None) -> list[dict[str, Any]]:
+        return []
+
+    rebuilt = _by_value(infer)
+    # Any is in no globals the rebuilt function kept: resolving everything at once fails.
+    with pytest.raises(NameError):
+        __import__("typing").get_type_hints(rebuilt)
+    assert _resolve_hints(rebuilt) == {"x": list[float], "tag": list[str], "extra": Any}

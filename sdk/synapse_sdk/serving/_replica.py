@@ -454,12 +454,7 @@ class ReplicaRuntime:
         key = ("hints", func)
         cached = self._adapters.get(key)
         if cached is None:
-            try:
-                cached = typing.get_type_hints(func)
-            except Exception:
-                # Unresolvable annotations: pass values through as FastAPI-free callers would.
-                cached = {}
-            cached.pop("return", None)
+            cached = _resolve_hints(func)
             self._adapters[key] = cached
         return typing.cast(dict[str, Any], cached)
 
@@ -480,6 +475,32 @@ class ReplicaRuntime:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in (name, *first.get("loc", ())))
             raise _BadRequestError(f"field '{where}': {first.get('msg', 'invalid')}") from None
+
+
+def _resolve_hints(func: Any) -> dict[str, Any]:
+    """The parameters' type hints of ``func``, each resolved on its own.
+
+    A plugin's module is pickled by value into the replica, and a function pickled that way
+    keeps only the globals its code uses: names used only in annotations (``Any``, a model
+    class) are gone, so resolving all annotations at once fails on the first missing name,
+    and an unresolved one would let every value through unvalidated. Each annotation is
+    resolved alone, with ``typing``'s names as a fallback; one that still cannot be resolved
+    is left out (its values pass through, as for an unannotated parameter).
+    """
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:
+        namespace = {**vars(typing), **getattr(func, "__globals__", {})}
+        hints = {}
+        for name, annotation in getattr(func, "__annotations__", {}).items():
+            try:
+                hints[name] = (
+                    eval(annotation, namespace) if isinstance(annotation, str) else annotation
+                )
+            except Exception:
+                continue
+    hints.pop("return", None)
+    return hints
 
 
 def route_table(app: Any) -> dict[tuple[str, str], str]:

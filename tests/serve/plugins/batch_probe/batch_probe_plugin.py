@@ -65,9 +65,10 @@ class BatchProbeServe(BaseServeDeployment):
     @app.post("/serve_batch")
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=60)
     async def serve_batched(
-        self, x: list[float], tag: list[str], scale: list[float]
+        self, x: list[float], tag: list[str], scale: Any = 1.0
     ) -> list[dict[str, Any]]:
-        """Ray Serve's own batching, with its natural list annotations."""
+        """Ray Serve's own batching, with its natural list annotations (``scale`` is 1.0 for
+        a request that leaves it out)."""
         _record("serve_batch", "", tag)
         return [{"y": v * s, "tag": t} for v, t, s in zip(x, tag, scale, strict=True)]
 

@@ -70,6 +70,19 @@ class ProbeServe(BaseServeDeployment):
         model = await self.get_model()
         return x * model["scale"]
 
+    @app.post("/echo")
+    async def echo(self, value: Any) -> dict[str, Any]:
+        """The value as the endpoint received it, with the Python type of each number."""
+
+        def types(item: Any) -> Any:
+            if isinstance(item, dict):
+                return {k: types(v) for k, v in item.items()}
+            if isinstance(item, list):
+                return [types(v) for v in item]
+            return type(item).__name__
+
+        return {"value": value, "types": types(value)}
+
     @app.post("/count")
     async def count(
         self, n: int, delay: float = 0.0, tag: str = "", fail_at: int = -1, size: int = 0
