@@ -216,6 +216,26 @@ def test_bad_infer_json_text_names_the_field(target: ServerWithPendingJob, text:
     assert fields == ["request.json_text"]
 
 
+@pytest.mark.parametrize("value", [3, 7, -1, 2**31 - 1])
+def test_unknown_infer_json_format_names_the_field(
+    target: ServerWithPendingJob, value: int
+) -> None:
+    request = inference_service_pb2.InferRequest(
+        application="app", json_text=b"{}", response_json_format=value
+    )
+    assert _rich_violations(target.channel, METHODS["Infer"], request) == ["response_json_format"]
+    streamed = inference_service_pb2.InferStreamRequest(request=request)
+    fields = _rich_violations(target.channel, METHODS["InferStream"], streamed)
+    assert fields == ["request.response_json_format"]
+
+
+def test_infer_stream_without_a_request_is_invalid_argument(target: ServerWithPendingJob) -> None:
+    empty = inference_service_pb2.InferStreamRequest()
+    error = _call(target, "InferStream", empty)
+    details = _assert_code(error, grpc.StatusCode.INVALID_ARGUMENT)
+    assert len(details) < 300, details
+
+
 @pytest.mark.parametrize("kind", ["log", "metric", "step_finished", "progress"])
 def test_nan_in_worker_events_is_invalid_argument(target: ServerWithPendingJob, kind: str) -> None:
     event = worker_service_pb2.WorkerEvent(worker_seq=1)

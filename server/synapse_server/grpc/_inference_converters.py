@@ -86,12 +86,22 @@ def _holds_non_finite(value: Any) -> bool:
     return False
 
 
+_JSON_FORMATS = frozenset(inference_service_pb2.JsonFormat.values())
+
+
 def infer_request_from_pb(
     request: inference_service_pb2.InferRequest, timeout_s: float | None, prefix: str = ""
 ) -> InferRequestData:
     """The core's request for a wire request; ``prefix`` is the request's path in the RPC's
     message (``request.`` for InferStream), for field violations."""
     target = request.WhichOneof("target")
+    if request.response_json_format not in _JSON_FORMATS:
+        # Protobuf enums are open: a number this server does not know arrives as is.
+        raise InvalidArgumentError(
+            f"response_json_format {request.response_json_format} is not a JsonFormat "
+            "(JSON_FORMAT_UNSPECIFIED, JSON_FORMAT_STRUCT or JSON_FORMAT_TEXT)",
+            field=f"{prefix}response_json_format",
+        )
     has_struct = request.HasField("json")
     if has_struct and request.json_text:
         raise InvalidArgumentError("set json or json_text, not both", field=f"{prefix}json_text")
