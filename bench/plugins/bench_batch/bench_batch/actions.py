@@ -1,8 +1,9 @@
 """The batching benchmark's deployment: one model, three ways to call it.
 
-The model stands for an accelerator: each call holds it alone (a lock) for a fixed
-``CALL_COST_S`` (what launching work on a GPU costs whatever the batch size) plus a matrix
-product per row, so that a batch of n costs far less than n calls, as on real hardware.
+The model stands for a network on an accelerator: each call holds the device alone (a lock)
+for a fixed ``CALL_COST_S`` (a forward pass whose time hardly depends on the batch size, as
+on a GPU that is not saturated) plus a matrix product per row, so that a batch of n costs far
+less than n calls. The sleep is what makes the cost independent of this machine's CPU load.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from synapse_sdk.plugins.actions.inference import (
 
 app = FastAPI()
 
-CALL_COST_S = 0.004
+CALL_COST_S = 0.02
 WIDTH = 64
 _WEIGHTS = np.random.default_rng(7).standard_normal((WIDTH, WIDTH))
 _DEVICE = threading.Lock()
@@ -73,6 +74,9 @@ class DeployBenchBatchAction(BaseDeploymentAction[DeployParams]):
 
     def get_serve_app_name(self) -> str:
         return self.params.app_name
+
+    def get_route_prefix(self) -> str | None:
+        return None  # called through Infer and a handle only, never over HTTP
 
     def get_ray_actor_options(self) -> dict[str, Any]:
         return {"num_cpus": 0}
