@@ -18,7 +18,19 @@ is a :class:`SynapseClientError` subclass.
 
 from ._async_client import AsyncClient, AsyncJobHandle
 from ._client import Client, JobHandle
-from ._config import ENV_SERVER, ENV_TOKEN, RetryPolicy, TLSConfig
+from ._config import (
+    DEFAULT_PORT,
+    ENV_SERVER,
+    ENV_TLS,
+    ENV_TLS_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    ENV_TLS_SERVER_NAME,
+    ENV_TOKEN,
+    RetryPolicy,
+    TLSConfig,
+    normalize_address,
+)
 from ._errors import (
     STATUS_TO_ERROR,
     AbortedError,
@@ -84,10 +96,16 @@ __all__ = [
     "ChannelSecurity",
     "Client",
     "ClientConfigError",
+    "DEFAULT_PORT",
     "DataLossError",
     "DeadlineExceededError",
     "DeploymentInfo",
     "ENV_SERVER",
+    "ENV_TLS",
+    "ENV_TLS_CA",
+    "ENV_TLS_CERT",
+    "ENV_TLS_KEY",
+    "ENV_TLS_SERVER_NAME",
     "ENV_TOKEN",
     "ErrorOrigin",
     "EventPayload",
@@ -135,4 +153,5 @@ __all__ = [
     "UnimplementedError",
     "UnknownError",
     "from_grpc_error",
+    "normalize_address",
 ]

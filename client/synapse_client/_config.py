@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -22,18 +22,132 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_PORT",
     "ENV_SERVER",
+    "ENV_TLS",
+    "ENV_TLS_CA",
+    "ENV_TLS_CERT",
+    "ENV_TLS_KEY",
+    "ENV_TLS_SERVER_NAME",
     "ENV_TOKEN",
     "AsyncInterceptor",
     "ConnectionConfig",
     "RetryPolicy",
     "SyncInterceptor",
     "TLSConfig",
+    "connection_from_env",
+    "normalize_address",
 ]
 
-#: Environment variables the CLI (and ``Client.from_env``) read the address and token from.
+#: Environment variables ``Client.from_env`` (and so the CLI) read: the server address, the
+#: bearer token, and TLS: ``SYNAPSE_TLS=1`` (system roots), a CA file, a client certificate
+#: and key (mTLS), the name to verify in the server certificate. Any TLS file turns TLS on.
 ENV_SERVER = "SYNAPSE_SERVER"
 ENV_TOKEN = "SYNAPSE_TOKEN"
+ENV_TLS = "SYNAPSE_TLS"
+ENV_TLS_CA = "SYNAPSE_TLS_CA"
+ENV_TLS_CERT = "SYNAPSE_TLS_CERT"
+ENV_TLS_KEY = "SYNAPSE_TLS_KEY"
+ENV_TLS_SERVER_NAME = "SYNAPSE_TLS_SERVER_NAME"
+
+#: The port of an address given without one (the server's default): gRPC itself would
+#: otherwise dial 443.
+DEFAULT_PORT = 50051
+# gRPC target URIs passed through unchanged: their resolver decides (a socket path has no port).
+_GRPC_TARGET_SCHEMES = ("unix:", "unix-abstract:", "vsock:", "dns:", "ipv4:", "ipv6:")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    """``text`` quoted for a message, cut at ``limit`` characters (addresses come from users)."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def normalize_address(address: str) -> str:
+    """The gRPC target for a server address: ``host:port``, the port 50051 when left out.
+
+    ``localhost`` becomes ``localhost:50051`` and a bare IPv6 address ``[::1]:50051``; gRPC
+    target URIs (``unix:/path``, ``dns:///host:port``, ...) pass unchanged. A URL such as
+    ``http://host:port`` raises :class:`ClientConfigError` saying to drop the scheme (gRPC
+    addresses have none; TLS is the ``tls`` option), as does a port that is not a number.
+    """
+    text = address.strip()
+    if not text:
+        raise ClientConfigError("server address must be a non-empty 'host:port' string")
+    lowered = text.lower()
+    scheme, sep, rest = text.partition("://")
+    if sep and not lowered.startswith(_GRPC_TARGET_SCHEMES):
+        also = " and connect with TLS" if scheme.lower() in ("https", "grpcs") else ""
+        raise ClientConfigError(
+            f"server address {_shown(text)} is a URL: drop the scheme '{scheme[:16]}://' and "
+            f"pass host:port ({_shown(rest.rstrip('/'))}){also}"
+        )
+    if lowered.startswith(_GRPC_TARGET_SCHEMES):
+        return text
+    if text.startswith("["):
+        host, bracket, tail = text.partition("]")
+        if not bracket:
+            raise ClientConfigError(f"server address {_shown(text)}: ']' is missing")
+        if not tail:
+            return f"{text}:{DEFAULT_PORT}"
+        port = tail[1:] if tail.startswith(":") else None
+        host = f"{host}]"
+    elif text.count(":") > 1:
+        # A bare IPv6 address: its colons are not a port separator.
+        return f"[{text}]:{DEFAULT_PORT}"
+    else:
+        host, colon, port_text = text.partition(":")
+        if not colon:
+            return f"{text}:{DEFAULT_PORT}"
+        port = port_text
+    if port is None or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ClientConfigError(
+            f"server address {_shown(text)}: the port must be a number from 1 to 65535"
+        )
+    if not host or host == "[]":
+        raise ClientConfigError(f"server address {_shown(text)} has no host")
+    return text
+
+
+def _env_flag(environ: Mapping[str, str], name: str) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ClientConfigError(
+        f"{name} must be 1/true/yes/on or 0/false/no/off, got {_shown(value, 20)}"
+    )
+
+
+def connection_from_env(
+    environ: Mapping[str, str],
+) -> tuple[str, str | None, bool | TLSConfig]:
+    """``(address, token, tls)`` from the ``SYNAPSE_*`` variables (see :data:`ENV_SERVER`).
+
+    TLS is on when ``SYNAPSE_TLS`` is true or any TLS file or the server name is set (files
+    are read here: a missing one raises :class:`ClientConfigError` naming it). Empty
+    variables count as unset. No ``SYNAPSE_SERVER`` raises :class:`ClientConfigError`.
+    """
+    address = environ.get(ENV_SERVER, "").strip()
+    if not address:
+        raise ClientConfigError(f"no server address: set {ENV_SERVER} (host:port)")
+    token = environ.get(ENV_TOKEN) or None
+    files = {
+        name: environ.get(name) or None
+        for name in (ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_SERVER_NAME)
+    }
+    tls: bool | TLSConfig = _env_flag(environ, ENV_TLS)
+    if any(files.values()):
+        tls = TLSConfig.from_files(
+            ca_file=files[ENV_TLS_CA],
+            cert_file=files[ENV_TLS_CERT],
+            key_file=files[ENV_TLS_KEY],
+            server_name_override=files[ENV_TLS_SERVER_NAME],
+        )
+    return address, token, tls
+
 
 _USER_AGENT = "synapse-client-python/0.1"
 #: The server's default limit on RunAction and Infer messages and their answers.
@@ -252,7 +366,11 @@ class ConnectionConfig:
         channel_options: tuple[tuple[str, str | int], ...] = (),
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> ConnectionConfig:
-        """Normalises the arguments both client constructors accept."""
+        """Normalises the arguments both client constructors accept (the address by
+        :func:`normalize_address`)."""
+        if not isinstance(address, str):
+            raise ClientConfigError("server address must be a non-empty 'host:port' string")
+        address = normalize_address(address)
         tls_config = TLSConfig() if tls is True else (tls or None)
         if tls_config is not None and not isinstance(tls_config, TLSConfig):
             raise ClientConfigError("tls must be a bool or a TLSConfig")

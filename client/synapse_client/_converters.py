@@ -276,6 +276,7 @@ def job_from_proto(message: job_pb2.Job) -> Job:
         request_id=message.request_id,
         cancel_requested=message.cancel_requested,
         result_size_bytes=message.result_size_bytes,
+        warnings=tuple(message.warnings),
     )
 
 
@@ -296,6 +297,7 @@ def job_to_proto(job: Job) -> job_pb2.Job:
         request_id=job.request_id,
         cancel_requested=job.cancel_requested,
         result_size_bytes=job.result_size_bytes,
+        warnings=job.warnings,
     )
     _set_time(message, "create_time", job.create_time)
     _set_time(message, "start_time", job.start_time)

@@ -10,8 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -26,6 +35,7 @@ from ._config import (
     RetryPolicy,
     SyncInterceptor,
     TLSConfig,
+    connection_from_env,
     retry_delay,
 )
 from ._errors import RpcFailedError, map_rpc_errors
@@ -70,6 +80,38 @@ class _CoreBase(Generic[I]):
         )
         self._stubs: dict[Any, Any] = {}
         self._channel = self._open_channel(interceptors)
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        timeout: float | None = 30.0,
+        retry: RetryPolicy | None = None,
+        channel_options: tuple[tuple[str, str | int], ...] = (),
+        interceptors: Sequence[I] = (),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> Self:
+        """A client configured by the ``SYNAPSE_*`` variables of ``environ`` (``os.environ``).
+
+        ``SYNAPSE_SERVER`` (``host:port``; the port defaults to 50051), ``SYNAPSE_TOKEN``,
+        and for TLS ``SYNAPSE_TLS=1`` (system roots), ``SYNAPSE_TLS_CA``,
+        ``SYNAPSE_TLS_CERT`` + ``SYNAPSE_TLS_KEY`` (mTLS) and ``SYNAPSE_TLS_SERVER_NAME``:
+        the same variables the ``synapse`` command reads. The keyword arguments are the
+        constructor's. Raises :class:`ClientConfigError` when ``SYNAPSE_SERVER`` is unset or
+        a variable is malformed (naming it).
+        """
+        address, token, tls = connection_from_env(os.environ if environ is None else environ)
+        return cls(
+            address,
+            token=token,
+            tls=tls,
+            timeout=timeout,
+            retry=retry,
+            channel_options=channel_options,
+            interceptors=interceptors,
+            max_message_bytes=max_message_bytes,
+        )
 
     def _open_channel(self, interceptors: Sequence[I]) -> Any:
         """The channel this flavour uses (blocking or asyncio), through ``interceptors``."""

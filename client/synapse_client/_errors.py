@@ -197,7 +197,10 @@ class InvalidArgumentError(RpcFailedError):
 
     def __str__(self) -> str:
         text = super().__str__()
-        violations = self.field_violations
+        # The server's message usually states the violations already ("invalid params for
+        # action 'a': count: must be >= 0"): only those it leaves out are added, so each
+        # reason reads once.
+        violations = [v for v in self.field_violations if v.description not in self.message]
         if violations:
             text += " [" + "; ".join(f"{v.field}: {v.description}" for v in violations) + "]"
         return text

@@ -152,6 +152,9 @@ class Job:
     request_id: str = ""
     cancel_requested: bool = False
     result_size_bytes: int = 0
+    #: What the server noticed about the submission, e.g. "unknown params key 'batchsize'
+    #: (ignored)" for each params key the action does not read (bounded; see the contract).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# As in synapse_server.cli: no gRPC log lines on top of the one-line start-up errors.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from synapse_server._serve_args import add_arguments, run_serve
 

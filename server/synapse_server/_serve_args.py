@@ -1,4 +1,13 @@
-"""Flags of ``synapse serve`` / ``python -m synapse_server`` (they override ``SYNAPSE_*``).
+"""Flags of ``synapse serve`` / ``python -m synapse_server``, generated from the settings.
+
+Every :class:`~synapse_server.settings.ServerSettings` field is a flag (``max_concurrent_jobs``
+is ``--max-concurrent-jobs``; a few keep shorter names, see ``_FLAG_NAMES``) whose help is the
+field's description, its ``SYNAPSE_*`` variable and its default: a new setting is one field.
+A flag overrides its variable. Secrets are read from the environment only (``_ENV_ONLY``): a
+command line is visible to every user of the machine.
+
+Invalid values are reported as one line naming the flag (or the variable they came from),
+``synapse serve: --max-concurrent-jobs: must be greater than 0``, with exit code 2.
 
 Kept outside ``synapse_server.cli`` so that starting the server never imports the other CLI
 command modules.
@@ -9,88 +18,249 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_arguments", "run_serve", "settings_from_args"]
+__all__ = [
+    "SettingsArgumentError",
+    "add_arguments",
+    "env_name",
+    "flag_name",
+    "run_serve",
+    "settings_from_args",
+    "settings_from_flags",
+]
+
+#: Flags whose names are not simply the field's (kept from earlier releases, or singular
+#: because they repeat).
+_FLAG_NAMES = {
+    "listen_address": "--listen",
+    "plugin_dirs": "--plugin-dir",
+    "preload_plugins": "--preload-plugin",
+    "tls_cert_file": "--tls-cert",
+    "tls_key_file": "--tls-key",
+    "tls_client_ca_file": "--tls-client-ca",
+    "cancel_grace_seconds": "--cancel-grace",
+    "shutdown_grace_seconds": "--shutdown-grace",
+}
+#: Settings read from the environment only: a command line is visible to other local users.
+_ENV_ONLY = frozenset({"server_secret"})
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: The longest message line printed for a bad setting (values come from the user).
+_MAX_MESSAGE = 300
+
+
+class SettingsArgumentError(ValueError):
+    """A setting given by flag or variable is invalid; the message names that flag or
+    variable."""
+
+
+def _settings_class() -> Any:
+    from synapse_server.settings import ServerSettings
+
+    return ServerSettings
+
+
+def flag_name(field: str) -> str:
+    """The ``synapse serve`` flag of a settings field."""
+    return _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field (``SYNAPSE_`` + its name in capitals)."""
+    prefix = _settings_class().model_config.get("env_prefix", "")
+    return f"{prefix}{field}".upper()
+
+
+def _unwrapped(annotation: Any) -> Any:
+    """``X`` of ``X | None`` and of ``Annotated[X, ...]``."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrapped(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _unwrapped(args[0])
+    return annotation
+
+
+def _default_text(info: FieldInfo) -> str:
+    factory = info.default_factory
+    value = factory() if factory is not None else info.default  # type: ignore[call-arg]
+    if value is None or value == [] or value == {}:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+#: Metavars of text settings whose form a generic one would not tell.
+_METAVARS = {
+    "listen_address": "HOST:PORT",
+    "ray_address": "HOST:PORT",
+    "database_url": "URL",
+    "worker_python": "PATH",
+    "preload_plugins": "CODE",
+}
+
+
+def _metavar(field: str, kind: Any) -> str:
+    if field in _METAVARS:
+        return _METAVARS[field]
+    if typing.get_origin(kind) is Literal:
+        return "{" + ",".join(str(c) for c in typing.get_args(kind)) + "}"
+    if typing.get_origin(kind) is list:
+        kind = typing.get_args(kind)[0]
+    if kind is Path:
+        return "FILE" if field.endswith("_file") else "DIR"
+    if kind is int:
+        return "N"
+    if kind is float:
+        return "SECONDS" if field.endswith("_seconds") else "X"
+    return flag_name(field).lstrip("-").upper().replace("-", "_")
+
+
+def _help(field: str, info: FieldInfo) -> str:
+    text = f"{info.description or ''} [${env_name(field)}; default: {_default_text(info)}]"
+    return text.strip().replace("%", "%%")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The server flags; each is optional and falls back to its SYNAPSE_* variable."""
+    """One flag per settings field (see the module doc); each is optional and falls back to
+    its ``SYNAPSE_*`` variable, then the default. Also ``--log-level``."""
+    settings_class = _settings_class()
+    for field, info in settings_class.model_fields.items():
+        if field in _ENV_ONLY:
+            continue
+        flag = flag_name(field)
+        kind = _unwrapped(info.annotation)
+        origin = typing.get_origin(kind)
+        if kind is bool:
+            parser.add_argument(
+                flag,
+                dest=field,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=_help(field, info),
+            )
+        elif origin is list:
+            parser.add_argument(
+                flag,
+                dest=field,
+                action="append",
+                metavar=_metavar(field, kind),
+                help=_help(field, info),
+            )
+        else:
+            # Values go to the settings model as given, which parses and checks them the same
+            # way as the variable's (and so reports them the same way).
+            parser.add_argument(
+                flag, dest=field, metavar=_metavar(field, kind), help=_help(field, info)
+            )
     parser.add_argument(
-        "--listen", dest="listen_address", help="host:port (default 127.0.0.1:50051)"
+        "--log-level",
+        default="INFO",
+        metavar="LEVEL",
+        help=f"server log level: {', '.join(_LOG_LEVELS)} [default: INFO]",
     )
-    parser.add_argument("--data-dir", type=Path, help="SQLite database, logs and the server secret")
-    parser.add_argument(
-        "--database-url", help="where the stores live (default sqlite:///<data-dir>/synapse.db)"
-    )
-    parser.add_argument(
-        "--plugin-dir", dest="plugin_dirs", action="append", type=Path, help="repeatable"
-    )
-    parser.add_argument(
-        "--tokens", help="'token=tenant,token2=tenant2' or a file with one token=tenant per line"
-    )
-    parser.add_argument("--tls-cert", dest="tls_cert_file", type=Path)
-    parser.add_argument("--tls-key", dest="tls_key_file", type=Path)
-    parser.add_argument(
-        "--tls-client-ca", dest="tls_client_ca_file", type=Path, help="require client certs"
-    )
-    parser.add_argument(
-        "--tls-allow-invalid-dates",
-        dest="tls_allow_invalid_dates",
-        action="store_true",
-        default=None,
-        help="serve a certificate that has expired or is not yet valid (refused by default)",
-    )
-    parser.add_argument(
-        "--allow-public-bind",
-        action="store_true",
-        default=None,
-        help="allow a non-loopback address without tokens",
-    )
-    parser.add_argument("--cancel-grace", dest="cancel_grace_seconds", type=float)
-    parser.add_argument("--shutdown-grace", dest="shutdown_grace_seconds", type=float)
-    parser.add_argument(
-        "--worker-memory-limit-mb",
-        type=int,
-        help="memory limit of each local job worker in MiB (default 4096; 0: none)",
-    )
-    parser.add_argument("--max-concurrent-jobs", type=int)
-    parser.add_argument("--ray-address")
-    parser.add_argument(
-        "--serve-transport",
-        choices=("grpc", "ray"),
-        help="how Infer reaches Serve replicas: grpc (default) or ray actor calls",
-    )
-    parser.add_argument(
-        "--max-message-bytes",
-        type=int,
-        help="largest RunAction/Infer/worker message and answer (default 64 MiB)",
-    )
-    parser.add_argument("--log-level", default="INFO")
+    env_only = [
+        f"${env_name(f)}: {settings_class.model_fields[f].description}" for f in sorted(_ENV_ONLY)
+    ]
+    parser.epilog = (
+        "Every flag overrides its variable. Read from the environment only (a command line is "
+        "visible to other local users): " + "; ".join(env_only) + "."
+    ).replace("%", "%%")
+    _one_line_errors(parser)
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Usage mistakes as one line (no usage block), exit code 2."""
+
+    def error(message: str) -> NoReturn:
+        parser.exit(2, f"{parser.prog}: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
-    """ServerSettings from the flags that were given (the rest from the environment)."""
-    from synapse_server.settings import ServerSettings
+    """ServerSettings from the flags that were given (the rest from the environment).
 
+    Raises pydantic's ``ValidationError``; :func:`settings_from_flags` words it for people.
+    """
+    settings_class = _settings_class()
     # Every flag whose dest names a settings field; unset flags (None) leave the env/default.
     given = {
         name: value
         for name, value in vars(args).items()
-        if name in ServerSettings.model_fields and value is not None
+        if name in settings_class.model_fields and value is not None
     }
-    return ServerSettings(**given)
+    return settings_class(**given)
+
+
+_INPUT_SHOULD = re.compile(r"^Input should (be )?")
+
+
+def _reworded(message: str) -> str:
+    message = message.removeprefix("Value error, ")
+    message = _INPUT_SHOULD.sub(lambda m: "must " + (m.group(1) or ""), message)
+    return message
+
+
+def name_flags(message: str) -> str:
+    """``message`` with each settings field name replaced by its flag (for messages of the
+    settings' own checks, which name fields). Only names with an underscore: a one-word name
+    (``tokens``) is also a plain word of those messages."""
+    fields = sorted((f for f in _settings_class().model_fields if "_" in f), key=len, reverse=True)
+    pattern = re.compile(r"\b(" + "|".join(re.escape(f) for f in fields) + r")\b")
+
+    def flag(match: re.Match[str]) -> str:
+        field = match.group(1)
+        return env_name(field) if field in _ENV_ONLY else flag_name(field)
+
+    return pattern.sub(flag, message)
+
+
+def _bounded(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def settings_from_flags(args: argparse.Namespace) -> Any:
+    """Like :func:`settings_from_args`, raising :class:`SettingsArgumentError` whose message
+    names the flag (or, for a value from the environment, the variable) of the first invalid
+    setting: ``--max-concurrent-jobs: must be greater than 0``."""
+    from pydantic_settings import SettingsError as SourceError
+
+    try:
+        return settings_from_args(args)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first.get("loc") or ("",)
+        field = str(loc[0])
+        from_flag = getattr(args, field, None) is not None
+        where = flag_name(field) if from_flag else env_name(field)
+        more = exc.error_count() - 1
+        also = f" (and {more} more invalid setting{'s' if more > 1 else ''})" if more else ""
+        message = _reworded(str(first.get("msg", "invalid")))
+        # A validator's message may start with the field's own name: said once, as the flag.
+        message = name_flags(message.removeprefix(f"{field}: ").removeprefix(f"{field} "))
+        raise SettingsArgumentError(_bounded(f"{where}: {message}{also}")) from None
+    except SourceError as exc:  # a variable that cannot be read at all
+        raise SettingsArgumentError(_bounded(name_flags(str(exc)))) from None
 
 
 def _fail(message: str, code: int) -> int:
     # One line on stderr, never a traceback: these are the operator's mistakes to fix.
-    print(f"synapse serve: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    print(f"synapse serve: {_bounded(message)}", file=sys.stderr, flush=True)
     return code
 
 
@@ -101,23 +271,29 @@ def run_serve(args: argparse.Namespace) -> int:
     server cannot start (the address cannot be bound, another server holds the data
     directory, the data directory cannot be written), 0 after a normal stop.
     """
+    from synapse_sdk.errors import PluginConfigError, PluginNotFoundError
+
     from synapse_server._data_dir_lock import DataDirectoryLockError
     from synapse_server.app import ServerStartError, serve
     from synapse_server.core import StorageError
     from synapse_server.settings import SettingsError
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = str(args.log_level).upper()
+    if level not in _LOG_LEVELS:
+        return _fail(f"--log-level: must be one of {', '.join(_LOG_LEVELS)}", 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = settings_from_args(args)
-    except (ValidationError, ValueError) as exc:
-        return _fail(f"invalid settings: {exc}", 2)
+        settings = settings_from_flags(args)
+    except SettingsArgumentError as exc:
+        return _fail(str(exc), 2)
     try:
         # The server checks its settings first (TLS files included), before opening anything.
         asyncio.run(serve(settings))
     except SettingsError as exc:
-        return _fail(f"invalid settings: {exc}", 2)
+        return _fail(f"invalid settings: {name_flags(str(exc))}", 2)
+    except (PluginNotFoundError, PluginConfigError) as exc:
+        # A --plugin-dir that does not exist, or a plugin in it that does not load.
+        return _fail(f"cannot load the plugins: {exc}", 2)
     except (ServerStartError, DataDirectoryLockError) as exc:
         # One line, no traceback: the address is taken, another server has the data
         # directory, or it cannot be written.

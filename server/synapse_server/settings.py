@@ -74,45 +74,113 @@ class ServerSettings(BaseSettings):
     file with one ``token=tenant`` per line).
     """
 
-    model_config = SettingsConfigDict(env_prefix="SYNAPSE_", extra="ignore")
+    # NaN and infinity are no grace period or limit: refused like any other bad number.
+    model_config = SettingsConfigDict(env_prefix="SYNAPSE_", extra="ignore", allow_inf_nan=False)
 
-    listen_address: str = "127.0.0.1:50051"
-    data_dir: Path = Path(".synapse")
-    # Where jobs, events, models and deployments are stored (a URL; may carry a password, so
-    # never shown). Unset: the SQLite file synapse.db in data_dir (see resolved_database_url).
-    database_url: str | None = Field(default=None, repr=False)
-    plugin_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
-    tokens: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict, repr=False)
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_client_ca_file: Path | None = None
-    # Serve a certificate that has expired or is not yet valid (refused by default).
-    tls_allow_invalid_dates: bool = False
-    allow_public_bind: bool = False
-    cancel_grace_seconds: float = Field(default=5.0, ge=0)
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
-    # Each local job worker's memory limit in MiB (None or 0: none); see core/_memory.py.
-    worker_memory_limit_mb: int | None = Field(default=DEFAULT_WORKER_MEMORY_LIMIT_MB, ge=0)
-    max_concurrent_jobs: int = Field(default=4, gt=0)
-    ray_address: str | None = None
-    server_secret: SecretStr | None = None
-    worker_python: str | None = None
-    # >= 1: a fork server per recently used plugin forks each job's worker (0: a fresh
-    # worker process per job).
-    warm_workers: int = Field(default=1, ge=0)
-    # Plugins whose fork servers start with the server, before their first job.
-    preload_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    keepalive_seconds: float = Field(default=15.0, gt=0)
-    # How Infer requests travel from this server to Serve replicas: "grpc" (Serve's direct
-    # gRPC channel to each replica: about half the CPU per call of "ray") or "ray" (Ray actor
-    # calls, for clusters whose nodes cannot open TCP connections to each other's replicas).
-    serve_transport: Literal["grpc", "ray"] = "grpc"
-    # The largest gRPC message of the RPCs that carry payloads: RunAction requests, Infer
-    # requests and answers, WorkerService streams, job views with their params. Serve
-    # replicas are allowed this much (plus framing) on their channel to the server. Every
+    listen_address: str = Field(
+        default="127.0.0.1:50051", description="host:port to listen on (port 0: any free port)"
+    )
+    data_dir: Path = Field(
+        default=Path(".synapse"),
+        description="directory of the database, model artifacts, plugin snapshots, worker logs "
+        "and the generated server secret",
+    )
+    # May carry a password, so never shown.
+    database_url: str | None = Field(
+        default=None,
+        repr=False,
+        description="where jobs, events, models and deployments are stored; unset: "
+        "sqlite:///<data-dir>/synapse.db",
+    )
+    plugin_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="a plugin directory, or a directory of plugin directories (repeatable; "
+        "the variable takes a comma-separated list)",
+    )
+    tokens: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        repr=False,
+        description="bearer tokens and their tenants: 'token=tenant,token2=tenant2' or a file "
+        "with one token=tenant per line; unset: no auth (loopback only)",
+    )
+    tls_cert_file: Path | None = Field(default=None, description="PEM server certificate (TLS)")
+    tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of the server certificate"
+    )
+    tls_client_ca_file: Path | None = Field(
+        default=None, description="PEM CA that client certificates must be issued by (mTLS)"
+    )
+    tls_allow_invalid_dates: bool = Field(
+        default=False,
+        description="serve a certificate that has expired or is not yet valid (refused by default)",
+    )
+    allow_public_bind: bool = Field(
+        default=False, description="allow a non-loopback listen address without tokens"
+    )
+    cancel_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="seconds a cancelled job's worker gets to stop before it is killed",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="seconds running jobs get to finish when the server stops",
+    )
+    # See core/_memory.py for what is counted.
+    worker_memory_limit_mb: int | None = Field(
+        default=DEFAULT_WORKER_MEMORY_LIMIT_MB,
+        ge=0,
+        description="memory limit of each local job worker in MiB (0: none)",
+    )
+    max_concurrent_jobs: int = Field(
+        default=4, gt=0, description="jobs that run at the same time; the others wait PENDING"
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster to use (host:port); unset: a local Ray started on first need",
+    )
+    server_secret: SecretStr | None = Field(
+        default=None,
+        description="signs multiplexed model ids; unset: generated once in the data directory",
+    )
+    worker_python: str | None = Field(
+        default=None,
+        description="Python interpreter of local job workers; unset: the server's own",
+    )
+    warm_workers: int = Field(
+        default=1,
+        ge=0,
+        description="1 or more: a fork server per recently used plugin forks each job's "
+        "worker (milliseconds); 0: a fresh worker process per job",
+    )
+    preload_plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="plugin code whose fork server starts with the server, before its first "
+        "job (repeatable; the variable takes a comma-separated list)",
+    )
+    keepalive_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="seconds between keepalive messages on a quiet StreamProgress",
+    )
+    # "grpc" costs about half the CPU per call of "ray"; "ray" is for clusters whose nodes
+    # cannot open TCP connections to each other's replicas.
+    serve_transport: Literal["grpc", "ray"] = Field(
+        default="grpc",
+        description="how Infer requests reach Serve replicas: grpc (Serve's direct channel "
+        "to each replica) or ray (actor calls)",
+    )
+    # Serve replicas are allowed this much (plus framing) on their channel to the server. Every
     # other RPC has a smaller fixed limit (docs/contract.md, "Message size"). At least 8 MiB:
     # model archive and job result chunks are up to 4 MiB.
-    max_message_bytes: int = Field(default=64 << 20, ge=8 << 20, le=1 << 30)
+    max_message_bytes: int = Field(
+        default=64 << 20,
+        ge=8 << 20,
+        le=1 << 30,
+        description="largest message of the RPCs that carry payloads (RunAction, Infer and "
+        "their answers, worker streams, job views with params)",
+    )
 
     @field_validator("plugin_dirs", mode="before")
     @classmethod

@@ -9,7 +9,14 @@ import synapse_client
 from tests._imports import imported_modules, offending
 
 EXPECTED = {
+    "DEFAULT_PORT",
+    "normalize_address",
     "ENV_SERVER",
+    "ENV_TLS",
+    "ENV_TLS_CA",
+    "ENV_TLS_CERT",
+    "ENV_TLS_KEY",
+    "ENV_TLS_SERVER_NAME",
     "ENV_TOKEN",
     "STATUS_TO_ERROR",
     "AbortedError",

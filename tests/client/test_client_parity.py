@@ -21,7 +21,7 @@ PAIRS = [(Client, AsyncClient), (JobHandle, AsyncJobHandle)]
 _SYNC_NAMES = re.compile(r"\b(Client|JobHandle|Iterator)\b")
 
 #: Methods that make no call: plain functions in both clients.
-_NO_IO = {"job"}
+_NO_IO = {"job", "from_env"}
 
 
 def _public(cls: type) -> set[str]:
@@ -121,5 +121,6 @@ def test_the_clients_cover_the_same_calls() -> None:
         "register_deployment",
         "close",
         "address",
+        "from_env",
     }
     assert _public(Client) == expected

@@ -231,3 +231,54 @@ def test_cli_says_which_tls_option_is_missing(
         line = done.stderr.strip().splitlines()[-1]
         assert line.startswith(f"error: cannot connect to the server at {address}: "), line
         assert what in line and advice in line, line
+
+
+def _synapse(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SYNAPSE_")}
+    return subprocess.run(
+        [SYNAPSE, *args], capture_output=True, text=True, timeout=90, env={**base, **(env or {})}
+    )
+
+
+def test_every_remote_command_names_a_tls_mismatch(tls_server: RunningServer) -> None:
+    address = tls_server.address
+    commands = [
+        ("plugin", "run", "quick", "--plugin", "toy", "--params", '{"count": 1, "label": "x"}'),
+        ("plugin", "list"),
+        ("plugin", "describe", "toy"),
+        ("jobs", "get", "some-job"),
+        ("model", "list"),
+        ("deployments", "list"),
+    ]
+    for command in commands:
+        done = _synapse(*command, "--server", address, "--timeout", "20")
+        assert done.returncode == 2, (command, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert "Traceback" not in done.stderr, done.stderr
+        assert lines[-1].startswith(f"error: cannot connect to the server at {address}: ")
+        assert "requires TLS" in lines[-1] and "--tls-ca FILE" in lines[-1], lines[-1]
+
+
+def test_the_cli_reads_the_tls_variables(
+    tls_server: RunningServer, mtls_server: RunningServer, pki: Pki
+) -> None:
+    done = _synapse(
+        "plugin", "list",
+        env={"SYNAPSE_SERVER": tls_server.address, "SYNAPSE_TLS_CA": str(pki.ca.cert)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "toy" in done.stdout
+    mutual = {
+        "SYNAPSE_SERVER": mtls_server.address,
+        "SYNAPSE_TLS_CA": str(pki.ca.cert),
+        "SYNAPSE_TLS_CERT": str(pki.client.cert),
+        "SYNAPSE_TLS_KEY": str(pki.client.key),
+    }
+    done = _synapse("jobs", "list", env=mutual)
+    assert done.returncode == 0, done.stderr
+    # A flag overrides its variable: the other CA cannot verify the server.
+    done = _synapse("jobs", "list", "--tls-ca", str(pki.other_ca.cert), env=mutual)
+    assert done.returncode == 2 and "could not be verified" in done.stderr
+    # And Client.from_env reads the same variables.
+    with Client.from_env(mutual, timeout=20) as client:
+        assert client.list_actions()

@@ -83,3 +83,83 @@ def test_bad_plugin_config_names_file(tmp_path: Path) -> None:
 def test_unknown_mode_is_usage_error() -> None:
     proc = _run("plugin", "run", "inference", "--plugin", str(DOC_PLUGIN_DIR), "--mode", "ray")
     assert proc.returncode == 2
+
+
+TOY_PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "toy"
+
+
+def test_a_second_ctrl_c_in_a_local_run_exits_without_a_traceback() -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [str(SYNAPSE), "plugin", "run", "stubborn", "--plugin", str(TOY_PLUGIN)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        # The action ignores cancellation (sleeps 60 s) once it has logged "started".
+        for line in proc.stderr:
+            if "started" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        for line in proc.stderr:
+            if "cancelling" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+    assert rest.strip().splitlines()[-1] == "aborted"
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "said"),
+    [
+        (
+            "actions:\n  a:\n    entrypoint: m:A\n    metod: local\n",
+            "actions.a.metod",
+            "unknown key 'metod' (did you mean 'method'?); the keys of an action are: "
+            "entrypoint, method",
+        ),
+        (
+            "descripton: x\nactions:\n  a:\n    entrypoint: m:A\n",
+            "descripton",
+            "unknown key 'descripton' (did you mean 'description'?); the keys of a plugin",
+        ),
+    ],
+)
+def test_an_unknown_config_key_fails_the_load_naming_it(
+    tmp_path: Path, config: str, field: str, said: str
+) -> None:
+    from synapse_sdk.errors import PluginConfigError
+    from synapse_sdk.plugins import load_plugin
+
+    (tmp_path / "config.yaml").write_text(
+        "code: x\nname: x\nversion: '1'\ncategory: custom\n" + config
+    )
+    with pytest.raises(PluginConfigError) as info:
+        load_plugin(tmp_path)
+    assert info.value.field == field
+    assert said in info.value.message
+    proc = _run("plugin", "run", "a", "--plugin", str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and said in proc.stderr
+
+
+def test_every_example_and_test_plugin_loads() -> None:
+    from synapse_sdk.plugins import load_plugin
+
+    root = Path(__file__).resolve().parents[2]
+    configs = sorted((root / "examples").rglob("config.yaml")) + sorted(
+        (root / "tests").rglob("config.yaml")
+    )
+    assert len(configs) >= 10
+    for config in configs:
+        plugin = load_plugin(config.parent)
+        assert plugin.actions, config

@@ -194,7 +194,7 @@ def test_the_catalog_loads_each_plugin_from_its_snapshot(tmp_path: Path) -> None
     module = sys.modules[plugin.get_action_class("hello").__module__]
     assert Path(str(module.__file__)).parent == code.path
     # The digest of the code whose model checked the params: the code the job must run.
-    assert catalog.check_params_json("snap", "hello", '{"name": "x"}') == code.sha256
+    assert catalog.check_params_json("snap", "hello", '{"name": "x"}').sha256 == code.sha256
 
 
 def test_a_broken_edit_keeps_the_catalog_and_names_the_edited_file(tmp_path: Path) -> None:

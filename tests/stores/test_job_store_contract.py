@@ -63,11 +63,17 @@ def jobs(stores: Stores) -> JobStore:
 async def test_a_job_reads_back_with_every_field(jobs: JobStore) -> None:
     job, created = await jobs.create_job(
         _job("j1", request_id="r1").evolve(
-            plugin_version="1.2.0", plugin_sha256="a" * 64, mode="task", pending_reason="queued"
+            plugin_version="1.2.0",
+            plugin_sha256="a" * 64,
+            mode="task",
+            pending_reason="queued",
+            warnings=("unknown params key 'batchsize' (ignored)", "ü '\\n'"),
         )
     )
     assert created
     assert await jobs.get_job("j1", with_params=True) == job
+    # Listings and summaries carry the warnings too.
+    assert (await jobs.get_job("j1")).warnings == job.warnings  # type: ignore[union-attr]
     error = JobError(
         type="ValueError",
         message="bad ü",

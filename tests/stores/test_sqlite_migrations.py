@@ -93,8 +93,10 @@ async def test_a_fresh_database_runs_every_migration_and_gets_todays_schema(
     versions = _versions(path)
     assert [(v, n) for v, n, _ in versions] == [(m.version, m.name) for m in MIGRATIONS]
     assert all(before <= applied <= time.time() for _, _, applied in versions)
-    # The tables the last release created fresh (its CREATE statements), column for column.
+    # The tables the release before migrations created fresh (its CREATE statements), with
+    # the columns later migrations added, column for column.
     main = _legacy_database(tmp_path / "main.db", "v3_before_migrations")
+    await _open_and_close(main)
     assert _schema(path) == _schema(main)
     # Opening again applies nothing.
     await _open_and_close(path)

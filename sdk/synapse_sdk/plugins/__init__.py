@@ -7,6 +7,7 @@ find them; ``run_action`` runs one inside a :class:`~synapse_sdk.runtime.RunCont
 from synapse_sdk.plugins._action import (
     AnyParams,
     BaseAction,
+    check_params_json,
     validate_params,
     validate_params_json,
 )
@@ -20,6 +21,7 @@ from synapse_sdk.plugins._loader import (
 )
 from synapse_sdk.plugins._models import LocalModelBackend, ModelPath
 from synapse_sdk.plugins._runner import params_json_schema, params_model, run_action
+from synapse_sdk.plugins._unknown import unknown_params_keys, unknown_params_warnings
 from synapse_sdk.plugins.enums import PluginCategory
 
 __all__ = [
@@ -30,12 +32,15 @@ __all__ = [
     "ModelPath",
     "Plugin",
     "PluginCategory",
+    "check_params_json",
     "discover_plugins",
     "load_plugin",
     "params_json_schema",
     "params_model",
     "plugin_directories",
     "run_action",
+    "unknown_params_keys",
+    "unknown_params_warnings",
     "unload_plugin",
     "validate_params",
     "validate_params_json",

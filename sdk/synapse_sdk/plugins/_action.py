@@ -13,13 +13,22 @@ from synapse_sdk._json import gc_paused, load_json, to_jsonable
 from synapse_sdk.errors import ActionCancelledError, ParamsValidationError
 from synapse_sdk.events import LogEvent, LogLevel, MetricEvent
 from synapse_sdk.plugins._progress import ProgressTracker
+from synapse_sdk.plugins._unknown import unknown_params_warnings
 from synapse_sdk.plugins.enums import PluginCategory
 from synapse_sdk.plugins.steps import BaseStepContext, StepOrchestrator, StepRegistry
 from synapse_sdk.runtime import RunContext, current_context
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AnyParams", "BaseAction", "P", "resolve_params_model"]
+__all__ = [
+    "AnyParams",
+    "BaseAction",
+    "P",
+    "check_params_json",
+    "resolve_params_model",
+    "validate_params",
+    "validate_params_json",
+]
 
 
 class AnyParams(BaseModel):
@@ -210,6 +219,24 @@ def validate_params_json(
     if not isinstance(value, dict):
         raise ValueError(f"not a JSON object (got {_json_kind(value)})")
     return validate_params(model, value, action)
+
+
+def check_params_json(
+    model: type[BaseModel], text: str | bytes, action: str | None = None
+) -> list[str]:
+    """Like :func:`validate_params_json`, but returns the warnings about the params (keys the
+    model ignores, see :func:`unknown_params_warnings`) instead of the validated model.
+
+    Call it inside :func:`gc_paused`, as the platform does: the validated params are dropped
+    before collection resumes.
+    """
+    try:
+        value = load_json(text)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"not a JSON object (got {_json_kind(value)})")
+    return unknown_params_warnings(validate_params(model, value, action), value)
 
 
 def _json_kind(value: Any) -> str:

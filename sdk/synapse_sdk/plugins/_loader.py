@@ -11,6 +11,7 @@ inside a plugin package, import your own modules relatively (``from .models impo
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.machinery
@@ -99,11 +100,19 @@ class Plugin:
 
 
 class _ActionConfig(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Every key is declared: a misspelled one (`metod: task`) fails the load, naming it,
+    # rather than leaving the action on a default without a word.
+    model_config = ConfigDict(extra="forbid")
 
     entrypoint: str = Field(min_length=1)
     method: str = Field(default="local", min_length=1)
     description: str = ""
+    # Ray resources of the action's workers in task and job mode (params may override them;
+    # the Ray executors check the values, see synapse_server.ray._executors).
+    num_cpus: Any = None
+    num_gpus: Any = None
+    memory: Any = None
+    resources: Any = None
 
     @field_validator("entrypoint")
     @classmethod
@@ -114,7 +123,7 @@ class _ActionConfig(BaseModel):
 
 
 class _PluginConfig(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     code: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     name: str = Field(min_length=1)
@@ -122,6 +131,8 @@ class _PluginConfig(BaseModel):
     category: PluginCategory
     description: str = ""
     actions: dict[str, _ActionConfig] = Field(min_length=1)
+    # serve.deployment options of the plugin's serve application (checked when deploying).
+    serve: dict[str, Any] | None = None
 
     @field_validator("version", mode="before")
     @classmethod
@@ -130,6 +141,21 @@ class _PluginConfig(BaseModel):
         return (
             str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
         )
+
+
+_MAX_KEY_CHARS = 64
+
+
+def _unknown_key_message(loc: tuple[int | str, ...]) -> str:
+    """``unknown key 'metod' (did you mean 'method'?); an action's keys are: ...``."""
+    key = str(loc[-1])
+    model: type[BaseModel] = _PluginConfig if len(loc) == 1 else _ActionConfig
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    shown = key if len(key) <= _MAX_KEY_CHARS else key[:_MAX_KEY_CHARS] + "..."
+    what = "a plugin" if model is _PluginConfig else "an action"
+    return f"unknown key {shown!r}{hint}; the keys of {what} are: {', '.join(known)}"
 
 
 def load_plugin(path_or_module: str | Path, *, fresh: bool = False) -> Plugin:
@@ -258,9 +284,14 @@ def _load_directory(directory: Path) -> Plugin:
         config = _PluginConfig.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field_path = ".".join(str(part) for part in first["loc"]) or "(document)"
+        field_path = ".".join(str(part)[:_MAX_KEY_CHARS] for part in first["loc"]) or "(document)"
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        raise PluginConfigError(config_path, field_path, f"{first['msg']}{more}") from None
+        message = (
+            _unknown_key_message(first["loc"])
+            if first["type"] == "extra_forbidden"
+            else str(first["msg"])
+        )
+        raise PluginConfigError(config_path, field_path, f"{message}{more}") from None
 
     prefix = _package_name(config.code, directory)
     with _import_lock:

@@ -7,17 +7,23 @@ job's event stream with the same console renderer as an in-process run, so both 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from synapse_client import (
     ENV_SERVER,
+    ENV_TLS,
+    ENV_TLS_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    ENV_TLS_SERVER_NAME,
     ENV_TOKEN,
     ActionKind,
     Client,
@@ -29,11 +35,11 @@ from synapse_client import (
     JobFailedError,
     NotFoundError,
     SynapseClientError,
-    TLSConfig,
     TransportSecurityError,
     TransportSecurityProblem,
     UnauthenticatedError,
     UnavailableError,
+    normalize_address,
 )
 from synapse_client import LogEvent as ClientLogEvent
 from synapse_client import MetricEvent as ClientMetricEvent
@@ -53,7 +59,7 @@ from synapse_sdk.events import (
 )
 
 from synapse_server.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from synapse_server.cli._progress import ConsoleProgressSink
+from synapse_server.cli._progress import ConsoleProgressSink, console_text
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +71,7 @@ __all__ = [
     "connect",
     "exit_code_for",
     "print_line",
+    "print_warnings",
     "print_table",
     "report_failure",
     "run_remote",
@@ -97,27 +104,41 @@ def ascii_count(text: str) -> int:
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
-    """Adds --server, --token, TLS and --timeout (defaults from SYNAPSE_SERVER/SYNAPSE_TOKEN)."""
-    group = parser.add_argument_group("server connection")
+    """Adds --server, --token, TLS and --timeout; each falls back to its ``SYNAPSE_*`` variable
+    (the ones ``Client.from_env`` reads)."""
+    group = parser.add_argument_group(
+        "server connection",
+        f"each option falls back to its variable: ${ENV_SERVER}, ${ENV_TOKEN}, ${ENV_TLS}=1, "
+        f"${ENV_TLS_CA}, ${ENV_TLS_CERT}, ${ENV_TLS_KEY}, ${ENV_TLS_SERVER_NAME}",
+    )
     group.add_argument(
         "--server",
         metavar="ADDR",
         default=os.environ.get(ENV_SERVER) or None,
-        help=f"server address host:port (default: ${ENV_SERVER})"
+        help=f"server address host:port, port 50051 if left out (default: ${ENV_SERVER})"
         + ("" if required else "; without one the action runs in this process"),
     )
     group.add_argument(
         "--token",
-        default=os.environ.get(ENV_TOKEN) or None,
         help=f"bearer token (default: ${ENV_TOKEN}; prefer the variable: "
         "arguments are visible to other local users)",
     )
-    group.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
-    group.add_argument("--tls-ca", metavar="FILE", help="PEM root certificates (implies --tls)")
-    group.add_argument("--tls-cert", metavar="FILE", help="PEM client certificate for mTLS")
-    group.add_argument("--tls-key", metavar="FILE", help="PEM client private key for mTLS")
     group.add_argument(
-        "--tls-server-name", metavar="NAME", help="name to verify in the server certificate"
+        "--tls", action="store_true", help=f"connect with TLS (system roots; ${ENV_TLS}=1)"
+    )
+    group.add_argument(
+        "--tls-ca", metavar="FILE", help=f"PEM root certificates (implies --tls; ${ENV_TLS_CA})"
+    )
+    group.add_argument(
+        "--tls-cert", metavar="FILE", help=f"PEM client certificate for mTLS (${ENV_TLS_CERT})"
+    )
+    group.add_argument(
+        "--tls-key", metavar="FILE", help=f"PEM client private key for mTLS (${ENV_TLS_KEY})"
+    )
+    group.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help=f"name to verify in the server certificate (${ENV_TLS_SERVER_NAME})",
     )
     group.add_argument(
         "--timeout",
@@ -128,22 +149,30 @@ def add_connection_arguments(parser: argparse.ArgumentParser, required: bool) ->
     )
 
 
+def connection_environ(args: argparse.Namespace) -> dict[str, str]:
+    """The environment with the connection flags given on the command line written over
+    their variables: what :meth:`Client.from_env` reads for this command."""
+    environ = dict(os.environ)
+    flags = {
+        ENV_SERVER: args.server,
+        ENV_TOKEN: args.token,
+        ENV_TLS_CA: args.tls_ca,
+        ENV_TLS_CERT: args.tls_cert,
+        ENV_TLS_KEY: args.tls_key,
+        ENV_TLS_SERVER_NAME: args.tls_server_name,
+    }
+    environ.update({name: value for name, value in flags.items() if value})
+    if args.tls:
+        environ[ENV_TLS] = "1"
+    return environ
+
+
 def connect(args: argparse.Namespace) -> Client:
-    """A client for the parsed connection options; raises ClientConfigError on bad ones."""
+    """A client for the parsed connection options and ``SYNAPSE_*`` variables (flags win);
+    raises ClientConfigError on bad ones."""
     if not args.server:
         raise ClientConfigError(f"no server address: pass --server or set ${ENV_SERVER}")
-    tls_files = (args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
-    tls: bool | TLSConfig = False
-    if any(tls_files):
-        tls = TLSConfig.from_files(
-            ca_file=args.tls_ca,
-            cert_file=args.tls_cert,
-            key_file=args.tls_key,
-            server_name_override=args.tls_server_name,
-        )
-    elif args.tls:
-        tls = True
-    return Client(args.server, token=args.token, tls=tls, timeout=args.timeout)
+    return Client.from_env(connection_environ(args), timeout=args.timeout)
 
 
 # What to change on this command line for each failed TLS set-up.
@@ -183,6 +212,13 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, JobCancelledError):
         return EXIT_CANCELLED
     return EXIT_FAILED
+
+
+def print_warnings(warnings: Sequence[str]) -> None:
+    """Each of a job's warnings as ``warning: ...`` on stderr."""
+    for warning in warnings:
+        sys.stderr.write(console_text(f"warning: {' '.join(warning.split())}", sys.stderr))
+    sys.stderr.flush()
 
 
 def print_line(line: str) -> None:
@@ -226,6 +262,10 @@ def add_remote_command(
 
 def report_failure(error: BaseException, server: str | None = None) -> int:
     """Writes a one-line reason to stderr and returns the exit code for ``error``."""
+    if server:
+        # The address as dialled (``host`` alone means port 50051).
+        with contextlib.suppress(ClientConfigError):
+            server = normalize_address(server)
     if isinstance(error, TransportSecurityError):
         where = f" at {server}" if server else ""
         message = (
@@ -342,7 +382,12 @@ def run_remote(args: argparse.Namespace, params: dict[str, Any]) -> int:
                 return EXIT_OK
             job = handle.job
             mode = job.mode.value if job is not None and job.mode is not None else "default"
-            sys.stderr.write(f"job {handle.id} submitted ({args.plugin}/{args.action}, {mode})\n")
+            sys.stderr.write(
+                console_text(
+                    f"job {handle.id} submitted ({args.plugin}/{args.action}, {mode})", sys.stderr
+                )
+            )
+            print_warnings(job.warnings if job is not None else ())
             last_seq = 0
             cancelling = False
             while True:

@@ -24,12 +24,12 @@ from synapse_sdk.jsonutil import gc_paused
 from synapse_sdk.plugins import (
     BaseAction,
     Plugin,
+    check_params_json,
     load_plugin,
     params_json_schema,
     params_model,
     plugin_directories,
     unload_plugin,
-    validate_params_json,
 )
 
 from synapse_server.core._errors import InvalidArgumentError
@@ -39,7 +39,14 @@ from synapse_server.core._plugin_code import (
     PluginCodeUnavailableError,
 )
 
-__all__ = ["ActionInfo", "ActionKind", "CatalogSnapshot", "PluginCatalog", "PluginInfo"]
+__all__ = [
+    "ActionInfo",
+    "ActionKind",
+    "CatalogSnapshot",
+    "CheckedParams",
+    "PluginCatalog",
+    "PluginInfo",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +72,16 @@ class ActionInfo:
     supported_modes: tuple[str, ...]
     params_schema: dict[str, Any]
     progress_categories: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedParams:
+    """What checking a job's params found: the code that checked them, and warnings."""
+
+    #: sha256 of the plugin code whose params model checked them: the code the job runs.
+    sha256: str
+    #: e.g. "unknown params key 'batchsize' (ignored)" (bounded, see unknown_params_warnings).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +128,13 @@ def _at_source(error: PluginConfigError, code: PluginCode, source: Path) -> Plug
     The plugin is loaded from its snapshot, but the author edits the source directory: a
     message pointing into the data directory would send them to a file they never wrote.
     """
+    snapshot = code.path.resolve()
     try:
-        path = source / error.path.relative_to(code.path)
+        path = source / error.path.resolve().relative_to(snapshot)
     except ValueError:
         path = error.path
-    return PluginConfigError(path, error.field, error.message.replace(str(code.path), str(source)))
+    message = error.message.replace(str(snapshot), str(source)).replace(str(code.path), str(source))
+    return PluginConfigError(path, error.field, message)
 
 
 class PluginCatalog:
@@ -320,14 +339,16 @@ class PluginCatalog:
                 return candidate
         raise ActionNotFoundError(action, code, [a.name for a in info.actions])
 
-    def check_params_json(self, code: str, action: str, params_json: str) -> str:
+    def check_params_json(self, code: str, action: str, params_json: str) -> CheckedParams:
         """Check params given as JSON object text against the action's model.
 
-        Returns the sha256 of the plugin code whose model checked them: the code the job
-        must run (see :meth:`code`). Nothing is kept: the validated params are dropped while
-        collection is still paused, so large params cost one parse and no collector pass
-        over their objects.
-        Raises InvalidArgumentError (not a JSON object), ParamsValidationError per bad field.
+        Returns the sha256 of the plugin code whose model checked them (the code the job
+        must run, see :meth:`code`) and the warnings about them: each key the model ignores
+        (a misspelled one would otherwise be dropped without a word). Nothing else is kept:
+        the validated params are dropped while collection is still paused, so large params
+        cost one parse and no collector pass over their objects.
+        Raises InvalidArgumentError (not a JSON object), ParamsValidationError per bad field
+        (an unknown key too, when the model forbids extra keys).
         """
         with self._lock:
             plugin, snapshot = self._plugins.get(code), self._code.get(code)
@@ -336,9 +357,9 @@ class PluginCatalog:
         model = params_model(plugin.action(action).load())
         try:
             with gc_paused():
-                validate_params_json(model, params_json, action)
+                warnings = check_params_json(model, params_json, action)
         except ParamsValidationError:
             raise
         except ValueError as exc:  # not JSON, or not an object
             raise InvalidArgumentError(f"params_json is {exc}", field="params_json") from None
-        return snapshot.sha256
+        return CheckedParams(snapshot.sha256, tuple(warnings))

@@ -234,7 +234,7 @@ class JobService:
                 f"mode {mode!r} is not available for this action (available: {supported})"
             )
         # The job runs the code whose params model validated it, whatever reloads come next.
-        code_sha256 = self._catalog.check_params_json(plugin, action, params_json)
+        checked = self._catalog.check_params_json(plugin, action, params_json)
         version = self._catalog.plugins(plugin)[0].version
         pending_reason = (
             "waiting for a free worker slot" if self._slots.locked() else "starting a worker"
@@ -246,7 +246,8 @@ class JobService:
             action=action,
             params_json=params_json,
             plugin_version=version,
-            plugin_sha256=code_sha256,
+            plugin_sha256=checked.sha256,
+            warnings=checked.warnings,
             mode=mode,
             request_id=request_id or None,
             pending_reason=pending_reason,

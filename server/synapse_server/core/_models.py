@@ -168,6 +168,9 @@ class Job:
     last_seq: int = 0
     pending_reason: str = ""
     cancel_requested: bool = False
+    # Warnings about the submission, fixed when it is accepted (unknown params keys, see
+    # PluginCatalog.check_params_json).
+    warnings: tuple[str, ...] = ()
     # The result's JSON text when already known ("" otherwise), so that a large result is
     # serialised once and not again for storage and clients.
     result_json: str = field(default="", compare=False, repr=False)

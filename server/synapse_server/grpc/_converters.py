@@ -289,6 +289,7 @@ def job_to_pb(job: Job, *, with_params: bool = False) -> job_pb2.Job:
         request_id=job.request_id or "",
         cancel_requested=job.cancel_requested,
         result_size_bytes=job.result_size if job.state is JobState.SUCCEEDED else 0,
+        warnings=job.warnings,
     )
     if job.error is not None and job.state is JobState.FAILED:
         message.error.CopyFrom(error_to_pb(job.error))

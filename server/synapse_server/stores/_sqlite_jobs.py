@@ -38,7 +38,7 @@ T = TypeVar("T")
 _JOB_COLUMNS = (
     "id, tenant, plugin, action, mode, params, state, request_id, created_at, started_at, "
     "finished_at, result, error, reason, progress, plugin_version, last_seq, pending_reason, "
-    "cancel_requested, result_size, plugin_sha256"
+    "cancel_requested, result_size, plugin_sha256, warnings"
 )
 # Params live in their own table: SQLite rewrites a whole row on every UPDATE, and a job's
 # row is updated with each batch of events (progress, last_seq), so megabytes of params in it
@@ -98,6 +98,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         cancel_requested,
         result_size,
         plugin_sha256,
+        warnings,
     ) = row
     return Job(
         id=id_,
@@ -124,6 +125,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         last_seq=last_seq,
         pending_reason=pending_reason,
         cancel_requested=bool(cancel_requested),
+        warnings=tuple(load_json(warnings)) if warnings != "[]" else (),
     )
 
 
@@ -405,6 +407,7 @@ def _job_values(job: Job) -> tuple[Any, ...]:
         int(job.cancel_requested),
         job.result_size,
         job.plugin_sha256,
+        _dump(list(job.warnings)),
     )
 
 

@@ -147,12 +147,18 @@ def _one_owner_per_name(conn: sqlite3.Connection) -> None:
         )
 
 
+def _job_warnings(conn: sqlite3.Connection) -> None:
+    # A JSON array of strings; jobs stored before this have none.
+    conn.execute("ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]'")
+
+
 MIGRATIONS: tuple[Migration[sqlite3.Connection], ...] = checked_migrations(
     [
         Migration(1, "jobs, events, models and serve applications", _initial),
         Migration(2, "jobs.result_size", _result_sizes),
         Migration(3, "jobs.plugin_sha256", _plugin_digests),
         Migration(4, "one live owner per serve application name", _one_owner_per_name),
+        Migration(5, "jobs.warnings", _job_warnings),
     ]
 )
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from synapse_sdk.plugins import BaseAction
 from synapse_sdk.plugins.steps import BaseStep, BaseStepContext, StepRegistry, StepResult
 
@@ -192,3 +192,20 @@ class GatedAction(BaseAction[GatedParams]):
                 raise TimeoutError("the gate never opened")
             self.raise_if_cancelled()
             time.sleep(0.02)
+
+
+class StrictParams(BaseModel):
+    """Params that refuse keys the model does not declare."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = 1
+
+
+class StrictAction(BaseAction[StrictParams]):
+    """Returns its count; an unknown params key is an error, not a warning."""
+
+    action_name = "strict"
+
+    def execute(self) -> dict[str, int]:
+        return {"count": self.params.count}

@@ -26,23 +26,23 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsynapse/plugin/v1/job.proto\x12\x11synapse.plugin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\x01\n\x08JobError\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12)\n\x10plugin_traceback\x18\x03 \x01(\tR\x0fpluginTraceback\x12\x36\n\x06origin\x18\x04 \x01(\x0e\x32\x1e.synapse.plugin.v1.ErrorOriginR\x06origin\x12\x12\n\x04step\x18\x05 \x01(\tR\x04step\x12%\n\x0e\x63orrelation_id\x18\x06 \x01(\tR\rcorrelationId\"\x8b\x06\n\x03Job\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n\x06plugin\x18\x02 \x01(\tR\x06plugin\x12%\n\x0eplugin_version\x18\x03 \x01(\tR\rpluginVersion\x12\x16\n\x06\x61\x63tion\x18\x04 \x01(\tR\x06\x61\x63tion\x12.\n\x04mode\x18\x05 \x01(\x0e\x32\x1a.synapse.plugin.v1.RunModeR\x04mode\x12\x31\n\x05state\x18\x06 \x01(\x0e\x32\x1b.synapse.plugin.v1.JobStateR\x05state\x12/\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructR\x06params\x12;\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12\x39\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x31\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x1b.synapse.plugin.v1.JobErrorR\x05\x65rror\x12)\n\x10progress_percent\x18\x0c \x01(\x01R\x0fprogressPercent\x12\x19\n\x08last_seq\x18\r \x01(\x04R\x07lastSeq\x12%\n\x0epending_reason\x18\x0e \x01(\tR\rpendingReason\x12\x1d\n\nrequest_id\x18\x0f \x01(\tR\trequestId\x12)\n\x10\x63\x61ncel_requested\x18\x10 \x01(\x08R\x0f\x63\x61ncelRequested\x12*\n\x11result_size_bytes\x18\x11 \x01(\x04R\x0fresultSizeBytes\x12\x1f\n\x0bparams_json\x18\x12 \x01(\x0cR\nparamsJson\x12#\n\rplugin_sha256\x18\x13 \x01(\tR\x0cpluginSha256*\\\n\x07RunMode\x12\x18\n\x14RUN_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eRUN_MODE_LOCAL\x10\x01\x12\x11\n\rRUN_MODE_TASK\x10\x02\x12\x10\n\x0cRUN_MODE_JOB\x10\x03*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*_\n\x0b\x45rrorOrigin\x12\x1c\n\x18\x45RROR_ORIGIN_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_ORIGIN_PLUGIN\x10\x01\x12\x19\n\x15\x45RROR_ORIGIN_PLATFORM\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsynapse/plugin/v1/job.proto\x12\x11synapse.plugin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\x01\n\x08JobError\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12)\n\x10plugin_traceback\x18\x03 \x01(\tR\x0fpluginTraceback\x12\x36\n\x06origin\x18\x04 \x01(\x0e\x32\x1e.synapse.plugin.v1.ErrorOriginR\x06origin\x12\x12\n\x04step\x18\x05 \x01(\tR\x04step\x12%\n\x0e\x63orrelation_id\x18\x06 \x01(\tR\rcorrelationId\"\xa7\x06\n\x03Job\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n\x06plugin\x18\x02 \x01(\tR\x06plugin\x12%\n\x0eplugin_version\x18\x03 \x01(\tR\rpluginVersion\x12\x16\n\x06\x61\x63tion\x18\x04 \x01(\tR\x06\x61\x63tion\x12.\n\x04mode\x18\x05 \x01(\x0e\x32\x1a.synapse.plugin.v1.RunModeR\x04mode\x12\x31\n\x05state\x18\x06 \x01(\x0e\x32\x1b.synapse.plugin.v1.JobStateR\x05state\x12/\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructR\x06params\x12;\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12\x39\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x31\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x1b.synapse.plugin.v1.JobErrorR\x05\x65rror\x12)\n\x10progress_percent\x18\x0c \x01(\x01R\x0fprogressPercent\x12\x19\n\x08last_seq\x18\r \x01(\x04R\x07lastSeq\x12%\n\x0epending_reason\x18\x0e \x01(\tR\rpendingReason\x12\x1d\n\nrequest_id\x18\x0f \x01(\tR\trequestId\x12)\n\x10\x63\x61ncel_requested\x18\x10 \x01(\x08R\x0f\x63\x61ncelRequested\x12*\n\x11result_size_bytes\x18\x11 \x01(\x04R\x0fresultSizeBytes\x12\x1f\n\x0bparams_json\x18\x12 \x01(\x0cR\nparamsJson\x12#\n\rplugin_sha256\x18\x13 \x01(\tR\x0cpluginSha256\x12\x1a\n\x08warnings\x18\x14 \x03(\tR\x08warnings*\\\n\x07RunMode\x12\x18\n\x14RUN_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eRUN_MODE_LOCAL\x10\x01\x12\x11\n\rRUN_MODE_TASK\x10\x02\x12\x10\n\x0cRUN_MODE_JOB\x10\x03*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*_\n\x0b\x45rrorOrigin\x12\x1c\n\x18\x45RROR_ORIGIN_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_ORIGIN_PLUGIN\x10\x01\x12\x19\n\x15\x45RROR_ORIGIN_PLATFORM\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'synapse.plugin.v1.job_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNMODE']._serialized_start=1112
-  _globals['_RUNMODE']._serialized_end=1204
-  _globals['_JOBVIEW']._serialized_start=1206
-  _globals['_JOBVIEW']._serialized_end=1280
-  _globals['_JOBSTATE']._serialized_start=1283
-  _globals['_JOBSTATE']._serialized_end=1438
-  _globals['_ERRORORIGIN']._serialized_start=1440
-  _globals['_ERRORORIGIN']._serialized_end=1535
+  _globals['_RUNMODE']._serialized_start=1140
+  _globals['_RUNMODE']._serialized_end=1232
+  _globals['_JOBVIEW']._serialized_start=1234
+  _globals['_JOBVIEW']._serialized_end=1308
+  _globals['_JOBSTATE']._serialized_start=1311
+  _globals['_JOBSTATE']._serialized_end=1466
+  _globals['_ERRORORIGIN']._serialized_start=1468
+  _globals['_ERRORORIGIN']._serialized_end=1563
   _globals['_JOBERROR']._serialized_start=114
   _globals['_JOBERROR']._serialized_end=328
   _globals['_JOB']._serialized_start=331
-  _globals['_JOB']._serialized_end=1110
+  _globals['_JOB']._serialized_end=1138
 # @@protoc_insertion_point(module_scope)

@@ -2,10 +2,11 @@ import datetime
 
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -71,7 +72,7 @@ class JobError(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., plugin_traceback: _Optional[str] = ..., origin: _Optional[_Union[ErrorOrigin, str]] = ..., step: _Optional[str] = ..., correlation_id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "plugin", "plugin_version", "action", "mode", "state", "params", "create_time", "start_time", "end_time", "error", "progress_percent", "last_seq", "pending_reason", "request_id", "cancel_requested", "result_size_bytes", "params_json", "plugin_sha256")
+    __slots__ = ("id", "plugin", "plugin_version", "action", "mode", "state", "params", "create_time", "start_time", "end_time", "error", "progress_percent", "last_seq", "pending_reason", "request_id", "cancel_requested", "result_size_bytes", "params_json", "plugin_sha256", "warnings")
     ID_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +92,7 @@ class Job(_message.Message):
     RESULT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     id: str
     plugin: str
     plugin_version: str
@@ -110,4 +112,5 @@ class Job(_message.Message):
     result_size_bytes: int
     params_json: bytes
     plugin_sha256: str
-    def __init__(self, id: _Optional[str] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., action: _Optional[str] = ..., mode: _Optional[_Union[RunMode, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., progress_percent: _Optional[float] = ..., last_seq: _Optional[int] = ..., pending_reason: _Optional[str] = ..., request_id: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., result_size_bytes: _Optional[int] = ..., params_json: _Optional[bytes] = ..., plugin_sha256: _Optional[str] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., action: _Optional[str] = ..., mode: _Optional[_Union[RunMode, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., progress_percent: _Optional[float] = ..., last_seq: _Optional[int] = ..., pending_reason: _Optional[str] = ..., request_id: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., result_size_bytes: _Optional[int] = ..., params_json: _Optional[bytes] = ..., plugin_sha256: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
