@@ -95,8 +95,11 @@ def start_ray(http_port: int, grpc_port: int) -> str:
     return str(ray.get_runtime_context().gcs_address)
 
 
-def start_server(data_dir: Path, gcs_address: str) -> tuple[subprocess.Popen[bytes], str]:
-    """``synapse serve`` on a free port, connected to this bench's Ray; returns (proc, address)."""
+def start_server(
+    data_dir: Path, gcs_address: str, plugin_dir: Path = ROOT / "examples" / "plugins"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``synapse serve`` on a free port, connected to this bench's Ray, with the plugins of
+    ``plugin_dir``; returns (proc, address)."""
     env = {
         **os.environ,
         "SYNAPSE_SERVER_SECRET": SECRET,
@@ -114,7 +117,7 @@ def start_server(data_dir: Path, gcs_address: str) -> tuple[subprocess.Popen[byt
             "--data-dir",
             str(data_dir / "data"),
             "--plugin-dir",
-            str(ROOT / "examples" / "plugins"),
+            str(plugin_dir),
             "--ray-address",
             gcs_address,
         ],

@@ -303,6 +303,7 @@ class AsyncClient(AsyncClientCore):
         action: str | None = None,
         model: int | str | None = None,
         json: Any = UNSET_JSON,
+        json_text: str | bytes | None = None,
         tensors: Mapping[str, Any] | None = None,
         method: str = "post",
         path: str = "/",
@@ -321,6 +322,7 @@ class AsyncClient(AsyncClientCore):
                 action=action,
                 model=model,
                 json=json,
+                json_text=json_text,
                 tensors=tensors,
                 method=method,
                 path=path,
@@ -328,6 +330,40 @@ class AsyncClient(AsyncClientCore):
                 timeout=timeout,
             )
         )
+
+    async def infer_stream(
+        self,
+        application: str | None = None,
+        *,
+        plugin: str | None = None,
+        action: str | None = None,
+        model: int | str | None = None,
+        json: Any = UNSET_JSON,
+        json_text: str | bytes | None = None,
+        tensors: Mapping[str, Any] | None = None,
+        method: str = "post",
+        path: str = "/",
+        request_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> AsyncIterator[InferResult]:
+        """Call an endpoint that yields (InferStream): one :class:`InferResult` per item, as
+        :meth:`Client.infer_stream`. Leaving the ``async for`` early cancels the call."""
+        call = calls.infer_stream(
+            application,
+            plugin=plugin,
+            action=action,
+            model=model,
+            json=json,
+            json_text=json_text,
+            tensors=tensors,
+            method=method,
+            path=path,
+            request_id=request_id,
+            timeout=timeout,
+        )
+        async with self._stream(call) as responses:
+            async for response in responses:
+                yield calls.infer_stream_item(response)
 
     async def list_deployments(
         self, plugin: str | None = None, name: str | None = None

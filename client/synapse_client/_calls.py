@@ -20,6 +20,7 @@ from synapse.plugin.v1 import (
     action_service_pb2_grpc,
     deployment_service_pb2,
     deployment_service_pb2_grpc,
+    inference_service_pb2,
     inference_service_pb2_grpc,
     job_pb2,
     model_service_pb2,
@@ -34,6 +35,7 @@ from ._inference import (
     _deployment,
     _result,
     build_infer_request,
+    build_infer_stream_request,
 )
 from ._jobs import run_action_request
 from ._models import ModelInfo, model_from_proto
@@ -55,6 +57,8 @@ __all__ = [
     "get_job_result",
     "get_model",
     "infer",
+    "infer_stream",
+    "infer_stream_item",
     "list_actions",
     "list_deployments",
     "list_jobs",
@@ -262,6 +266,7 @@ def infer(
     action: str | None,
     model: int | str | None,
     json: Any = UNSET_JSON,
+    json_text: str | bytes | None = None,
     tensors: Mapping[str, Any] | None,
     method: str,
     path: str,
@@ -275,12 +280,49 @@ def infer(
         action=action,
         model=model,
         json=json,
+        json_text=json_text,
         tensors=tensors,
         method=method,
         path=path,
         request_id=request_id,
     )
     return UnaryCall(_INFERENCE, "Infer", request, _result, timeout)
+
+
+def infer_stream(
+    application: str | None,
+    *,
+    plugin: str | None,
+    action: str | None,
+    model: int | str | None,
+    json: Any = UNSET_JSON,
+    json_text: str | bytes | None = None,
+    tensors: Mapping[str, Any] | None,
+    method: str,
+    path: str,
+    request_id: str | None,
+    timeout: float | None,
+) -> StreamCall:
+    """InferStream: the same request as Infer; each message is read by
+    :func:`infer_stream_item`."""
+    request = build_infer_stream_request(
+        application,
+        plugin=plugin,
+        action=action,
+        model=model,
+        json=json,
+        json_text=json_text,
+        tensors=tensors,
+        method=method,
+        path=path,
+        request_id=request_id,
+    )
+    return StreamCall(_INFERENCE, "InferStream", request, timeout)
+
+
+def infer_stream_item(response: inference_service_pb2.InferStreamResponse) -> InferResult:
+    """One InferStream message as the item's :class:`InferResult`."""
+    return _result(response.item)
 
 
 def _deployment_of(response: Any) -> DeploymentInfo:

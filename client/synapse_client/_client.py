@@ -289,6 +289,7 @@ class Client(ClientCore):
         action: str | None = None,
         model: int | str | None = None,
         json: Any = UNSET_JSON,
+        json_text: str | bytes | None = None,
         tensors: Mapping[str, Any] | None = None,
         method: str = "post",
         path: str = "/",
@@ -297,9 +298,11 @@ class Client(ClientCore):
     ) -> InferResult:
         """Call a deployed endpoint: by ``application`` name, or by ``plugin`` + ``action``.
 
-        ``json`` is the request body (a JSON object maps onto the endpoint's parameters);
-        ``tensors`` adds binary inputs by parameter name (numpy arrays, which the endpoint
-        receives as numpy arrays; binary outputs come back in :attr:`InferResult.tensors`).
+        ``json`` is the request body (a JSON object maps onto the endpoint's parameters),
+        sent as JSON text so integers arrive as integers; ``json_text`` is a body already
+        encoded as JSON text (instead of ``json``). ``tensors`` adds binary inputs by
+        parameter name (numpy arrays, which the endpoint receives as numpy arrays; binary
+        outputs come back in :attr:`InferResult.tensors`).
         ``timeout`` is the call's deadline (the client default when None). Raises the
         client's typed errors (NotFoundError, InvalidArgumentError, UnavailableError,
         DeadlineExceededError, InternalError).
@@ -311,6 +314,7 @@ class Client(ClientCore):
                 action=action,
                 model=model,
                 json=json,
+                json_text=json_text,
                 tensors=tensors,
                 method=method,
                 path=path,
@@ -318,6 +322,46 @@ class Client(ClientCore):
                 timeout=timeout,
             )
         )
+
+    def infer_stream(
+        self,
+        application: str | None = None,
+        *,
+        plugin: str | None = None,
+        action: str | None = None,
+        model: int | str | None = None,
+        json: Any = UNSET_JSON,
+        json_text: str | bytes | None = None,
+        tensors: Mapping[str, Any] | None = None,
+        method: str = "post",
+        path: str = "/",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[InferResult]:
+        """Call an endpoint that yields (InferStream): one :class:`InferResult` per item, as
+        the endpoint produces it. The arguments are :meth:`infer`'s.
+
+        ``timeout`` bounds the whole stream (None: no deadline). Leaving the iteration early
+        (``break``, an exception, closing the iterator) cancels the call, which stops the
+        endpoint's generator in the replica. Errors are :meth:`infer`'s, raised where the
+        iteration reaches them (after the items that came before).
+        """
+        call = calls.infer_stream(
+            application,
+            plugin=plugin,
+            action=action,
+            model=model,
+            json=json,
+            json_text=json_text,
+            tensors=tensors,
+            method=method,
+            path=path,
+            request_id=request_id,
+            timeout=timeout,
+        )
+        with self._stream(call) as responses:
+            for response in responses:
+                yield calls.infer_stream_item(response)
 
     def list_deployments(
         self, plugin: str | None = None, name: str | None = None

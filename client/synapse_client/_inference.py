@@ -1,18 +1,21 @@
-"""The sans-IO side of ``infer`` and the deployment calls (the replacement of infer_remote).
+"""The sans-IO side of ``infer``, ``infer_stream`` and the deployment calls (the replacement
+of infer_remote).
 
-The payload is JSON-like (``google.protobuf.Value``: numbers arrive as floats, as in JSON);
-numeric arrays can go as binary tensors instead (``tensors={"x": numpy_array}``), which the
-endpoint receives as numpy arrays and which is much faster for large inputs. Binary outputs
-come back as numpy arrays in :attr:`InferResult.tensors`.
+The JSON payload travels as JSON text (``InferRequest.json_text``) and the answer comes back
+as text too (``JSON_FORMAT_TEXT``), so integers stay integers both ways, exactly (a
+``google.protobuf.Value`` would carry every number as a double). Numeric arrays can go as
+binary tensors instead (``tensors={"x": numpy_array}``), which the endpoint receives as
+numpy arrays and which is much faster for large inputs. Binary outputs come back as numpy
+arrays in :attr:`InferResult.tensors`.
 
-Tensors and the JSON payload are converted by :mod:`synapse_client.codec` (the platform's
-one dtype table and value converter) rather than ``json_format``: same results;
-``json_format`` formats a field path for every element and was a measurable share of a
-small Infer call.
+Tensors are converted by :mod:`synapse_client.codec` (the platform's one dtype table); an
+answer a server sends as a ``google.protobuf.Value`` (a server that predates JSON text) is
+read with its value converter.
 """
 
 from __future__ import annotations
 
+import json as jsonlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +28,6 @@ from .codec import (
     TensorCodecError,
     TensorPayload,
     dtype_by_wire,
-    python_to_value,
     tensor_to_pb,
     value_to_python,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "InferResult",
     "array_to_tensor",
     "build_infer_request",
+    "build_infer_stream_request",
     "tensor_to_array",
 ]
 
@@ -102,6 +105,25 @@ def tensor_to_array(tensor: tensor_pb2.Tensor) -> Any:
     return TensorPayload(tensor.name, dtype.name, tuple(tensor.shape), tensor.data).to_numpy()
 
 
+def _json_default(value: Any) -> Any:
+    # Mappings other than dict (json.dumps takes dicts only), as the Value converter did.
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-like")
+
+
+def encode_json(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON text; ClientConfigError for anything JSON cannot
+    carry (NaN or infinity, an object of another type)."""
+    try:
+        text = jsonlib.dumps(
+            value, allow_nan=False, ensure_ascii=False, separators=(",", ":"), default=_json_default
+        )
+    except (TypeError, ValueError) as exc:
+        raise ClientConfigError(f"json payload is not JSON-like: {exc}") from exc
+    return text.encode("utf-8")
+
+
 def build_infer_request(
     application: str | None = None,
     *,
@@ -109,19 +131,27 @@ def build_infer_request(
     action: str | None = None,
     model: int | str | None = None,
     json: Any = UNSET_JSON,
+    json_text: str | bytes | None = None,
     tensors: Mapping[str, Any] | None = None,
     method: str = "post",
     path: str = "/",
     request_id: str | None = None,
 ) -> inference_service_pb2.InferRequest:
-    """The InferRequest for these arguments (shared by the blocking and asyncio clients)."""
+    """The InferRequest for these arguments (shared by the blocking and asyncio clients).
+
+    ``json`` is encoded as JSON text; ``json_text`` is JSON text the caller encoded already
+    (sent as it is: the server checks it). The answer is asked for as JSON text.
+    """
     if bool(application) == bool(plugin or action):
         raise ClientConfigError("infer needs either application, or plugin and action")
+    if json is not UNSET_JSON and json_text is not None:
+        raise ClientConfigError("infer takes json or json_text, not both")
     request = inference_service_pb2.InferRequest(
         model_id="" if model is None else str(model),
         method=method or "",
         path=path or "",
         request_id=request_id or "",
+        response_json_format=inference_service_pb2.JSON_FORMAT_TEXT,
     )
     if application:
         request.application = application
@@ -130,18 +160,35 @@ def build_infer_request(
             raise ClientConfigError("infer by action needs both plugin and action")
         request.action.plugin = plugin
         request.action.action = action
-    if json is not UNSET_JSON:
-        try:
-            python_to_value(json, request.json)
-        except (TypeError, ValueError) as exc:
-            raise ClientConfigError(f"json payload is not JSON-like: {exc}") from exc
+    if json_text is not None:
+        data = json_text.encode("utf-8") if isinstance(json_text, str) else bytes(json_text)
+        if not data:
+            raise ClientConfigError("json_text is empty (send json=None for a JSON null)")
+        request.json_text = data
+    elif json is not UNSET_JSON:
+        request.json_text = encode_json(json)
     for name, value in (tensors or {}).items():
         request.inputs.append(array_to_tensor(name, value))
     return request
 
 
+def build_infer_stream_request(
+    application: str | None = None, **arguments: Any
+) -> inference_service_pb2.InferStreamRequest:
+    """The InferStreamRequest for :func:`build_infer_request`'s arguments."""
+    return inference_service_pb2.InferStreamRequest(
+        request=build_infer_request(application, **arguments)
+    )
+
+
 def _result(response: inference_service_pb2.InferResponse) -> InferResult:
-    body = value_to_python(response.json, "json") if response.HasField("json") else None
+    if response.json_text:
+        # json.loads keeps integers as ints, whatever their size.
+        body = jsonlib.loads(response.json_text)
+    elif response.HasField("json"):
+        body = value_to_python(response.json, "json")
+    else:
+        body = None
     return InferResult(
         json=body,
         tensors={t.name: tensor_to_array(t) for t in response.outputs},

@@ -114,6 +114,7 @@ def test_the_clients_cover_the_same_calls() -> None:
         "download_model",
         "delete_model",
         "infer",
+        "infer_stream",
         "list_deployments",
         "get_deployment",
         "delete_deployment",

@@ -215,6 +215,7 @@ EXPECTED_RPCS = {
     ("DeploymentService", "DeleteDeployment", False, False),
     ("DeploymentService", "RegisterDeployment", False, False),
     ("InferenceService", "Infer", False, False),
+    ("InferenceService", "InferStream", False, True),
     ("WorkerService", "GetAssignment", False, False),
     ("WorkerService", "ReportEvents", True, True),
 }

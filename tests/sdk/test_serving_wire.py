@@ -26,6 +26,7 @@ from synapse_sdk.serving._replica import ReplicaRuntime
 EXPECTED_EXPORTS = {
     "DEFAULT_REPLICA_MESSAGE_BYTES",
     "INFER_METHOD",
+    "INFER_STREAM_METHOD",
     "PROTOCOL_VERSION",
     "RELEASE_CHECKSUM_ENV",
     "RELEASE_CODE_ENV",

@@ -114,7 +114,16 @@ def _open(target: ServerWithPendingJob) -> worker_service_pb2.ReportEventsReques
 
 
 @pytest.mark.parametrize(
-    "rpc", ["ListActions", "GetJob", "RunAction", "GetModel", "RegisterDeployment", "Infer"]
+    "rpc",
+    [
+        "ListActions",
+        "GetJob",
+        "RunAction",
+        "GetModel",
+        "RegisterDeployment",
+        "Infer",
+        "InferStream",
+    ],
 )
 def test_undecodable_unary_request_is_invalid_argument_without_a_traceback(
     target: ServerWithPendingJob, rpc: str, caplog: pytest.LogCaptureFixture
@@ -193,6 +202,38 @@ def test_nan_in_infer_json_names_the_field(target: ServerWithPendingJob) -> None
     request.json.struct_value.update({"x": [math.nan]})
     fields = _rich_violations(target.channel, METHODS["Infer"], request)
     assert fields == ["json.x[0]"]
+    streamed = inference_service_pb2.InferStreamRequest(request=request)
+    fields = _rich_violations(target.channel, METHODS["InferStream"], streamed)
+    assert fields == ["request.json.x[0]"]
+
+
+@pytest.mark.parametrize("text", [b"[1e999]", b'{"x": NaN}', b"\xff", b"[1,"])
+def test_bad_infer_json_text_names_the_field(target: ServerWithPendingJob, text: bytes) -> None:
+    request = inference_service_pb2.InferRequest(application="app", json_text=text)
+    assert _rich_violations(target.channel, METHODS["Infer"], request) == ["json_text"]
+    streamed = inference_service_pb2.InferStreamRequest(request=request)
+    fields = _rich_violations(target.channel, METHODS["InferStream"], streamed)
+    assert fields == ["request.json_text"]
+
+
+@pytest.mark.parametrize("value", [3, 7, -1, 2**31 - 1])
+def test_unknown_infer_json_format_names_the_field(
+    target: ServerWithPendingJob, value: int
+) -> None:
+    request = inference_service_pb2.InferRequest(
+        application="app", json_text=b"{}", response_json_format=value
+    )
+    assert _rich_violations(target.channel, METHODS["Infer"], request) == ["response_json_format"]
+    streamed = inference_service_pb2.InferStreamRequest(request=request)
+    fields = _rich_violations(target.channel, METHODS["InferStream"], streamed)
+    assert fields == ["request.response_json_format"]
+
+
+def test_infer_stream_without_a_request_is_invalid_argument(target: ServerWithPendingJob) -> None:
+    empty = inference_service_pb2.InferStreamRequest()
+    error = _call(target, "InferStream", empty)
+    details = _assert_code(error, grpc.StatusCode.INVALID_ARGUMENT)
+    assert len(details) < 300, details
 
 
 @pytest.mark.parametrize("kind", ["log", "metric", "step_finished", "progress"])
@@ -286,6 +327,12 @@ def test_cli_ids_and_counts_are_ascii_digits(argv: list[str]) -> None:
         ("ListActions", lambda big: action_service_pb2.ListActionsRequest(plugin=big)),
         ("ListModels", lambda big: model_service_pb2.ListModelsRequest(name=big)),
         ("Infer", lambda big: inference_service_pb2.InferRequest(application=big)),
+        (
+            "InferStream",
+            lambda big: inference_service_pb2.InferStreamRequest(
+                request=inference_service_pb2.InferRequest(application=big)
+            ),
+        ),
     ],
 )
 def test_a_10_kb_id_or_name_is_refused_with_a_short_message(

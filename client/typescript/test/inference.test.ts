@@ -13,6 +13,7 @@ import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { DeploymentStatus } from "../src/gen/synapse/plugin/v1/deployment_pb.js";
 import { JobState } from "../src/gen/synapse/plugin/v1/job_pb.js";
+import { JsonFormat } from "../src/gen/synapse/plugin/v1/inference_service_pb.js";
 import { ArchiveFormat } from "../src/gen/synapse/plugin/v1/model_pb.js";
 import {
   Client,
@@ -57,6 +58,15 @@ async function skipReason(): Promise<string | false> {
 
 const skip = await skipReason();
 
+/** Every item of a server stream; the stream's error, if any, rejects the promise. */
+async function drain<T>(stream: AsyncIterable<T>): Promise<T[]> {
+  const items: T[] = [];
+  for await (const item of stream) items.push(item);
+  return items;
+}
+
+const text = (json: string) => new TextEncoder().encode(json);
+
 test("Infer on an unknown application: NOT_FOUND", { skip }, async () => {
   await expectCode(
     synapse.inference.infer(
@@ -79,6 +89,23 @@ test("Client.infer without a target or with an empty one: ClientConfigError", as
 
 test("Infer without a target: INVALID_ARGUMENT", { skip }, async () => {
   await expectCode(synapse.inference.infer({ json: value({}) }, opts), Code.InvalidArgument);
+});
+
+test("InferStream refuses a bad request with Infer's codes", { skip }, async () => {
+  const target = { case: "application" as const, value: `no-such-app-${randomUUID()}` };
+  await expectCode(
+    drain(synapse.inference.inferStream({ request: { target, jsonText: text("{}") } }, opts)),
+    Code.NotFound,
+  );
+  await expectCode(
+    drain(synapse.inference.inferStream({ request: { jsonText: text("{}") } }, opts)),
+    Code.InvalidArgument,
+  );
+  const bad = await expectCode(
+    drain(synapse.inference.inferStream({ request: { target, jsonText: text("{nope") } }, opts)),
+    Code.InvalidArgument,
+  );
+  assert.match(bad.rawMessage, /json_text/);
 });
 
 test("deploy the example torch model and Infer on it", { skip, timeout: 400_000 }, async () => {
@@ -159,6 +186,39 @@ test("deploy the example torch model and Infer on it", { skip, timeout: 400_000 
         assert.ok(Math.abs(value - expected) < 1e-5, `output[${i}][${j}] ${value} != ${expected}`);
       });
     });
+
+    // JSON text in and out: the answer's numbers are exactly the endpoint's.
+    const exact = await synapse.inference.infer(
+      {
+        target: { case: "application", value: deployment.name },
+        modelId: model.id.toString(),
+        jsonText: text(JSON.stringify(reference.inputs.map((data) => ({ data })))),
+        responseJsonFormat: JsonFormat.TEXT,
+      },
+      { timeoutMs: 120_000 },
+    );
+    assert.equal(exact.json, undefined);
+    const exactAnswer = JSON.parse(new TextDecoder().decode(exact.jsonText)) as unknown;
+    assert.deepEqual(exactAnswer, answer);
+
+    // InferStream on an endpoint that returns: one item, the same answer.
+    const streamed = await drain(
+      synapse.inference.inferStream(
+        {
+          request: {
+            target: { case: "application", value: deployment.name },
+            modelId: model.id.toString(),
+            jsonText: text(JSON.stringify(reference.inputs.map((data) => ({ data })))),
+          },
+        },
+        { timeoutMs: 120_000 },
+      ),
+    );
+    assert.equal(streamed.length, 1);
+    assert.equal(streamed[0]?.index, 0n);
+    const item = streamed[0]?.item;
+    assert.ok(item);
+    assert.deepEqual(JSON.parse(new TextDecoder().decode(item.jsonText)), answer);
 
     // The same deployment addressed by plugin and serve entrypoint action.
     const byAction = await synapse.inference.infer(

@@ -36,6 +36,7 @@ from synapse_sdk.serving.model_ids import (
 )
 from synapse_sdk.serving.wire import (
     INFER_METHOD,
+    INFER_STREAM_METHOD,
     PROTOCOL_VERSION,
     REPLICA_INFO_METHOD,
     ErrorKind,
@@ -51,6 +52,7 @@ from synapse_sdk.serving.wire import (
 __all__ = [
     "DEFAULT_REPLICA_MESSAGE_BYTES",
     "INFER_METHOD",
+    "INFER_STREAM_METHOD",
     "PROTOCOL_VERSION",
     "RELEASE_CHECKSUM_ENV",
     "RELEASE_CODE_ENV",

@@ -15,12 +15,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from synapse_sdk.errors import SynapseError
+from synapse_sdk.serving._batching import BatchSettings, is_batched
 from synapse_sdk.serving._replica import ServeReplicaConfig
 from synapse_sdk.serving.wire import INFER_METHOD
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_MAX_QUEUED_REQUESTS",
     "DEFAULT_REPLICA_MESSAGE_BYTES",
     "RELEASE_CHECKSUM_ENV",
     "RELEASE_CODE_ENV",
@@ -48,6 +50,11 @@ REPLICA_MESSAGE_BYTES_ENV = "SYNAPSE_SERVE_REPLICA_MESSAGE_BYTES"
 DEFAULT_REPLICA_MESSAGE_BYTES = (64 << 20) + (1 << 20)
 #: Ray Serve reads a replica's gRPC message limit (4 MiB by default) from this variable.
 _SERVE_REPLICA_LIMIT_VAR = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
+#: Requests a caller (the platform's Infer router) queues for a deployment while its replicas
+#: are busy, unless the plugin sets ``max_queued_requests``: beyond it a call is refused at
+#: once (RESOURCE_EXHAUSTED) instead of waiting in a queue that grows without limit (Serve's
+#: own default).
+DEFAULT_MAX_QUEUED_REQUESTS = 1024
 
 #: serve.deployment options a plugin's ``config.yaml`` may set under ``serve:``.
 SERVE_OPTION_KEYS = frozenset(
@@ -93,15 +100,53 @@ class ServeDeploymentError(SynapseError, RuntimeError):
         super().__init__(f"deploying serve application {app_name!r} failed: {reason}")
 
 
+def batched_endpoints(entrypoint: type) -> list[str]:
+    """Names of the ``@batched`` endpoint methods of a deployment class.
+
+    Raises ``TypeError`` for one that cannot take batches (a generator, or ``**kwargs``).
+    """
+    import inspect
+
+    names = []
+    for name in dir(entrypoint):
+        method = getattr(entrypoint, name, None)
+        if not callable(method) or not is_batched(method):
+            continue
+        original = inspect.unwrap(method)
+        if inspect.isasyncgenfunction(original) or inspect.isgeneratorfunction(original):
+            raise TypeError(
+                f"the endpoint {name} is @batched and a generator: batches do not stream"
+            )
+        params = inspect.signature(method).parameters.values()
+        if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+            raise TypeError(f"the @batched endpoint {name} must take named parameters only")
+        names.append(name)
+    return names
+
+
 def build_deployment_class(
-    entrypoint: type, config: ServeReplicaConfig, max_models_per_replica: int
+    entrypoint: type,
+    config: ServeReplicaConfig,
+    max_models_per_replica: int,
+    batching: BatchSettings | None = None,
 ) -> type:
     """The class Serve runs: ``entrypoint`` (a ``BaseServeDeployment`` subclass) with its
-    multiplexed loader and replica config."""
+    multiplexed loader, replica config and batch settings.
+
+    Raises ``ValueError`` when ``batching`` is given and no endpoint is ``@batched`` (the
+    setting would silently do nothing), ``TypeError`` for an endpoint that cannot batch.
+    """
     from ray import serve
 
     if not (isinstance(entrypoint, type) and callable(getattr(entrypoint, INFER_METHOD, None))):
         raise TypeError(f"entrypoint must be a BaseServeDeployment subclass, got {entrypoint!r}")
+    endpoints = batched_endpoints(entrypoint)
+    if batching is not None and not endpoints:
+        raise ValueError(
+            f"max_batch_size is set but no endpoint of {entrypoint.__name__} is marked "
+            "@batched (a batched endpoint takes one list per parameter and returns one "
+            "output per request)"
+        )
 
     # The loader's name must match the attribute: Serve finds `self` through it.
     async def _synapse_multiplexed_load(self: Any, token: str) -> Any:
@@ -112,6 +157,7 @@ def build_deployment_class(
         "__qualname__": entrypoint.__qualname__,
         "__doc__": entrypoint.__doc__,
         "_synapse_replica_config": config,
+        "_synapse_batching": batching,
         "_synapse_multiplexed_load": serve.multiplexed(
             max_num_models_per_replica=max_models_per_replica
         )(_synapse_multiplexed_load),

@@ -32,14 +32,15 @@ How a request maps onto an endpoint:
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import contextlib
-import functools
 import inspect
 import logging
+import threading
 import time
 import typing
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,14 @@ from synapse_client.codec import TensorCodecError, TensorPayload
 from synapse_sdk._json import is_plain_json, to_jsonable
 from synapse_sdk.errors import ModelNotFoundError, SynapseError
 from synapse_sdk.runtime import ModelBackend, PlatformInfo
+from synapse_sdk.serving._batching import (
+    BatchOutputError,
+    EndpointBatcher,
+    call_endpoint,
+    is_batched,
+    is_serve_batch,
+    run_unqueued,
+)
 from synapse_sdk.serving.model_ids import ServeModelClaims, ServeModelIdError, ServeModelIdVerifier
 from synapse_sdk.serving.wire import (
     ErrorKind,
@@ -99,9 +108,19 @@ class _RouteNotFoundError(SynapseError, LookupError):
     """No endpoint for the request's method and path."""
 
 
+class _NotUnaryError(SynapseError, RuntimeError):
+    """The endpoint yields: a unary Infer cannot answer it."""
+
+
 @dataclass(frozen=True, slots=True)
 class _BindPlan:
-    """What binding a request to one endpoint method needs, computed once per method."""
+    """What binding a request to one endpoint method needs, computed once per method.
+
+    ``hints`` are what each request's values are validated against: for a batched endpoint,
+    the element types of its list annotations. ``batched``: queued by the platform
+    (``@batched``); ``complete``: every parameter is passed, defaults included, in signature
+    order (``@batched`` and Ray's ``@serve.batch``); ``streams``: a generator.
+    """
 
     label: str
     named: dict[str, inspect.Parameter]
@@ -109,6 +128,9 @@ class _BindPlan:
     required: tuple[str, ...]
     hints: dict[str, Any]
     is_coroutine: bool
+    streams: bool = False
+    batched: bool = False
+    complete: bool = False
 
 
 class ReplicaRuntime:
@@ -130,6 +152,7 @@ class ReplicaRuntime:
         self._adapters: dict[Any, Any] = {}
         # This process's spans, when its environment asks for them (set up once per process).
         install_global_tracing("replica")
+        self._batcher: EndpointBatcher | None = None
 
     # Models ----------------------------------------------------------------------------------
 
@@ -270,47 +293,111 @@ class ReplicaRuntime:
 
     async def answer(self, request: ServeRequest) -> ServeReply:
         """Run one request; every failure becomes a typed reply, never a traceback."""
+        try:
+            endpoint, plan, kwargs, model_id = self._prepare(request)
+            if plan.streams:
+                raise _NotUnaryError(
+                    f"the endpoint {plan.label} streams its answer: call InferStream"
+                )
+            if plan.batched:
+                result, batch_size = await self._call_batched(endpoint, plan, kwargs, model_id)
+                return _encode_reply(result, binary=bool(request.tensors), batch_size=batch_size)
+            result = await call_endpoint(endpoint, plan.is_coroutine, kwargs)
+            return _encode_reply(result, binary=bool(request.tensors))
+        except Exception as exc:
+            return self._failure(exc, request)
+
+    async def stream(self, message: Any) -> AsyncGenerator[dict[str, Any], None]:
+        """Answer one request message with a reply message per item the endpoint yields.
+
+        An endpoint that returns instead of yielding answers one reply; a failure is the last
+        reply. Closing this generator (the caller's deadline or cancellation) closes the
+        endpoint's generator: ``finally`` blocks in it run.
+        """
+        try:
+            request = ServeRequest.from_wire(message)
+        except ProtocolVersionError as exc:
+            yield ServeReply.unsupported(exc).to_wire()
+            return
+        except WireFormatError as exc:
+            logger.warning("a serve request could not be read: %s", exc)
+            yield ServeReply(
+                error_kind=ErrorKind.INTERNAL,
+                error_message=f"the replica could not read the request: {exc}",
+            ).to_wire()
+            return
+        try:
+            endpoint, plan, kwargs, _ = self._prepare(request)
+        except Exception as exc:
+            yield self._failure(exc, request).to_wire()
+            return
+        if not plan.streams:
+            yield (await self.answer(request)).to_wire()
+            return
+        binary = bool(request.tensors)
+        try:
+            async with contextlib.aclosing(_iterate(endpoint(**kwargs))) as items:
+                async for item in items:
+                    reply = _encode_reply(item, binary=binary)
+                    yield reply.to_wire()
+        except Exception as exc:
+            yield self._failure(exc, request).to_wire()
+
+    def _prepare(self, request: ServeRequest) -> tuple[Any, _BindPlan, dict[str, Any], str]:
+        """The endpoint, its plan, the bound arguments and the verified model id."""
         from ray import serve
 
-        try:
-            # Every request, not only those that load a model: an id minted for another
-            # tenant or application (whose application this one has replaced under the same
-            # name) never reaches the endpoint's code.
-            self.claims(serve.get_multiplexed_model_id())
-            method = self._route(request.method, request.path)
-            plan = self._plan(method)
-            args, kwargs = self._bind(method, request, plan)
-            if plan.is_coroutine:
-                result = await method(*args, **kwargs)
-            else:
-                # A blocking endpoint must not stall the replica's event loop.
-                result = await asyncio.to_thread(functools.partial(method, *args, **kwargs))
-                if inspect.isawaitable(result):
-                    result = await result
-            return _encode_reply(result, binary=bool(request.tensors))
-        except ServeModelIdError as exc:
+        # Every request, not only those that load a model: an id minted for another
+        # tenant or application (whose application this one has replaced under the same
+        # name) never reaches the endpoint's code.
+        claims = self.claims(serve.get_multiplexed_model_id())
+        endpoint = self._route(request.method, request.path)
+        plan = self._plan(endpoint)
+        return endpoint, plan, self._bind(endpoint, request, plan), claims.model_id
+
+    async def _call_batched(
+        self, endpoint: Any, plan: _BindPlan, kwargs: dict[str, Any], model_id: str
+    ) -> tuple[Any, int]:
+        """A request to a ``@batched`` endpoint: queued with others of its model when the
+        deployment configures batching, else called alone as a batch of one."""
+        settings = type(self._deployment)._synapse_batching
+        if settings is None:
+            return await run_unqueued(endpoint, plan.label, kwargs), 0
+        if self._batcher is None:
+            self._batcher = EndpointBatcher(settings)
+        return await self._batcher.submit(endpoint, plan.label, model_id, kwargs)
+
+    def _failure(self, exc: Exception, request: ServeRequest) -> ServeReply:
+        """The typed reply for a request that failed with ``exc``."""
+        if isinstance(exc, ServeModelIdError):
             return ServeReply(error_kind=ErrorKind.PERMISSION_DENIED, error_message=str(exc))
-        except _RouteNotFoundError as exc:
+        if isinstance(exc, _RouteNotFoundError | ModelNotFoundError):
             return ServeReply(error_kind=ErrorKind.NOT_FOUND, error_message=str(exc))
-        except (_BadRequestError, ValidationError) as exc:
+        if isinstance(exc, _BadRequestError | ValidationError):
             return ServeReply(error_kind=ErrorKind.INVALID_ARGUMENT, error_message=str(exc))
-        except ModelNotFoundError as exc:
-            return ServeReply(error_kind=ErrorKind.NOT_FOUND, error_message=str(exc))
-        except Exception as exc:
-            status = getattr(exc, "status_code", None)
-            if isinstance(status, int) and 400 <= status < 500:
-                # FastAPI's HTTPException: the endpoint rejected the request on purpose.
-                detail = getattr(exc, "detail", "") or str(exc)
-                kind = ErrorKind.NOT_FOUND if status == 404 else ErrorKind.INVALID_ARGUMENT
-                return ServeReply(error_kind=kind, error_message=str(detail))
-            correlation = request.request_id or uuid.uuid4().hex
-            logger.exception("serve endpoint failed (correlation id %s)", correlation)
+        if isinstance(exc, _NotUnaryError):
+            return ServeReply(error_kind=ErrorKind.FAILED_PRECONDITION, error_message=str(exc))
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int) and 400 <= status < 500:
+            # FastAPI's HTTPException: the endpoint rejected the request on purpose.
+            detail = getattr(exc, "detail", "") or str(exc)
+            kind = ErrorKind.NOT_FOUND if status == 404 else ErrorKind.INVALID_ARGUMENT
+            return ServeReply(error_kind=kind, error_message=str(detail))
+        correlation = request.request_id or uuid.uuid4().hex
+        if isinstance(exc, BatchOutputError):
+            # The endpoint's own bug, and its whole message is about the batch's shape.
+            logger.error("%s (correlation id %s)", exc, correlation)
             return ServeReply(
                 error_kind=ErrorKind.INTERNAL,
-                error_message=(
-                    f"the serve endpoint raised {type(exc).__name__} (correlation id {correlation})"
-                ),
+                error_message=f"{exc} (correlation id {correlation})",
             )
+        logger.error("serve endpoint failed (correlation id %s)", correlation, exc_info=exc)
+        return ServeReply(
+            error_kind=ErrorKind.INTERNAL,
+            error_message=(
+                f"the serve endpoint raised {type(exc).__name__} (correlation id {correlation})"
+            ),
+        )
 
     def _route(self, method: str, path: str) -> Any:
         verb = (method or "POST").upper()
@@ -338,22 +425,36 @@ class ReplicaRuntime:
         key = ("plan", getattr(method, "__func__", method))
         plan = self._adapters.get(key)
         if plan is None:
-            params = list(inspect.signature(method).parameters.values())
-            named = {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-            plan = _BindPlan(
-                label=f"{method.__name__}({', '.join(named)})",
-                named=named,
-                takes_any=any(p.kind == p.VAR_KEYWORD for p in params),
-                required=tuple(p.name for p in named.values() if p.default is p.empty),
-                hints=self._hints(method),
-                is_coroutine=inspect.iscoroutinefunction(method),
-            )
-            self._adapters[key] = plan
+            plan = self._adapters[key] = self._new_plan(method)
         return typing.cast(_BindPlan, plan)
 
-    def _bind(
-        self, method: Any, request: ServeRequest, plan: _BindPlan
-    ) -> tuple[list[Any], dict[str, Any]]:
+    def _new_plan(self, method: Any) -> _BindPlan:
+        params = list(inspect.signature(method).parameters.values())
+        named = {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        label = f"{method.__name__}({', '.join(named)})"
+        hints = self._hints(method)
+        original = inspect.unwrap(getattr(method, "__func__", method))
+        batched, serve_batch = is_batched(method), is_serve_batch(method)
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
+        if batched or serve_batch:
+            # One value per parameter per request, so every request binds the same names.
+            if takes_any:
+                raise TypeError(f"the batched endpoint {label} cannot take **kwargs")
+            # Each request is checked against the element type of the batched annotation.
+            hints = {name: _element_type(hint) for name, hint in hints.items()}
+        return _BindPlan(
+            label=label,
+            named=named,
+            takes_any=takes_any,
+            required=tuple(p.name for p in named.values() if p.default is p.empty),
+            hints=hints,
+            is_coroutine=inspect.iscoroutinefunction(method),
+            streams=inspect.isasyncgenfunction(original) or inspect.isgeneratorfunction(original),
+            batched=batched and not serve_batch,
+            complete=batched or serve_batch,
+        )
+
+    def _bind(self, method: Any, request: ServeRequest, plan: _BindPlan) -> dict[str, Any]:
         named, takes_any, hints = plan.named, plan.takes_any, plan.hints
         json_kwargs: dict[str, Any] = {}
         if request.has_json and request.json is not None:
@@ -383,19 +484,20 @@ class ReplicaRuntime:
         missing = [name for name in plan.required if name not in kwargs]
         if missing:
             raise _BadRequestError(f"missing field(s) for {method.__name__}: {', '.join(missing)}")
-        return [], kwargs
+        if plan.complete:
+            # Batched calls gather one list per parameter: every request names them all, in
+            # the signature's order (Ray's @serve.batch pairs values by position).
+            return {name: kwargs.get(name, param.default) for name, param in named.items()}
+        return kwargs
 
     def _hints(self, method: Any) -> dict[str, Any]:
-        func = getattr(method, "__func__", method)
+        # The original function: a decorator's wrapper (e.g. @serve.batch) copies the
+        # annotations but resolves them in its own module's globals.
+        func = inspect.unwrap(getattr(method, "__func__", method))
         key = ("hints", func)
         cached = self._adapters.get(key)
         if cached is None:
-            try:
-                cached = typing.get_type_hints(func)
-            except Exception:
-                # Unresolvable annotations: pass values through as FastAPI-free callers would.
-                cached = {}
-            cached.pop("return", None)
+            cached = _resolve_hints(func)
             self._adapters[key] = cached
         return typing.cast(dict[str, Any], cached)
 
@@ -416,6 +518,32 @@ class ReplicaRuntime:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in (name, *first.get("loc", ())))
             raise _BadRequestError(f"field '{where}': {first.get('msg', 'invalid')}") from None
+
+
+def _resolve_hints(func: Any) -> dict[str, Any]:
+    """The parameters' type hints of ``func``, each resolved on its own.
+
+    A plugin's module is pickled by value into the replica, and a function pickled that way
+    keeps only the globals its code uses: names used only in annotations (``Any``, a model
+    class) are gone, so resolving all annotations at once fails on the first missing name,
+    and an unresolved one would let every value through unvalidated. Each annotation is
+    resolved alone, with ``typing``'s names as a fallback; one that still cannot be resolved
+    is left out (its values pass through, as for an unannotated parameter).
+    """
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:
+        namespace = {**vars(typing), **getattr(func, "__globals__", {})}
+        hints = {}
+        for name, annotation in getattr(func, "__annotations__", {}).items():
+            try:
+                hints[name] = (
+                    eval(annotation, namespace) if isinstance(annotation, str) else annotation
+                )
+            except Exception:
+                continue
+    hints.pop("return", None)
+    return hints
 
 
 def route_table(app: Any) -> dict[tuple[str, str], str]:
@@ -449,13 +577,91 @@ def _is_array(value: Any) -> bool:
     return callable(getattr(value, "tolist", None)) and hasattr(value, "shape")
 
 
-def _encode_reply(result: Any, binary: bool) -> ServeReply:
+def _encode_reply(result: Any, binary: bool, batch_size: int = 0) -> ServeReply:
     if binary:
         if _is_array(result):
-            return ServeReply(tensors=(TensorPayload.from_array("output", result),))
+            return ServeReply(
+                tensors=(TensorPayload.from_array("output", result),), batch_size=batch_size
+            )
         if isinstance(result, Mapping) and result and all(_is_array(v) for v in result.values()):
             return ServeReply(
-                tensors=tuple(TensorPayload.from_array(str(k), v) for k, v in result.items())
+                tensors=tuple(TensorPayload.from_array(str(k), v) for k, v in result.items()),
+                batch_size=batch_size,
             )
     # Most endpoints already answer plain JSON; converting it would only copy it.
-    return ServeReply(json=result if is_plain_json(result) else to_jsonable(result, "result"))
+    return ServeReply(
+        json=result if is_plain_json(result) else to_jsonable(result, "result"),
+        batch_size=batch_size,
+    )
+
+
+def _element_type(hint: Any) -> Any:
+    """``T`` of a batched parameter's ``list[T]`` (or ``Sequence[T]``); Any otherwise."""
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return args[0] if len(args) == 1 else Any
+    return Any
+
+
+async def _iterate(items: Any) -> AsyncGenerator[Any, None]:
+    """The items of an endpoint's generator; a blocking one advances in a worker thread.
+
+    Closing this generator closes the endpoint's: at once for an async generator, and for a
+    blocking one as soon as the ``next()`` running in its thread returns (a generator cannot
+    be closed while it runs).
+    """
+    if inspect.isasyncgen(items):
+        async with contextlib.aclosing(items) as agen:
+            async for item in agen:
+                yield item
+        return
+    if not inspect.isgenerator(items):
+        # The endpoint returned an iterable instead of being a generator function.
+        for item in items:
+            yield item
+        return
+    stepper = _SyncStepper(items)
+    try:
+        while True:
+            item = await asyncio.to_thread(stepper.step)
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stepper.close()
+
+
+_DONE = object()
+
+
+class _SyncStepper:
+    """Advances a blocking generator in worker threads; closable from the event loop."""
+
+    def __init__(self, generator: Any) -> None:
+        self._generator = generator
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def step(self) -> Any:
+        with self._lock:
+            if self._closed:
+                return _DONE
+            try:
+                item = next(self._generator)
+            except StopIteration:
+                return _DONE
+            if self._closed:
+                # Closed while next() ran: the caller is gone, close it here, in this thread.
+                self._generator.close()
+                return _DONE
+            return item
+
+    def close(self) -> None:
+        self._closed = True
+        # A step running in a thread closes the generator itself when its next() returns.
+        if self._lock.acquire(blocking=False):
+            try:
+                self._generator.close()
+            finally:
+                self._lock.release()

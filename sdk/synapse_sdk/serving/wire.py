@@ -21,16 +21,26 @@ its writer's as ``"v"``.
   ``"error_kind"`` / ``"error_message"`` (two strings) in replies, so a mismatch is always
   reported, never misread.
 
-**Request** (server → replica, the argument of :data:`INFER_METHOD`), protocol 1.0::
+**Request** (server → replica, the argument of :data:`INFER_METHOD` and of
+:data:`INFER_STREAM_METHOD`), protocol 1.1::
 
-    {"v": (1, 0), "method": "POST", "path": "/",
+    {"v": (1, 1), "method": "POST", "path": "/",
      "json": ...,                       # present only when the call carried a JSON payload
      "tensors": [(name, dtype, shape, data), ...],   # dtype: numpy name; data: little-endian
      "request_id": "...", "headers": {"traceparent": "...", ...}}
 
 **Reply** (replica → server)::
 
-    {"v": (1, 0), "json": ..., "tensors": [...], "error_kind": "...", "error_message": "..."}
+    {"v": (1, 1), "json": ..., "tensors": [...], "error_kind": "...", "error_message": "...",
+     "batch_size": 8}                   # present only when the request ran in a batch
+
+**Stream** (protocol 1.1): :data:`INFER_STREAM_METHOD` takes the same request and yields one
+reply per item the endpoint yields; a failure is the last reply, with ``error_kind`` set.
+
+**History.** 1.0: requests, replies, replica info. 1.1: :data:`INFER_STREAM_METHOD`; error
+kinds ``resource_exhausted`` and ``failed_precondition``; ``batch_size`` in replies. A 1.0
+reader of a 1.1 reply ignores ``batch_size`` and answers an unknown error kind as internal;
+a 1.0 replica has no stream method, which the server reports as a protocol mismatch.
 
 **Replica info** (the answer of :data:`REPLICA_INFO_METHOD`): ``replica_id``, ``tenant``,
 ``app_name``, ``loaded_model_ids``, ``load_counts`` (see :class:`ReplicaInfo`).
@@ -49,6 +59,7 @@ from synapse_sdk.errors import SynapseError
 
 __all__ = [
     "INFER_METHOD",
+    "INFER_STREAM_METHOD",
     "PROTOCOL_VERSION",
     "REPLICA_INFO_METHOD",
     "ErrorKind",
@@ -62,10 +73,12 @@ __all__ = [
 ]
 
 #: The serve protocol this SDK speaks: (major, minor).
-PROTOCOL_VERSION: tuple[int, int] = (1, 0)
+PROTOCOL_VERSION: tuple[int, int] = (1, 1)
 
 #: The replica method the router calls with a request (the name is part of the contract).
 INFER_METHOD = "_synapse_infer"
+#: The replica method that streams the replies of one request (protocol 1.1).
+INFER_STREAM_METHOD = "_synapse_infer_stream"
 #: The replica method that answers a :class:`ReplicaInfo`.
 REPLICA_INFO_METHOD = "_synapse_replica_info"
 
@@ -77,6 +90,10 @@ class ErrorKind(StrEnum):
     NOT_FOUND = "not_found"
     PERMISSION_DENIED = "permission_denied"
     INTERNAL = "internal"
+    #: The replica's queues are full (protocol 1.1).
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    #: The endpoint cannot answer this kind of call, e.g. Infer on a generator (1.1).
+    FAILED_PRECONDITION = "failed_precondition"
     #: The request's protocol major is not the replica's (the message names both).
     UNSUPPORTED_PROTOCOL = "unsupported_protocol"
 
@@ -219,12 +236,14 @@ class ServeRequest:
 @dataclass(frozen=True, slots=True)
 class ServeReply:
     """The replica's answer. Failures are values (``error_kind``, an :class:`ErrorKind`
-    value), never a traceback."""
+    value), never a traceback. ``batch_size`` is how many requests the endpoint answered in
+    the same call as this one (0: the request did not run in a batch)."""
 
     json: Any = None
     tensors: tuple[TensorPayload, ...] = ()
     error_kind: str | None = None
     error_message: str = ""
+    batch_size: int = 0
     protocol_version: tuple[int, int] = PROTOCOL_VERSION
 
     def to_wire(self) -> dict[str, Any]:
@@ -238,6 +257,8 @@ class ServeReply:
             # A plain str on the wire: an enum member would need our class to unpickle.
             message["error_kind"] = str(self.error_kind)
             message["error_message"] = self.error_message
+        if self.batch_size:
+            message["batch_size"] = self.batch_size
         return message
 
     @classmethod
@@ -260,11 +281,15 @@ class ServeReply:
                 protocol_version=_version(message) or (0, 0),
             )
         version = _checked_version(message, "reply", "server")
+        batch_size = message.get("batch_size", 0)
+        if type(batch_size) is not int or batch_size < 0:
+            raise WireFormatError("'batch_size' is not a non-negative int")
         return cls(
             json=message.get("json"),
             tensors=_tensors_from_wire(message["tensors"]) if "tensors" in message else (),
             error_kind=kind,
             error_message=_text(message, "error_message", ""),
+            batch_size=batch_size,
             protocol_version=version,
         )
 

@@ -5,6 +5,11 @@ signed multiplexed model id for it (the caller never chooses one), and hands the
 an :class:`InferenceBackend` (Ray Serve handles in ``synapse_server.ray``). The replica's
 typed answer becomes a result or a domain error; the gRPC layer maps those to status codes.
 
+Two calls, for every front end (our ``InferenceService`` servicer, the Open Inference
+Protocol one): :meth:`InferenceService.infer` (one answer) and
+:meth:`InferenceService.stream` (one result per item an endpoint yields). Both check the
+request the same way before anything reaches a replica.
+
 Every call is reported to the metrics facade (application, model, error kind, duration) and
 the current span (the call's, when traced) gets the application and model; its trace context
 travels to the replica in the request's ``headers``.
@@ -13,11 +18,12 @@ travels to the replica in the request's ``headers``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -113,13 +119,28 @@ class InferRequestData:
 
 @dataclass(frozen=True)
 class InferResult:
-    """The endpoint's answer and which model and application produced it."""
+    """The endpoint's answer and which model and application produced it.
+
+    ``batch_size`` is how many requests the endpoint answered in the same call as this one
+    (0: not batched), for metrics.
+    """
 
     json: Any
     tensors: tuple[TensorPayload, ...]
     model_id: str
     request_id: str
     application: str
+    batch_size: int = 0
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A checked request, resolved to its deployment and signed model id."""
+
+    record: DeploymentRecord
+    model_id: str
+    token: str
+    request: ServeRequest
 
 
 class InferenceBackend(Protocol):
@@ -133,7 +154,21 @@ class InferenceBackend(Protocol):
         timeout_s: float | None,
     ) -> ServeReply:
         """The replica's reply; raises :class:`DeploymentNotFoundError`,
-        ``ServiceUnavailableError`` or :class:`InferDeadlineExceededError`."""
+        ``ServiceUnavailableError``, ``ResourceExhaustedError`` (the application's queues
+        are full) or :class:`InferDeadlineExceededError`."""
+        ...
+
+    def stream(
+        self,
+        app_name: str,
+        multiplexed_model_id: str,
+        request: ServeRequest,
+        timeout_s: float | None,
+    ) -> AsyncIterator[ServeReply]:
+        """The replica's replies, one per item the endpoint yields; ``timeout_s`` bounds the
+        whole stream. Closing the iterator cancels the request in the replica. Raises as
+        :meth:`call` does, and :class:`ServeProtocolMismatchError` when the replicas cannot
+        stream (an SDK older than serve protocol 1.1)."""
         ...
 
 
@@ -234,12 +269,22 @@ class InferenceService:
         self._metrics = metrics or PlatformMetrics()
 
     async def infer(self, tenant: str, request: InferRequestData) -> InferResult:
-        """Route ``request`` to its deployment's replica and return the endpoint's answer."""
+        """Route ``request`` to its deployment's replica and return the endpoint's answer.
+
+        Raises the domain errors of the module (and ``InvalidArgumentError``,
+        ``DeploymentNotFoundError``, ``FailedPreconditionError``, ``PermissionDeniedError``,
+        ``ResourceExhaustedError``, ``ServiceUnavailableError``); FAILED_PRECONDITION for an
+        endpoint that streams (call :meth:`stream`).
+        """
         labels = _CallLabels()
         start = time.perf_counter()
         error = ""
         try:
-            return await self._infer(tenant, request, labels)
+            prepared = await self._prepare(tenant, request, labels)
+            reply = await self._backend.call(
+                prepared.record.name, prepared.token, prepared.request, request.timeout_s
+            )
+            return self._result(prepared, reply)
         except BaseException as exc:
             error = _error_kind(exc)
             raise
@@ -248,9 +293,40 @@ class InferenceService:
                 labels.application, labels.model, error, time.perf_counter() - start
             )
 
-    async def _infer(
+    async def stream(
+        self, tenant: str, request: InferRequestData
+    ) -> AsyncGenerator[InferResult, None]:
+        """Route ``request`` to its deployment and yield a result per item the endpoint yields
+        (one for an endpoint that returns). ``request.timeout_s`` bounds the whole stream;
+        closing the generator (the caller went away) stops the endpoint's generator in the
+        replica. A failure after some items is raised after them, as :meth:`infer` raises it.
+        """
+        labels = _CallLabels()
+        start = time.perf_counter()
+        error = ""
+        try:
+            prepared = await self._prepare(tenant, request, labels)
+            replies = self._backend.stream(
+                prepared.record.name, prepared.token, prepared.request, request.timeout_s
+            )
+            async with contextlib.aclosing(_closable(replies)) as items:
+                async for reply in items:
+                    yield self._result(prepared, reply)
+        except GeneratorExit:
+            error = "cancelled"
+            raise
+        except BaseException as exc:
+            error = _error_kind(exc)
+            raise
+        finally:
+            self._metrics.infer_finished(
+                labels.application, labels.model, error, time.perf_counter() - start
+            )
+
+    async def _prepare(
         self, tenant: str, request: InferRequestData, labels: _CallLabels
-    ) -> InferResult:
+    ) -> _Prepared:
+        """Check the request, resolve its deployment and sign its model id."""
         request_id = request.request_id or uuid.uuid4().hex
         bind_log_context(request_id=request_id)
         method = (request.method or "POST").upper()
@@ -293,15 +369,18 @@ class InferenceService:
             request_id=request_id,
             headers=headers,
         )
-        reply = await self._backend.call(record.name, token, serve_request, request.timeout_s)
+        return _Prepared(record, model_id, token, serve_request)
+
+    def _result(self, prepared: _Prepared, reply: ServeReply) -> InferResult:
         if reply.error_kind is not None:
-            raise self._error(reply, record, request_id)
+            raise self._error(reply, prepared.record, prepared.request.request_id)
         return InferResult(
             json=reply.json,
             tensors=reply.tensors,
-            model_id=model_id,
-            request_id=request_id,
-            application=record.name,
+            model_id=prepared.model_id,
+            request_id=prepared.request.request_id,
+            application=prepared.record.name,
+            batch_size=reply.batch_size,
         )
 
     @staticmethod
@@ -323,9 +402,22 @@ class InferenceService:
             return EndpointNotFoundError(message)
         if kind == ErrorKind.PERMISSION_DENIED:
             return PermissionDeniedError(message)
+        if kind == ErrorKind.FAILED_PRECONDITION:
+            return FailedPreconditionError(message)
         if kind == ErrorKind.UNSUPPORTED_PROTOCOL:
             return ServeProtocolMismatchError(f"application {record.name!r}: {message}")
         logger.warning(
             "Infer on %s failed in the replica (correlation id %s)", record.name, request_id
         )
         return InferenceFailedError(message, request_id)
+
+
+async def _closable(items: AsyncIterator[ServeReply]) -> AsyncGenerator[ServeReply, None]:
+    """``items`` as an async generator whose ``aclose`` also closes ``items``."""
+    try:
+        async for item in items:
+            yield item
+    finally:
+        close = getattr(items, "aclose", None)
+        if close is not None:
+            await close()

@@ -55,9 +55,10 @@ WORKER_METHODS = frozenset(
         "/synapse.plugin.v1.ModelService/GetModel",
         "/synapse.plugin.v1.ModelService/DownloadModel",
         # A deployment action registers its application; a serve entrypoint run as an
-        # action (infer_remote) calls Infer as its job's tenant.
+        # action (infer_remote) calls Infer as its job's tenant, and a job may stream.
         "/synapse.plugin.v1.DeploymentService/RegisterDeployment",
         "/synapse.plugin.v1.InferenceService/Infer",
+        "/synapse.plugin.v1.InferenceService/InferStream",
     }
 )
 #: Methods a signed serve model id may call, each for the id's own model only.

@@ -15,6 +15,7 @@ default), so an over-long message would reach the caller as RESOURCE_EXHAUSTED i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -208,8 +209,11 @@ def map_errors(method: F) -> F:
             self: Any, request: Any, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
             try:
-                async for item in method(self, request, context):
-                    yield item
+                # Closed with this wrapper (the call was cancelled or ended early), so that
+                # what the method holds open (a replica's stream) is released at once.
+                async with contextlib.aclosing(method(self, request, context)) as items:
+                    async for item in items:
+                        yield item
                 return
             except (grpc.aio.AbortError, GeneratorExit):
                 raise

@@ -71,6 +71,7 @@ _LARGE_REQUEST_METHODS = frozenset(
     {
         _PREFIX + "ActionService/RunAction",
         _PREFIX + "InferenceService/Infer",
+        _PREFIX + "InferenceService/InferStream",
         _PREFIX + "WorkerService/ReportEvents",
         # Tensors, as Infer's: each message of the stream too.
         _OIP + "ModelInfer",
@@ -130,6 +131,8 @@ STRING_LIMITS: Mapping[str, Mapping[str, int]] = {
         "path": MAX_PATH_CHARS,
         "request_id": MAX_ID_CHARS,
     },
+    # Its one field is an InferRequest, checked as for Infer.
+    _P + "InferStreamRequest": {},
     _P + "ActionTarget": {"plugin": MAX_NAME_CHARS, "action": MAX_NAME_CHARS},
     _P + "Tensor": {"name": MAX_NAME_CHARS},
     _P + "GetAssignmentRequest": {"job_id": MAX_ID_CHARS, "worker_id": MAX_ID_CHARS},
@@ -177,9 +180,9 @@ class RejectedRequest:
 class RequestGuard:
     """Size, decoding and string-length checks for every request; see the module docstring.
 
-    ``max_message_bytes`` bounds RunAction, Infer, WorkerService.ReportEvents and the Open
-    Inference Protocol's ModelInfer and ModelStreamInfer messages; every other RPC has the
-    smaller fixed bound of its kind.
+    ``max_message_bytes`` bounds RunAction, Infer, InferStream, WorkerService.ReportEvents and
+    the Open Inference Protocol's ModelInfer and ModelStreamInfer messages; every other RPC has
+    the smaller fixed bound of its kind.
     """
 
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:

@@ -24,16 +24,19 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from synapse_sdk.serving import (
     INFER_METHOD,
+    INFER_STREAM_METHOD,
     REPLICA_INFO_METHOD,
     ProtocolVersionError,
     ReplicaInfo,
     ServeReply,
     ServeRequest,
     WireFormatError,
+    format_version,
 )
 
 from synapse_server.core._errors import ResourceExhaustedError, ServiceUnavailableError
@@ -117,8 +120,8 @@ class ServeRouter:
             else {}
         )
         self._apps: dict[str, Any] = {}
-        # (app, model id) -> (the app's handle, the handle bound to the model id)
-        self._bound: dict[tuple[str, str], tuple[Any, Any]] = {}
+        # (app, model id, streaming) -> (the app's handle, the handle bound to the model id)
+        self._bound: dict[tuple[str, str, bool], tuple[Any, Any]] = {}
         # Calls in flight per app handle (by id), and forgotten app handles that still have
         # some: their routers are shut down when the last of those calls ends.
         self._in_flight: dict[int, int] = {}
@@ -155,8 +158,10 @@ class ServeRouter:
         if self._closing:
             await asyncio.gather(*self._closing)
 
-    async def _handle(self, app_name: str, multiplexed_model_id: str) -> tuple[Any, Any]:
-        key = (app_name, multiplexed_model_id)
+    async def _handle(
+        self, app_name: str, multiplexed_model_id: str, stream: bool = False
+    ) -> tuple[Any, Any]:
+        key = (app_name, multiplexed_model_id, stream)
         found = self._bound.get(key)
         if found is not None:
             return found
@@ -170,12 +175,25 @@ class ServeRouter:
         if len(self._bound) >= _MAX_CACHED_HANDLES:
             self._bound.clear()
         bound = app.options(
-            method_name=INFER_METHOD,
+            method_name=INFER_STREAM_METHOD if stream else INFER_METHOD,
             multiplexed_model_id=multiplexed_model_id,
+            stream=stream,
             **self._transport_options,
         )
         self._bound[key] = (app, bound)
         return app, bound
+
+    def _enter(self, app: Any) -> None:
+        key = id(app)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def _leave(self, app: Any) -> None:
+        key = id(app)
+        left = self._in_flight.pop(key) - 1
+        if left:
+            self._in_flight[key] = left
+        elif key in self._retired:
+            self._shut_down(self._retired.pop(key))
 
     async def call(
         self,
@@ -185,12 +203,8 @@ class ServeRouter:
         timeout_s: float | None,
     ) -> ServeReply:
         """One request; cancels it in Ray when the deadline passes or the caller goes away."""
-        from ray import exceptions as ray_exceptions
-        from ray.serve.exceptions import BackPressureError, RayServeException
-
         app, handle = await self._handle(app_name, multiplexed_model_id)
-        key = id(app)
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        self._enter(app)
         try:
             response = handle.remote(request.to_wire())
             try:
@@ -205,46 +219,126 @@ class ServeRouter:
             except asyncio.CancelledError:
                 response.cancel()
                 raise
-            except BackPressureError as exc:
-                raise ServiceUnavailableError(f"{app_name!r} is overloaded: {exc}") from exc
-            except (
-                ray_exceptions.RayActorError,
-                ray_exceptions.ActorUnavailableError,
-                ray_exceptions.ObjectLostError,
-                RayServeException,
-            ) as exc:
-                self.forget(app_name)
-                raise ServiceUnavailableError(
-                    f"no replica of {app_name!r} is available ({type(exc).__name__})"
-                ) from exc
-            except ray_exceptions.RayTaskError as exc:
-                # The replica answers failures as values; an exception here is Serve's own.
-                self.forget(app_name)
-                raise ServiceUnavailableError(
-                    f"the replica of {app_name!r} failed ({type(exc).__name__})"
-                ) from exc
             except Exception as exc:
-                if not _is_message_too_large(exc):
-                    raise
-                raise ResourceExhaustedError(
-                    f"the request to or the answer of {app_name!r} is over the "
-                    f"{self.replica_message_bytes} bytes a Serve replica's channel carries"
-                ) from None
+                raise self._translate(app_name, exc, streaming=False) from exc
         finally:
-            left = self._in_flight.pop(key) - 1
-            if left:
-                self._in_flight[key] = left
-            elif key in self._retired:
-                self._shut_down(self._retired.pop(key))
+            self._leave(app)
+        return _reply(app_name, answer)
+
+    async def stream(
+        self,
+        app_name: str,
+        multiplexed_model_id: str,
+        request: ServeRequest,
+        timeout_s: float | None,
+    ) -> AsyncGenerator[ServeReply, None]:
+        """The replies of one streamed request, as the replica yields them.
+
+        ``timeout_s`` bounds the whole stream. The request is cancelled in Ray (which
+        cancels the replica's generator) when the deadline passes, the caller goes away or
+        the generator is closed before the replica's stream ended. Over Serve's gRPC channel
+        (the default transport) the replica's generator advances only as fast as the caller
+        reads (gRPC flow control); over Ray actor calls Ray buffers the items it produced.
+        """
+        app, handle = await self._handle(app_name, multiplexed_model_id, stream=True)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        self._enter(app)
+        response = None
+        finished = False
         try:
-            return ServeReply.from_wire(answer)
-        except ProtocolVersionError as exc:
-            raise ServeProtocolMismatchError(f"application {app_name!r}: {exc}") from None
-        except WireFormatError as exc:
-            raise ServiceUnavailableError(
-                f"{app_name!r} answered something that is not a serve reply ({exc}): is its "
-                "entrypoint a BaseServeDeployment deployed by deploy()?"
-            ) from None
+            response = handle.remote(request.to_wire())
+            while True:
+                try:
+                    # Each wait, never a yield, inside the timeout: it applies to this task.
+                    async with asyncio.timeout_at(deadline):
+                        answer = await response.__anext__()
+                except StopAsyncIteration:
+                    finished = True
+                    return
+                except TimeoutError:
+                    raise InferDeadlineExceededError(
+                        f"{app_name!r} did not finish its stream within the deadline "
+                        f"({timeout_s:.3f}s)"
+                    ) from None
+                except Exception as exc:
+                    finished = True
+                    raise self._translate(app_name, exc, streaming=True) from exc
+                reply = _reply(app_name, answer)
+                if reply.error_kind is not None:
+                    # The replica's last message: its generator has ended.
+                    finished = True
+                yield reply
+                if finished:
+                    return
+        finally:
+            if response is not None and not finished:
+                response.cancel()
+            self._leave(app)
+
+    def _translate(self, app_name: str, exc: Exception, *, streaming: bool) -> Exception:
+        """The domain error for what a Serve handle raised (unary and streamed calls alike)."""
+        from ray import exceptions as ray_exceptions
+        from ray.serve.exceptions import BackPressureError, RayServeException
+
+        if isinstance(exc, BackPressureError):
+            # Serve's max_queued_requests: the application's replicas and this server's queue
+            # for them are full. Retrying at once would only add to it.
+            return ResourceExhaustedError(
+                f"{app_name!r} is overloaded: its replicas are busy and its queue is full "
+                "(the deployment's max_queued_requests); retry later"
+            )
+        if streaming and _is_missing_method(exc):
+            return ServeProtocolMismatchError(
+                f"application {app_name!r}: its replicas cannot stream (their synapse-sdk "
+                f"speaks a serve protocol older than {format_version((1, 1))}): redeploy it "
+                "with a newer synapse-sdk"
+            )
+        if isinstance(
+            exc,
+            ray_exceptions.RayActorError
+            | ray_exceptions.ActorUnavailableError
+            | ray_exceptions.ObjectLostError
+            | RayServeException,
+        ):
+            self.forget(app_name)
+            return ServiceUnavailableError(
+                f"no replica of {app_name!r} is available ({type(exc).__name__})"
+            )
+        if isinstance(exc, ray_exceptions.RayTaskError):
+            # The replica answers failures as values; an exception here is Serve's own.
+            self.forget(app_name)
+            return ServiceUnavailableError(
+                f"the replica of {app_name!r} failed ({type(exc).__name__})"
+            )
+        if _is_message_too_large(exc):
+            return ResourceExhaustedError(
+                f"the request to or the answer of {app_name!r} is over the "
+                f"{self.replica_message_bytes} bytes a Serve replica's channel carries"
+            )
+        return exc
+
+
+def _reply(app_name: str, answer: Any) -> ServeReply:
+    """A replica's answer as a reply, or the error for an answer this server cannot read."""
+    try:
+        return ServeReply.from_wire(answer)
+    except ProtocolVersionError as exc:
+        raise ServeProtocolMismatchError(f"application {app_name!r}: {exc}") from None
+    except WireFormatError as exc:
+        raise ServiceUnavailableError(
+            f"{app_name!r} answered something that is not a serve reply ({exc}): is its "
+            "entrypoint a BaseServeDeployment deployed by deploy()?"
+        ) from None
+
+
+def _is_missing_method(exc: BaseException) -> bool:
+    """True for a replica that has no :data:`INFER_STREAM_METHOD` (an older SDK)."""
+    cause = getattr(exc, "cause", None)
+    for error in (exc, cause):
+        if isinstance(error, AttributeError) or INFER_STREAM_METHOD in str(error or ""):
+            return True
+    return False
 
 
 def _is_message_too_large(exc: BaseException) -> bool:

@@ -26,19 +26,25 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from synapse.plugin.v1 import tensor_pb2 as synapse_dot_plugin_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)synapse/plugin/v1/inference_service.proto\x12\x11synapse.plugin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1esynapse/plugin/v1/tensor.proto\">\n\x0c\x41\x63tionTarget\x12\x16\n\x06plugin\x18\x01 \x01(\tR\x06plugin\x12\x16\n\x06\x61\x63tion\x18\x02 \x01(\tR\x06\x61\x63tion\"\xbc\x02\n\x0cInferRequest\x12\"\n\x0b\x61pplication\x18\x01 \x01(\tH\x00R\x0b\x61pplication\x12\x39\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x1f.synapse.plugin.v1.ActionTargetH\x00R\x06\x61\x63tion\x12\x19\n\x08model_id\x18\x03 \x01(\tR\x07modelId\x12*\n\x04json\x18\x04 \x01(\x0b\x32\x16.google.protobuf.ValueR\x04json\x12\x31\n\x06inputs\x18\x05 \x03(\x0b\x32\x19.synapse.plugin.v1.TensorR\x06inputs\x12\x16\n\x06method\x18\x06 \x01(\tR\x06method\x12\x12\n\x04path\x18\x07 \x01(\tR\x04path\x12\x1d\n\nrequest_id\x18\x08 \x01(\tR\trequestIdB\x08\n\x06target\"\xcc\x01\n\rInferResponse\x12*\n\x04json\x18\x01 \x01(\x0b\x32\x16.google.protobuf.ValueR\x04json\x12\x33\n\x07outputs\x18\x02 \x03(\x0b\x32\x19.synapse.plugin.v1.TensorR\x07outputs\x12\x19\n\x08model_id\x18\x03 \x01(\tR\x07modelId\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestId\x12 \n\x0b\x61pplication\x18\x05 \x01(\tR\x0b\x61pplication2^\n\x10InferenceService\x12J\n\x05Infer\x12\x1f.synapse.plugin.v1.InferRequest\x1a .synapse.plugin.v1.InferResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)synapse/plugin/v1/inference_service.proto\x12\x11synapse.plugin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1esynapse/plugin/v1/tensor.proto\">\n\x0c\x41\x63tionTarget\x12\x16\n\x06plugin\x18\x01 \x01(\tR\x06plugin\x12\x16\n\x06\x61\x63tion\x18\x02 \x01(\tR\x06\x61\x63tion\"\xaa\x03\n\x0cInferRequest\x12\"\n\x0b\x61pplication\x18\x01 \x01(\tH\x00R\x0b\x61pplication\x12\x39\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x1f.synapse.plugin.v1.ActionTargetH\x00R\x06\x61\x63tion\x12\x19\n\x08model_id\x18\x03 \x01(\tR\x07modelId\x12*\n\x04json\x18\x04 \x01(\x0b\x32\x16.google.protobuf.ValueR\x04json\x12\x31\n\x06inputs\x18\x05 \x03(\x0b\x32\x19.synapse.plugin.v1.TensorR\x06inputs\x12\x16\n\x06method\x18\x06 \x01(\tR\x06method\x12\x12\n\x04path\x18\x07 \x01(\tR\x04path\x12\x1d\n\nrequest_id\x18\x08 \x01(\tR\trequestId\x12\x1b\n\tjson_text\x18\t \x01(\x0cR\x08jsonText\x12O\n\x14response_json_format\x18\n \x01(\x0e\x32\x1d.synapse.plugin.v1.JsonFormatR\x12responseJsonFormatB\x08\n\x06target\"\xe9\x01\n\rInferResponse\x12*\n\x04json\x18\x01 \x01(\x0b\x32\x16.google.protobuf.ValueR\x04json\x12\x33\n\x07outputs\x18\x02 \x03(\x0b\x32\x19.synapse.plugin.v1.TensorR\x07outputs\x12\x19\n\x08model_id\x18\x03 \x01(\tR\x07modelId\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestId\x12 \n\x0b\x61pplication\x18\x05 \x01(\tR\x0b\x61pplication\x12\x1b\n\tjson_text\x18\x06 \x01(\x0cR\x08jsonText\"O\n\x12InferStreamRequest\x12\x39\n\x07request\x18\x01 \x01(\x0b\x32\x1f.synapse.plugin.v1.InferRequestR\x07request\"a\n\x13InferStreamResponse\x12\x34\n\x04item\x18\x01 \x01(\x0b\x32 .synapse.plugin.v1.InferResponseR\x04item\x12\x14\n\x05index\x18\x02 \x01(\x04R\x05index*W\n\nJsonFormat\x12\x1b\n\x17JSON_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12JSON_FORMAT_STRUCT\x10\x01\x12\x14\n\x10JSON_FORMAT_TEXT\x10\x02\x32\xbe\x01\n\x10InferenceService\x12J\n\x05Infer\x12\x1f.synapse.plugin.v1.InferRequest\x1a .synapse.plugin.v1.InferResponse\x12^\n\x0bInferStream\x12%.synapse.plugin.v1.InferStreamRequest\x1a&.synapse.plugin.v1.InferStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'synapse.plugin.v1.inference_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_JSONFORMAT']._serialized_start=1035
+  _globals['_JSONFORMAT']._serialized_end=1122
   _globals['_ACTIONTARGET']._serialized_start=126
   _globals['_ACTIONTARGET']._serialized_end=188
   _globals['_INFERREQUEST']._serialized_start=191
-  _globals['_INFERREQUEST']._serialized_end=507
-  _globals['_INFERRESPONSE']._serialized_start=510
-  _globals['_INFERRESPONSE']._serialized_end=714
-  _globals['_INFERENCESERVICE']._serialized_start=716
-  _globals['_INFERENCESERVICE']._serialized_end=810
+  _globals['_INFERREQUEST']._serialized_end=617
+  _globals['_INFERRESPONSE']._serialized_start=620
+  _globals['_INFERRESPONSE']._serialized_end=853
+  _globals['_INFERSTREAMREQUEST']._serialized_start=855
+  _globals['_INFERSTREAMREQUEST']._serialized_end=934
+  _globals['_INFERSTREAMRESPONSE']._serialized_start=936
+  _globals['_INFERSTREAMRESPONSE']._serialized_end=1033
+  _globals['_INFERENCESERVICE']._serialized_start=1125
+  _globals['_INFERENCESERVICE']._serialized_end=1315
 # @@protoc_insertion_point(module_scope)

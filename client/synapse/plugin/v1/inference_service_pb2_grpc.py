@@ -41,6 +41,11 @@ class InferenceServiceStub:
                 request_serializer=synapse_dot_plugin_dot_v1_dot_inference__service__pb2.InferRequest.SerializeToString,
                 response_deserializer=synapse_dot_plugin_dot_v1_dot_inference__service__pb2.InferResponse.FromString,
                 _registered_method=True)
+        self.InferStream = channel.unary_stream(
+                '/synapse.plugin.v1.InferenceService/InferStream',
+                request_serializer=synapse_dot_plugin_dot_v1_dot_inference__service__pb2.InferStreamRequest.SerializeToString,
+                response_deserializer=synapse_dot_plugin_dot_v1_dot_inference__service__pb2.InferStreamResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -52,8 +57,22 @@ class InferenceServiceServicer:
         """Runs one inference request on a deployed application and returns its answer. The call's
         gRPC deadline is propagated to the replica. Errors: INVALID_ARGUMENT (no target, bad
         tensor, non-numeric model_id), NOT_FOUND (no such application, action or model),
-        FAILED_PRECONDITION (the target is not RUNNING), UNAVAILABLE (no healthy replica, Ray
-        unreachable), DEADLINE_EXCEEDED, UNKNOWN (the serve code raised; message says what).
+        FAILED_PRECONDITION (the target is not RUNNING), RESOURCE_EXHAUSTED (a message over the
+        size limit, or the application's queues are full), UNAVAILABLE (no healthy replica, Ray
+        unreachable), DEADLINE_EXCEEDED, INTERNAL (the serve code raised; the message carries a
+        correlation id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InferStream(self, request, context):
+        """Runs one request on an endpoint that yields (a generator: token streaming, partial
+        results) and streams each item as it is produced. The call's deadline and cancellation
+        reach the replica and stop the endpoint's generator; a slow reader slows the generator
+        down (gRPC flow control, end to end on the server's default Serve transport). An
+        endpoint that returns instead of yielding answers one item. Errors are Infer's; an error
+        after some items ends the stream with that status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -66,6 +85,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Infer,
                     request_deserializer=synapse_dot_plugin_dot_v1_dot_inference__service__pb2.InferRequest.FromString,
                     response_serializer=synapse_dot_plugin_dot_v1_dot_inference__service__pb2.InferResponse.SerializeToString,
+            ),
+            'InferStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.InferStream,
+                    request_deserializer=synapse_dot_plugin_dot_v1_dot_inference__service__pb2.InferStreamRequest.FromString,
+                    response_serializer=synapse_dot_plugin_dot_v1_dot_inference__service__pb2.InferStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -97,6 +121,33 @@ class InferenceService:
             '/synapse.plugin.v1.InferenceService/Infer',
             synapse_dot_plugin_dot_v1_dot_inference__service__pb2.InferRequest.SerializeToString,
             synapse_dot_plugin_dot_v1_dot_inference__service__pb2.InferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InferStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/synapse.plugin.v1.InferenceService/InferStream',
+            synapse_dot_plugin_dot_v1_dot_inference__service__pb2.InferStreamRequest.SerializeToString,
+            synapse_dot_plugin_dot_v1_dot_inference__service__pb2.InferStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

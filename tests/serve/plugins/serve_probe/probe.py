@@ -1,8 +1,10 @@
-"""Endpoints that sleep, raise, echo tensors and count model loads."""
+"""Endpoints that sleep, raise, echo tensors, count model loads and stream."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -14,6 +16,10 @@ app = FastAPI()
 CANCELLED: set[str] = set()
 #: Tags of /sleep calls that reached this replica process.
 STARTED: set[str] = set()
+#: Tags of streams whose generator was closed (finished, cancelled or abandoned).
+STREAMS_CLOSED: set[str] = set()
+#: Items each tagged stream has produced so far.
+PRODUCED: dict[str, int] = {}
 
 
 class ProbeServe(BaseServeDeployment):
@@ -63,6 +69,55 @@ class ProbeServe(BaseServeDeployment):
     async def double(self, x: Any) -> Any:
         model = await self.get_model()
         return x * model["scale"]
+
+    @app.post("/echo")
+    async def echo(self, value: Any) -> dict[str, Any]:
+        """The value as the endpoint received it, with the Python type of each number."""
+
+        def types(item: Any) -> Any:
+            if isinstance(item, dict):
+                return {k: types(v) for k, v in item.items()}
+            if isinstance(item, list):
+                return [types(v) for v in item]
+            return type(item).__name__
+
+        return {"value": value, "types": types(value)}
+
+    @app.post("/count")
+    async def count(
+        self, n: int, delay: float = 0.0, tag: str = "", fail_at: int = -1, size: int = 0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yields n items (``size`` bytes of padding each); raises at item ``fail_at``."""
+        model = await self.get_model()
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise RuntimeError("secret stream detail")
+                PRODUCED[tag] = i + 1
+                yield {"i": i, "model": model["dir"], "pad": "x" * size}
+                if delay:
+                    await asyncio.sleep(delay)
+        finally:
+            STREAMS_CLOSED.add(tag)
+
+    @app.post("/count_blocking")
+    def count_blocking(self, n: int, delay: float = 0.0, tag: str = "") -> Iterator[int]:
+        """A blocking generator (advanced in worker threads)."""
+        try:
+            for i in range(n):
+                PRODUCED[tag] = i + 1
+                yield i
+                time.sleep(delay)
+        finally:
+            STREAMS_CLOSED.add(tag)
+
+    @app.post("/streams_closed")
+    async def streams_closed(self) -> list[str]:
+        return sorted(STREAMS_CLOSED)
+
+    @app.post("/produced")
+    async def produced(self, tag: str) -> int:
+        return PRODUCED.get(tag, 0)
 
 
 class ProbeParams(BaseModel):

@@ -15,6 +15,7 @@ from synapse_sdk.plugins.actions.inference._inference import (
     InferenceProgressCategories,
 )
 from synapse_sdk.plugins.actions.inference._serve import BaseServeDeployment
+from synapse_sdk.serving._batching import batched
 from synapse_sdk.serving.model_ids import create_serve_multiplexed_model_id
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "InferenceContext",
     "InferenceProgressCategories",
     "ModelPath",
+    "batched",
     "create_serve_multiplexed_model_id",
 ]

@@ -120,7 +120,10 @@ class BaseDeploymentAction(BaseAction[P]):
         """``serve.deployment`` options: the ``serve:`` mapping of the plugin's config.yaml.
 
         Recognised keys are Serve's (``num_replicas``, ``max_ongoing_requests``,
-        ``autoscaling_config`` ...) plus ``max_models_per_replica`` (the multiplexing LRU size).
+        ``max_queued_requests``, ``autoscaling_config`` ...) plus ``max_models_per_replica``
+        (the multiplexing LRU size) and dynamic batching: ``max_batch_size``,
+        ``batch_wait_timeout_s`` (default 0.01) and ``max_concurrent_batches`` (default 1),
+        which apply to the endpoints marked ``@batched``.
         """
         return _plugin_serve_config(type(self))
 
@@ -144,18 +147,25 @@ class BaseDeploymentAction(BaseAction[P]):
             options.setdefault("include_dashboard", False)
         ray.init(**options)
 
-    def deploy(self) -> None:
+    def deploy(self, **serve_overrides: Any) -> None:
         """Deploy :attr:`entrypoint` to Ray Serve and wait until it is RUNNING.
 
         Uses :meth:`get_serve_app_name`, :meth:`get_route_prefix`,
         :meth:`get_ray_actor_options` (0 kept as 0), :meth:`get_runtime_env` and
-        :meth:`get_serve_options`. An application of the same name keeps serving until the
-        new version has started; a failed deployment raises ``ServeDeploymentError`` with
-        Ray Serve's reason.
+        :meth:`get_serve_options`; ``serve_overrides`` replace serve options for this
+        deployment only (e.g. ``self.deploy(max_batch_size=self.params.batch_size)``).
+        Unless set, ``max_queued_requests`` is ``DEFAULT_MAX_QUEUED_REQUESTS`` (1024), and with
+        batching ``max_ongoing_requests`` is twice ``max_batch_size`` x
+        ``max_concurrent_batches``, so that a replica can hold a full batch while the previous
+        one runs. An application of the same name keeps serving until the new version has
+        started; a failed deployment raises ``ServeDeploymentError`` with Ray Serve's reason,
+        and a bad batching option ``ValueError`` naming it, before anything is deployed.
         """
         from synapse_sdk.plugins.actions.inference._serve import BaseServeDeployment
         from synapse_sdk.runtime import PlatformInfo
+        from synapse_sdk.serving._batching import BATCH_OPTION_KEYS, BatchSettings
         from synapse_sdk.serving._deploy import (
+            DEFAULT_MAX_QUEUED_REQUESTS,
             build_deployment_class,
             register_plugin_modules_by_value,
             replica_runtime_env,
@@ -208,13 +218,27 @@ class BaseDeploymentAction(BaseAction[P]):
             platform=platform,
             models_dir=None if models_dir is None else str(models_dir),
         )
-        serve_options = dict(self.get_serve_options())
+        serve_options = {**self.get_serve_options(), **serve_overrides}
         max_models = int(
             serve_options.pop("max_models_per_replica", entrypoint.max_models_per_replica)
         )
+        batching = BatchSettings.from_options(serve_options)
+        for key in BATCH_OPTION_KEYS:
+            serve_options.pop(key, None)
+        serve_options.setdefault("max_queued_requests", DEFAULT_MAX_QUEUED_REQUESTS)
+        if batching is not None:
+            per_replica = batching.max_batch_size * batching.max_concurrent_batches
+            ongoing = serve_options.setdefault("max_ongoing_requests", max(2 * per_replica, 5))
+            if isinstance(ongoing, int) and ongoing < per_replica:
+                logger.warning(
+                    "max_ongoing_requests (%d) is below max_batch_size x max_concurrent_batches "
+                    "(%d): a replica never holds enough requests to fill its batches",
+                    ongoing,
+                    per_replica,
+                )
         actor_options = dict(self.get_ray_actor_options())
         actor_options["runtime_env"] = replica_runtime_env(self.get_runtime_env())
-        deployment_cls = build_deployment_class(entrypoint, config, max_models)
+        deployment_cls = build_deployment_class(entrypoint, config, max_models, batching)
         register_plugin_modules_by_value(entrypoint)
         run_serve_application(
             deployment_cls,

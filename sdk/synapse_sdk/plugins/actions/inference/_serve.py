@@ -10,6 +10,18 @@ route, a JSON object payload becomes keyword arguments, binary tensors arrive as
 arrays) is described in ``synapse_sdk.serving._replica``, which does that work for each
 replica; the messages themselves are the versioned contract of :mod:`synapse_sdk.serving`.
 
+An endpoint that yields (a generator function, async or blocking) streams: the platform's
+``InferStream`` sends each item as it is produced, and the caller's deadline or cancellation
+closes the generator (its ``finally`` blocks run). ``Infer`` refuses such an endpoint with
+FAILED_PRECONDITION; ``InferStream`` on an endpoint that returns answers one item.
+
+An endpoint marked with :func:`~synapse_sdk.serving._batching.batched` (exported as
+``synapse_sdk.plugins.actions.inference.batched``) takes batches: concurrent requests for the
+same model are grouped into one call, with the sizes of the ``serve:`` options
+``max_batch_size``, ``batch_wait_timeout_s`` and ``max_concurrent_batches`` (see
+``synapse_sdk.serving._batching``). Ray Serve's own ``@serve.batch`` works on an endpoint
+too, written with the same list-of-requests annotations.
+
 The model of a request is named by a signed multiplexed model id minted by the server
 (see :mod:`synapse_sdk.serving.model_ids`); ``get_model()`` verifies it, and
 ``@serve.multiplexed`` loads each model once per replica (its loader holds one lock and
@@ -19,14 +31,16 @@ least recently used beyond ``max_models_per_replica``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from synapse_sdk.plugins._action import BaseAction
 from synapse_sdk.runtime import RunContext, current_context
+from synapse_sdk.serving._batching import BatchSettings
 from synapse_sdk.serving._replica import ReplicaRuntime, ServeReplicaConfig
 from synapse_sdk.serving.model_ids import ServeModelIdError
 
@@ -66,6 +80,8 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
     max_models_per_replica: ClassVar[int] = 3
     #: Set by ``deploy()`` on the class it deploys.
     _synapse_replica_config: ClassVar[ServeReplicaConfig | None] = None
+    #: How ``@batched`` endpoints are batched; set by ``deploy()`` when configured.
+    _synapse_batching: ClassVar[BatchSettings | None] = None
 
     def __init__(self, backend_url: str | Mapping[str, Any] | BaseModel | None = None) -> None:
         if isinstance(backend_url, str):
@@ -154,3 +170,10 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
         """Answer one Infer request message with a reply message (``ServeRequest`` /
         ``ServeReply`` wire forms)."""
         return await self._synapse_replica.infer(message)
+
+    async def _synapse_infer_stream(self, message: Any) -> AsyncIterator[dict[str, Any]]:
+        """Answer one InferStream request message with a reply message per item the
+        endpoint yields (protocol 1.1)."""
+        async with contextlib.aclosing(self._synapse_replica.stream(message)) as replies:
+            async for reply in replies:
+                yield reply

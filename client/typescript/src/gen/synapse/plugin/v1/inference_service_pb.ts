@@ -2,8 +2,8 @@
 // @generated from file synapse/plugin/v1/inference_service.proto (package synapse.plugin.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Value } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
 import type { Tensor } from "./tensor_pb.js";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file synapse/plugin/v1/inference_service.proto.
  */
 export const file_synapse_plugin_v1_inference_service: GenFile = /*@__PURE__*/
-  fileDesc("CilzeW5hcHNlL3BsdWdpbi92MS9pbmZlcmVuY2Vfc2VydmljZS5wcm90bxIRc3luYXBzZS5wbHVnaW4udjEiLgoMQWN0aW9uVGFyZ2V0Eg4KBnBsdWdpbhgBIAEoCRIOCgZhY3Rpb24YAiABKAki9wEKDEluZmVyUmVxdWVzdBIVCgthcHBsaWNhdGlvbhgBIAEoCUgAEjEKBmFjdGlvbhgCIAEoCzIfLnN5bmFwc2UucGx1Z2luLnYxLkFjdGlvblRhcmdldEgAEhAKCG1vZGVsX2lkGAMgASgJEiQKBGpzb24YBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKQoGaW5wdXRzGAUgAygLMhkuc3luYXBzZS5wbHVnaW4udjEuVGVuc29yEg4KBm1ldGhvZBgGIAEoCRIMCgRwYXRoGAcgASgJEhIKCnJlcXVlc3RfaWQYCCABKAlCCAoGdGFyZ2V0IpwBCg1JbmZlclJlc3BvbnNlEiQKBGpzb24YASABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKgoHb3V0cHV0cxgCIAMoCzIZLnN5bmFwc2UucGx1Z2luLnYxLlRlbnNvchIQCghtb2RlbF9pZBgDIAEoCRISCgpyZXF1ZXN0X2lkGAQgASgJEhMKC2FwcGxpY2F0aW9uGAUgASgJMl4KEEluZmVyZW5jZVNlcnZpY2USSgoFSW5mZXISHy5zeW5hcHNlLnBsdWdpbi52MS5JbmZlclJlcXVlc3QaIC5zeW5hcHNlLnBsdWdpbi52MS5JbmZlclJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_struct, file_synapse_plugin_v1_tensor]);
+  fileDesc("CilzeW5hcHNlL3BsdWdpbi92MS9pbmZlcmVuY2Vfc2VydmljZS5wcm90bxIRc3luYXBzZS5wbHVnaW4udjEiLgoMQWN0aW9uVGFyZ2V0Eg4KBnBsdWdpbhgBIAEoCRIOCgZhY3Rpb24YAiABKAkixwIKDEluZmVyUmVxdWVzdBIVCgthcHBsaWNhdGlvbhgBIAEoCUgAEjEKBmFjdGlvbhgCIAEoCzIfLnN5bmFwc2UucGx1Z2luLnYxLkFjdGlvblRhcmdldEgAEhAKCG1vZGVsX2lkGAMgASgJEiQKBGpzb24YBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKQoGaW5wdXRzGAUgAygLMhkuc3luYXBzZS5wbHVnaW4udjEuVGVuc29yEg4KBm1ldGhvZBgGIAEoCRIMCgRwYXRoGAcgASgJEhIKCnJlcXVlc3RfaWQYCCABKAkSEQoJanNvbl90ZXh0GAkgASgMEjsKFHJlc3BvbnNlX2pzb25fZm9ybWF0GAogASgOMh0uc3luYXBzZS5wbHVnaW4udjEuSnNvbkZvcm1hdEIICgZ0YXJnZXQirwEKDUluZmVyUmVzcG9uc2USJAoEanNvbhgBIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIqCgdvdXRwdXRzGAIgAygLMhkuc3luYXBzZS5wbHVnaW4udjEuVGVuc29yEhAKCG1vZGVsX2lkGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkSEwoLYXBwbGljYXRpb24YBSABKAkSEQoJanNvbl90ZXh0GAYgASgMIkYKEkluZmVyU3RyZWFtUmVxdWVzdBIwCgdyZXF1ZXN0GAEgASgLMh8uc3luYXBzZS5wbHVnaW4udjEuSW5mZXJSZXF1ZXN0IlQKE0luZmVyU3RyZWFtUmVzcG9uc2USLgoEaXRlbRgBIAEoCzIgLnN5bmFwc2UucGx1Z2luLnYxLkluZmVyUmVzcG9uc2USDQoFaW5kZXgYAiABKAQqVwoKSnNvbkZvcm1hdBIbChdKU09OX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhYKEkpTT05fRk9STUFUX1NUUlVDVBABEhQKEEpTT05fRk9STUFUX1RFWFQQAjK+AQoQSW5mZXJlbmNlU2VydmljZRJKCgVJbmZlchIfLnN5bmFwc2UucGx1Z2luLnYxLkluZmVyUmVxdWVzdBogLnN5bmFwc2UucGx1Z2luLnYxLkluZmVyUmVzcG9uc2USXgoLSW5mZXJTdHJlYW0SJS5zeW5hcHNlLnBsdWdpbi52MS5JbmZlclN0cmVhbVJlcXVlc3QaJi5zeW5hcHNlLnBsdWdpbi52MS5JbmZlclN0cmVhbVJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_struct, file_synapse_plugin_v1_tensor]);
 
 /**
  * Names a serve entrypoint by plugin and action instead of by application name.
@@ -119,6 +119,23 @@ export type InferRequest = Message<"synapse.plugin.v1.InferRequest"> & {
    * @generated from field: string request_id = 8;
    */
   requestId: string;
+
+  /**
+   * The JSON body as UTF-8 JSON text, instead of json: integers reach the endpoint as
+   * integers (exactly, also beyond 2^53), where a google.protobuf.Value carries every number
+   * as a double. Strict JSON (no NaN or Infinity). Setting both json and json_text is
+   * INVALID_ARGUMENT.
+   *
+   * @generated from field: bytes json_text = 9;
+   */
+  jsonText: Uint8Array;
+
+  /**
+   * How InferResponse carries the JSON answer (default: the same form as the request).
+   *
+   * @generated from field: synapse.plugin.v1.JsonFormat response_json_format = 10;
+   */
+  responseJsonFormat: JsonFormat;
 };
 
 /**
@@ -170,6 +187,14 @@ export type InferResponse = Message<"synapse.plugin.v1.InferResponse"> & {
    * @generated from field: string application = 5;
    */
   application: string;
+
+  /**
+   * The endpoint's JSON answer as UTF-8 JSON text, instead of json, when the request asked
+   * for JSON_FORMAT_TEXT (or sent json_text). Empty when the endpoint answered only tensors.
+   *
+   * @generated from field: bytes json_text = 6;
+   */
+  jsonText: Uint8Array;
 };
 
 /**
@@ -178,6 +203,91 @@ export type InferResponse = Message<"synapse.plugin.v1.InferResponse"> & {
  */
 export const InferResponseSchema: GenMessage<InferResponse> = /*@__PURE__*/
   messageDesc(file_synapse_plugin_v1_inference_service, 2);
+
+/**
+ * Request of InferenceService.InferStream.
+ *
+ * @generated from message synapse.plugin.v1.InferStreamRequest
+ */
+export type InferStreamRequest = Message<"synapse.plugin.v1.InferStreamRequest"> & {
+  /**
+   * The call, exactly as for Infer (target, model, payload, route).
+   *
+   * @generated from field: synapse.plugin.v1.InferRequest request = 1;
+   */
+  request?: InferRequest | undefined;
+};
+
+/**
+ * Describes the message synapse.plugin.v1.InferStreamRequest.
+ * Use `create(InferStreamRequestSchema)` to create a new message.
+ */
+export const InferStreamRequestSchema: GenMessage<InferStreamRequest> = /*@__PURE__*/
+  messageDesc(file_synapse_plugin_v1_inference_service, 3);
+
+/**
+ * One message of InferenceService.InferStream: one item the endpoint yielded.
+ *
+ * @generated from message synapse.plugin.v1.InferStreamResponse
+ */
+export type InferStreamResponse = Message<"synapse.plugin.v1.InferStreamResponse"> & {
+  /**
+   * The item, encoded as an Infer answer: json or json_text (per response_json_format) and/or
+   * outputs; model_id, request_id and application are set on every message.
+   *
+   * @generated from field: synapse.plugin.v1.InferResponse item = 1;
+   */
+  item?: InferResponse | undefined;
+
+  /**
+   * The item's position in the stream: 0, 1, 2, ...
+   *
+   * @generated from field: uint64 index = 2;
+   */
+  index: bigint;
+};
+
+/**
+ * Describes the message synapse.plugin.v1.InferStreamResponse.
+ * Use `create(InferStreamResponseSchema)` to create a new message.
+ */
+export const InferStreamResponseSchema: GenMessage<InferStreamResponse> = /*@__PURE__*/
+  messageDesc(file_synapse_plugin_v1_inference_service, 4);
+
+/**
+ * How the JSON answer of an Infer call is encoded.
+ *
+ * @generated from enum synapse.plugin.v1.JsonFormat
+ */
+export enum JsonFormat {
+  /**
+   * The same form as the request's payload: json_text when the request carried json_text,
+   * else the google.protobuf.Value json.
+   *
+   * @generated from enum value: JSON_FORMAT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * google.protobuf.Value (numbers are doubles: integers over 2^53 lose precision).
+   *
+   * @generated from enum value: JSON_FORMAT_STRUCT = 1;
+   */
+  STRUCT = 1,
+
+  /**
+   * UTF-8 JSON text in json_text (integers stay integers, exactly).
+   *
+   * @generated from enum value: JSON_FORMAT_TEXT = 2;
+   */
+  TEXT = 2,
+}
+
+/**
+ * Describes the enum synapse.plugin.v1.JsonFormat.
+ */
+export const JsonFormatSchema: GenEnum<JsonFormat> = /*@__PURE__*/
+  enumDesc(file_synapse_plugin_v1_inference_service, 0);
 
 /**
  * Calls deployed models: routes each request to a Ray Serve application, with model
@@ -190,8 +300,10 @@ export const InferenceService: GenService<{
    * Runs one inference request on a deployed application and returns its answer. The call's
    * gRPC deadline is propagated to the replica. Errors: INVALID_ARGUMENT (no target, bad
    * tensor, non-numeric model_id), NOT_FOUND (no such application, action or model),
-   * FAILED_PRECONDITION (the target is not RUNNING), UNAVAILABLE (no healthy replica, Ray
-   * unreachable), DEADLINE_EXCEEDED, UNKNOWN (the serve code raised; message says what).
+   * FAILED_PRECONDITION (the target is not RUNNING), RESOURCE_EXHAUSTED (a message over the
+   * size limit, or the application's queues are full), UNAVAILABLE (no healthy replica, Ray
+   * unreachable), DEADLINE_EXCEEDED, INTERNAL (the serve code raised; the message carries a
+   * correlation id).
    *
    * @generated from rpc synapse.plugin.v1.InferenceService.Infer
    */
@@ -199,6 +311,21 @@ export const InferenceService: GenService<{
     methodKind: "unary";
     input: typeof InferRequestSchema;
     output: typeof InferResponseSchema;
+  },
+  /**
+   * Runs one request on an endpoint that yields (a generator: token streaming, partial
+   * results) and streams each item as it is produced. The call's deadline and cancellation
+   * reach the replica and stop the endpoint's generator; a slow reader slows the generator
+   * down (gRPC flow control, end to end on the server's default Serve transport). An
+   * endpoint that returns instead of yielding answers one item. Errors are Infer's; an error
+   * after some items ends the stream with that status.
+   *
+   * @generated from rpc synapse.plugin.v1.InferenceService.InferStream
+   */
+  inferStream: {
+    methodKind: "server_streaming";
+    input: typeof InferStreamRequestSchema;
+    output: typeof InferStreamResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_synapse_plugin_v1_inference_service, 0);

@@ -1,0 +1,306 @@
+"""Dynamic batching through real replicas: concurrent Infer calls become one model call.
+
+The batch probe (tests/serve/plugins/batch_probe) records every call of its batched
+endpoints; its batches wait 60 s to fill (``batch_wait_timeout_s``), so a batch runs exactly
+when its 4 requests are there and the counts below are exact, not a matter of timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from synapse_server.core._errors import InvalidArgumentError, ResourceExhaustedError
+from synapse_server.core.deployments import DeploymentService
+from synapse_server.core.inference import (
+    InferDeadlineExceededError,
+    InferenceFailedError,
+    InferenceService,
+    InferRequestData,
+    ServeKeyring,
+)
+from synapse_server.ray import RayRuntime, ServeDeploymentBackend, ServeRouter
+from synapse_server.stores import SqliteDeploymentStore
+
+from tests.serve._support import PLUGINS, SECRET, TENANT, deploy_plugin, scale_models
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300), pytest.mark.asyncio(loop_scope="session")]
+
+APP = "batch-app"
+TIGHT_APP = "batch-tight-app"
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return scale_models(tmp_path_factory.mktemp("batch-models"), ("1", "2", "3", "5", "7"))
+
+
+@pytest.fixture(scope="module")
+def deployed(ray_session: str, models_root: Path) -> Iterator[None]:
+    from ray import serve
+
+    deploy_plugin(PLUGINS / "batch_probe", "deploy_batch_probe", {"model": 2}, APP, models_root)
+    yield
+    serve.delete(APP)
+
+
+@pytest.fixture(params=["grpc", "ray"])
+async def inference(deployed: None, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """The inference service over the batch probe, once per router transport."""
+    runtime = RayRuntime()
+    router = ServeRouter(runtime, transport=request.param)
+    store = SqliteDeploymentStore(tmp_path / "synapse.db")
+    await store.open()
+    deployments = DeploymentService(store, ServeDeploymentBackend(runtime, router))
+    await runtime.ensure_started()
+    # The tight application is deployed only for the test that asks for it.
+    names = (APP, TIGHT_APP) if "tight_app" in request.fixturenames else (APP,)
+    for name in names:
+        await deployments.register(
+            TENANT,
+            name=name,
+            plugin="batch-probe",
+            action="deploy_batch_probe",
+            model_ids=[2],
+            endpoint_action="batch_probe",
+        )
+    yield InferenceService(deployments, router, ServeKeyring(SECRET))
+    await router.close()
+    await store.close()
+
+
+def _call(path: str, model: str = "2", **json: Any) -> InferRequestData:
+    return InferRequestData(application=APP, model_id=model, path=path, json=json, has_json=True)
+
+
+async def _calls(inference: InferenceService, tag: str) -> list[dict[str, Any]]:
+    """The model calls the replica recorded for requests tagged ``tag`` or ``tag-*``."""
+    result = await inference.infer(TENANT, _call("/calls", tag=tag))
+    return list(result.json)
+
+
+async def test_concurrent_calls_are_grouped_into_one_model_call(
+    inference: InferenceService,
+) -> None:
+    tag = f"group-{uuid.uuid4().hex}"
+    requests = [_call("/", x=float(i), tag=f"{tag}-{i}") for i in range(8)]
+    results = await asyncio.gather(*(inference.infer(TENANT, r) for r in requests))
+    assert [r.json["y"] for r in results] == [2.0 * i for i in range(8)]  # model 2 scales by 2
+    # Each answer says how many requests its call answered: what a metric counts.
+    assert [r.batch_size for r in results] == [4] * 8
+    calls = await _calls(inference, tag)
+    assert [c["size"] for c in calls] == [4, 4], calls
+    assert {c["model"] for c in calls} == {"2"}
+    assert sorted(t for c in calls for t in c["tags"]) == sorted(f"{tag}-{i}" for i in range(8))
+
+
+async def test_a_batch_never_mixes_model_ids(inference: InferenceService) -> None:
+    tag = f"models-{uuid.uuid4().hex}"
+    requests = [
+        _call("/", model=model, x=float(i), tag=f"{tag}-{model}{i}")
+        for i in range(4)
+        for model in ("3", "5")
+    ]
+    results = await asyncio.gather(*(inference.infer(TENANT, r) for r in requests))
+    for request, result in zip(requests, results, strict=True):
+        assert result.json["model"] == request.model_id
+        assert result.json["y"] == request.json["x"] * int(request.model_id)
+    calls = await _calls(inference, tag)
+    assert sorted((c["model"], c["size"]) for c in calls) == [("3", 4), ("5", 4)]
+    for call in calls:
+        assert all(t.startswith(f"{tag}-{call['model']}") for t in call["tags"]), call
+
+
+async def test_a_bad_request_in_a_batch_fails_only_itself(inference: InferenceService) -> None:
+    tag = f"bad-{uuid.uuid4().hex}"
+    values: list[Any] = [1.0, -1.0, 3.0, 4.0]  # -1 makes the endpoint raise
+    requests = [_call("/", x=v, tag=f"{tag}-{i}") for i, v in enumerate(values)]
+    # Not a float: refused alone, before it joins a batch.
+    requests.append(_call("/", x="not a number", tag=f"{tag}-invalid"))
+    results = await asyncio.gather(
+        *(inference.infer(TENANT, r) for r in requests), return_exceptions=True
+    )
+    assert [r.json["y"] for r in (results[0], results[2], results[3])] == [2.0, 6.0, 8.0]
+    assert isinstance(results[1], InferenceFailedError)
+    assert "ValueError" in str(results[1]) and "negative input" not in str(results[1])
+    assert isinstance(results[4], InvalidArgumentError) and "x" in str(results[4])
+    # The batch raised, then each request ran alone: only the bad one failed.
+    calls = await _calls(inference, tag)
+    assert [c["size"] for c in calls] == [4, 1, 1, 1, 1]
+    assert all(c["tags"] != [f"{tag}-invalid"] for c in calls)
+
+
+async def test_an_exception_output_fails_only_its_request(inference: InferenceService) -> None:
+    tag = f"blocking-{uuid.uuid4().hex}"
+    requests = [_call("/blocking", n=n, offset=100, tag=f"{tag}-{n}") for n in (1, 13, 3, 4)]
+    results = await asyncio.gather(
+        *(inference.infer(TENANT, r) for r in requests), return_exceptions=True
+    )
+    assert [results[i].json for i in (0, 2, 3)] == [101, 103, 104]  # type: ignore[union-attr]
+    assert isinstance(results[1], InferenceFailedError)
+    assert [c["size"] for c in await _calls(inference, tag)] == [4]
+
+
+async def test_a_wrong_number_of_outputs_is_an_error_for_each_request(
+    inference: InferenceService,
+) -> None:
+    tag = f"short-{uuid.uuid4().hex}"
+    requests = [_call("/short", x=float(i), tag=f"{tag}-{i}") for i in range(4)]
+    results = await asyncio.gather(
+        *(inference.infer(TENANT, r) for r in requests), return_exceptions=True
+    )
+    for result in results:
+        assert isinstance(result, InferenceFailedError), result
+        assert "returned 3 outputs for a batch of 4 requests" in str(result)
+    assert [c["size"] for c in await _calls(inference, tag)] == [4]
+
+
+async def test_serve_batch_with_its_natural_annotations(inference: InferenceService) -> None:
+    # Ray Serve's @serve.batch on `serve_batched(self, x: list[float], tag: list[str],
+    # scale: Any = 1.0)`: each request is validated against the element type and every
+    # request passes every parameter in the same order, whatever its JSON key order.
+    tag = f"serve-{uuid.uuid4().hex}"
+    bodies = [
+        {"x": 1.0, "tag": f"{tag}-0"},
+        {"tag": f"{tag}-1", "scale": 10.0, "x": 2.0},
+        {"scale": 3.0, "x": 3.0, "tag": f"{tag}-2"},
+        {"x": 4, "tag": f"{tag}-3"},
+    ]
+    requests = [
+        InferRequestData(application=APP, path="/serve_batch", json=b, has_json=True)
+        for b in bodies
+    ]
+    results = await asyncio.gather(*(inference.infer(TENANT, r) for r in requests))
+    assert [r.json for r in results] == [
+        {"y": 1.0, "tag": f"{tag}-0"},
+        {"y": 20.0, "tag": f"{tag}-1"},
+        {"y": 9.0, "tag": f"{tag}-2"},
+        {"y": 4.0, "tag": f"{tag}-3"},
+    ]
+    assert [c["size"] for c in await _calls(inference, tag)] == [4]
+    with pytest.raises(InvalidArgumentError, match="x"):
+        await inference.infer(
+            TENANT,
+            InferRequestData(
+                application=APP, path="/serve_batch", json={"x": [1.0], "tag": "t"}, has_json=True
+            ),
+        )
+
+
+async def _wait_none_queued(inference: InferenceService) -> None:
+    deadline = time.monotonic() + 60
+    while (await inference.infer(TENANT, _call("/queued"))).json != 0:
+        assert time.monotonic() < deadline, "the replica kept the cancelled request queued"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_request_whose_deadline_passed_leaves_its_batch(
+    inference: InferenceService,
+) -> None:
+    tag = f"deadline-{uuid.uuid4().hex}"
+    gone = _call("/", model="7", x=1.0, tag=f"{tag}-gone")
+    with pytest.raises(InferDeadlineExceededError):
+        await inference.infer(TENANT, dataclasses.replace(gone, timeout_s=0.5))
+    await _wait_none_queued(inference)
+    # Four more fill a batch on their own: the one that timed out is not in it.
+    kept = [_call("/", model="7", x=float(i), tag=f"{tag}-{i}") for i in range(4)]
+    results = await asyncio.gather(*(inference.infer(TENANT, r) for r in kept))
+    assert [r.json["y"] for r in results] == [0.0, 7.0, 14.0, 21.0]
+    calls = await _calls(inference, tag)
+    assert [c["size"] for c in calls] == [4]
+    assert f"{tag}-gone" not in calls[0]["tags"]
+
+
+async def test_a_caller_that_goes_away_leaves_its_batch(inference: InferenceService) -> None:
+    tag = f"gone-{uuid.uuid4().hex}"
+    call = asyncio.ensure_future(
+        inference.infer(TENANT, _call("/", model="7", x=1.0, tag=f"{tag}-gone"))
+    )
+    deadline = time.monotonic() + 60
+    while (await inference.infer(TENANT, _call("/queued"))).json != 1:
+        assert time.monotonic() < deadline, "the request never reached the replica's queue"
+        await asyncio.sleep(0.1)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await _wait_none_queued(inference)
+    kept = [_call("/", model="7", x=float(i), tag=f"{tag}-{i}") for i in range(4)]
+    await asyncio.gather(*(inference.infer(TENANT, r) for r in kept))
+    calls = await _calls(inference, tag)
+    assert [c["size"] for c in calls] == [4] and f"{tag}-gone" not in calls[0]["tags"]
+
+
+@pytest.fixture(scope="module")
+def tight_app(deployed: None, models_root: Path) -> Iterator[None]:
+    """The batch probe with room for one request in its replica and one in each caller."""
+    from ray import serve
+
+    overrides = {"max_ongoing_requests": 1, "max_queued_requests": 1}
+    deploy_plugin(
+        PLUGINS / "batch_probe",
+        "deploy_batch_probe",
+        {"model": 2, "overrides": overrides},
+        TIGHT_APP,
+        models_root,
+    )
+    yield
+    serve.delete(TIGHT_APP)
+
+
+async def test_an_overloaded_application_answers_resource_exhausted(
+    tight_app: None, inference: InferenceService
+) -> None:
+    sleep = InferRequestData(
+        application=TIGHT_APP, path="/sleep", json={"seconds": 3}, has_json=True, timeout_s=120
+    )
+    # A first call makes this server's Serve router learn the deployment's limits (until
+    # then it knows no max_queued_requests and queues without bound).
+    awake = dataclasses.replace(sleep, json={"seconds": 0})
+    assert (await inference.infer(TENANT, awake)).json == "awake"
+    results = await asyncio.gather(
+        *(inference.infer(TENANT, sleep) for _ in range(4)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, ResourceExhaustedError)]
+    served = [r for r in results if not isinstance(r, BaseException)]
+    assert refused and served, results
+    assert "max_queued_requests" in str(refused[0])
+    assert all(r.json == "awake" for r in served)
+
+
+def test_batching_settings_need_a_batched_endpoint(ray_session: str) -> None:
+    from synapse_sdk.plugins.actions.inference import BaseServeDeployment, batched
+    from synapse_sdk.serving._batching import BatchSettings
+    from synapse_sdk.serving._deploy import build_deployment_class
+    from synapse_sdk.serving._replica import ServeReplicaConfig
+
+    config = ServeReplicaConfig(app_name="a", app_key=b"k" * 32)
+
+    class Plain(BaseServeDeployment):
+        async def infer(self, x: list[float]) -> list[float]:
+            return x
+
+    with pytest.raises(ValueError, match="no endpoint of Plain is marked @batched"):
+        build_deployment_class(Plain, config, 1, BatchSettings(4))
+    build_deployment_class(Plain, config, 1, None)
+
+    class Streaming(BaseServeDeployment):
+        @batched
+        async def infer(self, x: list[float]) -> Any:
+            yield x
+
+    with pytest.raises(TypeError, match="batches do not stream"):
+        build_deployment_class(Streaming, config, 1, BatchSettings(4))
+
+    class Kwargs(BaseServeDeployment):
+        @batched
+        async def infer(self, **x: Any) -> list[Any]:
+            return []
+
+    with pytest.raises(TypeError, match="named parameters only"):
+        build_deployment_class(Kwargs, config, 1, None)
