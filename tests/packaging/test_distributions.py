@@ -83,8 +83,19 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 shutil.copy2(source, target / entry)
         folders.append(str(target))
     _run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-        + ["--no-index", "-w", str(out), *folders]
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(out),
+            *folders,
+        ]
     )
     built = {path.name.split("-", 1)[0]: path for path in out.glob("*.whl")}
     assert set(built) == set(DISTRIBUTIONS), built
@@ -134,8 +145,18 @@ def test_mypy_strict_sees_every_package_typed(wheels: dict[str, Path], tmp_path:
     # reports import-untyped for a package that is installed without a py.typed marker).
     python = _venv(tmp_path / "venv", with_pip=False)
     _run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps"]
-        + ["--no-index", *map(str, wheels.values())]
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            *map(str, wheels.values()),
+        ]
     )
     user_file = tmp_path / "user_code.py"
     user_file.write_text(
@@ -188,8 +209,15 @@ def test_client_wheel_alone_runs_a_job(
 ) -> None:
     python = _venv(tmp_path / "venv")
     _run(
-        [str(python), "-m", "pip", "install", "-q"]
-        + [str(wheels["synapse_client"]), f"protobuf=={protobuf}"]
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            str(wheels["synapse_client"]),
+            f"protobuf=={protobuf}",
+        ]
     )
     out = _run([str(python), "-c", CLIENT_JOB, platform_server.address], timeout=300)
     report = json.loads(out.strip().splitlines()[-1])
