@@ -1,7 +1,8 @@
 """Batch inference benchmark: the example action run through the platform vs a plain torch loop.
 
-For each input count (default 10k and 100k) the same inputs, the same TorchScript MLP (built by
-``examples.models``), the same batch size and the same torch thread count are used twice:
+For each input count (default 10k and 100k) the same inputs, the same MLP (built by
+``examples.models``: safetensors weights), the same batch size and the same torch thread count
+are used twice:
 
 * **platform**: a real in-process SynapseServer (worker processes, SQLite, gRPC); the model is
   registered once through ``ModelService``; the clock runs from ``run_action`` to the parsed
@@ -9,7 +10,8 @@ For each input count (default 10k and 100k) the same inputs, the same TorchScrip
   plugin's fork server, which the warm-up job starts), params transfer, model
   download/cache, per-batch progress reporting and result transfer (GetJobResult for large
   results);
-* **baseline**: in this process, ``torch.jit.load`` plus the same batching code
+* **baseline**: in this process, the model loaded once by the plugin's own loader
+  (``batch_plugin._model_files.load_model_dir``) and the same batching code
   (``batch_plugin._batching.run_batches``) over the same inputs.
 
 Throughput ratio = baseline time / platform time (goal ≥ 0.9).
@@ -43,13 +45,14 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 EXAMPLE_PLUGINS = ROOT / "examples" / "plugins"
-BATCHING = EXAMPLE_PLUGINS / "batch_inference" / "batch_plugin" / "_batching.py"
+BATCH_PLUGIN = EXAMPLE_PLUGINS / "batch_inference" / "batch_plugin"
 
 logger = logging.getLogger(__name__)
 
 
-def _load_batching() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_batching", BATCHING)
+def _load_plugin_module(name: str) -> Any:
+    """A module of the batch plugin, by file (its package is not importable from here)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BATCH_PLUGIN / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -127,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from examples.models import MLPConfig, build_model_dir
 
-    batching = _load_batching()
+    batching = _load_plugin_module("_batching")
+    model_files = _load_plugin_module("_model_files")
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     "batch_inference",
                     {"model_id": model.id, "inputs": [{"data": [1, 2, 3]}]},
                 ).result(timeout=300)
-                module = torch.jit.load(str(model_dir / "model.pt"))
+                module = model_files.load_model_dir(model_dir)
                 for count in [int(c) for c in args.counts.split(",")]:
                     rng = random.Random(count)
                     inputs = [

@@ -8,7 +8,7 @@ example through the ``deployment`` action, and then calls the same replica four 
 - ``http``: Serve's HTTP proxy with a new connection per call (the reference SDK's
   ``infer_remote``), header ``serve_multiplexed_model_id`` set to a signed model id;
 - ``grpc``: Serve's gRPC proxy with the platform's own ``InferenceService`` proto as the user
-  service, to a plain Serve deployment of the same TorchScript model doing the same
+  service, to a plain Serve deployment of the same model doing the same
   computation (the proxy calls a method named after the RPC with the protobuf request, which
   the FastAPI ingress of the reference example does not have); one shared channel;
 - ``handle``: a ``DeploymentHandle`` from this driver, ``.infer.remote(inputs=...)``, with
@@ -66,7 +66,7 @@ GRPC_SERVICER = (
 )
 GRPC_NOTE = (
     "Serve's gRPC proxy needs a deployment with a method named after the RPC taking the "
-    "protobuf request; measured against a plain Serve deployment of the same TorchScript model "
+    "protobuf request; measured against a plain Serve deployment of the same torch model "
     "(same computation, no multiplexing), not the FastAPI ingress deployed by the platform"
 )
 
@@ -135,8 +135,12 @@ def start_server(data_dir: Path, gcs_address: str) -> tuple[subprocess.Popen[byt
     raise RuntimeError("the server did not start within 120 s")
 
 
-def deploy_grpc_app(model_path: Path) -> None:
-    """A plain Serve deployment answering ``InferenceService.Infer`` with the TorchScript model."""
+def deploy_grpc_app(model: Any) -> None:
+    """A plain Serve deployment answering ``InferenceService.Infer`` with ``model``.
+
+    ``model`` is the loaded torch module; Ray pickles it into the replica (its class, local to
+    ``examples.models``' builder, travels by value), so the replica needs no model file.
+    """
     from ray import serve
 
     # max_ongoing_requests as in the torch-serve example's config.yaml, so both replicas queue
@@ -145,11 +149,8 @@ def deploy_grpc_app(model_path: Path) -> None:
         name="GrpcTorchInference", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64
     )
     class GrpcTorchInference:
-        def __init__(self, path: str) -> None:
-            import torch
-
-            self._model = torch.jit.load(path)
-            self._model.eval()
+        def __init__(self, model: Any) -> None:
+            self._model = model.eval()
 
         async def Infer(self, request: Any) -> Any:  # noqa: N802  (the RPC's name)
             import torch
@@ -167,7 +168,7 @@ def deploy_grpc_app(model_path: Path) -> None:
 
     deployment: Any = GrpcTorchInference  # a serve.Deployment (the decorator is untyped)
     serve.run(
-        deployment.bind(str(model_path)),
+        deployment.bind(model),
         name=GRPC_APP,
         route_prefix=f"/{GRPC_APP}",
     )
@@ -264,7 +265,7 @@ def main() -> int:
     from synapse_client import Client
     from synapse_server.core.inference import ServeKeyring
 
-    from examples.models import MLPConfig, build_model_dir, reference_outputs
+    from examples.models import MLPConfig, build_model_dir, load_model_dir, reference_outputs
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-infer-"))
     http_port, grpc_port = _free_port(), _free_port()
@@ -333,7 +334,7 @@ def main() -> int:
         from google.protobuf import json_format
         from synapse.plugin.v1 import inference_service_pb2, inference_service_pb2_grpc
 
-        deploy_grpc_app(model_dir / "model.pt")
+        deploy_grpc_app(load_model_dir(model_dir))
         channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
         stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
         grpc_request = inference_service_pb2.InferRequest()

@@ -2,15 +2,35 @@
 
 ::
 
-    python -m examples.models.build /tmp/mlp          # writes /tmp/mlp/model.pt + config.json
+    python -m examples.models.build /tmp/mlp    # writes /tmp/mlp/model.safetensors + config.json
     synapse model register /tmp/mlp --name mlp --server localhost:50051
 
-``model.pt`` is TorchScript: load it with ``torch.jit.load(path)``, which needs no Python class
-on the loading side (a worker, a Ray Serve replica). The reference document's plain
-``torch.load(path)`` does not work for it: torch 2.13 defaults to ``weights_only=True`` and
-refuses TorchScript archives rather than dispatching them to ``torch.jit.load``.
+The weights are a safetensors ``state_dict``, which the example plugins load into their own
+``mlp`` class; ``--format pt2`` writes a ``torch.export`` program instead, which needs no class
+to load. Neither is a pickle: see ``_mlp`` for the trade-offs, and the README ("Model files")
+for why a pickled module (``torch.save(module)``) is not used.
 """
 
-from examples.models.build import MLPConfig, build_mlp, build_model_dir, reference_outputs
+from examples.models._mlp import (
+    CONFIG_FILE,
+    EXPORTED_FILE,
+    MODEL_FORMATS,
+    WEIGHTS_FILE,
+    MLPConfig,
+    build_mlp,
+    build_model_dir,
+    load_model_dir,
+    reference_outputs,
+)
 
-__all__ = ["MLPConfig", "build_mlp", "build_model_dir", "reference_outputs"]
+__all__ = [
+    "CONFIG_FILE",
+    "EXPORTED_FILE",
+    "MODEL_FORMATS",
+    "MLPConfig",
+    "WEIGHTS_FILE",
+    "build_mlp",
+    "build_model_dir",
+    "load_model_dir",
+    "reference_outputs",
+]

@@ -14,7 +14,7 @@ from synapse_sdk.plugins import load_plugin, run_action
 from synapse_sdk.runtime import RunContext
 
 torch = pytest.importorskip("torch")
-from examples.models import MLPConfig, build_model_dir, reference_outputs  # noqa: E402
+from examples.models import MODEL_FORMATS, MLPConfig, build_model_dir, reference_outputs  # noqa: E402
 
 PLUGIN_DIR = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "batch_inference"
 
@@ -47,9 +47,10 @@ class _Events:
         self.events.append(event)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_model_dir(tmp_path_factory.mktemp("mlp") / "mlp", MLPConfig(hidden=16))
+@pytest.fixture(scope="module", params=MODEL_FORMATS)
+def model_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    out = tmp_path_factory.mktemp("mlp") / "mlp"
+    return build_model_dir(out, MLPConfig(hidden=16), model_format=request.param)
 
 
 @pytest.mark.parametrize("action", ["batch_inference", "batch_inference_steps"])

@@ -11,11 +11,6 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# The reference document's deployment example loads a pickled module with a plain
-# torch.load, which torch 2.13 refuses unless the module's classes are allow-listed. Ray's
-# workers (and so the replicas) inherit this process's environment when ray.init starts the
-# cluster, which is why it is set here, before the session fixture runs.
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plugins"

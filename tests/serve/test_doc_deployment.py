@@ -1,9 +1,11 @@
 """The reference document's "Example: Model Deployment" deploys unchanged and answers Infer.
 
 Its ``_get_model`` calls ``torch.load(model_path)`` on a pickled module. torch 2.13 loads only
-allow-listed classes by default, and the example does not allow-list any, so the serve test
-cluster runs with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (see conftest.py); the model is a
-plain ``torch.nn.Sequential``, which every replica can import.
+allow-listed classes by default, and the example allow-lists none, so this deployment's
+replicas, and only they, run with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``: the test gives it
+to them through the action's runtime env, the way a plugin author would. The test process
+and every other replica keep torch's safe loading. The model is a plain
+``torch.nn.Sequential``, which every replica can import.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ SECRET = b"doc-deployment-secret-0123456789abcdef"
 TENANT = "acme"
 APP = "doc-deployment-app"
 MARKER = "# --- the document's code, unchanged ---\n# fmt: off\n"
+#: Makes torch.load unpickle whatever the file names: for the document's replicas only.
+UNSAFE_LOAD_ENV = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
 
 
 def _document_block() -> str:
@@ -61,13 +65,17 @@ def deployed(ray_session: str, model_dir: Path) -> Any:
 
     keyring = ServeKeyring(SECRET)
     plugin = load_plugin(PLUGIN)
+    action = plugin.get_action_class("deployment")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SYNAPSE_SERVE_SIGNING_KEY", keyring.tenant_key(TENANT).hex())
         patch.setenv("SYNAPSE_TENANT", TENANT)
         patch.setenv("SYNAPSE_PLUGIN_RELEASE_CODE", APP)
+        # BaseDeploymentAction.get_runtime_env is the replicas' runtime env (env_vars
+        # included); the document's action keeps the default, so the test sets it.
+        patch.setattr(action, "get_runtime_env", lambda self: {"env_vars": UNSAFE_LOAD_ENV})
         env = ActionEnvironment(model_backend=LocalModelBackend(root=model_dir))
         # The document's DeploymentParams defaults to one GPU; this machine has none.
-        result = env.run(plugin.get_action_class("deployment"), {"model": 1, "num_gpus": 0})
+        result = env.run(action, {"model": 1, "num_gpus": 0})
     yield result, env
     serve.delete(APP)
 

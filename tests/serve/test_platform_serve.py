@@ -27,12 +27,14 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plugins"
 SECRET = "platform-serve-tests-secret-0123456789"
 
 
-def _register_model(client: Client, tmp_path: Path, seed: int) -> tuple[int, Path]:
+def _register_model(
+    client: Client, tmp_path: Path, seed: int, model_format: str = "safetensors"
+) -> tuple[int, Path]:
     pytest.importorskip("torch")
     from examples.models import MLPConfig, build_model_dir
 
     model_dir = tmp_path / f"model-{seed}"
-    build_model_dir(model_dir, MLPConfig(hidden=8, seed=seed))
+    build_model_dir(model_dir, MLPConfig(hidden=8, seed=seed), model_format=model_format)
     archive = shutil.make_archive(str(tmp_path / f"model-{seed}"), "zip", model_dir)
     info = client.register_model(archive, f"mlp-{seed}", framework="torch")
     return info.id, model_dir
@@ -209,7 +211,7 @@ def test_cli_runs_a_serve_action_through_infer(
     plugins = Path(__file__).resolve().parent / "plugins" / "torch_endpoint"
     server = _start(server_factory, plugin_dirs=[plugins])
     with Client(server.address, timeout=60) as client:
-        model_id, model_dir = _register_model(client, tmp_path, seed=5)
+        model_id, model_dir = _register_model(client, tmp_path, seed=5, model_format="pt2")
         kinds = {a.name: a.kind for p in client.list_actions("torch-endpoint") for a in p.actions}
         assert kinds["inference"] == ActionKind.SERVE
         client.run_action("torch-endpoint", "deployment", {"model": model_id}, mode="local").result(

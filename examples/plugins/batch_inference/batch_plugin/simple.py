@@ -1,9 +1,9 @@
 """The reference document's BatchInferenceAction, extended with progress per batch.
 
-Two deliberate changes from the document's code: the model file is loaded with
-``torch.jit.load`` (the example models are TorchScript, which torch 2.13's ``torch.load``
-refuses under its ``weights_only=True`` default), and ``set_progress`` is called after every
-batch instead of once after the loop.
+Two deliberate changes from the document's code: the model is loaded by ``load_model_dir``
+(a safetensors ``state_dict``, a ``torch.export`` program or TorchScript; never a pickled module,
+which the document's ``torch.load`` expects: see ``_model_files``), and ``set_progress`` is
+called after every batch instead of once after the loop.
 """
 
 from pathlib import Path
@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from synapse_sdk.plugins.actions.inference import BaseInferenceAction
 
 from ._batching import run_batches
+from ._model_files import load_model_dir
 
 
 class BatchInferenceParams(BaseModel):
@@ -36,7 +37,7 @@ class BatchInferenceAction(BaseInferenceAction[BatchInferenceParams]):
         # Step 1: Load model
         model_info = self.load_model(self.params.model_id)
         model_path = Path(model_info["path"])
-        model = torch.jit.load(str(model_path / "model.pt"))
+        model = load_model_dir(model_path)
         model.eval()
         self.set_progress(1, 3, self.progress.MODEL_LOAD)
 

@@ -1,18 +1,19 @@
 """Step-based batch inference: load the model, infer in batches, postprocess (weighted).
 
 The model itself is resolved before the steps (``prepare_context`` puts its local directory in
-``context.model_path``); the load step turns that directory into a torch module.
+``context.model_path``); the load step turns that directory into a torch module
+(``_model_files.load_model_dir``: safetensors, torch.export or TorchScript).
 """
 
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from pydantic import BaseModel, Field
 from synapse_sdk.plugins.actions.inference import BaseInferenceAction, InferenceContext
 from synapse_sdk.plugins.steps import BaseStep, StepRegistry, StepResult
 
 from ._batching import infer_batch, iter_batches
+from ._model_files import load_model_dir
 
 
 class StepBatchInferenceParams(BaseModel):
@@ -42,7 +43,7 @@ class LoadModelStep(BaseStep[BatchContext]):
     def execute(self, context: BatchContext) -> StepResult:
         if context.model_path is None:
             return StepResult(success=False, error="no model_path: the run has no model backend")
-        module = torch.jit.load(f"{context.model_path}/model.pt")
+        module = load_model_dir(context.model_path)
         module.eval()
         context.module = module
         return StepResult(success=True, data={"model_path": str(context.model_path)})
@@ -89,7 +90,7 @@ class PostprocessStep(BaseStep[BatchContext]):
 
 
 class StepBatchInferenceAction(BaseInferenceAction[StepBatchInferenceParams]):
-    """Step-based batch inference over a registered TorchScript model."""
+    """Step-based batch inference over a registered torch model."""
 
     action_name = "batch_inference_steps"
 

@@ -1,7 +1,9 @@
 """The reference document's "Example: Model Deployment", with two changes.
 
-* ``_get_model`` loads with ``torch.jit.load``: the example models are TorchScript, which
-  ``torch.load`` refuses since torch 2.6 made ``weights_only=True`` its default;
+* ``_get_model`` loads with ``load_model_dir`` (a safetensors ``state_dict``, a
+  ``torch.export`` program or TorchScript) instead of the document's ``torch.load`` of a
+  pickled module, which can run code and which torch refuses by default since 2.6 (see
+  ``_model_files``);
 * ``DeploymentParams`` adds ``num_cpus`` and defaults ``num_gpus`` to 0, so it deploys on a
   CPU-only machine.
 
@@ -17,6 +19,8 @@ from synapse_sdk.plugins.actions.inference import (
     BaseServeDeployment,
 )
 
+from ._model_files import load_model_dir
+
 app = FastAPI()
 
 
@@ -31,10 +35,7 @@ class PyTorchInference(BaseServeDeployment):
     app = app
 
     async def _get_model(self, model_info: dict[str, Any]) -> Any:
-        import torch
-
-        model_path = model_info["path"] / "model.pt"
-        model = torch.jit.load(str(model_path))
+        model = load_model_dir(model_info["path"])
         model.eval()
         return model
 

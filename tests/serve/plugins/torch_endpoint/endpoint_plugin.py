@@ -1,4 +1,9 @@
-"""A TorchScript endpoint and its deployment action (the serve action is ``inference``)."""
+"""A ``torch.export`` endpoint and its deployment action (the serve action is ``inference``).
+
+The model directory holds ``model.pt2``: the program keeps its graph, so the replica needs no
+class of the model (the example plugins' loader, which also reads safetensors weights into
+their own class, is tested with the torch-serve example).
+"""
 
 from typing import Any
 
@@ -10,7 +15,7 @@ app = FastAPI()
 
 
 class TorchEndpoint(BaseServeDeployment):
-    """Predicts with the requested TorchScript model."""
+    """Predicts with the requested exported model (a float32 batch in, a batch out)."""
 
     action_name = "inference"
     app = app
@@ -18,17 +23,17 @@ class TorchEndpoint(BaseServeDeployment):
     async def _get_model(self, model_info: dict[str, Any]) -> Any:
         import torch
 
-        model = torch.jit.load(str(model_info["path"] / "model.pt"))
-        model.eval()
-        return model
+        # An exported program runs as exported (eval mode); its module refuses eval().
+        return torch.export.load(str(model_info["path"] / "model.pt2")).module()
 
     @app.post("/")
     async def infer(self, inputs: list[dict]) -> list[dict]:
         import torch
 
         model = await self.get_model()
+        batch = torch.tensor([i["data"] for i in inputs], dtype=torch.float32)
         with torch.no_grad():
-            return [{"prediction": model(torch.tensor(i["data"])).tolist()} for i in inputs]
+            return [{"prediction": row} for row in model(batch).tolist()]
 
 
 class EndpointParams(BaseModel):
