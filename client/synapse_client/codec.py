@@ -175,7 +175,7 @@ def _numpy() -> Any:
         except ImportError as exc:
             raise MissingExtraError(
                 "tensors need numpy, which is not installed: pip install "
-                "'synapse-platform[tensors]' (or numpy)",
+                "'synapse-client[tensors]' (or numpy)",
                 name="numpy",
             ) from exc
         _numpy_module = numpy
@@ -188,7 +188,7 @@ def _torch() -> Any:
     except ImportError as exc:
         raise MissingExtraError(
             "bfloat16 tensors need torch (numpy has no bfloat16), which is not installed: "
-            "pip install 'synapse-platform[torch]'",
+            "pip install torch",
             name="torch",
         ) from exc
     return torch

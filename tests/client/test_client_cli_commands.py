@@ -34,7 +34,7 @@ def test_version() -> None:
 
     done = synapse("--version")
     assert done.returncode == 0
-    assert done.stdout.strip() == f"synapse {version('synapse-platform')}"
+    assert done.stdout.strip() == f"synapse {version('synapse-server')}"
 
 
 def test_plugin_list(platform_server: Any) -> None:

@@ -271,7 +271,7 @@ def test_without_numpy_a_tensor_call_names_the_extra() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "synapse-platform[tensors]" in done.stdout
+    assert "synapse-client[tensors]" in done.stdout
 
 
 def test_missing_extra_error_is_a_module_not_found_error() -> None:

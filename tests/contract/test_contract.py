@@ -17,6 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BUF = ROOT / ".venv" / "bin" / "buf"
 PYTHON = ROOT / ".venv" / "bin" / "python"
+# The pinned Python code generator (tools/codegen-requirements.txt) that tools/gen-protos uses.
+CODEGEN_PYTHON = ROOT / ".venv-codegen" / "bin" / "python"
 IMAGE = ROOT / "contract" / "synapse-v1.binpb"
 PROTO_DIR = ROOT / "protos" / "synapse" / "plugin" / "v1"
 TS_DIR = ROOT / "client" / "typescript"
@@ -154,6 +156,7 @@ def test_check_generated_detects_stale_code(tmp_path: Path) -> None:
     for name in ("protos", "tools", "client/synapse"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     (repo / ".venv").symlink_to(ROOT / ".venv")
+    (repo / ".venv-codegen").symlink_to(ROOT / ".venv-codegen")
     _edit(
         repo / "protos/synapse/plugin/v1/job.proto",
         "  uint64 result_size_bytes = 17;\n",
@@ -165,12 +168,13 @@ def test_check_generated_detects_stale_code(tmp_path: Path) -> None:
 
 
 def test_grpc_plugin_matches_grpc_tools(tmp_path: Path) -> None:
-    # The local buf plugin must emit exactly what `grpc_tools.protoc --grpc_python_out` emits.
+    # The local buf plugin must emit exactly what `grpc_tools.protoc --grpc_python_out` emits
+    # (both from the pinned code generator, whose version the _pb2_grpc modules record).
     out = tmp_path / "direct"
     out.mkdir()
     protos = sorted(str(p.relative_to(ROOT / "protos")) for p in PROTO_DIR.glob("*.proto"))
     result = _run(
-        [PYTHON, "-m", "grpc_tools.protoc", "-Iprotos", f"--grpc_python_out={out}", *protos]
+        [CODEGEN_PYTHON, "-m", "grpc_tools.protoc", "-Iprotos", f"--grpc_python_out={out}", *protos]
     )
     assert result.returncode == 0, result.stderr
     direct = sorted(out.rglob("*_pb2_grpc.py"))

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["build_parser", "main"]
 
 #: The installed distribution whose version ``synapse --version`` prints.
-_DISTRIBUTION = "synapse-platform"
+_DISTRIBUTION = "synapse-server"
 
 
 def build_parser() -> argparse.ArgumentParser:

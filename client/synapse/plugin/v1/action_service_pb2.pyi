@@ -44,7 +44,7 @@ class RunActionResponse(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     created: bool
-    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., created: bool = ...) -> None: ...
 
 class StreamProgressRequest(_message.Message):
     __slots__ = ("job_id", "after_seq", "replay_only")
@@ -54,7 +54,7 @@ class StreamProgressRequest(_message.Message):
     job_id: str
     after_seq: int
     replay_only: bool
-    def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., replay_only: _Optional[bool] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., replay_only: bool = ...) -> None: ...
 
 class StreamProgressResponse(_message.Message):
     __slots__ = ("event", "keepalive")

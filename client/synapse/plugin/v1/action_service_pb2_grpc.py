@@ -5,7 +5,7 @@ import warnings
 
 from synapse.plugin.v1 import action_service_pb2 as synapse_dot_plugin_dot_v1_dot_action__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class ActionServiceStub:
+class ActionServiceStub(object):
     """Discovers plugin actions, runs them as jobs and follows, lists, cancels and reads jobs.
     Every call needs `authorization: Bearer <token>` metadata; a caller sees only the jobs of
     its own tenant.
@@ -74,7 +74,7 @@ class ActionServiceStub:
                 _registered_method=True)
 
 
-class ActionServiceServicer:
+class ActionServiceServicer(object):
     """Discovers plugin actions, runs them as jobs and follows, lists, cancels and reads jobs.
     Every call needs `authorization: Bearer <token>` metadata; a caller sees only the jobs of
     its own tenant.
@@ -188,7 +188,7 @@ def add_ActionServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ActionService:
+class ActionService(object):
     """Discovers plugin actions, runs them as jobs and follows, lists, cancels and reads jobs.
     Every call needs `authorization: Bearer <token>` metadata; a caller sees only the jobs of
     its own tenant.

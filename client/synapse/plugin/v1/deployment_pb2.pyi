@@ -53,7 +53,7 @@ class Replica(_message.Message):
     state: ReplicaState
     loaded_model_ids: _containers.RepeatedScalarFieldContainer[int]
     loaded_models_known: bool
-    def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., loaded_model_ids: _Optional[_Iterable[int]] = ..., loaded_models_known: _Optional[bool] = ...) -> None: ...
+    def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., loaded_model_ids: _Optional[_Iterable[int]] = ..., loaded_models_known: bool = ...) -> None: ...
 
 class Deployment(_message.Message):
     __slots__ = ("id", "name", "plugin", "action", "job_id", "status", "status_message", "route_prefix", "replicas", "model_ids", "ray_actor_options", "create_time", "update_time", "endpoint_action")

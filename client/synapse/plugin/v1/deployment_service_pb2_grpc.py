@@ -5,7 +5,7 @@ import warnings
 
 from synapse.plugin.v1 import deployment_service_pb2 as synapse_dot_plugin_dot_v1_dot_deployment__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class DeploymentServiceStub:
+class DeploymentServiceStub(object):
     """Lists and removes the Ray Serve applications (deployments) of the caller's tenant, and
     records new ones for deployment actions.
     """
@@ -58,7 +58,7 @@ class DeploymentServiceStub:
                 _registered_method=True)
 
 
-class DeploymentServiceServicer:
+class DeploymentServiceServicer(object):
     """Lists and removes the Ray Serve applications (deployments) of the caller's tenant, and
     records new ones for deployment actions.
     """
@@ -132,7 +132,7 @@ def add_DeploymentServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class DeploymentService:
+class DeploymentService(object):
     """Lists and removes the Ray Serve applications (deployments) of the caller's tenant, and
     records new ones for deployment actions.
     """

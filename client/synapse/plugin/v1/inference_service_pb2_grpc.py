@@ -5,7 +5,7 @@ import warnings
 
 from synapse.plugin.v1 import inference_service_pb2 as synapse_dot_plugin_dot_v1_dot_inference__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class InferenceServiceStub:
+class InferenceServiceStub(object):
     """Calls deployed models: routes each request to a Ray Serve application, with model
     multiplexing. Replaces the reference SDK's infer_remote HTTP call.
     """
@@ -48,7 +48,7 @@ class InferenceServiceStub:
                 _registered_method=True)
 
 
-class InferenceServiceServicer:
+class InferenceServiceServicer(object):
     """Calls deployed models: routes each request to a Ray Serve application, with model
     multiplexing. Replaces the reference SDK's infer_remote HTTP call.
     """
@@ -99,7 +99,7 @@ def add_InferenceServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class InferenceService:
+class InferenceService(object):
     """Calls deployed models: routes each request to a Ray Serve application, with model
     multiplexing. Replaces the reference SDK's infer_remote HTTP call.
     """

@@ -119,7 +119,7 @@ class TerminalEvent(_message.Message):
     result_size_bytes: int
     result_inline: bool
     reason: str
-    def __init__(self, state: _Optional[_Union[_job_pb2.JobState, str]] = ..., error: _Optional[_Union[_job_pb2.JobError, _Mapping]] = ..., result_json: _Optional[bytes] = ..., result_size_bytes: _Optional[int] = ..., result_inline: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, state: _Optional[_Union[_job_pb2.JobState, str]] = ..., error: _Optional[_Union[_job_pb2.JobError, _Mapping]] = ..., result_json: _Optional[bytes] = ..., result_size_bytes: _Optional[int] = ..., result_inline: bool = ..., reason: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("seq", "job_id", "time", "state_changed", "progress", "log", "metric", "step_started", "step_finished", "terminal")

@@ -5,7 +5,7 @@ import warnings
 
 from synapse.plugin.v1 import model_service_pb2 as synapse_dot_plugin_dot_v1_dot_model__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class ModelServiceStub:
+class ModelServiceStub(object):
     """Stores model artifacts: upload (streamed), read metadata, list, download (streamed),
     delete. Models belong to the caller's tenant.
     """
@@ -63,7 +63,7 @@ class ModelServiceStub:
                 _registered_method=True)
 
 
-class ModelServiceServicer:
+class ModelServiceServicer(object):
     """Stores model artifacts: upload (streamed), read metadata, list, download (streamed),
     delete. Models belong to the caller's tenant.
     """
@@ -146,7 +146,7 @@ def add_ModelServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ModelService:
+class ModelService(object):
     """Stores model artifacts: upload (streamed), read metadata, list, download (streamed),
     delete. Models belong to the caller's tenant.
     """

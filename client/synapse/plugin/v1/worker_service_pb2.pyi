@@ -49,7 +49,7 @@ class GetAssignmentResponse(_message.Message):
     params_json: bytes
     plugin_sha256: str
     headers: _containers.ScalarMap[str, str]
-    def __init__(self, job_id: _Optional[str] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., action: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., mode: _Optional[_Union[_job_pb2.RunMode, str]] = ..., cancel_requested: _Optional[bool] = ..., params_json: _Optional[bytes] = ..., plugin_sha256: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., plugin: _Optional[str] = ..., plugin_version: _Optional[str] = ..., action: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., mode: _Optional[_Union[_job_pb2.RunMode, str]] = ..., cancel_requested: bool = ..., params_json: _Optional[bytes] = ..., plugin_sha256: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ReportEventsOpen(_message.Message):
     __slots__ = ("job_id", "worker_id")
@@ -121,4 +121,4 @@ class ReportEventsResponse(_message.Message):
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     acked_worker_seq: int
     cancel_requested: bool
-    def __init__(self, acked_worker_seq: _Optional[int] = ..., cancel_requested: _Optional[bool] = ...) -> None: ...
+    def __init__(self, acked_worker_seq: _Optional[int] = ..., cancel_requested: bool = ...) -> None: ...

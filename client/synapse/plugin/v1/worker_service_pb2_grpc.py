@@ -5,7 +5,7 @@ import warnings
 
 from synapse.plugin.v1 import worker_service_pb2 as synapse_dot_plugin_dot_v1_dot_worker__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class WorkerServiceStub:
+class WorkerServiceStub(object):
     """INTERNAL: used only by the platform's own worker processes (local worker subprocesses, Ray
     tasks and Ray jobs on other machines) to fetch their assignment and report a job's events
     to the server. Not for client applications; it may change between minor versions. A worker
@@ -51,7 +51,7 @@ class WorkerServiceStub:
                 _registered_method=True)
 
 
-class WorkerServiceServicer:
+class WorkerServiceServicer(object):
     """INTERNAL: used only by the platform's own worker processes (local worker subprocesses, Ray
     tasks and Ray jobs on other machines) to fetch their assignment and report a job's events
     to the server. Not for client applications; it may change between minor versions. A worker
@@ -104,7 +104,7 @@ def add_WorkerServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class WorkerService:
+class WorkerService(object):
     """INTERNAL: used only by the platform's own worker processes (local worker subprocesses, Ray
     tasks and Ray jobs on other machines) to fetch their assignment and report a job's events
     to the server. Not for client applications; it may change between minor versions. A worker

@@ -5,7 +5,7 @@ import warnings
 
 from synapse_server.grpc.oip._proto import grpc_predict_v2_pb2 as synapse__server_dot_grpc_dot_oip_dot___proto_dot_grpc__predict__v2__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class GRPCInferenceServiceStub:
+class GRPCInferenceServiceStub(object):
     """The inference server's endpoints.
     """
 
@@ -72,7 +72,7 @@ class GRPCInferenceServiceStub:
                 _registered_method=True)
 
 
-class GRPCInferenceServiceServicer:
+class GRPCInferenceServiceServicer(object):
     """The inference server's endpoints.
     """
 
@@ -173,7 +173,7 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class GRPCInferenceService:
+class GRPCInferenceService(object):
     """The inference server's endpoints.
     """
 
