@@ -228,3 +228,46 @@ def test_client_wheel_alone_runs_a_job(
     # Tensors without the [tensors] extra: an error that says what to install.
     assert report["missing"]["name"] == "numpy"
     assert "pip install 'synapse-client[tensors]'" in report["missing"]["message"]
+
+
+#: The releases the co-install test puts beside the client (pinned: the same resolution
+#: everywhere). tritonclient's pin is the OIP tests' (tests/oip/requirements-triton.txt).
+TRITONCLIENT = "tritonclient[grpc]==2.73.0"
+KSERVE = "kserve==0.21.0"
+
+BESIDE_JOB = """
+import importlib, sys
+importlib.import_module(sys.argv[2])
+from google.protobuf import __version__ as protobuf_version
+from synapse_client import Client
+with Client(sys.argv[1]) as client:
+    result = client.run_action("toy", "quick", {"count": 2, "label": "beside"}).result(timeout=120)
+print(protobuf_version, result["label"], result["count"])
+"""
+
+
+def test_client_wheel_installs_beside_tritonclient_and_kserve(
+    wheels: dict[str, Path], platform_server: Any, tmp_path: Path
+) -> None:
+    # One environment, one pip resolution: the client's floors must leave room for both
+    # (they pin protobuf < 7). tritonclient and kserve each register the Open Inference
+    # Protocol's messages in protobuf's default pool, so the two cannot be imported in one
+    # process; the client runs a job beside each of them in turn.
+    python = _venv(tmp_path / "venv")
+    _run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            str(wheels["synapse_client"]),
+            TRITONCLIENT,
+            KSERVE,
+        ]
+    )
+    for other in ("tritonclient.grpc", "kserve"):
+        out = _run([str(python), "-c", BESIDE_JOB, platform_server.address, other], timeout=300)
+        version, label, count = out.strip().splitlines()[-1].split()
+        assert version.startswith("6."), out
+        assert (label, count) == ("beside", "2")
