@@ -190,6 +190,8 @@ def test_sync_interceptor_sees_every_call(auth_server: Any, tmp_path: Path) -> N
             client.register_deployment("app", "toy", "quick")
         with pytest.raises(NotFoundError):
             client.infer("no-such-app", json={})
+        with pytest.raises(NotFoundError):
+            list(client.infer_stream("no-such-app", json={}))
 
     assert set(auth.methods) == _every_rpc()
     # The job is the interceptor token's tenant's: another tenant does not see it.
@@ -234,6 +236,8 @@ async def test_async_interceptor_sees_every_call(auth_server: Any, tmp_path: Pat
             await client.register_deployment("app", "toy", "quick")
         with pytest.raises(NotFoundError):
             await client.infer("no-such-app", json={})
+        with pytest.raises(NotFoundError):
+            [item async for item in client.infer_stream("no-such-app", json={})]
 
     assert set(auth.methods) == _every_rpc()
     with Client(address, token="tok-i") as owner, Client(address, token="tok-o") as other:

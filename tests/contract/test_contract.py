@@ -153,7 +153,7 @@ def test_check_generated_detects_stale_code(tmp_path: Path) -> None:
     repo.mkdir()
     for name in ("buf.yaml", "buf.gen.yaml"):
         shutil.copy(ROOT / name, repo / name)
-    for name in ("protos", "tools", "client/synapse"):
+    for name in ("protos", "tools", "client/synapse", "server/synapse_server/grpc/oip/_proto"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     (repo / ".venv").symlink_to(ROOT / ".venv")
     (repo / ".venv-codegen").symlink_to(ROOT / ".venv-codegen")

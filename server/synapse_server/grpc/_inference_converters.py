@@ -20,7 +20,7 @@ from typing import Any
 from synapse.plugin.v1 import inference_service_pb2, tensor_pb2
 from synapse_client import codec
 from synapse_client.codec import TensorCodecError, TensorPayload, python_to_value
-from synapse_sdk._json import dump_json_checked, load_json
+from synapse_sdk.jsonutil import dump_json_checked, load_json
 
 from synapse_server.core._errors import InvalidArgumentError
 from synapse_server.core.inference import InferenceFailedError, InferRequestData, InferResult

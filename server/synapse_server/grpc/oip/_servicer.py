@@ -42,7 +42,7 @@ EXTENSIONS = ("parameters",)
 def platform_version() -> str:
     """The installed platform's version (``unknown`` when it is not installed as a package)."""
     try:
-        return metadata.version("synapse-platform")
+        return metadata.version("synapse-server")
     except metadata.PackageNotFoundError:
         return "unknown"
 
