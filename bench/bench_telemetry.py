@@ -1,15 +1,21 @@
 """What telemetry costs: Infer latency and job events per second with it on against off.
 
-One run, one local Ray, two ``synapse serve`` processes connected to it, each with the
+One run, one local Ray, five ``synapse serve`` processes connected to it, each with the
 torch-serve example deployed (the same MLP):
 
-- ``off``: no ``--metrics-listen``, no ``OTEL_*`` variables (the default);
-- ``on``: ``--metrics-listen`` and tracing to an in-process OTLP collector with
-  ``OTEL_TRACES_SAMPLER=parentbased_always_off``.
+- ``off`` and ``off_control``: no ``--metrics-listen``, no ``OTEL_*`` variables (the default);
+- ``metrics``: ``--metrics-listen`` only;
+- ``tracing``: tracing only, to an in-process OTLP collector with
+  ``OTEL_TRACES_SAMPLER=parentbased_always_off``;
+- ``on``: both.
 
-Three configurations are measured, interleaved in a rotated order each round:
+Six configurations are measured:
 
 - ``off``: calls to the ``off`` server;
+- ``off_control``: calls to a second server with everything off, deployed the same way: its
+  ratio against ``off`` is what two identical server processes (and their replicas) differ
+  by in this run, the noise floor of the other ratios;
+- ``metrics_only`` and ``tracing_sampler_off``: each part alone;
 - ``metrics+sampler_off``: calls to the ``on`` server without a caller span (metrics
   recorded, every span unsampled: what an operator runs day to day);
 - ``metrics+sampled``: calls to the ``on`` server inside a sampled caller span (the sampler
@@ -60,7 +66,15 @@ RESULTS_DIR = ROOT / "bench" / "results"
 EVENTS_PLUGIN = ROOT / "bench" / "plugins" / "bench_events"
 SECRET = "bench-telemetry-secret-0123456789abcdef"
 PAYLOAD = {"inputs": [{"data": [1.0, 2.0, 3.0]}]}
-CONFIGS = ("off", "metrics+sampler_off", "metrics+sampled")
+# Configuration: (server, whether the caller's span is sampled).
+CONFIGS: dict[str, tuple[str, bool]] = {
+    "off": ("off", False),
+    "off_control": ("off_control", False),
+    "metrics_only": ("metrics", False),
+    "tracing_sampler_off": ("tracing", False),
+    "metrics+sampler_off": ("on", False),
+    "metrics+sampled": ("on", True),
+}
 
 
 def start_ray() -> str:
@@ -157,8 +171,9 @@ def events_rate(client: Any, events: int, jobs: int = 1) -> float:
 
 def rotated(turn: int) -> tuple[str, ...]:
     """The configurations in the order of ``turn``: each goes first as often as the others."""
-    shift = turn % len(CONFIGS)
-    return CONFIGS[shift:] + CONFIGS[:shift]
+    names = tuple(CONFIGS)
+    shift = turn % len(names)
+    return names[shift:] + names[:shift]
 
 
 def measure_round(
@@ -226,39 +241,38 @@ def main() -> int:
     clients: list[Any] = []
     try:
         gcs = start_ray()
-        proc_off, address_off = start_server(work, "off", gcs, [], {})
-        procs.append(proc_off)
-        proc_on, address_on = start_server(
-            work,
-            "on",
-            gcs,
-            ["--metrics-listen", "127.0.0.1:0"],
-            {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
-                "OTEL_TRACES_SAMPLER": "parentbased_always_off",
-                "OTEL_SERVICE_NAME": "synapse-bench",
-            },
-        )
-        procs.append(proc_on)
-        client_off = Client(address_off, timeout=120)
-        client_on = Client(address_on, timeout=120)
-        clients += [client_off, client_on]
-        models = {"off": deploy(client_off, work, "off"), "on": deploy(client_on, work, "on")}
+        tracing = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+            "OTEL_TRACES_SAMPLER": "parentbased_always_off",
+            "OTEL_SERVICE_NAME": "synapse-bench",
+        }
+        metrics = ["--metrics-listen", "127.0.0.1:0"]
+        flags: dict[str, tuple[list[str], dict[str, str]]] = {
+            "off": ([], {}),
+            "off_control": ([], {}),
+            "metrics": (metrics, {}),
+            "tracing": ([], tracing),
+            "on": (metrics, tracing),
+        }
+        servers: dict[str, tuple[Any, int]] = {}
+        for name, (extra_args, extra_env) in flags.items():
+            proc, address = start_server(work, name, gcs, extra_args, extra_env)
+            procs.append(proc)
+            client = Client(address, timeout=120)
+            clients.append(client)
+            servers[name] = (client, deploy(client, work, name))
         # The caller's spans are sampled and never exported: only their context travels.
         caller = TracerProvider().get_tracer("bench")
 
+        def sampled_span() -> Any:
+            return caller.start_as_current_span("bench call")
+
         def runner(config: str) -> tuple[Any, int, Callable[[], Any]]:
-            if config == "off":
-                return client_off, models["off"], contextlib.nullcontext
-            if config == "metrics+sampler_off":
-                return client_on, models["on"], contextlib.nullcontext
+            server, sampled = CONFIGS[config]
+            client, model = servers[server]
+            return client, model, sampled_span if sampled else contextlib.nullcontext
 
-            def span() -> Any:
-                return caller.start_as_current_span("bench call")
-
-            return client_on, models["on"], span
-
-        # Warm both paths (replica model load, channels, fork servers).
+        # Warm every path (replica model load, channels, fork servers).
         for config in CONFIGS:
             client, model, scope = runner(config)
             with scope():
