@@ -14,9 +14,12 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from synapse_sdk.events import Event, EventSink
+
+if TYPE_CHECKING:
+    from synapse_sdk.datasets import BatchRunner, DatasetResolver
 
 __all__ = [
     "ModelBackend",
@@ -93,6 +96,11 @@ class RunContext:
     model_backend: ModelBackend | None = None
     platform: PlatformInfo | None = None
     mode: str = "local"
+    #: Resolves dataset references and opens output sinks; installed by the platform worker
+    #: (or a test harness). ``None``: the action runs where datasets are unavailable.
+    datasets: DatasetResolver | None = None
+    #: Runs ``map_batches``; ``None`` means the SDK's ``LocalBatchRunner``.
+    batch_runner: BatchRunner | None = None
 
     def emit(self, event: Event) -> None:
         self.sink.emit(event)

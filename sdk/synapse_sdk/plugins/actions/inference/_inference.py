@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synapse_sdk.errors import ModelBackendUnavailableError
 from synapse_sdk.events import LogLevel
@@ -14,6 +15,9 @@ from synapse_sdk.plugins._models import ModelPath
 from synapse_sdk.plugins.enums import PluginCategory
 from synapse_sdk.plugins.steps import BaseStepContext, StepOutcome
 from synapse_sdk.runtime import ModelBackend, current_context
+
+if TYPE_CHECKING:
+    from synapse_sdk.datasets import BatchFormat, BatchResult
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +93,62 @@ class BaseInferenceAction(BaseAction[P]):
         return results
 
     # Step mode -----------------------------------------------------------------------------
+
+    # Datasets ------------------------------------------------------------------------------
+
+    def map_batches(
+        self,
+        *,
+        dataset: str,
+        predictor: type,
+        predictor_kwargs: Mapping[str, Any] | None = None,
+        batch_size: int = 1024,
+        batch_format: BatchFormat = "numpy",
+        columns: Sequence[str] | None = None,
+        carry_columns: Sequence[str] = (),
+        output: str = "predictions",
+        concurrency: int = 1,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+    ) -> BatchResult:
+        """Map ``predictor`` over ``dataset`` in batches and write job output ``output``.
+
+        ``predictor`` is a callable class: ``predictor(**predictor_kwargs)`` loads the model
+        once, and calling it with a batch returns a mapping of column name to one value per
+        input row. The output is row-aligned with the input, in input order, with
+        ``carry_columns`` first. Progress is reported per batch in category ``"batch"``.
+        Raises :class:`~synapse_sdk.datasets.DatasetsUnavailableError` where the run context
+        has no dataset resolver, and ``ActionCancelledError`` once the run is cancelled.
+        """
+        from synapse_sdk.datasets import BatchSpec, DatasetsUnavailableError, LocalBatchRunner
+
+        ctx = current_context()
+        if ctx.datasets is None:
+            raise DatasetsUnavailableError()
+        source = ctx.datasets.resolve(dataset)
+        sink = ctx.datasets.open_sink(output)
+        spec = BatchSpec(
+            source=source,
+            sink=sink,
+            predictor=predictor,
+            predictor_kwargs=dict(predictor_kwargs or {}),
+            batch_size=batch_size,
+            batch_format=batch_format,
+            columns=None if columns is None else tuple(columns),
+            carry_columns=tuple(carry_columns),
+            concurrency=concurrency,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+        )
+        runner = ctx.batch_runner if ctx.batch_runner is not None else LocalBatchRunner()
+        total = source.num_rows
+
+        def on_batch(done: int) -> None:
+            # An empty dataset has no batches; set_progress needs a positive total.
+            if total > 0:
+                self.set_progress(min(done, total), total, "batch")
+
+        return runner.run(spec, on_batch, self.is_cancelled)
 
     def create_context(self) -> InferenceContext:
         """Build the step context from params: ``model_id`` (or ``model``), ``requests`` (or

@@ -1,0 +1,56 @@
+"""Batch inference over datasets: types, the local runner and the run-context hook.
+
+Actions call ``self.map_batches(...)`` (on ``BaseInferenceAction``); the platform resolves the
+``DatasetRef`` param to a :class:`DatasetSource`, opens :class:`OutputSink` s for job outputs
+and picks the :class:`BatchRunner` (:class:`LocalBatchRunner` unless the worker installs one).
+"""
+
+from typing import TYPE_CHECKING
+
+from synapse_sdk.datasets._resolver import (
+    DatasetResolver,
+    DatasetsUnavailableError,
+    LocalDatasets,
+    LocalOutputSink,
+)
+from synapse_sdk.datasets._types import (
+    BatchFormat,
+    BatchResult,
+    BatchRunner,
+    BatchSpec,
+    DatasetFormat,
+    DatasetRef,
+    DatasetSource,
+    OutputSink,
+)
+
+if TYPE_CHECKING:
+    from synapse_sdk.datasets._local import DatasetReadError, LocalBatchRunner, PredictorOutputError
+
+
+def __getattr__(name: str) -> object:
+    # LocalBatchRunner needs pyarrow; import it on first use so the types stay import-light.
+    if name in ("LocalBatchRunner", "PredictorOutputError", "DatasetReadError"):
+        from synapse_sdk.datasets import _local
+
+        return getattr(_local, name)
+    raise AttributeError(f"module 'synapse_sdk.datasets' has no attribute {name!r}")
+
+
+__all__ = [
+    "BatchFormat",
+    "BatchResult",
+    "BatchRunner",
+    "BatchSpec",
+    "DatasetFormat",
+    "DatasetReadError",
+    "DatasetRef",
+    "DatasetResolver",
+    "DatasetSource",
+    "DatasetsUnavailableError",
+    "LocalBatchRunner",
+    "LocalDatasets",
+    "LocalOutputSink",
+    "OutputSink",
+    "PredictorOutputError",
+]
