@@ -21,7 +21,6 @@ from pathlib import Path
 
 from synapse.plugin.v1 import (
     action_service_pb2,
-    action_service_pb2_grpc,
     deployment_service_pb2,
     deployment_service_pb2_grpc,
     inference_service_pb2,
@@ -47,6 +46,7 @@ from synapse_server.core.models import ModelRegistryService, ModelStore
 from synapse_server.grpc._deployment_servicer import DeploymentServicer
 from synapse_server.grpc._inference_servicer import InferenceServicer
 from synapse_server.grpc._model_servicer import ModelServicer
+from synapse_server.grpc._progress_wire import add_action_service
 from synapse_server.grpc._server import (
     GrpcServer,
     ServiceRegistration,
@@ -443,7 +443,7 @@ def _grpc_services(
     return [
         ServiceRegistration(
             ActionServicer(jobs, s.keepalive_seconds, s.max_message_bytes),
-            action_service_pb2_grpc.add_ActionServiceServicer_to_server,
+            add_action_service,
             service_name(action_service_pb2, "ActionService"),
         ),
         ServiceRegistration(

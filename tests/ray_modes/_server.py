@@ -24,7 +24,6 @@ from pathlib import Path
 
 from synapse.plugin.v1 import (
     action_service_pb2,
-    action_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
     worker_service_pb2,
@@ -39,6 +38,7 @@ from synapse_server.core._plugin_code import PluginCodeStore
 from synapse_server.core.models import ModelRegistryService
 from synapse_server.grpc._auth import AuthInterceptor
 from synapse_server.grpc._model_servicer import ModelServicer
+from synapse_server.grpc._progress_wire import add_action_service
 from synapse_server.grpc._server import GrpcServer, ServiceRegistration, service_name
 from synapse_server.grpc._servicers import ActionServicer, WorkerServicer
 from synapse_server.ray._executors import RayJobExecutor, RayTaskExecutor
@@ -96,7 +96,7 @@ async def serve(args: argparse.Namespace) -> None:
     for registration in (
         ServiceRegistration(
             ActionServicer(jobs, keepalive_seconds=5.0),
-            action_service_pb2_grpc.add_ActionServiceServicer_to_server,
+            add_action_service,
             service_name(action_service_pb2, "ActionService"),
         ),
         ServiceRegistration(

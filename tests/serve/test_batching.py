@@ -8,14 +8,17 @@ when its 4 requests are there and the counts below are exact, not a matter of ti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from synapse_server.core._errors import InvalidArgumentError, ResourceExhaustedError
 from synapse_server.core.deployments import DeploymentService
 from synapse_server.core.inference import (
@@ -27,6 +30,7 @@ from synapse_server.core.inference import (
 )
 from synapse_server.ray import RayRuntime, ServeDeploymentBackend, ServeRouter
 from synapse_server.stores import SqliteDeploymentStore
+from synapse_server.telemetry import PlatformMetrics, PrometheusMetrics
 
 from tests.serve._support import PLUGINS, SECRET, TENANT, deploy_plugin, scale_models
 
@@ -50,17 +54,20 @@ def deployed(ray_session: str, models_root: Path) -> Iterator[None]:
     serve.delete(APP)
 
 
-@pytest.fixture(params=["grpc", "ray"])
-async def inference(deployed: None, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
-    """The inference service over the batch probe, once per router transport."""
+@contextlib.asynccontextmanager
+async def _service(
+    tmp_path: Path,
+    transport: str,
+    names: tuple[str, ...] = (APP,),
+    metrics: PlatformMetrics | None = None,
+) -> AsyncIterator[InferenceService]:
+    """The inference service over the batch probe's applications ``names``."""
     runtime = RayRuntime()
-    router = ServeRouter(runtime, transport=request.param)
+    router = ServeRouter(runtime, transport=transport)
     store = SqliteDeploymentStore(tmp_path / "synapse.db")
     await store.open()
     deployments = DeploymentService(store, ServeDeploymentBackend(runtime, router))
     await runtime.ensure_started()
-    # The tight application is deployed only for the test that asks for it.
-    names = (APP, TIGHT_APP) if "tight_app" in request.fixturenames else (APP,)
     for name in names:
         await deployments.register(
             TENANT,
@@ -70,9 +77,22 @@ async def inference(deployed: None, tmp_path: Path, request: pytest.FixtureReque
             model_ids=[2],
             endpoint_action="batch_probe",
         )
-    yield InferenceService(deployments, router, ServeKeyring(SECRET))
-    await router.close()
-    await store.close()
+    try:
+        yield InferenceService(deployments, router, ServeKeyring(SECRET), metrics=metrics)
+    finally:
+        await router.close()
+        await store.close()
+
+
+@pytest.fixture(params=["grpc", "ray"])
+async def inference(
+    deployed: None, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[InferenceService]:
+    """The inference service over the batch probe, once per router transport."""
+    # The tight application is deployed only for the test that asks for it.
+    names = (APP, TIGHT_APP) if "tight_app" in request.fixturenames else (APP,)
+    async with _service(tmp_path, request.param, names) as service:
+        yield service
 
 
 def _call(path: str, model: str = "2", **json: Any) -> InferRequestData:
@@ -98,6 +118,44 @@ async def test_concurrent_calls_are_grouped_into_one_model_call(
     assert [c["size"] for c in calls] == [4, 4], calls
     assert {c["model"] for c in calls} == {"2"}
     assert sorted(t for c in calls for t in c["tags"]) == sorted(f"{tag}-{i}" for i in range(8))
+
+
+async def test_batch_sizes_are_observed_per_request_under_bounded_labels(
+    deployed: None, tmp_path: Path
+) -> None:
+    """Each request a batching deployment answered is observed once, with the size of the
+    model call that answered it, under the call's application and model labels (a model
+    the deployment was not deployed with is "other"); calls of an endpoint that does not
+    batch are not observed."""
+    metrics = PrometheusMetrics(process_metrics=False)
+    tag = f"metrics-{uuid.uuid4().hex}"
+    async with _service(tmp_path, "grpc", metrics=metrics) as inference:
+        mine = [_call("/", x=float(i), tag=f"{tag}-{i}") for i in range(8)]
+        other = [_call("/", model="3", x=float(i), tag=f"{tag}-o{i}") for i in range(4)]
+        results = await asyncio.gather(*(inference.infer(TENANT, r) for r in mine + other))
+        assert [r.batch_size for r in results] == [4] * 12
+        assert len(await _calls(inference, tag)) == 3  # not batched: no observation
+    found = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for sample in family.samples
+        if sample.name.startswith("synapse_infer_")
+    }
+
+    def value(name: str, model: str, **labels: str) -> float:
+        key = tuple(sorted({"application": APP, "model": model, **labels}.items()))
+        return found.get((f"synapse_infer_{name}", key), 0.0)
+
+    assert value("batch_size_count", "2") == 8
+    assert value("batch_size_sum", "2") == 32
+    assert value("batch_size_bucket", "2", le="2.0") == 0
+    assert value("batch_size_bucket", "2", le="4.0") == 8
+    assert value("batch_size_count", "other") == 4
+    assert value("batch_size_sum", "other") == 16
+    # Every call is counted; only the batched ones have a batch size.
+    assert value("requests_total", "2") == 9
+    labels = {v for _, pairs in found for _, v in pairs}
+    assert "3" not in labels and not any(tag in v for v in labels)
 
 
 async def test_a_batch_never_mixes_model_ids(inference: InferenceService) -> None:

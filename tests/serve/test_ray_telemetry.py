@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from tests._otlp import OtlpCollector
 RunningServer = Any  # tests/conftest.py's RunningServer (conftest modules are not importable)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plugins"
+BATCH_PROBE = Path(__file__).resolve().parent / "plugins" / "batch_probe"
 SECRET = "serve-telemetry-tests-secret-0123456789"
 SPAN_SERVER = 2  # OTLP SpanKind.SPAN_KIND_SERVER
 
@@ -138,16 +141,72 @@ def test_infer_metrics_and_trace_reach_the_replica(
 
 @pytest.mark.ray
 @pytest.mark.timeout(480)
-def test_a_task_mode_job_on_ray_joins_the_callers_trace(
+def test_batch_sizes_of_concurrent_infer_calls_in_one_scrape(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """Concurrent Infer calls to a deployment that batches (the batch probe: a batch runs
+    when 4 requests of a model wait) are answered in batches of 4, and the server's one
+    /metrics scrape has each call's batch size under its application and model."""
+    server = server_factory(
+        plugin_dirs=[BATCH_PROBE],
+        server_secret=SECRET,
+        worker_memory_limit_mb=None,
+        metrics_listen="127.0.0.1:0",
+    )
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "w.bin").write_bytes(b"w" * 64)
+    archive = shutil.make_archive(str(tmp_path / "weights"), "zip", weights)
+    with Client(server.address, timeout=120) as client:
+        model_id = client.register_model(archive, "probe-weights").id
+        deployment = client.run_action(
+            "batch-probe", "deploy_batch_probe", {"model": model_id}, mode="local"
+        ).result(timeout=360)["serve_application"]
+        application = client.get_deployment(deployment).name
+        tag = f"scrape-{uuid.uuid4().hex}"
+
+        def infer(i: int) -> Any:
+            return client.infer(
+                plugin="batch-probe",
+                action="batch_probe",
+                model=model_id,
+                json={"x": float(i), "tag": f"{tag}-{i}"},
+            ).json
+
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(infer, range(8)))
+            after = _infer_samples(server.server.telemetry.metrics_address)
+        finally:
+            client.delete_deployment(deployment)
+    assert [a["batch"] for a in answers] == [4] * 8, answers
+
+    def sample(name: str, **labels: str) -> float:
+        key = {"application": application, "model": str(model_id), **labels}
+        return after.get((name, tuple(sorted(key.items()))), 0.0)
+
+    assert sample("synapse_infer_requests_total") == 8
+    assert sample("synapse_infer_batch_size_count") == 8
+    assert sample("synapse_infer_batch_size_sum") == 32
+    assert sample("synapse_infer_batch_size_bucket", le="2.0") == 0
+    assert sample("synapse_infer_batch_size_bucket", le="4.0") == 8
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)
+@pytest.mark.parametrize("mode", ["task", "job"])
+def test_a_job_on_ray_joins_the_callers_trace(
     server_factory: Callable[..., RunningServer],
     collector: OtlpCollector,
     monkeypatch: pytest.MonkeyPatch,
+    mode: str,
 ) -> None:
-    """The job's worker running as a Ray task exports its span into the caller's trace, the
-    child of the server's job span, with the job's attributes and mode.
+    """The job's worker running on Ray (a Ray task, or in job mode an actor process of its
+    own with the plugin's runtime environment) exports its span into the caller's trace,
+    the child of the server's job span, with the job's attributes and mode.
 
     The tracing configuration is the server's only (not this process's environment, which
-    the Ray the server starts would inherit): the task worker learns it from the job."""
+    the Ray the server starts would inherit): the worker learns it from the job."""
     from opentelemetry.sdk.trace import TracerProvider
 
     for name in [n for n in os.environ if n.startswith("OTEL_")]:
@@ -164,7 +223,7 @@ def test_a_task_mode_job_on_ray_joins_the_callers_trace(
             caller.get_tracer("test").start_as_current_span("caller") as root,
             Client(server.address, timeout=120) as client,
         ):
-            job = client.run_action("toy", "quick", {"count": 1, "label": "ray"}, mode="task")
+            job = client.run_action("toy", "quick", {"count": 1, "label": "ray"}, mode=mode)
             assert job.result(timeout=300)["label"] == "ray"
     finally:
         caller.shutdown()
@@ -177,8 +236,13 @@ def test_a_task_mode_job_on_ray_joins_the_callers_trace(
     spans = [s for s in collector.wait_for(worker_span_in, timeout=120) if s.trace_id == trace_id]
     by_name = {s.name: s for s in spans}
     job_span, worker = by_name["job toy/quick"], by_name["run toy/quick"]
+    # Caller (not exported here) -> the server's RunAction span -> job span -> Ray worker.
+    run_action = by_name["synapse.plugin.v1.ActionService/RunAction"]
+    assert run_action.parent_span_id == f"{root.get_span_context().span_id:016x}"
+    assert run_action.service == "synapse-server"
+    assert job_span.parent_span_id == run_action.span_id
     assert worker.parent_span_id == job_span.span_id
     assert worker.service == "synapse-worker"
-    expected = {"synapse.job.id": job.id, "synapse.plugin": "toy", "synapse.job.mode": "task"}
+    expected = {"synapse.job.id": job.id, "synapse.plugin": "toy", "synapse.job.mode": mode}
     for span in (job_span, worker):
         assert expected.items() <= span.attributes.items(), span

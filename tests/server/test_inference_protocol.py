@@ -10,8 +10,11 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from synapse_sdk.serving import (
     PROTOCOL_VERSION,
+    ErrorKind,
     ProtocolVersionError,
     ServeReply,
     ServeRequest,
@@ -27,6 +30,7 @@ from synapse_server.core.inference import (
     ServeProtocolMismatchError,
 )
 from synapse_server.grpc._errors import status_for
+from synapse_server.telemetry import PrometheusMetrics
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -104,3 +108,39 @@ async def test_the_core_sends_the_call_with_its_headers_and_version() -> None:
         headers={"traceparent": "00-1-2-01"},
     )
     assert sent.to_wire()["v"] == PROTOCOL_VERSION
+
+
+def _samples(metrics: PrometheusMetrics, prefix: str) -> dict[tuple[str, str, str], float]:
+    """(sample name, application, model) -> value, for the samples named ``prefix``…"""
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (s.name, s.labels["application"], s.labels["model"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith(prefix) and "le" not in s.labels
+    }
+
+
+async def test_batch_sizes_in_replies_are_observed_under_the_call_labels() -> None:
+    metrics = PrometheusMetrics(process_metrics=False)
+    backend = _Backend(ServeReply(json=1, batch_size=3))
+    service = InferenceService(
+        _Deployments(),  # type: ignore[arg-type]
+        backend,
+        ServeKeyring(b"s" * 32),
+        metrics=metrics,
+    )
+    await service.infer("acme", InferRequestData(application="app"))
+    # A model the deployment was not deployed with is "other", never the caller's id.
+    await service.infer("acme", InferRequestData(application="app", model_id="987654"))
+    backend.reply = ServeReply(json=1)  # a deployment that does not batch: not observed
+    await service.infer("acme", InferRequestData(application="app"))
+    backend.reply = ServeReply(error_kind=ErrorKind.INTERNAL, error_message="boom")
+    with pytest.raises(InferenceFailedError):
+        await service.infer("acme", InferRequestData(application="app"))
+    found = _samples(metrics, "synapse_infer_")
+    assert found[("synapse_infer_requests_total", "app", "3")] == 3
+    assert found[("synapse_infer_batch_size_count", "app", "3")] == 1
+    assert found[("synapse_infer_batch_size_sum", "app", "3")] == 3
+    assert found[("synapse_infer_batch_size_count", "app", "other")] == 1
+    assert not any("987654" in key for key in found)

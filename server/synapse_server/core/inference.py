@@ -10,8 +10,9 @@ Protocol one): :meth:`InferenceService.infer` (one answer) and
 :meth:`InferenceService.stream` (one result per item an endpoint yields). Both check the
 request the same way before anything reaches a replica.
 
-Every call is reported to the metrics facade (application, model, error kind, duration) and
-the current span (the call's, when traced) gets the application and model; its trace context
+Every call is reported to the metrics facade (application, model, error kind, duration, and
+the size of the batch the replica answered it in when its deployment batches) and the
+current span (the call's, when traced) gets the application and model; its trace context
 travels to the replica in the request's ``headers``.
 """
 
@@ -284,7 +285,7 @@ class InferenceService:
             reply = await self._backend.call(
                 prepared.record.name, prepared.token, prepared.request, request.timeout_s
             )
-            return self._result(prepared, reply)
+            return self._result(prepared, reply, labels)
         except BaseException as exc:
             error = _error_kind(exc)
             raise
@@ -311,7 +312,7 @@ class InferenceService:
             )
             async with contextlib.aclosing(_closable(replies)) as items:
                 async for reply in items:
-                    yield self._result(prepared, reply)
+                    yield self._result(prepared, reply, labels)
         except GeneratorExit:
             error = "cancelled"
             raise
@@ -371,9 +372,13 @@ class InferenceService:
         )
         return _Prepared(record, model_id, token, serve_request)
 
-    def _result(self, prepared: _Prepared, reply: ServeReply) -> InferResult:
+    def _result(self, prepared: _Prepared, reply: ServeReply, labels: _CallLabels) -> InferResult:
         if reply.error_kind is not None:
             raise self._error(reply, prepared.record, prepared.request.request_id)
+        if reply.batch_size:
+            # Observed here, from the replica's reply: the server's one registry holds it
+            # (scraped with the rest), under the call's bounded labels.
+            self._metrics.infer_batched(labels.application, labels.model, reply.batch_size)
         return InferResult(
             json=reply.json,
             tensors=reply.tensors,

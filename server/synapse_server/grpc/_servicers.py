@@ -29,6 +29,7 @@ from synapse_server.core._paging import checked_page_size
 from synapse_server.grpc import _converters as conv
 from synapse_server.grpc._auth import current_principal
 from synapse_server.grpc._errors import map_errors
+from synapse_server.grpc._progress_wire import EncodedEvents
 from synapse_server.grpc._requests import DEFAULT_MAX_MESSAGE_BYTES
 from synapse_server.grpc._streams import writes_through
 from synapse_server.telemetry import bind_log_context
@@ -61,6 +62,7 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
         self._jobs = jobs
         self._keepalive = keepalive_seconds
         self._max_message_bytes = max_message_bytes
+        self._encoded = EncodedEvents()
 
     @map_errors
     async def ListActions(  # noqa: N802
@@ -92,7 +94,7 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
     @writes_through
     async def StreamProgress(  # noqa: N802
         self, request: action_service_pb2.StreamProgressRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[action_service_pb2.StreamProgressResponse]:
+    ) -> AsyncIterator[bytes | action_service_pb2.StreamProgressResponse]:
         tenant = _tenant()
         if not request.job_id:
             raise InvalidArgumentError("job_id is required", field="job_id")
@@ -107,7 +109,8 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
         async with contextlib.aclosing(events) as stream:  # type: ignore[type-var]
             async for item in stream:
                 if isinstance(item, JobEvent):
-                    yield action_service_pb2.StreamProgressResponse(event=conv.event_to_pb(item))
+                    # The same bytes for every subscriber (see _progress_wire).
+                    yield self._encoded.get(item)
                 else:
                     job = await self._jobs.get(tenant, request.job_id)
                     yield action_service_pb2.StreamProgressResponse(

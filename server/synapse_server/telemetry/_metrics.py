@@ -35,6 +35,8 @@ _RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 _INFER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+# Requests per batch: powers of two up to past any max_batch_size a replica is likely to use.
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class JobCountSource(Protocol):
@@ -82,6 +84,10 @@ class PlatformMetrics:
 
     def infer_finished(self, application: str, model: str, error: str, seconds: float) -> None:
         """An Infer call ended; ``error`` is ``""`` on success, else a fixed error kind."""
+
+    def infer_batched(self, application: str, model: str, batch_size: int) -> None:
+        """An Infer call was answered by a model call that answered ``batch_size`` requests
+        together (the replica's dynamic batching; reported once per request)."""
 
     # Gauges read at scrape time ----------------------------------------------------------------
 
@@ -223,6 +229,14 @@ class PrometheusMetrics(PlatformMetrics):
             buckets=_INFER_BUCKETS,
             registry=r,
         )
+        self._infer_batch = Histogram(
+            "synapse_infer_batch_size",
+            "Requests answered by the model call that answered an Infer call (one "
+            "observation per request of a batching deployment).",
+            infer_labels,
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
         # The RPC children per method: label lookups (a lock and a dict each) once per method.
         self._rpc_children: dict[str, tuple[Any, Any, tuple[str, str, str]]] = {}
         # Stores whose size is read at scrape time (one metric family for all of them).
@@ -273,6 +287,9 @@ class PrometheusMetrics(PlatformMetrics):
         if error:
             self._infer_errors.labels(application, model, error).inc()
         self._infer_seconds.labels(application, model).observe(seconds)
+
+    def infer_batched(self, application: str, model: str, batch_size: int) -> None:
+        self._infer_batch.labels(application, model).observe(batch_size)
 
     def _watch(self, read: Callable[[], Iterator[Any]]) -> None:
         self.registry.register(_ScrapeCollector(read))
