@@ -18,7 +18,10 @@ a file of one big row group would otherwise be a single block and a single busy 
 predictor sees the same batches as the local runner's, which keeps outputs identical even for
 models whose arithmetic depends on the batch's shape. Read tasks run on this node (the file is
 only here) and take no CPU of their own: this node's CPUs may all be held by the pool's
-actors, and a read task waiting for one of them would stall the pipeline.
+actors, and a read task waiting for one of them would stall the pipeline. Each format is
+parsed as the local runner parses it, the actors convert batches and check and lay out the
+predictor's outputs with the local runner's own helpers, and the writer writes one row group
+per batch: the output file is the local run's, byte for byte.
 
 Plugin code in the actors. A plugin's modules live in a synthetic package named after the
 directory it was loaded from (see ``synapse_sdk.plugins``); an actor on another node has no
@@ -30,13 +33,15 @@ and imports the class from there.
 Failures and cancel. A predictor that raises fails the run with its own exception type,
 message and traceback (the actor's traceback is chained as the cause). When
 ``is_cancelled()`` turns true the runner shuts the pipeline down (Ray Data kills the pool's
-actors) and raises ``ActionCancelledError``; nothing is committed.
+actors) and raises ``ActionCancelledError``; nothing is committed. Either way the pool's
+actors are gone when ``run`` returns or soon after (Ray ends them once their handles go).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import importlib
 import logging
 import os
@@ -218,28 +223,53 @@ def _read_parquet(
 def _read_npy(path: str, column: str, start: int, stop: int, size: int) -> Iterator[pa.Table]:
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     for begin in range(start, stop, size):
-        yield pa.table({column: _arrow_array(np.asarray(array[begin : min(begin + size, stop)]))})
+        chunk = np.ascontiguousarray(array[begin : min(begin + size, stop)])
+        # The local runner's layout: rows of n-D arrays as fixed-size lists of their values.
+        if chunk.ndim == 1:
+            values = pa.array(chunk)
+        else:
+            flat = chunk.reshape(chunk.shape[0], -1)
+            values = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+        yield pa.table({column: values})
 
 
 def _read_jsonl(
-    path: str, columns: list[str] | None, begin: int, end: int, rows: int, size: int
+    path: str, columns: list[str] | None, begin: int, end: int, size: int
 ) -> Iterator[pa.Table]:
-    import io
+    # Parsed as the local runner parses it (json.loads, then Arrow types inferred per batch
+    # from the Python values): the same batches give the same column types, so the outputs
+    # are identical. (pyarrow's JSON reader infers differently, e.g. timestamps from strings.)
+    import json
 
-    import pyarrow.json as pj
-
+    rows: list[dict[str, Any]] = []
     with open(path, "rb") as handle:
         handle.seek(begin)
-        data = handle.read(end - begin)
-    table = pj.read_json(io.BytesIO(data))
-    if columns is not None:
-        table = table.select(columns)
-    yield from _rebatch(iter([table]), 0, rows, size)
+        position = begin
+        for raw in handle:
+            if position >= end:
+                break
+            position += len(raw)
+            if not raw.strip():
+                continue
+            row = json.loads(raw)
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: a line is not a JSON object")
+            rows.append(row)
+            if len(rows) == size:
+                yield _jsonl_table(rows, columns)
+                rows = []
+    if rows:
+        yield _jsonl_table(rows, columns)
+
+
+def _jsonl_table(rows: list[dict[str, Any]], columns: list[str] | None) -> pa.Table:
+    table = pa.Table.from_pylist(rows)
+    return table.select(columns) if columns is not None else table
 
 
 def _jsonl_offsets(path: str, every: int) -> list[int]:
     """Byte offsets of lines 0, every, 2*every, ... and the file's end (blank lines skipped
-    as pyarrow skips them)."""
+    as the local runner skips them)."""
     offsets = [0]
     line = 0
     position = 0
@@ -252,32 +282,6 @@ def _jsonl_offsets(path: str, every: int) -> list[int]:
             position += len(raw)
     offsets.append(position)
     return offsets
-
-
-def _arrow_array(values: Any) -> pa.Array:
-    """An Arrow column of ``values`` (numpy or torch, 1-D or n-D: n-D as fixed-size lists)."""
-    if hasattr(values, "detach") and hasattr(values, "numpy"):
-        values = values.detach().cpu().numpy()
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        return values
-    array = np.asarray(values)
-    if array.ndim <= 1:
-        return pa.array(array)
-    flat = pa.array(np.ascontiguousarray(array).reshape(-1))
-    for width in reversed(array.shape[1:]):
-        flat = pa.FixedSizeListArray.from_arrays(flat, width)
-    return flat
-
-
-def _numpy_column(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A numpy array of an Arrow column (fixed-size lists become extra dimensions)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    shape: list[int] = [len(column)]
-    while pa.types.is_fixed_size_list(column.type):
-        shape.append(column.type.list_size)
-        column = column.flatten()
-    return column.to_numpy(zero_copy_only=False).reshape(shape)
 
 
 def _datasource_class() -> type:
@@ -304,7 +308,15 @@ def _datasource_class() -> type:
             self._size = batch_size
 
         def estimate_inmemory_data_size(self) -> int | None:
-            return os.path.getsize(self._path)
+            # No estimate: Ray Data would split the read tasks' blocks to match it, and the
+            # blocks must stay one per batch.
+            return None
+
+        @property
+        def supports_distributed_reads(self) -> bool:
+            # The file is a local file of this node: Ray Data runs the reads on the node of
+            # the driver (this process) then.
+            return False
 
         def get_name(self) -> str:
             return f"Dataset{self._format.capitalize()}"
@@ -326,9 +338,7 @@ def _datasource_class() -> type:
                     read = functools.partial(_read_npy, path, self._npy_column, start, stop, size)
                 else:
                     begin, end = offsets[index], offsets[index + 1]
-                    read = functools.partial(
-                        _read_jsonl, path, columns, begin, end, stop - start, size
-                    )
+                    read = functools.partial(_read_jsonl, path, columns, begin, end, size)
                 metadata = BlockMetadata(
                     num_rows=stop - start, size_bytes=None, exec_stats=None, input_files=(path,)
                 )
@@ -359,18 +369,31 @@ class _PredictorActor:
             raise _failure(exc) from None
         self._format = batch_format
         self._columns = list(columns) if columns is not None else None
-        self._carry = list(carry)
+        self._carry = tuple(carry)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        names = self._columns if self._columns is not None else table.column_names
+        from synapse_sdk.datasets._local import build_output_batch, convert_batch
+
+        batch = _record_batch(table)
+        feed = batch.select(self._columns) if self._columns is not None else batch
         try:
-            outputs = self._predictor(_to_format(table.select(names), self._format))
-            predicted = _to_table(outputs, table.num_rows)
+            outputs = self._predictor(convert_batch(feed, self._format))  # type: ignore[arg-type]
+            # The local runner's own conversion and checks: the same output, the same errors.
+            result = build_output_batch(batch, self._carry, outputs)
         except Exception as exc:
             raise _failure(exc) from None
-        # Carry columns first, then the predictor's (the runner's output layout).
-        arrays = [table.column(name) for name in self._carry] + list(predicted.columns)
-        return pa.table(arrays, names=self._carry + predicted.column_names)
+        return pa.Table.from_batches([result])
+
+
+def _record_batch(table: pa.Table) -> pa.RecordBatch:
+    """``table``'s rows as one record batch (a block is one batch, maybe in several chunks)."""
+    table = table.combine_chunks()
+    batches = table.to_batches()
+    if len(batches) == 1:
+        return batches[0]
+    return pa.RecordBatch.from_arrays(
+        [column.combine_chunks() for column in table.columns], schema=table.schema
+    )
 
 
 def _failure(exc: BaseException) -> PredictorFailedError:
@@ -389,36 +412,6 @@ def _failure(exc: BaseException) -> PredictorFailedError:
     except Exception:
         error = None
     return PredictorFailedError(name, str(exc), text, error)
-
-
-def _to_format(table: pa.Table, batch_format: str) -> Any:
-    if batch_format == "pyarrow":
-        return table
-    if batch_format == "dicts":
-        return table.to_pylist()
-    arrays = {name: _numpy_column(table.column(name)) for name in table.column_names}
-    if batch_format == "torch":
-        import torch
-
-        return {
-            name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in arrays.items()
-        }
-    return arrays
-
-
-def _to_table(outputs: Any, rows: int) -> pa.Table:
-    if isinstance(outputs, (pa.Table, pa.RecordBatch)):
-        table = outputs if isinstance(outputs, pa.Table) else pa.Table.from_batches([outputs])
-    elif isinstance(outputs, Mapping):
-        table = pa.table({str(name): _arrow_array(values) for name, values in outputs.items()})
-    else:
-        raise TypeError(
-            "a predictor must return a mapping of column name to values, not "
-            f"{type(outputs).__name__}"
-        )
-    if table.num_rows != rows:
-        raise ValueError(f"the predictor returned {table.num_rows} rows for a batch of {rows}")
-    return table
 
 
 # --- the runner -------------------------------------------------------------------------
@@ -445,61 +438,68 @@ class RayDataRunner:
         """Run ``spec`` (a ``synapse_sdk.datasets.BatchSpec``); see ``BatchRunner.run``."""
         import ray
         from synapse_sdk.datasets import BatchResult
-        from synapse_sdk.errors import ActionCancelledError
 
+        source = spec.source
+        _check_spec(spec)
+        if source.num_rows == 0:
+            # Nothing to map: the local runner's empty output (its carried columns, no rows).
+            with pq.ParquetWriter(
+                spec.sink.path, pa.schema([(name, pa.null()) for name in spec.carry_columns])
+            ):
+                pass
+            spec.sink.commit(0)
+            return BatchResult(output=spec.sink.name, rows=0, batches=0)
         if not ray.is_initialized():
             ray.init(
                 address=self.address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False
             )
         started = time.perf_counter()
-        source = spec.source
         dataset = self._dataset(spec)
-        try:
-            # Ray Data runs the pipeline up to its first output here: a failure may come now.
-            bundles, executor = _start(dataset)
-        except Exception as exc:
-            failure = _predictor_failure(exc)
-            if failure is not None:
-                failure.reraise()
-            raise
+        # Started here and consumed in a thread: the first output may be long in coming (the
+        # pool's actors start and load the model), and a cancel must be noticed meanwhile.
+        executor, bundles = _start(dataset)
+        consumer = _Consumer(bundles)
+        del bundles
         self.timings = {"plan": time.perf_counter() - started}
         rows = batches = 0
-        writer: pq.ParquetWriter | None = None
-        consumer = _Consumer(bundles)
         write_seconds = 0.0
+        writer: pq.ParquetWriter | None = None
+        error: BaseException | None = None
         try:
-            for table in consumer.tables(is_cancelled, self.poll_seconds):
-                # A block holds the outputs of one or more whole batches (the pool's actors
-                # merge their outputs): written and reported batch by batch.
-                for offset in range(0, table.num_rows, spec.batch_size):
-                    began = time.perf_counter()
-                    piece = table.slice(offset, spec.batch_size)
-                    if writer is None:
-                        writer = pq.ParquetWriter(spec.sink.path, piece.schema)
-                    writer.write_table(piece)
-                    rows += piece.num_rows
-                    batches += 1
-                    write_seconds += time.perf_counter() - began
-                    on_batch(rows)
-            if consumer.cancelled:
-                raise ActionCancelledError()
+            # Output blocks are cut back into the input's batches whatever their sizes (the
+            # pool may merge or split its outputs): one row group per batch, as the local
+            # runner writes them, and progress after each batch written.
+            for piece in _batches_of(consumer.tables(is_cancelled, self.poll_seconds), spec):
+                began = time.perf_counter()
+                if writer is None:
+                    writer = pq.ParquetWriter(spec.sink.path, piece.schema)
+                writer.write_table(piece)
+                rows += piece.num_rows
+                batches += 1
+                write_seconds += time.perf_counter() - began
+                on_batch(rows)
         except BaseException as exc:
-            executor.shutdown(force=True)
-            consumer.join()
-            failure = _predictor_failure(exc)
-            if failure is not None:
-                failure.reraise()
-            raise
+            error = exc  # raised below, once the pipeline and its actors are down
         finally:
             if writer is not None:
                 writer.close()
+        # Kills the pool's actors (a cancel, an error in this process) unless Ray Data has
+        # already shut the pipeline down itself (a failed batch).
         executor.shutdown(force=True)
-        if writer is None:
-            # An empty dataset: an empty file with the columns carried from the input.
-            pq.write_table(
-                pa.table({name: pa.array([], type=pa.null()) for name in spec.carry_columns}),
-                spec.sink.path,
-            )
+        if error is not None:
+            consumer.join()
+            failure = _predictor_failure(error)
+            del dataset, executor, consumer
+            if failure is not None:
+                error = None
+            # A pipeline that failed by itself releases its actors by dropping their handles,
+            # some of which sit in reference cycles (with the failure's traceback): collect
+            # them now, so the actors end now and not at some later collection.
+            gc.collect()
+            if failure is not None:
+                failure.reraise()
+            assert error is not None
+            raise error
         if rows != source.num_rows:
             raise RuntimeError(
                 f"the pipeline produced {rows} rows for {source.num_rows} input rows"
@@ -512,7 +512,6 @@ class RayDataRunner:
     def _dataset(self, spec: Any) -> Any:
         import ray
         from ray.data import ActorPoolStrategy
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         source = spec.source
         columns = (
@@ -524,17 +523,14 @@ class RayDataRunner:
         datasource = _datasource_class()(
             source.path, source.format, source.num_rows, columns, npy_column, spec.batch_size
         )
-        node = ray.get_runtime_context().get_node_id()
+        span = spec.batch_size * BATCHES_PER_READ_TASK
         dataset = ray.data.read_datasource(
             datasource,
             num_cpus=0,
-            ray_remote_args={
-                "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)
-            },
+            # Exactly the read tasks' own blocks: with fewer blocks than it wants, Ray Data
+            # splits every block into pieces, and a batch would no longer be one block.
+            override_num_blocks=-(-source.num_rows // span),
         )
-        options: dict[str, Any] = {}
-        if self.runtime_env:
-            options["runtime_env"] = dict(self.runtime_env)
         dataset = dataset.map_batches(
             _PredictorActor,
             fn_constructor_kwargs={
@@ -549,9 +545,7 @@ class RayDataRunner:
             compute=ActorPoolStrategy(size=max(1, int(spec.concurrency))),
             num_cpus=spec.num_cpus,
             num_gpus=spec.num_gpus or None,
-            max_restarts=0,
-            max_task_retries=0,
-            **options,
+            runtime_env=dict(self.runtime_env) if self.runtime_env else None,
         )
         context = dataset.context
         context.execution_options.preserve_order = True
@@ -563,10 +557,59 @@ class RayDataRunner:
         return dataset
 
 
-def _start(dataset: Any) -> tuple[Iterator[Any], Any]:
-    """The pipeline's ordered stream of output bundles and its executor (to shut it down)."""
-    bundles, _, executor = dataset._execute_to_iterator()
-    return bundles, executor
+def _batches_of(tables: Iterator[pa.Table], spec: Any) -> Iterator[pa.Table]:
+    """``tables`` (the output in input order) as tables of ``spec.batch_size`` rows (the last
+    one shorter), each in one chunk."""
+    size = spec.batch_size
+    pending: list[pa.Table] = []
+    held = 0
+    for table in tables:
+        if table.num_rows == 0:
+            continue
+        if not pending and table.num_rows == size:
+            yield table.combine_chunks()  # the usual case: one block, one batch
+            continue
+        pending.append(table)
+        held += table.num_rows
+        while held >= size:
+            whole = pa.concat_tables(pending)
+            yield whole.slice(0, size).combine_chunks()
+            rest = whole.slice(size)
+            pending, held = ([rest] if rest.num_rows else []), rest.num_rows
+    if held:
+        yield pa.concat_tables(pending).combine_chunks()
+
+
+def _check_spec(spec: Any) -> None:
+    """The local runner's checks, made before anything starts on the cluster."""
+    if spec.batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {spec.batch_size!r}")
+    if spec.concurrency < 1:
+        raise ValueError(f"concurrency must be a positive integer, got {spec.concurrency!r}")
+    if spec.num_cpus < 0 or spec.num_gpus < 0:
+        raise ValueError("num_cpus and num_gpus must not be negative")
+    available = spec.source.columns
+    missing = [c for c in (*(spec.columns or ()), *spec.carry_columns) if c not in available]
+    if missing:
+        raise ValueError(
+            f"columns {missing[:10]} are not in dataset {spec.source.dataset_id} "
+            f"(columns: {list(available)[:50]})"
+        )
+
+
+def _start(dataset: Any) -> tuple[Any, Iterator[Any]]:
+    """Start the pipeline: its executor (to shut it down) and its ordered output bundles.
+
+    (Ray Data's public iterators give no handle to shut a pipeline and its actors down at
+    once; these private calls of Ray 2.60 do.)
+    """
+    executor = dataset._create_executor()
+    try:
+        bundles = dataset._build_bundle_iterator(executor, preserve_order=True)
+    except BaseException:
+        executor.shutdown(force=True)
+        raise
+    return executor, bundles
 
 
 def _predictor_failure(exc: BaseException) -> PredictorFailedError | None:
@@ -600,7 +643,6 @@ class _Consumer:
         self._bundles = bundles
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=_AHEAD)
         self._stop = threading.Event()
-        self.cancelled = False
         self._thread = threading.Thread(target=self._pull, name="ray-data-consumer", daemon=True)
         self._thread.start()
 
@@ -630,10 +672,12 @@ class _Consumer:
                 return
 
     def tables(self, is_cancelled: Callable[[], bool], poll_seconds: float) -> Iterator[pa.Table]:
+        """The output tables in order; raises ``ActionCancelledError`` once cancelled."""
+        from synapse_sdk.errors import ActionCancelledError
+
         while True:
             if is_cancelled():
-                self.cancelled = True
-                return
+                raise ActionCancelledError("batch run cancelled")
             try:
                 item = self._queue.get(timeout=poll_seconds)
             except queue.Empty:

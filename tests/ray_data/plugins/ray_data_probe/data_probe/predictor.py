@@ -1,4 +1,4 @@
-"""A row-wise predictor (exact in any batching) that can record where it ran, fail or dawdle."""
+"""Row-wise predictors (exact in any batching) that record where they ran, fail or dawdle."""
 
 import os
 import time
@@ -10,10 +10,11 @@ from .scale import weights
 
 
 class RowPredictor:
-    """y = x @ w (float64, row by row: exact whatever the batch), plus the row sum.
+    """y = x @ w (float64, row by row: exact whatever the batch), plus the doubled id.
 
-    ``record_dir``: each call writes a file named after the node and the batch's first id.
-    ``fail_at``: the batch holding this id raises. ``delay``: seconds to sleep per batch.
+    ``record_dir``: each actor writes ``actor-<pid>-<node>`` once and each call writes
+    ``batch-<first id>-<node>``. ``fail_at``: the batch holding this id raises (from
+    ``check_row``, so the traceback names a plugin function). ``delay``: seconds per batch.
     """
 
     def __init__(self, features=3, record_dir=None, fail_at=None, delay=0.0):
@@ -21,11 +22,8 @@ class RowPredictor:
         self.record_dir = Path(record_dir) if record_dir else None
         self.fail_at = fail_at
         self.delay = delay
-        self.node = ""
+        self.node = _node_id() if self.record_dir is not None else ""
         if self.record_dir is not None:
-            import ray
-
-            self.node = ray.get_runtime_context().get_node_id()
             (self.record_dir / f"actor-{os.getpid()}-{self.node}").write_text(self.node)
 
     def __call__(self, batch):
@@ -40,5 +38,27 @@ class RowPredictor:
         return {"y": (x * self.w).sum(axis=1), "double_id": ids * 2}
 
 
+class MatrixPredictor:
+    """For ``.npy`` inputs (one column ``data`` of rows of values): y = row @ w, row sums."""
+
+    def __init__(self, features=3):
+        self.w = weights(features)
+
+    def __call__(self, batch):
+        data = batch["data"]
+        return {"y": (data * self.w).sum(axis=1), "total": data.sum(axis=1)}
+
+
 def check_row(row):
     raise ValueError(f"cannot predict row {row}")
+
+
+def _node_id():
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    return "local"

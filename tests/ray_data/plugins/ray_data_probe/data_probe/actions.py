@@ -1,0 +1,42 @@
+"""Actions of the Ray Data probe plugin."""
+
+from typing import Any
+
+from pydantic import BaseModel
+from synapse_sdk.datasets import DatasetRef
+from synapse_sdk.plugins.actions.inference import BaseInferenceAction
+
+from .predictor import RowPredictor
+
+
+class MapParams(BaseModel):
+    dataset: DatasetRef
+    batch_size: int = 100
+    concurrency: int = 1
+    num_cpus: float = 1.0
+    record_dir: str | None = None
+    fail_at: int | None = None
+    delay: float = 0.0
+
+
+class MapAction(BaseInferenceAction[MapParams]):
+    """``map_batches`` of RowPredictor over ``dataset`` into the output ``predictions``."""
+
+    def execute(self) -> dict[str, Any]:
+        params = self.params
+        result = self.map_batches(
+            dataset=params.dataset,
+            predictor=RowPredictor,
+            predictor_kwargs={
+                "record_dir": params.record_dir,
+                "fail_at": params.fail_at,
+                "delay": params.delay,
+            },
+            batch_size=params.batch_size,
+            columns=["id", "a", "b", "c"],
+            carry_columns=["id", "name"],
+            output="predictions",
+            concurrency=params.concurrency,
+            num_cpus=params.num_cpus,
+        )
+        return {"output": result.output, "rows": result.rows, "batches": result.batches}
