@@ -9,7 +9,8 @@ forked from this one.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 PROBE = PLUGINS / "ray_data_probe"
 NODES = ("head", "node_a", "node_b")
+#: CPUs of the cluster (one per node).
+CPUS = 3.0
 
 
 @dataclass
@@ -63,3 +66,39 @@ def data_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataClust
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` (on this machine, as every node of the test cluster) runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has ended; only its parent has not reaped it yet.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def idle(data_cluster: DataCluster) -> DataCluster:
+    """The cluster once every CPU is free again (the last run's pool actors are gone)."""
+    wait_for(lambda: free_cpus() == CPUS, 30, "the cluster's CPUs to be released")
+    return data_cluster
+
+
+def free_cpus() -> float:
+    """The cluster's CPUs no task or actor holds."""
+    import ray
+
+    return float(ray.available_resources().get("CPU", 0.0))
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``condition`` until true; fail naming ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)

@@ -7,10 +7,8 @@ plugin) over a real file; the reference is LocalBatchRunner on the same file and
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from ray_data_support import PROBE, DataCluster
+from ray_data_support import CPUS, PROBE, DataCluster, alive, free_cpus, wait_for
 from synapse_sdk.datasets import BatchSpec, LocalBatchRunner, LocalDatasets
 from synapse_sdk.errors import ActionCancelledError
 from synapse_sdk.plugins import load_plugin
@@ -26,34 +24,11 @@ from synapse_server.ray._data_runner import RayDataRunner
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
-CPUS = 3.0
-
 
 @pytest.fixture(scope="module")
 def probe() -> Any:
     """The probe plugin's predictor module, imported from the plugin's synthetic package."""
     return load_plugin(PROBE).import_module("data_probe.predictor")
-
-
-@pytest.fixture
-def idle(data_cluster: DataCluster) -> DataCluster:
-    """The cluster once every CPU is free again (the last run's pool actors are gone)."""
-    _wait_for(lambda: _free_cpus() == CPUS, 30, "the cluster's CPUs to be released")
-    return data_cluster
-
-
-def _free_cpus() -> float:
-    import ray
-
-    return float(ray.available_resources().get("CPU", 0.0))
-
-
-def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _table(rows: int, seed: int = 7) -> pa.Table:
@@ -121,49 +96,40 @@ def _assert_same_output(local_path: str, ray_path: str) -> None:
 def test_parquet_batches_run_on_several_nodes_and_match_the_local_output(
     idle: DataCluster, probe: Any, tmp_path: Path
 ) -> None:
-    source = _parquet(tmp_path / "input.parquet", 3000)
+    source = _parquet(tmp_path / "input.parquet", 3050)
     record = tmp_path / "record"
     record.mkdir()
     kwargs = {"record_dir": str(record), "delay": 0.02}
     spec, sink = _spec(
         tmp_path, source, probe.RowPredictor, label="ray", kwargs=kwargs, concurrency=3
     )
-    result, _ = _run(RayDataRunner(), spec)
+    calls: list[tuple[int, int]] = []
+
+    def on_batch(done: int) -> None:
+        calls.append((done, threading.get_ident()))
+
+    result = RayDataRunner().run(spec, on_batch, lambda: False)
     local_spec, local_sink = _spec(
         tmp_path, source, probe.RowPredictor, label="local", concurrency=3
     )
     local_result, _ = _run(LocalBatchRunner(), local_spec)
 
-    assert (result.output, result.rows, result.batches) == ("predictions", 3000, 30)
-    assert (local_result.rows, local_result.batches) == (3000, 30)
-    assert sink.committed == 3000
+    assert (result.output, result.rows, result.batches) == ("predictions", 3050, 31)
+    assert (local_result.rows, local_result.batches) == (3050, 31)
+    assert sink.committed == 3050
+    # Progress after each written batch, in order, from the caller's thread.
+    assert [done for done, _ in calls] == [*range(100, 3001, 100), 3050]
+    assert {thread for _, thread in calls} == {threading.get_ident()}
     batch_nodes = {path.name.split("-")[1]: path.read_text() for path in record.glob("batch-*")}
     # Every batch was computed once, with the local runner's batch boundaries ...
-    assert sorted(map(int, batch_nodes)) == list(range(0, 3000, 100))
+    assert sorted(map(int, batch_nodes)) == list(range(0, 3050, 100))
     # ... by actors on more than one node of the cluster.
     assert len(set(batch_nodes.values())) >= 2, batch_nodes
     assert set(batch_nodes.values()) <= set(idle.node_ids.values())
     output = pq.read_table(sink.path)
     assert output.column_names == ["id", "name", "y", "double_id"]
-    assert output.column("id").to_pylist() == list(range(3000))
+    assert output.column("id").to_pylist() == list(range(3050))
     _assert_same_output(local_sink.path, sink.path)
-
-
-def test_progress_is_reported_in_order_after_each_written_batch(
-    idle: DataCluster, probe: Any, tmp_path: Path
-) -> None:
-    source = _parquet(tmp_path / "input.parquet", 1050)
-    spec, sink = _spec(tmp_path, source, probe.RowPredictor, label="ray", concurrency=2)
-    calls: list[tuple[int, int]] = []
-
-    def on_batch(done: int) -> None:
-        # Reported once the batch is in the file: the file holds at least that many rows.
-        calls.append((done, threading.get_ident()))
-
-    result = RayDataRunner().run(spec, on_batch, lambda: False)
-    assert [done for done, _ in calls] == [*range(100, 1001, 100), 1050]
-    assert {thread for _, thread in calls} == {threading.get_ident()}
-    assert result.batches == 11 and sink.committed == 1050
 
 
 def test_jsonl_input_matches_the_local_output(
@@ -217,7 +183,7 @@ def test_a_failing_batch_raises_the_predictors_exception_with_its_traceback(
     assert "check_row" in remote and "predictor.py" in remote, remote
     assert sink.committed is None
     # The failed pipeline's actors end (their CPUs are free again) without further ado.
-    _wait_for(lambda: _free_cpus() == CPUS, 10, "the actors' CPUs to be released")
+    wait_for(lambda: free_cpus() == CPUS, 10, "the actors' CPUs to be released")
 
 
 def test_cancel_stops_the_pipeline_promptly_and_ends_its_actors(
@@ -245,21 +211,9 @@ def test_cancel_stops_the_pipeline_promptly_and_ends_its_actors(
     actors = [int(path.name.split("-")[1]) for path in record.glob("actor-*")]
     assert len(actors) == 2
     # The pool's actor processes end and their CPUs are free again ...
-    _wait_for(lambda: not any(_alive(pid) for pid in actors), 10, "the actors to end")
-    _wait_for(lambda: _free_cpus() == CPUS, 10, "the actors' CPUs to be released")
+    wait_for(lambda: not any(alive(pid) for pid in actors), 10, "the actors to end")
+    wait_for(lambda: free_cpus() == CPUS, 10, "the actors' CPUs to be released")
     # ... and no batch is computed after that.
     computed = len(list(record.glob("batch-*")))
     time.sleep(1.0)
     assert len(list(record.glob("batch-*"))) == computed < 60
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie has ended; only its parent has not reaped it yet.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -61,7 +61,7 @@ import pyarrow.parquet as pq
 
 from synapse_server.ray._plugin_package import PluginPackage, materialize_plugin, pack_plugin
 
-__all__ = ["PredictorRef", "RayDataRunner"]
+__all__ = ["PredictorRef", "RayDataRunner", "plugin_directory"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,19 +129,14 @@ class PredictorRef:
     @classmethod
     def of(cls, predictor: type) -> PredictorRef:
         """The reference of ``predictor``, packing its plugin's code when it comes from one."""
-        module_name = predictor.__module__
-        top, _, relative = module_name.partition(".")
-        package_module = sys.modules.get(top)
-        locations = getattr(
-            getattr(package_module, "__spec__", None), "submodule_search_locations", None
-        )
-        if not top.startswith(_PLUGIN_PACKAGE_PREFIX) or not locations:
+        directory = plugin_directory(predictor)
+        if directory is None:
             return cls(qualname=predictor.__qualname__, cls=predictor)
         import ray
 
         from synapse_server.core._plugin_code import code_digest
 
-        directory = Path(locations[0])
+        relative = predictor.__module__.partition(".")[2]
         payload = pack_plugin(directory)
         package = PluginPackage(
             sha256=code_digest(directory), size=len(payload), archive=[ray.put(payload)]
@@ -162,6 +157,16 @@ class PredictorRef:
         for part in self.qualname.split("."):
             target = getattr(target, part)
         return target  # type: ignore[no-any-return]
+
+
+def plugin_directory(predictor: type) -> Path | None:
+    """The directory of the plugin ``predictor`` was loaded from; None: not from a plugin."""
+    top = predictor.__module__.partition(".")[0]
+    if not top.startswith(_PLUGIN_PACKAGE_PREFIX):
+        return None
+    spec = getattr(sys.modules.get(top), "__spec__", None)
+    locations = getattr(spec, "submodule_search_locations", None)
+    return Path(locations[0]) if locations else None
 
 
 # --- reading: one block per batch -------------------------------------------------------
@@ -421,12 +426,14 @@ def _failure(exc: BaseException) -> PredictorFailedError:
 class RayDataRunner:
     """BatchRunner on Ray Data (see the module's docstring); the worker installs it on Ray.
 
-    ``runtime_env`` is given to the pool's actors (job mode: the plugin's own environment);
+    ``runtime_env`` is given to the pool's actors; ``plugin_environment`` (job mode) adds the
+    predictor's plugin's own environment (its ``requirements.txt``, as the job's actor has it).
     ``address`` is the cluster to connect to when this process is not connected yet (None:
     ``RAY_ADDRESS``).
     """
 
     runtime_env: Mapping[str, Any] | None = None
+    plugin_environment: bool = False
     address: str | None = None
     poll_seconds: float = POLL_SECONDS
     #: Seconds per stage of the last run (read+map is what the pool computed meanwhile).
@@ -509,6 +516,15 @@ class RayDataRunner:
         self.timings["write"] = write_seconds
         return BatchResult(output=spec.sink.name, rows=rows, batches=batches)
 
+    def _runtime_env(self, predictor: type) -> dict[str, Any] | None:
+        env = dict(self.runtime_env or {})
+        directory = plugin_directory(predictor) if self.plugin_environment else None
+        if directory is not None:
+            from synapse_server.ray._executors import RayJobExecutor
+
+            env.update(RayJobExecutor.runtime_env(directory))
+        return env or None
+
     def _dataset(self, spec: Any) -> Any:
         import ray
         from ray.data import ActorPoolStrategy
@@ -545,7 +561,7 @@ class RayDataRunner:
             compute=ActorPoolStrategy(size=max(1, int(spec.concurrency))),
             num_cpus=spec.num_cpus,
             num_gpus=spec.num_gpus or None,
-            runtime_env=dict(self.runtime_env) if self.runtime_env else None,
+            runtime_env=self._runtime_env(spec.predictor),
         )
         context = dataset.context
         context.execution_options.preserve_order = True

@@ -60,6 +60,7 @@ from synapse_server.core._memory import (
 )
 from synapse_server.grpc._converters import error_info_to_pb, sdk_event_to_worker_pb
 from synapse_server.telemetry import bind_log_context
+from synapse_server.worker._ray_batch import batch_runner_for
 
 __all__ = ["WorkerError", "run_worker"]
 
@@ -619,6 +620,8 @@ def _execute(
         plugin_code=assignment.plugin,
         action_name=assignment.action,
         platform=platform,
+        # On Ray, map_batches runs as a Ray Data pipeline over the cluster.
+        batch_runner=batch_runner_for(_MODES.get(assignment.mode, "job")),
         # Model downloads go through the platform (works without a shared file system).
         model_backend=PlatformModelBackend.from_platform(platform),
         mode=_MODES.get(assignment.mode, "job"),

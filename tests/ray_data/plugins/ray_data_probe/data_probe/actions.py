@@ -3,8 +3,9 @@
 from typing import Any
 
 from pydantic import BaseModel
-from synapse_sdk.datasets import DatasetRef
+from synapse_sdk.datasets import DatasetRef, LocalDatasets
 from synapse_sdk.plugins.actions.inference import BaseInferenceAction
+from synapse_sdk.runtime import current_context
 
 from .predictor import RowPredictor
 
@@ -17,6 +18,10 @@ class MapParams(BaseModel):
     record_dir: str | None = None
     fail_at: int | None = None
     delay: float = 0.0
+    # Resolve the dataset reference over these local files, outputs into output_dir (tests
+    # that run without the platform's dataset store).
+    local_files: dict[str, str] | None = None
+    output_dir: str | None = None
 
 
 class MapAction(BaseInferenceAction[MapParams]):
@@ -24,6 +29,10 @@ class MapAction(BaseInferenceAction[MapParams]):
 
     def execute(self) -> dict[str, Any]:
         params = self.params
+        if params.local_files is not None:
+            current_context().datasets = LocalDatasets(
+                params.local_files, output_dir=params.output_dir or "."
+            )
         result = self.map_batches(
             dataset=params.dataset,
             predictor=RowPredictor,
@@ -39,4 +48,9 @@ class MapAction(BaseInferenceAction[MapParams]):
             concurrency=params.concurrency,
             num_cpus=params.num_cpus,
         )
-        return {"output": result.output, "rows": result.rows, "batches": result.batches}
+        return {
+            "output": result.output,
+            "rows": result.rows,
+            "batches": result.batches,
+            "runner": type(current_context().batch_runner).__name__,
+        }
