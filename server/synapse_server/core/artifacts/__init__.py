@@ -1,0 +1,16 @@
+"""Content-addressed artifact files shared by every registry (models, datasets, job outputs)."""
+
+from synapse_server.core.artifacts._files import (
+    ArtifactStore,
+    ArtifactTooLargeError,
+    PendingArtifact,
+)
+from synapse_server.core.artifacts._references import ArtifactReferrer, SharedArtifacts
+
+__all__ = [
+    "ArtifactReferrer",
+    "ArtifactStore",
+    "ArtifactTooLargeError",
+    "PendingArtifact",
+    "SharedArtifacts",
+]
