@@ -48,7 +48,7 @@ class Stores:
     deployments: DeploymentStore
     shared: bool = False
     notifications: StoreNotifications | None = None
-    #: ``None`` where the backend has no dataset store (the DatasetService then refuses).
+    #: ``None`` only for stores built without one (tests); the DatasetService needs it.
     datasets: DatasetStore | None = None
 
     async def close(self) -> None:
@@ -168,6 +168,7 @@ async def open_stores(url: str, postgres: PostgresOptions | None = None) -> Stor
 
 async def _open_postgres(url: str, options: PostgresOptions | None) -> Stores:
     from synapse_server.stores._postgres import PostgresDatabase
+    from synapse_server.stores._postgres_datasets import PostgresDatasetStore
     from synapse_server.stores._postgres_deployments import PostgresDeploymentStore
     from synapse_server.stores._postgres_jobs import PostgresJobStore
     from synapse_server.stores._postgres_models import PostgresModelStore
@@ -178,8 +179,11 @@ async def _open_postgres(url: str, options: PostgresOptions | None) -> Stores:
         PostgresJobStore(database),
         PostgresModelStore(database),
         PostgresDeploymentStore(database),
+        PostgresDatasetStore(database),
     )
-    opened: list[PostgresJobStore | PostgresModelStore | PostgresDeploymentStore] = []
+    opened: list[
+        PostgresJobStore | PostgresModelStore | PostgresDeploymentStore | PostgresDatasetStore
+    ] = []
     try:
         for store in stores:
             await store.open()
@@ -194,6 +198,7 @@ async def _open_postgres(url: str, options: PostgresOptions | None) -> Stores:
         jobs=stores[0],
         models=stores[1],
         deployments=stores[2],
+        datasets=stores[3],
         shared=True,
         notifications=PostgresNotifications(database),
     )
