@@ -299,7 +299,7 @@ class SynapseServer:
                 host=socket.gethostname(),
                 lease_seconds=s.job_lease_seconds,
             )
-        _watch_gauges(telemetry, self._jobs, hub, executor, models, modes)
+        _watch_gauges(telemetry, self._jobs, hub, executor, models, datasets, modes)
         grpc_server = build_grpc_server(
             s,
             _grpc_services(s, self._jobs, models, datasets, deployments, inference, self._serving),
@@ -439,6 +439,7 @@ def _watch_gauges(
     hub: EventHub,
     executor: LocalProcessExecutor,
     models: ModelRegistryService,
+    datasets: DatasetRegistryService | None,
     modes: list[str],
 ) -> None:
     """The gauges read at scrape time, from the services that know the values."""
@@ -449,6 +450,8 @@ def _watch_gauges(
     metrics.watch_subscribers(lambda: hub.subscribers)
     metrics.watch_worker_processes(executor.process_counts)
     metrics.watch_store_bytes("models", models.stored_bytes)
+    if datasets is not None:
+        metrics.watch_store_bytes("datasets", datasets.stored_bytes)
 
 
 def _grpc_services(

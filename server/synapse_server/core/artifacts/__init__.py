@@ -5,12 +5,17 @@ from synapse_server.core.artifacts._files import (
     ArtifactTooLargeError,
     PendingArtifact,
 )
-from synapse_server.core.artifacts._references import ArtifactReferrer, SharedArtifacts
+from synapse_server.core.artifacts._references import (
+    ArtifactReferrer,
+    ChecksumTally,
+    SharedArtifacts,
+)
 
 __all__ = [
     "ArtifactReferrer",
     "ArtifactStore",
     "ArtifactTooLargeError",
+    "ChecksumTally",
     "PendingArtifact",
     "SharedArtifacts",
 ]

@@ -11,6 +11,7 @@ file", so a concurrent upload of the same bytes never loses its file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from typing import Protocol, TypeVar
 
 from synapse_server.core.artifacts._files import ArtifactStore, PendingArtifact
 
-__all__ = ["ArtifactReferrer", "SharedArtifacts"]
+__all__ = ["ArtifactReferrer", "ChecksumTally", "SharedArtifacts"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,40 @@ class ArtifactReferrer(Protocol):
     async def all_checksums(self) -> set[str]:
         """Every artifact checksum some row references."""
         ...
+
+
+class ChecksumTally:
+    """The checksums one registry references, in memory, for its stored-bytes gauge.
+
+    Changed on the event loop, read at scrape time on another thread: every change replaces
+    the set (a reader sees a whole set, never one being changed).
+    """
+
+    def __init__(self, files: ArtifactStore) -> None:
+        self._files = files
+        self._checksums: frozenset[str] = frozenset()
+
+    def reset(self, checksums: set[str]) -> None:
+        """Start from what the registry's store references."""
+        self._checksums = frozenset(checksums)
+
+    def add(self, sha256: str) -> None:
+        """The registry references ``sha256`` now."""
+        if sha256 not in self._checksums:
+            self._checksums = self._checksums | {sha256}
+
+    def discard(self, sha256: str) -> None:
+        """The registry references ``sha256`` no more."""
+        if sha256 in self._checksums:
+            self._checksums = self._checksums - {sha256}
+
+    def stored_bytes(self) -> int:
+        """The size of the files behind the checksums (blocking: reads the file system)."""
+        total = 0
+        for sha256 in self._checksums:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                total += self._files.path_for(sha256).stat().st_size
+        return total
 
 
 class SharedArtifacts:

@@ -21,7 +21,7 @@ from synapse_sdk.models import ModelIntegrityError
 
 from synapse_server.core._errors import InvalidArgumentError, ServerError, quoted
 from synapse_server.core._paging import checked_page_size
-from synapse_server.core.artifacts import PendingArtifact, SharedArtifacts
+from synapse_server.core.artifacts import ChecksumTally, PendingArtifact, SharedArtifacts
 from synapse_server.core.datasets._inspect import inspect_dataset
 from synapse_server.core.datasets._records import (
     DATASET_ID_PREFIX,
@@ -106,6 +106,7 @@ class DatasetRegistryService:
         self._store = store
         self._artifacts = artifacts
         self._limits = limits or DatasetRegistryLimits()
+        self._tally = ChecksumTally(artifacts.files)
         artifacts.add_referrer(store)
 
     @property
@@ -120,9 +121,20 @@ class DatasetRegistryService:
         of a previous process runs on); servers sharing a database leave them to the job's
         end (``discard_outputs``).
         """
+        self._tally.reset(await self._store.all_checksums())
         if discard_staged:
             for job_id in await self._store.staged_jobs():
                 await self.discard_outputs(job_id)
+
+    def stored_bytes(self) -> int:
+        """Bytes of the files datasets and job outputs use (blocking: reads the file
+        system); a file a model shares counts here too."""
+        return self._tally.stored_bytes()
+
+    async def _forget(self, sha256: str) -> None:
+        # After a row went: the gauge stops counting a file no dataset row uses.
+        if await self._store.references(sha256) == 0:
+            self._tally.discard(sha256)
 
     # Uploads --------------------------------------------------------------------------------
 
@@ -191,7 +203,9 @@ class DatasetRegistryService:
         async def run() -> DatasetRecord | None:
             nonlocal moved
             moved = True
-            return await insert(record)
+            stored = await insert(record)
+            self._tally.add(record.sha256)
+            return stored
 
         try:
             return await self._artifacts.commit(pending, record.sha256, run)
@@ -248,6 +262,7 @@ class DatasetRegistryService:
         await self._commit(pending, record, stage)
         if replaced is not None:
             await self._artifacts.release(replaced.sha256)
+            await self._forget(replaced.sha256)
         logger.info(
             "job %s: staged output %r (%d rows, %d bytes)",
             job_id,
@@ -270,6 +285,7 @@ class DatasetRegistryService:
         removed = await self._store.discard_outputs(job_id)
         for record in removed:
             await self._artifacts.release(record.sha256)
+            await self._forget(record.sha256)
         if removed:
             logger.info("job %s: dropped %d staged output(s)", job_id, len(removed))
 
@@ -335,5 +351,6 @@ class DatasetRegistryService:
             if removed is None:
                 raise DatasetNotFoundError(dataset_id)
             await self._artifacts.release_locked(removed.sha256)
+        await self._forget(removed.sha256)
         logger.info("deleted dataset %s for tenant %s", dataset_id, tenant)
         return removed

@@ -25,7 +25,7 @@ from synapse_sdk.models import (
 
 from synapse_server.core._errors import FailedPreconditionError, InvalidArgumentError
 from synapse_server.core._paging import checked_page_size
-from synapse_server.core.artifacts import ArtifactStore, SharedArtifacts
+from synapse_server.core.artifacts import ArtifactStore, ChecksumTally, SharedArtifacts
 from synapse_server.core.models._records import ModelPage, ModelRecord, ModelUploadSpec
 from synapse_server.core.models._store import ModelStore
 
@@ -101,6 +101,7 @@ class ModelRegistryService:
         # The artifact files are shared with the other registries (datasets): see artifacts.
         self._shared = SharedArtifacts(artifacts, orphan_grace_seconds=orphan_grace_seconds)
         self._shared.add_referrer(store)
+        self._tally = ChecksumTally(artifacts)
         self._limits = limits or ModelRegistryLimits()
         self._usage_check = usage_check
 
@@ -135,13 +136,15 @@ class ModelRegistryService:
         return self._shared
 
     def stored_bytes(self) -> int:
-        """Bytes of model archives on disk (blocking: reads the file system)."""
-        return self._artifacts.stored_bytes()
+        """Bytes of model archives on disk (blocking: reads the file system); the files the
+        other registries alone use (datasets) are theirs."""
+        return self._tally.stored_bytes()
 
     async def open(self) -> None:
         """Prepare directories and drop artifacts no registry references (an interrupted
         upload). Every registry sharing :attr:`artifacts` must have joined it by now."""
         await self._shared.open()
+        self._tally.reset(await self._store.all_checksums())
 
     def _validate_spec(self, spec: ModelUploadSpec) -> None:
         if not spec.name.strip():
@@ -202,7 +205,9 @@ class ModelRegistryService:
             async def insert() -> ModelRecord:
                 nonlocal committed
                 committed = True
-                return await self._store.insert(record)
+                inserted = await self._store.insert(record)
+                self._tally.add(sha256)
+                return inserted
 
             stored = await self._shared.commit(pending, sha256, insert)
         finally:
@@ -264,5 +269,7 @@ class ModelRegistryService:
             if removed is None:
                 raise ModelNotFoundError(model_id)
             await self._shared.release_locked(removed.sha256)
+            if await self._store.references(removed.sha256) == 0:
+                self._tally.discard(removed.sha256)
         logger.info("deleted model %d for tenant %s", model_id, tenant)
         return removed
