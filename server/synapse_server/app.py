@@ -21,6 +21,8 @@ from pathlib import Path
 
 from synapse.plugin.v1 import (
     action_service_pb2,
+    dataset_service_pb2,
+    dataset_service_pb2_grpc,
     deployment_service_pb2,
     deployment_service_pb2_grpc,
     inference_service_pb2,
@@ -40,9 +42,11 @@ from synapse_server.core._executor import Executor, LocalProcessExecutor
 from synapse_server.core._jobs import JobService
 from synapse_server.core._plugin_code import PluginCodeStore
 from synapse_server.core._served_models import ServedModelService
+from synapse_server.core.datasets import DatasetRegistryService, DatasetStore
 from synapse_server.core.deployments import DeploymentService, DeploymentStore
 from synapse_server.core.inference import InferenceService, ServeKeyring
 from synapse_server.core.models import ModelRegistryService, ModelStore
+from synapse_server.grpc._dataset_servicer import DatasetServicer
 from synapse_server.grpc._deployment_servicer import DeploymentServicer
 from synapse_server.grpc._inference_servicer import InferenceServicer
 from synapse_server.grpc._model_servicer import ModelServicer
@@ -95,6 +99,7 @@ class SynapseServer:
         self._jobs: JobService | None = None
         self._model_store: ModelStore | None = None
         self._deployment_store: DeploymentStore | None = None
+        self._dataset_store: DatasetStore | None = None
         self._ray: RayRuntime | None = None
         self._router: ServeRouter | None = None
         self._socket_dir: Path | None = None
@@ -166,6 +171,7 @@ class SynapseServer:
             raise ServerStartError(str(exc)) from exc
         self._store, self._model_store = stores.jobs, stores.models
         self._deployment_store = stores.deployments
+        self._dataset_store = stores.datasets
         # Several servers may share a PostgreSQL database: jobs are owned by leases, and
         # subscribers follow jobs other servers run through the store.
         server_id = s.resolve_server_id() if stores.shared else ""
@@ -177,7 +183,18 @@ class SynapseServer:
         models = ModelRegistryService.for_data_dir(
             self._model_store, s.artifacts_root, shared_by=server_id
         )
+        # Datasets and job outputs share the models' artifact files: the registry joins them
+        # before their orphan sweep (models.open) so that its files count as referenced.
+        datasets = (
+            DatasetRegistryService(stores.datasets, models.artifacts)
+            if stores.datasets is not None
+            else None
+        )
         await models.open()
+        if datasets is not None:
+            # One server owns every job of a SQLite database: after a restart none of the
+            # outputs a previous process staged can still belong to a running job.
+            await datasets.open(discard_staged=not stores.shared)
         # Local workers reach the server over a private Unix socket: no TLS or port needed,
         # and the directory is readable only by this user.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="synapse-"))
@@ -270,6 +287,7 @@ class SynapseServer:
             server_id=server_id,
             metrics=telemetry.metrics,
             tracer=telemetry.tracer,
+            outputs=datasets,
         )
         if stores.shared:
             self._cluster = JobCluster(
@@ -281,10 +299,10 @@ class SynapseServer:
                 host=socket.gethostname(),
                 lease_seconds=s.job_lease_seconds,
             )
-        _watch_gauges(telemetry, self._jobs, hub, executor, models, modes)
+        _watch_gauges(telemetry, self._jobs, hub, executor, models, datasets, modes)
         grpc_server = build_grpc_server(
             s,
-            _grpc_services(s, self._jobs, models, deployments, inference, self._serving),
+            _grpc_services(s, self._jobs, models, datasets, deployments, inference, self._serving),
             issuer,
             serve_keys=keyring,
             telemetry=telemetry,
@@ -396,6 +414,8 @@ class SynapseServer:
             await self._model_store.close()
         if self._deployment_store is not None:
             await self._deployment_store.close()
+        if self._dataset_store is not None:
+            await self._dataset_store.close()
         if self._router is not None:
             await self._router.close()
         if self._ray is not None:
@@ -419,6 +439,7 @@ def _watch_gauges(
     hub: EventHub,
     executor: LocalProcessExecutor,
     models: ModelRegistryService,
+    datasets: DatasetRegistryService | None,
     modes: list[str],
 ) -> None:
     """The gauges read at scrape time, from the services that know the values."""
@@ -429,25 +450,28 @@ def _watch_gauges(
     metrics.watch_subscribers(lambda: hub.subscribers)
     metrics.watch_worker_processes(executor.process_counts)
     metrics.watch_store_bytes("models", models.stored_bytes)
+    if datasets is not None:
+        metrics.watch_store_bytes("datasets", datasets.stored_bytes)
 
 
 def _grpc_services(
     s: ServerSettings,
     jobs: JobService,
     models: ModelRegistryService,
+    datasets: DatasetRegistryService | None,
     deployments: DeploymentService,
     inference: InferenceService,
     serving: Callable[[], bool],
 ) -> list[ServiceRegistration]:
     """The services on the platform's port, each a servicer over its core service."""
-    return [
+    services = [
         ServiceRegistration(
             ActionServicer(jobs, s.keepalive_seconds, s.max_message_bytes),
             add_action_service,
             service_name(action_service_pb2, "ActionService"),
         ),
         ServiceRegistration(
-            WorkerServicer(jobs),
+            WorkerServicer(jobs, datasets),
             worker_service_pb2_grpc.add_WorkerServiceServicer_to_server,
             service_name(worker_service_pb2, "WorkerService"),
         ),
@@ -476,6 +500,15 @@ def _grpc_services(
             )
         ),
     ]
+    if datasets is not None:
+        services.append(
+            ServiceRegistration(
+                DatasetServicer(datasets, jobs.get),
+                dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server,
+                service_name(dataset_service_pb2, "DatasetService"),
+            )
+        )
+    return services
 
 
 async def serve(settings: ServerSettings) -> None:
