@@ -35,12 +35,14 @@ from synapse_sdk.plugins import load_plugin
 pytestmark = [pytest.mark.ray, pytest.mark.e2e, pytest.mark.timeout(180)]
 
 MODES = {"task": job_pb2.RUN_MODE_TASK, "job": job_pb2.RUN_MODE_JOB}
+EXAMPLE_PLUGINS = Path(__file__).resolve().parents[2] / "examples" / "plugins"
 ROWS = 2000
 
 
 @dataclass
 class Served:
     process: subprocess.Popen[str]
+    address: str
     stub: action_service_pb2_grpc.ActionServiceStub
     log: Path
 
@@ -55,6 +57,7 @@ def served(data_cluster: DataCluster, tmp_path_factory: pytest.TempPathFactory) 
             [
                 sys.executable, "-m", "synapse_server", "--listen", "127.0.0.1:0",
                 "--data-dir", str(base / "data"), "--plugin-dir", str(PLUGINS),
+                "--plugin-dir", str(EXAMPLE_PLUGINS),
                 "--ray-address", data_cluster.address, "--shutdown-grace", "5",
             ],
             stdout=subprocess.PIPE,
@@ -68,9 +71,10 @@ def served(data_cluster: DataCluster, tmp_path_factory: pytest.TempPathFactory) 
         process.kill()
         process.wait(10)
         raise AssertionError(f"server did not start: {log.read_text()[-4000:]}")
-    channel = grpc.insecure_channel(line.rsplit(" ", 1)[1].strip())
+    address = line.rsplit(" ", 1)[1].strip()
+    channel = grpc.insecure_channel(address)
     try:
-        yield Served(process, action_service_pb2_grpc.ActionServiceStub(channel), log)
+        yield Served(process, address, action_service_pb2_grpc.ActionServiceStub(channel), log)
     finally:
         channel.close()
         process.terminate()
@@ -179,7 +183,7 @@ def test_a_dataset_job_on_ray_runs_as_a_ray_data_pipeline(
 def test_a_failing_batch_fails_the_job_with_the_plugins_traceback(
     served: Served, idle: DataCluster, tmp_path: Path
 ) -> None:
-    params = _params(tmp_path, _input(tmp_path), fail_at=1234)
+    params = _params(tmp_path, _input(tmp_path), fail_at=1234, concurrency=1)
     events = _events(served, _submit(served, "task", params))
     terminal = events[-1].terminal
     assert terminal.state == job_pb2.JOB_STATE_FAILED, terminal
@@ -194,8 +198,8 @@ def test_a_failing_batch_fails_the_job_with_the_plugins_traceback(
 def test_cancelling_a_dataset_job_ends_its_pipeline_and_actors(
     served: Served, idle: DataCluster, tmp_path: Path
 ) -> None:
-    # 20 batches of 1 s on two actors: 10 s uncancelled.
-    params = _params(tmp_path, _input(tmp_path), delay=1.0)
+    # 20 batches of 1 s on one actor: 20 s uncancelled.
+    params = _params(tmp_path, _input(tmp_path), delay=1.0, concurrency=1)
     job_id = _submit(served, "task", params)
     record = Path(params["record_dir"])
     stream = served.stub.StreamProgress(pb.StreamProgressRequest(job_id=job_id), timeout=150)
@@ -217,3 +221,68 @@ def test_cancelling_a_dataset_job_ends_its_pipeline_and_actors(
     computed = len(list(record.glob("batch-*")))
     time.sleep(1.5)
     assert len(list(record.glob("batch-*"))) == computed < 20
+
+
+def _pool_actors() -> int:
+    """Ray Data predictor actors the cluster has had (alive or ended), from its actor table."""
+    import ray
+
+    return sum(
+        "_PredictorActor" in str(actor.get("ActorClassName", ""))
+        for actor in ray._private.state.actors().values()
+    )
+
+
+def test_the_example_dataset_action_through_the_platform_in_task_mode(
+    served: Served, idle: DataCluster, tmp_path: Path
+) -> None:
+    """examples' batch_inference_dataset over an uploaded dataset, on Ray Data, end to end."""
+    pytest.importorskip("torch")
+    from synapse_client import Client, ProgressEvent, RunMode
+    from synapse_sdk.models import pack_path
+
+    from examples.models import MLPConfig, build_model_dir, reference_outputs
+
+    model_dir = build_model_dir(tmp_path / "mlp", MLPConfig(hidden=32))
+    rng = np.random.default_rng(5)
+    rows = 3000
+    features = rng.uniform(-2, 2, size=(rows, 3)).astype(np.float32)
+    ids = rng.permutation(rows).astype(np.int64) * 7 + 3  # carried in the input's order
+    table = pa.table({"id": ids, **{f"x{i}": features[:, i] for i in range(3)}})
+    source = tmp_path / "rows.parquet"
+    pq.write_table(table, source, row_group_size=1100)
+    expected = np.asarray(reference_outputs(model_dir, features.tolist()), dtype=np.float32)
+    actors_before = _pool_actors()
+    with Client(served.address, timeout=60) as client:
+        archive, fmt = pack_path(model_dir, tmp_path)
+        model_id = client.register_model(archive, "mlp", archive_format=fmt.value).id
+        dataset = client.upload_dataset(source, name="rows-on-ray")
+        handle = client.run_action(
+            "batch-inference",
+            "batch_inference_dataset",
+            {
+                "model_id": model_id,
+                "dataset": dataset.id,
+                "batch_size": 500,
+                "feature_columns": ["x0", "x1", "x2"],
+            },
+            mode=RunMode.TASK,
+        )
+        events = list(handle.events())
+        assert handle.result(timeout=150) == {"output": "predictions", "rows": rows, "batches": 6}
+        batches = [
+            e.payload
+            for e in events
+            if isinstance(e.payload, ProgressEvent) and e.payload.category == "batch"
+        ]
+        assert batches and (batches[-1].current, batches[-1].total) == (rows, rows)
+        assert [b.current for b in batches] == sorted({b.current for b in batches})
+        out = tmp_path / "predictions.parquet"
+        handle.download_output(out)
+    written = pq.read_table(out)
+    assert written.column_names == ["id", "prediction"]
+    assert written.column("id").to_pylist() == ids.tolist()
+    got = np.asarray(written.column("prediction").to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # It ran as a Ray Data pipeline: a predictor actor of the pool started on the cluster.
+    assert _pool_actors() > actors_before
