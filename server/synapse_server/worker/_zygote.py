@@ -144,7 +144,8 @@ def _reread_import_time_ray_settings() -> None:
     constants = sys.modules.get("ray._private.ray_constants")
     value = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     if constants is not None and value is not None:
-        constants.ENABLE_RAY_CLUSTER = value.lower() in ("1", "true")  # as Ray reads it
+        # Read as Ray reads it.
+        setattr(constants, "ENABLE_RAY_CLUSTER", value.lower() in ("1", "true"))  # noqa: B010
 
 
 def _preload(plugin_dirs: Sequence[Path], code: str) -> None:
