@@ -139,7 +139,9 @@ def test_a_dataset_job_on_ray_runs_as_a_ray_data_pipeline(
     served: Served, idle: DataCluster, tmp_path: Path, mode: str
 ) -> None:
     source = _input(tmp_path)
-    params = _params(tmp_path, source, delay=0.02)
+    # Ray Data hands a batch to the actor on the batch's node first while it has room: the
+    # batches take long enough (0.2 s) for the other node's actor to get some too.
+    params = _params(tmp_path, source, delay=0.2, barrier=2)
     events = _events(served, _submit(served, mode, params))
 
     terminal = events[-1].terminal
@@ -265,6 +267,7 @@ def test_the_example_dataset_action_through_the_platform_in_task_mode(
                 "dataset": dataset.id,
                 "batch_size": 500,
                 "feature_columns": ["x0", "x1", "x2"],
+                "concurrency": 2,
             },
             mode=RunMode.TASK,
         )

@@ -99,7 +99,7 @@ def test_parquet_batches_run_on_several_nodes_and_match_the_local_output(
     source = _parquet(tmp_path / "input.parquet", 3050)
     record = tmp_path / "record"
     record.mkdir()
-    kwargs = {"record_dir": str(record), "delay": 0.02}
+    kwargs = {"record_dir": str(record), "delay": 0.1, "barrier": 3}
     spec, sink = _spec(
         tmp_path, source, probe.RowPredictor, label="ray", kwargs=kwargs, concurrency=3
     )

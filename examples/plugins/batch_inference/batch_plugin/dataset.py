@@ -35,6 +35,12 @@ class DatasetInferenceParams(BaseModel):
     feature_columns: list[str] = Field(default_factory=lambda: ["data"], min_length=1)
     # Intra-op threads for torch; None keeps torch's default.
     num_threads: int | None = Field(default=None, gt=0)
+    # On Ray (task and job modes) the batches go to a pool of `concurrency` actors, each with
+    # these CPUs and GPUs, each loading the model once; a local run ignores them. (Not
+    # `num_cpus`/`num_gpus`: those params reserve resources for the job's own worker.)
+    concurrency: int = Field(default=1, gt=0)
+    actor_num_cpus: float = Field(default=1.0, ge=0)
+    actor_num_gpus: float = Field(default=0.0, ge=0)
 
 
 class MLPPredictor:
@@ -103,5 +109,8 @@ class DatasetInferenceAction(BaseInferenceAction[DatasetInferenceParams]):
             columns=params.feature_columns,
             carry_columns=carry,
             output=OUTPUT,
+            concurrency=params.concurrency,
+            num_cpus=params.actor_num_cpus,
+            num_gpus=params.actor_num_gpus,
         )
         return {"output": result.output, "rows": result.rows, "batches": result.batches}

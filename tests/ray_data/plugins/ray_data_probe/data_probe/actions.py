@@ -14,10 +14,11 @@ class MapParams(BaseModel):
     dataset: DatasetRef
     batch_size: int = 100
     concurrency: int = 1
-    num_cpus: float = 1.0
+    actor_num_cpus: float = 1.0
     record_dir: str | None = None
     fail_at: int | None = None
     delay: float = 0.0
+    barrier: int = 0
     # Resolve the dataset reference over these local files, outputs into output_dir (tests
     # that run without the platform's dataset store).
     local_files: dict[str, str] | None = None
@@ -40,13 +41,14 @@ class MapAction(BaseInferenceAction[MapParams]):
                 "record_dir": params.record_dir,
                 "fail_at": params.fail_at,
                 "delay": params.delay,
+                "barrier": params.barrier,
             },
             batch_size=params.batch_size,
             columns=["id", "a", "b", "c"],
             carry_columns=["id", "name"],
             output="predictions",
             concurrency=params.concurrency,
-            num_cpus=params.num_cpus,
+            num_cpus=params.actor_num_cpus,
         )
         return {
             "output": result.output,

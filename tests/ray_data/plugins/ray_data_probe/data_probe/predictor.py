@@ -15,9 +15,11 @@ class RowPredictor:
     ``record_dir``: each actor writes ``actor-<pid>-<node>`` once and each call writes
     ``batch-<first id>-<node>``. ``fail_at``: the batch holding this id raises (from
     ``check_row``, so the traceback names a plugin function). ``delay``: seconds per batch.
+    ``barrier``: the constructor returns once that many actors have recorded themselves, so
+    that no actor of the pool gets every batch before the others are ready.
     """
 
-    def __init__(self, features=3, record_dir=None, fail_at=None, delay=0.0):
+    def __init__(self, features=3, record_dir=None, fail_at=None, delay=0.0, barrier=0):
         self.w = weights(features)
         self.record_dir = Path(record_dir) if record_dir else None
         self.fail_at = fail_at
@@ -25,6 +27,11 @@ class RowPredictor:
         self.node = _node_id() if self.record_dir is not None else ""
         if self.record_dir is not None:
             (self.record_dir / f"actor-{os.getpid()}-{self.node}").write_text(self.node)
+            deadline = time.monotonic() + 60
+            while len(list(self.record_dir.glob("actor-*"))) < barrier:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"fewer than {barrier} actors started within 60 s")
+                time.sleep(0.05)
 
     def __call__(self, batch):
         ids = batch["id"]
