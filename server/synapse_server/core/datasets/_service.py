@@ -302,17 +302,6 @@ class DatasetRegistryService:
             raise DatasetNotFoundError(dataset_id)
         return record
 
-    async def resolve(self, tenant: str, ref: str) -> DatasetRecord:
-        """A dataset by id (``ds-...``) or by name (the newest of that name)."""
-        if not ref:
-            raise InvalidArgumentError("a dataset reference (id or name) is required")
-        if ref.startswith(DATASET_ID_PREFIX):
-            return await self.get(tenant, ref)
-        page = await self._store.list(tenant, ref.strip(), 1, "")
-        if not page.datasets:
-            raise DatasetNotFoundError(ref)
-        return page.datasets[0]
-
     async def list(
         self, tenant: str, *, name: str = "", page_size: int = 0, page_token: str = ""
     ) -> DatasetPage:
