@@ -126,6 +126,11 @@ class DatasetRegistryService:
             for job_id in await self._store.staged_jobs():
                 await self.discard_outputs(job_id)
 
+    async def refresh_stored(self) -> None:
+        """Read again which files datasets use (for :meth:`stored_bytes`): servers sharing
+        the database store datasets this one does not hear of."""
+        self._tally.reset(await self._store.all_checksums())
+
     def stored_bytes(self) -> int:
         """Bytes of the files datasets and job outputs use (blocking: reads the file
         system); a file a model shares counts here too."""
