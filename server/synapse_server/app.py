@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from synapse.plugin.v1 import (
@@ -196,9 +196,10 @@ class SynapseServer:
         )
         await models.open()
         if datasets is not None:
-            # One server owns every job of a SQLite database: after a restart none of the
-            # outputs a previous process staged can still belong to a running job.
-            await datasets.open(discard_staged=not stores.shared)
+            # Outputs staged by a process that stopped before its job ended are dropped: with
+            # one server (SQLite) all of them, none of its jobs runs on; on a shared database
+            # those of jobs that have ended (the others' running jobs keep theirs).
+            await datasets.open(_job_over(self._store) if stores.shared else None)
         # Local workers reach the server over a private Unix socket: no TLS or port needed,
         # and the directory is readable only by this user.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="synapse-"))
@@ -446,6 +447,16 @@ class SynapseServer:
         """Until the gRPC server stops."""
         if self._grpc is not None:
             await self._grpc.wait_for_termination()
+
+
+def _job_over(store: JobStore) -> Callable[[str], Awaitable[bool]]:
+    """Whether a job has ended (or is unknown), from the store."""
+
+    async def over(job_id: str) -> bool:
+        job = await store.get_job(job_id)
+        return job is None or job.state.is_terminal
+
+    return over
 
 
 async def _refresh_store_sizes(

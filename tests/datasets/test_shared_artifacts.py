@@ -91,3 +91,23 @@ async def test_a_second_server_counts_the_others_files_once_it_refreshes(tmp_pat
     assert datasets_b.stored_bytes() == size and models_b.stored_bytes() == 0
     await _close(stores_a)
     await _close(stores_b)
+
+
+async def test_staged_outputs_of_ended_jobs_go_at_start(tmp_path: Path) -> None:
+    _, datasets, stores = await _open(tmp_path)
+    data = write_parquet(tmp_path / "s.parquet", 10).read_bytes()
+    for job_id in ("job-running", "job-ended"):
+        await datasets.stage_output("t", job_id, "out", _chunks(data))
+    dataset_store = stores[1]
+    assert isinstance(dataset_store, SqliteDatasetStore)
+
+    async def over(job_id: str) -> bool:
+        return job_id == "job-ended"
+
+    # A server sharing the database: only the ended job's output goes.
+    await datasets.open(over)
+    assert await dataset_store.staged_jobs() == {"job-running"}
+    # A server that owns every job: all of them.
+    await datasets.open()
+    assert await dataset_store.staged_jobs() == set()
+    await _close(stores)

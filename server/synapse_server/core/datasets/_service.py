@@ -114,16 +114,16 @@ class DatasetRegistryService:
         """The registry's size limit."""
         return self._limits
 
-    async def open(self, *, discard_staged: bool = True) -> None:
+    async def open(self, job_over: Callable[[str], Awaitable[bool]] | None = None) -> None:
         """Drop the outputs a previous process staged for jobs that can no longer succeed.
 
-        ``discard_staged``: True for a server that owns every job (after a restart no job
-        of a previous process runs on); servers sharing a database leave them to the job's
-        end (``discard_outputs``).
+        ``job_over(job_id)``: whether that job has ended (servers sharing a database: the
+        others' jobs run on); None for a server that owns every job, where after a restart
+        no job of a previous process runs on, so every staged output goes.
         """
         self._tally.reset(await self._store.all_checksums())
-        if discard_staged:
-            for job_id in await self._store.staged_jobs():
+        for job_id in await self._store.staged_jobs():
+            if job_over is None or await job_over(job_id):
                 await self.discard_outputs(job_id)
 
     async def refresh_stored(self) -> None:
