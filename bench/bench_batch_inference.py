@@ -178,21 +178,20 @@ def _plain_parquet_loop(module: Any, source: Path, out: Path, batch_size: int) -
     return rows
 
 
-def _run_dataset_job(client: Any, params: dict[str, Any], out: Path) -> tuple[Any, Any]:
-    handle = client.run_action("batch-inference", "batch_inference_dataset", params)
-    result = handle.result(timeout=1200)
-    handle.download_output(out)
-    return handle, result
+def _run_dataset_job(
+    client: Any, params: dict[str, Any], out: Path, started: float
+) -> tuple[Any, dict[str, float]]:
+    """Submit, follow the job's events live (as a progress bar would), download the output.
 
-
-def _dataset_stages(handle: Any, started: float, total: float) -> dict[str, float]:
-    """Seconds from the submit to each stage (stored event times): ``running``, the first and
-    last ``batch`` progress, ``finished`` (terminal event stored) and ``downloaded`` (the
-    output file is on this machine)."""
+    The stages are seconds from the submit (event times): ``queued``, ``running``, the first
+    and last ``batch`` progress, ``finished`` (terminal event stored), ``downloaded``. They
+    come from the live stream: a finished job's stored history keeps fewer progress events.
+    """
     from synapse_client import JobState, ProgressEvent, StateChangedEvent, TerminalEvent
 
+    handle = client.run_action("batch-inference", "batch_inference_dataset", params)
     marks: dict[str, float] = {}
-    for event in handle.events(follow=False):
+    for event in handle.events():
         at = round(event.time.timestamp() - started, 3) if event.time is not None else -1.0
         payload = event.payload
         if isinstance(payload, StateChangedEvent):
@@ -202,8 +201,11 @@ def _dataset_stages(handle: Any, started: float, total: float) -> dict[str, floa
             marks["last_batch"] = at
         elif isinstance(payload, TerminalEvent):
             marks["finished"] = at
-    marks["downloaded"] = round(total, 3)
-    return marks
+    result = handle.result(timeout=1200)
+    handle.download_output(out)
+    marks["downloaded"] = round(time.time() - started, 3)
+    marks["rows"] = result["rows"]
+    return handle, marks
 
 
 def _same_outputs(a: Path, b: Path) -> None:
@@ -244,12 +246,12 @@ def _dataset_rows(
             base_times.append(t)
             plat_out = work / f"platform-{count}-{attempt}.parquet"
             started = time.time()
-            t, (handle, result) = _timed(
-                functools.partial(_run_dataset_job, client, params, plat_out)
+            t, (_, marks) = _timed(
+                functools.partial(_run_dataset_job, client, params, plat_out, started)
             )
             plat_times.append(t)
-            stages.append(_dataset_stages(handle, started, t))
-            assert result["rows"] == count
+            assert marks.pop("rows") == count
+            stages.append(marks)
             _same_outputs(base_out, plat_out)
         base, plat = min(base_times), min(plat_times)
         rows.append(
