@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import yaml
@@ -61,9 +61,7 @@ from synapse_server.core._memory import (
 )
 from synapse_server.grpc._converters import error_info_to_pb, sdk_event_to_worker_pb
 from synapse_server.telemetry import bind_log_context
-
-if TYPE_CHECKING:
-    from synapse_server.worker._datasets import WorkerDatasets
+from synapse_server.worker._datasets import WorkerDatasets
 
 __all__ = ["WorkerError", "run_worker"]
 
@@ -634,10 +632,6 @@ def _execute(
     )
     # Dataset references resolve as the job's tenant; outputs go up staged (kept if the job
     # succeeds). Its scratch directory is removed when the job is done, however it ended.
-    # Imported here: a fork server finds synapse_sdk.datasets loaded only when its plugin
-    # uses datasets, and then preloads the batch runner (see _zygote).
-    from synapse_server.worker._datasets import WorkerDatasets
-
     datasets = WorkerDatasets(platform, assignment.job_id, *worker_service)
     try:
         _execute_with(assignment, reporter, platform, datasets, plugin_dirs, memory)
