@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from synapse.plugin.v1 import (
@@ -74,6 +74,8 @@ logger = logging.getLogger(__name__)
 
 # The least time in-flight RPCs get once the jobs are shut down (at most the grace period).
 _STREAM_DRAIN_SECONDS = 1.0
+# Servers sharing a database: how often the store-bytes gauges re-read the registries' records.
+_STORE_SIZES_REFRESH_SECONDS = 30.0
 
 
 class ServerStartError(RuntimeError):
@@ -111,6 +113,8 @@ class SynapseServer:
         # sharing a PostgreSQL database share the artifacts directory instead.
         self._extra_locks: list[DataDirectoryLock] = []
         self._cluster: JobCluster | None = None
+        # Servers sharing a database: re-reads which artifact files each registry uses.
+        self._store_sizes: asyncio.Task[None] | None = None
         # One reload at a time: a second SIGHUP waits for the first instead of interleaving.
         self._reload_lock = asyncio.Lock()
 
@@ -192,9 +196,10 @@ class SynapseServer:
         )
         await models.open()
         if datasets is not None:
-            # One server owns every job of a SQLite database: after a restart none of the
-            # outputs a previous process staged can still belong to a running job.
-            await datasets.open(discard_staged=not stores.shared)
+            # Outputs staged by a process that stopped before its job ended are dropped: with
+            # one server (SQLite) all of them, none of its jobs runs on; on a shared database
+            # those of jobs that have ended (the others' running jobs keep theirs).
+            await datasets.open(_job_over(self._store) if stores.shared else None)
         # Local workers reach the server over a private Unix socket: no TLS or port needed,
         # and the directory is readable only by this user.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="synapse-"))
@@ -300,6 +305,13 @@ class SynapseServer:
                 lease_seconds=s.job_lease_seconds,
             )
         _watch_gauges(telemetry, self._jobs, hub, executor, models, datasets, modes)
+        if stores.shared and telemetry.metrics.enabled:
+            # The other servers store models and datasets too: the store-bytes gauges count
+            # their files from the database's records, read again now and then.
+            self._store_sizes = asyncio.create_task(
+                _refresh_store_sizes(models, datasets, _STORE_SIZES_REFRESH_SECONDS),
+                name="store-sizes",
+            )
         grpc_server = build_grpc_server(
             s,
             _grpc_services(s, self._jobs, models, datasets, deployments, inference, self._serving),
@@ -403,6 +415,10 @@ class SynapseServer:
         if self._cluster is not None:
             # After the jobs: the pending ones this server leaves go to the others at once.
             await self._cluster.stop()
+        if self._store_sizes is not None:
+            self._store_sizes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._store_sizes
         if self._grpc is not None:
             # Streams following a job the drain has just ended still deliver its terminal
             # event, even when the jobs took the whole grace period.
@@ -431,6 +447,31 @@ class SynapseServer:
         """Until the gRPC server stops."""
         if self._grpc is not None:
             await self._grpc.wait_for_termination()
+
+
+def _job_over(store: JobStore) -> Callable[[str], Awaitable[bool]]:
+    """Whether a job has ended (or is unknown), from the store."""
+
+    async def over(job_id: str) -> bool:
+        job = await store.get_job(job_id)
+        return job is None or job.state.is_terminal
+
+    return over
+
+
+async def _refresh_store_sizes(
+    models: ModelRegistryService, datasets: DatasetRegistryService | None, every_s: float
+) -> None:
+    """Every ``every_s`` seconds, re-read which artifact files the registries use."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await models.refresh_stored()
+            if datasets is not None:
+                await datasets.refresh_stored()
+        except Exception:
+            # The database is unreachable for now: the gauges keep the last known files.
+            logger.warning("could not re-read the stored artifacts' records", exc_info=True)
 
 
 def _watch_gauges(

@@ -142,7 +142,7 @@ def test_another_tenants_dataset_fails_the_job_as_not_found(
             )
             with pytest.raises(JobFailedError) as info:
                 handle.result(timeout=120)
-            assert info.value.error_type.endswith("DatasetNotFoundError")
+            assert info.value.error_type == "synapse_sdk.datasets.DatasetNotFoundError"
             assert f"dataset {ref!r} not found" in info.value.message
             assert handle.outputs() == []
 

@@ -77,3 +77,37 @@ async def test_a_file_both_registries_use_stays_until_the_last_goes(tmp_path: Pa
     assert not blob.exists()
     assert datasets.stored_bytes() == 0
     await _close(stores)
+
+
+async def test_a_second_server_counts_the_others_files_once_it_refreshes(tmp_path: Path) -> None:
+    _, datasets_a, stores_a = await _open(tmp_path)
+    models_b, datasets_b, stores_b = await _open(tmp_path)  # the same database and directory
+    source = write_parquet(tmp_path / "c.parquet", 70)
+    await datasets_a.upload("t", DatasetUploadSpec("c"), _chunks(source.read_bytes()))
+    size = source.stat().st_size
+    assert datasets_a.stored_bytes() == size and datasets_b.stored_bytes() == 0
+    await datasets_b.refresh_stored()
+    await models_b.refresh_stored()
+    assert datasets_b.stored_bytes() == size and models_b.stored_bytes() == 0
+    await _close(stores_a)
+    await _close(stores_b)
+
+
+async def test_staged_outputs_of_ended_jobs_go_at_start(tmp_path: Path) -> None:
+    _, datasets, stores = await _open(tmp_path)
+    data = write_parquet(tmp_path / "s.parquet", 10).read_bytes()
+    for job_id in ("job-running", "job-ended"):
+        await datasets.stage_output("t", job_id, "out", _chunks(data))
+    dataset_store = stores[1]
+    assert isinstance(dataset_store, SqliteDatasetStore)
+
+    async def over(job_id: str) -> bool:
+        return job_id == "job-ended"
+
+    # A server sharing the database: only the ended job's output goes.
+    await datasets.open(over)
+    assert await dataset_store.staged_jobs() == {"job-running"}
+    # A server that owns every job: all of them.
+    await datasets.open()
+    assert await dataset_store.staged_jobs() == set()
+    await _close(stores)

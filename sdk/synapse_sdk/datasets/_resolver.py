@@ -29,6 +29,10 @@ class DatasetNotFoundError(LookupError):
         super().__init__(f"dataset {shown!r} not found")
 
 
+# A job that fails with it names it by its public path (synapse_sdk.datasets.DatasetNotFoundError).
+DatasetNotFoundError.__module__ = "synapse_sdk.datasets"
+
+
 class DatasetsUnavailableError(RuntimeError):
     """``map_batches`` ran where no dataset resolver is installed in the run context."""
 

@@ -19,11 +19,13 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from synapse.plugin.v1 import worker_service_pb2, worker_service_pb2_grpc
-from synapse_sdk.datasets import DatasetFormat, DatasetNotFoundError, DatasetSource
 from synapse_sdk.runtime import PlatformInfo
+
+if TYPE_CHECKING:
+    from synapse_sdk.datasets import DatasetSource
 
 __all__ = ["SCRATCH_ENV", "WorkerDatasets", "WorkerOutputSink"]
 
@@ -114,7 +116,10 @@ class WorkerDatasets:
 
     def resolve(self, ref: str) -> DatasetSource:
         """The dataset ``ref`` names, as a local file (downloaded once per job)."""
+        # Imported on first use: a fork server finds synapse_sdk.datasets loaded only when
+        # its plugin uses datasets, and then preloads the batch runner (see _zygote).
         from synapse_client import NotFoundError
+        from synapse_sdk.datasets import DatasetFormat, DatasetNotFoundError, DatasetSource
 
         if ref in self._sources:
             return self._sources[ref]

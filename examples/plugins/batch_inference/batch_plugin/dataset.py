@@ -66,7 +66,8 @@ class MLPPredictor:
                 matrix = matrix.reshape(-1, 1)
         else:
             matrix = np.stack([np.asarray(batch[c]) for c in self._columns], axis=1)
-        return np.ascontiguousarray(matrix, dtype=np.float32)
+        # A copy: Arrow's buffers are read-only, which torch warns about (a few bytes a row).
+        return np.array(matrix, dtype=np.float32, order="C", copy=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         inputs = self._torch.from_numpy(self.features(batch))

@@ -114,17 +114,22 @@ class DatasetRegistryService:
         """The registry's size limit."""
         return self._limits
 
-    async def open(self, *, discard_staged: bool = True) -> None:
+    async def open(self, job_over: Callable[[str], Awaitable[bool]] | None = None) -> None:
         """Drop the outputs a previous process staged for jobs that can no longer succeed.
 
-        ``discard_staged``: True for a server that owns every job (after a restart no job
-        of a previous process runs on); servers sharing a database leave them to the job's
-        end (``discard_outputs``).
+        ``job_over(job_id)``: whether that job has ended (servers sharing a database: the
+        others' jobs run on); None for a server that owns every job, where after a restart
+        no job of a previous process runs on, so every staged output goes.
         """
         self._tally.reset(await self._store.all_checksums())
-        if discard_staged:
-            for job_id in await self._store.staged_jobs():
+        for job_id in await self._store.staged_jobs():
+            if job_over is None or await job_over(job_id):
                 await self.discard_outputs(job_id)
+
+    async def refresh_stored(self) -> None:
+        """Read again which files datasets use (for :meth:`stored_bytes`): servers sharing
+        the database store datasets this one does not hear of."""
+        self._tally.reset(await self._store.all_checksums())
 
     def stored_bytes(self) -> int:
         """Bytes of the files datasets and job outputs use (blocking: reads the file
@@ -301,17 +306,6 @@ class DatasetRegistryService:
         if record is None:
             raise DatasetNotFoundError(dataset_id)
         return record
-
-    async def resolve(self, tenant: str, ref: str) -> DatasetRecord:
-        """A dataset by id (``ds-...``) or by name (the newest of that name)."""
-        if not ref:
-            raise InvalidArgumentError("a dataset reference (id or name) is required")
-        if ref.startswith(DATASET_ID_PREFIX):
-            return await self.get(tenant, ref)
-        page = await self._store.list(tenant, ref.strip(), 1, "")
-        if not page.datasets:
-            raise DatasetNotFoundError(ref)
-        return page.datasets[0]
 
     async def list(
         self, tenant: str, *, name: str = "", page_size: int = 0, page_token: str = ""

@@ -140,6 +140,11 @@ class ModelRegistryService:
         other registries alone use (datasets) are theirs."""
         return self._tally.stored_bytes()
 
+    async def refresh_stored(self) -> None:
+        """Read again which files models use (for :meth:`stored_bytes`): servers sharing the
+        database store models this one does not hear of."""
+        self._tally.reset(await self._store.all_checksums())
+
     async def open(self) -> None:
         """Prepare directories and drop artifacts no registry references (an interrupted
         upload). Every registry sharing :attr:`artifacts` must have joined it by now."""
