@@ -13,7 +13,11 @@ Both servers run in their own subprocess; the subscribers share one asyncio clie
 one channel per side. Log events are counted because the platform never coalesces them (it
 may coalesce progress events for a lagging subscriber), so every subscriber must receive all.
 
-    .venv/bin/python bench/bench_progress.py [--events 1000] [--subscribers 1,10,100]
+    .venv/bin/python bench/bench_progress.py [--events 1000] [--subscribers 1,10,100] [--trace]
+
+``--trace`` also times each stage of submit -> first progress (see ``STAGES``): the server
+subprocess records when each job passes each of its stages, and the table gives the median
+time of each since the client's call.
 
 Prints a table and writes JSON to bench/results/.
 """
@@ -101,9 +105,12 @@ async def _run_baseline_server(port: int, events: int) -> None:
     await server.wait_for_termination()
 
 
-async def _run_synapse_server(port: int, data_dir: str) -> None:
+async def _run_synapse_server(port: int, data_dir: str, trace_file: str | None = None) -> None:
     from synapse_server.app import serve
     from synapse_server.settings import ServerSettings
+
+    if trace_file:
+        _install_stage_trace(Path(trace_file))
 
     settings = ServerSettings(
         listen_address=f"127.0.0.1:{port}",
@@ -112,6 +119,121 @@ async def _run_synapse_server(port: int, data_dir: str) -> None:
         max_concurrent_jobs=2,
     )
     await serve(settings)
+
+
+# --- stage trace (--trace) ------------------------------------------------------------------
+
+# Stages of submit -> first progress in the order a job passes them; "client" ones are timed by
+# the benchmark, "worker" by the worker process (the progress event's own time), the others
+# by the server process, whose methods :func:`_install_stage_trace` wraps. One clock for all
+# (time.time(), one machine).
+STAGES = (
+    ("client_call", "client: run_action called"),
+    ("submit_entered", "server: JobService.submit entered (RunAction decoded)"),
+    ("job_row_stored", "server: job row stored (SQLite insert)"),
+    ("pending_stored", "server: PENDING event stored"),
+    ("submit_returned", "server: submit returns (RunAction answer next)"),
+    ("client_submitted", "client: RunAction answer received"),
+    ("subscribed", "server: StreamProgress subscribed to the job"),
+    ("fork_requested", "server: fork request written to the fork server"),
+    ("fork_started", "server: fork server reports the worker started"),
+    ("get_assignment", "server: worker's GetAssignment received"),
+    ("stream_opened", "server: worker's ReportEvents open received"),
+    ("running_stored", "server: RUNNING event stored"),
+    ("worker_progress", "worker: action's first set_progress (event time)"),
+    ("progress_received", "server: worker batch with the progress received"),
+    ("progress_stored", "server: progress event stored"),
+    ("progress_encoded", "server: progress encoded for its first subscriber"),
+    ("client_progress", "client: first progress event received"),
+)
+
+
+def _install_stage_trace(path: Path) -> None:
+    """In the server process: append ``{"job", "stage", "t"}`` lines to ``path`` the first
+    time each job passes each server stage (wrapping the methods on the path)."""
+    from synapse_server.core import EventKind, _hub, _jobs, _standby
+    from synapse_server.grpc import _progress_wire
+    from synapse_server.stores import _sqlite_jobs
+
+    out = path.open("a", buffering=1, encoding="utf-8")
+    seen: set[tuple[str, str]] = set()
+
+    def mark(job_id: str, stage: str, at: float | None = None) -> None:
+        if (job_id, stage) not in seen:
+            seen.add((job_id, stage))
+            t = time.time() if at is None else at
+            out.write(json.dumps({"job": job_id, "stage": stage, "t": t}) + "\n")
+
+    def wrap(cls: Any, name: str, before: Any = None, after: Any = None) -> None:
+        original = getattr(cls, name)
+
+        async def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+            entered = time.time()
+            if before is not None:
+                before(entered, *args, **kwargs)
+            result = await original(self, *args, **kwargs)
+            if after is not None:
+                after(entered, result, *args, **kwargs)
+            return result
+
+        setattr(cls, name, traced)
+
+    def submitted(entered: float, result: Any, *args: Any, **kwargs: Any) -> None:
+        mark(result[0].id, "submit_entered", entered)
+        mark(result[0].id, "submit_returned")
+
+    def stored(entered: float, result: Any, job_id: str, *args: Any, **kwargs: Any) -> None:
+        for event in result:
+            if event.kind is EventKind.STATE and event.data.get("state") == "PENDING":
+                mark(job_id, "pending_stored")
+            elif event.kind is EventKind.STATE and event.data.get("state") == "RUNNING":
+                mark(job_id, "running_stored")
+            elif event.kind is EventKind.PROGRESS:
+                mark(job_id, "progress_stored")
+
+    def reported(entered: float, claims: Any, job_id: str, reports: Any) -> None:
+        if any(getattr(r.item, "kind", None) is EventKind.PROGRESS for r in reports):
+            mark(job_id, "progress_received", entered)
+
+    wrap(_jobs.JobService, "submit", after=submitted)
+    wrap(
+        _sqlite_jobs.SqliteJobStore,
+        "create_job",
+        after=lambda entered, result, job: mark(job.id, "job_row_stored"),
+    )
+    wrap(_hub.EventHub, "append", after=stored)
+    wrap(
+        _standby.ForkServer,
+        "start",
+        before=lambda entered, job_id, *a, **k: mark(job_id, "fork_requested", entered),
+        after=lambda entered, result, job_id, *a, **k: mark(job_id, "fork_started"),
+    )
+    wrap(
+        _jobs.JobService,
+        "assignment",
+        before=lambda entered, claims, job_id: mark(job_id, "get_assignment", entered),
+    )
+    wrap(
+        _jobs.JobService,
+        "open_worker_stream",
+        before=lambda entered, claims, job_id, worker_id: mark(job_id, "stream_opened", entered),
+    )
+    wrap(_jobs.JobService, "report", before=reported)
+    original_subscribe = _jobs.JobService.subscribe
+
+    async def subscribe(self: Any, tenant: Any, job_id: str, *args: Any, **kwargs: Any) -> Any:
+        mark(job_id, "subscribed")
+        return await original_subscribe(self, tenant, job_id, *args, **kwargs)
+
+    _jobs.JobService.subscribe = subscribe  # type: ignore[method-assign]
+    original_get = _progress_wire.EncodedEvents.get
+
+    def get(self: Any, event: Any) -> bytes:
+        if event.kind is EventKind.PROGRESS:
+            mark(event.job_id, "progress_encoded")
+        return original_get(self, event)
+
+    _progress_wire.EncodedEvents.get = get  # type: ignore[method-assign]
 
 
 class ServerProcess:
@@ -182,18 +304,58 @@ async def _wait_ready_baseline(server: ServerProcess, channel: grpc.aio.Channel)
                 raise
 
 
-async def synapse_latency(client: AsyncClient) -> float:
-    """Seconds from calling RunAction to holding the job's first progress event."""
+async def synapse_latency(
+    client: AsyncClient, marks: dict[str, dict[str, float]] | None = None
+) -> float:
+    """Seconds from calling RunAction to holding the job's first progress event.
+
+    ``marks``: the client's and the worker's stage times go there, by job id (see STAGES).
+    """
+    called = time.time()
     start = time.perf_counter()
     handle = await client.run_action(PLUGIN, ACTION, {"count": 0})
+    submitted = time.time()
     async for event in handle.events():
         if isinstance(event.payload, ProgressEvent):
             elapsed = time.perf_counter() - start
+            received = time.time()
             break
     else:
         raise RuntimeError("job ended without a progress event")
     await handle.result(timeout=60)
+    if marks is not None:
+        marks[handle.id] = {
+            "client_call": called,
+            "client_submitted": submitted,
+            "worker_progress": event.time.timestamp() if event.time is not None else received,
+            "client_progress": received,
+        }
     return elapsed
+
+
+def stage_table(marks: dict[str, dict[str, float]], trace_file: Path) -> list[dict[str, Any]]:
+    """Per stage, the median time since ``client_call`` over the traced jobs (ms)."""
+    for line in trace_file.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record["job"] in marks:
+            marks[record["job"]].setdefault(record["stage"], record["t"])
+    rows: list[dict[str, Any]] = []
+    for stage, label in STAGES:
+        offsets = [
+            (job[stage] - job["client_call"]) * 1000 for job in marks.values() if stage in job
+        ]
+        if offsets:
+            rows.append(
+                {
+                    "stage": stage,
+                    "label": label,
+                    "median_ms": statistics.median(offsets),
+                    "min_ms": min(offsets),
+                    "max_ms": max(offsets),
+                }
+            )
+    rows.sort(key=lambda row: row["median_ms"])
+    return rows
 
 
 async def baseline_latency(channel: grpc.aio.Channel) -> float:
@@ -267,10 +429,15 @@ async def baseline_throughput(
     return Throughput(subscribers, events, sum(counts), max(lasts) - min(firsts))
 
 
-async def run_bench(events: int, subscriber_counts: Sequence[int]) -> dict[str, Any]:
+async def run_bench(
+    events: int, subscriber_counts: Sequence[int], trace: bool = False
+) -> dict[str, Any]:
     """Runs every measurement; returns the report as a dict."""
     data_dir = tempfile.mkdtemp(prefix="synapse-bench-")
-    synapse_server = ServerProcess("--synapse-server", "--data-dir", data_dir)
+    trace_file = Path(data_dir) / "stages.jsonl"
+    trace_args = ("--trace-file", str(trace_file)) if trace else ()
+    synapse_server = ServerProcess("--synapse-server", "--data-dir", data_dir, *trace_args)
+    marks: dict[str, dict[str, float]] = {}
     baseline_server = ServerProcess("--baseline-server", "--events", str(events))
     try:
         async with AsyncClient(synapse_server.address, timeout=60) as client:
@@ -280,7 +447,10 @@ async def run_bench(events: int, subscriber_counts: Sequence[int]) -> dict[str, 
                 await _wait_ready_baseline(baseline_server, channel)
                 await synapse_latency(client)  # warm-up: first worker start, imports
                 await baseline_latency(channel)
-                syn_lat = [await synapse_latency(client) for _ in range(LATENCY_SAMPLES)]
+                syn_lat = [
+                    await synapse_latency(client, marks if trace else None)
+                    for _ in range(LATENCY_SAMPLES)
+                ]
                 base_lat = [await baseline_latency(channel) for _ in range(LATENCY_SAMPLES)]
                 rows = []
                 for n in subscriber_counts:
@@ -297,6 +467,8 @@ async def run_bench(events: int, subscriber_counts: Sequence[int]) -> dict[str, 
     finally:
         synapse_server.stop()
         baseline_server.stop()
+
+    stages = stage_table(marks, trace_file) if trace else []
 
     def seconds(values: list[float]) -> dict[str, float]:
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
@@ -316,6 +488,7 @@ async def run_bench(events: int, subscriber_counts: Sequence[int]) -> dict[str, 
             "baseline": seconds(base_lat),
             "ratio_median": statistics.median(syn_lat) / statistics.median(base_lat),
         },
+        "stages": stages,
         "throughput": [
             {
                 "subscribers": syn.subscribers,
@@ -349,6 +522,17 @@ def print_table(report: dict[str, Any]) -> None:
             f"{label:<34}{row['synapse']['events_per_second']:>14,.0f}"
             f"{row['baseline']['events_per_second']:>14,.0f}{row['ratio']:>10.2f}"
         )
+    if report["stages"]:
+        print()
+        print("submit -> first progress, stage by stage (median over the samples, ms)")
+        print(f"{'stage':<60}{'since call':>12}{'step':>8}")
+        previous = 0.0
+        for stage in report["stages"]:
+            print(
+                f"{stage['label']:<60}{stage['median_ms']:>12.2f}"
+                f"{stage['median_ms'] - previous:>8.2f}"
+            )
+            previous = stage["median_ms"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -361,14 +545,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--output", type=Path, help="JSON report path (default: bench/results/<timestamp>.json)"
     )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="time submit -> first progress stage by stage and print the stages",
+    )
     parser.add_argument("--synapse-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--trace-file", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.synapse_server:
         logging.basicConfig(level=logging.WARNING)
-        asyncio.run(_run_synapse_server(args.port, args.data_dir))
+        asyncio.run(_run_synapse_server(args.port, args.data_dir, args.trace_file))
         return 0
     if args.baseline_server:
         asyncio.run(_run_baseline_server(args.port, args.events))
@@ -376,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.events < 1:
         parser.error("--events must be at least 1")
     counts = [int(n) for n in args.subscribers.split(",") if n.strip()]
-    report = asyncio.run(run_bench(args.events, counts))
+    report = asyncio.run(run_bench(args.events, counts, trace=args.trace))
     print_table(report)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path: Path = args.output or RESULTS_DIR / f"bench_progress-{stamp}.json"
