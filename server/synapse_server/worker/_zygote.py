@@ -12,10 +12,11 @@ The next job's child is forked ahead of its request (the "spare"): it detaches, 
 channel to the server and waits on a pipe of its own; a request goes to it, and a new spare is
 forked once that job's worker has its first event stored (it says so on its acknowledgement
 pipe, or closes it by exiting). Fork, process setup and connection are thus off the job's path
-twice: before its request, and until its first event (on two CPUs, forking the next spare right
-after the hand-off made the job's GetAssignment -> first event stages about 3x longer:
-bench/bench_progress.py --trace). A request that finds no spare (one that died waiting, or a
-burst of jobs) forks its child directly, and the next spare is forked at once.
+twice: before its request, and until its first event. (A spare costs about 10 ms of CPU of its
+own until it waits, and the fork server 2-3 ms per fork, measured on the 2-CPU bench machine;
+forked right after the hand-off, that ran beside the job's own start, on the same CPUs.) A
+request that finds no spare (one that died waiting, or a burst of jobs) forks its child
+directly, and the next spare is forked at once.
 
 Nothing that does not survive ``fork`` exists in the fork server: no grpc channel is opened
 and no Python thread is started there (the child opens its own channel); a Python thread
