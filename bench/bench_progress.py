@@ -4,16 +4,23 @@ Measures, in one run and on one machine:
 
 * latency from submitting a job to receiving its first progress event, against a plain
   grpcio unary call followed by a server stream up to its first message;
-* events per second delivered to 1, 10 and 100 concurrent subscribers of one job whose action
-  logs ``--events`` events back to back, against a minimal grpcio aio server that streams the
-  same number of messages of the same size (real serialized ``StreamProgressResponse`` bytes
-  of such an event) to the same number of subscribers.
+* events per second delivered to 1, 10, 100 and 1,000 concurrent subscribers of one job whose
+  action logs ``--events`` events back to back, and to 10 subscribers of each of 100 jobs at
+  once (``--many-jobs``), against a minimal grpcio aio server that streams the same number of
+  messages of the same size (real serialized ``StreamProgressResponse`` bytes of such an
+  event) on as many streams;
+* the server process's CPU time per 1,000 delivered events in each of those cases (the
+  platform's: the whole case, from submitting its jobs to their results; its job workers are
+  other processes and are not counted).
 
 Both servers run in their own subprocess; the subscribers share one asyncio client process and
 one channel per side. Log events are counted because the platform never coalesces them (it
 may coalesce progress events for a lagging subscriber), so every subscriber must receive all.
+The jobs wait after their first progress event until every subscriber holds it, so that the
+burst is timed with everyone attached.
 
-    .venv/bin/python bench/bench_progress.py [--events 1000] [--subscribers 1,10,100] [--trace]
+    .venv/bin/python bench/bench_progress.py [--events 1000] [--subscribers 1,10,100,1000]
+        [--many-jobs 100x10x200] [--trace]
 
 ``--trace`` also times each stage of submit -> first progress (see ``STAGES``): the server
 subprocess records when each job passes each of its stages, and the table gives the median
@@ -88,7 +95,8 @@ async def _run_baseline_server(port: int, events: int) -> None:
         return b""
 
     async def follow(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        for message in messages:
+        # The request is the number of messages to send (all of them when empty).
+        for message in messages[: int(request) if request else len(messages)]:
             yield message
 
     handler = grpc.method_handlers_generic_handler(
@@ -105,7 +113,9 @@ async def _run_baseline_server(port: int, events: int) -> None:
     await server.wait_for_termination()
 
 
-async def _run_synapse_server(port: int, data_dir: str, trace_file: str | None = None) -> None:
+async def _run_synapse_server(
+    port: int, data_dir: str, max_jobs: int = 2, trace_file: str | None = None
+) -> None:
     from synapse_server.app import serve
     from synapse_server.settings import ServerSettings
 
@@ -116,7 +126,7 @@ async def _run_synapse_server(port: int, data_dir: str, trace_file: str | None =
         listen_address=f"127.0.0.1:{port}",
         data_dir=Path(data_dir),
         plugin_dirs=[PLUGIN_DIR],
-        max_concurrent_jobs=2,
+        max_concurrent_jobs=max_jobs,
     )
     await serve(settings)
 
@@ -248,6 +258,12 @@ class ServerProcess:
             stderr=subprocess.PIPE,
         )
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of the server process so far (all its threads; not its
+        children, such as the platform's job workers)."""
+        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def check_alive(self) -> None:
         if self._proc.poll() is not None:
             err = self._proc.stderr.read().decode() if self._proc.stderr else ""
@@ -267,16 +283,24 @@ class ServerProcess:
 
 @dataclass
 class Throughput:
-    """Events delivered to ``subscribers`` followers of one stream of ``events`` events."""
+    """Events delivered to ``subscribers`` followers of each of ``jobs`` streams of
+    ``events`` events, and the server process's CPU time over the whole case."""
 
+    jobs: int
     subscribers: int
     events: int
     delivered: int
     seconds: float
+    server_cpu_seconds: float
 
     @property
     def events_per_second(self) -> float:
         return self.delivered / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_ms_per_1000(self) -> float:
+        """Server CPU milliseconds per 1,000 delivered events."""
+        return self.server_cpu_seconds / self.delivered * 1e6 if self.delivered else 0.0
 
 
 async def _wait_ready_synapse(server: ServerProcess, client: AsyncClient) -> None:
@@ -375,21 +399,34 @@ async def baseline_latency(channel: grpc.aio.Channel) -> float:
     return elapsed
 
 
-async def synapse_throughput(client: AsyncClient, subscribers: int, events: int) -> Throughput:
-    """All subscribers follow one job from seq 0; the action pauses so they attach first."""
-    pause = 0.5 + subscribers * 0.01
-    handle = await client.run_action(
-        PLUGIN, ACTION, {"count": events, "payload_bytes": PAYLOAD_BYTES, "pause_s": pause}
-    )
+async def synapse_throughput(
+    client: AsyncClient, server: ServerProcess, jobs: int, subscribers: int, events: int
+) -> Throughput:
+    """``subscribers`` follow each of ``jobs`` jobs from seq 0. Each job's action reports
+    progress, then waits for a gate file that opens once every subscriber holds that event,
+    then logs ``events`` events back to back; the log events are counted and timed."""
+    gate = Path(tempfile.mkdtemp(prefix="synapse-bench-gate-")) / "open"
+    cpu_before = server.cpu_seconds()
+    params = {"count": events, "payload_bytes": PAYLOAD_BYTES, "gate": str(gate)}
+    handles = [await client.run_action(PLUGIN, ACTION, params) for _ in range(jobs)]
+    attached = 0
+    all_attached = asyncio.Event()
     firsts: list[float] = []
     lasts: list[float] = []
     counts: list[int] = []
 
-    async def subscriber() -> None:
+    async def subscriber(job_id: str) -> None:
+        nonlocal attached
         n = 0
         first = 0.0
-        async for event in client.job(handle.id).events():
-            if isinstance(event.payload, LogEvent):
+        waiting = True
+        async for event in client.job(job_id).events():
+            if waiting and isinstance(event.payload, ProgressEvent):
+                waiting = False
+                attached += 1
+                if attached == jobs * subscribers:
+                    all_attached.set()
+            elif isinstance(event.payload, LogEvent):
                 if n == 0:
                     first = time.perf_counter()
                 n += 1
@@ -397,15 +434,27 @@ async def synapse_throughput(client: AsyncClient, subscribers: int, events: int)
         lasts.append(time.perf_counter())
         counts.append(n)
 
-    await asyncio.gather(*(subscriber() for _ in range(subscribers)))
-    await handle.result(timeout=60)
-    return Throughput(subscribers, events, sum(counts), max(lasts) - min(firsts))
+    tasks = [
+        asyncio.create_task(subscriber(handle.id)) for handle in handles for _ in range(subscribers)
+    ]
+    try:
+        await asyncio.wait_for(all_attached.wait(), 120)
+        gate.touch()
+        await asyncio.gather(*tasks)
+    finally:
+        gate.touch()
+        for task in tasks:
+            task.cancel()
+    for handle in handles:
+        await handle.result(timeout=120)
+    cpu = server.cpu_seconds() - cpu_before
+    return Throughput(jobs, subscribers, events, sum(counts), max(lasts) - min(firsts), cpu)
 
 
 async def baseline_throughput(
-    channel: grpc.aio.Channel, subscribers: int, events: int
+    channel: grpc.aio.Channel, server: ServerProcess, jobs: int, subscribers: int, events: int
 ) -> Throughput:
-    """The same number of subscribers each receive ``events`` same-size messages."""
+    """As many streams (``jobs`` x ``subscribers``), each of ``events`` same-size messages."""
     follow = channel.unary_stream(
         f"/{_BASELINE_SERVICE}/Follow",
         response_deserializer=action_service_pb2.StreamProgressResponse.FromString,
@@ -413,11 +462,12 @@ async def baseline_throughput(
     firsts: list[float] = []
     lasts: list[float] = []
     counts: list[int] = []
+    cpu_before = server.cpu_seconds()
 
     async def subscriber() -> None:
         n = 0
         first = 0.0
-        async for _ in follow(b""):
+        async for _ in follow(str(events).encode()):
             if n == 0:
                 first = time.perf_counter()
             n += 1
@@ -425,20 +475,34 @@ async def baseline_throughput(
         lasts.append(time.perf_counter())
         counts.append(n)
 
-    await asyncio.gather(*(subscriber() for _ in range(subscribers)))
-    return Throughput(subscribers, events, sum(counts), max(lasts) - min(firsts))
+    await asyncio.gather(*(subscriber() for _ in range(jobs * subscribers)))
+    cpu = server.cpu_seconds() - cpu_before
+    return Throughput(jobs, subscribers, events, sum(counts), max(lasts) - min(firsts), cpu)
 
 
 async def run_bench(
-    events: int, subscriber_counts: Sequence[int], trace: bool = False
+    events: int,
+    subscriber_counts: Sequence[int],
+    trace: bool = False,
+    many_jobs: tuple[int, int, int] | None = None,
 ) -> dict[str, Any]:
-    """Runs every measurement; returns the report as a dict."""
+    """Runs every measurement; returns the report as a dict.
+
+    ``many_jobs``: ``(jobs, subscribers per job, events per job)`` of the many-jobs case.
+    """
+    cases = [(1, n, events) for n in subscriber_counts]
+    if many_jobs is not None:
+        cases.append(many_jobs)
     data_dir = tempfile.mkdtemp(prefix="synapse-bench-")
     trace_file = Path(data_dir) / "stages.jsonl"
     trace_args = ("--trace-file", str(trace_file)) if trace else ()
-    synapse_server = ServerProcess("--synapse-server", "--data-dir", data_dir, *trace_args)
+    concurrent = str(max(2, *(jobs for jobs, _, _ in cases)))
+    synapse_server = ServerProcess(
+        "--synapse-server", "--data-dir", data_dir, "--max-jobs", concurrent, *trace_args
+    )
     marks: dict[str, dict[str, float]] = {}
-    baseline_server = ServerProcess("--baseline-server", "--events", str(events))
+    most = max(n for _, _, n in cases)
+    baseline_server = ServerProcess("--baseline-server", "--events", str(most))
     try:
         async with AsyncClient(synapse_server.address, timeout=60) as client:
             channel = grpc.aio.insecure_channel(baseline_server.address)
@@ -453,13 +517,15 @@ async def run_bench(
                 ]
                 base_lat = [await baseline_latency(channel) for _ in range(LATENCY_SAMPLES)]
                 rows = []
-                for n in subscriber_counts:
-                    syn = await synapse_throughput(client, n, events)
-                    base = await baseline_throughput(channel, n, events)
-                    if syn.delivered != n * events or base.delivered != n * events:
+                for jobs, n, count in cases:
+                    syn = await synapse_throughput(client, synapse_server, jobs, n, count)
+                    base = await baseline_throughput(channel, baseline_server, jobs, n, count)
+                    expected = jobs * n * count
+                    if syn.delivered != expected or base.delivered != expected:
                         raise RuntimeError(
-                            f"{n} subscribers: delivered synapse={syn.delivered} "
-                            f"baseline={base.delivered}, expected {n * events} each"
+                            f"{jobs} job(s) x {n} subscribers: delivered "
+                            f"synapse={syn.delivered} baseline={base.delivered}, "
+                            f"expected {expected} each"
                         )
                     rows.append((syn, base))
             finally:
@@ -491,10 +557,22 @@ async def run_bench(
         "stages": stages,
         "throughput": [
             {
+                "jobs": syn.jobs,
                 "subscribers": syn.subscribers,
-                "synapse": {**asdict(syn), "events_per_second": syn.events_per_second},
-                "baseline": {**asdict(base), "events_per_second": base.events_per_second},
+                "synapse": {
+                    **asdict(syn),
+                    "events_per_second": syn.events_per_second,
+                    "server_cpu_ms_per_1000": syn.cpu_ms_per_1000,
+                },
+                "baseline": {
+                    **asdict(base),
+                    "events_per_second": base.events_per_second,
+                    "server_cpu_ms_per_1000": base.cpu_ms_per_1000,
+                },
                 "ratio": syn.events_per_second / base.events_per_second,
+                "cpu_ratio": syn.cpu_ms_per_1000 / base.cpu_ms_per_1000
+                if base.cpu_ms_per_1000
+                else None,
             }
             for syn, base in rows
         ],
@@ -517,10 +595,22 @@ def print_table(report: dict[str, Any]) -> None:
         f"{lat['ratio_median']:>9.1f}x"
     )
     for row in report["throughput"]:
-        label = f"events/s, {row['subscribers']} subscriber(s)"
+        jobs = f"{row['jobs']} jobs x " if row["jobs"] > 1 else ""
+        label = f"events/s, {jobs}{row['subscribers']} subscriber(s)"
         print(
             f"{label:<34}{row['synapse']['events_per_second']:>14,.0f}"
             f"{row['baseline']['events_per_second']:>14,.0f}{row['ratio']:>10.2f}"
+        )
+    print()
+    print("server CPU per 1,000 delivered events (ms; the server process, not its workers)")
+    for row in report["throughput"]:
+        jobs = f"{row['jobs']} jobs x " if row["jobs"] > 1 else ""
+        label = f"{jobs}{row['subscribers']} subscriber(s)"
+        ratio = row["cpu_ratio"]
+        print(
+            f"{label:<34}{row['synapse']['server_cpu_ms_per_1000']:>14.1f}"
+            f"{row['baseline']['server_cpu_ms_per_1000']:>14.1f}"
+            f"{(f'{ratio:.2f}x' if ratio else '-'):>10}"
         )
     if report["stages"]:
         print()
@@ -540,7 +630,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1000, help="events per job (default 1000)")
     parser.add_argument(
-        "--subscribers", default="1,10,100", help="comma-separated subscriber counts"
+        "--subscribers",
+        default="1,10,100,1000",
+        help="comma-separated subscriber counts of one job (default 1,10,100,1000)",
+    )
+    parser.add_argument(
+        "--many-jobs",
+        default="100x10x200",
+        help="JOBSxSUBSCRIBERSxEVENTS: the case of many jobs at once, each followed by "
+        "SUBSCRIBERS and logging EVENTS (default 100x10x200; 'none' to skip)",
     )
     parser.add_argument(
         "--output", type=Path, help="JSON report path (default: bench/results/<timestamp>.json)"
@@ -555,10 +653,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--max-jobs", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.synapse_server:
         logging.basicConfig(level=logging.WARNING)
-        asyncio.run(_run_synapse_server(args.port, args.data_dir, args.trace_file))
+        asyncio.run(_run_synapse_server(args.port, args.data_dir, args.max_jobs, args.trace_file))
         return 0
     if args.baseline_server:
         asyncio.run(_run_baseline_server(args.port, args.events))
@@ -566,7 +665,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.events < 1:
         parser.error("--events must be at least 1")
     counts = [int(n) for n in args.subscribers.split(",") if n.strip()]
-    report = asyncio.run(run_bench(args.events, counts, trace=args.trace))
+    many: tuple[int, int, int] | None = None
+    if args.many_jobs != "none":
+        try:
+            jobs, subscribers, events = (int(n) for n in args.many_jobs.split("x"))
+        except ValueError:
+            parser.error("--many-jobs must be JOBSxSUBSCRIBERSxEVENTS, e.g. 100x10x200")
+        many = (jobs, subscribers, events)
+    report = asyncio.run(run_bench(args.events, counts, trace=args.trace, many_jobs=many))
     print_table(report)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path: Path = args.output or RESULTS_DIR / f"bench_progress-{stamp}.json"
