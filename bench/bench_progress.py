@@ -480,6 +480,29 @@ async def baseline_throughput(
     return Throughput(jobs, subscribers, events, sum(counts), max(lasts) - min(firsts), cpu)
 
 
+async def _baseline_throughput_retried(
+    channel: grpc.aio.Channel,
+    server: ServerProcess,
+    jobs: int,
+    subscribers: int,
+    events: int,
+    retries: list[str],
+) -> Throughput:
+    """:func:`baseline_throughput`, again (twice at most) when grpc cancels one of its
+    streams: with 1,000 streams on one channel, plain grpcio cancels a few now and then
+    (StatusCode.CANCELLED, from grpc itself; seen on the shared 2-CPU machine under load).
+    Each retry is noted in the report."""
+    for attempt in range(3):
+        try:
+            return await baseline_throughput(channel, server, jobs, subscribers, events)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED or attempt == 2:
+                raise
+            retries.append(f"{jobs} job(s) x {subscribers}: baseline stream cancelled by grpc")
+            logger.warning("baseline: %s; measuring the case again", exc.code())
+    raise AssertionError("unreachable")
+
+
 async def run_bench(
     events: int,
     subscriber_counts: Sequence[int],
@@ -517,9 +540,12 @@ async def run_bench(
                 ]
                 base_lat = [await baseline_latency(channel) for _ in range(LATENCY_SAMPLES)]
                 rows = []
+                retries: list[str] = []
                 for jobs, n, count in cases:
                     syn = await synapse_throughput(client, synapse_server, jobs, n, count)
-                    base = await baseline_throughput(channel, baseline_server, jobs, n, count)
+                    base = await _baseline_throughput_retried(
+                        channel, baseline_server, jobs, n, count, retries
+                    )
                     expected = jobs * n * count
                     if syn.delivered != expected or base.delivered != expected:
                         raise RuntimeError(
@@ -555,6 +581,7 @@ async def run_bench(
             "ratio_median": statistics.median(syn_lat) / statistics.median(base_lat),
         },
         "stages": stages,
+        "baseline_retries": retries,
         "throughput": [
             {
                 "jobs": syn.jobs,
@@ -612,6 +639,8 @@ def print_table(report: dict[str, Any]) -> None:
             f"{row['baseline']['server_cpu_ms_per_1000']:>14.1f}"
             f"{(f'{ratio:.2f}x' if ratio else '-'):>10}"
         )
+    for retry in report["baseline_retries"]:
+        print(f"(measured again: {retry})")
     if report["stages"]:
         print()
         print("submit -> first progress, stage by stage (median over the samples, ms)")
