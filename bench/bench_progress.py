@@ -64,6 +64,11 @@ PAYLOAD_BYTES = 64
 LATENCY_SAMPLES = 7
 
 _BASELINE_SERVICE = "bench.Baseline"
+# Both clients' channels: without BDP probing, a stream's receive window stays at its
+# default. The baseline server has every message ready and pushes them as fast as the window
+# lets it; with 1,000 streams on one channel and windows grown by BDP probing, grpc cancelled
+# some of them (StatusCode.CANCELLED from grpc itself) on the shared 2-CPU machine under load.
+CLIENT_CHANNEL_OPTIONS = (("grpc.http2.bdp_probe", 0),)
 
 
 # --- servers (each runs in its own subprocess) -------------------------------------------------
@@ -527,8 +532,12 @@ async def run_bench(
     most = max(n for _, _, n in cases)
     baseline_server = ServerProcess("--baseline-server", "--events", str(most))
     try:
-        async with AsyncClient(synapse_server.address, timeout=60) as client:
-            channel = grpc.aio.insecure_channel(baseline_server.address)
+        async with AsyncClient(
+            synapse_server.address, timeout=60, channel_options=CLIENT_CHANNEL_OPTIONS
+        ) as client:
+            channel = grpc.aio.insecure_channel(
+                baseline_server.address, options=CLIENT_CHANNEL_OPTIONS
+            )
             try:
                 await _wait_ready_synapse(synapse_server, client)
                 await _wait_ready_baseline(baseline_server, channel)
