@@ -7,6 +7,7 @@ await ``context.write`` for every message it yields; a client's cancellation can
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -134,6 +135,48 @@ async def test_a_failed_write_ends_the_stream_as_cancelled_not_as_an_error() -> 
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(rpc, 10)
     assert context.started == ["a"] and servicer.closed
+
+
+async def test_a_write_that_fails_after_the_cancellation_is_consumed_quietly() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        context = _Context(fail=True)
+        servicer = _Servicer(["a", "b"])
+        rpc = asyncio.create_task(_grpc_drives(servicer, context))
+        await asyncio.wait_for(context.in_flight.wait(), 10)
+        rpc.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await rpc
+        context.release.set()  # core fails the write of the cancelled call
+        for _ in range(100):
+            await asyncio.sleep(0)
+        del rpc
+        gc.collect()
+        assert context.cancelled == [] and context.started == ["a"]
+        assert reported == []  # no "exception was never retrieved", no error from a callback
+    finally:
+        loop.set_exception_handler(None)
+
+
+class _YieldingContext:
+    """Writes that give the loop a turn (a bare yield) before and after waiting."""
+
+    def __init__(self) -> None:
+        self.completed: list[Any] = []
+
+    async def write(self, message: Any) -> None:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.001)
+        await asyncio.sleep(0)
+        self.completed.append(message)
+
+
+async def test_writes_that_yield_to_the_loop_complete_in_order() -> None:
+    context = _YieldingContext()
+    await asyncio.wait_for(_grpc_drives(_Finite(["a", "b", "c"]), context), 10)  # type: ignore[arg-type]
+    assert context.completed == ["a", "b", "c"]
 
 
 def test_cancelled_progress_streams_leave_nothing_behind_in_the_server(

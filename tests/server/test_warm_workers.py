@@ -280,6 +280,60 @@ def test_the_spare_child_takes_the_next_job_and_a_dead_spare_is_not_fatal(
     assert server.ready and _alive(server.pid)
 
 
+def _wait_running(stub: action_service_pb2_grpc.ActionServiceStub, job_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=10).job.state != (
+        job_pb2.JOB_STATE_RUNNING
+    ):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.02)
+
+
+def test_the_next_spare_is_forked_once_the_job_has_its_first_event(
+    server_factory: Callable[..., Any], tmp_path: Any
+) -> None:
+    """The spare that took a job is replaced only once that job's first event is stored, so
+    forking and connecting the next spare does not compete with the job's start."""
+    running = server_factory(warm_workers=1, preload_plugins=["toy"])
+    server = _wait_ready(_pool(running), "toy")
+    spare = _spare(server)
+    gate, then = tmp_path / "gate", tmp_path / "then"
+    with running.channel() as channel:
+        stub = action_service_pb2_grpc.ActionServiceStub(channel)
+        params = {"gate": str(gate), "then": str(then), "quiet": True}
+        job_id = _submit(stub, "gated", params)
+        _wait_running(stub, job_id)  # its worker opened its stream; the action is silent
+        assert server.children() == {job_id: spare}
+        time.sleep(0.5)
+        assert _children_of(server.pid) == {spare}, "a spare was forked before any event"
+        gate.touch()  # the action logs its first event
+        replacement = _spare(server)
+        assert replacement != spare
+        then.touch()
+        assert _finish(stub, job_id).state == job_pb2.JOB_STATE_SUCCEEDED
+
+
+def test_a_job_arriving_before_the_spare_is_replaced_is_forked_directly(
+    server_factory: Callable[..., Any], tmp_path: Any
+) -> None:
+    running = server_factory(warm_workers=1, preload_plugins=["toy"])
+    server = _wait_ready(_pool(running), "toy")
+    spare = _spare(server)
+    gate = tmp_path / "gate"
+    with running.channel() as channel:
+        stub = action_service_pb2_grpc.ActionServiceStub(channel)
+        silent = _submit(stub, "gated", {"gate": str(gate), "quiet": True})
+        _wait_running(stub, silent)
+        assert _children_of(server.pid) == {spare}
+        # No spare waits: this job's child is forked for it, and a spare right after it.
+        job = _run(channel, "quick", {"count": 1, "label": "direct"})
+        assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
+        assert _spare(server) not in (spare, 0)
+        gate.touch()
+        assert _finish(stub, silent).state == job_pb2.JOB_STATE_SUCCEEDED
+    assert server.ready and _alive(server.pid)
+
+
 def test_a_forked_job_takes_the_ray_loopback_setting_of_its_environment() -> None:
     """A plugin preloaded by the fork server may import Ray before any job's environment
     exists; Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER at import. The fork applies the

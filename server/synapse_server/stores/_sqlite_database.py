@@ -159,8 +159,13 @@ class SqliteChannel:
 
         ``fn`` runs in autocommit mode: a write of several statements uses ``transaction``.
         """
+        return await self.submit(fn)
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """:meth:`write`, handed to the writer thread now; its future (RuntimeError at once
+        when the database is not open)."""
         pool = self._db._writer_pool()
-        return await asyncio.get_running_loop().run_in_executor(
+        return asyncio.get_running_loop().run_in_executor(
             pool, lambda: self._guard.call(lambda: self._db._call(fn))
         )
 

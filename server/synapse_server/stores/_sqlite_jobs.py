@@ -1,17 +1,29 @@
 """The embedded :class:`~synapse_server.core.JobStore`: jobs and their events in SQLite.
 
-Events are written in batches (one transaction per batch) together with any job-row change
-they imply, so a job's row and its event history are always consistent on disk. Writes go to
-the database's writer thread, reads to its reader thread (see ``SqliteDatabase``): long
-replays do not stall writes. The tables are created by the schema migrations
-(``_sqlite_schema``).
+Events are written in batches together with any job-row change they imply, so a job's row
+and its event history are always consistent on disk. Writes go to the database's writer
+thread, reads to its reader thread (see ``SqliteDatabase``): long replays do not stall writes.
+The tables are created by the schema migrations (``_sqlite_schema``).
+
+Group commit: the batches of many jobs arrive together (each worker's stream brings one at a
+time), and a transaction plus a hop to the writer thread for each cost more than the rows.
+Batches (and job-row updates) that arrive while a transaction is being committed wait and
+go to the store together, in arrival order, in the next one; each in a savepoint of its own,
+so that one refused (a seq the job already has, a job another server took over) is undone
+alone, with its caller getting the error, and the others are stored. A caller is answered
+only once the transaction holding its batch has committed: what a caller was told is
+stored is, and a batch that failed is not stored at all. A lone batch does not wait: it is
+written at once, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -175,6 +187,46 @@ def _attach_results(conn: sqlite3.Connection, events: list[JobEvent]) -> list[Jo
     return events
 
 
+_INSERT_EVENTS = "INSERT INTO job_events (job_id, seq, kind, ts, data) VALUES (?,?,?,?,?)"
+
+
+@dataclass(slots=True)
+class _Write:
+    """One caller's batch of events (``rows``, maybe none) and job row, waiting for its
+    group's transaction (see the module docstring)."""
+
+    rows: list[tuple[Any, ...]]
+    job: Job | None
+    # An update of the row alone (update_job) is left as it is when the job has another
+    # owner; with events, the batch is refused.
+    fenced: bool
+    done: asyncio.Future[None]
+
+
+def _write_group(conn: sqlite3.Connection, *, group: Sequence[_Write]) -> list[Exception | None]:
+    """Store ``group`` in one transaction, each write in a savepoint; the error of each (or
+    None). An error of the transaction itself (the disk is full, the commit failed) raises:
+    nothing of the group is stored."""
+    errors: list[Exception | None] = []
+    with transaction(conn):
+        for write in group:
+            conn.execute("SAVEPOINT batch")
+            try:
+                if write.rows:
+                    conn.executemany(_INSERT_EVENTS, write.rows)
+                if write.job is not None and not _update(conn, write.job) and write.fenced:
+                    # Undone with the events: another server runs the job now.
+                    raise JobOwnershipLostError(write.job.id)
+            except (sqlite3.IntegrityError, JobOwnershipLostError) as exc:
+                # This batch only (a seq the job already has; the job was taken over).
+                conn.execute("ROLLBACK TO batch")
+                errors.append(exc)
+            else:
+                errors.append(None)
+            conn.execute("RELEASE batch")
+    return errors
+
+
 class SqliteJobStore:
     """The embedded :class:`~synapse_server.core.JobStore`: tables in a SQLite file (WAL).
 
@@ -186,6 +238,10 @@ class SqliteJobStore:
         self._db = database if isinstance(database, SqliteDatabase) else SqliteDatabase(database)
         self._io = self._db.channel("job store")
         self._opened = False
+        # Group commit (see the module docstring): the writes waiting for the transaction in
+        # flight, and that transaction's future (None: none in flight).
+        self._waiting: list[_Write] = []
+        self._in_flight: asyncio.Future[list[Exception | None]] | None = None
 
     @property
     def path(self) -> Path:
@@ -348,23 +404,65 @@ class SqliteJobStore:
         return await self._read(_find)
 
     async def append_events(self, events: Sequence[JobEvent], job: Job | None = None) -> None:
-        """Persist ``events`` and, if given, ``job``'s row, atomically."""
+        """Persist ``events`` and, if given, ``job``'s row, atomically (group commit: see the
+        module docstring)."""
         rows = [(e.job_id, e.seq, e.kind.value, e.timestamp, _event_text(e, job)) for e in events]
-
-        def _append(conn: sqlite3.Connection) -> None:
-            with transaction(conn):
-                conn.executemany(
-                    "INSERT INTO job_events (job_id, seq, kind, ts, data) VALUES (?,?,?,?,?)", rows
-                )
-                if job is not None and not _update(conn, job):
-                    # Rolled back with the events: another server runs the job now.
-                    raise JobOwnershipLostError(job.id)
-
-        await self._write(_append)
+        await self._grouped(rows, job, fenced=True)
 
     async def update_job(self, job: Job) -> None:
         """Persist ``job``'s state, timestamps, outcome and progress."""
-        await self._write(lambda conn: _update(conn, job))
+        # In the same queue as the batches: a job's row is never written out of order.
+        await self._grouped([], job, fenced=False)
+
+    async def _grouped(self, rows: list[tuple[Any, ...]], job: Job | None, *, fenced: bool) -> None:
+        write = _Write(rows, job, fenced, asyncio.get_running_loop().create_future())
+        self._waiting.append(write)
+        if self._in_flight is None:
+            self._start_group()
+        # A caller cancelled before its group goes to the writer thread is left out of it
+        # (nothing of its batch is stored); once there, the batch is stored all the same.
+        await write.done
+
+    def _start_group(self) -> None:
+        group = [write for write in self._waiting if not write.done.done()]
+        self._waiting = []
+        if not group:
+            return
+        try:
+            future = self._io.submit(functools.partial(_write_group, group=group))
+        except Exception as exc:  # the database is closed
+            self._settle(group, None, exc)
+            return
+        self._in_flight = future
+        future.add_done_callback(functools.partial(self._group_done, group))
+
+    def _group_done(
+        self, group: list[_Write], future: asyncio.Future[list[Exception | None]]
+    ) -> None:
+        self._in_flight = None
+        if future.cancelled():
+            for write in group:
+                if not write.done.done():
+                    write.done.cancel()
+        elif (error := future.exception()) is not None:
+            self._settle(group, None, error)
+        else:
+            self._settle(group, future.result(), None)
+        if self._waiting:
+            self._start_group()
+
+    @staticmethod
+    def _settle(
+        group: list[_Write], errors: list[Exception | None] | None, error: BaseException | None
+    ) -> None:
+        for index, write in enumerate(group):
+            if write.done.done():
+                continue
+            own = error if errors is None else errors[index]
+            if own is None:
+                write.done.set_result(None)
+            else:
+                write.done.set_exception(own)
 
     # Several servers on one database (see JobStore) -------------------------------------------
 

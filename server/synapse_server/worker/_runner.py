@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,10 @@ class _EventReporter:
         metadata: Sequence[tuple[str, str]],
         reconnect_seconds: float,
         progress_flush_seconds: float = PROGRESS_FLUSH_SECONDS,
+        on_first_event_stored: Callable[[], None] | None = None,
     ) -> None:
+        """``on_first_event_stored``: called once, on the reporter's thread, when the server
+        has acknowledged the job's first event (or the stream has ended without)."""
         self._stub = stub
         self._job_id = job_id
         self._worker_id = worker_id
@@ -163,6 +166,7 @@ class _EventReporter:
         self._settled = threading.Event()
         self.error: BaseException | None = None
         self.cancel_event = threading.Event()
+        self._first_event_stored = on_first_event_stored
         self._thread = threading.Thread(target=self._run, name="event-reporter", daemon=True)
 
     def start(self) -> None:
@@ -304,6 +308,12 @@ class _EventReporter:
             self.done.set()
         finally:
             self._settled.set()
+            self._notify_first_event_stored()
+
+    def _notify_first_event_stored(self) -> None:
+        callback, self._first_event_stored = self._first_event_stored, None
+        if callback is not None:
+            callback()
 
     def _stream(self) -> None:
         deadline = time.monotonic() + self._reconnect_seconds
@@ -321,6 +331,8 @@ class _EventReporter:
                         self._cond.notify_all()
                     if response.cancel_requested:
                         self.cancel_event.set()
+                    if response.acked_worker_seq >= 1:
+                        self._notify_first_event_stored()
                     resume.set()
                     self.opened.set()
                     self._settled.set()
@@ -524,6 +536,7 @@ def run_worker(
     reconnect_seconds: float = 10.0,
     parent_pid: int | None = None,
     channel: grpc.Channel | None = None,
+    on_first_event_stored: Callable[[], None] | None = None,
 ) -> int:
     """Run job ``job_id`` to the end and report it; returns the process exit code.
 
@@ -531,7 +544,9 @@ def run_worker(
     ``credential`` the job-scoped token the server minted. Failures of the action are reported
     as the job's outcome (exit code 0); a server that is gone or refuses the job gives a
     non-zero code. ``channel``, when given, is a channel to ``address`` opened ahead of the
-    job (it is closed at the end); otherwise one is opened here.
+    job (it is closed at the end); otherwise one is opened here. ``on_first_event_stored`` is
+    called once the server has stored the job's first event (a fork server forks its next
+    spare worker then, see ``_zygote``), or once the job's event stream has ended without.
     """
     if parent_pid is not None:
         _die_with_parent(parent_pid)
@@ -561,7 +576,14 @@ def run_worker(
             logger.error("job %s: the server refused the assignment: %s", job_id, exc)
             return EXIT_REFUSED
         tracing.enter_context(_job_span(assignment, metadata))
-        reporter = _EventReporter(stub, job_id, worker_id, metadata, reconnect_seconds)
+        reporter = _EventReporter(
+            stub,
+            job_id,
+            worker_id,
+            metadata,
+            reconnect_seconds,
+            on_first_event_stored=on_first_event_stored,
+        )
         reporter.start()
         if assignment.cancel_requested:
             reporter.finish(job_pb2.JOB_STATE_CANCELLED)

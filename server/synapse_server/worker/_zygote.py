@@ -10,8 +10,13 @@ only that child.
 
 The next job's child is forked ahead of its request (the "spare"): it detaches, opens its
 channel to the server and waits on a pipe of its own; a request goes to it, and a new spare is
-forked right after. Fork, process setup and connection are thus off the job's path. A spare
-that died waiting is replaced at the next request, which then forks its child directly.
+forked once that job's worker has its first event stored (it says so on its acknowledgement
+pipe, or closes it by exiting). Fork, process setup and connection are thus off the job's path
+twice: before its request, and until its first event. (A spare costs about 10 ms of CPU of its
+own until it waits, and the fork server 2-3 ms per fork, measured on the 2-CPU bench machine;
+forked right after the hand-off, that ran beside the job's own start, on the same CPUs.) A
+request that finds no spare (one that died waiting, or a burst of jobs) forks its child
+directly, and the next spare is forked at once.
 
 Nothing that does not survive ``fork`` exists in the fork server: no grpc channel is opened
 and no Python thread is started there (the child opens its own channel); a Python thread
@@ -175,6 +180,26 @@ class _Spare:
     ack_fd: int
 
 
+class _Going:
+    """In a job's child: tells the fork server, once, that the job's first event is stored."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._fd < 0:
+                return
+            fd, self._fd = self._fd, -1
+        try:
+            os.write(fd, b"g")
+        except OSError:
+            pass  # the fork server is gone; nothing waits for this
+        finally:
+            os.close(fd)
+
+
 class _ForkServer:
     def __init__(
         self,
@@ -198,6 +223,10 @@ class _ForkServer:
         # The pre-forked child that takes the next job, and the fork server's ends of its
         # request pipe (-1 once closed) and acknowledgement pipe.
         self._spare: _Spare | None = None
+        # The acknowledgement pipe of the child that took the last job from the spare: it
+        # becomes readable once that job's first event is stored (or the child is gone),
+        # and the next spare is forked then (-1: none pending).
+        self._going_fd = -1
 
     def report(self, **data: Any) -> None:
         line = json.dumps(data, separators=(",", ":")).encode() + b"\n"
@@ -220,6 +249,9 @@ class _ForkServer:
             for key, _ in self._selector.select(timeout=1.0):
                 if key.data == "request":
                     self._read_requests(request_fd)
+                elif key.data == "going":
+                    self._drop_going()
+                    self._make_spare()
                 else:
                     with contextlib.suppress(BlockingIOError):
                         while os.read(self._wake_r, 512):
@@ -232,6 +264,7 @@ class _ForkServer:
         if not data:
             self._input_open = False
             self._selector.unregister(fd)
+            self._drop_going()
             if self._spare is not None and self._spare.request_fd >= 0:
                 # The spare sees the end of its input and exits; it is reaped like a job.
                 os.close(self._spare.request_fd)
@@ -264,6 +297,7 @@ class _ForkServer:
 
     def _fork(self, request: ForkRequest) -> None:
         pid = self._hand_to_spare(request)
+        handed = pid is not None
         if pid is None:
             pid = self._fork_child(lambda: self._run_job(request, None))
             if pid is None:
@@ -272,7 +306,18 @@ class _ForkServer:
         self._children[pid] = request.job_id
         self._pids[request.job_id] = pid
         self.report(event="started", job_id=request.job_id, pid=pid)
-        self._make_spare()
+        if not handed:
+            # No spare was waiting (a burst, or it died): the next job must not fork its
+            # own child as well, whatever the jobs before it are doing.
+            self._drop_going()
+            self._make_spare()
+
+    def _drop_going(self) -> None:
+        """Stop waiting for the last handed-off job's first event."""
+        if self._going_fd >= 0:
+            self._selector.unregister(self._going_fd)
+            os.close(self._going_fd)
+            self._going_fd = -1
 
     def _fork_child(self, body: Callable[[], int], close: Sequence[int] = ()) -> int | None:
         """Fork a child that runs ``body`` and exits with its code; the child's pid."""
@@ -306,6 +351,8 @@ class _ForkServer:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self._selector.close()
         fds = [self._wake_r, self._wake_w, self._report_fd, *close]
+        if self._going_fd >= 0:
+            fds.append(self._going_fd)
         if self._spare is not None:
             fds += [fd for fd in (self._spare.request_fd, self._spare.ack_fd) if fd >= 0]
         for fd in fds:
@@ -315,7 +362,9 @@ class _ForkServer:
         os.close(null)
         _die_with_parent(os.getppid())
 
-    def _run_job(self, request: ForkRequest, channel: grpc.Channel | None) -> int:
+    def _run_job(
+        self, request: ForkRequest, channel: grpc.Channel | None, going: _Going | None = None
+    ) -> int:
         if request.log_file:
             try:
                 out = os.open(request.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -339,6 +388,7 @@ class _ForkServer:
             plugin_dirs=self._plugin_dirs,
             channel=channel,
             worker_id=f"{self._worker_id}-{os.getpid()}" if self._worker_id else None,
+            on_first_event_stored=going,
             **self._options,
         )
 
@@ -376,11 +426,12 @@ class _ForkServer:
             data += chunk
         os.close(request_fd)
         os.write(ack_fd, b"+")  # the job is this process's now
-        os.close(ack_fd)
         request = parse_request(data)
         if not isinstance(request, ForkRequest):
             raise RequestError("a spare worker got no fork request")
-        return self._run_job(request, channel)
+        # The same pipe then tells the fork server when to fork the next spare; the
+        # process's exit closes it in any case.
+        return self._run_job(request, channel, _Going(ack_fd))
 
     def _hand_to_spare(self, request: ForkRequest) -> int | None:
         """Give ``request`` to the waiting spare child; its pid, or None if there is none.
@@ -392,6 +443,7 @@ class _ForkServer:
         spare, self._spare = self._spare, None
         if spare is None:
             return None
+        self._drop_going()
         taken = b""
         try:
             view = memoryview(request.to_line())
@@ -407,8 +459,12 @@ class _ForkServer:
         finally:
             if spare.request_fd >= 0:
                 os.close(spare.request_fd)
-            os.close(spare.ack_fd)
+            if not taken:
+                os.close(spare.ack_fd)
         if taken:
+            # Its next byte (or end of file) says the job's first event is stored.
+            self._going_fd = spare.ack_fd
+            self._selector.register(spare.ack_fd, selectors.EVENT_READ, "going")
             return spare.pid
         logger.warning("spare worker pid %d did not take the job; forking one", spare.pid)
         with contextlib.suppress(ProcessLookupError):

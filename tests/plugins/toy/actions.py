@@ -169,6 +169,8 @@ class GatedParams(BaseModel):
 
     gate: str
     then: str = ""
+    #: No "waiting" log: the job's first event is "opened".
+    quiet: bool = False
 
 
 class GatedAction(BaseAction[GatedParams]):
@@ -178,7 +180,8 @@ class GatedAction(BaseAction[GatedParams]):
     action_name = "gated"
 
     def execute(self) -> dict[str, str]:
-        self.log("waiting", {"gate": self.params.gate})
+        if not self.params.quiet:
+            self.log("waiting", {"gate": self.params.gate})
         self._wait(self.params.gate)
         self.log("opened")
         if self.params.then:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -18,6 +19,9 @@ class EmitParams(BaseModel):
     pause_s: float = Field(default=0.0, ge=0, le=60)
     #: Pause between log events (0: back to back), to time single events rather than bursts.
     interval_s: float = Field(default=0.0, ge=0, le=10)
+    #: A file to wait for (up to 120 s) after the first progress event: the benchmark creates
+    #: it once every subscriber is attached.
+    gate: str = ""
 
 
 class EmitEventsAction(BaseAction[EmitParams]):
@@ -29,6 +33,12 @@ class EmitEventsAction(BaseAction[EmitParams]):
         self.set_progress(0, 1, "emit")
         if self.params.pause_s:
             time.sleep(self.params.pause_s)
+        if self.params.gate:
+            deadline = time.monotonic() + 120
+            while not os.path.exists(self.params.gate):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the benchmark never opened the gate")
+                time.sleep(0.02)
         filler = "x" * self.params.payload_bytes
         for i in range(self.params.count):
             self.log("tick", {"i": i, "pad": filler})
