@@ -204,6 +204,35 @@ def latency(call: Call, calls: int) -> dict[str, float]:
     }
 
 
+def paired_latency(calls: dict[str, Call], rounds: int) -> dict[str, dict[str, float]]:
+    """p50/p99/mean in milliseconds of each path, the paths called in turn: ``rounds`` times
+    one call of each, in a rotated order.
+
+    On a shared machine, load comes and goes within seconds: measured one after the other,
+    two paths see different load, and their ratio says more about the load than about them.
+    Taking turns call by call, every path sees the same load, so the ratio of their p50s is
+    steady even when the absolute figures are not.
+    """
+    names = list(calls)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            calls[name]()
+            samples[name].append((time.perf_counter() - started) * 1000)
+    figures = {}
+    for name, values in samples.items():
+        values.sort()
+        figures[name] = {
+            "p50_ms": statistics.median(values),
+            "p99_ms": values[min(len(values) - 1, round(0.99 * len(values)) - 1)],
+            "mean_ms": statistics.fmean(values),
+            "calls": float(len(values)),
+        }
+    return figures
+
+
 def throughput(call: Call, concurrency: int, seconds: float, max_calls: int) -> dict[str, float]:
     """Calls per second of ``concurrency`` threads calling for ``seconds`` (or ``max_calls``)."""
     done = [0] * concurrency
