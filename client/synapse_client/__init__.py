@@ -31,6 +31,12 @@ from ._config import (
     TLSConfig,
     normalize_address,
 )
+from ._datasets import (
+    DatasetChecksumError,
+    DatasetColumn,
+    DatasetInfo,
+    OutputNotFoundError,
+)
 from ._errors import (
     STATUS_TO_ERROR,
     AbortedError,
@@ -98,6 +104,9 @@ __all__ = [
     "ClientConfigError",
     "DEFAULT_PORT",
     "DataLossError",
+    "DatasetChecksumError",
+    "DatasetColumn",
+    "DatasetInfo",
     "DeadlineExceededError",
     "DeploymentInfo",
     "ENV_SERVER",
@@ -129,6 +138,7 @@ __all__ = [
     "ModelInfo",
     "NotFoundError",
     "OutOfRangeError",
+    "OutputNotFoundError",
     "PermissionDeniedError",
     "PluginInfo",
     "ProgressEvent",

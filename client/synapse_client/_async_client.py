@@ -15,6 +15,7 @@ from typing import Any
 from . import _calls as calls
 from ._config import retry_delay
 from ._core import AsyncClientCore
+from ._datasets import DatasetDownload, DatasetInfo, DatasetUpload, pick_output
 from ._errors import RpcFailedError, SynapseClientError
 from ._inference import UNSET_JSON, DeploymentInfo, InferResult
 from ._jobs import (
@@ -96,6 +97,18 @@ class AsyncJobHandle(JobHandleBase["AsyncClient"]):
         """Asks the server to cancel the job; returns the job as it is right after."""
         self.job = await self._client.cancel_job(self._id, reason)
         return self.job
+
+    async def outputs(self) -> list[DatasetInfo]:
+        """The datasets the job wrote (kept only once it SUCCEEDED), by name."""
+        return await self._client.list_job_outputs(self._id)
+
+    async def download_output(
+        self, dest: DownloadDestination, name: str | None = None, *, chunk_size: int = 0
+    ) -> DatasetInfo:
+        """Streams the job's output ``name`` (default: its only one) into ``dest``; see
+        :meth:`JobHandle.download_output`."""
+        output = pick_output(self._id, await self.outputs(), name)
+        return await self._client.download_dataset(output.id, dest, chunk_size=chunk_size)
 
     async def _follow(
         self, sequencer: EventSequencer, deadline: float | None
@@ -292,6 +305,93 @@ class AsyncClient(AsyncClientCore):
     ) -> None:
         """Deletes a model (its artifact goes once no other model shares it)."""
         await self._unary(calls.delete_model(model_id, timeout))
+
+    # --- datasets ------------------------------------------------------------------------------
+
+    async def upload_dataset(
+        self,
+        path: str | Path,
+        name: str | None = None,
+        *,
+        format: str | None = None,
+        chunk_size: int = DEFAULT_UPLOAD_CHUNK,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> DatasetInfo:
+        """Uploads a dataset file; see :meth:`Client.upload_dataset`. The file is hashed and
+        read in worker threads while the upload streams."""
+        upload = DatasetUpload.prepare(path, name, format, chunk_size)
+        sha256 = await asyncio.to_thread(file_sha256, upload.path)
+
+        async def requests() -> AsyncIterator[Any]:
+            yield upload.header(sha256)
+            fh = await asyncio.to_thread(open, upload.path, "rb")
+            try:
+                while data := await asyncio.to_thread(fh.read, upload.chunk_size):
+                    yield upload.chunk(data)
+            finally:
+                fh.close()
+
+        dataset = await self._upload(calls.upload_dataset(timeout), requests())
+        logger.info("uploaded dataset %s (%s, %d rows)", dataset.id, dataset.name, dataset.num_rows)
+        return dataset
+
+    async def get_dataset(
+        self,
+        dataset_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> DatasetInfo:
+        """One dataset's metadata and schema; :class:`NotFoundError` for an unknown id."""
+        return await self._unary(calls.get_dataset(dataset_id, timeout))
+
+    async def list_datasets(
+        self, name: str | None = None, page_size: int = 0
+    ) -> AsyncIterator[DatasetInfo]:
+        """Datasets (uploads and job outputs), newest first, page by page as iterated."""
+        async for dataset in self._paged(calls.list_datasets(name, page_size)):
+            yield dataset
+
+    async def download_dataset(
+        self,
+        dataset_id: str,
+        dest: DownloadDestination,
+        *,
+        chunk_size: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> DatasetInfo:
+        """Streams the dataset's file into ``dest``; see :meth:`Client.download_dataset`.
+        Every write runs in a worker thread, one at a time and in order."""
+        download = DatasetDownload(dataset_id)
+        sink = DownloadSink(dest)
+        await asyncio.to_thread(sink.open)
+        try:
+            async with self._stream(
+                calls.download_dataset(dataset_id, chunk_size, timeout)
+            ) as messages:
+                async for message in messages:
+                    data = download.accept(message)
+                    if data is not None:
+                        await asyncio.to_thread(sink.write, data)
+            dataset = download.finish()
+            await asyncio.to_thread(sink.commit)
+        finally:
+            await asyncio.to_thread(sink.discard)
+        return dataset
+
+    async def delete_dataset(
+        self,
+        dataset_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
+        """Deletes a dataset (its file goes once nothing else shares it)."""
+        await self._unary(calls.delete_dataset(dataset_id, timeout))
+
+    async def list_job_outputs(
+        self,
+        job_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[DatasetInfo]:
+        """The datasets a job wrote (kept only once it SUCCEEDED), by name."""
+        return await self._unary(calls.list_job_outputs(job_id, timeout))
 
     # --- inference and deployments -------------------------------------------------------------
 

@@ -18,6 +18,8 @@ from typing import Any, Generic, TypeVar
 from synapse.plugin.v1 import (
     action_service_pb2,
     action_service_pb2_grpc,
+    dataset_service_pb2,
+    dataset_service_pb2_grpc,
     deployment_service_pb2,
     deployment_service_pb2_grpc,
     inference_service_pb2,
@@ -28,6 +30,7 @@ from synapse.plugin.v1 import (
 )
 
 from ._converters import job_from_proto, job_states_to_proto, plugin_from_proto
+from ._datasets import DatasetInfo, dataset_from_proto
 from ._inference import (
     UNSET_JSON,
     DeploymentInfo,
@@ -49,9 +52,12 @@ __all__ = [
     "UnaryCall",
     "UploadCall",
     "cancel_job",
+    "delete_dataset",
     "delete_deployment",
     "delete_model",
+    "download_dataset",
     "download_model",
+    "get_dataset",
     "get_deployment",
     "get_job",
     "get_job_result",
@@ -60,13 +66,16 @@ __all__ = [
     "infer_stream",
     "infer_stream_item",
     "list_actions",
+    "list_datasets",
     "list_deployments",
+    "list_job_outputs",
     "list_jobs",
     "list_models",
     "register_deployment",
     "register_model",
     "run_action",
     "stream_progress",
+    "upload_dataset",
 ]
 
 T = TypeVar("T")
@@ -75,6 +84,7 @@ _ACTIONS = action_service_pb2_grpc.ActionServiceStub
 _MODELS = model_service_pb2_grpc.ModelServiceStub
 _INFERENCE = inference_service_pb2_grpc.InferenceServiceStub
 _DEPLOYMENTS = deployment_service_pb2_grpc.DeploymentServiceStub
+_DATASETS = dataset_service_pb2_grpc.DatasetServiceStub
 #: ListDeployments answers one page of up to this many (the newest).
 _DEPLOYMENTS_PAGE = 1000
 
@@ -254,6 +264,58 @@ def delete_model(model_id: int, timeout: float | None) -> UnaryCall[None]:
     """DeleteModel."""
     request = model_service_pb2.DeleteModelRequest(model_id=model_id)
     return UnaryCall(_MODELS, "DeleteModel", request, _nothing, timeout)
+
+
+# --- DatasetService ----------------------------------------------------------------------------
+
+
+def _dataset(response: Any) -> DatasetInfo:
+    return dataset_from_proto(response.dataset)
+
+
+def _datasets(response: dataset_service_pb2.ListDatasetsResponse) -> Iterable[DatasetInfo]:
+    return (dataset_from_proto(message) for message in response.datasets)
+
+
+def _outputs(response: dataset_service_pb2.ListJobOutputsResponse) -> list[DatasetInfo]:
+    return [dataset_from_proto(message) for message in response.outputs]
+
+
+def upload_dataset(timeout: float | None) -> UploadCall[DatasetInfo]:
+    """UploadDataset; its request stream comes from a ``DatasetUpload``."""
+    return UploadCall(_DATASETS, "UploadDataset", _dataset, timeout)
+
+
+def get_dataset(dataset_id: str, timeout: float | None) -> UnaryCall[DatasetInfo]:
+    """GetDataset."""
+    request = dataset_service_pb2.GetDatasetRequest(dataset_id=dataset_id)
+    return UnaryCall(_DATASETS, "GetDataset", request, _dataset, timeout)
+
+
+def list_datasets(name: str | None, page_size: int) -> PagedCall[DatasetInfo]:
+    """ListDatasets, optionally of one name."""
+    request = dataset_service_pb2.ListDatasetsRequest(name=name or "", page_size=page_size)
+    return PagedCall(_DATASETS, "ListDatasets", request, _datasets)
+
+
+def download_dataset(dataset_id: str, chunk_size: int, timeout: float | None) -> StreamCall:
+    """DownloadDataset: the dataset's header then its file in chunks (``DatasetDownload``)."""
+    request = dataset_service_pb2.DownloadDatasetRequest(
+        dataset_id=dataset_id, chunk_size_bytes=chunk_size
+    )
+    return StreamCall(_DATASETS, "DownloadDataset", request, timeout)
+
+
+def delete_dataset(dataset_id: str, timeout: float | None) -> UnaryCall[None]:
+    """DeleteDataset."""
+    request = dataset_service_pb2.DeleteDatasetRequest(dataset_id=dataset_id)
+    return UnaryCall(_DATASETS, "DeleteDataset", request, _nothing, timeout)
+
+
+def list_job_outputs(job_id: str, timeout: float | None) -> UnaryCall[list[DatasetInfo]]:
+    """ListJobOutputs."""
+    request = dataset_service_pb2.ListJobOutputsRequest(job_id=job_id)
+    return UnaryCall(_DATASETS, "ListJobOutputs", request, _outputs, timeout)
 
 
 # --- InferenceService and DeploymentService ----------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 from . import _calls as calls
 from ._config import retry_delay
 from ._core import ClientCore
+from ._datasets import DatasetDownload, DatasetInfo, DatasetUpload, pick_output
 from ._errors import RpcFailedError, SynapseClientError
 from ._inference import UNSET_JSON, DeploymentInfo, InferResult
 from ._jobs import (
@@ -99,6 +100,21 @@ class JobHandle(JobHandleBase["Client"]):
         """Asks the server to cancel the job; returns the job as it is right after."""
         self.job = self._client.cancel_job(self._id, reason)
         return self.job
+
+    def outputs(self) -> list[DatasetInfo]:
+        """The datasets the job wrote (kept only once it SUCCEEDED), by name."""
+        return self._client.list_job_outputs(self._id)
+
+    def download_output(
+        self, dest: DownloadDestination, name: str | None = None, *, chunk_size: int = 0
+    ) -> DatasetInfo:
+        """Streams the job's output ``name`` (default: its only one) into ``dest`` (a path
+        or a writable object) as Parquet; see :meth:`Client.download_dataset`.
+
+        Raises :class:`OutputNotFoundError` when the job has no such output.
+        """
+        output = pick_output(self._id, self.outputs(), name)
+        return self._client.download_dataset(output.id, dest, chunk_size=chunk_size)
 
     def _follow(self, sequencer: EventSequencer, deadline: float | None) -> Iterator[JobEvent]:
         follower = ProgressFollower(sequencer, self._client._config.retry)
@@ -278,6 +294,81 @@ class Client(ClientCore):
     def delete_model(self, model_id: int, timeout: float | None = None) -> None:
         """Deletes a model (its artifact goes once no other model shares it)."""
         self._unary(calls.delete_model(model_id, timeout))
+
+    # --- datasets ------------------------------------------------------------------------------
+
+    def upload_dataset(
+        self,
+        path: str | Path,
+        name: str | None = None,
+        *,
+        format: str | None = None,
+        chunk_size: int = DEFAULT_UPLOAD_CHUNK,
+        timeout: float | None = None,
+    ) -> DatasetInfo:
+        """Uploads a dataset file: Parquet (the default), JSON Lines or NumPy ``.npy``.
+
+        ``name`` defaults to the file name without its extension; ``format`` (``parquet``,
+        ``jsonl``, ``npy``) to the one its extension names. The server reads the schema and
+        refuses a file that is not valid (:class:`InvalidArgumentError`, naming the problem);
+        the file's sha256 is sent along and checked.
+        """
+        upload = DatasetUpload.prepare(path, name, format, chunk_size)
+        sha256 = file_sha256(upload.path)
+
+        def requests() -> Iterator[Any]:
+            yield upload.header(sha256)
+            with open(upload.path, "rb") as fh:
+                while data := fh.read(upload.chunk_size):
+                    yield upload.chunk(data)
+
+        dataset = self._upload(calls.upload_dataset(timeout), requests())
+        logger.info("uploaded dataset %s (%s, %d rows)", dataset.id, dataset.name, dataset.num_rows)
+        return dataset
+
+    def get_dataset(self, dataset_id: str, timeout: float | None = None) -> DatasetInfo:
+        """One dataset's metadata and schema; :class:`NotFoundError` for an unknown id."""
+        return self._unary(calls.get_dataset(dataset_id, timeout))
+
+    def list_datasets(self, name: str | None = None, page_size: int = 0) -> Iterator[DatasetInfo]:
+        """Datasets (uploads and job outputs), newest first, page by page as iterated."""
+        yield from self._paged(calls.list_datasets(name, page_size))
+
+    def download_dataset(
+        self,
+        dataset_id: str,
+        dest: DownloadDestination,
+        *,
+        chunk_size: int = 0,
+        timeout: float | None = None,
+    ) -> DatasetInfo:
+        """Streams the dataset's file into ``dest`` (a file path or a writable object).
+
+        The bytes are checked against its sha256; a mismatch raises
+        :class:`DatasetChecksumError` and, for a path, leaves no file behind.
+        """
+        download = DatasetDownload(dataset_id)
+        sink = DownloadSink(dest)
+        sink.open()
+        try:
+            with self._stream(calls.download_dataset(dataset_id, chunk_size, timeout)) as messages:
+                for message in messages:
+                    data = download.accept(message)
+                    if data is not None:
+                        sink.write(data)
+            dataset = download.finish()
+            sink.commit()
+        finally:
+            sink.discard()
+        return dataset
+
+    def delete_dataset(self, dataset_id: str, timeout: float | None = None) -> None:
+        """Deletes a dataset (its file goes once nothing else shares it)."""
+        self._unary(calls.delete_dataset(dataset_id, timeout))
+
+    def list_job_outputs(self, job_id: str, timeout: float | None = None) -> list[DatasetInfo]:
+        """The datasets a job wrote (kept only once it SUCCEEDED), by name."""
+        return self._unary(calls.list_job_outputs(job_id, timeout))
 
     # --- inference and deployments -------------------------------------------------------------
 

@@ -16,11 +16,13 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from synapse.plugin.v1 import (
     action_service_pb2,
+    dataset_service_pb2,
+    dataset_service_pb2_grpc,
     deployment_service_pb2,
     deployment_service_pb2_grpc,
     inference_service_pb2,
@@ -40,9 +42,11 @@ from synapse_server.core._executor import Executor, LocalProcessExecutor
 from synapse_server.core._jobs import JobService
 from synapse_server.core._plugin_code import PluginCodeStore
 from synapse_server.core._served_models import ServedModelService
+from synapse_server.core.datasets import DatasetRegistryService, DatasetStore
 from synapse_server.core.deployments import DeploymentService, DeploymentStore
 from synapse_server.core.inference import InferenceService, ServeKeyring
 from synapse_server.core.models import ModelRegistryService, ModelStore
+from synapse_server.grpc._dataset_servicer import DatasetServicer
 from synapse_server.grpc._deployment_servicer import DeploymentServicer
 from synapse_server.grpc._inference_servicer import InferenceServicer
 from synapse_server.grpc._model_servicer import ModelServicer
@@ -70,6 +74,8 @@ logger = logging.getLogger(__name__)
 
 # The least time in-flight RPCs get once the jobs are shut down (at most the grace period).
 _STREAM_DRAIN_SECONDS = 1.0
+# Servers sharing a database: how often the store-bytes gauges re-read the registries' records.
+_STORE_SIZES_REFRESH_SECONDS = 30.0
 
 
 class ServerStartError(RuntimeError):
@@ -95,6 +101,7 @@ class SynapseServer:
         self._jobs: JobService | None = None
         self._model_store: ModelStore | None = None
         self._deployment_store: DeploymentStore | None = None
+        self._dataset_store: DatasetStore | None = None
         self._ray: RayRuntime | None = None
         self._router: ServeRouter | None = None
         self._socket_dir: Path | None = None
@@ -106,6 +113,8 @@ class SynapseServer:
         # sharing a PostgreSQL database share the artifacts directory instead.
         self._extra_locks: list[DataDirectoryLock] = []
         self._cluster: JobCluster | None = None
+        # Servers sharing a database: re-reads which artifact files each registry uses.
+        self._store_sizes: asyncio.Task[None] | None = None
         # One reload at a time: a second SIGHUP waits for the first instead of interleaving.
         self._reload_lock = asyncio.Lock()
 
@@ -166,6 +175,7 @@ class SynapseServer:
             raise ServerStartError(str(exc)) from exc
         self._store, self._model_store = stores.jobs, stores.models
         self._deployment_store = stores.deployments
+        self._dataset_store = stores.datasets
         # Several servers may share a PostgreSQL database: jobs are owned by leases, and
         # subscribers follow jobs other servers run through the store.
         server_id = s.resolve_server_id() if stores.shared else ""
@@ -177,7 +187,19 @@ class SynapseServer:
         models = ModelRegistryService.for_data_dir(
             self._model_store, s.artifacts_root, shared_by=server_id
         )
+        # Datasets and job outputs share the models' artifact files: the registry joins them
+        # before their orphan sweep (models.open) so that its files count as referenced.
+        datasets = (
+            DatasetRegistryService(stores.datasets, models.artifacts)
+            if stores.datasets is not None
+            else None
+        )
         await models.open()
+        if datasets is not None:
+            # Outputs staged by a process that stopped before its job ended are dropped: with
+            # one server (SQLite) all of them, none of its jobs runs on; on a shared database
+            # those of jobs that have ended (the others' running jobs keep theirs).
+            await datasets.open(_job_over(self._store) if stores.shared else None)
         # Local workers reach the server over a private Unix socket: no TLS or port needed,
         # and the directory is readable only by this user.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="synapse-"))
@@ -270,6 +292,7 @@ class SynapseServer:
             server_id=server_id,
             metrics=telemetry.metrics,
             tracer=telemetry.tracer,
+            outputs=datasets,
         )
         if stores.shared:
             self._cluster = JobCluster(
@@ -281,10 +304,17 @@ class SynapseServer:
                 host=socket.gethostname(),
                 lease_seconds=s.job_lease_seconds,
             )
-        _watch_gauges(telemetry, self._jobs, hub, executor, models, modes)
+        _watch_gauges(telemetry, self._jobs, hub, executor, models, datasets, modes)
+        if stores.shared and telemetry.metrics.enabled:
+            # The other servers store models and datasets too: the store-bytes gauges count
+            # their files from the database's records, read again now and then.
+            self._store_sizes = asyncio.create_task(
+                _refresh_store_sizes(models, datasets, _STORE_SIZES_REFRESH_SECONDS),
+                name="store-sizes",
+            )
         grpc_server = build_grpc_server(
             s,
-            _grpc_services(s, self._jobs, models, deployments, inference, self._serving),
+            _grpc_services(s, self._jobs, models, datasets, deployments, inference, self._serving),
             issuer,
             serve_keys=keyring,
             telemetry=telemetry,
@@ -385,6 +415,10 @@ class SynapseServer:
         if self._cluster is not None:
             # After the jobs: the pending ones this server leaves go to the others at once.
             await self._cluster.stop()
+        if self._store_sizes is not None:
+            self._store_sizes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._store_sizes
         if self._grpc is not None:
             # Streams following a job the drain has just ended still deliver its terminal
             # event, even when the jobs took the whole grace period.
@@ -396,6 +430,8 @@ class SynapseServer:
             await self._model_store.close()
         if self._deployment_store is not None:
             await self._deployment_store.close()
+        if self._dataset_store is not None:
+            await self._dataset_store.close()
         if self._router is not None:
             await self._router.close()
         if self._ray is not None:
@@ -413,12 +449,38 @@ class SynapseServer:
             await self._grpc.wait_for_termination()
 
 
+def _job_over(store: JobStore) -> Callable[[str], Awaitable[bool]]:
+    """Whether a job has ended (or is unknown), from the store."""
+
+    async def over(job_id: str) -> bool:
+        job = await store.get_job(job_id)
+        return job is None or job.state.is_terminal
+
+    return over
+
+
+async def _refresh_store_sizes(
+    models: ModelRegistryService, datasets: DatasetRegistryService | None, every_s: float
+) -> None:
+    """Every ``every_s`` seconds, re-read which artifact files the registries use."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await models.refresh_stored()
+            if datasets is not None:
+                await datasets.refresh_stored()
+        except Exception:
+            # The database is unreachable for now: the gauges keep the last known files.
+            logger.warning("could not re-read the stored artifacts' records", exc_info=True)
+
+
 def _watch_gauges(
     telemetry: Telemetry,
     jobs: JobService,
     hub: EventHub,
     executor: LocalProcessExecutor,
     models: ModelRegistryService,
+    datasets: DatasetRegistryService | None,
     modes: list[str],
 ) -> None:
     """The gauges read at scrape time, from the services that know the values."""
@@ -429,25 +491,28 @@ def _watch_gauges(
     metrics.watch_subscribers(lambda: hub.subscribers)
     metrics.watch_worker_processes(executor.process_counts)
     metrics.watch_store_bytes("models", models.stored_bytes)
+    if datasets is not None:
+        metrics.watch_store_bytes("datasets", datasets.stored_bytes)
 
 
 def _grpc_services(
     s: ServerSettings,
     jobs: JobService,
     models: ModelRegistryService,
+    datasets: DatasetRegistryService | None,
     deployments: DeploymentService,
     inference: InferenceService,
     serving: Callable[[], bool],
 ) -> list[ServiceRegistration]:
     """The services on the platform's port, each a servicer over its core service."""
-    return [
+    services = [
         ServiceRegistration(
             ActionServicer(jobs, s.keepalive_seconds, s.max_message_bytes),
             add_action_service,
             service_name(action_service_pb2, "ActionService"),
         ),
         ServiceRegistration(
-            WorkerServicer(jobs),
+            WorkerServicer(jobs, datasets),
             worker_service_pb2_grpc.add_WorkerServiceServicer_to_server,
             service_name(worker_service_pb2, "WorkerService"),
         ),
@@ -476,6 +541,15 @@ def _grpc_services(
             )
         ),
     ]
+    if datasets is not None:
+        services.append(
+            ServiceRegistration(
+                DatasetServicer(datasets, jobs.get),
+                dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server,
+                service_name(dataset_service_pb2, "DatasetService"),
+            )
+        )
+    return services
 
 
 async def serve(settings: ServerSettings) -> None:

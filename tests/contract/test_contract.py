@@ -214,6 +214,12 @@ EXPECTED_RPCS = {
     ("ModelService", "ListModels", False, False),
     ("ModelService", "DownloadModel", False, True),
     ("ModelService", "DeleteModel", False, False),
+    ("DatasetService", "UploadDataset", True, False),
+    ("DatasetService", "GetDataset", False, False),
+    ("DatasetService", "ListDatasets", False, False),
+    ("DatasetService", "DownloadDataset", False, True),
+    ("DatasetService", "DeleteDataset", False, False),
+    ("DatasetService", "ListJobOutputs", False, False),
     ("DeploymentService", "ListDeployments", False, False),
     ("DeploymentService", "GetDeployment", False, False),
     ("DeploymentService", "DeleteDeployment", False, False),
@@ -222,12 +228,14 @@ EXPECTED_RPCS = {
     ("InferenceService", "InferStream", False, True),
     ("WorkerService", "GetAssignment", False, False),
     ("WorkerService", "ReportEvents", True, True),
+    ("WorkerService", "UploadJobOutput", True, False),
 }
 
 
 def test_rpc_surface() -> None:
     from synapse.plugin.v1 import (
         action_service_pb2,
+        dataset_service_pb2,
         deployment_service_pb2,
         inference_service_pb2,
         model_service_pb2,
@@ -237,6 +245,7 @@ def test_rpc_surface() -> None:
     found = set()
     for module in (
         action_service_pb2,
+        dataset_service_pb2,
         deployment_service_pb2,
         inference_service_pb2,
         model_service_pb2,

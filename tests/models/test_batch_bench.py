@@ -21,3 +21,27 @@ def test_bench_batch_inference_smoke() -> None:
     # overhead fit was printed from them.
     assert '"inputs": 20,' in done.stdout and '"inputs": 300,' in done.stdout
     assert "platform overhead ~" in done.stdout and "300 inputs: ratio 0.9 needs" in done.stdout
+
+
+def test_bench_batch_inference_dataset_smoke() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--source",
+            "dataset",
+            "--counts",
+            "50,700",
+            "--repeats",
+            "1",
+            "--batch-size",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Both outputs were compared with the plain loop's file inside the bench.
+    assert '"source": "dataset", "inputs": 50,' in done.stdout
+    assert '"inputs": 700,' in done.stdout and '"downloaded":' in done.stdout

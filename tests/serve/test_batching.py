@@ -96,7 +96,11 @@ async def inference(
 
 
 def _call(path: str, model: str = "2", **json: Any) -> InferRequestData:
-    return InferRequestData(application=APP, model_id=model, path=path, json=json, has_json=True)
+    # A deadline on every call: a request that is never answered fails its test, naming
+    # the call, rather than hang the suite.
+    return InferRequestData(
+        application=APP, model_id=model, path=path, json=json, has_json=True, timeout_s=120
+    )
 
 
 async def _calls(inference: InferenceService, tag: str) -> list[dict[str, Any]]:
@@ -231,7 +235,7 @@ async def test_serve_batch_with_its_natural_annotations(inference: InferenceServ
         {"x": 4, "tag": f"{tag}-3"},
     ]
     requests = [
-        InferRequestData(application=APP, path="/serve_batch", json=b, has_json=True)
+        InferRequestData(application=APP, path="/serve_batch", json=b, has_json=True, timeout_s=120)
         for b in bodies
     ]
     results = await asyncio.gather(*(inference.infer(TENANT, r) for r in requests))
@@ -263,8 +267,15 @@ async def test_a_request_whose_deadline_passed_leaves_its_batch(
 ) -> None:
     tag = f"deadline-{uuid.uuid4().hex}"
     gone = _call("/", model="7", x=1.0, tag=f"{tag}-gone")
+    # The deadline passes while the request waits in the replica's queue (a batch of 4 waits
+    # 60 s to fill), not while it is still on its way there: the case this test is about.
+    call = asyncio.ensure_future(inference.infer(TENANT, dataclasses.replace(gone, timeout_s=5)))
+    while not call.done():
+        if (await inference.infer(TENANT, _call("/queued"))).json == 1:
+            break
+        await asyncio.sleep(0.05)
     with pytest.raises(InferDeadlineExceededError):
-        await inference.infer(TENANT, dataclasses.replace(gone, timeout_s=0.5))
+        await call
     await _wait_none_queued(inference)
     # Four more fill a batch on their own: the one that timed out is not in it.
     kept = [_call("/", model="7", x=float(i), tag=f"{tag}-{i}") for i in range(4)]

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from synapse.plugin.v1 import (
     action_service_pb2,
     action_service_pb2_grpc,
+    dataset_service_pb2,
     deployment_service_pb2,
     inference_service_pb2,
     job_pb2,
@@ -108,6 +109,7 @@ def _worker_rpcs() -> list[tuple[str, bool, bool]]:
     for module in (
         worker_service_pb2,
         model_service_pb2,
+        dataset_service_pb2,
         deployment_service_pb2,
         inference_service_pb2,
     ):

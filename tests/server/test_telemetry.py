@@ -165,6 +165,16 @@ def test_gauges_are_read_at_scrape_time(metrics_server: RunningServer, tmp_path:
         assert value(done, "synapse_jobs_running", mode="local") == 0
         assert value(done, "synapse_progress_subscribers") == 0
         assert value(done, "synapse_store_bytes", store="models") == archive.stat().st_size
+        assert value(done, "synapse_store_bytes", store="datasets") == 0
+        # A dataset's file counts for datasets only, and leaves the gauge when deleted.
+        rows = tmp_path / "rows.jsonl"
+        rows.write_text('{"a": 1}\n{"a": 2}\n')
+        dataset = client.upload_dataset(rows, "rows")
+        uploaded = samples(metrics_server)
+        assert value(uploaded, "synapse_store_bytes", store="datasets") == rows.stat().st_size
+        assert value(uploaded, "synapse_store_bytes", store="models") == archive.stat().st_size
+        client.delete_dataset(dataset.id)
+        assert value(samples(metrics_server), "synapse_store_bytes", store="datasets") == 0
 
 
 def _model_archive(tmp_path: Path) -> Path:

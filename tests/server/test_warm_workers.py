@@ -278,3 +278,27 @@ def test_the_spare_child_takes_the_next_job_and_a_dead_spare_is_not_fatal(
     # (A spare killed as the job arrives must not take the job down with it.)
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
     assert server.ready and _alive(server.pid)
+
+
+def test_a_forked_job_takes_the_ray_loopback_setting_of_its_environment() -> None:
+    """A plugin preloaded by the fork server may import Ray before any job's environment
+    exists; Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER at import. The fork applies the
+    job's value, or Ray would replace the embedded head's 127.0.0.1 by the outward IP."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    script = (
+        "import os, ray._private.ray_constants as constants\n"
+        "assert constants.ENABLE_RAY_CLUSTER\n"
+        "os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'] = '0'\n"
+        "from synapse_server.worker._zygote import _reread_import_time_ray_settings\n"
+        "_reread_import_time_ray_settings()\n"
+        "print(constants.ENABLE_RAY_CLUSTER)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

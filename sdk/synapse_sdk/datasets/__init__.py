@@ -8,6 +8,7 @@ and picks the :class:`BatchRunner` (:class:`LocalBatchRunner` unless the worker 
 from typing import TYPE_CHECKING
 
 from synapse_sdk.datasets._resolver import (
+    DatasetNotFoundError,
     DatasetResolver,
     DatasetsUnavailableError,
     LocalDatasets,
@@ -43,6 +44,7 @@ __all__ = [
     "BatchRunner",
     "BatchSpec",
     "DatasetFormat",
+    "DatasetNotFoundError",
     "DatasetReadError",
     "DatasetRef",
     "DatasetResolver",

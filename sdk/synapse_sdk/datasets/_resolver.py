@@ -10,7 +10,27 @@ from typing import Protocol
 
 from synapse_sdk.datasets._types import DatasetFormat, DatasetSource, OutputSink
 
-__all__ = ["DatasetResolver", "DatasetsUnavailableError", "LocalDatasets", "LocalOutputSink"]
+__all__ = [
+    "DatasetNotFoundError",
+    "DatasetResolver",
+    "DatasetsUnavailableError",
+    "LocalDatasets",
+    "LocalOutputSink",
+]
+
+
+class DatasetNotFoundError(LookupError):
+    """A dataset reference names no dataset the run may read (none of that id or name in the
+    job's tenant; another tenant's dataset is reported the same)."""
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        shown = ref if len(ref) <= 64 else ref[:64] + "..."
+        super().__init__(f"dataset {shown!r} not found")
+
+
+# A job that fails with it names it by its public path (synapse_sdk.datasets.DatasetNotFoundError).
+DatasetNotFoundError.__module__ = "synapse_sdk.datasets"
 
 
 class DatasetsUnavailableError(RuntimeError):
@@ -98,7 +118,7 @@ class LocalDatasets:
     def resolve(self, ref: str) -> DatasetSource:
         """The local file registered under ``ref``."""
         if ref not in self.files:
-            raise LookupError(f"dataset {ref[:200]!r} not found")
+            raise DatasetNotFoundError(ref)
         path = str(self.files[ref])
         fmt = _FORMATS.get(Path(path).suffix.lower())
         if fmt is None:

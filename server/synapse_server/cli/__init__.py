@@ -19,7 +19,7 @@ from collections.abc import Sequence
 # set by the user (e.g. ERROR, DEBUG) still wins.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from synapse_server.cli import _deployments, _jobs, _model, _plugin, _serve
+from synapse_server.cli import _dataset, _deployments, _jobs, _model, _plugin, _serve
 from synapse_server.cli._exit import EXIT_CANCELLED, EXIT_USAGE
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _plugin.register(subparsers)
     _jobs.register(subparsers)
     _model.register(subparsers)
+    _dataset.register(subparsers)
     _deployments.register(subparsers)
     _serve.register(subparsers)
     return parser

@@ -1,10 +1,12 @@
-"""``synapse jobs list|get|logs|cancel``: inspect and control jobs on a running server."""
+"""``synapse jobs list|get|logs|cancel|output``: inspect and control jobs on a running
+server, and fetch what they wrote."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 from synapse_client import (
@@ -74,6 +76,21 @@ def register(subparsers: Any) -> None:
     cancel.add_argument("--reason", default="", help="why; recorded in the job's last event")
     add_remote_command(cancel, _cancel)
 
+    output = commands.add_parser(
+        "output", help="download a job's output (a Parquet file); kept only if the job succeeded"
+    )
+    output.add_argument("job_id", metavar="JOB_ID")
+    output.add_argument(
+        "name", metavar="NAME", nargs="?", default=None, help="the output (default: the only one)"
+    )
+    output.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="the file to write (required)"
+    )
+    output.add_argument(
+        "--list", action="store_true", help="list the job's outputs instead (JSON lines)"
+    )
+    add_remote_command(output, _output)
+
 
 def _list(client: Client, args: argparse.Namespace) -> int:
     if args.limit < 0:
@@ -124,6 +141,24 @@ def _cancel(client: Client, args: argparse.Namespace) -> int:
     job = client.cancel_job(args.job_id, args.reason)
     note = "" if job.state.is_terminal else " (cancel requested; the job is stopping)"
     print_line(f"job {job.id}: {job.state.value}{note}")
+    return EXIT_OK
+
+
+def _output(client: Client, args: argparse.Namespace) -> int:
+    handle = client.job(args.job_id)
+    if args.list:
+        for dataset in handle.outputs():
+            print_line(to_json(dataset.to_dict()))
+        return EXIT_OK
+    out: Path | None = args.output
+    if out is None:
+        raise ClientConfigError("-o/--output FILE is required (or --list the outputs)")
+    if out.is_dir():
+        raise ClientConfigError(f"{out} is a directory: give the file to write")
+    dataset = handle.download_output(out, args.name)
+    print_line(
+        f"{out} (output {dataset.name!r}: {dataset.num_rows} rows, {dataset.size_bytes} bytes)"
+    )
     return EXIT_OK
 
 

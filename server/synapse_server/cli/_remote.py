@@ -34,6 +34,7 @@ from synapse_client import (
     JobEvent,
     JobFailedError,
     NotFoundError,
+    OutputNotFoundError,
     SynapseClientError,
     TransportSecurityError,
     TransportSecurityProblem,
@@ -206,7 +207,12 @@ def exit_code_for(error: BaseException) -> int:
     """The CLI exit code for an error: 2 for bad input (TLS options included), 130 cancelled,
     1 otherwise."""
     if isinstance(
-        error, ClientConfigError | InvalidArgumentError | NotFoundError | TransportSecurityError
+        error,
+        ClientConfigError
+        | InvalidArgumentError
+        | NotFoundError
+        | OutputNotFoundError
+        | TransportSecurityError,
     ):
         return EXIT_USAGE
     if isinstance(error, JobCancelledError):

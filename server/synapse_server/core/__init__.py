@@ -3,7 +3,8 @@ executors.
 
 Nothing here imports grpc or generated protobuf code; the gRPC layer converts at its edge.
 Nothing here knows a database either: the stores (``synapse_server.stores``) implement the
-protocols defined here (``JobStore``, ``models.ModelStore``, ``deployments.DeploymentStore``).
+protocols defined here (``JobStore``, ``models.ModelStore``, ``deployments.DeploymentStore``,
+``datasets.DatasetStore``).
 """
 
 from synapse_server.core._errors import (

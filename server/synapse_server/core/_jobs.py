@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from synapse_sdk.errors import SynapseError
 from synapse_sdk.jsonutil import dump_json
@@ -81,6 +81,7 @@ from synapse_server.core._store import ClaimedJob, JobStore
 from synapse_server.telemetry import PlatformMetrics, bind_log_context, forward_job_logs
 
 __all__ = [
+    "JobOutputs",
     "JobService",
     "ResultChunk",
     "WorkerFinished",
@@ -178,6 +179,19 @@ class _ActiveJob:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class JobOutputs(Protocol):
+    """What happens to the outputs a job's worker staged, once the job ends (the dataset
+    registry: outputs are stored only for a job that succeeds)."""
+
+    async def commit_outputs(self, job_id: str) -> None:
+        """The job is about to be stored SUCCEEDED: its staged outputs become visible."""
+        ...
+
+    async def discard_outputs(self, job_id: str) -> None:
+        """The job ended otherwise: its staged outputs are dropped."""
+        ...
+
+
 class JobService:
     """Jobs for clients (tenant-scoped) and for workers (credential-scoped).
 
@@ -200,9 +214,11 @@ class JobService:
         server_id: str = "",
         metrics: PlatformMetrics | None = None,
         tracer: Any = None,
+        outputs: JobOutputs | None = None,
     ) -> None:
         """``server_id``: this server's id when several servers share the store (``""``: the
-        only server, which owns every job)."""
+        only server, which owns every job). ``outputs``: told when a job ends, so that the
+        outputs its worker staged are kept only when it succeeded."""
         if not executors:
             raise ValueError("at least one executor is needed")
         self._store = store
@@ -216,6 +232,7 @@ class JobService:
         self._server_id = server_id
         self._metrics = metrics or PlatformMetrics()
         self._tracer = tracer
+        self._outputs = outputs
         self._active: dict[str, _ActiveJob] = {}
         self._closing = False
         # Set on close: held terminal states get one last immediate attempt.
@@ -743,6 +760,19 @@ class JobService:
         """
         if active.job.state.is_terminal:
             return
+        if state is JobState.SUCCEEDED and self._outputs is not None:
+            # Before the terminal event: a job is never stored SUCCEEDED without its outputs.
+            try:
+                await self._outputs.commit_outputs(active.job.id)
+            except Exception as exc:
+                logger.exception("job %s: its outputs could not be stored", active.job.id)
+                state, result, result_text, result_size = JobState.FAILED, None, "", 0
+                error = JobError(
+                    type="OutputStoreError",
+                    message=f"the job's outputs could not be stored ({type(exc).__name__})",
+                    origin=ErrorOrigin.PLATFORM,
+                )
+                reason = ""
         if error is not None and not reason:
             # Every failure says why in the terminal event and the job's reason, whichever
             # path ended it (a crashed worker, the executor, a restart).
@@ -786,6 +816,12 @@ class JobService:
         # process is gone (a process it started may outlive it), and whether or not the
         # outcome could be stored yet.
         self._credentials.revoke(job.id)
+        if state is not JobState.SUCCEEDED and self._outputs is not None:
+            try:
+                await self._outputs.discard_outputs(job.id)
+            except Exception:
+                # Left staged (never visible); the next start drops them.
+                logger.exception("job %s: its staged outputs could not be dropped", job.id)
         run_seconds = (
             job.finished_at - job.started_at
             if job.started_at is not None and job.finished_at is not None
@@ -884,6 +920,16 @@ class JobService:
         if active.job.state.is_terminal:
             raise FailedPreconditionError(f"job {job_id!r} has already finished")
         return active
+
+    def running_job(self, claims: WorkerClaims, job_id: str) -> Job:
+        """The job a worker credential runs, while it runs (PermissionDeniedError for another
+        job's credential, FailedPreconditionError once it has finished)."""
+        return self._worker_job(claims, job_id).job
+
+    def is_running(self, job_id: str) -> bool:
+        """True while the job runs on this server and has not finished."""
+        active = self._active.get(job_id)
+        return active is not None and not active.job.state.is_terminal
 
     async def assignment(self, claims: WorkerClaims, job_id: str) -> Job:
         """The job a worker must run."""

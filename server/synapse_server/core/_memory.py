@@ -11,8 +11,12 @@ reserves its own malloc arena and stack).
 
 Memory the kernel does not count as data (shared mappings, ``/dev/shm``) is watched instead:
 the executor checks each worker's resident memory twice a second and kills a worker above the
-limit, which fails its job the same way. A worker that found itself out of memory where it
-could not report it exits with :data:`EXIT_OUT_OF_MEMORY`.
+limit, which fails its job the same way. Resident here is anonymous and shared memory
+(``RssAnon`` + ``RssShmem``), not the pages of files the worker maps: those are the page cache,
+which the kernel drops as it needs, so a job that streams a dataset file larger than its limit
+through a memory map (pyarrow, ``np.load(mmap_mode="r")``) is not taken for one that holds
+it. A worker that found itself out of memory where it could not report it exits with
+:data:`EXIT_OUT_OF_MEMORY`.
 
 In the Ray modes the same worker runs as a child process of the Ray task or actor, which
 applies the same limit and watch (``synapse_server.ray._supervisor``).
@@ -41,9 +45,27 @@ def memory_limit_message(limit_mb: int) -> str:
 
 
 def resident_bytes(pid: int) -> int | None:
-    """The resident memory of process ``pid`` (None if it is gone); /proc never blocks."""
+    """The resident anonymous and shared memory of process ``pid`` (file pages it maps left
+    out; None if it is gone); /proc never blocks."""
     try:
-        with open(f"/proc/{pid}/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
+        with open(f"/proc/{pid}/status", "rb") as status:
+            text = status.read()
+    except OSError:
         return None
+    total = 0
+    found = False
+    for line in text.splitlines():
+        if line.startswith((b"RssAnon:", b"RssShmem:")):
+            try:
+                total += int(line.split()[1]) * 1024  # in kB
+            except (IndexError, ValueError):
+                return None
+            found = True
+    if not found:
+        # A kernel without the split (before 4.5): the whole resident set, file pages too.
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            return None
+    return total

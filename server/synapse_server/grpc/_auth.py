@@ -49,11 +49,15 @@ OPEN_METHODS = frozenset(
         "/inference.GRPCInferenceService/ServerReady",
     }
 )
-#: Methods a worker credential may call besides WorkerService (model downloads from a run).
+#: Methods a worker credential may call besides WorkerService (model and dataset downloads
+#: from a run, as the job's tenant; a job's outputs go up through WorkerService).
 WORKER_METHODS = frozenset(
     {
         "/synapse.plugin.v1.ModelService/GetModel",
         "/synapse.plugin.v1.ModelService/DownloadModel",
+        "/synapse.plugin.v1.DatasetService/GetDataset",
+        "/synapse.plugin.v1.DatasetService/ListDatasets",
+        "/synapse.plugin.v1.DatasetService/DownloadDataset",
         # A deployment action registers its application; a serve entrypoint run as an
         # action (infer_remote) calls Infer as its job's tenant, and a job may stream.
         "/synapse.plugin.v1.DeploymentService/RegisterDeployment",

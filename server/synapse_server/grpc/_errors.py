@@ -48,6 +48,7 @@ from synapse_server.core import (
     StorageUnavailableError,
     UnauthenticatedError,
 )
+from synapse_server.core.datasets import DatasetNotFoundError
 from synapse_server.core.deployments import DeploymentNotFoundError
 from synapse_server.core.inference import (
     EndpointNotFoundError,
@@ -85,6 +86,7 @@ ERROR_STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (JobNotFoundError, grpc.StatusCode.NOT_FOUND),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (DeploymentNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (DatasetNotFoundError, grpc.StatusCode.NOT_FOUND),
     (EndpointNotFoundError, grpc.StatusCode.NOT_FOUND),
     (InferDeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     # Its message carries the replica's correlation id, never the traceback.

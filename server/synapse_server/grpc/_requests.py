@@ -60,7 +60,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 SMALL_REQUEST_BYTES = 64 << 10
 #: RegisterDeployment: names and ids plus the replicas' ``ray_actor_options``.
 DEPLOYMENT_REQUEST_BYTES = 1 << 20
-#: Each RegisterModel message: an archive chunk of at most 4 MiB, or the model's info.
+#: Each RegisterModel message: an archive chunk of at most 4 MiB, or the model's info (the
+#: same for each message of a dataset or job output upload).
 REGISTER_MODEL_MESSAGE_BYTES = (4 << 20) + (64 << 10)
 
 _PREFIX = "/synapse.plugin.v1."
@@ -80,6 +81,8 @@ _LARGE_REQUEST_METHODS = frozenset(
 )
 _FIXED_LIMITS = {
     _PREFIX + "ModelService/RegisterModel": REGISTER_MODEL_MESSAGE_BYTES,
+    _PREFIX + "DatasetService/UploadDataset": REGISTER_MODEL_MESSAGE_BYTES,
+    _PREFIX + "WorkerService/UploadJobOutput": REGISTER_MODEL_MESSAGE_BYTES,
     _PREFIX + "DeploymentService/RegisterDeployment": DEPLOYMENT_REQUEST_BYTES,
 }
 
@@ -111,6 +114,13 @@ STRING_LIMITS: Mapping[str, Mapping[str, int]] = {
         "expected_sha256": MAX_ID_CHARS,
     },
     _P + "ListModelsRequest": {"name": MAX_NAME_CHARS, "page_token": MAX_PAGE_TOKEN_CHARS},
+    _P + "UploadDatasetRequest": {},
+    _P + "DatasetUploadInfo": {"name": MAX_NAME_CHARS, "expected_sha256": MAX_ID_CHARS},
+    _P + "GetDatasetRequest": {"dataset_id": MAX_ID_CHARS},
+    _P + "ListDatasetsRequest": {"name": MAX_NAME_CHARS, "page_token": MAX_PAGE_TOKEN_CHARS},
+    _P + "DownloadDatasetRequest": {"dataset_id": MAX_ID_CHARS},
+    _P + "DeleteDatasetRequest": {"dataset_id": MAX_ID_CHARS},
+    _P + "ListJobOutputsRequest": {"job_id": MAX_ID_CHARS},
     _P + "ListDeploymentsRequest": {
         "plugin": MAX_NAME_CHARS,
         "name": MAX_NAME_CHARS,
@@ -138,6 +148,8 @@ STRING_LIMITS: Mapping[str, Mapping[str, int]] = {
     _P + "GetAssignmentRequest": {"job_id": MAX_ID_CHARS, "worker_id": MAX_ID_CHARS},
     _P + "ReportEventsRequest": {},
     _P + "ReportEventsOpen": {"job_id": MAX_ID_CHARS, "worker_id": MAX_ID_CHARS},
+    _P + "UploadJobOutputRequest": {},
+    _P + "JobOutputInfo": {"job_id": MAX_ID_CHARS, "name": MAX_NAME_CHARS},
     # Open Inference Protocol v2: model names are serve application names, versions model
     # ids; the values of string parameters are the endpoint's data (bounded by the message).
     "inference.ModelReadyRequest": {"name": MAX_NAME_CHARS, "version": MAX_ID_CHARS},

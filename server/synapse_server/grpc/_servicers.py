@@ -18,6 +18,7 @@ from synapse.plugin.v1 import (
 )
 
 from synapse_server.core import (
+    FailedPreconditionError,
     InvalidArgumentError,
     JobEvent,
     JobFilter,
@@ -26,8 +27,11 @@ from synapse_server.core import (
 )
 from synapse_server.core._jobs import JobService, WorkerReport
 from synapse_server.core._paging import checked_page_size
+from synapse_server.core.datasets import DatasetRegistryService
 from synapse_server.grpc import _converters as conv
 from synapse_server.grpc._auth import current_principal
+from synapse_server.grpc._dataset_converters import dataset_to_pb
+from synapse_server.grpc._dataset_servicer import upload_chunks
 from synapse_server.grpc._errors import map_errors
 from synapse_server.grpc._progress_wire import EncodedEvents
 from synapse_server.grpc._requests import DEFAULT_MAX_MESSAGE_BYTES
@@ -205,10 +209,38 @@ def worker_reports(
 
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
-    """WorkerService over :class:`JobService` (internal: platform workers only)."""
+    """WorkerService over :class:`JobService` (internal: platform workers only); job outputs
+    go to ``datasets`` (None: this server stores none)."""
 
-    def __init__(self, jobs: JobService) -> None:
+    def __init__(self, jobs: JobService, datasets: DatasetRegistryService | None = None) -> None:
         self._jobs = jobs
+        self._datasets = datasets
+
+    @map_errors
+    async def UploadJobOutput(  # type: ignore[override]  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[worker_service_pb2.UploadJobOutputRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> worker_service_pb2.UploadJobOutputResponse:
+        """Info first, then the Parquet file's chunks: staged until the job succeeds."""
+        claims = _worker()
+        if self._datasets is None:
+            raise FailedPreconditionError("this server's store keeps no job outputs")
+        stream = aiter(request_iterator)
+        first = await anext(stream, None)
+        if first is None or first.WhichOneof("kind") != "info":
+            raise InvalidArgumentError("the first UploadJobOutput message must carry info")
+        job = self._jobs.running_job(claims, first.info.job_id)
+        bind_log_context(job_id=job.id)
+        record = await self._datasets.stage_output(
+            job.tenant, job.id, first.info.name, upload_chunks(stream, "UploadJobOutput")
+        )
+        if not self._jobs.is_running(job.id):
+            # The job ended while the file came in: its end already dropped what was staged
+            # before, and this must not outlive it either.
+            await self._datasets.discard_outputs(job.id)
+            raise FailedPreconditionError(f"job {job.id} has already finished")
+        return worker_service_pb2.UploadJobOutputResponse(output=dataset_to_pb(record))
 
     @map_errors
     async def GetAssignment(  # noqa: N802

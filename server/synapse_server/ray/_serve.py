@@ -212,12 +212,12 @@ class ServeRouter:
                 async with asyncio.timeout(timeout_s):
                     answer = await response
             except TimeoutError:
-                response.cancel()
+                _cancel(response)
                 raise InferDeadlineExceededError(
                     f"no answer from {app_name!r} within the deadline ({timeout_s:.3f}s)"
                 ) from None
             except asyncio.CancelledError:
-                response.cancel()
+                _cancel(response)
                 raise
             except Exception as exc:
                 raise self._translate(app_name, exc, streaming=False) from exc
@@ -273,7 +273,7 @@ class ServeRouter:
                     return
         finally:
             if response is not None and not finished:
-                response.cancel()
+                _cancel(response)
             self._leave(app)
 
     def _translate(self, app_name: str, exc: Exception, *, streaming: bool) -> Exception:
@@ -358,6 +358,27 @@ async def _shutdown_handle(handle: Any) -> None:
             await handle.shutdown_async()
     except Exception:
         logger.warning("a Serve handle's router did not shut down cleanly", exc_info=True)
+
+
+def _cancel(response: Any) -> None:
+    """Cancel a handle call, in the replica too once it was assigned to one.
+
+    With the router on the caller's loop, Ray's ``cancel()`` reaches the replica only when
+    the awaiting coroutine had already taken the assigned replica's result. A deadline (or a
+    caller going away) that lands in the same loop turn as the assignment misses it, and the
+    request would go on in the replica: cancel the assigned result here in that case.
+    """
+    response.cancel()
+    if getattr(response, "_replica_result", None) is not None:
+        return
+    assigned = getattr(response, "_replica_result_future", None)
+    if (
+        isinstance(assigned, asyncio.Future)
+        and assigned.done()
+        and not assigned.cancelled()
+        and assigned.exception() is None
+    ):
+        assigned.result().cancel()
 
 
 async def _await(response: Any) -> Any:

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synapse_server.core import JobStore, StoreNotifications
+from synapse_server.core.datasets import DatasetStore
 from synapse_server.core.deployments import DeploymentStore
 from synapse_server.core.models import ModelStore
 from synapse_server.settings import SettingsError
 from synapse_server.stores._postgres import POSTGRES_SCHEMES, PostgresOptions
 from synapse_server.stores._sqlite_database import SqliteDatabase
+from synapse_server.stores._sqlite_datasets import SqliteDatasetStore
 from synapse_server.stores._sqlite_deployments import SqliteDeploymentStore
 from synapse_server.stores._sqlite_jobs import SqliteJobStore
 from synapse_server.stores._sqlite_models import SqliteModelStore
@@ -46,11 +48,20 @@ class Stores:
     deployments: DeploymentStore
     shared: bool = False
     notifications: StoreNotifications | None = None
+    #: ``None`` only for stores built without one (tests); the DatasetService needs it.
+    datasets: DatasetStore | None = None
 
     async def close(self) -> None:
         """Close every store (each is closed even when another fails to)."""
         errors: list[BaseException] = []
-        for store in (self.jobs, self.models, self.deployments):
+        stores: list[JobStore | ModelStore | DeploymentStore | DatasetStore] = [
+            self.jobs,
+            self.models,
+            self.deployments,
+        ]
+        if self.datasets is not None:
+            stores.append(self.datasets)
+        for store in stores:
             try:
                 await store.close()
             except Exception as exc:
@@ -133,14 +144,17 @@ async def open_stores(url: str, postgres: PostgresOptions | None = None) -> Stor
         return await _open_postgres(url, postgres)
     # One database, shared: one writer and one reader thread for the file (see SqliteDatabase).
     database = SqliteDatabase(path)
-    jobs, models, deployments = (
+    jobs, models, deployments, datasets = (
         SqliteJobStore(database),
         SqliteModelStore(database),
         SqliteDeploymentStore(database),
+        SqliteDatasetStore(database),
     )
-    opened: list[SqliteJobStore | SqliteModelStore | SqliteDeploymentStore] = []
+    opened: list[
+        SqliteJobStore | SqliteModelStore | SqliteDeploymentStore | SqliteDatasetStore
+    ] = []
     try:
-        for store in (jobs, models, deployments):
+        for store in (jobs, models, deployments, datasets):
             await store.open()
             opened.append(store)
     except BaseException:
@@ -149,11 +163,12 @@ async def open_stores(url: str, postgres: PostgresOptions | None = None) -> Stor
                 await store.close()
         raise
     logger.info("stores opened on %s", path)
-    return Stores(jobs=jobs, models=models, deployments=deployments)
+    return Stores(jobs=jobs, models=models, deployments=deployments, datasets=datasets)
 
 
 async def _open_postgres(url: str, options: PostgresOptions | None) -> Stores:
     from synapse_server.stores._postgres import PostgresDatabase
+    from synapse_server.stores._postgres_datasets import PostgresDatasetStore
     from synapse_server.stores._postgres_deployments import PostgresDeploymentStore
     from synapse_server.stores._postgres_jobs import PostgresJobStore
     from synapse_server.stores._postgres_models import PostgresModelStore
@@ -164,8 +179,11 @@ async def _open_postgres(url: str, options: PostgresOptions | None) -> Stores:
         PostgresJobStore(database),
         PostgresModelStore(database),
         PostgresDeploymentStore(database),
+        PostgresDatasetStore(database),
     )
-    opened: list[PostgresJobStore | PostgresModelStore | PostgresDeploymentStore] = []
+    opened: list[
+        PostgresJobStore | PostgresModelStore | PostgresDeploymentStore | PostgresDatasetStore
+    ] = []
     try:
         for store in stores:
             await store.open()
@@ -180,6 +198,7 @@ async def _open_postgres(url: str, options: PostgresOptions | None) -> Stores:
         jobs=stores[0],
         models=stores[1],
         deployments=stores[2],
+        datasets=stores[3],
         shared=True,
         notifications=PostgresNotifications(database),
     )

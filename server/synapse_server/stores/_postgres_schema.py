@@ -115,6 +115,29 @@ _LEASES = (
 )
 
 
+#: Datasets and job outputs: the columns of the SQLite table (``_sqlite_schema``).
+_DATASETS = (
+    """CREATE TABLE datasets (
+    ord         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
+    tenant      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    format      TEXT NOT NULL,
+    sha256      TEXT NOT NULL,
+    size_bytes  BIGINT NOT NULL,
+    num_rows    BIGINT NOT NULL,
+    columns     TEXT NOT NULL DEFAULT '[]',
+    created_at  DOUBLE PRECISION NOT NULL,
+    job_id      TEXT NOT NULL DEFAULT '',
+    committed   BOOLEAN NOT NULL DEFAULT TRUE
+)""",
+    "CREATE INDEX datasets_tenant ON datasets (tenant, committed, ord)",
+    "CREATE INDEX datasets_name ON datasets (tenant, name, ord)",
+    "CREATE INDEX datasets_sha256 ON datasets (sha256)",
+    "CREATE INDEX datasets_job ON datasets (job_id) WHERE job_id != ''",
+)
+
+
 def _statements(statements: tuple[str, ...]) -> Any:
     def _apply(conn: Any) -> None:
         for statement in statements:
@@ -127,6 +150,7 @@ MIGRATIONS: tuple[Migration[Any], ...] = checked_migrations(
     [
         Migration(1, "jobs, events, models and serve applications", _statements(_INITIAL)),
         Migration(2, "job owners, server leases and cancel requests", _statements(_LEASES)),
+        Migration(3, "datasets and job outputs", _statements(_DATASETS)),
     ]
 )
 

@@ -174,6 +174,36 @@ def _job_leases(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+#: The statements of the datasets migration; the PostgreSQL schema has the same columns.
+_DATASETS = (
+    # ``ord`` orders listings (newest first) and pages; ``id`` is the public "ds-..." id.
+    # A job output is staged (committed 0) until its job succeeds.
+    """CREATE TABLE IF NOT EXISTS datasets (
+    ord         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    tenant      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    format      TEXT NOT NULL,
+    sha256      TEXT NOT NULL,
+    size_bytes  INTEGER NOT NULL,
+    num_rows    INTEGER NOT NULL,
+    columns     TEXT NOT NULL DEFAULT '[]',
+    created_at  REAL NOT NULL,
+    job_id      TEXT NOT NULL DEFAULT '',
+    committed   INTEGER NOT NULL DEFAULT 1
+)""",
+    "CREATE INDEX IF NOT EXISTS datasets_tenant ON datasets (tenant, committed, ord)",
+    "CREATE INDEX IF NOT EXISTS datasets_name ON datasets (tenant, name, ord)",
+    "CREATE INDEX IF NOT EXISTS datasets_sha256 ON datasets (sha256)",
+    "CREATE INDEX IF NOT EXISTS datasets_job ON datasets (job_id) WHERE job_id != ''",
+)
+
+
+def _datasets(conn: sqlite3.Connection) -> None:
+    for statement in _DATASETS:
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[Migration[sqlite3.Connection], ...] = checked_migrations(
     [
         Migration(1, "jobs, events, models and serve applications", _initial),
@@ -182,6 +212,7 @@ MIGRATIONS: tuple[Migration[sqlite3.Connection], ...] = checked_migrations(
         Migration(4, "one live owner per serve application name", _one_owner_per_name),
         Migration(5, "jobs.warnings", _job_warnings),
         Migration(6, "job owners, server leases and cancel requests", _job_leases),
+        Migration(7, "datasets and job outputs", _datasets),
     ]
 )
 

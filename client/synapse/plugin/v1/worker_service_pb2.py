@@ -24,11 +24,12 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from synapse.plugin.v1 import dataset_pb2 as synapse_dot_plugin_dot_v1_dot_dataset__pb2
 from synapse.plugin.v1 import job_pb2 as synapse_dot_plugin_dot_v1_dot_job__pb2
 from synapse.plugin.v1 import job_event_pb2 as synapse_dot_plugin_dot_v1_dot_job__event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&synapse/plugin/v1/worker_service.proto\x12\x11synapse.plugin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bsynapse/plugin/v1/job.proto\x1a!synapse/plugin/v1/job_event.proto\"J\n\x14GetAssignmentRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n\tworker_id\x18\x02 \x01(\tR\x08workerId\"\xe4\x03\n\x15GetAssignmentResponse\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n\x06plugin\x18\x02 \x01(\tR\x06plugin\x12%\n\x0eplugin_version\x18\x03 \x01(\tR\rpluginVersion\x12\x16\n\x06\x61\x63tion\x18\x04 \x01(\tR\x06\x61\x63tion\x12/\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructR\x06params\x12.\n\x04mode\x18\x06 \x01(\x0e\x32\x1a.synapse.plugin.v1.RunModeR\x04mode\x12)\n\x10\x63\x61ncel_requested\x18\x07 \x01(\x08R\x0f\x63\x61ncelRequested\x12\x1f\n\x0bparams_json\x18\x08 \x01(\x0cR\nparamsJson\x12#\n\rplugin_sha256\x18\t \x01(\tR\x0cpluginSha256\x12O\n\x07headers\x18\n \x03(\x0b\x32\x35.synapse.plugin.v1.GetAssignmentResponse.HeadersEntryR\x07headers\x1a:\n\x0cHeadersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"F\n\x10ReportEventsOpen\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n\tworker_id\x18\x02 \x01(\tR\x08workerId\"9\n\x0bResultChunk\x12\x16\n\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n\x04\x64\x61ta\x18\x02 \x01(\x0cR\x04\x64\x61ta\"\xa2\x01\n\x0eWorkerFinished\x12\x31\n\x05state\x18\x01 \x01(\x0e\x32\x1b.synapse.plugin.v1.JobStateR\x05state\x12\x31\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.synapse.plugin.v1.JobErrorR\x05\x65rror\x12*\n\x11result_size_bytes\x18\x03 \x01(\x04R\x0fresultSizeBytes\"\xac\x04\n\x0bWorkerEvent\x12\x1d\n\nworker_seq\x18\x01 \x01(\x04R\tworkerSeq\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12>\n\x08progress\x18\n \x01(\x0b\x32 .synapse.plugin.v1.ProgressEventH\x00R\x08progress\x12/\n\x03log\x18\x0b \x01(\x0b\x32\x1b.synapse.plugin.v1.LogEventH\x00R\x03log\x12\x38\n\x06metric\x18\x0c \x01(\x0b\x32\x1e.synapse.plugin.v1.MetricEventH\x00R\x06metric\x12H\n\x0cstep_started\x18\r \x01(\x0b\x32#.synapse.plugin.v1.StepStartedEventH\x00R\x0bstepStarted\x12K\n\rstep_finished\x18\x0e \x01(\x0b\x32$.synapse.plugin.v1.StepFinishedEventH\x00R\x0cstepFinished\x12\x43\n\x0cresult_chunk\x18\x0f \x01(\x0b\x32\x1e.synapse.plugin.v1.ResultChunkH\x00R\x0bresultChunk\x12?\n\x08\x66inished\x18\x10 \x01(\x0b\x32!.synapse.plugin.v1.WorkerFinishedH\x00R\x08\x66inishedB\x06\n\x04kind\"J\n\x10WorkerEventBatch\x12\x36\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.synapse.plugin.v1.WorkerEventR\x06\x65vents\"\xcf\x01\n\x13ReportEventsRequest\x12\x39\n\x04open\x18\x01 \x01(\x0b\x32#.synapse.plugin.v1.ReportEventsOpenH\x00R\x04open\x12\x36\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1e.synapse.plugin.v1.WorkerEventH\x00R\x05\x65vent\x12=\n\x06\x65vents\x18\x03 \x01(\x0b\x32#.synapse.plugin.v1.WorkerEventBatchH\x00R\x06\x65ventsB\x06\n\x04kind\"k\n\x14ReportEventsResponse\x12(\n\x10\x61\x63ked_worker_seq\x18\x01 \x01(\x04R\x0e\x61\x63kedWorkerSeq\x12)\n\x10\x63\x61ncel_requested\x18\x02 \x01(\x08R\x0f\x63\x61ncelRequested2\xd8\x01\n\rWorkerService\x12\x62\n\rGetAssignment\x12\'.synapse.plugin.v1.GetAssignmentRequest\x1a(.synapse.plugin.v1.GetAssignmentResponse\x12\x63\n\x0cReportEvents\x12&.synapse.plugin.v1.ReportEventsRequest\x1a\'.synapse.plugin.v1.ReportEventsResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&synapse/plugin/v1/worker_service.proto\x12\x11synapse.plugin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fsynapse/plugin/v1/dataset.proto\x1a\x1bsynapse/plugin/v1/job.proto\x1a!synapse/plugin/v1/job_event.proto\"J\n\x14GetAssignmentRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n\tworker_id\x18\x02 \x01(\tR\x08workerId\"\xe4\x03\n\x15GetAssignmentResponse\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n\x06plugin\x18\x02 \x01(\tR\x06plugin\x12%\n\x0eplugin_version\x18\x03 \x01(\tR\rpluginVersion\x12\x16\n\x06\x61\x63tion\x18\x04 \x01(\tR\x06\x61\x63tion\x12/\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructR\x06params\x12.\n\x04mode\x18\x06 \x01(\x0e\x32\x1a.synapse.plugin.v1.RunModeR\x04mode\x12)\n\x10\x63\x61ncel_requested\x18\x07 \x01(\x08R\x0f\x63\x61ncelRequested\x12\x1f\n\x0bparams_json\x18\x08 \x01(\x0cR\nparamsJson\x12#\n\rplugin_sha256\x18\t \x01(\tR\x0cpluginSha256\x12O\n\x07headers\x18\n \x03(\x0b\x32\x35.synapse.plugin.v1.GetAssignmentResponse.HeadersEntryR\x07headers\x1a:\n\x0cHeadersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"F\n\x10ReportEventsOpen\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n\tworker_id\x18\x02 \x01(\tR\x08workerId\"9\n\x0bResultChunk\x12\x16\n\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n\x04\x64\x61ta\x18\x02 \x01(\x0cR\x04\x64\x61ta\"\xa2\x01\n\x0eWorkerFinished\x12\x31\n\x05state\x18\x01 \x01(\x0e\x32\x1b.synapse.plugin.v1.JobStateR\x05state\x12\x31\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.synapse.plugin.v1.JobErrorR\x05\x65rror\x12*\n\x11result_size_bytes\x18\x03 \x01(\x04R\x0fresultSizeBytes\"\xac\x04\n\x0bWorkerEvent\x12\x1d\n\nworker_seq\x18\x01 \x01(\x04R\tworkerSeq\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12>\n\x08progress\x18\n \x01(\x0b\x32 .synapse.plugin.v1.ProgressEventH\x00R\x08progress\x12/\n\x03log\x18\x0b \x01(\x0b\x32\x1b.synapse.plugin.v1.LogEventH\x00R\x03log\x12\x38\n\x06metric\x18\x0c \x01(\x0b\x32\x1e.synapse.plugin.v1.MetricEventH\x00R\x06metric\x12H\n\x0cstep_started\x18\r \x01(\x0b\x32#.synapse.plugin.v1.StepStartedEventH\x00R\x0bstepStarted\x12K\n\rstep_finished\x18\x0e \x01(\x0b\x32$.synapse.plugin.v1.StepFinishedEventH\x00R\x0cstepFinished\x12\x43\n\x0cresult_chunk\x18\x0f \x01(\x0b\x32\x1e.synapse.plugin.v1.ResultChunkH\x00R\x0bresultChunk\x12?\n\x08\x66inished\x18\x10 \x01(\x0b\x32!.synapse.plugin.v1.WorkerFinishedH\x00R\x08\x66inishedB\x06\n\x04kind\"J\n\x10WorkerEventBatch\x12\x36\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.synapse.plugin.v1.WorkerEventR\x06\x65vents\"\xcf\x01\n\x13ReportEventsRequest\x12\x39\n\x04open\x18\x01 \x01(\x0b\x32#.synapse.plugin.v1.ReportEventsOpenH\x00R\x04open\x12\x36\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1e.synapse.plugin.v1.WorkerEventH\x00R\x05\x65vent\x12=\n\x06\x65vents\x18\x03 \x01(\x0b\x32#.synapse.plugin.v1.WorkerEventBatchH\x00R\x06\x65ventsB\x06\n\x04kind\"k\n\x14ReportEventsResponse\x12(\n\x10\x61\x63ked_worker_seq\x18\x01 \x01(\x04R\x0e\x61\x63kedWorkerSeq\x12)\n\x10\x63\x61ncel_requested\x18\x02 \x01(\x08R\x0f\x63\x61ncelRequested\":\n\rJobOutputInfo\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\"p\n\x16UploadJobOutputRequest\x12\x36\n\x04info\x18\x01 \x01(\x0b\x32 .synapse.plugin.v1.JobOutputInfoH\x00R\x04info\x12\x16\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00R\x05\x63hunkB\x06\n\x04kind\"M\n\x17UploadJobOutputResponse\x12\x32\n\x06output\x18\x01 \x01(\x0b\x32\x1a.synapse.plugin.v1.DatasetR\x06output2\xc4\x02\n\rWorkerService\x12\x62\n\rGetAssignment\x12\'.synapse.plugin.v1.GetAssignmentRequest\x1a(.synapse.plugin.v1.GetAssignmentResponse\x12\x63\n\x0cReportEvents\x12&.synapse.plugin.v1.ReportEventsRequest\x1a\'.synapse.plugin.v1.ReportEventsResponse(\x01\x30\x01\x12j\n\x0fUploadJobOutput\x12).synapse.plugin.v1.UploadJobOutputRequest\x1a*.synapse.plugin.v1.UploadJobOutputResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,26 +38,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETASSIGNMENTRESPONSE_HEADERSENTRY']._loaded_options = None
   _globals['_GETASSIGNMENTRESPONSE_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_GETASSIGNMENTREQUEST']._serialized_start=188
-  _globals['_GETASSIGNMENTREQUEST']._serialized_end=262
-  _globals['_GETASSIGNMENTRESPONSE']._serialized_start=265
-  _globals['_GETASSIGNMENTRESPONSE']._serialized_end=749
-  _globals['_GETASSIGNMENTRESPONSE_HEADERSENTRY']._serialized_start=691
-  _globals['_GETASSIGNMENTRESPONSE_HEADERSENTRY']._serialized_end=749
-  _globals['_REPORTEVENTSOPEN']._serialized_start=751
-  _globals['_REPORTEVENTSOPEN']._serialized_end=821
-  _globals['_RESULTCHUNK']._serialized_start=823
-  _globals['_RESULTCHUNK']._serialized_end=880
-  _globals['_WORKERFINISHED']._serialized_start=883
-  _globals['_WORKERFINISHED']._serialized_end=1045
-  _globals['_WORKEREVENT']._serialized_start=1048
-  _globals['_WORKEREVENT']._serialized_end=1604
-  _globals['_WORKEREVENTBATCH']._serialized_start=1606
-  _globals['_WORKEREVENTBATCH']._serialized_end=1680
-  _globals['_REPORTEVENTSREQUEST']._serialized_start=1683
-  _globals['_REPORTEVENTSREQUEST']._serialized_end=1890
-  _globals['_REPORTEVENTSRESPONSE']._serialized_start=1892
-  _globals['_REPORTEVENTSRESPONSE']._serialized_end=1999
-  _globals['_WORKERSERVICE']._serialized_start=2002
-  _globals['_WORKERSERVICE']._serialized_end=2218
+  _globals['_GETASSIGNMENTREQUEST']._serialized_start=221
+  _globals['_GETASSIGNMENTREQUEST']._serialized_end=295
+  _globals['_GETASSIGNMENTRESPONSE']._serialized_start=298
+  _globals['_GETASSIGNMENTRESPONSE']._serialized_end=782
+  _globals['_GETASSIGNMENTRESPONSE_HEADERSENTRY']._serialized_start=724
+  _globals['_GETASSIGNMENTRESPONSE_HEADERSENTRY']._serialized_end=782
+  _globals['_REPORTEVENTSOPEN']._serialized_start=784
+  _globals['_REPORTEVENTSOPEN']._serialized_end=854
+  _globals['_RESULTCHUNK']._serialized_start=856
+  _globals['_RESULTCHUNK']._serialized_end=913
+  _globals['_WORKERFINISHED']._serialized_start=916
+  _globals['_WORKERFINISHED']._serialized_end=1078
+  _globals['_WORKEREVENT']._serialized_start=1081
+  _globals['_WORKEREVENT']._serialized_end=1637
+  _globals['_WORKEREVENTBATCH']._serialized_start=1639
+  _globals['_WORKEREVENTBATCH']._serialized_end=1713
+  _globals['_REPORTEVENTSREQUEST']._serialized_start=1716
+  _globals['_REPORTEVENTSREQUEST']._serialized_end=1923
+  _globals['_REPORTEVENTSRESPONSE']._serialized_start=1925
+  _globals['_REPORTEVENTSRESPONSE']._serialized_end=2032
+  _globals['_JOBOUTPUTINFO']._serialized_start=2034
+  _globals['_JOBOUTPUTINFO']._serialized_end=2092
+  _globals['_UPLOADJOBOUTPUTREQUEST']._serialized_start=2094
+  _globals['_UPLOADJOBOUTPUTREQUEST']._serialized_end=2206
+  _globals['_UPLOADJOBOUTPUTRESPONSE']._serialized_start=2208
+  _globals['_UPLOADJOBOUTPUTRESPONSE']._serialized_end=2285
+  _globals['_WORKERSERVICE']._serialized_start=2288
+  _globals['_WORKERSERVICE']._serialized_end=2612
 # @@protoc_insertion_point(module_scope)

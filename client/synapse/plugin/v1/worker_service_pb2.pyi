@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from synapse.plugin.v1 import dataset_pb2 as _dataset_pb2
 from synapse.plugin.v1 import job_pb2 as _job_pb2
 from synapse.plugin.v1 import job_event_pb2 as _job_event_pb2
 from google.protobuf.internal import containers as _containers
@@ -122,3 +123,25 @@ class ReportEventsResponse(_message.Message):
     acked_worker_seq: int
     cancel_requested: bool
     def __init__(self, acked_worker_seq: _Optional[int] = ..., cancel_requested: bool = ...) -> None: ...
+
+class JobOutputInfo(_message.Message):
+    __slots__ = ("job_id", "name")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    name: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class UploadJobOutputRequest(_message.Message):
+    __slots__ = ("info", "chunk")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    info: JobOutputInfo
+    chunk: bytes
+    def __init__(self, info: _Optional[_Union[JobOutputInfo, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class UploadJobOutputResponse(_message.Message):
+    __slots__ = ("output",)
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    output: _dataset_pb2.Dataset
+    def __init__(self, output: _Optional[_Union[_dataset_pb2.Dataset, _Mapping]] = ...) -> None: ...

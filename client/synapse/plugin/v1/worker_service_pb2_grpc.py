@@ -49,6 +49,11 @@ class WorkerServiceStub(object):
                 request_serializer=synapse_dot_plugin_dot_v1_dot_worker__service__pb2.ReportEventsRequest.SerializeToString,
                 response_deserializer=synapse_dot_plugin_dot_v1_dot_worker__service__pb2.ReportEventsResponse.FromString,
                 _registered_method=True)
+        self.UploadJobOutput = channel.stream_unary(
+                '/synapse.plugin.v1.WorkerService/UploadJobOutput',
+                request_serializer=synapse_dot_plugin_dot_v1_dot_worker__service__pb2.UploadJobOutputRequest.SerializeToString,
+                response_deserializer=synapse_dot_plugin_dot_v1_dot_worker__service__pb2.UploadJobOutputResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer(object):
@@ -83,6 +88,19 @@ class WorkerServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadJobOutput(self, request_iterator, context):
+        """Uploads one output of a running job (a Parquet file): the first message names the job and
+        the output, every following message a chunk of the file. The output is staged: it becomes
+        a dataset of the job's tenant (DatasetService.ListJobOutputs) only when the job SUCCEEDS,
+        and is dropped when the job fails or is cancelled. A second upload of the same name
+        replaces the first. Errors: INVALID_ARGUMENT (no info first, bad name, not a valid Parquet
+        file), PERMISSION_DENIED (the token is for another job), FAILED_PRECONDITION (the job is
+        not running), RESOURCE_EXHAUSTED (over the server's size limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +113,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.ReportEvents,
                     request_deserializer=synapse_dot_plugin_dot_v1_dot_worker__service__pb2.ReportEventsRequest.FromString,
                     response_serializer=synapse_dot_plugin_dot_v1_dot_worker__service__pb2.ReportEventsResponse.SerializeToString,
+            ),
+            'UploadJobOutput': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadJobOutput,
+                    request_deserializer=synapse_dot_plugin_dot_v1_dot_worker__service__pb2.UploadJobOutputRequest.FromString,
+                    response_serializer=synapse_dot_plugin_dot_v1_dot_worker__service__pb2.UploadJobOutputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -156,6 +179,33 @@ class WorkerService(object):
             '/synapse.plugin.v1.WorkerService/ReportEvents',
             synapse_dot_plugin_dot_v1_dot_worker__service__pb2.ReportEventsRequest.SerializeToString,
             synapse_dot_plugin_dot_v1_dot_worker__service__pb2.ReportEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadJobOutput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/synapse.plugin.v1.WorkerService/UploadJobOutput',
+            synapse_dot_plugin_dot_v1_dot_worker__service__pb2.UploadJobOutputRequest.SerializeToString,
+            synapse_dot_plugin_dot_v1_dot_worker__service__pb2.UploadJobOutputResponse.FromString,
             options,
             channel_credentials,
             insecure,

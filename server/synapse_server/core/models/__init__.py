@@ -1,6 +1,6 @@
 """The model registry: metadata in a store, archives content-addressed in the data directory."""
 
-from synapse_server.core.models._artifacts import (
+from synapse_server.core.artifacts import (
     ArtifactStore,
     ArtifactTooLargeError,
     PendingArtifact,

@@ -25,7 +25,7 @@ from synapse_sdk.models import (
 
 from synapse_server.core._errors import FailedPreconditionError, InvalidArgumentError
 from synapse_server.core._paging import checked_page_size
-from synapse_server.core.models._artifacts import ArtifactStore
+from synapse_server.core.artifacts import ArtifactStore, ChecksumTally, SharedArtifacts
 from synapse_server.core.models._records import ModelPage, ModelRecord, ModelUploadSpec
 from synapse_server.core.models._store import ModelStore
 
@@ -98,10 +98,12 @@ class ModelRegistryService:
         :meth:`open` (another server sharing the directory may be about to insert its row)."""
         self._store = store
         self._artifacts = artifacts
-        self._orphan_grace = orphan_grace_seconds
+        # The artifact files are shared with the other registries (datasets): see artifacts.
+        self._shared = SharedArtifacts(artifacts, orphan_grace_seconds=orphan_grace_seconds)
+        self._shared.add_referrer(store)
+        self._tally = ChecksumTally(artifacts)
         self._limits = limits or ModelRegistryLimits()
         self._usage_check = usage_check
-        self._refs_lock = asyncio.Lock()
 
     @classmethod
     def for_data_dir(
@@ -128,21 +130,26 @@ class ModelRegistryService:
         """The registry's size limits."""
         return self._limits
 
+    @property
+    def artifacts(self) -> SharedArtifacts:
+        """The artifact files and their references, for the registries that share them."""
+        return self._shared
+
     def stored_bytes(self) -> int:
-        """Bytes of model archives on disk (blocking: reads the file system)."""
-        return self._artifacts.stored_bytes()
+        """Bytes of model archives on disk (blocking: reads the file system); the files the
+        other registries alone use (datasets) are theirs."""
+        return self._tally.stored_bytes()
+
+    async def refresh_stored(self) -> None:
+        """Read again which files models use (for :meth:`stored_bytes`): servers sharing the
+        database store models this one does not hear of."""
+        self._tally.reset(await self._store.all_checksums())
 
     async def open(self) -> None:
-        """Prepare directories and drop artifacts no model references (an interrupted upload)."""
-        await asyncio.to_thread(self._artifacts.open)
-        # Listed before the references are read: an artifact committed after the listing
-        # cannot be taken for an orphan.
-        older_than = time.time() - self._orphan_grace if self._orphan_grace else None
-        stored = await asyncio.to_thread(lambda: set(self._artifacts.stored(older_than)))
-        referenced = await self._store.all_checksums()
-        for orphan in stored - referenced:
-            logger.info("removing unreferenced artifact %s", orphan)
-            await asyncio.to_thread(self._artifacts.remove, orphan)
+        """Prepare directories and drop artifacts no registry references (an interrupted
+        upload). Every registry sharing :attr:`artifacts` must have joined it by now."""
+        await self._shared.open()
+        self._tally.reset(await self._store.all_checksums())
 
     def _validate_spec(self, spec: ModelUploadSpec) -> None:
         if not spec.name.strip():
@@ -199,14 +206,15 @@ class ModelRegistryService:
                 archive_format=spec.archive_format,
                 created_at=time.time(),
             )
-            async with self._refs_lock:
-                await asyncio.to_thread(self._artifacts.commit, pending, sha256)
+
+            async def insert() -> ModelRecord:
+                nonlocal committed
                 committed = True
-                try:
-                    stored = await self._store.insert(record)
-                except BaseException:
-                    await self._release(sha256)
-                    raise
+                inserted = await self._store.insert(record)
+                self._tally.add(sha256)
+                return inserted
+
+            stored = await self._shared.commit(pending, sha256, insert)
         finally:
             if not committed:
                 await asyncio.to_thread(pending.discard)
@@ -261,15 +269,12 @@ class ModelRegistryService:
             reason = await self._usage_check(tenant, model_id)
             if reason:
                 raise FailedPreconditionError(f"model {model_id} is in use: {reason}")
-        async with self._refs_lock:
+        async with self._shared.lock:
             removed = await self._store.delete(tenant, model_id)
             if removed is None:
                 raise ModelNotFoundError(model_id)
-            await self._release(removed.sha256)
+            await self._shared.release_locked(removed.sha256)
+            if await self._store.references(removed.sha256) == 0:
+                self._tally.discard(removed.sha256)
         logger.info("deleted model %d for tenant %s", model_id, tenant)
         return removed
-
-    async def _release(self, sha256: str) -> None:
-        # Called with _refs_lock held.
-        if await self._store.references(sha256) == 0:
-            await asyncio.to_thread(self._artifacts.remove, sha256)

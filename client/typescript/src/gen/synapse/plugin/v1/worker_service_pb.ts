@@ -6,6 +6,8 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Dataset } from "./dataset_pb.js";
+import { file_synapse_plugin_v1_dataset } from "./dataset_pb.js";
 import type { JobError, JobState, RunMode } from "./job_pb.js";
 import { file_synapse_plugin_v1_job } from "./job_pb.js";
 import type { LogEvent, MetricEvent, ProgressEvent, StepFinishedEvent, StepStartedEvent } from "./job_event_pb.js";
@@ -16,7 +18,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file synapse/plugin/v1/worker_service.proto.
  */
 export const file_synapse_plugin_v1_worker_service: GenFile = /*@__PURE__*/
-  fileDesc("CiZzeW5hcHNlL3BsdWdpbi92MS93b3JrZXJfc2VydmljZS5wcm90bxIRc3luYXBzZS5wbHVnaW4udjEiOQoUR2V0QXNzaWdubWVudFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCSLwAgoVR2V0QXNzaWdubWVudFJlc3BvbnNlEg4KBmpvYl9pZBgBIAEoCRIOCgZwbHVnaW4YAiABKAkSFgoOcGx1Z2luX3ZlcnNpb24YAyABKAkSDgoGYWN0aW9uGAQgASgJEicKBnBhcmFtcxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoEbW9kZRgGIAEoDjIaLnN5bmFwc2UucGx1Z2luLnYxLlJ1bk1vZGUSGAoQY2FuY2VsX3JlcXVlc3RlZBgHIAEoCBITCgtwYXJhbXNfanNvbhgIIAEoDBIVCg1wbHVnaW5fc2hhMjU2GAkgASgJEkYKB2hlYWRlcnMYCiADKAsyNS5zeW5hcHNlLnBsdWdpbi52MS5HZXRBc3NpZ25tZW50UmVzcG9uc2UuSGVhZGVyc0VudHJ5Gi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjUKEFJlcG9ydEV2ZW50c09wZW4SDgoGam9iX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCSIrCgtSZXN1bHRDaHVuaxIOCgZvZmZzZXQYASABKAQSDAoEZGF0YRgCIAEoDCKDAQoOV29ya2VyRmluaXNoZWQSKgoFc3RhdGUYASABKA4yGy5zeW5hcHNlLnBsdWdpbi52MS5Kb2JTdGF0ZRIqCgVlcnJvchgCIAEoCzIbLnN5bmFwc2UucGx1Z2luLnYxLkpvYkVycm9yEhkKEXJlc3VsdF9zaXplX2J5dGVzGAMgASgEItIDCgtXb3JrZXJFdmVudBISCgp3b3JrZXJfc2VxGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKCHByb2dyZXNzGAogASgLMiAuc3luYXBzZS5wbHVnaW4udjEuUHJvZ3Jlc3NFdmVudEgAEioKA2xvZxgLIAEoCzIbLnN5bmFwc2UucGx1Z2luLnYxLkxvZ0V2ZW50SAASMAoGbWV0cmljGAwgASgLMh4uc3luYXBzZS5wbHVnaW4udjEuTWV0cmljRXZlbnRIABI7CgxzdGVwX3N0YXJ0ZWQYDSABKAsyIy5zeW5hcHNlLnBsdWdpbi52MS5TdGVwU3RhcnRlZEV2ZW50SAASPQoNc3RlcF9maW5pc2hlZBgOIAEoCzIkLnN5bmFwc2UucGx1Z2luLnYxLlN0ZXBGaW5pc2hlZEV2ZW50SAASNgoMcmVzdWx0X2NodW5rGA8gASgLMh4uc3luYXBzZS5wbHVnaW4udjEuUmVzdWx0Q2h1bmtIABI1CghmaW5pc2hlZBgQIAEoCzIhLnN5bmFwc2UucGx1Z2luLnYxLldvcmtlckZpbmlzaGVkSABCBgoEa2luZCJCChBXb3JrZXJFdmVudEJhdGNoEi4KBmV2ZW50cxgBIAMoCzIeLnN5bmFwc2UucGx1Z2luLnYxLldvcmtlckV2ZW50IroBChNSZXBvcnRFdmVudHNSZXF1ZXN0EjMKBG9wZW4YASABKAsyIy5zeW5hcHNlLnBsdWdpbi52MS5SZXBvcnRFdmVudHNPcGVuSAASLwoFZXZlbnQYAiABKAsyHi5zeW5hcHNlLnBsdWdpbi52MS5Xb3JrZXJFdmVudEgAEjUKBmV2ZW50cxgDIAEoCzIjLnN5bmFwc2UucGx1Z2luLnYxLldvcmtlckV2ZW50QmF0Y2hIAEIGCgRraW5kIkoKFFJlcG9ydEV2ZW50c1Jlc3BvbnNlEhgKEGFja2VkX3dvcmtlcl9zZXEYASABKAQSGAoQY2FuY2VsX3JlcXVlc3RlZBgCIAEoCDLYAQoNV29ya2VyU2VydmljZRJiCg1HZXRBc3NpZ25tZW50Eicuc3luYXBzZS5wbHVnaW4udjEuR2V0QXNzaWdubWVudFJlcXVlc3QaKC5zeW5hcHNlLnBsdWdpbi52MS5HZXRBc3NpZ25tZW50UmVzcG9uc2USYwoMUmVwb3J0RXZlbnRzEiYuc3luYXBzZS5wbHVnaW4udjEuUmVwb3J0RXZlbnRzUmVxdWVzdBonLnN5bmFwc2UucGx1Z2luLnYxLlJlcG9ydEV2ZW50c1Jlc3BvbnNlKAEwAWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_synapse_plugin_v1_job, file_synapse_plugin_v1_job_event]);
+  fileDesc("CiZzeW5hcHNlL3BsdWdpbi92MS93b3JrZXJfc2VydmljZS5wcm90bxIRc3luYXBzZS5wbHVnaW4udjEiOQoUR2V0QXNzaWdubWVudFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCSLwAgoVR2V0QXNzaWdubWVudFJlc3BvbnNlEg4KBmpvYl9pZBgBIAEoCRIOCgZwbHVnaW4YAiABKAkSFgoOcGx1Z2luX3ZlcnNpb24YAyABKAkSDgoGYWN0aW9uGAQgASgJEicKBnBhcmFtcxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoEbW9kZRgGIAEoDjIaLnN5bmFwc2UucGx1Z2luLnYxLlJ1bk1vZGUSGAoQY2FuY2VsX3JlcXVlc3RlZBgHIAEoCBITCgtwYXJhbXNfanNvbhgIIAEoDBIVCg1wbHVnaW5fc2hhMjU2GAkgASgJEkYKB2hlYWRlcnMYCiADKAsyNS5zeW5hcHNlLnBsdWdpbi52MS5HZXRBc3NpZ25tZW50UmVzcG9uc2UuSGVhZGVyc0VudHJ5Gi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjUKEFJlcG9ydEV2ZW50c09wZW4SDgoGam9iX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCSIrCgtSZXN1bHRDaHVuaxIOCgZvZmZzZXQYASABKAQSDAoEZGF0YRgCIAEoDCKDAQoOV29ya2VyRmluaXNoZWQSKgoFc3RhdGUYASABKA4yGy5zeW5hcHNlLnBsdWdpbi52MS5Kb2JTdGF0ZRIqCgVlcnJvchgCIAEoCzIbLnN5bmFwc2UucGx1Z2luLnYxLkpvYkVycm9yEhkKEXJlc3VsdF9zaXplX2J5dGVzGAMgASgEItIDCgtXb3JrZXJFdmVudBISCgp3b3JrZXJfc2VxGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKCHByb2dyZXNzGAogASgLMiAuc3luYXBzZS5wbHVnaW4udjEuUHJvZ3Jlc3NFdmVudEgAEioKA2xvZxgLIAEoCzIbLnN5bmFwc2UucGx1Z2luLnYxLkxvZ0V2ZW50SAASMAoGbWV0cmljGAwgASgLMh4uc3luYXBzZS5wbHVnaW4udjEuTWV0cmljRXZlbnRIABI7CgxzdGVwX3N0YXJ0ZWQYDSABKAsyIy5zeW5hcHNlLnBsdWdpbi52MS5TdGVwU3RhcnRlZEV2ZW50SAASPQoNc3RlcF9maW5pc2hlZBgOIAEoCzIkLnN5bmFwc2UucGx1Z2luLnYxLlN0ZXBGaW5pc2hlZEV2ZW50SAASNgoMcmVzdWx0X2NodW5rGA8gASgLMh4uc3luYXBzZS5wbHVnaW4udjEuUmVzdWx0Q2h1bmtIABI1CghmaW5pc2hlZBgQIAEoCzIhLnN5bmFwc2UucGx1Z2luLnYxLldvcmtlckZpbmlzaGVkSABCBgoEa2luZCJCChBXb3JrZXJFdmVudEJhdGNoEi4KBmV2ZW50cxgBIAMoCzIeLnN5bmFwc2UucGx1Z2luLnYxLldvcmtlckV2ZW50IroBChNSZXBvcnRFdmVudHNSZXF1ZXN0EjMKBG9wZW4YASABKAsyIy5zeW5hcHNlLnBsdWdpbi52MS5SZXBvcnRFdmVudHNPcGVuSAASLwoFZXZlbnQYAiABKAsyHi5zeW5hcHNlLnBsdWdpbi52MS5Xb3JrZXJFdmVudEgAEjUKBmV2ZW50cxgDIAEoCzIjLnN5bmFwc2UucGx1Z2luLnYxLldvcmtlckV2ZW50QmF0Y2hIAEIGCgRraW5kIkoKFFJlcG9ydEV2ZW50c1Jlc3BvbnNlEhgKEGFja2VkX3dvcmtlcl9zZXEYASABKAQSGAoQY2FuY2VsX3JlcXVlc3RlZBgCIAEoCCItCg1Kb2JPdXRwdXRJbmZvEg4KBmpvYl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJImMKFlVwbG9hZEpvYk91dHB1dFJlcXVlc3QSMAoEaW5mbxgBIAEoCzIgLnN5bmFwc2UucGx1Z2luLnYxLkpvYk91dHB1dEluZm9IABIPCgVjaHVuaxgCIAEoDEgAQgYKBGtpbmQiRQoXVXBsb2FkSm9iT3V0cHV0UmVzcG9uc2USKgoGb3V0cHV0GAEgASgLMhouc3luYXBzZS5wbHVnaW4udjEuRGF0YXNldDLEAgoNV29ya2VyU2VydmljZRJiCg1HZXRBc3NpZ25tZW50Eicuc3luYXBzZS5wbHVnaW4udjEuR2V0QXNzaWdubWVudFJlcXVlc3QaKC5zeW5hcHNlLnBsdWdpbi52MS5HZXRBc3NpZ25tZW50UmVzcG9uc2USYwoMUmVwb3J0RXZlbnRzEiYuc3luYXBzZS5wbHVnaW4udjEuUmVwb3J0RXZlbnRzUmVxdWVzdBonLnN5bmFwc2UucGx1Z2luLnYxLlJlcG9ydEV2ZW50c1Jlc3BvbnNlKAEwARJqCg9VcGxvYWRKb2JPdXRwdXQSKS5zeW5hcHNlLnBsdWdpbi52MS5VcGxvYWRKb2JPdXRwdXRSZXF1ZXN0Giouc3luYXBzZS5wbHVnaW4udjEuVXBsb2FkSm9iT3V0cHV0UmVzcG9uc2UoAWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_synapse_plugin_v1_dataset, file_synapse_plugin_v1_job, file_synapse_plugin_v1_job_event]);
 
 /**
  * Request of WorkerService.GetAssignment.
@@ -417,6 +419,92 @@ export const ReportEventsResponseSchema: GenMessage<ReportEventsResponse> = /*@_
   messageDesc(file_synapse_plugin_v1_worker_service, 8);
 
 /**
+ * First message of WorkerService.UploadJobOutput.
+ *
+ * @generated from message synapse.plugin.v1.JobOutputInfo
+ */
+export type JobOutputInfo = Message<"synapse.plugin.v1.JobOutputInfo"> & {
+  /**
+   * The job the worker runs. Required.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * The output's name (1 to 256 characters). Required.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message synapse.plugin.v1.JobOutputInfo.
+ * Use `create(JobOutputInfoSchema)` to create a new message.
+ */
+export const JobOutputInfoSchema: GenMessage<JobOutputInfo> = /*@__PURE__*/
+  messageDesc(file_synapse_plugin_v1_worker_service, 9);
+
+/**
+ * One message of the WorkerService.UploadJobOutput stream.
+ *
+ * @generated from message synapse.plugin.v1.UploadJobOutputRequest
+ */
+export type UploadJobOutputRequest = Message<"synapse.plugin.v1.UploadJobOutputRequest"> & {
+  /**
+   * Info first, then chunks.
+   *
+   * @generated from oneof synapse.plugin.v1.UploadJobOutputRequest.kind
+   */
+  kind: {
+    /**
+     * Which job and output; exactly once, as the first message.
+     *
+     * @generated from field: synapse.plugin.v1.JobOutputInfo info = 1;
+     */
+    value: JobOutputInfo;
+    case: "info";
+  } | {
+    /**
+     * The next chunk of the Parquet file (at most 4 MiB per message).
+     *
+     * @generated from field: bytes chunk = 2;
+     */
+    value: Uint8Array;
+    case: "chunk";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message synapse.plugin.v1.UploadJobOutputRequest.
+ * Use `create(UploadJobOutputRequestSchema)` to create a new message.
+ */
+export const UploadJobOutputRequestSchema: GenMessage<UploadJobOutputRequest> = /*@__PURE__*/
+  messageDesc(file_synapse_plugin_v1_worker_service, 10);
+
+/**
+ * Response of WorkerService.UploadJobOutput.
+ *
+ * @generated from message synapse.plugin.v1.UploadJobOutputResponse
+ */
+export type UploadJobOutputResponse = Message<"synapse.plugin.v1.UploadJobOutputResponse"> & {
+  /**
+   * The staged output (committed when the job succeeds).
+   *
+   * @generated from field: synapse.plugin.v1.Dataset output = 1;
+   */
+  output?: Dataset | undefined;
+};
+
+/**
+ * Describes the message synapse.plugin.v1.UploadJobOutputResponse.
+ * Use `create(UploadJobOutputResponseSchema)` to create a new message.
+ */
+export const UploadJobOutputResponseSchema: GenMessage<UploadJobOutputResponse> = /*@__PURE__*/
+  messageDesc(file_synapse_plugin_v1_worker_service, 11);
+
+/**
  * INTERNAL: used only by the platform's own worker processes (local worker subprocesses, Ray
  * tasks and Ray jobs on other machines) to fetch their assignment and report a job's events
  * to the server. Not for client applications; it may change between minor versions. A worker
@@ -455,6 +543,22 @@ export const WorkerService: GenService<{
     methodKind: "bidi_streaming";
     input: typeof ReportEventsRequestSchema;
     output: typeof ReportEventsResponseSchema;
+  },
+  /**
+   * Uploads one output of a running job (a Parquet file): the first message names the job and
+   * the output, every following message a chunk of the file. The output is staged: it becomes
+   * a dataset of the job's tenant (DatasetService.ListJobOutputs) only when the job SUCCEEDS,
+   * and is dropped when the job fails or is cancelled. A second upload of the same name
+   * replaces the first. Errors: INVALID_ARGUMENT (no info first, bad name, not a valid Parquet
+   * file), PERMISSION_DENIED (the token is for another job), FAILED_PRECONDITION (the job is
+   * not running), RESOURCE_EXHAUSTED (over the server's size limit).
+   *
+   * @generated from rpc synapse.plugin.v1.WorkerService.UploadJobOutput
+   */
+  uploadJobOutput: {
+    methodKind: "client_streaming";
+    input: typeof UploadJobOutputRequestSchema;
+    output: typeof UploadJobOutputResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_synapse_plugin_v1_worker_service, 0);

@@ -2,8 +2,9 @@
 
 Uploads stream into a temporary file in the same file system while being hashed, then move into
 place with an atomic rename, so a half-written artifact is never visible under a checksum name
-and identical uploads share one file. Which artifacts are still referenced is the model store's
-knowledge; this class only writes, reads, verifies and removes files.
+and identical uploads share one file. One store holds the files of every registry (model
+archives, datasets, job outputs); which artifacts are still referenced is the registries'
+knowledge (see ``_references``); this class only writes, reads, verifies and removes files.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ _HEX = frozenset("0123456789abcdef")
 class ArtifactTooLargeError(ServerError):
     """An upload exceeded the server's maximum artifact size (RESOURCE_EXHAUSTED on the wire)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, what: str = "model archive") -> None:
         self.limit = limit
-        super().__init__(f"model archive exceeds the server limit of {limit} bytes")
+        super().__init__(f"{what} exceeds the server limit of {limit} bytes")
 
 
 def _check_sha(sha256: str) -> str:
@@ -45,9 +46,10 @@ def _check_sha(sha256: str) -> str:
 class PendingArtifact:
     """An upload in progress: bytes go to a temp file and into the running hash."""
 
-    def __init__(self, store: ArtifactStore, max_bytes: int) -> None:
+    def __init__(self, store: ArtifactStore, max_bytes: int, what: str = "model archive") -> None:
         self._store = store
         self._max_bytes = max_bytes
+        self._what = what
         with store.guard.guarded():
             fd, name = tempfile.mkstemp(prefix="upload-", dir=store.tmp_dir)
         self.path = Path(name)
@@ -60,7 +62,7 @@ class PendingArtifact:
         """Append ``chunk``; raises :class:`ArtifactTooLargeError` past the size limit."""
         self.size += len(chunk)
         if self.size > self._max_bytes:
-            raise ArtifactTooLargeError(self._max_bytes)
+            raise ArtifactTooLargeError(self._max_bytes, self._what)
         self._digest.update(chunk)
         with self._store.guard.guarded():
             self._fh.write(chunk)
@@ -119,9 +121,10 @@ class ArtifactStore:
         """True when an artifact with this checksum is stored."""
         return self.path_for(sha256).is_file()
 
-    def begin(self) -> PendingArtifact:
-        """Start an upload."""
-        return PendingArtifact(self, self.max_bytes)
+    def begin(self, max_bytes: int | None = None, what: str = "model archive") -> PendingArtifact:
+        """Start an upload of at most ``max_bytes`` (default: the store's limit); ``what``
+        names the upload in the error that refuses a larger one."""
+        return PendingArtifact(self, self.max_bytes if max_bytes is None else max_bytes, what)
 
     def commit(self, pending: PendingArtifact, sha256: str) -> Path:
         """Move a finished upload into place; an identical artifact already there is kept."""

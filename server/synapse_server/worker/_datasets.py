@@ -1,0 +1,166 @@
+"""Datasets in a platform job: the :class:`~synapse_sdk.datasets.DatasetResolver` a worker
+installs in the run context (local, task and job modes alike).
+
+A reference (an id ``ds-...`` or a name, the newest of that name) is looked up as the job's
+tenant through ``DatasetService`` with the job's credential, and the file is downloaded once
+(checked against its sha256) into the job's scratch directory, so the runner reads a local
+file however far the server is. An output sink is a Parquet file in the same directory; its
+``commit`` uploads it through ``WorkerService.UploadJobOutput``, where the server keeps it
+staged: it becomes a dataset only if the job succeeds. The directory goes with the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from synapse.plugin.v1 import worker_service_pb2, worker_service_pb2_grpc
+from synapse_sdk.runtime import PlatformInfo
+
+if TYPE_CHECKING:
+    from synapse_sdk.datasets import DatasetSource
+
+__all__ = ["SCRATCH_ENV", "WorkerDatasets", "WorkerOutputSink"]
+
+logger = logging.getLogger(__name__)
+
+#: Where a worker puts the datasets and outputs of its job (default: the temp directory).
+SCRATCH_ENV = "SYNAPSE_DATASET_SCRATCH"
+_ID_PREFIX = "ds-"
+_UPLOAD_CHUNK = 1 << 20
+_EXTENSIONS = {"parquet": "parquet", "jsonl": "jsonl", "npy": "npy"}
+
+
+class WorkerOutputSink:
+    """One job output: a Parquet file the runner writes at :attr:`path`, then commits."""
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        job_id: str,
+        stub: worker_service_pb2_grpc.WorkerServiceStub,
+        metadata: Sequence[tuple[str, str]],
+    ) -> None:
+        self.name = name
+        self.path = str(path)
+        self._job_id = job_id
+        self._stub = stub
+        self._metadata = tuple(metadata)
+        self.committed: int | None = None
+
+    def _requests(self) -> Iterator[worker_service_pb2.UploadJobOutputRequest]:
+        yield worker_service_pb2.UploadJobOutputRequest(
+            info=worker_service_pb2.JobOutputInfo(job_id=self._job_id, name=self.name)
+        )
+        with open(self.path, "rb") as fh:
+            while data := fh.read(_UPLOAD_CHUNK):
+                yield worker_service_pb2.UploadJobOutputRequest(chunk=data)
+
+    def commit(self, num_rows: int) -> None:
+        """Upload the finished file as the job's output (kept if the job succeeds)."""
+        response = self._stub.UploadJobOutput(self._requests(), metadata=self._metadata)
+        if response.output.num_rows != num_rows:
+            raise RuntimeError(
+                f"output {self.name!r}: the server read {response.output.num_rows} rows, the "
+                f"runner wrote {num_rows}"
+            )
+        self.committed = num_rows
+        # The server has its own copy now; the local file would only take disk space.
+        Path(self.path).unlink(missing_ok=True)
+        logger.info("output %r (%d rows) handed to the server", self.name, num_rows)
+
+
+class WorkerDatasets:
+    """The resolver of one job: reads as the job's tenant, writes staged job outputs.
+
+    ``stub``/``metadata``: the worker's WorkerService stub and credential metadata (for
+    output uploads). ``scratch``: the parent directory of the job's own directory.
+    """
+
+    def __init__(
+        self,
+        platform: PlatformInfo,
+        job_id: str,
+        stub: worker_service_pb2_grpc.WorkerServiceStub,
+        metadata: Sequence[tuple[str, str]],
+        scratch: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._platform = platform
+        self._job_id = job_id
+        self._stub = stub
+        self._metadata = tuple(metadata)
+        self._parent = scratch or os.environ.get(SCRATCH_ENV) or None
+        self._dir: Path | None = None
+        self._client: Any = None
+        self._sources: dict[str, DatasetSource] = {}
+
+    def _directory(self) -> Path:
+        if self._dir is None:
+            if self._parent is not None:
+                Path(self._parent).mkdir(parents=True, exist_ok=True)
+            self._dir = Path(tempfile.mkdtemp(prefix="synapse-job-", dir=self._parent))
+        return self._dir
+
+    def _platform_client(self) -> Any:
+        if self._client is None:
+            self._client = self._platform.client()
+        return self._client
+
+    def resolve(self, ref: str) -> DatasetSource:
+        """The dataset ``ref`` names, as a local file (downloaded once per job)."""
+        # Imported on first use: a fork server finds synapse_sdk.datasets loaded only when
+        # its plugin uses datasets, and then preloads the batch runner (see _zygote).
+        from synapse_client import NotFoundError
+        from synapse_sdk.datasets import DatasetFormat, DatasetNotFoundError, DatasetSource
+
+        if ref in self._sources:
+            return self._sources[ref]
+        client = self._platform_client()
+        try:
+            if ref.startswith(_ID_PREFIX):
+                info = client.get_dataset(ref)
+            else:
+                info = next(iter(client.list_datasets(name=ref, page_size=1)), None)
+                if info is None:
+                    raise DatasetNotFoundError(ref)
+        except NotFoundError:
+            raise DatasetNotFoundError(ref) from None
+        path = self._directory() / f"{info.sha256}.{_EXTENSIONS.get(info.format, 'data')}"
+        if not path.exists():
+            client.download_dataset(info.id, path)
+        source = DatasetSource(
+            dataset_id=info.id,
+            path=str(path),
+            format=cast(DatasetFormat, info.format),
+            num_rows=info.num_rows,
+            columns=tuple(c.name for c in info.columns),
+        )
+        self._sources[ref] = source
+        logger.info(
+            "dataset %s (%s, %d rows) ready at %s", info.id, info.format, info.num_rows, path
+        )
+        return source
+
+    def open_sink(self, name: str) -> WorkerOutputSink:
+        """A fresh sink for output ``name`` (the server checks the name at commit)."""
+        # The file is named by a uuid: the output's name is the caller's text.
+        path = self._directory() / f"output-{uuid.uuid4().hex}.parquet"
+        return WorkerOutputSink(name, path, self._job_id, self._stub, self._metadata)
+
+    def close(self) -> None:
+        """Close the client and remove the job's directory (datasets and unsent outputs)."""
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
