@@ -18,7 +18,10 @@ example through the ``deployment`` action, and then calls the same replica four 
   that the gain of that transport is not mistaken for a gain of our own code.
 
 Figures: p50/p99 latency at concurrency 1, calls per second at concurrency 8 and 32, and the
-ratios synapse/other (latency: lower is better; throughput: higher is better).
+ratios synapse/other (latency: lower is better; throughput: higher is better). Latency is
+measured with the paths taking turns call by call (``paired_latency``), so that every path
+sees the same load: on a shared machine, paths measured one after the other compared the load
+of the moment more than the paths.
 
 With ``--rounds N`` every path is measured N times, the paths interleaved in a rotated order
 each round, and each figure is the median over the rounds: on a machine shared with other
@@ -204,6 +207,35 @@ def latency(call: Call, calls: int) -> dict[str, float]:
     }
 
 
+def paired_latency(calls: dict[str, Call], rounds: int) -> dict[str, dict[str, float]]:
+    """p50/p99/mean in milliseconds of each path, the paths called in turn: ``rounds`` times
+    one call of each, in a rotated order.
+
+    On a shared machine, load comes and goes within seconds: measured one after the other,
+    two paths see different load, and their ratio says more about the load than about them.
+    Taking turns call by call, every path sees the same load, so the ratio of their p50s is
+    steady even when the absolute figures are not.
+    """
+    names = list(calls)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            calls[name]()
+            samples[name].append((time.perf_counter() - started) * 1000)
+    figures = {}
+    for name, values in samples.items():
+        values.sort()
+        figures[name] = {
+            "p50_ms": statistics.median(values),
+            "p99_ms": values[min(len(values) - 1, round(0.99 * len(values)) - 1)],
+            "mean_ms": statistics.fmean(values),
+            "calls": float(len(values)),
+        }
+    return figures
+
+
 def throughput(call: Call, concurrency: int, seconds: float, max_calls: int) -> dict[str, float]:
     """Calls per second of ``concurrency`` threads calling for ``seconds`` (or ``max_calls``)."""
     done = [0] * concurrency
@@ -360,11 +392,14 @@ def main() -> int:
         for round_index in range(max(1, args.rounds)):
             shift = round_index % len(names)
             measured: dict[str, dict[str, Any]] = {}
-            for name in names[shift:] + names[:shift]:
-                call = paths[name]
+            for call in paths.values():
                 for _ in range(20):  # model loaded, connections and handles warm
                     call()
-                figures: dict[str, Any] = {"latency_c1": latency(call, args.calls)}
+            # Latency with the paths taking turns call by call: the same load for each.
+            paired = paired_latency(paths, args.calls)
+            for name in names[shift:] + names[:shift]:
+                call = paths[name]
+                figures: dict[str, Any] = {"latency_c1": paired[name]}
                 for concurrency in (8, 32):
                     figures[f"throughput_c{concurrency}"] = throughput(
                         call, concurrency, args.seconds, args.max_calls

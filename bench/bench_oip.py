@@ -15,7 +15,9 @@ over the same server port:
   protocol's (``oip/infer_stub`` compares the two server paths alone).
 
 Every answer is checked against the model's reference outputs. Figures: p50/p99 latency at
-concurrency 1 and calls per second at 8 and 32, and the ratios of oip to each native path
+concurrency 1 (the three paths take turns call by call, so that each sees the same load: on a
+shared machine, paths measured one after the other compared the load more than the paths)
+and calls per second at 8 and 32, and the ratios of oip to each native path
 (latency: above 1 means OIP is slower; throughput: native/oip, above 1 means OIP is
 slower). The goal for the OIP translation is a p50 ratio of at most 1.1. ``--rounds N``
 interleaves the paths in a rotated order each round and reports each figure's median over
@@ -52,7 +54,7 @@ from bench_infer import (  # noqa: E402
     Call,
     _free_port,
     _median_figures,
-    latency,
+    paired_latency,
     start_ray,
     start_server,
     stop_server,
@@ -160,11 +162,14 @@ def main() -> int:
         for round_index in range(max(1, args.rounds)):
             shift = round_index % len(names)
             measured: dict[str, dict[str, Any]] = {}
-            for name in names[shift:] + names[:shift]:
-                call = paths[name]
+            for call in paths.values():
                 for _ in range(20):  # model loaded, connections warm
                     call()
-                figures: dict[str, Any] = {"latency_c1": latency(call, args.calls)}
+            # Latency with the paths taking turns call by call: the same load for each.
+            paired = paired_latency(paths, args.calls)
+            for name in names[shift:] + names[:shift]:
+                call = paths[name]
+                figures: dict[str, Any] = {"latency_c1": paired[name]}
                 for concurrency in (8, 32):
                     figures[f"throughput_c{concurrency}"] = throughput(
                         call, concurrency, args.seconds, args.max_calls

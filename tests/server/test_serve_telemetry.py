@@ -164,3 +164,42 @@ def test_start_up_mistakes_are_one_line(tmp_path: Path) -> None:
 
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "maybe"}
     _one_line(_fails(tmp_path, env=env), 2, "OTEL_TRACES_SAMPLER")
+
+
+def test_the_event_loop_is_uvloop_when_installed_and_asyncio_on_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvloop
+    from synapse_server._serve_args import EventLoopUnavailableError, event_loop_factory
+
+    assert event_loop_factory("asyncio") is None
+    for choice in ("auto", "uvloop"):
+        factory = event_loop_factory(choice)
+        assert factory is not None
+        loop = factory()
+        try:
+            assert isinstance(loop, uvloop.Loop)
+        finally:
+            loop.close()
+    # Without uvloop, auto falls back to asyncio's loop and an explicit uvloop is refused.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert event_loop_factory("auto") is None
+    with pytest.raises(EventLoopUnavailableError, match="--event-loop asyncio"):
+        event_loop_factory("uvloop")
+
+
+@pytest.mark.parametrize("choice", ["uvloop", "asyncio"])
+def test_a_serve_process_runs_jobs_on_the_event_loop_asked_for(
+    serve: type[_Serve], tmp_path: Path, choice: str
+) -> None:
+    server = serve(_command(tmp_path, "--event-loop", choice, "--log-level", "INFO"))
+    with Client(server.address, timeout=60) as client:
+        job = client.run_action("toy", "quick", {"count": 2, "label": choice})
+        assert job.result(timeout=60)["label"] == choice
+    server.stop()
+    assert any(line.endswith(f"event loop: {choice}") for line in server.lines), server.lines
+    assert not any("Traceback" in line for line in server.lines), server.lines
+
+
+def test_an_unknown_event_loop_is_a_one_line_mistake(tmp_path: Path) -> None:
+    _one_line(_fails(tmp_path, "--event-loop", "trio"), 2, "--event-loop")

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from synapse_client.codec import DTYPES, TensorPayload, dtype_by_name, dtype_by_oip
+from synapse_client.codec import DTYPES, DType, TensorPayload, dtype_by_oip
 
 from synapse_server.core._errors import InvalidArgumentError, quoted
 from synapse_server.core._limits import parse_id
@@ -52,6 +52,10 @@ __all__ = [
 JSON_OUTPUT = "json"
 #: The OIP datatypes a request may carry: those the platform's tensors have.
 SUPPORTED_DATATYPES: tuple[str, ...] = tuple(d.oip for d in DTYPES if d.wire is not None)
+#: Each supported OIP datatype's entry of the dtype table.
+_SUPPORTED: Mapping[str, DType] = {d.oip: d for d in DTYPES if d.wire is not None}
+#: Each tensor dtype's OIP datatype name, for the answers.
+_OIP_NAMES: Mapping[str, str] = {d.name: d.oip for d in DTYPES}
 _ALL_DATATYPES = tuple(d.oip for d in DTYPES)
 
 #: Typed ``contents`` field of each datatype, and the ``array`` type code that holds it.
@@ -147,27 +151,26 @@ def _check_input_parameters(tensor: pb.ModelInferRequest.InferInputTensor, label
 
 
 def _raw_payload(
-    index: int, tensor: pb.ModelInferRequest.InferInputTensor, label: str, raw: bytes
+    index: int, tensor: pb.ModelInferRequest.InferInputTensor, dtype: DType, raw: bytes
 ) -> TensorPayload:
-    dtype = dtype_by_oip(tensor.datatype)
-    assert dtype is not None and dtype.itemsize is not None
+    assert dtype.itemsize is not None
     shape = tuple(tensor.shape)
     count = _elements(shape, _MAX_ELEMENTS)
     if count is None or count * dtype.itemsize != len(raw):
         needed = "more" if count is None else str(count * dtype.itemsize)
         raise InvalidArgumentError(
-            f"{label}: shape {_shape_text(shape)} of {tensor.datatype} needs {needed} bytes; "
-            f"raw_input_contents[{index}] has {len(raw)}",
+            f"{_tensor_label('input', index, tensor.name)}: shape {_shape_text(shape)} of "
+            f"{tensor.datatype} needs {needed} bytes; raw_input_contents[{index}] has "
+            f"{len(raw)}",
             field=f"inputs[{index}].shape",
         )
     return TensorPayload(tensor.name, dtype.name, shape, raw)
 
 
 def _typed_payload(
-    index: int, tensor: pb.ModelInferRequest.InferInputTensor, label: str
+    index: int, tensor: pb.ModelInferRequest.InferInputTensor, dtype: DType
 ) -> TensorPayload:
-    dtype = dtype_by_oip(tensor.datatype)
-    assert dtype is not None
+    label = _tensor_label("input", index, tensor.name)
     contents = tensor.contents
     typed = _CONTENTS.get(tensor.datatype)
     used = [f for f in _CONTENTS_FIELDS if len(getattr(contents, f))]
@@ -295,6 +298,24 @@ def _requested_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _datatype_refusal(
+    index: int, tensor: pb.ModelInferRequest.InferInputTensor
+) -> InvalidArgumentError:
+    """The error for an input whose datatype the protocol or the platform lacks."""
+    label = _tensor_label("input", index, tensor.name)
+    if dtype_by_oip(tensor.datatype) is None:
+        return InvalidArgumentError(
+            f"{label}: unknown datatype {quoted(tensor.datatype)}; the protocol's are "
+            f"{', '.join(_ALL_DATATYPES)}",
+            field=f"inputs[{index}].datatype",
+        )
+    return InvalidArgumentError(
+        f"{label}: datatype {tensor.datatype} is not supported by this server; "
+        f"supported: {', '.join(SUPPORTED_DATATYPES)}",
+        field=f"inputs[{index}].datatype",
+    )
+
+
 def model_infer_request(request: pb.ModelInferRequest, deadline_s: float | None) -> OipInferCall:
     """The core's request for a ``ModelInferRequest``, checked whole first.
 
@@ -317,52 +338,49 @@ def model_infer_request(request: pb.ModelInferRequest, deadline_s: float | None)
             "per input, in the order of inputs",
             field="raw_input_contents",
         )
-    # Every tensor is checked before any is converted.
+    # Every tensor is checked before any is converted. The labels naming a tensor are only
+    # formatted for an error: this runs for every call.
     names: set[str] = set()
+    dtypes: list[DType] = []
     for index, tensor in enumerate(inputs):
-        label = _tensor_label("input", index, tensor.name)
-        if not tensor.name:
+        name = tensor.name
+        if not name:
             raise InvalidArgumentError(
                 f"inputs[{index}] has no name", field=f"inputs[{index}].name"
             )
-        if tensor.name in names:
+        if name in names:
             raise InvalidArgumentError(
-                f"{label}: the name is used by an earlier input", field=f"inputs[{index}].name"
+                f"{_tensor_label('input', index, name)}: the name is used by an earlier input",
+                field=f"inputs[{index}].name",
             )
-        names.add(tensor.name)
-        dtype = dtype_by_oip(tensor.datatype)
+        names.add(name)
+        dtype = _SUPPORTED.get(tensor.datatype)
         if dtype is None:
+            raise _datatype_refusal(index, tensor)
+        shape = tensor.shape
+        if shape and min(shape) < 0:
             raise InvalidArgumentError(
-                f"{label}: unknown datatype {quoted(tensor.datatype)}; the protocol's are "
-                f"{', '.join(_ALL_DATATYPES)}",
-                field=f"inputs[{index}].datatype",
-            )
-        if dtype.wire is None:
-            raise InvalidArgumentError(
-                f"{label}: datatype {tensor.datatype} is not supported by this server; "
-                f"supported: {', '.join(SUPPORTED_DATATYPES)}",
-                field=f"inputs[{index}].datatype",
-            )
-        if any(dim < 0 for dim in tensor.shape):
-            raise InvalidArgumentError(
-                f"{label}: shape {_shape_text(tensor.shape)} has a negative dimension",
+                f"{_tensor_label('input', index, name)}: shape {_shape_text(shape)} has a "
+                "negative dimension",
                 field=f"inputs[{index}].shape",
             )
         if raws and tensor.HasField("contents") and tensor.contents.ByteSize():
             raise InvalidArgumentError(
-                f"{label}: has contents while the request sends raw_input_contents; send each "
-                "input's data one way",
+                f"{_tensor_label('input', index, name)}: has contents while the request sends "
+                "raw_input_contents; send each input's data one way",
                 field=f"inputs[{index}].contents",
             )
-        _check_input_parameters(tensor, label)
-    arguments, timeout_s = _request_parameters(request, names)
-    outputs = _requested_outputs(request)
-    tensors = tuple(
-        _raw_payload(i, t, _tensor_label("input", i, t.name), raws[i])
-        if raws
-        else _typed_payload(i, t, _tensor_label("input", i, t.name))
-        for i, t in enumerate(inputs)
+        if len(tensor.parameters):
+            _check_input_parameters(tensor, _tensor_label("input", index, name))
+        dtypes.append(dtype)
+    arguments, timeout_s = (
+        _request_parameters(request, names) if len(request.parameters) else ({}, None)
     )
+    outputs = _requested_outputs(request) if len(request.outputs) else ()
+    if raws:
+        tensors = tuple(_raw_payload(i, t, dtypes[i], raws[i]) for i, t in enumerate(inputs))
+    else:
+        tensors = tuple(_typed_payload(i, t, dtypes[i]) for i, t in enumerate(inputs))
     if timeout_s is not None and (deadline_s is None or timeout_s < deadline_s):
         deadline_s = timeout_s
     return OipInferCall(
@@ -397,14 +415,12 @@ def model_infer_response(
     response = pb.ModelInferResponse(
         model_name=result.application, model_version=result.model_id, id=request_id
     )
-    answered: dict[str, tuple[str, Sequence[int], bytes]] = {}
-    for tensor in result.tensors:
-        dtype = dtype_by_name(tensor.dtype)
-        assert dtype is not None  # the reply's tensors were checked by the serve protocol
-        answered[tensor.name] = (dtype.oip, tensor.shape, tensor.data)
-    if not result.tensors:
+    if result.tensors:
+        # The reply's tensors were checked by the serve protocol: their dtypes are known.
+        answered = {t.name: (_OIP_NAMES[t.dtype], t.shape, t.data) for t in result.tensors}
+    else:
         text = json.dumps(result.json, separators=(",", ":"), allow_nan=False).encode()
-        answered[JSON_OUTPUT] = ("BYTES", (1,), _bytes_element(text))
+        answered = {JSON_OUTPUT: ("BYTES", (1,), _bytes_element(text))}
     for name in outputs:
         if name not in answered:
             known = ", ".join(quoted(n) for n in list(answered)[:8])
@@ -412,10 +428,12 @@ def model_infer_response(
                 f"the model answered no output named {quoted(name)} (its outputs: {known})",
                 field="outputs",
             )
-    for name in outputs or tuple(answered):
+    add_output = response.outputs.add
+    raw_contents = response.raw_output_contents
+    for name in outputs or answered:
         datatype, shape, data = answered[name]
-        response.outputs.add(name=name, datatype=datatype, shape=shape)
-        response.raw_output_contents.append(data)
+        add_output(name=name, datatype=datatype, shape=shape)
+        raw_contents.append(data)
     return response
 
 
