@@ -613,6 +613,23 @@ def _check_spec(spec: Any) -> None:
         )
 
 
+def _always_force_shutdown(executor: Any) -> None:
+    """Make every shutdown of ``executor`` kill the pool's actors.
+
+    A pipeline that fails by itself (a batch raised) is shut down by Ray Data without force:
+    the pool only drops its actor handles, and the actors (and the CPUs and GPUs they hold)
+    end whenever those handles are collected, some of which sit in reference cycles. The
+    runner never needs an actor once its pipeline has ended (no lineage to rebuild: the
+    output is already written), so each shutdown is made a forced one.
+    """
+    shutdown = executor.shutdown
+
+    def forced(force: bool = True, exception: Any = None) -> Any:
+        return shutdown(True, exception)
+
+    executor.shutdown = forced
+
+
 def _start(dataset: Any) -> tuple[Any, Iterator[Any]]:
     """Start the pipeline: its executor (to shut it down) and its ordered output bundles.
 
@@ -620,6 +637,7 @@ def _start(dataset: Any) -> tuple[Any, Iterator[Any]]:
     once; these private calls of Ray 2.60 do.)
     """
     executor = dataset._create_executor()
+    _always_force_shutdown(executor)
     try:
         bundles = dataset._build_bundle_iterator(executor, preserve_order=True)
     except BaseException:
