@@ -329,7 +329,7 @@ def run_serve(args: argparse.Namespace) -> int:
         loop_factory = event_loop_factory(settings.event_loop)
     except EventLoopUnavailableError as exc:
         return _fail(f"--event-loop: {exc}", 2)
-    logger.info("event loop: %s", "asyncio" if loop_factory is None else "uvloop")
+    logger.debug("event loop: %s", "asyncio" if loop_factory is None else "uvloop")
     try:
         # The server checks its settings first (TLS files included), before opening anything.
         with asyncio.Runner(loop_factory=loop_factory) as runner:

@@ -20,6 +20,8 @@ def test_bench_progress_smoke(tmp_path: Path) -> None:
             "20",
             "--subscribers",
             "1,3",
+            "--many-jobs",
+            "2x2x20",
             "--output",
             str(out),
         ],
@@ -30,9 +32,10 @@ def test_bench_progress_smoke(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "events/s, 3 subscriber(s)" in done.stdout
     report = json.loads(out.read_text())
-    assert [row["subscribers"] for row in report["throughput"]] == [1, 3]
-    for row in report["throughput"]:
-        expected = row["subscribers"] * 20
+    rows = report["throughput"]
+    assert [(row["jobs"], row["subscribers"]) for row in rows] == [(1, 1), (1, 3), (2, 2)]
+    for row in rows:
+        expected = row["jobs"] * row["subscribers"] * 20
         assert row["synapse"]["delivered"] == expected == row["baseline"]["delivered"]
         assert row["ratio"] > 0
     assert report["latency_s"]["synapse"]["median"] > 0

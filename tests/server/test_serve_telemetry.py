@@ -192,7 +192,7 @@ def test_the_event_loop_is_uvloop_when_installed_and_asyncio_on_request(
 def test_a_serve_process_runs_jobs_on_the_event_loop_asked_for(
     serve: type[_Serve], tmp_path: Path, choice: str
 ) -> None:
-    server = serve(_command(tmp_path, "--event-loop", choice, "--log-level", "INFO"))
+    server = serve(_command(tmp_path, "--event-loop", choice, "--log-level", "DEBUG"))
     with Client(server.address, timeout=60) as client:
         job = client.run_action("toy", "quick", {"count": 2, "label": choice})
         assert job.result(timeout=60)["label"] == choice

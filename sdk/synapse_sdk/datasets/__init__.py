@@ -26,12 +26,26 @@ from synapse_sdk.datasets._types import (
 )
 
 if TYPE_CHECKING:
-    from synapse_sdk.datasets._local import DatasetReadError, LocalBatchRunner, PredictorOutputError
+    from synapse_sdk.datasets._local import (
+        DatasetReadError,
+        LocalBatchRunner,
+        PredictorOutputError,
+        build_output_batch,
+        convert_batch,
+    )
 
 
 def __getattr__(name: str) -> object:
     # LocalBatchRunner needs pyarrow; import it on first use so the types stay import-light.
-    if name in ("LocalBatchRunner", "PredictorOutputError", "DatasetReadError"):
+    # convert_batch and build_output_batch: for other runners (Ray Data) whose output must be
+    # identical to the local runner's.
+    if name in (
+        "LocalBatchRunner",
+        "PredictorOutputError",
+        "DatasetReadError",
+        "build_output_batch",
+        "convert_batch",
+    ):
         from synapse_sdk.datasets import _local
 
         return getattr(_local, name)
@@ -55,4 +69,6 @@ __all__ = [
     "LocalOutputSink",
     "OutputSink",
     "PredictorOutputError",
+    "build_output_batch",
+    "convert_batch",
 ]

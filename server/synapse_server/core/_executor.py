@@ -42,6 +42,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+class _ForkNotStarted(Exception):
+    """A fork server could not fork a job's worker: the job has not started."""
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerExit:
     """How a worker ended: an exit code, or the signal that killed it.
@@ -321,11 +325,20 @@ class LocalProcessExecutor:
         if self._environment is not None:
             extra_env = await self._environment.environment(job)
         if self._fork_servers is not None and self._fork_server_runs(job, code):
-            server = await self._fork_servers.get(job.plugin)
-            # Started for an earlier reload when this job's submission raced with the last
-            # one: the job still runs its own code, in a process of its own.
-            if server.version == code.sha256:
-                return await self._run_forked(server, job, credential, extra_env)
+            for attempt in (1, 2):
+                server = await self._fork_servers.get(job.plugin)
+                # Started for an earlier reload when this job's submission raced with the
+                # last one: the job still runs its own code, in a process of its own.
+                if server.version != code.sha256:
+                    break
+                try:
+                    return await self._run_forked(server, job, credential, extra_env)
+                except _ForkNotStarted as exc:
+                    # A fork server that died before it forked this job's worker (killed,
+                    # crashed) leaves the job unstarted: the pool starts a new one, once.
+                    if server.alive or attempt == 2:
+                        return WorkerExit(detail=f"could not start the worker: {exc}")
+                    logger.warning("job %s: %s; starting it on a new fork server", job.id, exc)
         env = dict(os.environ)
         env.update(extra_env)
         # The credential travels in the environment, not argv, so `ps` does not show it.
@@ -366,7 +379,7 @@ class LocalProcessExecutor:
                 pid = await server.start(job.id, credential, log_path, extra_env)
             except ForkServerError as exc:
                 logger.warning("job %s: %s", job.id, exc)
-                return WorkerExit(detail=f"could not start the worker: {exc}")
+                raise _ForkNotStarted(str(exc)) from None
             logger.info("job %s: forked worker pid %d (fork server %d)", job.id, pid, server.pid)
             try:
                 async with self._watching_memory(job.id, pid):

@@ -377,7 +377,7 @@ class _PredictorActor:
         self._carry = tuple(carry)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from synapse_sdk.datasets._local import build_output_batch, convert_batch
+        from synapse_sdk.datasets import build_output_batch, convert_batch
 
         batch = _record_batch(table)
         feed = batch.select(self._columns) if self._columns is not None else batch
