@@ -203,8 +203,8 @@ def test_outputs_are_kept_only_when_the_job_succeeds(server: RunningServer, tmp_
 def test_a_dataset_larger_than_the_worker_memory_limit(
     server_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
-    limit_mb = 512
-    width, rows = 256, 640_000  # 640 MiB of float32 features, more than the limit
+    limit_mb = 640
+    width, rows = 256, 800_000  # 800 MiB of float32 features, more than the limit
     server = server_factory(plugin_dirs=[EXAMPLE_PLUGINS], worker_memory_limit_mb=limit_mb)
     model_dir = build_model_dir(tmp_path / "wide", MLPConfig(in_features=width, hidden=16))
     source = tmp_path / "wide.parquet"
