@@ -33,8 +33,10 @@ from ._jobs import (
 )
 from ._models import (
     DEFAULT_UPLOAD_CHUNK,
+    ArtifactDownload,
     DownloadDestination,
     DownloadSink,
+    InfoT,
     ModelDownload,
     ModelInfo,
     ModelUpload,
@@ -281,22 +283,27 @@ class AsyncClient(AsyncClientCore):
         :class:`ModelChecksumError` and, for a path, leaves no file behind. Every write
         (to the file, or ``dest.write``) runs in a worker thread, one at a time and in order.
         """
-        download = ModelDownload(model_id)
+        call = calls.download_model(model_id, chunk_size, timeout)
+        return await self._download_into(call, ModelDownload(model_id), dest)
+
+    async def _download_into(
+        self, call: calls.StreamCall, download: ArtifactDownload[InfoT], dest: DownloadDestination
+    ) -> InfoT:
+        """Streams ``call``'s file into ``dest`` through ``download``'s checks; its info.
+        Every write runs in a worker thread, one at a time and in order."""
         sink = DownloadSink(dest)
         await asyncio.to_thread(sink.open)
         try:
-            async with self._stream(
-                calls.download_model(model_id, chunk_size, timeout)
-            ) as messages:
+            async with self._stream(call) as messages:
                 async for message in messages:
                     data = download.accept(message)
                     if data is not None:
                         await asyncio.to_thread(sink.write, data)
-            model = download.finish()
+            info = download.finish()
             await asyncio.to_thread(sink.commit)
         finally:
             await asyncio.to_thread(sink.discard)
-        return model
+        return info
 
     async def delete_model(
         self,
@@ -360,22 +367,8 @@ class AsyncClient(AsyncClientCore):
     ) -> DatasetInfo:
         """Streams the dataset's file into ``dest``; see :meth:`Client.download_dataset`.
         Every write runs in a worker thread, one at a time and in order."""
-        download = DatasetDownload(dataset_id)
-        sink = DownloadSink(dest)
-        await asyncio.to_thread(sink.open)
-        try:
-            async with self._stream(
-                calls.download_dataset(dataset_id, chunk_size, timeout)
-            ) as messages:
-                async for message in messages:
-                    data = download.accept(message)
-                    if data is not None:
-                        await asyncio.to_thread(sink.write, data)
-            dataset = download.finish()
-            await asyncio.to_thread(sink.commit)
-        finally:
-            await asyncio.to_thread(sink.discard)
-        return dataset
+        call = calls.download_dataset(dataset_id, chunk_size, timeout)
+        return await self._download_into(call, DatasetDownload(dataset_id), dest)
 
     async def delete_dataset(
         self,

@@ -33,8 +33,10 @@ from ._jobs import (
 )
 from ._models import (
     DEFAULT_UPLOAD_CHUNK,
+    ArtifactDownload,
     DownloadDestination,
     DownloadSink,
+    InfoT,
     ModelDownload,
     ModelInfo,
     ModelUpload,
@@ -276,20 +278,26 @@ class Client(ClientCore):
         The bytes are checked against the model's sha256; a mismatch raises
         :class:`ModelChecksumError` and, for a path, leaves no file behind.
         """
-        download = ModelDownload(model_id)
+        call = calls.download_model(model_id, chunk_size, timeout)
+        return self._download_into(call, ModelDownload(model_id), dest)
+
+    def _download_into(
+        self, call: calls.StreamCall, download: ArtifactDownload[InfoT], dest: DownloadDestination
+    ) -> InfoT:
+        """Streams ``call``'s file into ``dest`` through ``download``'s checks; its info."""
         sink = DownloadSink(dest)
         sink.open()
         try:
-            with self._stream(calls.download_model(model_id, chunk_size, timeout)) as messages:
+            with self._stream(call) as messages:
                 for message in messages:
                     data = download.accept(message)
                     if data is not None:
                         sink.write(data)
-            model = download.finish()
+            info = download.finish()
             sink.commit()
         finally:
             sink.discard()
-        return model
+        return info
 
     def delete_model(self, model_id: int, timeout: float | None = None) -> None:
         """Deletes a model (its artifact goes once no other model shares it)."""
@@ -347,20 +355,8 @@ class Client(ClientCore):
         The bytes are checked against its sha256; a mismatch raises
         :class:`DatasetChecksumError` and, for a path, leaves no file behind.
         """
-        download = DatasetDownload(dataset_id)
-        sink = DownloadSink(dest)
-        sink.open()
-        try:
-            with self._stream(calls.download_dataset(dataset_id, chunk_size, timeout)) as messages:
-                for message in messages:
-                    data = download.accept(message)
-                    if data is not None:
-                        sink.write(data)
-            dataset = download.finish()
-            sink.commit()
-        finally:
-            sink.discard()
-        return dataset
+        call = calls.download_dataset(dataset_id, chunk_size, timeout)
+        return self._download_into(call, DatasetDownload(dataset_id), dest)
 
     def delete_dataset(self, dataset_id: str, timeout: float | None = None) -> None:
         """Deletes a dataset (its file goes once nothing else shares it)."""

@@ -9,7 +9,6 @@ waiting (blocking in :class:`~synapse_client.Client`, in worker threads in
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +17,8 @@ from typing import Any
 
 from synapse.plugin.v1 import dataset_pb2, dataset_service_pb2
 
-from ._errors import ClientConfigError, DataLossError, ProtocolError, SynapseClientError
+from ._errors import ClientConfigError, DataLossError, SynapseClientError
+from ._models import ArtifactDownload
 
 __all__ = [
     "DatasetChecksumError",
@@ -154,43 +154,12 @@ class DatasetUpload:
         return dataset_service_pb2.UploadDatasetRequest(chunk=data)
 
 
-class DatasetDownload:
-    """Checks one DownloadDataset stream: the header first, then chunks that hash to it."""
+class DatasetDownload(ArtifactDownload[DatasetInfo]):
+    """Checks one DownloadDataset stream (see :class:`ArtifactDownload`)."""
 
     def __init__(self, dataset_id: str) -> None:
+        super().__init__(dataset_id, "dataset", dataset_from_proto, DatasetChecksumError)
         self.dataset_id = dataset_id
-        self._dataset: DatasetInfo | None = None
-        self._digest = hashlib.sha256()
-        self._size = 0
-
-    def accept(self, message: dataset_service_pb2.DownloadDatasetResponse) -> bytes | None:
-        """The file bytes ``message`` carries, to be written; None for the header."""
-        kind = message.WhichOneof("kind")
-        if kind == "dataset":
-            if self._dataset is not None:
-                raise ProtocolError(f"dataset {self.dataset_id}: second dataset header")
-            self._dataset = dataset_from_proto(message.dataset)
-            return None
-        if kind == "chunk":
-            if self._dataset is None:
-                raise ProtocolError(f"dataset {self.dataset_id}: chunk before the header")
-            self._digest.update(message.chunk)
-            self._size += len(message.chunk)
-            return message.chunk
-        return None
-
-    def finish(self) -> DatasetInfo:
-        """The dataset, once the stream ended with every byte it announced."""
-        dataset = self._dataset
-        if dataset is None:
-            raise ProtocolError(f"dataset {self.dataset_id}: download stream carried no dataset")
-        digest = self._digest.hexdigest()
-        if digest != dataset.sha256 or self._size != dataset.size_bytes:
-            raise DatasetChecksumError(
-                f"dataset {self.dataset_id}: downloaded {self._size} bytes with sha256 {digest},"
-                f" expected {dataset.size_bytes} bytes with sha256 {dataset.sha256}"
-            )
-        return dataset
 
 
 def pick_output(job_id: str, outputs: Sequence[DatasetInfo], name: str | None) -> DatasetInfo:

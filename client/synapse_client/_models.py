@@ -13,16 +13,30 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Generic, Protocol, TypeVar
 
 from google.protobuf import struct_pb2
 from synapse.plugin.v1 import model_pb2, model_service_pb2
 
 from ._errors import ClientConfigError, DataLossError, ProtocolError
 from .codec import python_to_struct, struct_to_python
+
+
+class _Announced(Protocol):
+    """What a download's header announces: the bytes to come."""
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+
+InfoT = TypeVar("InfoT", bound=_Announced)
 
 logger = logging.getLogger(__name__)
 
@@ -194,43 +208,65 @@ class ModelUpload:
         return model_service_pb2.RegisterModelRequest(chunk=data)
 
 
-class ModelDownload:
-    """Checks one DownloadModel stream: the header first, then chunks that hash to it."""
+class ArtifactDownload(Generic[InfoT]):
+    """Checks one download stream: the header first, then chunks that hash to it.
 
-    def __init__(self, model_id: int) -> None:
-        self.model_id = model_id
-        self._model: ModelInfo | None = None
+    ``kind`` names the header field of the stream's messages (``model``, ``dataset``) and
+    the artifact in messages; ``convert`` turns that header into its info; a stream whose
+    bytes do not match the header raises ``checksum_error``.
+    """
+
+    def __init__(
+        self,
+        artifact_id: object,
+        kind: str,
+        convert: Callable[[Any], InfoT],
+        checksum_error: type[Exception],
+    ) -> None:
+        self._label = f"{kind} {artifact_id}"
+        self._kind = kind
+        self._convert = convert
+        self._checksum_error = checksum_error
+        self._info: InfoT | None = None
         self._digest = hashlib.sha256()
         self._size = 0
 
-    def accept(self, message: model_service_pb2.DownloadModelResponse) -> bytes | None:
-        """The archive bytes ``message`` carries, to be written; None for the header."""
+    def accept(self, message: Any) -> bytes | None:
+        """The file bytes ``message`` carries, to be written; None for the header."""
         kind = message.WhichOneof("kind")
-        if kind == "model":
-            if self._model is not None:
-                raise ProtocolError(f"model {self.model_id}: second model header")
-            self._model = model_from_proto(message.model)
+        if kind == self._kind:
+            if self._info is not None:
+                raise ProtocolError(f"{self._label}: second {self._kind} header")
+            self._info = self._convert(getattr(message, kind))
             return None
         if kind == "chunk":
-            if self._model is None:
-                raise ProtocolError(f"model {self.model_id}: chunk before the header")
+            if self._info is None:
+                raise ProtocolError(f"{self._label}: chunk before the header")
             self._digest.update(message.chunk)
             self._size += len(message.chunk)
-            return message.chunk
+            return message.chunk  # type: ignore[no-any-return]
         return None
 
-    def finish(self) -> ModelInfo:
-        """The model, once the stream ended with every byte of the archive it announced."""
-        model = self._model
-        if model is None:
-            raise ProtocolError(f"model {self.model_id}: download stream carried no model")
+    def finish(self) -> InfoT:
+        """The artifact's info, once the stream ended with every byte it announced."""
+        info = self._info
+        if info is None:
+            raise ProtocolError(f"{self._label}: download stream carried no {self._kind}")
         digest = self._digest.hexdigest()
-        if digest != model.sha256 or self._size != model.size_bytes:
-            raise ModelChecksumError(
-                f"model {self.model_id}: downloaded {self._size} bytes with sha256 {digest}, "
-                f"expected {model.size_bytes} bytes with sha256 {model.sha256}"
+        if digest != info.sha256 or self._size != info.size_bytes:
+            raise self._checksum_error(
+                f"{self._label}: downloaded {self._size} bytes with sha256 {digest}, "
+                f"expected {info.size_bytes} bytes with sha256 {info.sha256}"
             )
-        return model
+        return info
+
+
+class ModelDownload(ArtifactDownload[ModelInfo]):
+    """Checks one DownloadModel stream (see :class:`ArtifactDownload`)."""
+
+    def __init__(self, model_id: int) -> None:
+        super().__init__(model_id, "model", model_from_proto, ModelChecksumError)
+        self.model_id = model_id
 
 
 class DownloadSink:
