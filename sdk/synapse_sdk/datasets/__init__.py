@@ -33,12 +33,13 @@ if TYPE_CHECKING:
         build_output_batch,
         convert_batch,
     )
+    from synapse_sdk.datasets._pipeline import RowGroupWriter
 
 
 def __getattr__(name: str) -> object:
     # LocalBatchRunner needs pyarrow; import it on first use so the types stay import-light.
-    # convert_batch and build_output_batch: for other runners (Ray Data) whose output must be
-    # identical to the local runner's.
+    # convert_batch, build_output_batch and RowGroupWriter: for other runners (Ray Data)
+    # whose output must be identical to the local runner's.
     if name in (
         "LocalBatchRunner",
         "PredictorOutputError",
@@ -49,6 +50,10 @@ def __getattr__(name: str) -> object:
         from synapse_sdk.datasets import _local
 
         return getattr(_local, name)
+    if name == "RowGroupWriter":
+        from synapse_sdk.datasets import _pipeline
+
+        return _pipeline.RowGroupWriter
     raise AttributeError(f"module 'synapse_sdk.datasets' has no attribute {name!r}")
 
 
@@ -69,6 +74,7 @@ __all__ = [
     "LocalOutputSink",
     "OutputSink",
     "PredictorOutputError",
+    "RowGroupWriter",
     "build_output_batch",
     "convert_batch",
 ]

@@ -10,10 +10,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synapse_sdk.datasets._pipeline import ReadAhead, RowGroupWriter
 from synapse_sdk.datasets._types import BatchFormat, BatchResult, BatchSpec, DatasetSource
 from synapse_sdk.errors import ActionCancelledError
 
-__all__ = ["DatasetReadError", "LocalBatchRunner", "PredictorOutputError", "iter_batches"]
+__all__ = [
+    "DatasetReadError",
+    "LocalBatchRunner",
+    "PredictorOutputError",
+    "iter_batches",
+    "warm_up",
+]
 
 
 class DatasetReadError(ValueError):
@@ -160,9 +167,15 @@ class LocalBatchRunner:
     """A :class:`~synapse_sdk.datasets.BatchRunner` in this process, pyarrow only.
 
     Reads the source in ``batch_size`` slices (Parquet ``iter_batches``, JSON Lines line by
-    line, ``.npy`` through a memory map), so memory stays bounded by a few batches, and
-    writes each finished batch to the sink with a ``ParquetWriter``.
+    line, ``.npy`` through a memory map) and converts them to the predictor's format in a
+    thread ahead of the predictor, and writes the finished batches to the sink in a thread
+    behind it, in row groups of up to ``row_group_rows`` rows (see ``_pipeline``). Memory
+    stays bounded by a few batches and one row group; the output keeps the input's order.
     """
+
+    def __init__(self, *, read_ahead: int = 2, row_group_rows: int = 65_536) -> None:
+        self.read_ahead = read_ahead
+        self.row_group_rows = row_group_rows
 
     def run(
         self,
@@ -185,28 +198,41 @@ class LocalBatchRunner:
         if spec.columns is not None:
             wanted = list(dict.fromkeys((*spec.columns, *spec.carry_columns)))
         predictor = spec.predictor(**dict(spec.predictor_kwargs))
-        writer: pq.ParquetWriter | None = None
-        rows = batches = 0
-        try:
+
+        def read() -> Iterator[tuple[pa.RecordBatch, Any]]:
             for batch in iter_batches(spec.source, spec.batch_size, wanted):
-                if is_cancelled():
-                    raise ActionCancelledError("batch run cancelled")
                 feed = batch.select(list(spec.columns)) if spec.columns is not None else batch
-                out = predictor(convert_batch(feed, spec.batch_format))
-                result = build_output_batch(batch, spec.carry_columns, out)
-                if writer is None:
-                    writer = pq.ParquetWriter(spec.sink.path, result.schema)
-                writer.write_batch(result)
-                rows += batch.num_rows
-                batches += 1
-                on_batch(rows)
-            if writer is None:
-                # An empty dataset still yields a readable (empty) output file.
-                writer = pq.ParquetWriter(
-                    spec.sink.path, pa.schema([(c, pa.null()) for c in spec.carry_columns])
-                )
-        finally:
-            if writer is not None:
-                writer.close()
+                yield batch, convert_batch(feed, spec.batch_format)
+
+        rows = batches = 0
+        writer = RowGroupWriter(spec.sink.path, row_group_rows=self.row_group_rows)
+        try:
+            with ReadAhead(read, depth=self.read_ahead) as inputs:
+                for batch, feed in inputs:
+                    if is_cancelled():
+                        raise ActionCancelledError("batch run cancelled")
+                    writer.write(build_output_batch(batch, spec.carry_columns, predictor(feed)))
+                    rows += batch.num_rows
+                    batches += 1
+                    on_batch(rows)
+        except BaseException:
+            writer.abort()
+            raise
+        # An empty dataset still yields a readable (empty) output file.
+        writer.close(pa.schema([(c, pa.null()) for c in spec.carry_columns]))
         spec.sink.commit(rows)
         return BatchResult(output=spec.sink.name, rows=rows, batches=batches)
+
+
+def warm_up() -> None:
+    """Run the batch conversions once on a tiny batch.
+
+    pyarrow imports pandas at its first ``to_numpy`` (0.4 to 0.7 s); a process that forks
+    jobs (the fork server) calls this once so that no job pays it. Starts no thread.
+    """
+    ids = pa.array(np.arange(2, dtype=np.int64))
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4, dtype=np.float32)), 2)
+    batch = pa.RecordBatch.from_arrays([ids, vectors], names=["id", "x"])
+    for fmt in ("numpy", "dicts", "pyarrow"):
+        convert_batch(batch, fmt)  # type: ignore[arg-type]
+    build_output_batch(batch, ("id",), {"y": np.zeros((2, 2), dtype=np.float32)})

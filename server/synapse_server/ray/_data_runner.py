@@ -6,7 +6,7 @@ connected to the cluster as a driver) builds one streaming pipeline:
 
     read (tasks pinned to this node: the dataset file is a local file here)
       -> map_batches on an actor pool (each actor loads the predictor, i.e. the model, once)
-      -> iterated here in input order and written with one ParquetWriter
+      -> iterated here in input order and written by the local runner's RowGroupWriter
 
 so the output is row-aligned with the input and progress is reported from one place, in
 order, after each written batch, whichever actor computed it.
@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from synapse_sdk.datasets import RowGroupWriter
 
 from synapse_server.ray._plugin_package import PluginPackage, materialize_plugin, pack_plugin
 
@@ -470,26 +471,24 @@ class RayDataRunner:
         self.timings = {"plan": time.perf_counter() - started}
         rows = batches = 0
         write_seconds = 0.0
-        writer: pq.ParquetWriter | None = None
+        # The local runner's writer: the same row groups, so the same file byte for byte.
+        writer = RowGroupWriter(spec.sink.path)
         error: BaseException | None = None
         try:
             # Output blocks are cut back into the input's batches whatever their sizes (the
-            # pool may merge or split its outputs): one row group per batch, as the local
-            # runner writes them, and progress after each batch written.
+            # pool may merge or split its outputs), as the local runner's batches, and
+            # progress is reported after each batch.
             for piece in _batches_of(consumer.tables(is_cancelled, self.poll_seconds), spec):
                 began = time.perf_counter()
-                if writer is None:
-                    writer = pq.ParquetWriter(spec.sink.path, piece.schema)
-                writer.write_table(piece)
+                writer.write(piece)
                 rows += piece.num_rows
                 batches += 1
                 write_seconds += time.perf_counter() - began
                 on_batch(rows)
+            writer.close(pa.schema([(name, pa.null()) for name in spec.carry_columns]))
         except BaseException as exc:
+            writer.abort()
             error = exc  # raised below, once the pipeline and its actors are down
-        finally:
-            if writer is not None:
-                writer.close()
         # Kills the pool's actors (a cancel, an error in this process) unless Ray Data has
         # already shut the pipeline down itself (a failed batch).
         executor.shutdown(force=True)
