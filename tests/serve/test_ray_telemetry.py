@@ -122,10 +122,18 @@ def test_infer_metrics_and_trace_reach_the_replica(
 
     trace_id = f"{root.get_span_context().trace_id:032x}"
 
-    def replica_span_in(spans: list[Any]) -> bool:
-        return any(s.trace_id == trace_id and s.service == "synapse-replica" for s in spans)
+    def all_three_in(spans: list[Any]) -> bool:
+        # Three processes export on their own schedules: the replica's span often arrives
+        # before the server's (which ends later), so wait for each of them.
+        names = {(s.service, s.name) for s in spans if s.trace_id == trace_id}
+        services = {service for service, _ in names}
+        return (
+            "synapse-replica" in services
+            and any(name == "synapse.plugin.v1.InferenceService/Infer" for _, name in names)
+            and any(name == "caller" for _, name in names)
+        )
 
-    spans = [s for s in collector.wait_for(replica_span_in, timeout=120) if s.trace_id == trace_id]
+    spans = [s for s in collector.wait_for(all_three_in, timeout=120) if s.trace_id == trace_id]
     by_service = {s.service: s for s in spans}
     infer = next(s for s in spans if s.name == "synapse.plugin.v1.InferenceService/Infer")
     replica = by_service["synapse-replica"]
