@@ -137,11 +137,15 @@ def test_a_read_error_reaches_the_caller_as_itself(tmp_path: Path) -> None:
     assert done == [8, 16, 24, 32, 40] and sink.committed is None
 
 
-def test_a_write_error_reaches_the_caller_and_the_run_ends(tmp_path: Path) -> None:
+@pytest.mark.parametrize("row_group_rows", [10, 65_536], ids=["mid-run", "at-the-last-flush"])
+def test_a_write_error_reaches_the_caller_and_the_run_ends(
+    tmp_path: Path, row_group_rows: int
+) -> None:
     spec, sink = _spec(tmp_path, _parquet(tmp_path / "in.parquet", 2000), TypeFlip, batch_size=10)
-    # Row groups of 10 rows: the schema break is written (and refused) while the run goes on.
-    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, ValueError), match="schema"):
-        LocalBatchRunner(row_group_rows=10).run(spec, lambda done: None, lambda: False)
+    # Row groups of 10 rows: the schema break is written (and refused) while the run goes on;
+    # of 65,536: only the last flush, after the last batch, meets it.
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, ValueError), match=r"(?i)schema"):
+        LocalBatchRunner(row_group_rows=row_group_rows).run(spec, lambda done: None, lambda: False)
     assert sink.committed is None
 
 

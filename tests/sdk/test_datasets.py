@@ -158,16 +158,19 @@ class Mean:
 
 
 def test_bounded_memory_on_large_file(tmp_path: Path) -> None:
-    # ~32 MB of float64 input read in 1000-row (~4 MB) batches: the Arrow memory held while
-    # running (sampled after every batch) and Python's peak stay well below the file size.
-    rows, width = 8000, 512
+    # ~64 MB of float64 input read in 1000-row (~4 MB) batches: the Arrow memory held while
+    # running (sampled after every batch) is a few batches whatever the file's size (the one
+    # being run, the one read ahead, the Parquet reader's own), and Python's peak stays well
+    # below the file size.
+    rows, width = 16_000, 512
+    batch_bytes = 1000 * width * 8
     src = tmp_path / "big.parquet"
     with pq.ParquetWriter(src, pa.schema([("v", pa.list_(pa.float64(), width))])) as w:
         for start in range(0, rows, 1000):
             flat = pa.array(np.random.default_rng(start).random(1000 * width))
             w.write_table(pa.table({"v": pa.FixedSizeListArray.from_arrays(flat, width)}))
     size = src.stat().st_size
-    assert size > 30_000_000
+    assert size > 60_000_000
     ds = LocalDatasets({"d": src}, output_dir=tmp_path / "out")
     sink = ds.open_sink("predictions")
     base = pa.total_allocated_bytes()
@@ -179,9 +182,10 @@ def test_bounded_memory_on_large_file(tmp_path: Path) -> None:
     )
     _, py_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert result.rows == rows and result.batches == 8
+    assert result.rows == rows and result.batches == 16
     assert pq.read_metadata(sink.path).num_rows == rows
     assert max(held) < size / 3, (held, size)
+    assert max(held) <= 4 * batch_bytes, (held, batch_bytes)
     assert py_peak < size / 3
 
 

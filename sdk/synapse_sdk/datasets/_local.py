@@ -173,7 +173,7 @@ class LocalBatchRunner:
     stays bounded by a few batches and one row group; the output keeps the input's order.
     """
 
-    def __init__(self, *, read_ahead: int = 2, row_group_rows: int = 65_536) -> None:
+    def __init__(self, *, read_ahead: int = 1, row_group_rows: int = 65_536) -> None:
         self.read_ahead = read_ahead
         self.row_group_rows = row_group_rows
 

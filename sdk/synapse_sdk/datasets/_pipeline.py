@@ -5,8 +5,9 @@ model waits for Parquet decoding and encoding. Here the reading (Parquet decode 
 conversion to the predictor's batch format) runs in a thread ahead of the model, and the
 writing (Parquet encode, compression, the file) in a thread behind it; pyarrow, numpy and
 torch release the GIL for their heavy work, so on a machine with a second core the model
-seldom waits. Order is kept (one producer, one consumer each), memory stays bounded (small
-queues, one row group buffered), and an error on either side reaches the caller as itself.
+seldom waits. Order is kept (one producer, one consumer each), memory stays bounded (one
+batch read ahead, a few written behind, one row group buffered), and an error on either
+side reaches the caller as itself.
 """
 
 from __future__ import annotations
@@ -40,15 +41,18 @@ class _Failure:
 
 
 class ReadAhead(Generic[T]):
-    """Iterate ``produce()``'s items in a thread, up to ``depth`` ahead of the consumer.
+    """Iterate ``produce()``'s items in a thread, at most ``depth`` ahead of the consumer.
 
-    Use as a context manager; leaving it (at the end, on an error or a cancel) stops the
-    thread. An exception raised by the producer is raised by the consumer's next step.
+    The producer starts an item only when fewer than ``depth`` wait, so at most ``depth``
+    items exist beside the one the consumer holds (the memory a read-ahead adds to a plain
+    loop). Use as a context manager; leaving it (at the end, on an error or a cancel) stops
+    the thread. An exception raised by the producer is raised by the consumer's next step.
     """
 
-    def __init__(self, produce: Callable[[], Iterator[T]], depth: int = 2) -> None:
+    def __init__(self, produce: Callable[[], Iterator[T]], depth: int = 1) -> None:
         self._produce = produce
-        self._items: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._room = threading.Semaphore(max(1, depth))
+        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="synapse-read-ahead", daemon=True)
 
@@ -63,31 +67,32 @@ class ReadAhead(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         self._stop.set()
-        # Unblock a producer waiting for room, then wait for it to see the stop.
-        while self._thread.is_alive():
-            try:
-                self._items.get_nowait()
-            except queue.Empty:
-                self._thread.join(_POLL_S)
+        self._thread.join()
 
-    def _put(self, item: Any) -> bool:
+    def _wait_for_room(self) -> bool:
         while not self._stop.is_set():
-            try:
-                self._items.put(item, timeout=_POLL_S)
+            if self._room.acquire(timeout=_POLL_S):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def _run(self) -> None:
+        items = self._produce()
         try:
-            for item in self._produce():
-                if not self._put(item):
+            while self._wait_for_room():
+                try:
+                    item = next(items)
+                except StopIteration:
+                    self._items.put(_END)
                     return
+                self._items.put(item)
         except BaseException as exc:  # carried to the consumer, raised there
-            self._put(_Failure(exc))
-            return
-        self._put(_END)
+            self._items.put(_Failure(exc))
+        finally:
+            # A stopped run closes its reader here (its file) rather than at a later collection.
+            close = getattr(items, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
 
     def __iter__(self) -> Iterator[T]:
         while True:
@@ -96,6 +101,7 @@ class ReadAhead(Generic[T]):
                 return
             if isinstance(item, _Failure):
                 raise item.exc
+            self._room.release()
             yield item
 
 
@@ -178,10 +184,12 @@ class RowGroupWriter:
         writer: pq.ParquetWriter | None = None
         pending: list[pa.RecordBatch] = []
         rows = size = 0
+        ended = False  # the caller's end mark taken: nothing more will come
         try:
             while True:
                 item = self._batches.get()
-                if item is _END or self._aborted.is_set():
+                ended = item is _END
+                if ended or self._aborted.is_set():
                     break
                 if writer is None:
                     writer = pq.ParquetWriter(self._path, item.schema)
@@ -201,6 +209,7 @@ class RowGroupWriter:
             if writer is not None:
                 with contextlib.suppress(Exception):
                     writer.close()
-            # Keep taking items so that the caller never blocks on a full queue.
-            while self._batches.get() is not _END:
+            # Keep taking items so that the caller never blocks on a full queue, until its
+            # end mark (unless the error came after it: the last flush, the file's close).
+            while not ended and self._batches.get() is not _END:
                 pass
