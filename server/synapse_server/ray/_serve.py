@@ -127,6 +127,8 @@ class ServeRouter:
         self._in_flight: dict[int, int] = {}
         self._retired: dict[int, Any] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # Held while an application's handle is made (rare: once per application).
+        self._making = asyncio.Lock()
 
     def forget(self, app_name: str) -> None:
         """Drop the handles of an application (after it was deleted or redeployed)."""
@@ -167,11 +169,10 @@ class ServeRouter:
             return found
         app = self._apps.get(app_name)
         if app is None:
-            await self._runtime.ensure_started()
-            shared = await asyncio.to_thread(_app_handle, app_name)
-            app = _loop_handle(shared)
-            self._apps[app_name] = app
-        assert app is not None
+            app = await self._app(app_name)
+            found = self._bound.get(key)  # a concurrent call bound it meanwhile
+            if found is not None:
+                return found
         if len(self._bound) >= _MAX_CACHED_HANDLES:
             self._bound.clear()
         bound = app.options(
@@ -182,6 +183,22 @@ class ServeRouter:
         )
         self._bound[key] = (app, bound)
         return app, bound
+
+    async def _app(self, app_name: str) -> Any:
+        """The application's handle, made once however many calls ask for it at once.
+
+        Each handle has a router of its own that must learn the replica set from Serve's
+        controller before it routes; concurrent first calls that each made one left routers
+        behind that were never shut down, and a request queued in a router that had not yet
+        heard of the replicas could wait until its deadline.
+        """
+        async with self._making:
+            app = self._apps.get(app_name)
+            if app is None:
+                await self._runtime.ensure_started()
+                shared = await asyncio.to_thread(_app_handle, app_name)
+                app = self._apps[app_name] = _loop_handle(shared)
+            return app
 
     def _enter(self, app: Any) -> None:
         key = id(app)
