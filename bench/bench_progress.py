@@ -150,6 +150,8 @@ STAGES = (
     ("submit_returned", "server: submit returns (RunAction answer next)"),
     ("client_submitted", "client: RunAction answer received"),
     ("subscribed", "server: StreamProgress subscribed to the job"),
+    ("launch_started", "server: the job's launch task runs"),
+    ("slot_taken", "server: worker slot taken, executor called"),
     ("fork_requested", "server: fork request written to the fork server"),
     ("fork_started", "server: fork server reports the worker started"),
     ("get_assignment", "server: worker's GetAssignment received"),
@@ -166,7 +168,7 @@ STAGES = (
 def _install_stage_trace(path: Path) -> None:
     """In the server process: append ``{"job", "stage", "t"}`` lines to ``path`` the first
     time each job passes each server stage (wrapping the methods on the path)."""
-    from synapse_server.core import EventKind, _hub, _jobs, _standby
+    from synapse_server.core import EventKind, _executor, _hub, _jobs, _standby
     from synapse_server.grpc import _progress_wire
     from synapse_server.stores import _sqlite_jobs
 
@@ -211,6 +213,16 @@ def _install_stage_trace(path: Path) -> None:
             mark(job_id, "progress_received", entered)
 
     wrap(_jobs.JobService, "submit", after=submitted)
+    wrap(
+        _jobs.JobService,
+        "_run",
+        before=lambda entered, active: mark(active.job.id, "launch_started", entered),
+    )
+    wrap(
+        _executor.LocalProcessExecutor,
+        "run",
+        before=lambda entered, job, *a, **k: mark(job.id, "slot_taken", entered),
+    )
     wrap(
         _sqlite_jobs.SqliteJobStore,
         "create_job",

@@ -339,6 +339,36 @@ def test_the_action_waits_until_the_server_accepts_its_stream(tmp_path: Path) ->
     assert not service.action_file.exists(), "the action ran although the server refused the job"
 
 
+class _NoJobWorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
+    def GetAssignment(self, request: Any, context: Any) -> Any:
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such job")
+
+
+def test_a_channel_handed_to_the_worker_stays_its_callers(tmp_path: Path) -> None:
+    # A fork server's spare hands in the channel it opened ahead of its job and exits
+    # without closing it (closing waits for grpc's connectivity watch, with the job's slot
+    # still taken); the worker must not close it either.
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(_NoJobWorkerService(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        code = run_worker(
+            f"127.0.0.1:{port}", "job-1", "credential", plugin_dirs=[TOY_PLUGINS_DIR],
+            channel=channel,
+        )  # fmt: skip
+        assert code != 0  # refused: no assignment
+        # Still open: a call reaches the server (a closed channel raises ValueError).
+        stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetAssignment(worker_service_pb2.GetAssignmentRequest(job_id="job-1"), timeout=10)
+        assert info.value.code() is grpc.StatusCode.NOT_FOUND
+    finally:
+        channel.close()
+        server.stop(None)
+
+
 # One server per data directory ----------------------------------------------------------------
 
 

@@ -137,6 +137,27 @@ def test_the_reported_error_under_a_limit_and_without_one() -> None:
     assert (unlimited.type, unlimited.message) == ("MemoryError", "out of memory")
 
 
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux /proc accounting")
+def test_the_reserve_counts_against_the_limit_until_released() -> None:
+    # The limit is RLIMIT_DATA: what the reserve holds must count there (else releasing it
+    # would make no room for the report), and it need not be resident (not zero-filled).
+    before = _status_kb("VmData")
+    guard = _MemoryGuard(2048)
+    held = _status_kb("VmData") - before
+    assert held >= 8 * 1024
+    guard.release()
+    assert _status_kb("VmData") - before <= held - 8 * 1024
+    guard.release()  # twice is harmless
+    assert _MemoryGuard(None)._reserve is None
+
+
 def test_a_worker_that_could_not_report_running_out_of_memory(tmp_path: Path) -> None:
     catalog = PluginCatalog([], ["local"], code_store=PluginCodeStore(tmp_path / "plugins"))
     executor = LocalProcessExecutor("unix:/nowhere", catalog, memory_limit_mb=700)
