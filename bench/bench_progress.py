@@ -524,6 +524,7 @@ async def run_bench(
     events: int,
     subscriber_counts: Sequence[int],
     trace: bool = False,
+    latency_samples: int = LATENCY_SAMPLES,
     many_jobs: tuple[int, int, int] | None = None,
 ) -> dict[str, Any]:
     """Runs every measurement; returns the report as a dict.
@@ -557,9 +558,9 @@ async def run_bench(
                 await baseline_latency(channel)
                 syn_lat = [
                     await synapse_latency(client, marks if trace else None)
-                    for _ in range(LATENCY_SAMPLES)
+                    for _ in range(latency_samples)
                 ]
-                base_lat = [await baseline_latency(channel) for _ in range(LATENCY_SAMPLES)]
+                base_lat = [await baseline_latency(channel) for _ in range(latency_samples)]
                 rows = []
                 retries: list[str] = []
                 for jobs, n, count in cases:
@@ -698,6 +699,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="time submit -> first progress stage by stage and print the stages",
     )
+    parser.add_argument(
+        "--latency-samples",
+        type=int,
+        default=LATENCY_SAMPLES,
+        help=f"submit -> first progress samples per side (default {LATENCY_SAMPLES})",
+    )
     parser.add_argument("--synapse-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--trace-file", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
@@ -722,7 +729,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError:
             parser.error("--many-jobs must be JOBSxSUBSCRIBERSxEVENTS, e.g. 100x10x200")
         many = (jobs, subscribers, events)
-    report = asyncio.run(run_bench(args.events, counts, trace=args.trace, many_jobs=many))
+    report = asyncio.run(
+        run_bench(
+            args.events,
+            counts,
+            trace=args.trace,
+            many_jobs=many,
+            latency_samples=args.latency_samples,
+        )
+    )
     print_table(report)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path: Path = args.output or RESULTS_DIR / f"bench_progress-{stamp}.json"

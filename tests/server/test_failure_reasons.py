@@ -34,7 +34,7 @@ class _EndingExecutor:
     def __init__(self, outcome: WorkerExit | Exception) -> None:
         self._outcome = outcome
 
-    async def run(self, job: Job, credential: str) -> WorkerExit:
+    async def run(self, job: Job, credential: str, trace_context: Any = None) -> WorkerExit:
         if isinstance(self._outcome, Exception):
             raise self._outcome
         return self._outcome

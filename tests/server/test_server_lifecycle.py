@@ -166,7 +166,7 @@ class _LingeringExecutor:
         self.launched = asyncio.Event()
         self.exit = asyncio.Event()
 
-    async def run(self, job: Job, credential: str) -> WorkerExit:
+    async def run(self, job: Job, credential: str, trace_context: Any = None) -> WorkerExit:
         self.credentials[job.id] = credential
         self.launched.set()
         await self.exit.wait()

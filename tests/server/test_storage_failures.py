@@ -575,7 +575,7 @@ class _RefusingStore(SqliteJobStore):
 class _IdleExecutor:
     """Starts nothing: these jobs stay where the test puts them."""
 
-    async def run(self, job: Job, credential: str) -> Any:
+    async def run(self, job: Job, credential: str, trace_context: Any = None) -> Any:
         await asyncio.Event().wait()
 
     async def kill(self, job_id: str) -> None:

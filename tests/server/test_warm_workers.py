@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -11,8 +12,9 @@ from typing import Any
 import grpc
 import pytest
 from synapse.plugin.v1 import action_service_pb2 as pb
-from synapse.plugin.v1 import action_service_pb2_grpc, job_pb2
-from synapse_server.core._executor import LocalProcessExecutor
+from synapse.plugin.v1 import action_service_pb2_grpc, job_pb2, worker_service_pb2
+from synapse_server.core._executor import LocalProcessExecutor, _assignment
+from synapse_server.core._models import Job
 from synapse_server.core._standby import ForkServer, ForkServerPool
 from synapse_server.worker._zygote import ForkRequest, RequestError, parse_request
 
@@ -119,6 +121,82 @@ def test_request_lines_parse_and_bad_lines_are_refused() -> None:
             parse_request(bad)
     with pytest.raises(RequestError, match="environment"):
         parse_request(b'{"op":"fork","job_id":"j","credential":"c","environment":{"A":1}}')
+
+
+def test_assignments_in_fork_requests_parse_and_bad_ones_are_refused() -> None:
+    job = Job(
+        id="j1",
+        tenant="t",
+        plugin="toy",
+        action="quick",
+        params_json='{"count": 2, "big": 12345678901234567891}',
+        plugin_version="1.0.0",
+        plugin_sha256="ab" * 32,
+        mode="local",
+    )
+    handed = _assignment(job, {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
+    assert handed is not None
+    line = json.dumps(
+        {"op": "fork", "job_id": "j1", "credential": "c", "assignment": handed}
+    ).encode()
+    request = parse_request(line)
+    assert isinstance(request, ForkRequest) and request.assignment is not None
+    assert parse_request(request.to_line()) == request
+    # The worker gets what GetAssignment answers for the job (params text kept exact).
+    assert request.assignment.to_pb("j1") == worker_service_pb2.GetAssignmentResponse(
+        job_id="j1",
+        plugin="toy",
+        plugin_version="1.0.0",
+        plugin_sha256="ab" * 32,
+        action="quick",
+        params_json=job.params_json.encode(),
+        mode=job_pb2.RUN_MODE_LOCAL,
+        headers=handed["headers"],
+    )
+    # Params too large to hand over: the worker asks for them.
+    assert _assignment(dataclasses.replace(job, params_json=" " * (65 << 10)), None) is None
+    for bad, what in (
+        ([1], "JSON object"),
+        ({"action": "a", "params_json": "{}"}, "required"),
+        ({**handed, "mode": "elsewhere"}, "mode"),
+        ({**handed, "params_json": {"x": 1}}, "params_json"),
+        ({**handed, "cancel_requested": "yes"}, "cancel_requested"),
+        ({**handed, "headers": {"a": 1}}, "headers"),
+    ):
+        data = {"op": "fork", "job_id": "j", "credential": "c", "assignment": bad}
+        with pytest.raises(RequestError, match=what):
+            parse_request(json.dumps(data).encode())
+
+
+def test_forked_workers_get_their_assignment_with_the_fork_request(
+    server_factory: Callable[..., Any],
+) -> None:
+    running = server_factory(warm_workers=1, preload_plugins=["toy"])
+    _wait_ready(_pool(running), "toy")
+    jobs = running.server._jobs
+    asked: list[str] = []
+    original = jobs.assignment
+
+    async def assignment(claims: Any, job_id: str) -> Any:
+        asked.append(job_id)
+        return await original(claims, job_id)
+
+    jobs.assignment = assignment
+    big = "x" * (70 << 10)
+    with running.channel() as channel:
+        small_job = _run(channel, "quick", {"count": 2, "label": "small"})
+        big_job = _run(channel, "quick", {"count": 2, "label": big})
+        results = [
+            json.loads(
+                b"".join(c.data for c in stub.GetJobResult(pb.GetJobResultRequest(job_id=j.id)))
+            )
+            for stub in [action_service_pb2_grpc.ActionServiceStub(channel)]
+            for j in (small_job, big_job)
+        ]
+    assert small_job.state == big_job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert [r["label"] for r in results] == ["small", big]
+    # Only the worker whose params were too large to hand over asked for them.
+    assert asked == [big_job.id]
 
 
 def test_jobs_run_in_forked_children_of_one_ready_fork_server(

@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from synapse_server.core._catalog import PluginCatalog
 from synapse_server.core._errors import FailedPreconditionError
@@ -114,8 +114,14 @@ class JobEnvironment(Protocol):
 class Executor(Protocol):
     """Runs workers for jobs."""
 
-    async def run(self, job: Job, credential: str) -> WorkerExit:
-        """Start a worker for ``job`` and wait until it is gone."""
+    async def run(
+        self, job: Job, credential: str, trace_context: Mapping[str, str] | None = None
+    ) -> WorkerExit:
+        """Start a worker for ``job`` and wait until it is gone.
+
+        ``trace_context``: the job span's W3C headers, which the worker's span continues
+        (what GetAssignment answers as ``headers``).
+        """
 
     async def kill(self, job_id: str) -> None:
         """Stop the job's worker now (no-op if it is not running)."""
@@ -141,6 +147,33 @@ class SchedulingExecutor(Executor, Protocol):
 
     def bind_pending_reporter(self, reporter: Callable[[str, str], Awaitable[bool]]) -> None:
         """Receive ``async (job_id, reason) -> still pending``."""
+
+
+#: Params up to this size travel in the fork request (the JSON line the fork server reads and
+#: passes to the spare worker on a pipe); a job with larger params has its worker ask for them
+#: with GetAssignment, so a large request never holds up the fork server's loop.
+_HANDED_OVER_PARAMS_CHARS = 64 << 10
+
+
+def _assignment(job: Job, trace_context: Mapping[str, str] | None) -> dict[str, Any] | None:
+    """The job's assignment as a fork request carries it (``synapse_server.worker``'s
+    ``Assignment``), or None when its params are too large to hand over that way.
+
+    Handing it over saves the worker's GetAssignment round trip on the way to the job's first
+    event; the server still decides at the worker's stream open whether the job runs.
+    """
+    if len(job.params_json) > _HANDED_OVER_PARAMS_CHARS:
+        return None
+    return {
+        "plugin": job.plugin,
+        "action": job.action,
+        "params_json": job.params_json,
+        "plugin_version": job.plugin_version,
+        "plugin_sha256": job.plugin_sha256,
+        "mode": job.mode,
+        "cancel_requested": job.cancel_requested,
+        "headers": dict(trace_context or {}),
+    }
 
 
 class LocalProcessExecutor:
@@ -315,7 +348,9 @@ class LocalProcessExecutor:
         except FailedPreconditionError:
             return False  # the plugin was unloaded since; its snapshot still runs the job
 
-    async def run(self, job: Job, credential: str) -> WorkerExit:
+    async def run(
+        self, job: Job, credential: str, trace_context: Mapping[str, str] | None = None
+    ) -> WorkerExit:
         """Start the job's worker process and wait for it to exit."""
         try:
             code = self._catalog.code(job.plugin, job.plugin_sha256)
@@ -332,7 +367,9 @@ class LocalProcessExecutor:
                 if server.version != code.sha256:
                     break
                 try:
-                    return await self._run_forked(server, job, credential, extra_env)
+                    return await self._run_forked(
+                        server, job, credential, extra_env, _assignment(job, trace_context)
+                    )
                 except _ForkNotStarted as exc:
                     # A fork server that died before it forked this job's worker (killed,
                     # crashed) leaves the job unstarted: the pool starts a new one, once.
@@ -366,7 +403,12 @@ class LocalProcessExecutor:
         return self._exit(job.id, returncode)
 
     async def _run_forked(
-        self, server: ForkServer, job: Job, credential: str, extra_env: Mapping[str, str]
+        self,
+        server: ForkServer,
+        job: Job,
+        credential: str,
+        extra_env: Mapping[str, str],
+        assignment: dict[str, Any] | None,
     ) -> WorkerExit:
         log_path = ""
         if self._log_dir is not None:
@@ -376,7 +418,7 @@ class LocalProcessExecutor:
         self._forked[job.id] = server
         try:
             try:
-                pid = await server.start(job.id, credential, log_path, extra_env)
+                pid = await server.start(job.id, credential, log_path, extra_env, assignment)
             except ForkServerError as exc:
                 logger.warning("job %s: %s", job.id, exc)
                 raise _ForkNotStarted(str(exc)) from None

@@ -624,7 +624,7 @@ class JobService:
                 executor = self._executors[active.job.mode]
                 credential = self._credentials.mint(job_id, active.job.tenant)
                 try:
-                    outcome = await executor.run(active.job, credential)
+                    outcome = await executor.run(active.job, credential, active.headers)
                 except (
                     ServiceUnavailableError,
                     FailedPreconditionError,

@@ -24,6 +24,7 @@ import os
 import signal
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 __all__ = ["ForkServer", "ForkServerError", "ForkServerPool"]
 
@@ -90,9 +91,18 @@ class ForkServer:
             raise ForkServerError(self._gone)
 
     async def start(
-        self, job_id: str, credential: str, log_file: str, environment: Mapping[str, str]
+        self,
+        job_id: str,
+        credential: str,
+        log_file: str,
+        environment: Mapping[str, str],
+        assignment: Mapping[str, Any] | None = None,
     ) -> int:
-        """Fork the worker of ``job_id`` (waits for readiness first); its pid."""
+        """Fork the worker of ``job_id`` (waits for readiness first); its pid.
+
+        ``assignment``: the job's assignment handed over with the request (see the fork
+        server's protocol); without it the worker asks the server for it.
+        """
         await self.wait_ready()
         if job_id in self._exited:
             raise ForkServerError(f"job {job_id} already has a worker")
@@ -100,13 +110,15 @@ class ForkServer:
         started: asyncio.Future[int] = loop.create_future()
         self._started[job_id] = started
         self._exited[job_id] = loop.create_future()
-        request = {
+        request: dict[str, Any] = {
             "op": "fork",
             "job_id": job_id,
             "credential": credential,
             "log_file": log_file,
             "environment": dict(environment),
         }
+        if assignment is not None:
+            request["assignment"] = dict(assignment)
         try:
             await self._write(_line(request))
             return await started

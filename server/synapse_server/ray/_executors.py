@@ -532,8 +532,11 @@ class _RayExecutorBase:
             with contextlib.suppress(Exception):
                 ray.kill(launch.actor, no_restart=True)
 
-    async def run(self, job: Job, credential: str) -> WorkerExit:
-        """Launch the job's worker on Ray and wait until it is gone."""
+    async def run(
+        self, job: Job, credential: str, trace_context: Mapping[str, str] | None = None
+    ) -> WorkerExit:
+        """Launch the job's worker on Ray and wait until it is gone (the worker asks for its
+        assignment, trace context included, with GetAssignment)."""
         await self._ensure_ray()
         from ray import exceptions as rex
 

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ from synapse_server.telemetry import bind_log_context
 from synapse_server.worker._datasets import WorkerDatasets
 from synapse_server.worker._ray_batch import batch_runner_for
 
-__all__ = ["WorkerError", "run_worker"]
+__all__ = ["Assignment", "WorkerError", "run_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -505,6 +506,84 @@ class _MemoryGuard:
         return error_info_to_pb(info, step)
 
 
+_MODE_NAMES = {
+    "local": job_pb2.RUN_MODE_LOCAL,
+    "task": job_pb2.RUN_MODE_TASK,
+    "job": job_pb2.RUN_MODE_JOB,
+}
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What a worker must run, handed over with its fork request (JSON) instead of asked for.
+
+    The fields of GetAssignment's answer: a worker that has one opens its event stream at
+    once, one round trip earlier on the way to the job's first event. The server still
+    decides at that open whether the job runs (as it does for a worker that asked).
+    """
+
+    plugin: str
+    action: str
+    params_json: str
+    plugin_version: str = ""
+    plugin_sha256: str = ""
+    mode: str = "local"
+    cancel_requested: bool = False
+    #: The trace context the worker's span continues (empty when untraced).
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Assignment:
+        """The assignment in a fork request; ``ValueError`` naming what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError("must be a JSON object")
+        values: dict[str, Any] = {}
+        for name in ("plugin", "action", "params_json", "plugin_version", "plugin_sha256", "mode"):
+            value = data.get(name, "")
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be a string")
+            values[name] = value
+        if not values["plugin"] or not values["action"]:
+            raise ValueError("plugin and action are required")
+        if values["mode"] not in _MODE_NAMES:
+            raise ValueError(f"unknown mode {values['mode'][:16]!r}")
+        cancel = data.get("cancel_requested", False)
+        headers = data.get("headers") or {}
+        if not isinstance(cancel, bool):
+            raise ValueError("cancel_requested must be true or false")
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise ValueError("headers must map strings to strings")
+        return cls(**values, cancel_requested=cancel, headers=dict(headers))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plugin": self.plugin,
+            "action": self.action,
+            "params_json": self.params_json,
+            "plugin_version": self.plugin_version,
+            "plugin_sha256": self.plugin_sha256,
+            "mode": self.mode,
+            "cancel_requested": self.cancel_requested,
+            "headers": dict(self.headers),
+        }
+
+    def to_pb(self, job_id: str) -> worker_service_pb2.GetAssignmentResponse:
+        """The same as GetAssignment's answer for job ``job_id``."""
+        return worker_service_pb2.GetAssignmentResponse(
+            job_id=job_id,
+            plugin=self.plugin,
+            plugin_version=self.plugin_version,
+            plugin_sha256=self.plugin_sha256,
+            action=self.action,
+            params_json=self.params_json.encode(),
+            mode=_MODE_NAMES[self.mode],
+            cancel_requested=self.cancel_requested,
+            headers=self.headers,
+        )
+
+
 def _die_with_parent(parent_pid: int) -> None:
     # Linux: the kernel kills this worker when the server process dies (even by SIGKILL), so a
     # crashed server leaves no orphan running plugin code.
@@ -546,6 +625,7 @@ def run_worker(
     reconnect_seconds: float = 10.0,
     parent_pid: int | None = None,
     channel: grpc.Channel | None = None,
+    assignment: Assignment | None = None,
     on_first_event_stored: Callable[[], None] | None = None,
 ) -> int:
     """Run job ``job_id`` to the end and report it; returns the process exit code.
@@ -555,9 +635,10 @@ def run_worker(
     as the job's outcome (exit code 0); a server that is gone or refuses the job gives a
     non-zero code. ``channel``, when given, is a channel to ``address`` opened ahead of the
     job, and stays its caller's to close; otherwise one is opened here and closed at the end.
-    ``on_first_event_stored`` is called once the server has stored the job's first event (a
-    fork server forks its next spare worker then, see ``_zygote``), or once the job's event
-    stream has ended without.
+    ``assignment``, when given (a fork server hands it over), is the job's, and the server
+    is not asked for it. ``on_first_event_stored`` is called once the server has stored the
+    job's first event (a fork server forks its next spare worker then, see ``_zygote``), or
+    once the job's event stream has ended without.
     """
     if parent_pid is not None:
         _die_with_parent(parent_pid)
@@ -579,17 +660,20 @@ def run_worker(
         if provider is not None:
             cleanup.callback(provider.force_flush, _SPAN_FLUSH_MILLIS)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
-        try:
-            assignment = stub.GetAssignment(
-                worker_service_pb2.GetAssignmentRequest(job_id=job_id, worker_id=worker_id),
-                metadata=metadata,
-                timeout=30,
-                wait_for_ready=True,
-            )
-        except grpc.RpcError as exc:
-            logger.error("job %s: the server refused the assignment: %s", job_id, exc)
-            return EXIT_REFUSED
-        cleanup.enter_context(_job_span(assignment, metadata))
+        if assignment is not None:
+            job = assignment.to_pb(job_id)
+        else:
+            try:
+                job = stub.GetAssignment(
+                    worker_service_pb2.GetAssignmentRequest(job_id=job_id, worker_id=worker_id),
+                    metadata=metadata,
+                    timeout=30,
+                    wait_for_ready=True,
+                )
+            except grpc.RpcError as exc:
+                logger.error("job %s: the server refused the assignment: %s", job_id, exc)
+                return EXIT_REFUSED
+        cleanup.enter_context(_job_span(job, metadata))
         reporter = _EventReporter(
             stub,
             job_id,
@@ -599,12 +683,12 @@ def run_worker(
             on_first_event_stored=on_first_event_stored,
         )
         reporter.start()
-        if assignment.cancel_requested:
+        if job.cancel_requested:
             reporter.finish(job_pb2.JOB_STATE_CANCELLED)
         else:
             try:
                 _execute(
-                    assignment,
+                    job,
                     reporter,
                     address,
                     credential,
@@ -726,6 +810,11 @@ def _execute_with(
             gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
         if not reporter.wait_opened():
             return  # the server did not take the job: nothing of the action may run
+        if reporter.cancel_event.is_set():
+            # Cancelled before its stream opened (after the assignment was made, which an
+            # assignment handed over with the fork request makes likelier): nothing runs.
+            reporter.finish(job_pb2.JOB_STATE_CANCELLED)
+            return
         result = run_action(action_cls, params, ctx)
     except ActionCancelledError:
         reporter.finish(job_pb2.JOB_STATE_CANCELLED)

@@ -26,7 +26,9 @@ torch brings in) stop and restart around ``fork`` through their own fork handler
 
 Protocol, one JSON object per line. Requests (server -> fork server, on stdin):
 
-* ``{"op": "fork", "job_id", "credential", "log_file", "environment"}``: start that job;
+* ``{"op": "fork", "job_id", "credential", "log_file", "environment", "assignment"}``: start
+  that job; ``assignment`` (optional) is what GetAssignment would answer, so the worker opens
+  its event stream at once instead of asking for it first;
 * ``{"op": "kill", "job_id"}``: SIGKILL the job's process group (no-op once it is reaped).
 
 End of input stops new forks; the fork server exits once its last child has been reaped.
@@ -65,6 +67,7 @@ from synapse_sdk.tracing import preload_tracing
 
 from synapse_server.worker._exit import exit_process
 from synapse_server.worker._runner import (
+    Assignment,
     _die_with_parent,
     _limit_memory,
     open_channel,
@@ -94,16 +97,21 @@ class ForkRequest:
     credential: str
     log_file: str = ""
     environment: dict[str, str] = field(default_factory=dict)
+    #: The job's assignment, handed over so that the worker need not ask for it; None: the
+    #: worker calls GetAssignment.
+    assignment: Assignment | None = None
 
     def to_line(self) -> bytes:
         """The request as one JSON line."""
-        data = {
+        data: dict[str, Any] = {
             "op": "fork",
             "job_id": self.job_id,
             "credential": self.credential,
             "log_file": self.log_file,
             "environment": self.environment,
         }
+        if self.assignment is not None:
+            data["assignment"] = self.assignment.to_json()
         return json.dumps(data, separators=(",", ":")).encode() + b"\n"
 
 
@@ -134,7 +142,13 @@ def parse_request(line: bytes) -> ForkRequest | str:
         isinstance(k, str) and isinstance(v, str) for k, v in environment.items()
     ):
         raise RequestError("fork request environment must map strings to strings")
-    return ForkRequest(job_id, credential, log_file, dict(environment))
+    assignment = None
+    if data.get("assignment") is not None:
+        try:
+            assignment = Assignment.from_json(data["assignment"])
+        except ValueError as exc:
+            raise RequestError(f"fork request assignment: {exc}") from None
+    return ForkRequest(job_id, credential, log_file, dict(environment), assignment)
 
 
 def _reread_import_time_ray_settings() -> None:
@@ -393,6 +407,7 @@ class _ForkServer:
             request.credential,
             plugin_dirs=self._plugin_dirs,
             channel=channel,
+            assignment=request.assignment,
             worker_id=f"{self._worker_id}-{os.getpid()}" if self._worker_id else None,
             on_first_event_stored=going,
             **self._options,
