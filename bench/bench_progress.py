@@ -20,7 +20,12 @@ The jobs wait after their first progress event until every subscriber holds it, 
 burst is timed with everyone attached.
 
     .venv/bin/python bench/bench_progress.py [--events 1000] [--subscribers 1,10,100,1000]
-        [--many-jobs 100x10x200] [--trace]
+        [--many-jobs 100x10x200] [--trace] [--events-per-message N]
+
+The platform's subscribers follow jobs as the client does, which asks the server for batches
+of the events ready at once (``max_events_per_message``; the baseline sends one message per
+event, as it always did); ``--events-per-message 1`` makes them take one event per message,
+the same messages as the baseline's.
 
 ``--trace`` also times each stage of submit -> first progress (see ``STAGES``): the server
 subprocess records when each job passes each of its stages, and the table gives the median
@@ -53,6 +58,7 @@ import grpc
 from google.protobuf import struct_pb2
 from synapse.plugin.v1 import action_service_pb2, job_event_pb2
 from synapse_client import AsyncClient, LogEvent, ProgressEvent, UnavailableError
+from synapse_client import _jobs as client_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -246,13 +252,13 @@ def _install_stage_trace(path: Path) -> None:
         before=lambda entered, claims, job_id, worker_id: mark(job_id, "stream_opened", entered),
     )
     wrap(_jobs.JobService, "report", before=reported)
-    original_subscribe = _jobs.JobService.subscribe
+    original_subscribe = _jobs.JobService.subscribe_batches
 
     async def subscribe(self: Any, tenant: Any, job_id: str, *args: Any, **kwargs: Any) -> Any:
         mark(job_id, "subscribed")
         return await original_subscribe(self, tenant, job_id, *args, **kwargs)
 
-    _jobs.JobService.subscribe = subscribe  # type: ignore[method-assign]
+    _jobs.JobService.subscribe_batches = subscribe  # type: ignore[method-assign]
     original_get = _progress_wire.EncodedEvents.get
 
     def get(self: Any, event: Any) -> bytes:
@@ -504,20 +510,21 @@ async def _baseline_throughput_retried(
     subscribers: int,
     events: int,
     retries: list[str],
-) -> Throughput:
+) -> Throughput | None:
     """:func:`baseline_throughput`, again (twice at most) when grpc cancels one of its
-    streams: with 1,000 streams on one channel, plain grpcio cancels a few now and then
-    (StatusCode.CANCELLED, from grpc itself; seen on the shared 2-CPU machine under load).
-    Each retry is noted in the report."""
+    streams; None when it did so every time. With 1,000 streams on one channel, plain grpcio
+    cancels some (StatusCode.CANCELLED, from grpc itself): now and then under load, and on
+    every try on the quiet 2-CPU machine, where the server runs further ahead of its reader.
+    Each retry is noted in the report, and the platform's figures still stand alone."""
     for attempt in range(3):
         try:
             return await baseline_throughput(channel, server, jobs, subscribers, events)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED or attempt == 2:
+            if exc.code() != grpc.StatusCode.CANCELLED:
                 raise
             retries.append(f"{jobs} job(s) x {subscribers}: baseline stream cancelled by grpc")
-            logger.warning("baseline: %s; measuring the case again", exc.code())
-    raise AssertionError("unreachable")
+            logger.warning("baseline: %s (attempt %d of 3)", exc.code(), attempt + 1)
+    return None
 
 
 async def run_bench(
@@ -569,11 +576,11 @@ async def run_bench(
                         channel, baseline_server, jobs, n, count, retries
                     )
                     expected = jobs * n * count
-                    if syn.delivered != expected or base.delivered != expected:
+                    if syn.delivered != expected or (base and base.delivered != expected):
                         raise RuntimeError(
                             f"{jobs} job(s) x {n} subscribers: delivered "
-                            f"synapse={syn.delivered} baseline={base.delivered}, "
-                            f"expected {expected} each"
+                            f"synapse={syn.delivered} "
+                            f"baseline={base.delivered if base else '-'}, expected {expected}"
                         )
                     rows.append((syn, base))
             finally:
@@ -596,6 +603,7 @@ async def run_bench(
             "platform": platform.platform(),
         },
         "events": events,
+        "events_per_message": client_jobs.EVENTS_PER_MESSAGE,
         "message_bytes": len(tick_message(events, events)),
         "latency_s": {
             "synapse": seconds(syn_lat),
@@ -613,14 +621,16 @@ async def run_bench(
                     "events_per_second": syn.events_per_second,
                     "server_cpu_ms_per_1000": syn.cpu_ms_per_1000,
                 },
-                "baseline": {
+                "baseline": None
+                if base is None
+                else {
                     **asdict(base),
                     "events_per_second": base.events_per_second,
                     "server_cpu_ms_per_1000": base.cpu_ms_per_1000,
                 },
-                "ratio": syn.events_per_second / base.events_per_second,
+                "ratio": None if base is None else syn.events_per_second / base.events_per_second,
                 "cpu_ratio": syn.cpu_ms_per_1000 / base.cpu_ms_per_1000
-                if base.cpu_ms_per_1000
+                if base is not None and base.cpu_ms_per_1000
                 else None,
             }
             for syn, base in rows
@@ -633,6 +643,7 @@ def print_table(report: dict[str, Any]) -> None:
     lat = report["latency_s"]
     print(
         f"events per job: {report['events']} ({report['message_bytes']} B per message); "
+        f"platform subscribers take up to {report['events_per_message']} events per message; "
         f"{report['machine']['cpus']} CPUs, grpcio {report['machine']['grpcio']}"
     )
     print()
@@ -646,9 +657,11 @@ def print_table(report: dict[str, Any]) -> None:
     for row in report["throughput"]:
         jobs = f"{row['jobs']} jobs x " if row["jobs"] > 1 else ""
         label = f"events/s, {jobs}{row['subscribers']} subscriber(s)"
+        base = row["baseline"]
         print(
             f"{label:<34}{row['synapse']['events_per_second']:>14,.0f}"
-            f"{row['baseline']['events_per_second']:>14,.0f}{row['ratio']:>10.2f}"
+            + (f"{'-':>14}{'-':>10}" if base is None else f"{base['events_per_second']:>14,.0f}")
+            + ("" if base is None else f"{row['ratio']:>10.2f}")
         )
     print()
     print("server CPU per 1,000 delivered events (ms; the server process, not its workers)")
@@ -656,10 +669,11 @@ def print_table(report: dict[str, Any]) -> None:
         jobs = f"{row['jobs']} jobs x " if row["jobs"] > 1 else ""
         label = f"{jobs}{row['subscribers']} subscriber(s)"
         ratio = row["cpu_ratio"]
+        base = row["baseline"]
         print(
             f"{label:<34}{row['synapse']['server_cpu_ms_per_1000']:>14.1f}"
-            f"{row['baseline']['server_cpu_ms_per_1000']:>14.1f}"
-            f"{(f'{ratio:.2f}x' if ratio else '-'):>10}"
+            + (f"{'-':>14}" if base is None else f"{base['server_cpu_ms_per_1000']:>14.1f}")
+            + f"{(f'{ratio:.2f}x' if ratio else '-'):>10}"
         )
     for retry in report["baseline_retries"]:
         print(f"(measured again: {retry})")
@@ -705,6 +719,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=LATENCY_SAMPLES,
         help=f"submit -> first progress samples per side (default {LATENCY_SAMPLES})",
     )
+    parser.add_argument(
+        "--events-per-message",
+        type=int,
+        help="events the platform's subscribers take per StreamProgress message (default: "
+        f"the client's, {client_jobs.EVENTS_PER_MESSAGE}; 1: one per message, as the baseline)",
+    )
     parser.add_argument("--synapse-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--trace-file", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
@@ -721,6 +741,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.events < 1:
         parser.error("--events must be at least 1")
+    if args.events_per_message is not None:
+        if args.events_per_message < 1:
+            parser.error("--events-per-message must be at least 1")
+        # What the client's StreamProgress requests ask for (read at each request).
+        client_jobs.EVENTS_PER_MESSAGE = args.events_per_message
     counts = [int(n) for n in args.subscribers.split(",") if n.strip()]
     many: tuple[int, int, int] | None = None
     if args.many_jobs != "none":

@@ -122,8 +122,7 @@ class AsyncJobHandle(JobHandleBase["AsyncClient"]):
             try:
                 async with self._client._stream(call) as responses:
                     async for response in responses:
-                        event = follower.accept(response)
-                        if event is not None:
+                        for event in follower.accept(response):
                             yield event
                 failure = follower.end_of_stream()
             except RpcFailedError as error:

@@ -126,9 +126,7 @@ class JobHandle(JobHandleBase["Client"]):
             try:
                 with self._client._stream(call) as responses:
                     for response in responses:
-                        event = follower.accept(response)
-                        if event is not None:
-                            yield event
+                        yield from follower.accept(response)
                 failure = follower.end_of_stream()
             except RpcFailedError as error:
                 failure = error

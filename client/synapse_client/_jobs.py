@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
-from synapse.plugin.v1 import action_service_pb2
+from synapse.plugin.v1 import action_service_pb2, job_event_pb2
 
 from ._config import RetryPolicy
 from ._converters import dict_to_json, event_from_proto, json_loads, run_mode_to_proto
@@ -55,6 +55,8 @@ C = TypeVar("C")
 UNSET: Any = object()
 
 _MAX_REQUEST_ID = 128
+#: Events the client takes in one StreamProgress message (the server caps it; see the proto).
+EVENTS_PER_MESSAGE = 256
 
 
 def remaining(deadline: float | None) -> float | None:
@@ -134,11 +136,19 @@ class EventSequencer:
         self.follow = follow
         self.terminal: TerminalEvent | None = None
 
-    def accept(self, response: action_service_pb2.StreamProgressResponse) -> JobEvent | None:
-        """The event to deliver for one stream message, or None (keepalive, duplicate)."""
-        if response.WhichOneof("kind") != "event":
-            return None
-        message = response.event
+    def accept(self, response: action_service_pb2.StreamProgressResponse) -> list[JobEvent]:
+        """The events to deliver for one stream message, in order (none for a keepalive or
+        what was delivered already)."""
+        kind = response.WhichOneof("kind")
+        if kind == "event":
+            event = self._accept(response.event)
+            return [] if event is None else [event]
+        if kind == "events":
+            found = (self._accept(message) for message in response.events.events)
+            return [event for event in found if event is not None]
+        return []
+
+    def _accept(self, message: job_event_pb2.JobEvent) -> JobEvent | None:
         if message.seq <= self.last_seq:
             # A reconnect replays from after_seq, so anything at or below it was delivered.
             return None
@@ -163,7 +173,11 @@ class EventSequencer:
     def request(self) -> action_service_pb2.StreamProgressRequest:
         """The StreamProgress request that continues right after the last delivered event."""
         return action_service_pb2.StreamProgressRequest(
-            job_id=self.job_id, after_seq=self.last_seq, replay_only=not self.follow
+            job_id=self.job_id,
+            after_seq=self.last_seq,
+            replay_only=not self.follow,
+            # A burst of events (a job logging in a loop, a replay) comes in a few messages.
+            max_events_per_message=EVENTS_PER_MESSAGE,
         )
 
 
@@ -195,12 +209,12 @@ class ProgressFollower:
         """The StreamProgress request that continues after the last delivered event."""
         return self.sequencer.request()
 
-    def accept(self, response: action_service_pb2.StreamProgressResponse) -> JobEvent | None:
-        """The event to deliver for one stream message, or None."""
-        event = self.sequencer.accept(response)
-        if event is not None:
+    def accept(self, response: action_service_pb2.StreamProgressResponse) -> list[JobEvent]:
+        """The events to deliver for one stream message, in order."""
+        events = self.sequencer.accept(response)
+        if events:
             self._failures = 0
-        return event
+        return events
 
     def end_of_stream(self) -> SynapseClientError | None:
         """What a stream that closed cleanly means: None when nothing is left to follow."""

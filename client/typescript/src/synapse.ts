@@ -101,6 +101,8 @@ export interface InferResult {
 }
 
 const MAX_REQUEST_ID = 128;
+/** Events taken in one StreamProgress message (the server caps it). */
+const EVENTS_PER_MESSAGE = 256;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -250,20 +252,30 @@ export class JobHandle {
       let failure: SynapseError;
       try {
         const stream = this.client.raw.actions.streamProgress(
-          { jobId: this.id, afterSeq: lastSeq, replayOnly: !follow },
+          {
+            jobId: this.id,
+            afterSeq: lastSeq,
+            replayOnly: !follow,
+            // A burst of events (a job logging in a loop, a replay) comes in a few messages.
+            maxEventsPerMessage: EVENTS_PER_MESSAGE,
+          },
           signal === undefined ? {} : { signal },
         );
         for await (const message of stream) {
           this.client.markAnswered();
-          if (message.kind.case !== "event") continue;
-          const event = message.kind.value;
-          // A reconnect replays from lastSeq; seqs may skip ahead where the server dropped
-          // superseded progress reports, never logs or the terminal event.
-          if (event.seq <= lastSeq) continue;
-          lastSeq = event.seq;
-          failures = 0;
-          yield event;
-          if (event.kind.case === "terminal") return;
+          let events: JobEvent[];
+          if (message.kind.case === "event") events = [message.kind.value];
+          else if (message.kind.case === "events") events = message.kind.value.events;
+          else continue;
+          for (const event of events) {
+            // A reconnect replays from lastSeq; seqs may skip ahead where the server dropped
+            // superseded progress reports, never logs or the terminal event.
+            if (event.seq <= lastSeq) continue;
+            lastSeq = event.seq;
+            failures = 0;
+            yield event;
+            if (event.kind.case === "terminal") return;
+          }
         }
         if (!follow) return;
         failure = new ProtocolError(

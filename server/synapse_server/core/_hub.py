@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,6 +278,28 @@ class EventHub:
         ``follow=False`` it stops once the stored history is replayed. The caller checks that
         the job exists; the hub only knows events.
         """
+        batches = self.subscribe_batches(
+            job_id, after_seq, keepalive_seconds=keepalive_seconds, follow=follow
+        )
+        async with contextlib.aclosing(batches):
+            async for item in batches:
+                if isinstance(item, Keepalive):
+                    yield item
+                else:
+                    for event in item:
+                        yield event
+
+    async def subscribe_batches(
+        self,
+        job_id: str,
+        after_seq: int = 0,
+        *,
+        keepalive_seconds: float | None = None,
+        follow: bool = True,
+    ) -> AsyncGenerator[Sequence[JobEvent] | Keepalive, None]:
+        """:meth:`subscribe`'s events, in runs of the events that are there at once (in seq
+        order, never empty; the terminal event ends the last one), so that a subscriber can
+        send a burst of events as one message. The runs are read-only."""
         channel = await self._channel(job_id)
         channel.subscribers += 1
         cursor = after_seq
@@ -294,10 +317,12 @@ class EventHub:
                         delivered = coalesce(batch)
                     else:
                         delivered = batch
-                    for event in delivered:
-                        yield event
+                    for end, event in enumerate(delivered, 1):
                         if event.is_terminal:
+                            yield delivered[:end]
                             return
+                    if delivered:
+                        yield delivered
                     cursor = batch[-1].seq
                     continue
                 if channel.finished or not follow:

@@ -412,6 +412,21 @@ class JobService:
             job_id, after_seq, keepalive_seconds=keepalive_seconds, follow=follow
         )
 
+    async def subscribe_batches(
+        self,
+        tenant: str | None,
+        job_id: str,
+        after_seq: int = 0,
+        *,
+        follow: bool = True,
+        keepalive_seconds: float | None = None,
+    ) -> AsyncIterator[Sequence[JobEvent] | Keepalive]:
+        """:meth:`subscribe` in runs of the events ready at once (EventHub.subscribe_batches)."""
+        await self.get(tenant, job_id)
+        return self._hub.subscribe_batches(
+            job_id, after_seq, keepalive_seconds=keepalive_seconds, follow=follow
+        )
+
     async def result_json(self, tenant: str | None, job_id: str) -> bytes:
         """The result JSON text of a SUCCEEDED job."""
         active = self._active.get(job_id)

@@ -20,8 +20,8 @@ from synapse.plugin.v1 import (
 from synapse_server.core import (
     FailedPreconditionError,
     InvalidArgumentError,
-    JobEvent,
     JobFilter,
+    Keepalive,
     PermissionDeniedError,
     ResourceExhaustedError,
 )
@@ -33,7 +33,7 @@ from synapse_server.grpc._auth import current_principal
 from synapse_server.grpc._dataset_converters import dataset_to_pb
 from synapse_server.grpc._dataset_servicer import upload_chunks
 from synapse_server.grpc._errors import map_errors
-from synapse_server.grpc._progress_wire import EncodedEvents
+from synapse_server.grpc._progress_wire import MAX_EVENTS_PER_MESSAGE, EncodedEvents
 from synapse_server.grpc._requests import DEFAULT_MAX_MESSAGE_BYTES
 from synapse_server.grpc._streams import writes_through
 from synapse_server.telemetry import bind_log_context
@@ -102,7 +102,8 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
         tenant = _tenant()
         if not request.job_id:
             raise InvalidArgumentError("job_id is required", field="job_id")
-        events = await self._jobs.subscribe(
+        per_message = min(request.max_events_per_message, MAX_EVENTS_PER_MESSAGE)
+        runs = await self._jobs.subscribe_batches(
             tenant,
             request.job_id,
             request.after_seq,
@@ -110,16 +111,20 @@ class ActionServicer(action_service_pb2_grpc.ActionServiceServicer):
             keepalive_seconds=self._keepalive,
         )
         # aclosing: a disconnecting subscriber releases its hub cursor right away.
-        async with contextlib.aclosing(events) as stream:  # type: ignore[type-var]
+        async with contextlib.aclosing(runs) as stream:  # type: ignore[type-var]
             async for item in stream:
-                if isinstance(item, JobEvent):
-                    # The same bytes for every subscriber (see _progress_wire).
-                    yield self._encoded.get(item)
-                else:
+                if isinstance(item, Keepalive):
                     job = await self._jobs.get(tenant, request.job_id)
                     yield action_service_pb2.StreamProgressResponse(
                         keepalive=conv.keepalive_to_pb(job)
                     )
+                elif per_message > 1:
+                    for message in self._encoded.batches(item, per_message):
+                        yield message
+                else:
+                    # The same bytes for every subscriber (see _progress_wire).
+                    for event in item:
+                        yield self._encoded.get(event)
 
     @map_errors
     async def GetJob(  # noqa: N802

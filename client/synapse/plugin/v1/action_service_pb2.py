@@ -28,7 +28,7 @@ from synapse.plugin.v1 import job_event_pb2 as synapse_dot_plugin_dot_v1_dot_job
 from synapse.plugin.v1 import plugin_pb2 as synapse_dot_plugin_dot_v1_dot_plugin__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&synapse/plugin/v1/action_service.proto\x12\x11synapse.plugin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1bsynapse/plugin/v1/job.proto\x1a!synapse/plugin/v1/job_event.proto\x1a\x1esynapse/plugin/v1/plugin.proto\",\n\x12ListActionsRequest\x12\x16\n\x06plugin\x18\x01 \x01(\tR\x06plugin\"J\n\x13ListActionsResponse\x12\x33\n\x07plugins\x18\x01 \x03(\x0b\x32\x19.synapse.plugin.v1.PluginR\x07plugins\"\xe3\x01\n\x10RunActionRequest\x12\x16\n\x06plugin\x18\x01 \x01(\tR\x06plugin\x12\x16\n\x06\x61\x63tion\x18\x02 \x01(\tR\x06\x61\x63tion\x12/\n\x06params\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructR\x06params\x12.\n\x04mode\x18\x04 \x01(\x0e\x32\x1a.synapse.plugin.v1.RunModeR\x04mode\x12\x1d\n\nrequest_id\x18\x05 \x01(\tR\trequestId\x12\x1f\n\x0bparams_json\x18\x06 \x01(\x0cR\nparamsJson\"W\n\x11RunActionResponse\x12(\n\x03job\x18\x01 \x01(\x0b\x32\x16.synapse.plugin.v1.JobR\x03job\x12\x18\n\x07\x63reated\x18\x02 \x01(\x08R\x07\x63reated\"l\n\x15StreamProgressRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n\tafter_seq\x18\x02 \x01(\x04R\x08\x61\x66terSeq\x12\x1f\n\x0breplay_only\x18\x03 \x01(\x08R\nreplayOnly\"\x93\x01\n\x16StreamProgressResponse\x12\x33\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.synapse.plugin.v1.JobEventH\x00R\x05\x65vent\x12<\n\tkeepalive\x18\x02 \x01(\x0b\x32\x1c.synapse.plugin.v1.KeepaliveH\x00R\tkeepaliveB\x06\n\x04kind\"V\n\rGetJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12.\n\x04view\x18\x02 \x01(\x0e\x32\x1a.synapse.plugin.v1.JobViewR\x04view\":\n\x0eGetJobResponse\x12(\n\x03job\x18\x01 \x01(\x0b\x32\x16.synapse.plugin.v1.JobR\x03job\"\xb2\x01\n\x0fListJobsRequest\x12\x33\n\x06states\x18\x01 \x03(\x0e\x32\x1b.synapse.plugin.v1.JobStateR\x06states\x12\x16\n\x06plugin\x18\x02 \x01(\tR\x06plugin\x12\x16\n\x06\x61\x63tion\x18\x03 \x01(\tR\x06\x61\x63tion\x12\x1b\n\tpage_size\x18\x04 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x05 \x01(\tR\tpageToken\"f\n\x10ListJobsResponse\x12*\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.synapse.plugin.v1.JobR\x04jobs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"A\n\x10\x43\x61ncelJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"=\n\x11\x43\x61ncelJobResponse\x12(\n\x03job\x18\x01 \x01(\x0b\x32\x16.synapse.plugin.v1.JobR\x03job\"V\n\x13GetJobResultRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12(\n\x10\x63hunk_size_bytes\x18\x02 \x01(\rR\x0e\x63hunkSizeBytes\"l\n\x14GetJobResultResponse\x12\x16\n\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n\x04\x64\x61ta\x18\x02 \x01(\x0cR\x04\x64\x61ta\x12(\n\x10total_size_bytes\x18\x03 \x01(\x04R\x0etotalSizeBytes2\x8d\x05\n\rActionService\x12\\\n\x0bListActions\x12%.synapse.plugin.v1.ListActionsRequest\x1a&.synapse.plugin.v1.ListActionsResponse\x12V\n\tRunAction\x12#.synapse.plugin.v1.RunActionRequest\x1a$.synapse.plugin.v1.RunActionResponse\x12g\n\x0eStreamProgress\x12(.synapse.plugin.v1.StreamProgressRequest\x1a).synapse.plugin.v1.StreamProgressResponse0\x01\x12M\n\x06GetJob\x12 .synapse.plugin.v1.GetJobRequest\x1a!.synapse.plugin.v1.GetJobResponse\x12S\n\x08ListJobs\x12\".synapse.plugin.v1.ListJobsRequest\x1a#.synapse.plugin.v1.ListJobsResponse\x12V\n\tCancelJob\x12#.synapse.plugin.v1.CancelJobRequest\x1a$.synapse.plugin.v1.CancelJobResponse\x12\x61\n\x0cGetJobResult\x12&.synapse.plugin.v1.GetJobResultRequest\x1a\'.synapse.plugin.v1.GetJobResultResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&synapse/plugin/v1/action_service.proto\x12\x11synapse.plugin.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1bsynapse/plugin/v1/job.proto\x1a!synapse/plugin/v1/job_event.proto\x1a\x1esynapse/plugin/v1/plugin.proto\",\n\x12ListActionsRequest\x12\x16\n\x06plugin\x18\x01 \x01(\tR\x06plugin\"J\n\x13ListActionsResponse\x12\x33\n\x07plugins\x18\x01 \x03(\x0b\x32\x19.synapse.plugin.v1.PluginR\x07plugins\"\xe3\x01\n\x10RunActionRequest\x12\x16\n\x06plugin\x18\x01 \x01(\tR\x06plugin\x12\x16\n\x06\x61\x63tion\x18\x02 \x01(\tR\x06\x61\x63tion\x12/\n\x06params\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructR\x06params\x12.\n\x04mode\x18\x04 \x01(\x0e\x32\x1a.synapse.plugin.v1.RunModeR\x04mode\x12\x1d\n\nrequest_id\x18\x05 \x01(\tR\trequestId\x12\x1f\n\x0bparams_json\x18\x06 \x01(\x0cR\nparamsJson\"W\n\x11RunActionResponse\x12(\n\x03job\x18\x01 \x01(\x0b\x32\x16.synapse.plugin.v1.JobR\x03job\x12\x18\n\x07\x63reated\x18\x02 \x01(\x08R\x07\x63reated\"\xa1\x01\n\x15StreamProgressRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n\tafter_seq\x18\x02 \x01(\x04R\x08\x61\x66terSeq\x12\x1f\n\x0breplay_only\x18\x03 \x01(\x08R\nreplayOnly\x12\x33\n\x16max_events_per_message\x18\x04 \x01(\rR\x13maxEventsPerMessage\"\xcf\x01\n\x16StreamProgressResponse\x12\x33\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.synapse.plugin.v1.JobEventH\x00R\x05\x65vent\x12<\n\tkeepalive\x18\x02 \x01(\x0b\x32\x1c.synapse.plugin.v1.KeepaliveH\x00R\tkeepalive\x12:\n\x06\x65vents\x18\x03 \x01(\x0b\x32 .synapse.plugin.v1.JobEventBatchH\x00R\x06\x65ventsB\x06\n\x04kind\"D\n\rJobEventBatch\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.synapse.plugin.v1.JobEventR\x06\x65vents\"V\n\rGetJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12.\n\x04view\x18\x02 \x01(\x0e\x32\x1a.synapse.plugin.v1.JobViewR\x04view\":\n\x0eGetJobResponse\x12(\n\x03job\x18\x01 \x01(\x0b\x32\x16.synapse.plugin.v1.JobR\x03job\"\xb2\x01\n\x0fListJobsRequest\x12\x33\n\x06states\x18\x01 \x03(\x0e\x32\x1b.synapse.plugin.v1.JobStateR\x06states\x12\x16\n\x06plugin\x18\x02 \x01(\tR\x06plugin\x12\x16\n\x06\x61\x63tion\x18\x03 \x01(\tR\x06\x61\x63tion\x12\x1b\n\tpage_size\x18\x04 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x05 \x01(\tR\tpageToken\"f\n\x10ListJobsResponse\x12*\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.synapse.plugin.v1.JobR\x04jobs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"A\n\x10\x43\x61ncelJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"=\n\x11\x43\x61ncelJobResponse\x12(\n\x03job\x18\x01 \x01(\x0b\x32\x16.synapse.plugin.v1.JobR\x03job\"V\n\x13GetJobResultRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12(\n\x10\x63hunk_size_bytes\x18\x02 \x01(\rR\x0e\x63hunkSizeBytes\"l\n\x14GetJobResultResponse\x12\x16\n\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n\x04\x64\x61ta\x18\x02 \x01(\x0cR\x04\x64\x61ta\x12(\n\x10total_size_bytes\x18\x03 \x01(\x04R\x0etotalSizeBytes2\x8d\x05\n\rActionService\x12\\\n\x0bListActions\x12%.synapse.plugin.v1.ListActionsRequest\x1a&.synapse.plugin.v1.ListActionsResponse\x12V\n\tRunAction\x12#.synapse.plugin.v1.RunActionRequest\x1a$.synapse.plugin.v1.RunActionResponse\x12g\n\x0eStreamProgress\x12(.synapse.plugin.v1.StreamProgressRequest\x1a).synapse.plugin.v1.StreamProgressResponse0\x01\x12M\n\x06GetJob\x12 .synapse.plugin.v1.GetJobRequest\x1a!.synapse.plugin.v1.GetJobResponse\x12S\n\x08ListJobs\x12\".synapse.plugin.v1.ListJobsRequest\x1a#.synapse.plugin.v1.ListJobsResponse\x12V\n\tCancelJob\x12#.synapse.plugin.v1.CancelJobRequest\x1a$.synapse.plugin.v1.CancelJobResponse\x12\x61\n\x0cGetJobResult\x12&.synapse.plugin.v1.GetJobResultRequest\x1a\'.synapse.plugin.v1.GetJobResultResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,26 +43,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNACTIONREQUEST']._serialized_end=537
   _globals['_RUNACTIONRESPONSE']._serialized_start=539
   _globals['_RUNACTIONRESPONSE']._serialized_end=626
-  _globals['_STREAMPROGRESSREQUEST']._serialized_start=628
-  _globals['_STREAMPROGRESSREQUEST']._serialized_end=736
-  _globals['_STREAMPROGRESSRESPONSE']._serialized_start=739
-  _globals['_STREAMPROGRESSRESPONSE']._serialized_end=886
-  _globals['_GETJOBREQUEST']._serialized_start=888
-  _globals['_GETJOBREQUEST']._serialized_end=974
-  _globals['_GETJOBRESPONSE']._serialized_start=976
-  _globals['_GETJOBRESPONSE']._serialized_end=1034
-  _globals['_LISTJOBSREQUEST']._serialized_start=1037
-  _globals['_LISTJOBSREQUEST']._serialized_end=1215
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1217
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1319
-  _globals['_CANCELJOBREQUEST']._serialized_start=1321
-  _globals['_CANCELJOBREQUEST']._serialized_end=1386
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1388
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1449
-  _globals['_GETJOBRESULTREQUEST']._serialized_start=1451
-  _globals['_GETJOBRESULTREQUEST']._serialized_end=1537
-  _globals['_GETJOBRESULTRESPONSE']._serialized_start=1539
-  _globals['_GETJOBRESULTRESPONSE']._serialized_end=1647
-  _globals['_ACTIONSERVICE']._serialized_start=1650
-  _globals['_ACTIONSERVICE']._serialized_end=2303
+  _globals['_STREAMPROGRESSREQUEST']._serialized_start=629
+  _globals['_STREAMPROGRESSREQUEST']._serialized_end=790
+  _globals['_STREAMPROGRESSRESPONSE']._serialized_start=793
+  _globals['_STREAMPROGRESSRESPONSE']._serialized_end=1000
+  _globals['_JOBEVENTBATCH']._serialized_start=1002
+  _globals['_JOBEVENTBATCH']._serialized_end=1070
+  _globals['_GETJOBREQUEST']._serialized_start=1072
+  _globals['_GETJOBREQUEST']._serialized_end=1158
+  _globals['_GETJOBRESPONSE']._serialized_start=1160
+  _globals['_GETJOBRESPONSE']._serialized_end=1218
+  _globals['_LISTJOBSREQUEST']._serialized_start=1221
+  _globals['_LISTJOBSREQUEST']._serialized_end=1399
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1401
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1503
+  _globals['_CANCELJOBREQUEST']._serialized_start=1505
+  _globals['_CANCELJOBREQUEST']._serialized_end=1570
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1572
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1633
+  _globals['_GETJOBRESULTREQUEST']._serialized_start=1635
+  _globals['_GETJOBRESULTREQUEST']._serialized_end=1721
+  _globals['_GETJOBRESULTRESPONSE']._serialized_start=1723
+  _globals['_GETJOBRESULTRESPONSE']._serialized_end=1831
+  _globals['_ACTIONSERVICE']._serialized_start=1834
+  _globals['_ACTIONSERVICE']._serialized_end=2487
 # @@protoc_insertion_point(module_scope)

@@ -47,22 +47,32 @@ class RunActionResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., created: bool = ...) -> None: ...
 
 class StreamProgressRequest(_message.Message):
-    __slots__ = ("job_id", "after_seq", "replay_only")
+    __slots__ = ("job_id", "after_seq", "replay_only", "max_events_per_message")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     REPLAY_ONLY_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     after_seq: int
     replay_only: bool
-    def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., replay_only: bool = ...) -> None: ...
+    max_events_per_message: int
+    def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., replay_only: bool = ..., max_events_per_message: _Optional[int] = ...) -> None: ...
 
 class StreamProgressResponse(_message.Message):
-    __slots__ = ("event", "keepalive")
+    __slots__ = ("event", "keepalive", "events")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     event: _job_event_pb2.JobEvent
     keepalive: _job_event_pb2.Keepalive
-    def __init__(self, event: _Optional[_Union[_job_event_pb2.JobEvent, _Mapping]] = ..., keepalive: _Optional[_Union[_job_event_pb2.Keepalive, _Mapping]] = ...) -> None: ...
+    events: JobEventBatch
+    def __init__(self, event: _Optional[_Union[_job_event_pb2.JobEvent, _Mapping]] = ..., keepalive: _Optional[_Union[_job_event_pb2.Keepalive, _Mapping]] = ..., events: _Optional[_Union[JobEventBatch, _Mapping]] = ...) -> None: ...
+
+class JobEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[_job_event_pb2.JobEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[_job_event_pb2.JobEvent, _Mapping]]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id", "view")

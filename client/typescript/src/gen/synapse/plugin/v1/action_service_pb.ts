@@ -17,7 +17,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file synapse/plugin/v1/action_service.proto.
  */
 export const file_synapse_plugin_v1_action_service: GenFile = /*@__PURE__*/
-  fileDesc("CiZzeW5hcHNlL3BsdWdpbi92MS9hY3Rpb25fc2VydmljZS5wcm90bxIRc3luYXBzZS5wbHVnaW4udjEiJAoSTGlzdEFjdGlvbnNSZXF1ZXN0Eg4KBnBsdWdpbhgBIAEoCSJBChNMaXN0QWN0aW9uc1Jlc3BvbnNlEioKB3BsdWdpbnMYASADKAsyGS5zeW5hcHNlLnBsdWdpbi52MS5QbHVnaW4irgEKEFJ1bkFjdGlvblJlcXVlc3QSDgoGcGx1Z2luGAEgASgJEg4KBmFjdGlvbhgCIAEoCRInCgZwYXJhbXMYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EigKBG1vZGUYBCABKA4yGi5zeW5hcHNlLnBsdWdpbi52MS5SdW5Nb2RlEhIKCnJlcXVlc3RfaWQYBSABKAkSEwoLcGFyYW1zX2pzb24YBiABKAwiSQoRUnVuQWN0aW9uUmVzcG9uc2USIwoDam9iGAEgASgLMhYuc3luYXBzZS5wbHVnaW4udjEuSm9iEg8KB2NyZWF0ZWQYAiABKAgiTwoVU3RyZWFtUHJvZ3Jlc3NSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQSEwoLcmVwbGF5X29ubHkYAyABKAgigQEKFlN0cmVhbVByb2dyZXNzUmVzcG9uc2USLAoFZXZlbnQYASABKAsyGy5zeW5hcHNlLnBsdWdpbi52MS5Kb2JFdmVudEgAEjEKCWtlZXBhbGl2ZRgCIAEoCzIcLnN5bmFwc2UucGx1Z2luLnYxLktlZXBhbGl2ZUgAQgYKBGtpbmQiSQoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSKAoEdmlldxgCIAEoDjIaLnN5bmFwc2UucGx1Z2luLnYxLkpvYlZpZXciNQoOR2V0Sm9iUmVzcG9uc2USIwoDam9iGAEgASgLMhYuc3luYXBzZS5wbHVnaW4udjEuSm9iIoUBCg9MaXN0Sm9ic1JlcXVlc3QSKwoGc3RhdGVzGAEgAygOMhsuc3luYXBzZS5wbHVnaW4udjEuSm9iU3RhdGUSDgoGcGx1Z2luGAIgASgJEg4KBmFjdGlvbhgDIAEoCRIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJRChBMaXN0Sm9ic1Jlc3BvbnNlEiQKBGpvYnMYASADKAsyFi5zeW5hcHNlLnBsdWdpbi52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI4ChFDYW5jZWxKb2JSZXNwb25zZRIjCgNqb2IYASABKAsyFi5zeW5hcHNlLnBsdWdpbi52MS5Kb2IiPwoTR2V0Sm9iUmVzdWx0UmVxdWVzdBIOCgZqb2JfaWQYASABKAkSGAoQY2h1bmtfc2l6ZV9ieXRlcxgCIAEoDSJOChRHZXRKb2JSZXN1bHRSZXNwb25zZRIOCgZvZmZzZXQYASABKAQSDAoEZGF0YRgCIAEoDBIYChB0b3RhbF9zaXplX2J5dGVzGAMgASgEMo0FCg1BY3Rpb25TZXJ2aWNlElwKC0xpc3RBY3Rpb25zEiUuc3luYXBzZS5wbHVnaW4udjEuTGlzdEFjdGlvbnNSZXF1ZXN0GiYuc3luYXBzZS5wbHVnaW4udjEuTGlzdEFjdGlvbnNSZXNwb25zZRJWCglSdW5BY3Rpb24SIy5zeW5hcHNlLnBsdWdpbi52MS5SdW5BY3Rpb25SZXF1ZXN0GiQuc3luYXBzZS5wbHVnaW4udjEuUnVuQWN0aW9uUmVzcG9uc2USZwoOU3RyZWFtUHJvZ3Jlc3MSKC5zeW5hcHNlLnBsdWdpbi52MS5TdHJlYW1Qcm9ncmVzc1JlcXVlc3QaKS5zeW5hcHNlLnBsdWdpbi52MS5TdHJlYW1Qcm9ncmVzc1Jlc3BvbnNlMAESTQoGR2V0Sm9iEiAuc3luYXBzZS5wbHVnaW4udjEuR2V0Sm9iUmVxdWVzdBohLnN5bmFwc2UucGx1Z2luLnYxLkdldEpvYlJlc3BvbnNlElMKCExpc3RKb2JzEiIuc3luYXBzZS5wbHVnaW4udjEuTGlzdEpvYnNSZXF1ZXN0GiMuc3luYXBzZS5wbHVnaW4udjEuTGlzdEpvYnNSZXNwb25zZRJWCglDYW5jZWxKb2ISIy5zeW5hcHNlLnBsdWdpbi52MS5DYW5jZWxKb2JSZXF1ZXN0GiQuc3luYXBzZS5wbHVnaW4udjEuQ2FuY2VsSm9iUmVzcG9uc2USYQoMR2V0Sm9iUmVzdWx0EiYuc3luYXBzZS5wbHVnaW4udjEuR2V0Sm9iUmVzdWx0UmVxdWVzdBonLnN5bmFwc2UucGx1Z2luLnYxLkdldEpvYlJlc3VsdFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_struct, file_synapse_plugin_v1_job, file_synapse_plugin_v1_job_event, file_synapse_plugin_v1_plugin]);
+  fileDesc("CiZzeW5hcHNlL3BsdWdpbi92MS9hY3Rpb25fc2VydmljZS5wcm90bxIRc3luYXBzZS5wbHVnaW4udjEiJAoSTGlzdEFjdGlvbnNSZXF1ZXN0Eg4KBnBsdWdpbhgBIAEoCSJBChNMaXN0QWN0aW9uc1Jlc3BvbnNlEioKB3BsdWdpbnMYASADKAsyGS5zeW5hcHNlLnBsdWdpbi52MS5QbHVnaW4irgEKEFJ1bkFjdGlvblJlcXVlc3QSDgoGcGx1Z2luGAEgASgJEg4KBmFjdGlvbhgCIAEoCRInCgZwYXJhbXMYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EigKBG1vZGUYBCABKA4yGi5zeW5hcHNlLnBsdWdpbi52MS5SdW5Nb2RlEhIKCnJlcXVlc3RfaWQYBSABKAkSEwoLcGFyYW1zX2pzb24YBiABKAwiSQoRUnVuQWN0aW9uUmVzcG9uc2USIwoDam9iGAEgASgLMhYuc3luYXBzZS5wbHVnaW4udjEuSm9iEg8KB2NyZWF0ZWQYAiABKAgibwoVU3RyZWFtUHJvZ3Jlc3NSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQSEwoLcmVwbGF5X29ubHkYAyABKAgSHgoWbWF4X2V2ZW50c19wZXJfbWVzc2FnZRgEIAEoDSK1AQoWU3RyZWFtUHJvZ3Jlc3NSZXNwb25zZRIsCgVldmVudBgBIAEoCzIbLnN5bmFwc2UucGx1Z2luLnYxLkpvYkV2ZW50SAASMQoJa2VlcGFsaXZlGAIgASgLMhwuc3luYXBzZS5wbHVnaW4udjEuS2VlcGFsaXZlSAASMgoGZXZlbnRzGAMgASgLMiAuc3luYXBzZS5wbHVnaW4udjEuSm9iRXZlbnRCYXRjaEgAQgYKBGtpbmQiPAoNSm9iRXZlbnRCYXRjaBIrCgZldmVudHMYASADKAsyGy5zeW5hcHNlLnBsdWdpbi52MS5Kb2JFdmVudCJJCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIoCgR2aWV3GAIgASgOMhouc3luYXBzZS5wbHVnaW4udjEuSm9iVmlldyI1Cg5HZXRKb2JSZXNwb25zZRIjCgNqb2IYASABKAsyFi5zeW5hcHNlLnBsdWdpbi52MS5Kb2IihQEKD0xpc3RKb2JzUmVxdWVzdBIrCgZzdGF0ZXMYASADKA4yGy5zeW5hcHNlLnBsdWdpbi52MS5Kb2JTdGF0ZRIOCgZwbHVnaW4YAiABKAkSDgoGYWN0aW9uGAMgASgJEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIlEKEExpc3RKb2JzUmVzcG9uc2USJAoEam9icxgBIAMoCzIWLnN5bmFwc2UucGx1Z2luLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMgoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjgKEUNhbmNlbEpvYlJlc3BvbnNlEiMKA2pvYhgBIAEoCzIWLnN5bmFwc2UucGx1Z2luLnYxLkpvYiI/ChNHZXRKb2JSZXN1bHRSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIYChBjaHVua19zaXplX2J5dGVzGAIgASgNIk4KFEdldEpvYlJlc3VsdFJlc3BvbnNlEg4KBm9mZnNldBgBIAEoBBIMCgRkYXRhGAIgASgMEhgKEHRvdGFsX3NpemVfYnl0ZXMYAyABKAQyjQUKDUFjdGlvblNlcnZpY2USXAoLTGlzdEFjdGlvbnMSJS5zeW5hcHNlLnBsdWdpbi52MS5MaXN0QWN0aW9uc1JlcXVlc3QaJi5zeW5hcHNlLnBsdWdpbi52MS5MaXN0QWN0aW9uc1Jlc3BvbnNlElYKCVJ1bkFjdGlvbhIjLnN5bmFwc2UucGx1Z2luLnYxLlJ1bkFjdGlvblJlcXVlc3QaJC5zeW5hcHNlLnBsdWdpbi52MS5SdW5BY3Rpb25SZXNwb25zZRJnCg5TdHJlYW1Qcm9ncmVzcxIoLnN5bmFwc2UucGx1Z2luLnYxLlN0cmVhbVByb2dyZXNzUmVxdWVzdBopLnN5bmFwc2UucGx1Z2luLnYxLlN0cmVhbVByb2dyZXNzUmVzcG9uc2UwARJNCgZHZXRKb2ISIC5zeW5hcHNlLnBsdWdpbi52MS5HZXRKb2JSZXF1ZXN0GiEuc3luYXBzZS5wbHVnaW4udjEuR2V0Sm9iUmVzcG9uc2USUwoITGlzdEpvYnMSIi5zeW5hcHNlLnBsdWdpbi52MS5MaXN0Sm9ic1JlcXVlc3QaIy5zeW5hcHNlLnBsdWdpbi52MS5MaXN0Sm9ic1Jlc3BvbnNlElYKCUNhbmNlbEpvYhIjLnN5bmFwc2UucGx1Z2luLnYxLkNhbmNlbEpvYlJlcXVlc3QaJC5zeW5hcHNlLnBsdWdpbi52MS5DYW5jZWxKb2JSZXNwb25zZRJhCgxHZXRKb2JSZXN1bHQSJi5zeW5hcHNlLnBsdWdpbi52MS5HZXRKb2JSZXN1bHRSZXF1ZXN0Gicuc3luYXBzZS5wbHVnaW4udjEuR2V0Sm9iUmVzdWx0UmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_struct, file_synapse_plugin_v1_job, file_synapse_plugin_v1_job_event, file_synapse_plugin_v1_plugin]);
 
 /**
  * Request of ActionService.ListActions.
@@ -179,6 +179,15 @@ export type StreamProgressRequest = Message<"synapse.plugin.v1.StreamProgressReq
    * @generated from field: bool replay_only = 3;
    */
   replayOnly: boolean;
+
+  /**
+   * Most events one message may carry: above 1, the server may send events that are ready
+   * together as one `events` message (far fewer messages when events come in bursts); 0 or 1
+   * sends each as its own `event`. The server may send fewer per message than asked.
+   *
+   * @generated from field: uint32 max_events_per_message = 4;
+   */
+  maxEventsPerMessage: number;
 };
 
 /**
@@ -215,6 +224,15 @@ export type StreamProgressResponse = Message<"synapse.plugin.v1.StreamProgressRe
      */
     value: Keepalive;
     case: "keepalive";
+  } | {
+    /**
+     * Events of the job in seq order, as if each had come as `event` (only when the
+     * request's max_events_per_message is above 1).
+     *
+     * @generated from field: synapse.plugin.v1.JobEventBatch events = 3;
+     */
+    value: JobEventBatch;
+    case: "events";
   } | { case: undefined; value?: undefined };
 };
 
@@ -224,6 +242,27 @@ export type StreamProgressResponse = Message<"synapse.plugin.v1.StreamProgressRe
  */
 export const StreamProgressResponseSchema: GenMessage<StreamProgressResponse> = /*@__PURE__*/
   messageDesc(file_synapse_plugin_v1_action_service, 5);
+
+/**
+ * Several events of one job in one StreamProgress message.
+ *
+ * @generated from message synapse.plugin.v1.JobEventBatch
+ */
+export type JobEventBatch = Message<"synapse.plugin.v1.JobEventBatch"> & {
+  /**
+   * The events, in seq order.
+   *
+   * @generated from field: repeated synapse.plugin.v1.JobEvent events = 1;
+   */
+  events: JobEvent[];
+};
+
+/**
+ * Describes the message synapse.plugin.v1.JobEventBatch.
+ * Use `create(JobEventBatchSchema)` to create a new message.
+ */
+export const JobEventBatchSchema: GenMessage<JobEventBatch> = /*@__PURE__*/
+  messageDesc(file_synapse_plugin_v1_action_service, 6);
 
 /**
  * Request of ActionService.GetJob.
@@ -251,7 +290,7 @@ export type GetJobRequest = Message<"synapse.plugin.v1.GetJobRequest"> & {
  * Use `create(GetJobRequestSchema)` to create a new message.
  */
 export const GetJobRequestSchema: GenMessage<GetJobRequest> = /*@__PURE__*/
-  messageDesc(file_synapse_plugin_v1_action_service, 6);
+  messageDesc(file_synapse_plugin_v1_action_service, 7);
 
 /**
  * Response of ActionService.GetJob.
@@ -272,7 +311,7 @@ export type GetJobResponse = Message<"synapse.plugin.v1.GetJobResponse"> & {
  * Use `create(GetJobResponseSchema)` to create a new message.
  */
 export const GetJobResponseSchema: GenMessage<GetJobResponse> = /*@__PURE__*/
-  messageDesc(file_synapse_plugin_v1_action_service, 7);
+  messageDesc(file_synapse_plugin_v1_action_service, 8);
 
 /**
  * Request of ActionService.ListJobs.
@@ -322,7 +361,7 @@ export type ListJobsRequest = Message<"synapse.plugin.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_synapse_plugin_v1_action_service, 8);
+  messageDesc(file_synapse_plugin_v1_action_service, 9);
 
 /**
  * Response of ActionService.ListJobs.
@@ -350,7 +389,7 @@ export type ListJobsResponse = Message<"synapse.plugin.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_synapse_plugin_v1_action_service, 9);
+  messageDesc(file_synapse_plugin_v1_action_service, 10);
 
 /**
  * Request of ActionService.CancelJob.
@@ -378,7 +417,7 @@ export type CancelJobRequest = Message<"synapse.plugin.v1.CancelJobRequest"> & {
  * Use `create(CancelJobRequestSchema)` to create a new message.
  */
 export const CancelJobRequestSchema: GenMessage<CancelJobRequest> = /*@__PURE__*/
-  messageDesc(file_synapse_plugin_v1_action_service, 10);
+  messageDesc(file_synapse_plugin_v1_action_service, 11);
 
 /**
  * Response of ActionService.CancelJob.
@@ -400,7 +439,7 @@ export type CancelJobResponse = Message<"synapse.plugin.v1.CancelJobResponse"> &
  * Use `create(CancelJobResponseSchema)` to create a new message.
  */
 export const CancelJobResponseSchema: GenMessage<CancelJobResponse> = /*@__PURE__*/
-  messageDesc(file_synapse_plugin_v1_action_service, 11);
+  messageDesc(file_synapse_plugin_v1_action_service, 12);
 
 /**
  * Request of ActionService.GetJobResult.
@@ -428,7 +467,7 @@ export type GetJobResultRequest = Message<"synapse.plugin.v1.GetJobResultRequest
  * Use `create(GetJobResultRequestSchema)` to create a new message.
  */
 export const GetJobResultRequestSchema: GenMessage<GetJobResultRequest> = /*@__PURE__*/
-  messageDesc(file_synapse_plugin_v1_action_service, 12);
+  messageDesc(file_synapse_plugin_v1_action_service, 13);
 
 /**
  * One chunk of ActionService.GetJobResult. Concatenating the data of all chunks in order
@@ -464,7 +503,7 @@ export type GetJobResultResponse = Message<"synapse.plugin.v1.GetJobResultRespon
  * Use `create(GetJobResultResponseSchema)` to create a new message.
  */
 export const GetJobResultResponseSchema: GenMessage<GetJobResultResponse> = /*@__PURE__*/
-  messageDesc(file_synapse_plugin_v1_action_service, 13);
+  messageDesc(file_synapse_plugin_v1_action_service, 14);
 
 /**
  * Discovers plugin actions, runs them as jobs and follows, lists, cancels and reads jobs.
