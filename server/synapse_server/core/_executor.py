@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from synapse_server.core._memory import (
 )
 from synapse_server.core._models import Job
 from synapse_server.core._plugin_code import PluginCode
+from synapse_server.core._spawn import SpawnedProcess, spawn
 from synapse_server.core._standby import ForkServer, ForkServerError, ForkServerPool
 
 __all__ = [
@@ -220,7 +222,7 @@ class LocalProcessExecutor:
         self._over_limit: set[str] = set()
         self._python = python or sys.executable
         self._log_dir = log_dir
-        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._processes: dict[str, SpawnedProcess] = {}
         self._forked: dict[str, ForkServer] = {}
         self._preload = list(preload_plugins)
         self._fork_servers = ForkServerPool(self._spawn_fork_server) if warm_workers else None
@@ -275,7 +277,7 @@ class LocalProcessExecutor:
         *,
         stdin: int,
         stdout: int | None = None,
-    ) -> asyncio.subprocess.Process:
+    ) -> SpawnedProcess:
         """Start a worker in its own session, its output appended to ``log_dir/log_name``.
 
         ``stdout`` (a pipe) keeps the standard output for the process's reports; its
@@ -293,29 +295,28 @@ class LocalProcessExecutor:
                 logger.warning(
                     "cannot open worker log %s (%s); its output is dropped", log_name, exc
                 )
+        log_fd = log_file.fileno() if log_file is not None else None
         try:
             if stdout is not None:
-                return await asyncio.create_subprocess_exec(
-                    *command,
+                return await spawn(
+                    command,
+                    env=env,
                     stdin=stdin,
                     stdout=stdout,
-                    stderr=log_file if log_file is not None else asyncio.subprocess.DEVNULL,
-                    env=env,
-                    start_new_session=True,
+                    stderr=log_fd if log_fd is not None else subprocess.DEVNULL,
                 )
-            return await asyncio.create_subprocess_exec(
-                *command,
-                stdin=stdin,
-                stdout=log_file if log_file is not None else asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.STDOUT if log_file is not None else None,
+            return await spawn(
+                command,
                 env=env,
-                start_new_session=True,
+                stdin=stdin,
+                stdout=log_fd if log_fd is not None else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT if log_fd is not None else None,
             )
         finally:
             if log_file is not None:
                 log_file.close()
 
-    async def _spawn_fork_server(self, plugin: str) -> tuple[asyncio.subprocess.Process, str]:
+    async def _spawn_fork_server(self, plugin: str) -> tuple[SpawnedProcess, str]:
         # The plugin's code as loaded now (a reload retires the fork servers started before
         # it). The fork server only logs import problems, into fork-server.log next to the
         # job logs; each forked worker writes to its job's own log.
@@ -324,8 +325,8 @@ class LocalProcessExecutor:
             self._command(code, "--fork-server", "--preload", plugin),
             dict(os.environ),
             "fork-server.log",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         return process, code.sha256
 
@@ -384,7 +385,7 @@ class LocalProcessExecutor:
             self._command(code, "--job-id", job.id),
             env,
             f"{job.id}.log",
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
         )
         logger.info("job %s: started worker pid %d", job.id, process.pid)
         self._processes[job.id] = process

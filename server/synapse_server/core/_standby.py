@@ -26,12 +26,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from synapse_server.core._spawn import SpawnedProcess
+
 __all__ = ["ForkServer", "ForkServerError", "ForkServerPool"]
 
 logger = logging.getLogger(__name__)
 
 #: ``spawn(plugin)`` -> the fork server process and the version of the plugin's code it loads.
-Spawner = Callable[[str], Awaitable[tuple[asyncio.subprocess.Process, str]]]
+Spawner = Callable[[str], Awaitable[tuple[SpawnedProcess, str]]]
 
 
 class ForkServerError(RuntimeError):
@@ -45,7 +47,7 @@ def _line(data: Mapping[str, object]) -> bytes:
 class ForkServer:
     """One fork server process of one plugin (see the module docstring)."""
 
-    def __init__(self, plugin: str, process: asyncio.subprocess.Process, version: str = "") -> None:
+    def __init__(self, plugin: str, process: SpawnedProcess, version: str = "") -> None:
         if process.stdin is None or process.stdout is None:
             raise ValueError("a fork server needs pipes on stdin and stdout")
         self.plugin = plugin
