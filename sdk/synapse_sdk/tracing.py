@@ -167,34 +167,43 @@ class TracingConfig:
         try:
             from opentelemetry.sdk.resources import SERVICE_NAME, Resource
             from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
         except ImportError as exc:
             raise TracingConfigError(
                 "tracing is configured (OTEL_*) but the OpenTelemetry SDK is not installed; "
                 "install the otel extra (pip install 'synapse-platform[otel]')"
             ) from exc
-        resource = Resource.create({"synapse.component": component})
-        if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-            resource = resource.merge(Resource({SERVICE_NAME: f"synapse-{component}"}))
-        exporter: Any
-        if self.exporter == "console":
-            exporter = ConsoleSpanExporter()
-        else:
+        if self.exporter == "otlp":
             try:
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                    OTLPSpanExporter,
-                )
+                import opentelemetry.exporter.otlp.proto.grpc.trace_exporter  # noqa: F401
             except ImportError as exc:
                 raise TracingConfigError(
                     "OTLP tracing is configured but its exporter is not installed; install the "
                     "otel extra (pip install 'synapse-platform[otel]')"
                 ) from exc
-            exporter = (
-                OTLPSpanExporter(endpoint=self.endpoint) if self.endpoint else (OTLPSpanExporter())
-            )
+        resource = Resource.create({"synapse.component": component})
+        if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+            resource = resource.merge(Resource({SERVICE_NAME: f"synapse-{component}"}))
         provider = TracerProvider(resource=resource, sampler=self._sampler())
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        # Imported here: the module subclasses the SDK's span processor.
+        from synapse_sdk._tracing_export import ExportOnFirstSpan
+
+        provider.add_span_processor(ExportOnFirstSpan(self._export_processor))
         return provider
+
+    def _export_processor(self) -> Any:
+        """The batching processor and exporter that send this process's spans."""
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+        exporter: Any
+        if self.exporter == "console":
+            exporter = ConsoleSpanExporter()
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            exporter = (
+                OTLPSpanExporter(endpoint=self.endpoint) if self.endpoint else OTLPSpanExporter()
+            )
+        return BatchSpanProcessor(exporter)
 
 
 def install_global_tracing(

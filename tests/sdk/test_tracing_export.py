@@ -1,0 +1,143 @@
+"""A process starts its span export (thread, channel) only once it records a span."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk.trace")
+
+from opentelemetry import trace  # noqa: E402
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased  # noqa: E402
+from synapse_sdk._tracing_export import ExportOnFirstSpan  # noqa: E402
+from synapse_sdk.tracing import TracingConfig  # noqa: E402
+
+
+class _Counting:
+    """Builds the real pipeline (into memory) and counts how often it is asked to."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.made = 0
+
+    def __call__(self) -> SpanProcessor:
+        self.made += 1
+        return SimpleSpanProcessor(self.exporter)
+
+
+def _provider(make: _Counting, sampler: object) -> TracerProvider:
+    provider = TracerProvider(sampler=sampler)  # type: ignore[arg-type]
+    provider.add_span_processor(ExportOnFirstSpan(make))
+    return provider
+
+
+def test_unsampled_spans_start_no_pipeline() -> None:
+    make = _Counting()
+    tracer = _provider(make, ParentBased(ALWAYS_OFF)).get_tracer("t")
+    for _ in range(50):
+        with tracer.start_as_current_span("call"), tracer.start_as_current_span("inner"):
+            pass
+    assert make.made == 0
+    assert make.exporter.get_finished_spans() == ()
+
+
+def test_the_first_recorded_span_starts_it_once_and_every_span_is_exported() -> None:
+    make = _Counting()
+    provider = _provider(make, ParentBased(ALWAYS_ON))
+    tracer = provider.get_tracer("t")
+
+    def one(index: int) -> None:
+        with tracer.start_as_current_span(f"call-{index}"):
+            pass
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(64)))
+    assert make.made == 1
+    assert len(make.exporter.get_finished_spans()) == 64
+    assert provider.force_flush()
+
+
+def test_an_unsampled_caller_then_a_sampled_one() -> None:
+    make = _Counting()
+    tracer = _provider(make, ParentBased(ALWAYS_OFF)).get_tracer("t")
+    with tracer.start_as_current_span("unsampled"):
+        pass
+    assert make.made == 0
+    sampled = trace.SpanContext(
+        trace_id=0x1234,
+        span_id=0x5678,
+        is_remote=True,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+    )
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(sampled))
+    with tracer.start_as_current_span("server", context=parent):
+        pass
+    (span,) = make.exporter.get_finished_spans()
+    assert span.name == "server" and span.context.trace_id == 0x1234
+    assert make.made == 1
+
+
+def test_a_pipeline_that_cannot_start_drops_spans_without_failing_the_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = 0
+
+    def broken() -> SpanProcessor:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("no route to the collector")
+
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(ExportOnFirstSpan(broken))
+    tracer = provider.get_tracer("t")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            with tracer.start_as_current_span("call"):
+                pass
+    assert calls == 1  # tried once, not on every span
+    assert "spans are not exported: no route to the collector" in caplog.text
+    assert provider.force_flush()
+    provider.shutdown()
+
+
+def test_nothing_to_flush_or_shut_down_before_the_first_span() -> None:
+    make = _Counting()
+    provider = _provider(make, ALWAYS_ON)
+    assert provider.force_flush()
+    provider.shutdown()
+    assert make.made == 0
+
+
+def test_a_configured_provider_starts_no_thread_until_a_span_is_recorded() -> None:
+    config = TracingConfig.from_environ(
+        {"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "parentbased_always_off"}
+    )
+    assert config is not None
+    before = set(threading.enumerate())
+    provider = config.build_provider("server")
+    tracer = provider.get_tracer("t")
+    for _ in range(10):
+        with tracer.start_as_current_span("call"):
+            pass
+    assert set(threading.enumerate()) == before
+    # A sampled caller's span starts the batching processor's thread.
+    sampled = trace.SpanContext(
+        trace_id=0x42,
+        span_id=0x43,
+        is_remote=True,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+    )
+    with tracer.start_as_current_span(
+        "server", context=trace.set_span_in_context(trace.NonRecordingSpan(sampled))
+    ):
+        pass
+    assert len(set(threading.enumerate()) - before) >= 1
+    provider.shutdown()
