@@ -147,6 +147,21 @@ class TracingConfig:
                 )
         return cls(exporter=exporter, endpoint=endpoint, sampler=sampler, sampler_ratio=ratio)
 
+    def records(self, parent_sampled: bool | None) -> bool:
+        """Whether a span under a parent that is sampled (True), unsampled (False) or absent
+        (None) could be recorded, here or in any process the trace reaches.
+
+        Every process reads the same sampler. ``always_off`` records nothing anywhere; the
+        ``parentbased_`` samplers follow a parent's decision, and ``parentbased_always_off``
+        records no trace that starts here. False means starting and propagating the span
+        would only cost time: nobody exports any of it.
+        """
+        if self.sampler == "always_off":
+            return False
+        if parent_sampled is not None and self.sampler.startswith("parentbased_"):
+            return parent_sampled
+        return self.sampler != "parentbased_always_off"
+
     def _sampler(self) -> Any:
         from opentelemetry.sdk.trace import sampling
 

@@ -10,15 +10,15 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk.trace")
 
-from opentelemetry import trace  # noqa: E402
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased  # noqa: E402
-from synapse_sdk._tracing_export import ExportOnFirstSpan  # noqa: E402
-from synapse_sdk.tracing import TracingConfig  # noqa: E402
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+from synapse_sdk._tracing_export import ExportOnFirstSpan
+from synapse_sdk.tracing import TracingConfig
 
 
 class _Counting:
@@ -141,3 +141,30 @@ def test_a_configured_provider_starts_no_thread_until_a_span_is_recorded() -> No
         pass
     assert len(set(threading.enumerate()) - before) >= 1
     provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "absent", "sampled", "unsampled"),
+    [
+        ("parentbased_always_on", True, True, False),
+        ("parentbased_always_off", False, True, False),
+        ("parentbased_traceidratio", True, True, False),
+        ("always_on", True, True, True),
+        # A ratio without the parent: each process decides by the trace id, so the trace
+        # context must travel even under an unsampled parent.
+        ("traceidratio", True, True, True),
+        ("always_off", False, False, False),
+    ],
+)
+def test_which_calls_could_be_recorded_anywhere(
+    sampler: str, absent: bool, sampled: bool, unsampled: bool
+) -> None:
+    config = TracingConfig.from_environ(
+        {"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": sampler}
+    )
+    assert config is not None
+    assert (config.records(None), config.records(True), config.records(False)) == (
+        absent,
+        sampled,
+        unsampled,
+    )

@@ -307,6 +307,53 @@ def test_telemetry_that_is_off_adds_nothing_to_the_chain(tmp_path: Path) -> None
         access.setLevel(old_level)
 
 
+_SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+_UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+
+
+@pytest.mark.parametrize(
+    ("sampler", "traceparent", "state"),
+    [
+        # The everyday setting: untraced unless the caller samples.
+        ("parentbased_always_off", None, "none"),
+        ("parentbased_always_off", _UNSAMPLED, "caller's"),
+        ("parentbased_always_off", _SAMPLED, "recorded"),
+        ("parentbased_always_on", None, "recorded"),
+        # The caller's decision is carried on (a job under it is not sampled either).
+        ("parentbased_always_on", _UNSAMPLED, "caller's"),
+        # Decided per process by the trace id: a span, so that its context travels on.
+        ("traceidratio", _UNSAMPLED, "unsampled span"),
+        ("always_off", None, "none"),
+    ],
+)
+def test_a_call_gets_a_span_only_when_some_process_could_record_it(
+    tmp_path: Path, sampler: str, traceparent: str | None, state: str
+) -> None:
+    from opentelemetry import trace
+
+    # A ratio of 0 (read by the ratio samplers only): a ratio's span is started unsampled.
+    environ = {
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_TRACES_SAMPLER": sampler,
+        "OTEL_TRACES_SAMPLER_ARG": "0",
+    }
+    telemetry = Telemetry.from_settings(make_settings(tmp_path), environ)
+    assert telemetry.tracer is not None and telemetry.tracer_provider is not None
+    interceptor = TracingInterceptor(telemetry.tracer, telemetry.tracing)
+    metadata = (("traceparent", traceparent),) if traceparent else ()
+    call = interceptor.start_call("/synapse.plugin.v1.InferenceService/Infer", metadata)
+    if call is None:
+        found = "none"
+    elif isinstance(call, trace.NonRecordingSpan) and call.get_span_context().is_remote:
+        found = "caller's"
+    else:
+        found = "recorded" if call.is_recording() else "unsampled span"
+    assert found == state
+    if traceparent is not None and call is not None:
+        assert call.get_span_context().trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    telemetry.tracer_provider.shutdown()
+
+
 @pytest.mark.parametrize(
     ("environ", "message"),
     [

@@ -152,6 +152,9 @@ class ReplicaRuntime:
         self._adapters: dict[Any, Any] = {}
         # This process's spans, when its environment asks for them (set up once per process).
         install_global_tracing("replica")
+        # Made at the first traced request (the provider is global and set just above): a
+        # get_tracer per request cost about as much as the span itself.
+        self._tracer: Any = None
         self._batcher: EndpointBatcher | None = None
 
     # Models ----------------------------------------------------------------------------------
@@ -271,7 +274,9 @@ class ReplicaRuntime:
         attributes = {"rpc.method": request.path, "http.request.method": request.method}
         if config is not None:
             attributes[ATTR_APPLICATION] = config.app_name
-        with trace.get_tracer("synapse_sdk.serving").start_as_current_span(
+        if self._tracer is None:
+            self._tracer = trace.get_tracer("synapse_sdk.serving")
+        with self._tracer.start_as_current_span(
             f"serve {request.method} {request.path}",
             context=parent,
             kind=trace.SpanKind.SERVER,
@@ -280,10 +285,11 @@ class ReplicaRuntime:
             from ray import serve
 
             # The model is the signed id's (answer() refuses the request if it is invalid).
-            with contextlib.suppress(ServeModelIdError):
-                span.set_attribute(
-                    ATTR_MODEL, self.claims(serve.get_multiplexed_model_id()).model_id
-                )
+            if span.is_recording():
+                with contextlib.suppress(ServeModelIdError):
+                    span.set_attribute(
+                        ATTR_MODEL, self.claims(serve.get_multiplexed_model_id()).model_id
+                    )
             reply = await self.answer(request)
             if reply.error_kind is not None:
                 span.set_attribute("synapse.error_kind", str(reply.error_kind))

@@ -100,7 +100,7 @@ def server_interceptors(
         if telemetry.metrics.enabled:
             chain.append(RpcMetricsInterceptor(telemetry.metrics))
         if telemetry.tracer is not None:
-            chain.append(TracingInterceptor(telemetry.tracer))
+            chain.append(TracingInterceptor(telemetry.tracer, telemetry.tracing))
         if telemetry.access_log_active():
             assert telemetry.access_log_level is not None
             chain.append(AccessLogInterceptor(telemetry.access_log_level))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from synapse_sdk.tracing import extract_context, trace_headers
+from synapse_sdk.tracing import TracingConfig, extract_context, trace_headers
 
 from synapse_server.grpc._interceptors import CallInterceptor, Metadata
 from synapse_server.telemetry import ACCESS_LOGGER, PlatformMetrics
@@ -100,13 +100,20 @@ class RpcMetricsInterceptor(CallInterceptor[_TimedCall]):
 
 
 class TracingInterceptor(CallInterceptor[Any]):
-    """A SERVER span per RPC with ``tracer``, continuing the caller's trace context."""
+    """A SERVER span per RPC with ``tracer``, continuing the caller's trace context.
 
-    def __init__(self, tracer: Any) -> None:
+    With ``config``, a call whose span no process would record (the sampler off and no
+    sampled caller) gets no span of its own, which every process it reaches would only
+    spend time on: without a caller's context it runs untraced, and a caller's unsampled
+    context is made current as it came (its span does nothing when ended).
+    """
+
+    def __init__(self, tracer: Any, config: TracingConfig | None = None) -> None:
         from opentelemetry import context as otel_context
         from opentelemetry import trace
 
         self._tracer = tracer
+        self._config = config
         self._trace = trace
         self._context = otel_context
         self._server_kind = trace.SpanKind.SERVER
@@ -117,12 +124,22 @@ class TracingInterceptor(CallInterceptor[Any]):
             return None
         service, _, name = method.lstrip("/").rpartition("/")
         parent = extract_context(trace_headers(metadata))
+        if self._config is not None and not self._config.records(self._sampled(parent)):
+            # Nothing to start. A caller's unsampled context still becomes the call's, so
+            # that what the call starts (a job's span) follows its decision.
+            return None if parent is None else self._trace.get_current_span(parent)
         return self._tracer.start_span(
             f"{service}/{name}",
             context=parent,
             kind=self._server_kind,
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
         )
+
+    def _sampled(self, parent: Any) -> bool | None:
+        if parent is None:
+            return None
+        span_context = self._trace.get_current_span(parent).get_span_context()
+        return bool(span_context.trace_flags.sampled) if span_context.is_valid else None
 
     def enter(self, call: Any) -> None:
         """Make the span current in the call's task (its own context: nothing to undo)."""

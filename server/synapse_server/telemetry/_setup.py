@@ -66,11 +66,14 @@ class Telemetry:
         metrics_listen: str | None = None,
         access_log_level: int | None = None,
         worker_variables: Mapping[str, str] | None = None,
+        tracing: TracingConfig | None = None,
     ) -> None:
         self.metrics = metrics if metrics is not None else PlatformMetrics()
         self.tracer_provider = tracer_provider
         self.access_log_level = access_log_level
         self.worker_variables = dict(worker_variables or {})
+        #: The tracing configuration (its sampler); None when tracing is off.
+        self.tracing = tracing
         self._metrics_listen = metrics_listen
         self._endpoint: MetricsEndpoint | None = None
         #: The server's tracer; None when tracing is off (nothing to start spans with).
@@ -107,6 +110,7 @@ class Telemetry:
             metrics_listen=metrics_listen,
             access_log_level=access,
             worker_variables=variables,
+            tracing=tracing,
         )
 
     @property
