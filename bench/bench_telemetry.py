@@ -31,7 +31,10 @@ events per second of a job that logs ``--events`` events (submission to result; 
 ``--jobs`` jobs); then the medians over ``--rounds``, their ratios against ``off``, and the
 paired ratios (the median of each round's ratio against ``off``; latency: on/off, above 1 is
 slower; events/s: on/off, below 1 is slower). The target: metrics with the sampler off costs
-at most 5% (judged on the paired ratios).
+at most 5% (judged on the paired ratios). Last, the server process's CPU per Infer call of
+each configuration (``--cpu-calls`` sequential calls, ``--cpu-passes`` passes, read from
+``/proc``): unlike latency, it does not move with the machine's load, so it shows what the
+telemetry itself costs the server where the latency ratios are within their noise.
 
     nice -n 5 .venv/bin/python bench/bench_telemetry.py [--calls 300] [--block 10]
         [--events 5000] [--jobs 3] [--rounds 5]
@@ -75,6 +78,42 @@ CONFIGS: dict[str, tuple[str, bool]] = {
     "metrics+sampler_off": ("on", False),
     "metrics+sampled": ("on", True),
 }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
+    # The fields after the command name's closing parenthesis start at the state (field 3);
+    # utime and stime are fields 14 and 15.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_server_cpu(
+    runner: Callable[[str], tuple[Any, int, Callable[[], Any]]],
+    pids: dict[str, int],
+    calls: int,
+    passes: int,
+) -> dict[str, float]:
+    """Server CPU milliseconds per Infer call of each configuration (median of ``passes``).
+
+    Calls are sequential, one configuration at a time: a process's CPU time counts its own
+    work whatever else the machine runs, so this figure does not move with the load as
+    latency does (the replica's CPU is not included).
+    """
+    samples: dict[str, list[float]] = {config: [] for config in CONFIGS}
+    configs = list(CONFIGS)
+    for index in range(passes):
+        for config in configs[index % len(configs) :] + configs[: index % len(configs)]:
+            client, model, scope = runner(config)
+            pid = pids[CONFIGS[config][0]]
+            with scope():
+                before = process_cpu_seconds(pid)
+                for _ in range(calls):
+                    client.infer(
+                        plugin="torch-serve", action="inference", model=model, json=PAYLOAD
+                    )
+                samples[config].append((process_cpu_seconds(pid) - before) * 1000 / calls)
+    return {config: statistics.median(values) for config, values in samples.items()}
 
 
 def start_ray() -> str:
@@ -226,6 +265,14 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=5000, help="events of each job")
     parser.add_argument("--jobs", type=int, default=3, help="event jobs per configuration")
     parser.add_argument("--rounds", type=int, default=5, help="rounds; figures are medians")
+    parser.add_argument(
+        "--cpu-calls",
+        type=int,
+        default=500,
+        help="sequential Infer calls per configuration and pass for the server CPU figure "
+        "(0: skip it)",
+    )
+    parser.add_argument("--cpu-passes", type=int, default=3, help="passes of the CPU figure")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -255,9 +302,11 @@ def main() -> int:
             "on": (metrics, tracing),
         }
         servers: dict[str, tuple[Any, int]] = {}
+        pids: dict[str, int] = {}
         for name, (extra_args, extra_env) in flags.items():
             proc, address = start_server(work, name, gcs, extra_args, extra_env)
             procs.append(proc)
+            pids[name] = proc.pid
             client = Client(address, timeout=120)
             clients.append(client)
             servers[name] = (client, deploy(client, work, name))
@@ -289,6 +338,10 @@ def main() -> int:
                 rounds[config].append(rounds_figures[config])
             collector.clear()
         report = _report(rounds, args)
+        if args.cpu_calls > 0:
+            cpu = measure_server_cpu(runner, pids, args.cpu_calls, args.cpu_passes)
+            report["server_cpu_ms_per_call"] = cpu
+            report["server_cpu_ratios"] = {c: cpu[c] / cpu["off"] for c in cpu if c != "off"}
     finally:
         for client in clients:
             client.close()
@@ -369,6 +422,9 @@ def _print(report: dict[str, Any]) -> None:
             f"paired (median of per-round ratios) {config}: p50 x{paired['infer_p50']:.3f}, "
             f"p99 x{paired['infer_p99']:.3f}, events/s x{paired['events_per_s']:.3f}"
         )
+    for config, ms in report.get("server_cpu_ms_per_call", {}).items():
+        ratio = report["server_cpu_ratios"].get(config, 1.0)
+        print(f"server CPU per Infer call {config}: {ms:.3f} ms (x{ratio:.3f} of off)")
     print("load average at the end: " + ", ".join(f"{x:.2f}" for x in report["load_average"]))
 
 
