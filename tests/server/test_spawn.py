@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from synapse_server.core._spawn import spawn
+from synapse_server.core._spawn import SpawnedProcess, spawn
 
 # Counts the fork handlers (pthread_atfork "prepare") that run in a process with a live
 # grpc server, for a child started by the loop's own subprocess_exec and by spawn().
@@ -20,7 +20,7 @@ _FORK_HANDLER_PROBE = textwrap.dedent(
 
     import grpc
     import uvloop
-    from synapse_server.core._spawn import spawn
+    from synapse_server.core._spawn import SpawnedProcess, spawn
 
     prepared = 0
 
@@ -53,6 +53,17 @@ _FORK_HANDLER_PROBE = textwrap.dedent(
     uvloop.run(main())
     """
 )
+
+
+async def _quiet(code: str, *, stdin: int = subprocess.DEVNULL) -> SpawnedProcess:
+    """``python -c code`` with its output dropped."""
+    return await spawn(
+        [sys.executable, "-c", code],
+        env=os.environ,
+        stdin=stdin,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_spawning_runs_no_fork_handlers_in_a_server_with_grpc_threads() -> None:
@@ -90,13 +101,7 @@ async def test_pipes_and_exit_status() -> None:
 
 
 async def test_a_killed_process_reports_the_signal_and_has_a_session_of_its_own() -> None:
-    process = await spawn(
-        [sys.executable, "-c", "import time; time.sleep(60)"],
-        env=os.environ,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = await _quiet("import time; time.sleep(60)")
     assert os.getsid(process.pid) == process.pid
     os.killpg(process.pid, signal.SIGKILL)
     assert await asyncio.wait_for(process.wait(), 30) == -signal.SIGKILL
@@ -109,24 +114,12 @@ async def test_without_pidfds_a_thread_waits(monkeypatch: pytest.MonkeyPatch) ->
         raise OSError("pidfd_open is not supported here")
 
     monkeypatch.setattr(os, "pidfd_open", no_pidfds)
-    process = await spawn(
-        [sys.executable, "-c", "raise SystemExit(3)"],
-        env=os.environ,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = await _quiet("raise SystemExit(3)")
     assert await asyncio.wait_for(process.wait(), 30) == 3
 
 
 async def test_a_cancelled_waiter_leaves_the_exit_status_to_the_others() -> None:
-    process = await spawn(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"],
-        env=os.environ,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = await _quiet("import sys; sys.stdin.read()", stdin=subprocess.PIPE)
     waiter = asyncio.create_task(process.wait())
     await asyncio.sleep(0.05)
     waiter.cancel()

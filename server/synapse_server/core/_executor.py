@@ -296,22 +296,14 @@ class LocalProcessExecutor:
                     "cannot open worker log %s (%s); its output is dropped", log_name, exc
                 )
         log_fd = log_file.fileno() if log_file is not None else None
+        if stdout is not None:
+            out, err = stdout, log_fd if log_fd is not None else subprocess.DEVNULL
+        elif log_fd is not None:
+            out, err = log_fd, subprocess.STDOUT
+        else:
+            out, err = subprocess.DEVNULL, None
         try:
-            if stdout is not None:
-                return await spawn(
-                    command,
-                    env=env,
-                    stdin=stdin,
-                    stdout=stdout,
-                    stderr=log_fd if log_fd is not None else subprocess.DEVNULL,
-                )
-            return await spawn(
-                command,
-                env=env,
-                stdin=stdin,
-                stdout=log_fd if log_fd is not None else subprocess.DEVNULL,
-                stderr=subprocess.STDOUT if log_fd is not None else None,
-            )
+            return await spawn(command, env=env, stdin=stdin, stdout=out, stderr=err)
         finally:
             if log_file is not None:
                 log_file.close()
