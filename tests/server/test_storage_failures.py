@@ -663,3 +663,108 @@ async def test_a_job_whose_first_event_is_refused_fails_naming_the_disk(
     assert [(e.seq, e.kind) for e in history] == [(1, EventKind.STATE), (2, EventKind.TERMINAL)]
     assert history[1].data["state"] == "FAILED"
     assert jobs.active_jobs == 0
+
+
+class _Outputs:
+    """Job outputs whose storing fails with ``failure`` while it is set (a database restart
+    fails it with UNAVAILABLE); counts the commits that went through."""
+
+    def __init__(self) -> None:
+        self.failure: Exception | None = None
+        self.committed: list[str] = []
+        self.discarded: list[str] = []
+
+    async def commit_outputs(self, job_id: str) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self.committed.append(job_id)
+
+    async def discard_outputs(self, job_id: str) -> None:
+        self.discarded.append(job_id)
+
+
+@pytest.fixture
+async def jobs_with_outputs(tmp_path: Path) -> Any:
+    """A JobService whose job outputs can be made to fail; workers never start."""
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    await store.open()
+    catalog = _toy_catalog(tmp_path)
+    catalog.reload()
+    credentials = WorkerCredentialIssuer(b"k" * 32)
+    outputs = _Outputs()
+    jobs = JobService(
+        store,
+        EventHub(store),
+        catalog,
+        {"local": _IdleExecutor()},
+        credentials,
+        outputs=outputs,
+    )
+    yield jobs, store, credentials, outputs
+    await jobs.close()
+    await store.close()
+
+
+async def _opened_job(jobs: JobService, credentials: WorkerCredentialIssuer) -> tuple[Any, Any]:
+    job, _ = await jobs.submit("t", "toy", "quick", '{"count": 1, "label": "x"}')
+    claims = credentials.verify(credentials.mint(job.id, "t"))
+    await jobs.open_worker_stream(claims, job.id, "w")
+    return job, claims
+
+
+_FINISH = [
+    WorkerReport(1, NewEvent(EventKind.LOG, {"event": "done"})),
+    WorkerReport(2, ResultChunk(0, b'{"label": "x"}')),
+    WorkerReport(3, WorkerFinished(JobState.SUCCEEDED, result_size=14)),
+]
+
+
+@pytest.mark.parametrize(
+    "failure", [StorageUnavailableError("the database is unreachable"), StorageFullError()]
+)
+async def test_a_finish_whose_outputs_cannot_be_stored_yet_is_sent_again_not_failed(
+    jobs_with_outputs: Any, failure: Exception
+) -> None:
+    # The database restarting while a job finishes: the job waits for its outputs (RUNNING,
+    # the finish unacknowledged) instead of failing a finished job's work.
+    jobs, store, credentials, outputs = jobs_with_outputs
+    job, claims = await _opened_job(jobs, credentials)
+    outputs.failure = failure
+    for _ in range(3):  # the worker sends the refused batch again, whole
+        with pytest.raises(type(failure)):
+            await jobs.report(claims, job.id, _FINISH)
+        assert (await jobs.get("t", job.id)).state is JobState.RUNNING
+        assert status_for(failure).code is not grpc.StatusCode.INTERNAL
+    assert outputs.committed == [] and outputs.discarded == []
+
+    outputs.failure = None
+    assert await jobs.report(claims, job.id, _FINISH) == (3, True)
+    assert outputs.committed == [job.id] and outputs.discarded == []
+    assert await jobs.result_json("t", job.id) == b'{"label": "x"}'
+    stored = await store.get_job(job.id)
+    assert stored is not None and stored.state is JobState.SUCCEEDED
+    history = await store.list_events(job.id, 0, 10)
+    assert [e.kind for e in history] == [
+        EventKind.STATE,
+        EventKind.STATE,
+        EventKind.LOG,
+        EventKind.TERMINAL,
+    ]
+
+
+async def test_outputs_that_fail_for_another_reason_fail_the_job_once(
+    jobs_with_outputs: Any,
+) -> None:
+    # Not a storage condition that passes (a bug, a corrupt file): sending the finish again
+    # cannot help, so the job fails at once, naming what could not be stored.
+    jobs, store, credentials, outputs = jobs_with_outputs
+    job, claims = await _opened_job(jobs, credentials)
+    outputs.failure = RuntimeError("corrupt")
+    assert await jobs.report(claims, job.id, _FINISH) == (3, True)
+    ended = await jobs.get("t", job.id)
+    assert ended.state is JobState.FAILED and ended.error is not None
+    assert ended.error.type == "OutputStoreError"
+    assert "corrupt" not in ended.error.message  # the server log has the details
+    assert outputs.discarded == [job.id]
+    stored = await store.get_job(job.id)
+    assert stored is not None and stored.state is JobState.FAILED

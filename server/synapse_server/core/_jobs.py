@@ -770,8 +770,11 @@ class JobService:
         ``before``: events to store ahead of the terminal one, in the same transaction (with
         the job's ``progress`` after them).
 
-        Never fails for storage: when the store refuses the events, the outcome is kept in
-        memory (GetJob shows it) and stored by a background task once the store takes it.
+        When the store refuses the events, the outcome is kept in memory (GetJob shows it)
+        and stored by a background task once the store takes it. The one storage failure
+        raised is a SUCCEEDED job's outputs that cannot be stored yet (the database
+        restarting): the ``StorageError`` leaves the job RUNNING and the worker's finish
+        unacknowledged, so the worker sends it again, as it does any batch the store refuses.
         """
         if active.job.state.is_terminal:
             return
@@ -779,6 +782,11 @@ class JobService:
             # Before the terminal event: a job is never stored SUCCEEDED without its outputs.
             try:
                 await self._outputs.commit_outputs(active.job.id)
+            except StorageError as exc:
+                # Passes by itself: failing the job for it would lose a finished job's work.
+                # Should the worker give up first, the job fails naming this (storage_error).
+                active.storage_error = exc
+                raise
             except Exception as exc:
                 logger.exception("job %s: its outputs could not be stored", active.job.id)
                 state, result, result_text, result_size = JobState.FAILED, None, "", 0
@@ -999,8 +1007,8 @@ class JobService:
 
         Reports already stored (after a reconnect) are skipped; a gap is INVALID_ARGUMENT.
         A batch the store refuses is not acknowledged (StorageError), so the worker sends it
-        again; one that ends with the finish is accepted all the same and stored later (see
-        ``_finish_locked``).
+        again; one that ends with the finish is accepted all the same and stored later, unless
+        the job's outputs could not be stored (see ``_finish_locked``).
         """
         active = self._worker_job(claims, job_id)
         async with active.lock:
