@@ -1,7 +1,7 @@
 """What telemetry costs: Infer latency and job events per second with it on against off.
 
-One run, one local Ray, five ``synapse serve`` processes connected to it, each with the
-torch-serve example deployed (the same MLP):
+One run, one local Ray, ``--instances`` (2) ``synapse serve`` processes of each of five kinds
+connected to it, each with the torch-serve example deployed (the same MLP):
 
 - ``off`` and ``off_control``: no ``--metrics-listen``, no ``OTEL_*`` variables (the default);
 - ``metrics``: ``--metrics-listen`` only;
@@ -22,9 +22,12 @@ Six configurations are measured:
   follows the parent: every span of the call is recorded and exported, server, job, worker
   and replica; the always-on case).
 
-Within a round the configurations take turns, in a rotated order, each turn ``--block``
+Within a round the configurations take turns, in a shuffled order, each turn ``--block``
 sequential Infer calls each (then one job each, ``--jobs`` turns): the machine's load moves
 within seconds, and small interleaved blocks put every configuration under the same load.
+Each turn goes to the next of the kind's instances: two processes started with the same flags
+differ by a few percent in speed (where their memory and their replica landed), as much as
+the goal; every figure is taken over all instances, so no configuration depends on one.
 
 Figures per round: Infer p50/p99 over the round's ``--calls`` calls per configuration, and
 events per second of a job that logs ``--events`` events (submission to result; the median of
@@ -49,6 +52,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -69,7 +73,7 @@ RESULTS_DIR = ROOT / "bench" / "results"
 EVENTS_PLUGIN = ROOT / "bench" / "plugins" / "bench_events"
 SECRET = "bench-telemetry-secret-0123456789abcdef"
 PAYLOAD = {"inputs": [{"data": [1.0, 2.0, 3.0]}]}
-# Configuration: (server, whether the caller's span is sampled).
+# Configuration: (server kind, whether the caller's span is sampled).
 CONFIGS: dict[str, tuple[str, bool]] = {
     "off": ("off", False),
     "off_control": ("off_control", False),
@@ -78,6 +82,11 @@ CONFIGS: dict[str, tuple[str, bool]] = {
     "metrics+sampler_off": ("on", False),
     "metrics+sampled": ("on", True),
 }
+
+
+#: The client, model id and caller-span scope of a configuration, on the instance of its
+#: server kind that a turn number picks.
+Runner = Callable[[str, int], tuple[Any, int, Callable[[], Any]]]
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -89,12 +98,13 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def measure_server_cpu(
-    runner: Callable[[str], tuple[Any, int, Callable[[], Any]]],
-    pids: dict[str, int],
+    runner: Runner,
+    pids: dict[str, list[int]],
     calls: int,
     passes: int,
 ) -> dict[str, float]:
-    """Server CPU milliseconds per Infer call of each configuration (median of ``passes``).
+    """Server CPU milliseconds per Infer call of each configuration (the median of
+    ``passes`` passes over each of its server's instances).
 
     Calls are sequential, one configuration at a time: a process's CPU time counts its own
     work whatever else the machine runs, so this figure does not move with the load as
@@ -102,10 +112,11 @@ def measure_server_cpu(
     """
     samples: dict[str, list[float]] = {config: [] for config in CONFIGS}
     configs = list(CONFIGS)
-    for index in range(passes):
+    instances = len(next(iter(pids.values())))
+    for index in range(passes * instances):
         for config in configs[index % len(configs) :] + configs[: index % len(configs)]:
-            client, model, scope = runner(config)
-            pid = pids[CONFIGS[config][0]]
+            client, model, scope = runner(config, index)
+            pid = pids[CONFIGS[config][0]][index % instances]
             with scope():
                 before = process_cpu_seconds(pid)
                 for _ in range(calls):
@@ -208,30 +219,35 @@ def events_rate(client: Any, events: int, jobs: int = 1) -> float:
     return statistics.median(rates)
 
 
-def rotated(turn: int) -> tuple[str, ...]:
-    """The configurations in the order of ``turn``: each goes first as often as the others."""
-    names = tuple(CONFIGS)
-    shift = turn % len(names)
-    return names[shift:] + names[:shift]
+def shuffled(turn: int) -> tuple[str, ...]:
+    """The configurations in the order of ``turn``: a shuffle seeded by the turn.
+
+    Not a rotation: a rotation keeps the cycle, so each configuration always follows the same
+    one, and the one after ``metrics+sampled`` (``off``) came out 4-6% faster than its
+    identical control in two runs.
+    """
+    names = list(CONFIGS)
+    random.Random(turn).shuffle(names)
+    return tuple(names)
 
 
 def measure_round(
-    runner: Callable[[str], tuple[Any, int, Callable[[], Any]]],
+    runner: Runner,
     args: argparse.Namespace,
     index: int,
 ) -> dict[str, dict[str, float]]:
     """One round's figures per configuration, measured in small interleaved blocks.
 
     The machine's load changes within seconds (other work shares it): blocks of
-    ``--block`` calls and one job per configuration in turn, in a rotated order, put every
+    ``--block`` calls and one job per configuration in turn, in a shuffled order, put every
     configuration under the same load, so the ratios compare like with like.
     """
     latencies: dict[str, list[float]] = {c: [] for c in CONFIGS}
     rates: dict[str, list[float]] = {c: [] for c in CONFIGS}
     blocks = max(1, -(-args.calls // args.block))
     for turn in range(blocks):
-        for config in rotated(index + turn):
-            client, model, scope = runner(config)
+        for config in shuffled(index * 1000 + turn):
+            client, model, scope = runner(config, turn)
             for _ in range(args.block):
                 started = time.perf_counter()
                 with scope():
@@ -240,8 +256,8 @@ def measure_round(
                     )
                 latencies[config].append((time.perf_counter() - started) * 1000)
     for turn in range(args.jobs):
-        for config in rotated(index + turn):
-            client, _, scope = runner(config)
+        for config in shuffled(index * 1000 + turn):
+            client, _, scope = runner(config, turn)
             with scope():
                 rates[config].append(events_rate(client, args.events))
     figures = {}
@@ -273,6 +289,9 @@ def main() -> int:
         "(0: skip it)",
     )
     parser.add_argument("--cpu-passes", type=int, default=3, help="passes of the CPU figure")
+    parser.add_argument(
+        "--instances", type=int, default=2, help="server processes of each kind (same flags)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -301,35 +320,43 @@ def main() -> int:
             "tracing": ([], tracing),
             "on": (metrics, tracing),
         }
-        servers: dict[str, tuple[Any, int]] = {}
-        pids: dict[str, int] = {}
-        for name, (extra_args, extra_env) in flags.items():
-            proc, address = start_server(work, name, gcs, extra_args, extra_env)
-            procs.append(proc)
-            pids[name] = proc.pid
-            client = Client(address, timeout=120)
-            clients.append(client)
-            servers[name] = (client, deploy(client, work, name))
+        servers: dict[str, list[tuple[Any, int]]] = {name: [] for name in flags}
+        pids: dict[str, list[int]] = {name: [] for name in flags}
+        for instance in range(args.instances):
+            # Odd instances start in the reverse order: a server started earlier ran faster
+            # (off, started first, beat the others by 3-14% of p50, tracing whose CPU per
+            # call equals off's included), so every kind sits at every position once.
+            kinds = list(flags.items())
+            for name, (extra_args, extra_env) in kinds[:: -1 if instance % 2 else 1]:
+                label = f"{name}-{instance}"
+                proc, address = start_server(work, label, gcs, extra_args, extra_env)
+                procs.append(proc)
+                pids[name].append(proc.pid)
+                client = Client(address, timeout=120)
+                clients.append(client)
+                servers[name].append((client, deploy(client, work, label)))
         # The caller's spans are sampled and never exported: only their context travels.
         caller = TracerProvider().get_tracer("bench")
 
         def sampled_span() -> Any:
             return caller.start_as_current_span("bench call")
 
-        def runner(config: str) -> tuple[Any, int, Callable[[], Any]]:
+        def runner(config: str, turn: int) -> tuple[Any, int, Callable[[], Any]]:
             server, sampled = CONFIGS[config]
-            client, model = servers[server]
+            instances = servers[server]
+            client, model = instances[turn % len(instances)]
             return client, model, sampled_span if sampled else contextlib.nullcontext
 
-        # Warm every path (replica model load, channels, fork servers).
-        for config in CONFIGS:
-            client, model, scope = runner(config)
-            with scope():
-                for _ in range(20):
-                    client.infer(
-                        plugin="torch-serve", action="inference", model=model, json=PAYLOAD
-                    )
-                events_rate(client, 100)
+        # Warm every path of every instance (replica model load, channels, fork servers).
+        for instance in range(args.instances):
+            for config in CONFIGS:
+                client, model, scope = runner(config, instance)
+                with scope():
+                    for _ in range(20):
+                        client.infer(
+                            plugin="torch-serve", action="inference", model=model, json=PAYLOAD
+                        )
+                    events_rate(client, 100)
 
         rounds: dict[str, list[dict[str, float]]] = {c: [] for c in CONFIGS}
         for index in range(args.rounds):
@@ -399,6 +426,7 @@ def _report(rounds: dict[str, list[dict[str, float]]], args: argparse.Namespace)
         "events": args.events,
         "jobs": args.jobs,
         "rounds": args.rounds,
+        "instances": args.instances,
         "cpus": os.cpu_count(),
         "medians": medians,
         "per_round": rounds,
