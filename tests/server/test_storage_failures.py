@@ -592,15 +592,24 @@ def _toy_catalog(data_dir: Path) -> PluginCatalog:
     )
 
 
+def _job_service(
+    store: SqliteJobStore, data_dir: Path, outputs: Any = None
+) -> tuple[JobService, WorkerCredentialIssuer]:
+    """A JobService over ``store`` for the toy plugins, whose workers never start."""
+    catalog = _toy_catalog(data_dir)
+    catalog.reload()
+    credentials = WorkerCredentialIssuer(b"k" * 32)
+    executors = {"local": _IdleExecutor()}
+    jobs = JobService(store, EventHub(store), catalog, executors, credentials, outputs=outputs)
+    return jobs, credentials
+
+
 @pytest.fixture
 async def refusing_jobs(tmp_path: Path) -> Any:
     """A JobService over a store that refuses appends on demand; workers never start."""
     store = _RefusingStore(tmp_path / "jobs.db")
     await store.open()
-    catalog = _toy_catalog(tmp_path)
-    catalog.reload()
-    credentials = WorkerCredentialIssuer(b"k" * 32)
-    jobs = JobService(store, EventHub(store), catalog, {"local": _IdleExecutor()}, credentials)
+    jobs, credentials = _job_service(store, tmp_path)
     yield jobs, store, credentials
     await jobs.close()
     await store.close()
@@ -688,18 +697,8 @@ async def jobs_with_outputs(tmp_path: Path) -> Any:
     """A JobService whose job outputs can be made to fail; workers never start."""
     store = SqliteJobStore(tmp_path / "jobs.db")
     await store.open()
-    catalog = _toy_catalog(tmp_path)
-    catalog.reload()
-    credentials = WorkerCredentialIssuer(b"k" * 32)
     outputs = _Outputs()
-    jobs = JobService(
-        store,
-        EventHub(store),
-        catalog,
-        {"local": _IdleExecutor()},
-        credentials,
-        outputs=outputs,
-    )
+    jobs, credentials = _job_service(store, tmp_path, outputs)
     yield jobs, store, credentials, outputs
     await jobs.close()
     await store.close()
