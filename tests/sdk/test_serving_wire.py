@@ -22,11 +22,14 @@ from synapse_sdk.serving import (
     WireFormatError,
 )
 from synapse_sdk.serving._replica import ReplicaRuntime
+from synapse_sdk.serving.wire import MAX_GROUP_SIZE
 
 EXPECTED_EXPORTS = {
     "DEFAULT_REPLICA_MESSAGE_BYTES",
+    "INFER_GROUP_METHOD",
     "INFER_METHOD",
     "INFER_STREAM_METHOD",
+    "MAX_GROUP_SIZE",
     "PROTOCOL_VERSION",
     "RELEASE_CHECKSUM_ENV",
     "RELEASE_CODE_ENV",
@@ -115,6 +118,24 @@ def test_unknown_fields_of_a_newer_minor_are_ignored() -> None:
     reply = ServeReply(json=[1]).to_wire()
     reply.update({"v": [MAJOR, MINOR + 1], "timings": {"queue_ms": 3}})
     assert ServeReply.from_wire(_cross(reply)).json == [1]
+
+
+def test_a_reply_s_group_hint_crosses_as_builtins() -> None:
+    reply = ServeReply(json={"y": 1}, batch_size=4, group=(32, 0.005))
+    wire = _cross(reply.to_wire())
+    assert wire["group"] == (32, 0.005)
+    assert ServeReply.from_wire(wire) == reply
+    # An int wait is read as seconds too (a replica may write 0).
+    assert ServeReply.from_wire({"v": PROTOCOL_VERSION, "group": [8, 0]}).group == (8, 0.0)
+
+
+@pytest.mark.parametrize(
+    "group",
+    ["32", (32,), (0, 0.1), (MAX_GROUP_SIZE + 1, 0.1), (True, 0.1), (4, -1.0), (4, float("inf"))],
+)
+def test_a_malformed_group_hint_is_a_wire_format_error(group: Any) -> None:
+    with pytest.raises(WireFormatError, match="'group'"):
+        ServeReply.from_wire({"v": PROTOCOL_VERSION, "group": group})
 
 
 def test_an_older_minor_without_newer_fields_is_accepted() -> None:
@@ -236,3 +257,30 @@ def test_the_replica_answers_an_unreadable_request_as_internal() -> None:
     reply = ServeReply.from_wire(_cross(asyncio.run(runtime.infer(wire))))
     assert reply.error_kind == ErrorKind.INTERNAL
     assert "could not read the request" in reply.error_message
+
+
+@pytest.mark.parametrize("messages", [None, "text", [], {"v": PROTOCOL_VERSION}, [{}] * 1025])
+def test_a_group_the_replica_cannot_read_is_one_internal_reply(messages: Any) -> None:
+    """Not a list of 1 to MAX_GROUP_SIZE requests: one reply, which a server reads as a
+    group answered wrongly (never a reply per request it did not get)."""
+    runtime = ReplicaRuntime(_Deployment())
+    (answer,) = _cross(asyncio.run(runtime.infer_group(messages, 0.01)))
+    reply = ServeReply.from_wire(answer)
+    assert reply.error_kind == ErrorKind.INTERNAL
+    assert f"1 to {MAX_GROUP_SIZE} requests" in reply.error_message
+
+
+@pytest.mark.parametrize("waited", [-1.0, float("nan"), float("inf"), "0.5", None])
+def test_each_request_of_a_group_is_answered_alone(waited: Any) -> None:
+    """Each message of a group gets its own reply, in order: an unreadable one and one of
+    another major fail alone; a waited time of any value or type is read safely."""
+    runtime = ReplicaRuntime(_Deployment())
+    newer = {**ServeRequest().to_wire(), "v": (MAJOR + 1, 0)}
+    unreadable = {**ServeRequest().to_wire(), "headers": {"a": 1}}
+    answers = _cross(asyncio.run(runtime.infer_group([newer, unreadable, newer], waited)))
+    kinds = [ServeReply.from_wire(answer).error_kind for answer in answers]
+    assert kinds == [
+        ErrorKind.UNSUPPORTED_PROTOCOL,
+        ErrorKind.INTERNAL,
+        ErrorKind.UNSUPPORTED_PROTOCOL,
+    ]

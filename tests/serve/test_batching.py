@@ -179,6 +179,49 @@ async def test_a_batch_never_mixes_model_ids(inference: InferenceService) -> Non
         assert all(t.startswith(f"{tag}-{call['model']}") for t in call["tags"]), call
 
 
+async def test_once_replies_say_the_endpoint_batches_calls_travel_in_groups(
+    inference: InferenceService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a reply says the endpoint batches (protocol 1.2), the server sends concurrent
+    calls as groups of the deployment's ``max_batch_size`` (one replica call each), never
+    mixing models; each request still gets its own answer and error."""
+    tag = f"groups-{uuid.uuid4().hex}"
+    # The first calls go alone: nothing is known yet of the endpoint.
+    warm = [_call("/", x=float(i), tag=f"{tag}-w{i}") for i in range(4)]
+    await asyncio.gather(*(inference.infer(TENANT, r) for r in warm))
+    router = inference._backend
+    sent: list[list[str]] = []
+    call_group = router.call_group
+
+    async def recording(app: str, token: str, requests: Any, *args: Any) -> Any:
+        sent.append([r.json["tag"] for r in requests])
+        return await call_group(app, token, requests, *args)
+
+    monkeypatch.setattr(router, "call_group", recording)
+    requests = [
+        _call("/", model=model, x=float(i), tag=f"{tag}-{model}{i}")
+        for i in range(4)
+        for model in ("2", "3")
+    ]
+    requests[5] = _call("/", model="3", x=-1.0, tag=f"{tag}-3bad")  # the endpoint raises
+    results = await asyncio.gather(
+        *(inference.infer(TENANT, r) for r in requests), return_exceptions=True
+    )
+    assert isinstance(results[5], InferenceFailedError)
+    for request, result in zip(requests, results, strict=True):
+        if request.json["x"] >= 0:
+            assert not isinstance(result, BaseException), result
+            assert result.json["y"] == request.json["x"] * int(request.model_id)
+    # Two groups of four, one per model: two replica calls for eight requests.
+    assert sorted(len(group) for group in sent) == [4, 4], sent
+    for group in sent:
+        assert len({t.removeprefix(f"{tag}-")[0] for t in group}) == 1, sent
+    calls = await _calls(inference, tag)
+    # Model 2's batch ran once; model 3's raised, then each of its requests ran alone.
+    by_model = sorted((c["model"], c["size"]) for c in calls if "-w" not in c["tags"][0])
+    assert by_model == [("2", 4), ("3", 1), ("3", 1), ("3", 1), ("3", 1), ("3", 4)], calls
+
+
 async def test_a_bad_request_in_a_batch_fails_only_itself(inference: InferenceService) -> None:
     tag = f"bad-{uuid.uuid4().hex}"
     values: list[Any] = [1.0, -1.0, 3.0, 4.0]  # -1 makes the endpoint raise

@@ -592,7 +592,7 @@ async def test_a_deadline_in_the_turn_of_the_assignment_still_cancels_in_the_rep
         pytest.skip("the state arises on the Ray actor-call transport only")
     tag = f"assigned-{uuid.uuid4().hex}"
     token = ServeKeyring(SECRET).model_id_for(TENANT, "probe-app", "2")
-    _, handle = await router._handle("probe-app", token, stream=False)
+    _, handle = await router._handle("probe-app", token)
     request = ServeRequest(json={"seconds": 60, "tag": tag}, has_json=True, path="/sleep")
     response = handle.remote(request.to_wire())
     await asyncio.wait_for(asyncio.shield(response._replica_result_future), 30)

@@ -11,7 +11,13 @@ import pickle
 from typing import Any
 
 import pytest
-from synapse_sdk.serving import PROTOCOL_VERSION, ServeReply, ServeRequest
+from synapse_sdk.serving import (
+    INFER_GROUP_METHOD,
+    INFER_METHOD,
+    PROTOCOL_VERSION,
+    ServeReply,
+    ServeRequest,
+)
 from synapse_server.core import ServiceUnavailableError
 from synapse_server.core.inference import ServeProtocolMismatchError
 from synapse_server.ray import RayRuntime, ServeRouter
@@ -36,9 +42,13 @@ class _Handle:
     def __init__(self, answer: Any) -> None:
         self.answer = answer
         self.sent: list[bytes] = []
+        #: The replica method of each call.
+        self.methods: list[str] = []
+        self.method = ""
 
-    def remote(self, message: Any) -> _Response:
+    def remote(self, message: Any, *more: Any) -> _Response:
         self.sent.append(pickle.dumps(message))
+        self.methods.append(self.method)
         return _Response(self.answer)
 
 
@@ -46,7 +56,8 @@ def _router(answer: Any) -> tuple[ServeRouter, _Handle]:
     router = ServeRouter(RayRuntime())
     handle = _Handle(answer)
 
-    async def _handle(app_name: str, token: str) -> tuple[Any, Any]:
+    async def _handle(app_name: str, token: str, method: str = INFER_METHOD) -> tuple[Any, Any]:
+        handle.method = method
         return object(), handle
 
     router._handle = _handle  # type: ignore[method-assign]
@@ -82,3 +93,25 @@ async def test_an_answer_that_is_not_a_reply_is_unavailable(answer: Any) -> None
     router, _ = _router(answer)
     with pytest.raises(ServiceUnavailableError, match="not a serve reply"):
         await router.call("app", "token", ServeRequest(), timeout_s=5)
+
+
+async def test_a_group_is_sent_as_one_call_of_plain_messages() -> None:
+    replies = [ServeReply(json={"y": i}).to_wire() for i in range(3)]
+    router, handle = _router(replies)
+    requests = [ServeRequest(json=[i], has_json=True) for i in range(3)]
+    answered = await router.call_group("app", "token", requests, timeout_s=5, waited_s=0.01)
+    assert answered == [ServeReply(json={"y": i}) for i in range(3)]
+    assert handle.methods == [INFER_GROUP_METHOD]
+    (sent,) = handle.sent
+    messages = _BuiltinsOnly(io.BytesIO(sent)).load()
+    assert [ServeRequest.from_wire(m) for m in messages] == requests
+
+
+@pytest.mark.parametrize("answer", [None, {"v": PROTOCOL_VERSION}, [], ["x", "y", "z"]])
+async def test_a_group_answer_without_a_reply_per_request_is_unavailable(answer: Any) -> None:
+    """A replica is the tenant's code: an answer of the wrong shape, or a reply short, fails
+    the group as unavailable rather than leaving a caller without an answer."""
+    router, _ = _router(answer)
+    requests = [ServeRequest(json=[i], has_json=True) for i in range(2)]
+    with pytest.raises(ServiceUnavailableError):
+        await router.call_group("app", "token", requests, timeout_s=5)

@@ -35,8 +35,10 @@ from synapse_sdk.serving.model_ids import (
     unverified_claims,
 )
 from synapse_sdk.serving.wire import (
+    INFER_GROUP_METHOD,
     INFER_METHOD,
     INFER_STREAM_METHOD,
+    MAX_GROUP_SIZE,
     PROTOCOL_VERSION,
     REPLICA_INFO_METHOD,
     ErrorKind,
@@ -51,8 +53,10 @@ from synapse_sdk.serving.wire import (
 
 __all__ = [
     "DEFAULT_REPLICA_MESSAGE_BYTES",
+    "INFER_GROUP_METHOD",
     "INFER_METHOD",
     "INFER_STREAM_METHOD",
+    "MAX_GROUP_SIZE",
     "PROTOCOL_VERSION",
     "RELEASE_CHECKSUM_ENV",
     "RELEASE_CODE_ENV",

@@ -273,25 +273,34 @@ class EndpointBatcher:
         return sum(queue.live() for queue in self._queues.values())
 
     async def submit(
-        self, endpoint: Callable[..., Any], label: str, model_id: str, kwargs: dict[str, Any]
+        self,
+        endpoint: Callable[..., Any],
+        label: str,
+        model_id: str,
+        kwargs: dict[str, Any],
+        *,
+        waited_s: float = 0.0,
     ) -> tuple[Any, int]:
         """Queue one request; its output and the size of the batch it ran in.
 
+        ``waited_s``: how long the request already waited for others (the server gathered it
+        in a group); a batch it heads forms that much sooner.
         Raises what the endpoint raised for it (or :class:`BatchOutputError`). Cancelling the
         awaiting task leaves the request out of a batch that has not run yet.
         """
         loop = asyncio.get_running_loop()
+        arrived = loop.time() - min(waited_s, self.settings.batch_wait_timeout_s)
         key = (getattr(endpoint, "__func__", endpoint), model_id)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(endpoint, label)
-            waiter = _Waiter(kwargs, loop.create_future(), contextvars.copy_context(), loop.time())
+            waiter = _Waiter(kwargs, loop.create_future(), contextvars.copy_context(), arrived)
             queue.waiting.append(waiter)
             task = loop.create_task(self._drain(key, queue), context=waiter.context)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
-            waiter = _Waiter(kwargs, loop.create_future(), contextvars.copy_context(), loop.time())
+            waiter = _Waiter(kwargs, loop.create_future(), contextvars.copy_context(), arrived)
             queue.waiting.append(waiter)
             queue.arrived.set()
         # Cancelling this await cancels the future: the drain loop then skips the request.

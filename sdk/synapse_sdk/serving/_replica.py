@@ -7,6 +7,8 @@ One :class:`ReplicaRuntime` per replica instance answers the platform's calls (s
   binds JSON fields and tensors to the method's parameters (validated like FastAPI would),
   runs it (blocking endpoints off the event loop) and encodes the result; every failure
   becomes a typed reply, never a traceback;
+* ``infer_group``: answers a list of requests for one model (the server's grouping of
+  concurrent calls to a batched endpoint), each as ``infer`` does, in one call;
 * ``load_model``: the ``@serve.multiplexed`` loader's body (verify, download off the event
   loop, then the plugin's ``_get_model``);
 * ``info``: who the replica was deployed for and which models it has loaded.
@@ -34,8 +36,11 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import contextlib
+import contextvars
+import dataclasses
 import inspect
 import logging
+import math
 import threading
 import time
 import typing
@@ -61,6 +66,7 @@ from synapse_sdk.serving._batching import (
 )
 from synapse_sdk.serving.model_ids import ServeModelClaims, ServeModelIdError, ServeModelIdVerifier
 from synapse_sdk.serving.wire import (
+    MAX_GROUP_SIZE,
     ErrorKind,
     ProtocolVersionError,
     ReplicaInfo,
@@ -81,6 +87,10 @@ __all__ = ["ReplicaRuntime", "ServeReplicaConfig"]
 
 #: Verified multiplexed model ids a replica remembers (each until it expires).
 _MAX_VERIFIED_IDS = 1024
+#: How long the server held the group being answered, gathering it (0: not in a group).
+_GROUP_WAITED: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "synapse_group_waited", default=0.0
+)
 
 
 @dataclass(frozen=True)
@@ -267,6 +277,33 @@ class ReplicaRuntime:
             return (await self.answer(request)).to_wire()
         return (await self._traced_answer(request, parent)).to_wire()
 
+    async def infer_group(self, messages: Any, waited_s: Any = 0.0) -> list[dict[str, Any]]:
+        """Answer a list of request messages for one model with a list of reply messages, in
+        order (protocol 1.2). Each request is answered as :meth:`infer` answers it (its own
+        checks, trace context and error). ``waited_s`` is how long the server already held
+        the group gathering it: the requests join the endpoint's batch queue as if they had
+        arrived that long ago, so the batch wait is not paid twice."""
+        if not isinstance(messages, list | tuple) or not 1 <= len(messages) <= MAX_GROUP_SIZE:
+            logger.warning("a serve request group could not be read: not a list of requests")
+            # One reply for any number of requests: the server fails the whole group.
+            return [
+                ServeReply(
+                    error_kind=ErrorKind.INTERNAL,
+                    error_message=(
+                        f"the replica could not read the request group: not a list of 1 to "
+                        f"{MAX_GROUP_SIZE} requests"
+                    ),
+                ).to_wire()
+            ]
+        waited = float(waited_s) if type(waited_s) in (int, float) else 0.0
+        token = _GROUP_WAITED.set(waited if math.isfinite(waited) and waited > 0 else 0.0)
+        try:
+            # Each answer's task copies this context. None of them suspends before joining
+            # its batch queue, so the whole group is queued before the queue's batch forms.
+            return list(await asyncio.gather(*(self.infer(message) for message in messages)))
+        finally:
+            _GROUP_WAITED.reset(token)
+
     async def _traced_answer(self, request: ServeRequest, parent: Any) -> ServeReply:
         from opentelemetry import trace
 
@@ -307,7 +344,13 @@ class ReplicaRuntime:
                 )
             if plan.batched:
                 result, batch_size = await self._call_batched(endpoint, plan, kwargs, model_id)
-                return _encode_reply(result, binary=bool(request.tensors), batch_size=batch_size)
+                settings = type(self._deployment)._synapse_batching
+                reply = _encode_reply(result, binary=bool(request.tensors), batch_size=batch_size)
+                if settings is None:
+                    return reply
+                # Tells the server it may gather concurrent requests to this endpoint.
+                group = (settings.max_batch_size, float(settings.batch_wait_timeout_s))
+                return dataclasses.replace(reply, group=group)
             result = await call_endpoint(endpoint, plan.is_coroutine, kwargs)
             return _encode_reply(result, binary=bool(request.tensors))
         except Exception as exc:
@@ -371,7 +414,9 @@ class ReplicaRuntime:
             return await run_unqueued(endpoint, plan.label, kwargs), 0
         if self._batcher is None:
             self._batcher = EndpointBatcher(settings)
-        return await self._batcher.submit(endpoint, plan.label, model_id, kwargs)
+        return await self._batcher.submit(
+            endpoint, plan.label, model_id, kwargs, waited_s=_GROUP_WAITED.get()
+        )
 
     def _failure(self, exc: Exception, request: ServeRequest) -> ServeReply:
         """The typed reply for a request that failed with ``exc``."""

@@ -22,25 +22,37 @@ its writer's as ``"v"``.
   reported, never misread.
 
 **Request** (server → replica, the argument of :data:`INFER_METHOD` and of
-:data:`INFER_STREAM_METHOD`), protocol 1.1::
+:data:`INFER_STREAM_METHOD`), protocol 1.2::
 
-    {"v": (1, 1), "method": "POST", "path": "/",
+    {"v": (1, 2), "method": "POST", "path": "/",
      "json": ...,                       # present only when the call carried a JSON payload
      "tensors": [(name, dtype, shape, data), ...],   # dtype: numpy name; data: little-endian
      "request_id": "...", "headers": {"traceparent": "...", ...}}
 
 **Reply** (replica → server)::
 
-    {"v": (1, 1), "json": ..., "tensors": [...], "error_kind": "...", "error_message": "...",
-     "batch_size": 8}                   # present only when the request ran in a batch
+    {"v": (1, 2), "json": ..., "tensors": [...], "error_kind": "...", "error_message": "...",
+     "batch_size": 8,                   # present only when the request ran in a batch
+     "group": (32, 0.005)}              # present only when the endpoint batches (below)
 
 **Stream** (protocol 1.1): :data:`INFER_STREAM_METHOD` takes the same request and yields one
 reply per item the endpoint yields; a failure is the last reply, with ``error_kind`` set.
 
+**Group** (protocol 1.2): :data:`INFER_GROUP_METHOD` takes a list of requests for one model
+(the call's multiplexed model id) and ``waited_s``, and answers a list of replies, one per
+request, in the same order. A reply of a batched endpoint carries ``group``:
+``(max_batch_size, batch_wait_timeout_s)`` of its deployment, which tells the server it may
+gather concurrent requests for that endpoint and model and send them as one group;
+``waited_s`` says how long it held the group, and the replica's batch queue takes its
+requests as if they had arrived that long ago (the batch wait is not paid twice).
+
 **History.** 1.0: requests, replies, replica info. 1.1: :data:`INFER_STREAM_METHOD`; error
 kinds ``resource_exhausted`` and ``failed_precondition``; ``batch_size`` in replies. A 1.0
 reader of a 1.1 reply ignores ``batch_size`` and answers an unknown error kind as internal;
-a 1.0 replica has no stream method, which the server reports as a protocol mismatch.
+a 1.0 replica has no stream method, which the server reports as a protocol mismatch. 1.2:
+:data:`INFER_GROUP_METHOD` and ``group`` in replies. A server older than 1.2 ignores
+``group`` and sends each request alone; a replica older than 1.2 never sends ``group``, so
+a 1.2 server never sends it a group.
 
 **Replica info** (the answer of :data:`REPLICA_INFO_METHOD`): ``replica_id``, ``tenant``,
 ``app_name``, ``loaded_model_ids``, ``load_counts`` (see :class:`ReplicaInfo`).
@@ -48,6 +60,7 @@ a 1.0 replica has no stream method, which the server reports as a protocol misma
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -58,8 +71,10 @@ from synapse_client.codec import TensorPayload
 from synapse_sdk.errors import SynapseError
 
 __all__ = [
+    "INFER_GROUP_METHOD",
     "INFER_METHOD",
     "INFER_STREAM_METHOD",
+    "MAX_GROUP_SIZE",
     "PROTOCOL_VERSION",
     "REPLICA_INFO_METHOD",
     "ErrorKind",
@@ -73,12 +88,17 @@ __all__ = [
 ]
 
 #: The serve protocol this SDK speaks: (major, minor).
-PROTOCOL_VERSION: tuple[int, int] = (1, 1)
+PROTOCOL_VERSION: tuple[int, int] = (1, 2)
 
 #: The replica method the router calls with a request (the name is part of the contract).
 INFER_METHOD = "_synapse_infer"
 #: The replica method that streams the replies of one request (protocol 1.1).
 INFER_STREAM_METHOD = "_synapse_infer_stream"
+#: The replica method that answers a list of requests for one model with a list of replies
+#: (protocol 1.2).
+INFER_GROUP_METHOD = "_synapse_infer_group"
+#: The most requests one group carries (a reader refuses a longer list).
+MAX_GROUP_SIZE = 1024
 #: The replica method that answers a :class:`ReplicaInfo`.
 REPLICA_INFO_METHOD = "_synapse_replica_info"
 
@@ -172,6 +192,20 @@ def _text(message: Mapping[str, Any], key: str, default: str) -> str:
     return value
 
 
+def _group(value: Any) -> tuple[int, float] | None:
+    """A reply's ``group``: ``(max_batch_size, batch_wait_timeout_s)``, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise WireFormatError("'group' is not a (max_batch_size, batch_wait_timeout_s) pair")
+    size, wait = value
+    if type(size) is not int or not 1 <= size <= MAX_GROUP_SIZE:
+        raise WireFormatError(f"'group' size is not an int from 1 to {MAX_GROUP_SIZE}")
+    if type(wait) not in (int, float) or not math.isfinite(wait) or wait < 0:
+        raise WireFormatError("'group' wait is not a finite number of seconds >= 0")
+    return size, float(wait)
+
+
 @dataclass(frozen=True, slots=True)
 class ServeRequest:
     """One Infer call as the replica receives it (built by the server's inference core).
@@ -237,13 +271,16 @@ class ServeRequest:
 class ServeReply:
     """The replica's answer. Failures are values (``error_kind``, an :class:`ErrorKind`
     value), never a traceback. ``batch_size`` is how many requests the endpoint answered in
-    the same call as this one (0: the request did not run in a batch)."""
+    the same call as this one (0: the request did not run in a batch). ``group`` is the
+    endpoint's ``(max_batch_size, batch_wait_timeout_s)`` when it batches (protocol 1.2):
+    the server may then send it concurrent requests as one group."""
 
     json: Any = None
     tensors: tuple[TensorPayload, ...] = ()
     error_kind: str | None = None
     error_message: str = ""
     batch_size: int = 0
+    group: tuple[int, float] | None = None
     protocol_version: tuple[int, int] = PROTOCOL_VERSION
 
     def to_wire(self) -> dict[str, Any]:
@@ -259,6 +296,8 @@ class ServeReply:
             message["error_message"] = self.error_message
         if self.batch_size:
             message["batch_size"] = self.batch_size
+        if self.group is not None:
+            message["group"] = self.group
         return message
 
     @classmethod
@@ -290,6 +329,7 @@ class ServeReply:
             error_kind=kind,
             error_message=_text(message, "error_message", ""),
             batch_size=batch_size,
+            group=_group(message.get("group")),
             protocol_version=version,
         )
 

@@ -10,6 +10,10 @@ Protocol one): :meth:`InferenceService.infer` (one answer) and
 :meth:`InferenceService.stream` (one result per item an endpoint yields). Both check the
 request the same way before anything reaches a replica.
 
+Concurrent ``infer`` calls to an endpoint that batches travel to the replica in groups
+(:mod:`synapse_server.core.batching`): one replica call carries many requests, each with its
+own reply.
+
 Every call is reported to the metrics facade (application, model, error kind, duration, and
 the size of the batch the replica answered it in when its deployment batches) and the
 current span (the call's, when traced) gets the application and model; its trace context
@@ -54,6 +58,7 @@ from synapse_server.core._errors import (
     quoted,
 )
 from synapse_server.core._limits import parse_id
+from synapse_server.core.batching import GroupBackend, GroupSettings, RequestGrouper
 from synapse_server.core.deployments import (
     DeploymentNotFoundError,
     DeploymentRecord,
@@ -144,20 +149,12 @@ class _Prepared:
     request: ServeRequest
 
 
-class InferenceBackend(Protocol):
-    """Delivers one request to an application's replicas (Ray Serve handles)."""
-
-    async def call(
-        self,
-        app_name: str,
-        multiplexed_model_id: str,
-        request: ServeRequest,
-        timeout_s: float | None,
-    ) -> ServeReply:
-        """The replica's reply; raises :class:`DeploymentNotFoundError`,
-        ``ServiceUnavailableError``, ``ResourceExhaustedError`` (the application's queues
-        are full) or :class:`InferDeadlineExceededError`."""
-        ...
+class InferenceBackend(GroupBackend, Protocol):
+    """Delivers requests to an application's replicas (Ray Serve handles): one
+    (:meth:`call`), a group for one model (:meth:`call_group`, serve protocol 1.2), or one
+    whose replies stream (:meth:`stream`). ``call`` raises :class:`DeploymentNotFoundError`,
+    ``ServiceUnavailableError``, ``ResourceExhaustedError`` (the application's queues are
+    full) or :class:`InferDeadlineExceededError`."""
 
     def stream(
         self,
@@ -268,6 +265,7 @@ class InferenceService:
         self._backend = backend
         self._keyring = keyring
         self._metrics = metrics or PlatformMetrics()
+        self._grouper = RequestGrouper(backend)
 
     async def infer(self, tenant: str, request: InferRequestData) -> InferResult:
         """Route ``request`` to its deployment's replica and return the endpoint's answer.
@@ -282,9 +280,15 @@ class InferenceService:
         error = ""
         try:
             prepared = await self._prepare(tenant, request, labels)
-            reply = await self._backend.call(
-                prepared.record.name, prepared.token, prepared.request, request.timeout_s
-            )
+            app = prepared.record.name
+            grouping = self._grouper.settings_for(app, prepared.request)
+            if grouping is None:
+                reply = await self._backend.call(
+                    app, prepared.token, prepared.request, request.timeout_s
+                )
+            else:
+                reply = await self._grouped(prepared, request.timeout_s, grouping)
+            self._grouper.learn(app, prepared.request, reply)
             return self._result(prepared, reply, labels)
         except BaseException as exc:
             error = _error_kind(exc)
@@ -293,6 +297,23 @@ class InferenceService:
             self._metrics.infer_finished(
                 labels.application, labels.model, error, time.perf_counter() - start
             )
+
+    async def _grouped(
+        self, prepared: _Prepared, timeout_s: float | None, grouping: GroupSettings
+    ) -> ServeReply:
+        """``prepared``'s reply through a group; the caller's deadline ends its own wait."""
+        app = prepared.record.name
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._grouper.call(
+                    app, prepared.token, prepared.request, timeout_s, grouping
+                )
+        except InferDeadlineExceededError:
+            raise
+        except TimeoutError:
+            raise InferDeadlineExceededError(
+                f"no answer from {app!r} within the deadline ({timeout_s:.3f}s)"
+            ) from None
 
     async def stream(
         self, tenant: str, request: InferRequestData

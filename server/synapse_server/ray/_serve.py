@@ -24,10 +24,11 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from synapse_sdk.serving import (
+    INFER_GROUP_METHOD,
     INFER_METHOD,
     INFER_STREAM_METHOD,
     REPLICA_INFO_METHOD,
@@ -40,6 +41,7 @@ from synapse_sdk.serving import (
 )
 
 from synapse_server.core._errors import ResourceExhaustedError, ServiceUnavailableError
+from synapse_server.core.batching import GroupNotSupportedError
 from synapse_server.core.deployments import (
     AppObservation,
     DeploymentNotFoundError,
@@ -120,8 +122,8 @@ class ServeRouter:
             else {}
         )
         self._apps: dict[str, Any] = {}
-        # (app, model id, streaming) -> (the app's handle, the handle bound to the model id)
-        self._bound: dict[tuple[str, str, bool], tuple[Any, Any]] = {}
+        # (app, model id, replica method) -> (the app's handle, the handle bound to the id)
+        self._bound: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         # Calls in flight per app handle (by id), and forgotten app handles that still have
         # some: their routers are shut down when the last of those calls ends.
         self._in_flight: dict[int, int] = {}
@@ -161,9 +163,9 @@ class ServeRouter:
             await asyncio.gather(*self._closing)
 
     async def _handle(
-        self, app_name: str, multiplexed_model_id: str, stream: bool = False
+        self, app_name: str, multiplexed_model_id: str, method: str = INFER_METHOD
     ) -> tuple[Any, Any]:
-        key = (app_name, multiplexed_model_id, stream)
+        key = (app_name, multiplexed_model_id, method)
         found = self._bound.get(key)
         if found is not None:
             return found
@@ -176,9 +178,9 @@ class ServeRouter:
         if len(self._bound) >= _MAX_CACHED_HANDLES:
             self._bound.clear()
         bound = app.options(
-            method_name=INFER_STREAM_METHOD if stream else INFER_METHOD,
+            method_name=method,
             multiplexed_model_id=multiplexed_model_id,
-            stream=stream,
+            stream=method == INFER_STREAM_METHOD,
             **self._transport_options,
         )
         self._bound[key] = (app, bound)
@@ -220,10 +222,48 @@ class ServeRouter:
         timeout_s: float | None,
     ) -> ServeReply:
         """One request; cancels it in Ray when the deadline passes or the caller goes away."""
-        app, handle = await self._handle(app_name, multiplexed_model_id)
+        answer = await self._call(
+            app_name, multiplexed_model_id, INFER_METHOD, (request.to_wire(),), timeout_s
+        )
+        return _reply(app_name, answer)
+
+    async def call_group(
+        self,
+        app_name: str,
+        multiplexed_model_id: str,
+        requests: Sequence[ServeRequest],
+        timeout_s: float | None,
+        waited_s: float = 0.0,
+    ) -> list[ServeReply]:
+        """Several requests for one model as one replica call (protocol 1.2), gathered for
+        ``waited_s``; a reply per request, in order. Raises as :meth:`call` does, and
+        :class:`GroupNotSupportedError` when the replicas have no group method or the group
+        is over the channel's limit."""
+        answer = await self._call(
+            app_name,
+            multiplexed_model_id,
+            INFER_GROUP_METHOD,
+            ([request.to_wire() for request in requests], waited_s),
+            timeout_s,
+        )
+        if not isinstance(answer, list) or len(answer) != len(requests):
+            raise ServiceUnavailableError(
+                f"{app_name!r} did not answer a reply per request of a group of {len(requests)}"
+            )
+        return [_reply(app_name, item) for item in answer]
+
+    async def _call(
+        self,
+        app_name: str,
+        multiplexed_model_id: str,
+        method: str,
+        args: tuple[Any, ...],
+        timeout_s: float | None,
+    ) -> Any:
+        app, handle = await self._handle(app_name, multiplexed_model_id, method)
         self._enter(app)
         try:
-            response = handle.remote(request.to_wire())
+            response = handle.remote(*args)
             try:
                 # asyncio.timeout, unlike wait_for, wraps the await in no extra task.
                 async with asyncio.timeout(timeout_s):
@@ -237,10 +277,16 @@ class ServeRouter:
                 _cancel(response)
                 raise
             except Exception as exc:
+                if method == INFER_GROUP_METHOD and (
+                    _is_missing_method(exc, INFER_GROUP_METHOD) or _is_message_too_large(exc)
+                ):
+                    raise GroupNotSupportedError(
+                        f"{app_name!r} cannot take this group ({type(exc).__name__})"
+                    ) from exc
                 raise self._translate(app_name, exc, streaming=False) from exc
         finally:
             self._leave(app)
-        return _reply(app_name, answer)
+        return answer
 
     async def stream(
         self,
@@ -257,7 +303,7 @@ class ServeRouter:
         (the default transport) the replica's generator advances only as fast as the caller
         reads (gRPC flow control); over Ray actor calls Ray buffers the items it produced.
         """
-        app, handle = await self._handle(app_name, multiplexed_model_id, stream=True)
+        app, handle = await self._handle(app_name, multiplexed_model_id, INFER_STREAM_METHOD)
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         self._enter(app)
@@ -305,7 +351,7 @@ class ServeRouter:
                 f"{app_name!r} is overloaded: its replicas are busy and its queue is full "
                 "(the deployment's max_queued_requests); retry later"
             )
-        if streaming and _is_missing_method(exc):
+        if streaming and _is_missing_method(exc, INFER_STREAM_METHOD):
             return ServeProtocolMismatchError(
                 f"application {app_name!r}: its replicas cannot stream (their synapse-sdk "
                 f"speaks a serve protocol older than {format_version((1, 1))}): redeploy it "
@@ -349,11 +395,11 @@ def _reply(app_name: str, answer: Any) -> ServeReply:
         ) from None
 
 
-def _is_missing_method(exc: BaseException) -> bool:
-    """True for a replica that has no :data:`INFER_STREAM_METHOD` (an older SDK)."""
+def _is_missing_method(exc: BaseException, method: str) -> bool:
+    """True for a replica that has no ``method`` (an older SDK)."""
     cause = getattr(exc, "cause", None)
     for error in (exc, cause):
-        if isinstance(error, AttributeError) or INFER_STREAM_METHOD in str(error or ""):
+        if isinstance(error, AttributeError) or method in str(error or ""):
             return True
     return False
 

@@ -171,6 +171,14 @@ class BaseServeDeployment(BaseAction[ServeInferParams]):
         ``ServeReply`` wire forms)."""
         return await self._synapse_replica.infer(message)
 
+    async def _synapse_infer_group(
+        self, messages: Any, waited_s: Any = 0.0
+    ) -> list[dict[str, Any]]:
+        """Answer a list of Infer request messages for one model with a list of reply
+        messages, in order (protocol 1.2: the server's group of concurrent calls, gathered
+        for ``waited_s``)."""
+        return await self._synapse_replica.infer_group(messages, waited_s)
+
     async def _synapse_infer_stream(self, message: Any) -> AsyncIterator[dict[str, Any]]:
         """Answer one InferStream request message with a reply message per item the
         endpoint yields (protocol 1.1)."""
