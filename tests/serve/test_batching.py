@@ -308,7 +308,7 @@ async def _wait_none_queued(inference: InferenceService) -> None:
 def _known_ray_transport_hang(request: pytest.FixtureRequest) -> None:
     """Marks the Ray actor-call variant of a test as a known intermittent failure.
 
-    Seen in CI runs of stops 22 and 28 and once locally: in these two tests, on the Ray
+    Seen in CI (stop 22, and 2026-12-06) and in local runs: in these two tests, on the Ray
     actor-call transport, a call to the batch probe sometimes never reaches the replica (its
     log shows none of the test's requests) and every later call of that transport to the
     application in the process waits too, until its 120 s deadline. Not explained and not
