@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,10 @@ from synapse_sdk.datasets import (
     PredictorOutputError,
 )
 from synapse_sdk.errors import ActionCancelledError
+from synapse_sdk.events import ProgressEvent
 from synapse_sdk.plugins.actions.inference import BaseInferenceAction
 from synapse_sdk.runtime import RunContext, run_context
+from synapse_sdk.testing import RecordingSink
 
 
 class Doubler:
@@ -218,6 +222,66 @@ def test_map_batches_through_run_context(tmp_path: Path) -> None:
     table = pq.read_table(ds.sinks["predictions"].path)
     assert table.column("y").to_pylist() == [2 * i for i in range(20)]
     assert ds.sinks["predictions"].committed == 20
+
+
+def _batch_progress(sink: RecordingSink) -> list[tuple[int, int]]:
+    return [
+        (e.current, e.total)
+        for e in sink.events
+        if isinstance(e, ProgressEvent) and e.category == "batch"
+    ]
+
+
+def test_map_batches_reports_the_first_batch_then_at_most_every_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 2,000 one-row batches, far more than ten a second: the first is reported at once (a
+    # progress bar moves, a canceller sees the run under way), the run's end always, and in
+    # between no two reports closer than the interval.
+    src = _parquet(tmp_path / "in.parquet", 2000)
+    ds = LocalDatasets({"mine": src}, output_dir=tmp_path / "out")
+    sink = RecordingSink()
+    times: list[float] = []
+    real_emit = sink.emit
+
+    def emit(event: Any) -> None:
+        if isinstance(event, ProgressEvent) and event.category == "batch":
+            times.append(time.monotonic())
+        real_emit(event)
+
+    monkeypatch.setattr(sink, "emit", emit)
+    with run_context(RunContext(datasets=ds, sink=sink)):
+        out = DatasetAction({"dataset": "mine", "batch_size": 1}).execute()
+    assert out == {"rows": 2000, "batches": 2000}
+    reports = _batch_progress(sink)
+    assert reports[0] == (1, 2000) and reports[-1] == (2000, 2000)
+    assert len(reports) < 2000 and [c for c, _ in reports] == sorted({c for c, _ in reports})
+    # Every gap but the last (the run's end is reported whatever the interval).
+    gaps = [b - a for a, b in itertools.pairwise(times[:-1])]
+    assert all(gap >= 0.1 for gap in gaps), gaps
+
+
+def test_map_batches_reports_every_batch_of_a_slow_run(tmp_path: Path) -> None:
+    # Batches slower than the interval are each reported, in order, ending at every row.
+    src = _parquet(tmp_path / "in.parquet", 20)
+    ds = LocalDatasets({"mine": src}, output_dir=tmp_path / "out")
+    sink = RecordingSink()
+
+    class Slow(Doubler):
+        def __call__(self, batch: Any) -> dict[str, Any]:
+            time.sleep(0.12)
+            return super().__call__(batch)
+
+    class SlowAction(DatasetAction):
+        def execute(self) -> Any:
+            result = self.map_batches(
+                dataset=self.params.dataset, predictor=Slow, batch_size=8, columns=["x"]
+            )
+            return {"rows": result.rows}
+
+    with run_context(RunContext(datasets=ds, sink=sink)):
+        assert SlowAction({"dataset": "mine"}).execute() == {"rows": 20}
+    assert _batch_progress(sink) == [(8, 20), (16, 20), (20, 20)]
 
 
 def test_map_batches_without_resolver_is_a_clear_error() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synapse_sdk.datasets._pipeline import ReadAhead, RowGroupWriter
+from synapse_sdk.datasets._pipeline import ROW_GROUP_ROWS, ReadAhead, RowGroupWriter
 from synapse_sdk.datasets._types import BatchFormat, BatchResult, BatchSpec, DatasetSource
 from synapse_sdk.errors import ActionCancelledError
 
@@ -173,7 +173,7 @@ class LocalBatchRunner:
     stays bounded by a few batches and one row group; the output keeps the input's order.
     """
 
-    def __init__(self, *, read_ahead: int = 1, row_group_rows: int = 65_536) -> None:
+    def __init__(self, *, read_ahead: int = 1, row_group_rows: int = ROW_GROUP_ROWS) -> None:
         self.read_ahead = read_ahead
         self.row_group_rows = row_group_rows
 

@@ -22,9 +22,15 @@ from typing import Any, Generic, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["ReadAhead", "RowGroupWriter"]
+__all__ = ["ROW_GROUP_ROWS", "ReadAhead", "RowGroupWriter"]
 
 T = TypeVar("T")
+
+#: Rows per output row group. Smaller groups are encoded as the run goes and let go of their
+#: batches (and the input buffers those reference) sooner: measured in one process on a
+#: 100k-row run of the example MLP, 65,536-row groups took 0.45 s against 0.32-0.33 s for
+#: 8,192 or 16,384 (a plain loop: 0.38 s), and at 1M rows 3.08 s against 2.80 s.
+ROW_GROUP_ROWS = 16_384
 
 _END = object()
 #: How often a blocked thread looks whether the other side stopped.
@@ -120,7 +126,7 @@ class RowGroupWriter:
     def __init__(
         self,
         path: str,
-        row_group_rows: int = 65_536,
+        row_group_rows: int = ROW_GROUP_ROWS,
         row_group_bytes: int = 64 << 20,
         depth: int = 4,
     ) -> None:
