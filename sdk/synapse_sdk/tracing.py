@@ -33,6 +33,7 @@ import logging
 import os
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ __all__ = [
     "inject_headers",
     "install_global_tracing",
     "preload_tracing",
+    "sampled_flag",
     "trace_headers",
 ]
 
@@ -222,17 +224,31 @@ class TracingConfig:
 
 
 def install_global_tracing(
-    component: str, environ: Mapping[str, str] | None = None
+    component: str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    only_under: Context | EllipsisType | None = ...,
 ) -> TracerProvider | None:
     """Make this process's global tracer provider export as ``OTEL_*`` says; None when off.
 
     For the processes that run one thing (a job worker, a serve replica): their code, the
     plugin's included, then traces through the OpenTelemetry API. Never raises: a problem is
     logged and the process runs untraced. A provider installed before is left in place.
+
+    ``only_under``: for a process whose every span descends from one known parent (a job
+    worker: the trace context of its assignment, or None when it came with none). Where the
+    sampler would record no span under it (``parentbased_always_off`` with no parent or an
+    unsampled one, ``always_off``), nothing is installed (None): the spans would all be
+    unsampled, and building the provider costs the job's start 5-6 ms (a forked worker with
+    the SDK preloaded, quiet 2-CPU machine). Left out (a
+    replica, whose calls bring parents of their own), the provider is installed whenever
+    tracing is on.
     """
     try:
         config = TracingConfig.from_environ(os.environ if environ is None else environ)
         if config is None:
+            return None
+        if only_under is not ... and not config.records(sampled_flag(only_under)):
             return None
         from opentelemetry import trace
 
@@ -275,6 +291,16 @@ def trace_headers(metadata: Any) -> dict[str, str]:
         if key in TRACE_HEADERS and isinstance(value, str) and len(value) <= _MAX_HEADER_CHARS:
             found[key] = value
     return found
+
+
+def sampled_flag(context: Context | None) -> bool | None:
+    """Whether the span that ``context`` carries is sampled; None when it carries none."""
+    if context is None:
+        return None
+    from opentelemetry import trace
+
+    span_context = trace.get_current_span(context).get_span_context()
+    return bool(span_context.trace_flags.sampled) if span_context.is_valid else None
 
 
 def extract_context(headers: Mapping[str, str]) -> Context | None:

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("opentelemetry.sdk.trace")
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from synapse_sdk._tracing_export import ExportOnFirstSpan
 from synapse_sdk.tracing import TracingConfig
 
@@ -168,3 +173,50 @@ def test_which_calls_could_be_recorded_anywhere(
         sampled,
         unsampled,
     )
+
+
+def _context(sampled: bool) -> Context:
+    """A remote parent's context, sampled or not."""
+
+    span = NonRecordingSpan(
+        SpanContext(
+            trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+            span_id=0x00F067AA0BA902B7,
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
+        )
+    )
+    return trace.set_span_in_context(span)
+
+
+_OFF = {"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "parentbased_always_off"}
+
+
+@pytest.mark.parametrize("parent", ["none", "unsampled"])
+def test_a_worker_whose_spans_nobody_records_installs_no_tracing(parent: str) -> None:
+    from synapse_sdk.tracing import install_global_tracing, sampled_flag
+
+    before = trace.get_tracer_provider()
+    context = None if parent == "none" else _context(sampled=False)
+    assert sampled_flag(context) is (None if parent == "none" else False)
+    assert install_global_tracing("worker", _OFF, only_under=context) is None
+    assert trace.get_tracer_provider() is before
+
+
+@pytest.mark.parametrize("case", ["sampled parent", "replica (no known parent)"])
+def test_tracing_is_installed_where_a_span_could_be_recorded(case: str) -> None:
+    # In a process of its own: a process installs its global provider once.
+    only_under = "only_under=ctx" if case == "sampled parent" else ""
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_tracing_export import _OFF, _context
+from synapse_sdk.tracing import install_global_tracing
+ctx = _context(sampled=True)
+provider = install_global_tracing("worker", _OFF, {only_under})
+print(type(provider).__name__)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "TracerProvider", out.stderr[-2000:]

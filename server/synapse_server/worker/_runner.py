@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import yaml
@@ -65,6 +65,9 @@ from synapse_server.grpc._converters import error_info_to_pb, sdk_event_to_worke
 from synapse_server.telemetry import bind_log_context
 from synapse_server.worker._datasets import WorkerDatasets
 from synapse_server.worker._ray_batch import batch_runner_for
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
 
 __all__ = ["Assignment", "WorkerError", "run_worker"]
 
@@ -654,11 +657,6 @@ def run_worker(
     with contextlib.ExitStack() as cleanup:
         if own_channel:
             cleanup.callback(channel.close)
-        # Spans as the server's OTEL_* variables say (handed on to this process); the last
-        # ones are exported before the process exits.
-        provider = install_global_tracing("worker")
-        if provider is not None:
-            cleanup.callback(provider.force_flush, _SPAN_FLUSH_MILLIS)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         if assignment is not None:
             job = assignment.to_pb(job_id)
@@ -673,7 +671,14 @@ def run_worker(
             except grpc.RpcError as exc:
                 logger.error("job %s: the server refused the assignment: %s", job_id, exc)
                 return EXIT_REFUSED
-        cleanup.enter_context(_job_span(job, metadata))
+        # Spans as the server's OTEL_* variables say (handed on to this process), under the
+        # job's trace context: none at all where the sampler would record none under it. The
+        # last ones are exported before the process exits.
+        parent = extract_context(dict(job.headers))
+        provider = install_global_tracing("worker", only_under=parent)
+        if provider is not None:
+            cleanup.callback(provider.force_flush, _SPAN_FLUSH_MILLIS)
+        cleanup.enter_context(_job_span(job, parent, metadata))
         reporter = _EventReporter(
             stub,
             job_id,
@@ -712,11 +717,13 @@ def run_worker(
 
 @contextlib.contextmanager
 def _job_span(
-    assignment: worker_service_pb2.GetAssignmentResponse, metadata: list[tuple[str, str]]
+    assignment: worker_service_pb2.GetAssignmentResponse,
+    parent: Context | None,
+    metadata: list[tuple[str, str]],
 ) -> Iterator[None]:
-    """The worker's span for the job, the child of the server's job span (the assignment's
-    headers); the reports then carry its context, so their RPCs join the trace too."""
-    parent = extract_context(dict(assignment.headers))
+    """The worker's span for the job, the child of the server's job span (``parent``, from
+    the assignment's headers); the reports then carry its context, so their RPCs join the
+    trace too."""
     if parent is None:
         yield
         return
