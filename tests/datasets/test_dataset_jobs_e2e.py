@@ -5,6 +5,9 @@ worker's memory limit."""
 
 from __future__ import annotations
 
+import os
+import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -198,6 +201,56 @@ def test_outputs_are_kept_only_when_the_job_succeeds(server: RunningServer, tmp_
         written_table = pq.read_table(out)
         assert written_table.column("id").to_pylist() == list(range(rows))
         assert written_table.column("doubled").to_pylist() == [2.0 * i for i in range(rows)]
+
+
+def _scratch_dirs(job_id: str) -> list[Path]:
+    return sorted(Path(tempfile.gettempdir()).glob(f"synapse-job-{job_id}-*"))
+
+
+def _kill_dataset_jobs(server: RunningServer, tmp_path: Path, jobs: int) -> None:
+    """Run ``jobs`` dataset jobs, kill each worker once its output is written, and check
+    that its scratch directory (dataset copy, output) is gone when the job has failed."""
+    rows = 300
+    source = tmp_path / "x.parquet"
+    pq.write_table(
+        pa.table({"id": np.arange(rows), "x": np.arange(rows, dtype=np.float64)}), source
+    )
+    with Client(server.address, token="token-alice", timeout=60) as client:
+        dataset = client.upload_dataset(source, name="killed")
+        for attempt in range(jobs):
+            written = tmp_path / f"pid-{attempt}"
+            handle = client.run_action(
+                "dataset-toy",
+                "copy_then",
+                {"dataset": dataset.id, "then": "hang", "written": str(written)},
+            )
+            deadline = time.monotonic() + 60
+            while not (written.exists() and written.read_text()):
+                assert time.monotonic() < deadline, "the job never wrote its output"
+                time.sleep(0.02)
+            scratch = _scratch_dirs(handle.id)
+            assert len(scratch) == 1 and any(scratch[0].iterdir()), scratch
+            os.kill(int(written.read_text()), signal.SIGKILL)
+            with pytest.raises(JobFailedError, match="killed"):
+                handle.result(timeout=120)
+            # Removed before the job's end was stored: no wait needed.
+            assert _scratch_dirs(handle.id) == []
+
+
+def test_a_killed_workers_scratch_directory_is_removed(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    # A worker killed outright cannot remove its dataset copy and outputs; whoever reaps it
+    # does. Forked workers (the default): ten killed jobs leave nothing behind.
+    _kill_dataset_jobs(server, tmp_path, jobs=10)
+
+
+def test_a_killed_spawned_workers_scratch_directory_is_removed(
+    server_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    # The same for a worker started as a process of its own (no fork servers).
+    server = server_factory(plugin_dirs=[TOY_PLUGINS], tokens=TOKENS, warm_workers=0)
+    _kill_dataset_jobs(server, tmp_path, jobs=2)
 
 
 def test_a_dataset_larger_than_the_worker_memory_limit(

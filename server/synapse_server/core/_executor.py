@@ -30,6 +30,7 @@ from synapse_server.core._memory import (
 )
 from synapse_server.core._models import Job
 from synapse_server.core._plugin_code import PluginCode
+from synapse_server.core._scratch import remove_job_scratch
 from synapse_server.core._spawn import SpawnedProcess, spawn
 from synapse_server.core._standby import ForkServer, ForkServerError, ForkServerPool
 
@@ -393,6 +394,8 @@ class LocalProcessExecutor:
         finally:
             self._processes.pop(job.id, None)
         logger.info("job %s: worker pid %d exited with %d", job.id, process.pid, returncode)
+        if returncode != 0:
+            await asyncio.to_thread(remove_job_scratch, job.id, env)
         return self._exit(job.id, returncode)
 
     async def _run_forked(
@@ -421,6 +424,8 @@ class LocalProcessExecutor:
                     code = await server.wait(job.id)
             except ForkServerError as exc:
                 logger.warning("job %s: %s", job.id, exc)
+                # The fork server went and took the worker with it.
+                await asyncio.to_thread(remove_job_scratch, job.id, {**os.environ, **extra_env})
                 return WorkerExit(detail=str(exc))
         except asyncio.CancelledError:
             server.kill(job.id)
@@ -428,6 +433,8 @@ class LocalProcessExecutor:
         finally:
             self._forked.pop(job.id, None)
         logger.info("job %s: worker pid %d exited with %d", job.id, pid, code)
+        if code != 0:
+            await asyncio.to_thread(remove_job_scratch, job.id, {**os.environ, **extra_env})
         return self._exit(job.id, code)
 
     def _exit(self, job_id: str, code: int) -> WorkerExit:

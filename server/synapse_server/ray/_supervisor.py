@@ -41,6 +41,7 @@ from pathlib import Path
 
 from synapse_server.core._executor import WorkerExit
 from synapse_server.core._memory import resident_bytes
+from synapse_server.core._scratch import remove_job_scratch
 
 __all__ = [
     "CREDENTIAL_ENV",
@@ -259,6 +260,9 @@ def supervise_worker(
         with contextlib.suppress(ChildProcessError):
             process.wait()
         waiter.close()
+        if process.returncode != 0:
+            # A worker killed mid-run cannot remove its own scratch directory.
+            remove_job_scratch(job_id, env)
 
 
 class ForkServerGoneError(RuntimeError):
@@ -471,6 +475,7 @@ def supervise_forked_worker(
         return WorkerExit(detail="the job was cancelled before its worker started")
     logger.info("job %s: forked worker pid %d (fork server %d)", job_id, pid, server.pid)
     done = False
+    outcome: WorkerExit | None = None
     try:
         outcome = _watch(
             job_id,
@@ -495,3 +500,7 @@ def supervise_forked_worker(
         if not done:
             # Cancelled (KeyboardInterrupt) or failed while waiting: the worker must not go on.
             server.kill(job_id)
+        elif outcome is None or outcome.exit_code != 0:
+            # A worker killed mid-run (or taken along by its fork server) cannot remove its
+            # own scratch directory.
+            remove_job_scratch(job_id, {**fork_server_env, **environment})

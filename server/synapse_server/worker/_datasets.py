@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, cast
 from synapse.plugin.v1 import worker_service_pb2, worker_service_pb2_grpc
 from synapse_sdk.runtime import PlatformInfo
 
+from synapse_server.core._scratch import SCRATCH_ENV, job_scratch_prefix
+
 if TYPE_CHECKING:
     from synapse_sdk.datasets import DatasetSource
 
@@ -31,8 +33,6 @@ __all__ = ["SCRATCH_ENV", "WorkerDatasets", "WorkerOutputSink"]
 
 logger = logging.getLogger(__name__)
 
-#: Where a worker puts the datasets and outputs of its job (default: the temp directory).
-SCRATCH_ENV = "SYNAPSE_DATASET_SCRATCH"
 _ID_PREFIX = "ds-"
 _UPLOAD_CHUNK = 1 << 20
 _EXTENSIONS = {"parquet": "parquet", "jsonl": "jsonl", "npy": "npy"}
@@ -106,7 +106,11 @@ class WorkerDatasets:
         if self._dir is None:
             if self._parent is not None:
                 Path(self._parent).mkdir(parents=True, exist_ok=True)
-            self._dir = Path(tempfile.mkdtemp(prefix="synapse-job-", dir=self._parent))
+            # Named by the job: whoever reaps a worker killed mid-run removes what it left
+            # (core._scratch).
+            self._dir = Path(
+                tempfile.mkdtemp(prefix=job_scratch_prefix(self._job_id), dir=self._parent)
+            )
         return self._dir
 
     def _platform_client(self) -> Any:

@@ -1,4 +1,5 @@
-"""A dataset action that writes its output, then fails, waits for a cancel, or succeeds."""
+"""A dataset action that writes its output, then fails, waits for a cancel, hangs (to be
+killed), or succeeds."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from synapse_sdk.plugins.actions.inference import BaseInferenceAction
 
 class CopyThenParams(BaseModel):
     dataset: DatasetRef
-    then: Literal["succeed", "fail", "wait"] = "succeed"
-    # With "wait": this file is created once the output is written (the test then cancels).
+    then: Literal["succeed", "fail", "wait", "hang"] = "succeed"
+    # With "wait" or "hang": this file is created once the output is written (the test then
+    # cancels, or kills the process whose pid "hang" writes into it).
     written: str = ""
 
 
@@ -40,6 +42,11 @@ class CopyThenAction(BaseInferenceAction[CopyThenParams]):
         )
         if self.params.then == "fail":
             raise RuntimeError("failing after the output was written")
+        if self.params.then == "hang":
+            with open(self.params.written, "w") as fh:
+                fh.write(str(os.getpid()))
+            time.sleep(60)  # deaf to a cancel: only a kill ends it
+            raise TimeoutError("never killed")
         if self.params.then == "wait":
             with open(self.params.written, "w") as fh:
                 fh.write("written")
