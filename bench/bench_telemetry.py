@@ -170,8 +170,8 @@ def measure_events_cpu(
     and its job workers together (the median of ``passes`` jobs over each instance), and
     every sample in the order taken.
 
-    One job at a time; after its result the bench waits until the server's process tree is
-    idle again (the worker exited and was reaped) before the second reading. CPU time counts
+    One job at a time; after its result the bench waits 0.5 s (the worker's exit and its
+    reaping; CPU the tree spends later is not counted) before the second reading. CPU time counts
     the tree's own work whatever else the machine runs, so unlike events per second it does
     not move with the load.
     """
@@ -615,7 +615,7 @@ def _verdict(report: dict[str, Any]) -> None:
     if infer_work is not None:
         share = infer_work["share_of_off_server_cpu"]
         print(
-            f"metrics + sampler off, the metrics code's own work per Infer call: "
+            f"metrics + sampler off, the metric calls' own cost per Infer call: "
             f"{infer_work['us']:.1f} us, {100 * share:.2f}% of off's server CPU per call: "
             f"within 5% {'yes' if share <= 0.05 else 'NO'}"
         )
@@ -623,7 +623,7 @@ def _verdict(report: dict[str, Any]) -> None:
     if work is not None:
         share = work["share_of_off_tree_cpu"]
         print(
-            f"metrics + sampler off, the metrics code's own work per event (upper bound): "
+            f"metrics + sampler off, the metric calls' own cost per event (upper bound): "
             f"{100 * share:.2f}% of off's CPU per event: "
             f"within 5% {'yes' if share <= 0.05 else 'NO'}"
         )

@@ -193,9 +193,17 @@ _OFF = {"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "parentbased_a
 
 
 @pytest.mark.parametrize("parent", ["none", "unsampled"])
-def test_a_worker_whose_spans_nobody_records_installs_no_tracing(parent: str) -> None:
+def test_a_worker_whose_spans_nobody_records_installs_no_tracing(
+    parent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from synapse_sdk.tracing import install_global_tracing, sampled_flag
 
+    def build_provider(self: TracingConfig, component: str) -> TracerProvider:
+        raise AssertionError("a provider was built")
+
+    # Not built at all (a provider installed earlier in this process would also make the
+    # call return None, so the answer alone would prove nothing).
+    monkeypatch.setattr(TracingConfig, "build_provider", build_provider)
     before = trace.get_tracer_provider()
     context = None if parent == "none" else _context(sampled=False)
     assert sampled_flag(context) is (None if parent == "none" else False)

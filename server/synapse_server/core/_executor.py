@@ -30,7 +30,7 @@ from synapse_server.core._memory import (
 )
 from synapse_server.core._models import Job
 from synapse_server.core._plugin_code import PluginCode
-from synapse_server.core._scratch import remove_job_scratch
+from synapse_server.core._scratch import JOB_SCRATCH_ENV, new_job_scratch, remove_scratch
 from synapse_server.core._spawn import SpawnedProcess, spawn
 from synapse_server.core._standby import ForkServer, ForkServerError, ForkServerPool
 
@@ -177,6 +177,13 @@ def _assignment(job: Job, trace_context: Mapping[str, str] | None) -> dict[str, 
         "cancel_requested": job.cancel_requested,
         "headers": dict(trace_context or {}),
     }
+
+
+def _kill_group(pid: int) -> None:
+    """Kill what is left of a failed worker's process group (a worker runs in a session of
+    its own: anything the plugin started must not go on writing into its directory)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 class LocalProcessExecutor:
@@ -353,6 +360,30 @@ class LocalProcessExecutor:
         extra_env: Mapping[str, str] = {}
         if self._environment is not None:
             extra_env = await self._environment.environment(job)
+        # The worker's scratch directory, removed here once it has ended: a worker killed
+        # outright leaves its dataset copy and outputs behind otherwise.
+        scratch = new_job_scratch(job.id, {**os.environ, **extra_env})
+        extra_env = {**extra_env, JOB_SCRATCH_ENV: str(scratch)}
+        try:
+            outcome = await self._launch(job, code, credential, extra_env, trace_context)
+        except BaseException:
+            # Withdrawn (the worker was killed) or failed: removed in the background (not
+            # at all if the server is past running threads: it is going down).
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().run_in_executor(None, remove_scratch, scratch)
+            raise
+        # Before the job's end is stored, so a finished job holds no disk.
+        await asyncio.to_thread(remove_scratch, scratch)
+        return outcome
+
+    async def _launch(
+        self,
+        job: Job,
+        code: PluginCode,
+        credential: str,
+        extra_env: Mapping[str, str],
+        trace_context: Mapping[str, str] | None,
+    ) -> WorkerExit:
         if self._fork_servers is not None and self._fork_server_runs(job, code):
             for attempt in (1, 2):
                 server = await self._fork_servers.get(job.plugin)
@@ -395,7 +426,7 @@ class LocalProcessExecutor:
             self._processes.pop(job.id, None)
         logger.info("job %s: worker pid %d exited with %d", job.id, process.pid, returncode)
         if returncode != 0:
-            await asyncio.to_thread(remove_job_scratch, job.id, env)
+            _kill_group(process.pid)
         return self._exit(job.id, returncode)
 
     async def _run_forked(
@@ -424,8 +455,6 @@ class LocalProcessExecutor:
                     code = await server.wait(job.id)
             except ForkServerError as exc:
                 logger.warning("job %s: %s", job.id, exc)
-                # The fork server went and took the worker with it.
-                await asyncio.to_thread(remove_job_scratch, job.id, {**os.environ, **extra_env})
                 return WorkerExit(detail=str(exc))
         except asyncio.CancelledError:
             server.kill(job.id)
@@ -434,7 +463,7 @@ class LocalProcessExecutor:
             self._forked.pop(job.id, None)
         logger.info("job %s: worker pid %d exited with %d", job.id, pid, code)
         if code != 0:
-            await asyncio.to_thread(remove_job_scratch, job.id, {**os.environ, **extra_env})
+            _kill_group(pid)
         return self._exit(job.id, code)
 
     def _exit(self, job_id: str, code: int) -> WorkerExit:

@@ -1,56 +1,48 @@
-"""A job worker's scratch directory: where it is, and removing what a killed worker left.
+"""A job worker's scratch directory: where it goes, and removing it after the worker.
 
 A worker that uses datasets downloads them into a directory of its own and writes its
 outputs there before sending them; it removes the directory when the job ends, however the
 job ended, but a worker killed outright (SIGKILL: a cancel past its grace, the memory
-watch, an operator) cannot. Whoever reaps the worker (the fork server for forked workers,
-the executor or the Ray supervisor for the others) then calls :func:`remove_job_scratch`,
-which finds the directory by the job id in its name. Without it, every killed dataset job
-would leave its dataset copy and partial output behind until the disk filled.
+watch, an operator) cannot. So whoever launches a worker picks the directory's exact path
+(:func:`new_job_scratch`, one per launch: a job that runs again gets another), hands it to
+the worker in ``SYNAPSE_JOB_SCRATCH``, and removes it once the worker has ended
+(:func:`remove_scratch`): the local executor, and the Ray supervisor on the worker's node.
+Without that, every killed dataset job would leave its dataset copy and partial output
+behind until the disk filled.
 """
 
 from __future__ import annotations
 
-import glob
-import logging
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["SCRATCH_ENV", "job_scratch_prefix", "remove_job_scratch", "scratch_parent"]
+__all__ = ["JOB_SCRATCH_ENV", "SCRATCH_ENV", "new_job_scratch", "remove_scratch"]
 
-logger = logging.getLogger(__name__)
-
-#: Where a worker puts the datasets and outputs of its job (default: the temp directory).
+#: Where job scratch directories are made (default: the temp directory).
 SCRATCH_ENV = "SYNAPSE_DATASET_SCRATCH"
+#: The exact scratch directory of one worker, chosen by whoever launches it.
+JOB_SCRATCH_ENV = "SYNAPSE_JOB_SCRATCH"
 
 
-def scratch_parent(environ: Mapping[str, str] | None = None) -> Path:
-    """The directory that job scratch directories are made in."""
+def new_job_scratch(job_id: str, environ: Mapping[str, str] | None = None) -> Path:
+    """A fresh scratch path for one launch of job ``job_id`` (not created: the worker
+    creates it when it first needs it, on its own node)."""
     env = os.environ if environ is None else environ
-    return Path(env.get(SCRATCH_ENV) or tempfile.gettempdir())
+    parent = env.get(SCRATCH_ENV) or env.get("TMPDIR") or tempfile.gettempdir()
+    return Path(parent) / f"synapse-job-{job_id}-{uuid.uuid4().hex[:12]}"
 
 
-def job_scratch_prefix(job_id: str) -> str:
-    """The name every scratch directory of job ``job_id`` starts with."""
-    return f"synapse-job-{job_id}-"
+def remove_scratch(path: str | os.PathLike[str] | None) -> bool:
+    """Remove a worker's scratch directory if it is there; whether it was.
 
-
-def remove_job_scratch(job_id: str, environ: Mapping[str, str] | None = None) -> int:
-    """Remove the scratch directories job ``job_id``'s worker left; how many it removed.
-
-    Never raises: what cannot be removed is left (``rmtree`` ignores errors).
+    Never raises: what cannot be removed is left (``rmtree`` ignores errors). A link or a
+    file at the path is left alone: the worker makes a directory.
     """
-    if not job_id:
-        return 0
-    pattern = glob.escape(str(scratch_parent(environ) / job_scratch_prefix(job_id))) + "*"
-    removed = 0
-    for path in glob.glob(pattern):
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
-    if removed:
-        logger.info("job %s: removed the scratch directory its worker left", job_id)
-    return removed
+    if not path or not os.path.isdir(path) or os.path.islink(path):
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return True

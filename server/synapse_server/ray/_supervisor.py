@@ -41,7 +41,7 @@ from pathlib import Path
 
 from synapse_server.core._executor import WorkerExit
 from synapse_server.core._memory import resident_bytes
-from synapse_server.core._scratch import remove_job_scratch
+from synapse_server.core._scratch import JOB_SCRATCH_ENV, new_job_scratch, remove_scratch
 
 __all__ = [
     "CREDENTIAL_ENV",
@@ -234,8 +234,13 @@ def supervise_worker(
     With ``memory_limit_mb``, a child whose resident memory exceeds it is killed and the result
     names the limit.
     """
+    # The worker's scratch directory, removed here once it has ended (see core._scratch).
+    scratch = new_job_scratch(job_id, env)
     process = subprocess.Popen(
-        command, env=dict(env), stdin=subprocess.DEVNULL, start_new_session=True
+        command,
+        env={**env, JOB_SCRATCH_ENV: str(scratch)},
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     logger.info("job %s: started worker pid %d", job_id, process.pid)
     waiter = _ExitWaiter(process)
@@ -260,9 +265,7 @@ def supervise_worker(
         with contextlib.suppress(ChildProcessError):
             process.wait()
         waiter.close()
-        if process.returncode != 0:
-            # A worker killed mid-run cannot remove its own scratch directory.
-            remove_job_scratch(job_id, env)
+        remove_scratch(scratch)
 
 
 class ForkServerGoneError(RuntimeError):
@@ -461,6 +464,9 @@ def supervise_forked_worker(
     """
     server = _fork_server_for(key, fork_server_command, fork_server_env)
     pid: int | None = None
+    # The worker's scratch directory, removed here once it has ended (see core._scratch).
+    scratch = new_job_scratch(job_id, {**fork_server_env, **environment})
+    environment = {**environment, JOB_SCRATCH_ENV: str(scratch)}
     try:
         pid = server.start(job_id, credential, environment, cancelled, poll_seconds)
     except ForkServerGoneError as exc:
@@ -475,7 +481,6 @@ def supervise_forked_worker(
         return WorkerExit(detail="the job was cancelled before its worker started")
     logger.info("job %s: forked worker pid %d (fork server %d)", job_id, pid, server.pid)
     done = False
-    outcome: WorkerExit | None = None
     try:
         outcome = _watch(
             job_id,
@@ -499,8 +504,6 @@ def supervise_forked_worker(
     finally:
         if not done:
             # Cancelled (KeyboardInterrupt) or failed while waiting: the worker must not go on.
+            # (Its directory goes at once, while the fork server kills it: best effort.)
             server.kill(job_id)
-        elif outcome is None or outcome.exit_code != 0:
-            # A worker killed mid-run (or taken along by its fork server) cannot remove its
-            # own scratch directory.
-            remove_job_scratch(job_id, {**fork_server_env, **environment})
+        remove_scratch(scratch)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from synapse.plugin.v1 import worker_service_pb2, worker_service_pb2_grpc
 from synapse_sdk.runtime import PlatformInfo
 
-from synapse_server.core._scratch import SCRATCH_ENV, job_scratch_prefix
+from synapse_server.core._scratch import JOB_SCRATCH_ENV, SCRATCH_ENV
 
 if TYPE_CHECKING:
     from synapse_sdk.datasets import DatasetSource
@@ -104,13 +104,18 @@ class WorkerDatasets:
 
     def _directory(self) -> Path:
         if self._dir is None:
-            if self._parent is not None:
-                Path(self._parent).mkdir(parents=True, exist_ok=True)
-            # Named by the job: whoever reaps a worker killed mid-run removes what it left
-            # (core._scratch).
-            self._dir = Path(
-                tempfile.mkdtemp(prefix=job_scratch_prefix(self._job_id), dir=self._parent)
-            )
+            exact = os.environ.get(JOB_SCRATCH_ENV)
+            if exact:
+                # Chosen by whoever launched this worker, who removes it if the worker is
+                # killed and cannot (core._scratch).
+                path = Path(exact)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.mkdir(mode=0o700, exist_ok=True)
+                self._dir = path
+            else:
+                if self._parent is not None:
+                    Path(self._parent).mkdir(parents=True, exist_ok=True)
+                self._dir = Path(tempfile.mkdtemp(prefix="synapse-job-", dir=self._parent))
         return self._dir
 
     def _platform_client(self) -> Any:

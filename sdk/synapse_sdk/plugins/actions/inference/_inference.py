@@ -160,9 +160,9 @@ class BaseInferenceAction(BaseAction[P]):
         def on_batch(done: int) -> None:
             # An empty dataset has no batches; set_progress needs a positive total.
             done = min(done, total)
-            if total > 0 and (
-                done == total or time.monotonic() - reported[1] >= _BATCH_PROGRESS_INTERVAL_S
-            ):
+            if total <= 0 or done == reported[0]:
+                return  # (more rows than the dataset said: it stays at total, once)
+            if done == total or time.monotonic() - reported[1] >= _BATCH_PROGRESS_INTERVAL_S:
                 report(done)
 
         result = runner.run(spec, on_batch, self.is_cancelled)
