@@ -611,22 +611,16 @@ def _verdict(report: dict[str, Any]) -> None:
             cpu["off_control"],
             cpu["metrics+sampler_off"] <= 1.05,
         )
-    infer_work = report.get("metrics_work_per_infer")
-    if infer_work is not None:
-        share = infer_work["share_of_off_server_cpu"]
-        print(
-            f"metrics + sampler off, the metric calls' own cost per Infer call: "
-            f"{infer_work['us']:.1f} us, {100 * share:.2f}% of off's server CPU per call: "
-            f"within 5% {'yes' if share <= 0.05 else 'NO'}"
-        )
-    work = report.get("metrics_work_per_1000_events")
-    if work is not None:
-        share = work["share_of_off_tree_cpu"]
-        print(
-            f"metrics + sampler off, the metric calls' own cost per event (upper bound): "
-            f"{100 * share:.2f}% of off's CPU per event: "
-            f"within 5% {'yes' if share <= 0.05 else 'NO'}"
-        )
+    for key, share_key, what in (
+        ("metrics_work_per_infer", "share_of_off_server_cpu", "per Infer call"),
+        ("metrics_work_per_1000_events", "share_of_off_tree_cpu", "per event (upper bound)"),
+    ):
+        if key in report:
+            share = report[key][share_key]
+            print(
+                f"metrics + sampler off, the metric calls' own cost {what}: {100 * share:.2f}% "
+                f"of off's CPU for it: within 5% {'yes' if share <= 0.05 else 'NO'}"
+            )
 
 
 def _report(rounds: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from synapse_sdk.tracing import TracingConfig, extract_context, trace_headers
+from synapse_sdk.tracing import TracingConfig, extract_context, sampled_flag, trace_headers
 
 from synapse_server.grpc._interceptors import CallInterceptor, Metadata
 from synapse_server.telemetry import ACCESS_LOGGER, PlatformMetrics
@@ -124,7 +124,7 @@ class TracingInterceptor(CallInterceptor[Any]):
             return None
         service, _, name = method.lstrip("/").rpartition("/")
         parent = extract_context(trace_headers(metadata))
-        if self._config is not None and not self._config.records(self._sampled(parent)):
+        if self._config is not None and not self._config.records(sampled_flag(parent)):
             # Nothing to start. A caller's unsampled context still becomes the call's, so
             # that what the call starts (a job's span) follows its decision.
             return None if parent is None else self._trace.get_current_span(parent)
@@ -134,12 +134,6 @@ class TracingInterceptor(CallInterceptor[Any]):
             kind=self._server_kind,
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
         )
-
-    def _sampled(self, parent: Any) -> bool | None:
-        if parent is None:
-            return None
-        span_context = self._trace.get_current_span(parent).get_span_context()
-        return bool(span_context.trace_flags.sampled) if span_context.is_valid else None
 
     def enter(self, call: Any) -> None:
         """Make the span current in the call's task (its own context: nothing to undo)."""
