@@ -99,10 +99,13 @@ def start_ray(http_port: int, grpc_port: int) -> str:
 
 
 def start_server(
-    data_dir: Path, gcs_address: str, plugin_dir: Path = ROOT / "examples" / "plugins"
+    data_dir: Path,
+    gcs_address: str,
+    plugin_dir: Path = ROOT / "examples" / "plugins",
+    serve_transport: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``synapse serve`` on a free port, connected to this bench's Ray, with the plugins of
-    ``plugin_dir``; returns (proc, address)."""
+    ``plugin_dir`` (and ``--serve-transport`` when given); returns (proc, address)."""
     env = {
         **os.environ,
         "SYNAPSE_SERVER_SECRET": SECRET,
@@ -123,6 +126,7 @@ def start_server(
             str(plugin_dir),
             "--ray-address",
             gcs_address,
+            *(["--serve-transport", serve_transport] if serve_transport else []),
         ],
         stdout=out.open("wb"),
         stderr=log.open("wb"),
@@ -292,6 +296,12 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=1, help="interleaved rounds; figures are their medians"
     )
+    parser.add_argument(
+        "--serve-transport",
+        choices=("direct", "grpc", "ray"),
+        default=None,
+        help="the server's --serve-transport (default: the server's default, direct)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -307,7 +317,7 @@ def main() -> int:
     proc: subprocess.Popen[bytes] | None = None
     try:
         gcs = start_ray(http_port, grpc_port)
-        proc, address = start_server(tmp, gcs)
+        proc, address = start_server(tmp, gcs, serve_transport=args.serve_transport)
         client = Client(address, timeout=120)
         model_dir = build_model_dir(tmp / "model", MLPConfig(hidden=8, seed=7))
         archive = shutil.make_archive(str(tmp / "model"), "zip", model_dir)

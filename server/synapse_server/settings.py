@@ -187,12 +187,16 @@ class ServerSettings(BaseSettings):
         gt=0,
         description="seconds between keepalive messages on a quiet StreamProgress",
     )
-    # "grpc" costs about half the CPU per call of "ray"; "ray" is for clusters whose nodes
-    # cannot open TCP connections to each other's replicas.
-    serve_transport: Literal["grpc", "ray"] = Field(
-        default="grpc",
-        description="how Infer requests reach Serve replicas: grpc (Serve's direct channel "
-        "to each replica) or ray (actor calls)",
+    # "direct" skips Serve's router and request wrapping for unary calls (about half an
+    # Infer call's latency on a small model); "grpc" costs about half the CPU per call of
+    # "ray"; "ray" is for clusters whose nodes cannot open TCP connections to each other's
+    # replicas.
+    serve_transport: Literal["direct", "grpc", "ray"] = Field(
+        default="direct",
+        description="how Infer requests reach Serve replicas: direct (each replica's own "
+        "endpoint for unary calls, Serve's handle for streams, autoscaling deployments and "
+        "overflow), grpc (Serve's handle over its channel to each replica) or ray (Serve's "
+        "handle over actor calls)",
     )
     # Serve replicas are allowed this much (plus framing) on their channel to the server. Every
     # other RPC has a smaller fixed limit (docs/contract.md, "Message size"). At least 8 MiB:

@@ -84,7 +84,7 @@ async def _service(
         await store.close()
 
 
-@pytest.fixture(params=["grpc", "ray"])
+@pytest.fixture(params=["direct", "grpc", "ray"])
 async def inference(
     deployed: None, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[InferenceService]:

@@ -64,9 +64,9 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("models")
     build_model_dir(root / "1", MLPConfig(hidden=8, seed=1))
-    # 3 and 5 are loaded first by the concurrent-load test (one per transport), whatever the
-    # order the tests run in; 6 is the gRPC client test's own.
-    for probe_id in ("2", "3", "4", "5", "6"):
+    # 3, 5 and 7 are loaded first by the concurrent-load test (one per transport), whatever
+    # the order the tests run in; 6 is the gRPC client test's own.
+    for probe_id in ("2", "3", "4", "5", "6", "7"):
         (root / probe_id).mkdir()
     return root
 
@@ -102,7 +102,7 @@ def deployed(ray_session: str, models_root: Path) -> Iterator[None]:
         serve.delete(name)
 
 
-@pytest.fixture(params=["grpc", "ray"])
+@pytest.fixture(params=["direct", "grpc", "ray"])
 async def services(deployed: None, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     """The deployment and inference services, once per router transport."""
     runtime = RayRuntime()
@@ -164,7 +164,8 @@ async def test_document_example_serves_the_model(services: Any, models_root: Pat
 async def test_concurrent_first_requests_load_a_model_once(services: Any) -> None:
     deployments, inference = services
     # A model no earlier test loaded, one per transport (the replica outlives the fixture).
-    model = "3" if "_by_reference" in inference._backend._transport_options else "5"
+    router = inference._backend
+    model = "7" if router.direct is not None else "3" if router._transport_options else "5"
     request = InferRequestData(
         application="probe-app", model_id=model, json={"x": [1, 2]}, has_json=True
     )

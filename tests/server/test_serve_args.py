@@ -26,11 +26,11 @@ def _parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def test_serve_transport_defaults_to_grpc_and_follows_flag_and_env(
+def test_serve_transport_defaults_to_direct_and_follows_flag_and_env(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("SYNAPSE_SERVE_TRANSPORT", raising=False)
-    assert settings_from_args(_parse()).serve_transport == "grpc"
+    assert settings_from_args(_parse()).serve_transport == "direct"
     assert settings_from_args(_parse("--serve-transport", "ray")).serve_transport == "ray"
     monkeypatch.setenv("SYNAPSE_SERVE_TRANSPORT", "ray")
     assert settings_from_args(_parse()).serve_transport == "ray"
@@ -41,7 +41,7 @@ def test_serve_transport_defaults_to_grpc_and_follows_flag_and_env(
 def test_unknown_serve_transport_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SYNAPSE_SERVE_TRANSPORT", raising=False)
     with pytest.raises(
-        SettingsArgumentError, match=r"^--serve-transport: must be 'grpc' or 'ray'$"
+        SettingsArgumentError, match=r"^--serve-transport: must be 'direct', 'grpc' or 'ray'$"
     ):
         settings_from_flags(_parse("--serve-transport", "udp"))
     monkeypatch.setenv("SYNAPSE_SERVE_TRANSPORT", "udp")
@@ -177,7 +177,11 @@ def test_start_up_failures_are_one_line(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         cases = [
             (["--max-concurrent-jobs", "0"], 2, "--max-concurrent-jobs: must be greater than 0"),
-            (["--serve-transport", "udp"], 2, "--serve-transport: must be 'grpc' or 'ray'"),
+            (
+                ["--serve-transport", "udp"],
+                2,
+                "--serve-transport: must be 'direct', 'grpc' or 'ray'",
+            ),
             (["--log-level", "loud"], 2, "--log-level: must be one of DEBUG"),
             (["--plugin-dir", "no-such-dir"], 2, "plugin directory 'no-such-dir' does not exist"),
             (["--plugin-dir", "plugins"], 2, "unknown key 'metod' (did you mean 'method'?)"),

@@ -7,6 +7,8 @@ differ from the server's. Everything the two sides share is defined here, at sta
   dicts on the wire), the protocol version and its rules, the replica method names;
 * :mod:`synapse_sdk.serving.model_ids`: the signed multiplexed model ids and their key
   hierarchy (the server mints, the replica verifies);
+* the replicas' direct endpoint: its method names, metadata, registry entries and message
+  encoding (msgpack of the wire messages);
 * the environment the platform gives deployment jobs (application name, route prefix,
   signing key, tenant, replica message limit, replica download address).
 
@@ -21,6 +23,20 @@ from synapse_sdk.serving._deploy import (
     REPLICA_MESSAGE_BYTES_ENV,
     REPLICA_PLATFORM_ADDRESS_ENV,
     ServeDeploymentError,
+)
+from synapse_sdk.serving._direct import (
+    DIRECT_APP_METADATA,
+    DIRECT_ENV,
+    DIRECT_INFER,
+    DIRECT_INFER_GROUP,
+    DIRECT_KV_NAMESPACE,
+    DIRECT_MODEL_METADATA,
+    DIRECT_REGISTRY_VERSION,
+    DirectMessageError,
+    pack_direct_message,
+    registry_key,
+    registry_prefix,
+    unpack_direct_message,
 )
 from synapse_sdk.serving.model_ids import (
     SERVE_SIGNING_KEY_ENV,
@@ -53,6 +69,13 @@ from synapse_sdk.serving.wire import (
 
 __all__ = [
     "DEFAULT_REPLICA_MESSAGE_BYTES",
+    "DIRECT_APP_METADATA",
+    "DIRECT_ENV",
+    "DIRECT_INFER",
+    "DIRECT_INFER_GROUP",
+    "DIRECT_KV_NAMESPACE",
+    "DIRECT_MODEL_METADATA",
+    "DIRECT_REGISTRY_VERSION",
     "INFER_GROUP_METHOD",
     "INFER_METHOD",
     "INFER_STREAM_METHOD",
@@ -74,6 +97,7 @@ __all__ = [
     "ServeModelIdSigner",
     "ServeModelIdVerifier",
     "ServeReply",
+    "DirectMessageError",
     "ServeRequest",
     "TensorPayload",
     "WireFormatError",
@@ -81,5 +105,9 @@ __all__ = [
     "derive_tenant_key",
     "format_version",
     "looks_like_serve_model_id",
+    "pack_direct_message",
+    "registry_key",
+    "registry_prefix",
+    "unpack_direct_message",
     "unverified_claims",
 ]

@@ -72,6 +72,15 @@ SERVE_OPTION_KEYS = frozenset(
 )
 
 
+def replica_message_bytes() -> int:
+    """The largest message this replica exchanges with the platform's Infer router."""
+    for name in (_SERVE_REPLICA_LIMIT_VAR, REPLICA_MESSAGE_BYTES_ENV):
+        raw = (os.environ.get(name) or "").strip()
+        if raw.isdigit() and int(raw) > 0:
+            return int(raw)
+    return DEFAULT_REPLICA_MESSAGE_BYTES
+
+
 def replica_runtime_env(runtime_env: Mapping[str, Any]) -> dict[str, Any]:
     """``runtime_env`` with the replica's gRPC message limit set (unless the plugin set one),
     and the tracing configuration (``OTEL_*``) of the process that deploys.
@@ -136,6 +145,8 @@ def build_deployment_class(
     Raises ``ValueError`` when ``batching`` is given and no endpoint is ``@batched`` (the
     setting would silently do nothing), ``TypeError`` for an endpoint that cannot batch.
     """
+    import inspect
+
     from ray import serve
 
     if not (isinstance(entrypoint, type) and callable(getattr(entrypoint, INFER_METHOD, None))):
@@ -152,7 +163,22 @@ def build_deployment_class(
     async def _synapse_multiplexed_load(self: Any, token: str) -> Any:
         return await self._synapse_load_model(token)
 
+    user_del = getattr(entrypoint, "__del__", None)
+
+    async def _synapse_del(self: Any) -> None:
+        # Serve awaits this when it stops the replica (also through serve.ingress's wrapper,
+        # which awaits only a coroutine function): the direct endpoint is unregistered, and
+        # closed after its calls in flight, before the plugin's own __del__, if any, runs.
+        runtime = self.__dict__.get("_synapse_replica")
+        if runtime is not None:
+            await runtime.close_direct()
+        if user_del is not None:
+            result = user_del(self)
+            if inspect.isawaitable(result):
+                await result
+
     namespace: dict[str, Any] = {
+        "__del__": _synapse_del,
         "__module__": entrypoint.__module__,
         "__qualname__": entrypoint.__qualname__,
         "__doc__": entrypoint.__doc__,

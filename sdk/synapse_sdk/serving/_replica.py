@@ -64,6 +64,7 @@ from synapse_sdk.serving._batching import (
     is_serve_batch,
     run_unqueued,
 )
+from synapse_sdk.serving._direct import DirectEndpoint, direct_enabled
 from synapse_sdk.serving.model_ids import ServeModelClaims, ServeModelIdError, ServeModelIdVerifier
 from synapse_sdk.serving.wire import (
     MAX_GROUP_SIZE,
@@ -166,6 +167,53 @@ class ReplicaRuntime:
         # get_tracer per request cost about as much as the span itself.
         self._tracer: Any = None
         self._batcher: EndpointBatcher | None = None
+        # The direct endpoint (synapse_sdk.serving._direct), opened once the replica runs.
+        self.direct: DirectEndpoint | None = None
+        self._direct_task: asyncio.Task[None] | None = None
+        self._open_direct_soon()
+
+    # The direct endpoint ----------------------------------------------------------------------
+
+    def _open_direct_soon(self) -> None:
+        """Open the direct endpoint on the replica's event loop, when this instance is a
+        Serve replica of a deployment made by ``deploy()`` (Serve runs the constructor on
+        that loop) and the environment allows it."""
+        if type(self._deployment)._synapse_replica_config is None or not direct_enabled():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+            from ray import serve
+
+            serve.get_replica_context()
+        except Exception:  # no loop, no Ray, or not inside a replica: nothing to open
+            return
+        self._direct_task = loop.create_task(self._open_direct())
+
+    async def _open_direct(self) -> None:
+        from synapse_sdk.serving._deploy import replica_message_bytes
+
+        endpoint = DirectEndpoint(self, self.config().app_name, replica_message_bytes())
+        try:
+            await endpoint.start()
+        except Exception:
+            logger.warning(
+                "the direct endpoint did not open; the replica is reached through Serve only",
+                exc_info=True,
+            )
+            await endpoint.stop(0)
+            return
+        self.direct = endpoint
+
+    async def close_direct(self) -> None:
+        """Unregister and close the direct endpoint (after its calls in flight)."""
+        task, self._direct_task = self._direct_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        endpoint, self.direct = self.direct, None
+        if endpoint is not None:
+            await endpoint.stop()
 
     # Models ----------------------------------------------------------------------------------
 

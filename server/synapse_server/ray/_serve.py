@@ -21,6 +21,7 @@ same way. Every call of a :class:`ServeRouter` must therefore come from one even
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -50,6 +51,13 @@ from synapse_server.core.deployments import (
     ReplicaState,
 )
 from synapse_server.core.inference import InferDeadlineExceededError, ServeProtocolMismatchError
+from synapse_server.ray._direct import (
+    NOT_ROUTED,
+    DirectReplicas,
+    DirectTooLargeError,
+    remove_registrations,
+    serve_replica_states,
+)
 from synapse_server.ray._runtime import RayRuntime
 
 logger = logging.getLogger(__name__)
@@ -101,16 +109,16 @@ class ServeRouter:
         self,
         runtime: RayRuntime,
         *,
-        transport: str = "grpc",
+        transport: str = "direct",
         max_message_bytes: int = 64 << 20,
     ) -> None:
-        if transport not in ("grpc", "ray"):
-            raise ValueError(f"transport must be 'grpc' or 'ray', got {transport!r}")
+        if transport not in ("direct", "grpc", "ray"):
+            raise ValueError(f"transport must be 'direct', 'grpc' or 'ray', got {transport!r}")
         self._runtime = runtime
         # An Infer request or answer of up to max_message_bytes must pass Serve's channel to
         # the replica too (the replicas get the same limit from deploy()).
         self.replica_message_bytes = max_message_bytes + _REPLICA_FRAMING_BYTES
-        if transport == "grpc":
+        if transport != "ray":
             _allow_replica_messages(self.replica_message_bytes)
         self._transport_options: dict[str, Any] = (
             {
@@ -118,8 +126,15 @@ class ServeRouter:
                 "request_serialization": "pickle",
                 "response_serialization": "pickle",
             }
-            if transport == "grpc"
+            if transport != "ray"
             else {}
+        )
+        #: The direct path (transport "direct"): unary calls go to the replicas' own
+        #: endpoints when they can, through the handles above when not.
+        self.direct: DirectReplicas | None = (
+            DirectReplicas(runtime, max_message_bytes=self.replica_message_bytes)
+            if transport == "direct"
+            else None
         )
         self._apps: dict[str, Any] = {}
         # (app, model id, replica method) -> (the app's handle, the handle bound to the id)
@@ -134,6 +149,8 @@ class ServeRouter:
 
     def forget(self, app_name: str) -> None:
         """Drop the handles of an application (after it was deleted or redeployed)."""
+        if self.direct is not None:
+            self.direct.forget(app_name)
         app = self._apps.pop(app_name, None)
         for key in [k for k in self._bound if k[0] == app_name]:
             del self._bound[key]
@@ -159,6 +176,8 @@ class ServeRouter:
         for app in self._retired.values():
             self._shut_down(app)
         self._retired.clear()
+        if self.direct is not None:
+            await self.direct.close()
         if self._closing:
             await asyncio.gather(*self._closing)
 
@@ -260,6 +279,32 @@ class ServeRouter:
         args: tuple[Any, ...],
         timeout_s: float | None,
     ) -> Any:
+        if self.direct is not None:
+            group = method == INFER_GROUP_METHOD
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            try:
+                answer = await self.direct.call(
+                    app_name,
+                    multiplexed_model_id,
+                    list(args) if group else args[0],
+                    timeout_s,
+                    group=group,
+                )
+            except DirectTooLargeError:
+                if group:
+                    raise GroupNotSupportedError(
+                        f"{app_name!r} cannot take this group (over the message limit)"
+                    ) from None
+                raise
+            if answer is not NOT_ROUTED:
+                return answer
+            if timeout_s is not None:
+                timeout_s -= loop.time() - started
+                if timeout_s <= 0:
+                    raise InferDeadlineExceededError(
+                        f"no answer from {app_name!r} within the deadline"
+                    )
         app, handle = await self._handle(app_name, multiplexed_model_id, method)
         self._enter(app)
         try:
@@ -562,6 +607,8 @@ class ServeDeploymentBackend:
             await asyncio.to_thread(_delete)
         except Exception as exc:
             raise ServiceUnavailableError(f"could not delete {app_name!r}: {exc}") from exc
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(remove_registrations, app_name)
         if self._router is not None:
             self._router.forget(app_name)
 
@@ -576,7 +623,6 @@ def _deployed_for(info: ReplicaInfo) -> tuple[str, str] | None:
 
 def _observe(app_name: str) -> tuple[DeploymentStatus, str, tuple[ReplicaRecord, ...]] | None:
     from ray import serve
-    from ray.serve.context import _get_global_client
 
     status = serve.status().applications.get(app_name)
     if status is None:
@@ -585,18 +631,9 @@ def _observe(app_name: str) -> tuple[DeploymentStatus, str, tuple[ReplicaRecord,
     message = status.message or "; ".join(
         d.message for d in status.deployments.values() if d.message
     )
-    replicas: list[ReplicaRecord] = []
-    try:
-        import ray
-
-        client: Any = _get_global_client()
-        details: Any = ray.get(client._controller.get_serve_instance_details.remote(), timeout=10)
-        app = (details.get("applications") or {}).get(app_name) or {}
-        for deployment in (app.get("deployments") or {}).values():
-            for replica in deployment.get("replicas") or ():
-                # Ray's state is an enum whose str() is "ReplicaState.RUNNING", not "RUNNING".
-                state = ReplicaState.parse(replica["state"])
-                replicas.append(ReplicaRecord(str(replica["replica_id"]), state))
-    except Exception:
-        logger.debug("replica details of %s unavailable", app_name, exc_info=True)
+    replicas = [
+        # Ray's state is an enum whose str() is "ReplicaState.RUNNING", not "RUNNING".
+        ReplicaRecord(replica_id, ReplicaState.parse(state))
+        for replica_id, state in serve_replica_states(app_name) or ()
+    ]
     return mapped, message, tuple(replicas)
