@@ -305,6 +305,8 @@ class SynapseServer:
                 lease_seconds=s.job_lease_seconds,
             )
         _watch_gauges(telemetry, self._jobs, hub, executor, models, datasets, modes)
+        if router.direct is not None and telemetry.metrics.enabled:
+            telemetry.metrics.watch_infer_routes(router.direct.route_counts)
         if stores.shared and telemetry.metrics.enabled:
             # The other servers store models and datasets too: the store-bytes gauges count
             # their files from the database's records, read again now and then.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -94,8 +95,16 @@ def test_infer_metrics_and_trace_reach_the_replica(
             mode="local",
         ).result(timeout=360)["serve_application"]
         application = client.get_deployment(deployment).name
-        before = _infer_samples(metrics_address)
         payload = {"inputs": [{"data": [1.0, 2.0, 3.0]}]}
+        # The first calls go through Serve's handle while the server reads the replicas'
+        # registrations; the calls below then take the direct path (and are traced there).
+        route = ("synapse_infer_replica_calls_total", (("route", "direct"),))
+        deadline = time.monotonic() + 60
+        while not _infer_samples(metrics_address).get(route):
+            assert time.monotonic() < deadline, "no call took the direct path"
+            client.infer(plugin="torch-serve", action="inference", model=model_id, json=payload)
+            time.sleep(0.1)
+        before = _infer_samples(metrics_address)
         try:
             with caller.get_tracer("test").start_as_current_span("caller") as root:
                 answer = client.infer(
@@ -119,6 +128,8 @@ def test_infer_metrics_and_trace_reach_the_replica(
     assert not any(name == "synapse_infer_errors_total" for name, _ in after)
     assert moved("synapse_infer_requests_total", application=application, model="other") == 1
     assert not any(str(other_model) == v for _, labels in after for _, v in labels)
+    assert moved("synapse_infer_replica_calls_total", route="direct") == 3
+    assert moved("synapse_infer_replica_calls_total", route="serve") == 0
 
     trace_id = f"{root.get_span_context().trace_id:032x}"
 

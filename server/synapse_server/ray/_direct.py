@@ -111,6 +111,11 @@ class DirectReplicas:
         self.direct_calls = 0
         self.not_routed = 0
 
+    def route_counts(self) -> dict[str, int]:
+        """Unary calls so far by route: ``direct`` answered by a replica's endpoint, ``serve``
+        handed to Serve's handle (read by the metrics at scrape time)."""
+        return {"direct": self.direct_calls, "serve": self.not_routed}
+
     # Calls -----------------------------------------------------------------------------------
 
     async def call(

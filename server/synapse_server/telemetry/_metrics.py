@@ -103,6 +103,10 @@ class PlatformMetrics:
     def watch_store_bytes(self, store: str, size: Callable[[], int]) -> None:
         """Read the bytes held by ``store`` (``models``, ``datasets``)."""
 
+    def watch_infer_routes(self, count: Callable[[], Mapping[str, int]]) -> None:
+        """Read the unary replica calls so far by route: ``direct`` (a replica's own endpoint)
+        and ``serve`` (handed to Serve's handle by the direct path)."""
+
 
 def _split_method(method: str) -> tuple[str, str]:
     service, _, name = method.lstrip("/").rpartition("/")
@@ -336,6 +340,22 @@ class PrometheusMetrics(PlatformMetrics):
             )
             for kind, value in sorted(count().items()):
                 family.add_metric([kind], value)
+            yield family
+
+        self._watch(read)
+
+    def watch_infer_routes(self, count: Callable[[], Mapping[str, int]]) -> None:
+        from prometheus_client.core import CounterMetricFamily
+
+        def read() -> Iterator[Any]:
+            family = CounterMetricFamily(
+                "synapse_infer_replica_calls",
+                "Unary replica calls of the direct Infer path, by route (direct: the "
+                "replica's own endpoint; serve: handed to Serve's handle).",
+                labels=["route"],
+            )
+            for route, value in sorted(count().items()):
+                family.add_metric([route], value)
             yield family
 
         self._watch(read)
