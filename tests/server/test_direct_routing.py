@@ -32,8 +32,11 @@ class _Runtime:
 
 
 class _Channel:
+    def __init__(self) -> None:
+        self.closed = False
+
     async def close(self, grace: float | None = None) -> None:
-        return None
+        self.closed = True
 
 
 class _Method:
@@ -66,20 +69,20 @@ def _replica(name: str, max_ongoing: int = 2, fail: Exception | None = None) -> 
     )
 
 
-def _router(*replicas: _Replica, direct: bool = True) -> DirectReplicas:
+def _router(*replicas: _Replica, direct: bool = True, registry: Any = None) -> DirectReplicas:
     entries = [
         {"replica": r.replica_id, "address": r.address, "max_ongoing": r.max_ongoing}
         for r in replicas
     ]
 
-    def registry(app_name: str, suspects: set[str]) -> list[dict[str, Any]]:
+    def read(app_name: str, suspects: set[str], known: set[str]) -> list[dict[str, Any]]:
         return [{**e, "autoscaling": not direct} for e in entries]
 
     router = DirectReplicas(
         _Runtime(),  # type: ignore[arg-type]
         max_message_bytes=1 << 20,
         refresh_s=3600,
-        registry=registry,
+        registry=registry or read,
     )
     app = _App(replicas={r.replica_id: r for r in replicas}, direct=direct)
     app.fetched_at = asyncio.get_running_loop().time()  # no registry read in these tests
@@ -167,8 +170,9 @@ async def test_a_replica_s_failures_map_onto_the_platform_s_errors() -> None:
     with pytest.raises(InferDeadlineExceededError):
         await _call(router)
     router = _router(_replica("a", fail=_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "too big")))
-    with pytest.raises(DirectTooLargeError):
+    with pytest.raises(DirectTooLargeError) as too_large:
         await _call(router)
+    assert too_large.value.sent  # the answer was too large: the call ran
     router = _router(_replica("a", fail=_error(grpc.StatusCode.INTERNAL, "x" * 10_000)))
     with pytest.raises(ServiceUnavailableError) as caught:
         await _call(router)
@@ -209,3 +213,65 @@ async def test_registrations_replace_the_replica_set() -> None:
     router._apply(app, [])
     assert not app.replicas and not app.direct
     await router.close()
+
+
+async def test_a_request_over_the_limit_is_refused_before_it_is_sent() -> None:
+    a = _replica("a")
+    router = _router(a)
+    with pytest.raises(DirectTooLargeError) as caught:
+        await router.call(APP, "m1", {"json": "x" * (2 << 20)}, 5, group=True)
+    assert not caught.value.sent
+    assert a.infer.calls == []
+
+
+async def test_a_refused_model_id_goes_through_serve_and_leaves_the_replica_in() -> None:
+    a = _replica("a", fail=_error(grpc.StatusCode.UNAUTHENTICATED, "no valid model id"))
+    router = _router(a)
+    assert await _call(router) is NOT_ROUTED
+    assert not router._apps[APP].quarantined and not router._apps[APP].suspects
+
+
+async def test_a_dropped_replica_s_channel_closes_after_its_last_call() -> None:
+    a = _replica("a")
+    a.infer.gate = asyncio.Event()
+    router = _router(a)
+    held = asyncio.ensure_future(_call(router))
+    await asyncio.sleep(0)
+    router._apply(router._apps[APP], [])  # the replica unregistered
+    await asyncio.sleep(0)
+    assert not a.channel.closed  # its call goes on
+    a.infer.gate.set()
+    assert (await held)["by"] == "a"
+    await asyncio.sleep(0)
+    assert a.channel.closed
+    await router.close()
+
+
+async def test_a_failed_registry_read_keeps_the_replica_set() -> None:
+    def broken(app_name: str, suspects: set[str], known: set[str]) -> list[dict[str, Any]]:
+        raise RuntimeError("GCS unavailable")
+
+    a = _replica("a")
+    router = _router(a, registry=broken)
+    app = router._apps[APP]
+    await router._refresh(APP, app)
+    assert list(app.replicas) == ["a"] and app.direct
+    assert (await _call(router))["by"] == "a"
+
+
+async def test_a_channel_closed_under_a_call_is_unavailable_not_a_cancel() -> None:
+    a = _replica("a")
+
+    async def closed(data: bytes, **options: Any) -> bytes:
+        raise asyncio.CancelledError  # what grpc.aio raises when the channel closes
+
+    a.infer = closed
+    with pytest.raises(ServiceUnavailableError):
+        await _call(_router(a))
+
+
+async def test_close_closes_every_channel() -> None:
+    a, b = _replica("a"), _replica("b")
+    router = _router(a, b)
+    await router.close()
+    assert a.channel.closed and b.channel.closed

@@ -13,8 +13,8 @@ Discovery: each replica registers ``{address, max_ongoing_requests, autoscaling}
 internal key-value store under its application and replica id, and removes the entry when
 Serve stops it, after the direct calls in flight have finished. A request names the
 application in its metadata and carries the application's signed model id, which the
-replica checks as for any request: a call that reaches another application's replica (a
-port reused after a crash) is refused, never answered.
+replica checks before it decodes the message: a call that reaches another application's
+replica (a port reused after a crash) or carries no valid id is refused, never answered.
 
 ``SYNAPSE_SERVE_DIRECT=0`` in a replica's environment (a plugin's ``runtime_env``) keeps its
 endpoint closed; the server then reaches it through Serve's handle only.
@@ -69,8 +69,9 @@ DIRECT_APP_METADATA = "synapse-app"
 DIRECT_MODEL_METADATA = "synapse-model-id"
 # msgpack ext type of an integer outside 64 bits (JSON integers have no bound).
 _BIG_INT_EXT = 1
-# Direct calls a replica holds at once beyond its max_ongoing_requests (several servers).
-_MAX_CONCURRENT_RPCS = 1024
+# Direct calls a replica holds at once: max_ongoing_requests for each of a few servers.
+_SERVERS_SHARING = 4
+_MIN_CONCURRENT_RPCS = 16
 # How long a stopping replica lets its direct calls in flight finish.
 _STOP_GRACE_S = 30.0
 
@@ -152,6 +153,7 @@ class DirectEndpoint:
         self._key: bytes | None = None
         self.address: str | None = None
         self.calls = 0
+        self._grace_s = _STOP_GRACE_S
 
     @property
     def open(self) -> bool:
@@ -171,14 +173,20 @@ class DirectEndpoint:
         context = serve.get_replica_context()
         config = context._deployment_config
         host = get_node_ip_address()
+        max_ongoing = int(config.max_ongoing_requests)
+        # Leave Serve's force-kill a second after the calls in flight had their chance.
+        self._grace_s = max(0.0, min(_STOP_GRACE_S, config.graceful_shutdown_timeout_s - 1.0))
         server = grpc.aio.server(
-            # A bound on what any peer can make this replica hold; the platform's server
-            # sends at most max_ongoing_requests at once.
-            maximum_concurrent_rpcs=_MAX_CONCURRENT_RPCS + int(config.max_ongoing_requests),
+            # Each platform server sends at most max_ongoing_requests at once; a few servers
+            # share a replica. Beyond this bound a call is refused (RESOURCE_EXHAUSTED) and
+            # the server sends it through Serve's handle.
+            maximum_concurrent_rpcs=max(_MIN_CONCURRENT_RPCS, _SERVERS_SHARING * max_ongoing),
             options=[
                 ("grpc.max_receive_message_length", self._max_message_bytes),
                 ("grpc.max_send_message_length", self._max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # The server pings every 30 s while a call is open (a vanished node).
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
             ],
         )
         server.add_generic_rpc_handlers(
@@ -209,45 +217,49 @@ class DirectEndpoint:
         await asyncio.to_thread(_kv_put, self._key, pack_direct_message(entry))
         logger.info("direct endpoint of %s at %s", self._app_name, self.address)
 
-    async def stop(self, grace_s: float = _STOP_GRACE_S) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
         """Unregister, then stop once the calls in flight have finished (new ones are
-        refused, and the server sends them through Serve's handle)."""
+        refused, and the server sends them through Serve's handle); those still running
+        after ``grace_s`` (default: the deployment's ``graceful_shutdown_timeout_s`` less a
+        second, at most 30 s) are cancelled."""
         server, self._server = self._server, None
         key, self._key = self._key, None
         if key is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(_kv_del, key)
         if server is not None:
-            await server.stop(grace_s)
+            await server.stop(self._grace_s if grace_s is None else grace_s)
 
-    def _model_context(self, metadata: Any) -> Any:
-        """Serve's request context for this call: what ``serve.get_multiplexed_model_id()``
-        answers on the handle path."""
+    async def _serve(self, request: bytes, context: Any, group: bool) -> bytes:
+        import grpc
         from ray.serve import context as serve_context
 
-        model_id = ""
-        app = ""
-        for key, value in metadata or ():
+        model_id = app = ""
+        for key, value in context.invocation_metadata() or ():
             if key == DIRECT_MODEL_METADATA:
                 model_id = value
             elif key == DIRECT_APP_METADATA:
                 app = value
         if app != self._app_name:
-            return None
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "this replica serves another application"
+            )
+        # Only a holder of this application's signed model id (the platform's server) gets
+        # its message decoded. The server sends a call refused here through Serve's handle,
+        # whose answer is then the replica's usual typed error.
+        try:
+            self._runtime.claims(model_id)
+        except Exception:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the call carries no valid model id of this application",
+            )
+        # Serve's request context: what serve.get_multiplexed_model_id() answers on the
+        # handle path (this RPC runs in a task of its own, the context is the task's).
         request_context: Any = serve_context._serve_request_context
-        return request_context.set(
+        token = request_context.set(
             serve_context._RequestContext(app_name=app, multiplexed_model_id=model_id)
         )
-
-    async def _serve(self, request: bytes, context: Any, group: bool) -> bytes:
-        import grpc
-
-        token = self._model_context(context.invocation_metadata())
-        if token is None:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "this replica serves another application",
-            )
         try:
             try:
                 message = unpack_direct_message(request)
@@ -264,9 +276,6 @@ class DirectEndpoint:
                 answer = await self._runtime.infer(message)
             return pack_direct_message(answer)
         finally:
-            from ray.serve import context as serve_context
-
-            request_context: Any = serve_context._serve_request_context
             request_context.reset(token)
 
     async def _infer(self, request: bytes, context: Any) -> bytes:

@@ -178,21 +178,28 @@ class ReplicaRuntime:
         """Open the direct endpoint on the replica's event loop, when this instance is a
         Serve replica of a deployment made by ``deploy()`` (Serve runs the constructor on
         that loop) and the environment allows it."""
-        if type(self._deployment)._synapse_replica_config is None or not direct_enabled():
+        config = type(self._deployment)._synapse_replica_config
+        if config is None or not direct_enabled():
             return
         try:
             loop = asyncio.get_running_loop()
             from ray import serve
 
-            serve.get_replica_context()
+            serve_app = serve.get_replica_context().app_name
         except Exception:  # no loop, no Ray, or not inside a replica: nothing to open
+            return
+        if serve_app != config.app_name:
+            # A candidate deploy() runs under another name until it has proven it starts:
+            # it takes no traffic of the application it would replace.
             return
         self._direct_task = loop.create_task(self._open_direct())
 
     async def _open_direct(self) -> None:
         from synapse_sdk.serving._deploy import replica_message_bytes
 
-        endpoint = DirectEndpoint(self, self.config().app_name, replica_message_bytes())
+        endpoint = self.direct = DirectEndpoint(
+            self, self.config().app_name, replica_message_bytes()
+        )
         try:
             await endpoint.start()
         except Exception:
@@ -200,17 +207,19 @@ class ReplicaRuntime:
                 "the direct endpoint did not open; the replica is reached through Serve only",
                 exc_info=True,
             )
+            self.direct = None
             await endpoint.stop(0)
-            return
-        self.direct = endpoint
 
     async def close_direct(self) -> None:
-        """Unregister and close the direct endpoint (after its calls in flight)."""
+        """Unregister and close the direct endpoint (after its calls in flight).
+
+        An endpoint still opening is let finish first: cancelled half-way, its server could
+        go on and its registration land after this.
+        """
         task, self._direct_task = self._direct_task, None
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
         endpoint, self.direct = self.direct, None
         if endpoint is not None:
             await endpoint.stop()

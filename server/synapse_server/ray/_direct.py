@@ -44,6 +44,7 @@ from synapse_sdk.serving import (
 )
 
 from synapse_server.core._errors import ResourceExhaustedError, ServiceUnavailableError
+from synapse_server.core.deployments import ReplicaState
 from synapse_server.core.inference import InferDeadlineExceededError
 from synapse_server.ray._runtime import RayRuntime
 
@@ -56,12 +57,20 @@ NOT_ROUTED: Any = object()
 # A replica that could not be reached is left out for this long (its registration may stay
 # behind when it was killed).
 _QUARANTINE_S = 5.0
+# Pings on a direct channel while calls are open (the replica allows them this often).
+_KEEPALIVE_MS = 30_000
+_KEEPALIVE_TIMEOUT_MS = 10_000
 # Models remembered per replica set (the replica that has each loaded).
 _MAX_MODELS = 4096
 
 
 class DirectTooLargeError(ResourceExhaustedError):
-    """The request or its answer is over the direct channel's message limit."""
+    """The request or its answer is over the direct channel's message limit. ``sent`` is
+    False when the request was refused before it left this server (nothing ran)."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 @dataclass
@@ -73,6 +82,8 @@ class _Replica:
     infer: Any
     infer_group: Any
     in_flight: int = 0
+    # Dropped from the replica set: its channel closes once its last call ends.
+    retired: bool = False
 
 
 @dataclass
@@ -99,14 +110,16 @@ class DirectReplicas:
         *,
         max_message_bytes: int,
         refresh_s: float = 1.0,
-        registry: Callable[[str, set[str]], list[dict[str, Any]]] | None = None,
+        registry: Callable[[str, set[str], set[str]], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._runtime = runtime
         self._max_message_bytes = max_message_bytes
         self._refresh_s = refresh_s
-        # (application, suspect replica ids) -> its registrations (run in a thread).
+        # (application, suspect replica ids, known replica ids) -> its registrations of
+        # replicas that may be called (run in a thread).
         self._registry = registry or read_registrations
         self._apps: dict[str, _App] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         #: Calls answered over the direct path, and calls handed back to Serve's handle.
         self.direct_calls = 0
         self.not_routed = 0
@@ -148,6 +161,13 @@ class DirectReplicas:
         except (TypeError, ValueError, OverflowError):
             self.not_routed += 1
             return NOT_ROUTED
+        if len(data) > self._max_message_bytes:
+            # Refused before anything ran (a group may then be split and sent again).
+            raise DirectTooLargeError(
+                f"the request to {app_name!r} is over the {self._max_message_bytes} bytes a "
+                "replica's channel carries",
+                sent=False,
+            )
         method = replica.infer_group if group else replica.infer
         replica.in_flight += 1
         try:
@@ -157,11 +177,19 @@ class DirectReplicas:
                 metadata=((DIRECT_APP_METADATA, app_name), (DIRECT_MODEL_METADATA, model_token)),
             )
         except asyncio.CancelledError:
-            raise
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # the caller's own cancel (its deadline, or it went away)
+            # The channel was closed under the call (this server is shutting down).
+            raise ServiceUnavailableError(
+                f"the channel to a replica of {app_name!r} closed during the call"
+            ) from None
         except Exception as exc:
             return self._failed(app_name, app, replica, exc, timeout_s)
         finally:
             replica.in_flight -= 1
+            if replica.retired and not replica.in_flight:
+                self._close_channel(replica)
         app.suspects.discard(replica.replica_id)
         try:
             answer = unpack_direct_message(raw)
@@ -182,6 +210,11 @@ class DirectReplicas:
             raise InferDeadlineExceededError(
                 f"no answer from {app_name!r} within the deadline ({timeout_s or 0:.3f}s)"
             ) from None
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            # The replica could not verify the model id (e.g. deployed with another key):
+            # Serve's handle path answers with the replica's typed error.
+            self.not_routed += 1
+            return NOT_ROUTED
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "concurrent rpc" in _details(exc):
             # The replica holds as many direct calls as it takes (several servers): Serve's
             # handle queues this one, or refuses it past max_queued_requests.
@@ -190,7 +223,8 @@ class DirectReplicas:
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             raise DirectTooLargeError(
                 f"the request to or the answer of {app_name!r} is over the "
-                f"{self._max_message_bytes} bytes a replica's channel carries"
+                f"{self._max_message_bytes} bytes a replica's channel carries",
+                sent=True,
             ) from None
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION):
             # Not reachable, stopping, or another application's replica on a reused port.
@@ -248,13 +282,16 @@ class DirectReplicas:
     async def _refresh(self, app_name: str, app: _App) -> None:
         try:
             await self._runtime.ensure_started()
-            entries = await asyncio.to_thread(self._registry, app_name, set(app.suspects))
+            entries = await asyncio.to_thread(
+                self._registry, app_name, set(app.suspects), set(app.replicas)
+            )
         except Exception:
+            # Keep what is known: its calls go on, and fail over one by one if they must.
             logger.debug("could not read the direct endpoints of %s", app_name, exc_info=True)
-            entries = []
+            entries = None
         app.fetched_at = asyncio.get_running_loop().time()
-        if self._apps.get(app_name) is not app:
-            return  # forgotten meanwhile
+        if entries is None or self._apps.get(app_name) is not app:
+            return  # unread, or forgotten meanwhile
         self._apply(app, entries)
 
     def _apply(self, app: _App, entries: Sequence[dict[str, Any]]) -> None:
@@ -275,6 +312,10 @@ class DirectReplicas:
                 options=[
                     ("grpc.max_receive_message_length", self._max_message_bytes),
                     ("grpc.max_send_message_length", self._max_message_bytes),
+                    # A call without a deadline to a node that vanished (no reset) fails
+                    # within about 40 s instead of hanging until TCP gives up.
+                    ("grpc.keepalive_time_ms", _KEEPALIVE_MS),
+                    ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
                 ],
             )
             app.replicas[replica_id] = _Replica(
@@ -293,9 +334,16 @@ class DirectReplicas:
     def _drop(self, app: _App, replica_id: str) -> None:
         replica = app.replicas.pop(replica_id, None)
         if replica is not None:
-            # Calls in flight on it finish or fail on their own.
-            asyncio.get_running_loop().create_task(_close_later(replica.channel))
+            # Its calls in flight go on; the channel closes after the last of them.
+            replica.retired = True
+            if not replica.in_flight:
+                self._close_channel(replica)
         app.quarantined.pop(replica_id, None)
+
+    def _close_channel(self, replica: _Replica) -> None:
+        task = asyncio.get_running_loop().create_task(_close_quietly(replica.channel))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def forget(self, app_name: str) -> None:
         """Drop what is known of ``app_name`` (deleted or redeployed)."""
@@ -308,13 +356,11 @@ class DirectReplicas:
             self._drop(app, replica_id)
 
     async def close(self) -> None:
-        """Close every channel."""
-        for app in list(self._apps.values()):
-            if app.refreshing is not None:
-                app.refreshing.cancel()
-            for replica in app.replicas.values():
-                await replica.channel.close(None)
-        self._apps.clear()
+        """Close every channel (the server has drained its calls before this)."""
+        for app_name in list(self._apps):
+            self.forget(app_name)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 def _details(exc: Exception) -> str:
@@ -325,9 +371,9 @@ def _details(exc: Exception) -> str:
         return ""
 
 
-async def _close_later(channel: Any, grace_s: float = 30.0) -> None:
+async def _close_quietly(channel: Any) -> None:
     with contextlib.suppress(Exception):
-        await channel.close(grace_s)
+        await channel.close(None)
 
 
 def _read_registry(app_name: str) -> list[dict[str, Any]]:
@@ -357,13 +403,31 @@ def _read_registry(app_name: str) -> list[dict[str, Any]]:
     return entries
 
 
-def read_registrations(app_name: str, suspects: set[str]) -> list[dict[str, Any]]:
-    """The registered direct endpoints of ``app_name``, after removing those of ``suspects``
-    (replicas a call could not reach) that Serve no longer lists: a killed replica cannot
-    remove its own."""
-    if suspects:
-        _unregister_gone(app_name, suspects)
-    return _read_registry(app_name)
+def read_registrations(app_name: str, suspects: set[str], known: set[str]) -> list[dict[str, Any]]:
+    """The registered direct endpoints of ``app_name`` that may be called.
+
+    A replica registers as its constructor returns, before Serve has finished starting it
+    (``reconfigure``) and counts it RUNNING: one not in ``known`` is taken only once Serve
+    lists it RUNNING. Registrations of replicas Serve no longer lists are removed (a killed
+    replica cannot remove its own): checked for new entries and for ``suspects``, replicas a
+    call could not reach. Serve's controller is asked only when there is one of those.
+    """
+    entries = _read_registry(app_name)
+    if not suspects and all(e["replica"] in known for e in entries):
+        return entries
+    states = serve_replica_states(app_name)
+    if states is None:
+        return [e for e in entries if e["replica"] in known]
+    listed = dict(states)
+    # Serve lists a replica from before its constructor runs: one it does not list is gone.
+    for replica_id in (suspects | {e["replica"] for e in entries}) - listed.keys():
+        _unregister(app_name, replica_id)
+    running = {
+        replica_id
+        for replica_id, state in listed.items()
+        if ReplicaState.parse(state) is ReplicaState.RUNNING
+    }
+    return [e for e in entries if e["replica"] in known or e["replica"] in running]
 
 
 def serve_replica_states(app_name: str) -> list[tuple[str, str]] | None:
@@ -386,19 +450,11 @@ def serve_replica_states(app_name: str) -> list[tuple[str, str]] | None:
         return None
 
 
-def _unregister_gone(app_name: str, replica_ids: set[str]) -> None:
-    """Delete the registrations of those of ``replica_ids`` Serve no longer lists (killed
-    replicas, which could not remove their own)."""
+def _unregister(app_name: str, replica_id: str) -> None:
     from ray.experimental.internal_kv import _internal_kv_del
 
-    states = serve_replica_states(app_name)
-    if states is None:
-        return
-    for replica_id in replica_ids - {rid for rid, _ in states}:
-        _internal_kv_del(registry_key(app_name, replica_id), namespace=DIRECT_KV_NAMESPACE)
-        logger.info(
-            "removed the endpoint of replica %s of %s (gone from Serve)", replica_id, app_name
-        )
+    _internal_kv_del(registry_key(app_name, replica_id), namespace=DIRECT_KV_NAMESPACE)
+    logger.info("removed the endpoint of replica %s of %s (gone from Serve)", replica_id, app_name)
 
 
 def remove_registrations(app_name: str) -> None:

@@ -148,9 +148,14 @@ class ServeRouter:
         self._making = asyncio.Lock()
 
     def forget(self, app_name: str) -> None:
-        """Drop the handles of an application (after it was deleted or redeployed)."""
+        """Drop what is known of an application (after it was deleted or redeployed): its
+        handles and its replicas' direct endpoints."""
         if self.direct is not None:
             self.direct.forget(app_name)
+        self._forget_handles(app_name)
+
+    def _forget_handles(self, app_name: str) -> None:
+        """Drop the handles of an application (a handle call failed: new ones are made)."""
         app = self._apps.pop(app_name, None)
         for key in [k for k in self._bound if k[0] == app_name]:
             del self._bound[key]
@@ -169,15 +174,16 @@ class ServeRouter:
         task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        """Shut down every handle's router (their tasks run on this loop)."""
+        """Shut down every handle's router (their tasks run on this loop) and close the
+        direct path's channels."""
+        if self.direct is not None:
+            await self.direct.close()
         for app_name in list(self._apps):
             self.forget(app_name)
         # The server has drained its RPCs before this: calls still in flight are abandoned.
         for app in self._retired.values():
             self._shut_down(app)
         self._retired.clear()
-        if self.direct is not None:
-            await self.direct.close()
         if self._closing:
             await asyncio.gather(*self._closing)
 
@@ -291,8 +297,9 @@ class ServeRouter:
                     timeout_s,
                     group=group,
                 )
-            except DirectTooLargeError:
-                if group:
+            except DirectTooLargeError as exc:
+                if group and not exc.sent:
+                    # Nothing ran: the group's requests are sent one by one instead.
                     raise GroupNotSupportedError(
                         f"{app_name!r} cannot take this group (over the message limit)"
                     ) from None
@@ -409,13 +416,13 @@ class ServeRouter:
             | ray_exceptions.ObjectLostError
             | RayServeException,
         ):
-            self.forget(app_name)
+            self._forget_handles(app_name)
             return ServiceUnavailableError(
                 f"no replica of {app_name!r} is available ({type(exc).__name__})"
             )
         if isinstance(exc, ray_exceptions.RayTaskError):
             # The replica answers failures as values; an exception here is Serve's own.
-            self.forget(app_name)
+            self._forget_handles(app_name)
             return ServiceUnavailableError(
                 f"the replica of {app_name!r} failed ({type(exc).__name__})"
             )
