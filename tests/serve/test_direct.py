@@ -365,3 +365,36 @@ async def test_a_plain_deployment_is_called_directly_and_drained_on_delete(
     finally:
         with contextlib.suppress(Exception):
             serve.delete(name)
+
+
+async def test_a_replica_killed_during_a_direct_call_runs_it_again_through_serve(
+    service: tuple[InferenceService, ServeRouter],
+) -> None:
+    import ray
+    from ray import serve
+
+    inference, router = service
+    assert router.direct is not None
+    await _warm(inference, router)
+    handed_back, calls = router.direct.not_routed, router.direct.direct_calls
+    victim = _entry()
+    tag = f"killed-{uuid.uuid4().hex[:8]}"
+    sleeping = asyncio.ensure_future(
+        inference.infer(TENANT, _call("/sleep", timeout_s=120, seconds=2, tag=tag))
+    )
+    deadline = time.monotonic() + 20
+    while tag not in (await inference.infer(TENANT, _call("/started"))).json:
+        assert time.monotonic() < deadline, "the sleep never started"
+        await asyncio.sleep(0.05)
+    (deployment_name,) = serve.status().applications[APP].deployments
+    ray.kill(
+        ray.get_actor(
+            f"SERVE_REPLICA::{APP}#{deployment_name}#{victim['replica']}", namespace="serve"
+        ),
+        no_restart=True,
+    )
+    # The direct call fails with the replica; it is run again through Serve's handle, which
+    # waits for the replica Serve starts in its place.
+    assert (await sleeping).json == "awake"
+    assert router.direct.not_routed > handed_back
+    assert router.direct.direct_calls - calls >= 1  # the /started polls
