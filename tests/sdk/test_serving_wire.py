@@ -55,6 +55,19 @@ EXPECTED_EXPORTS = {
     "format_version",
     "looks_like_serve_model_id",
     "unverified_claims",
+    # The replicas' direct endpoint (its contract with the server's Infer router).
+    "DIRECT_APP_METADATA",
+    "DIRECT_ENV",
+    "DIRECT_INFER",
+    "DIRECT_INFER_GROUP",
+    "DIRECT_KV_NAMESPACE",
+    "DIRECT_MODEL_METADATA",
+    "DIRECT_REGISTRY_VERSION",
+    "DirectMessageError",
+    "pack_direct_message",
+    "registry_key",
+    "registry_prefix",
+    "unpack_direct_message",
 }
 
 TENSOR = TensorPayload.from_array("x", np.arange(6, dtype=np.float32).reshape(2, 3))

@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 Spawner = Callable[[str], Awaitable[tuple[SpawnedProcess, str]]]
 
 
+# How long a failed write waits for the fork server's exit to be seen.
+_GONE_WAIT_S = 5.0
+
+
 class ForkServerError(RuntimeError):
     """The fork server could not start the job's worker (it exited, or refused the request)."""
 
@@ -166,6 +170,11 @@ class ForkServer:
             stdin.write(data)
             await stdin.drain()
         except (ConnectionError, RuntimeError) as exc:
+            # The process is gone or going: let the reader see it exit first, so that
+            # `alive` says so and the caller starts the job on a new fork server instead of
+            # failing it (a write can lose the race with the reader's end of file).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._reader), _GONE_WAIT_S)
             raise ForkServerError(f"fork server of {self.plugin} is gone: {exc}") from None
 
     def close_input(self) -> None:
