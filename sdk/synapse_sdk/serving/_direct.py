@@ -163,8 +163,8 @@ class DirectEndpoint:
     async def start(self) -> None:
         """Serve on an ephemeral port of this node and register the address.
 
-        Failures are logged and leave the endpoint closed: the replica is still reached
-        through Serve's handle.
+        Raises what failed; the replica runtime logs it and stops what was started, and the
+        replica is then reached through Serve's handle only.
         """
         import grpc
         from ray import serve
