@@ -152,13 +152,7 @@ class DirectEndpoint:
         self._server: Any = None
         self._key: bytes | None = None
         self.address: str | None = None
-        self.calls = 0
         self._grace_s = _STOP_GRACE_S
-
-    @property
-    def open(self) -> bool:
-        """True while the endpoint serves (started and not stopped)."""
-        return self._server is not None
 
     async def start(self) -> None:
         """Serve on an ephemeral port of this node and register the address.
@@ -210,7 +204,7 @@ class DirectEndpoint:
             "app": self._app_name,
             "replica": context.replica_id.unique_id,
             "address": self.address,
-            "max_ongoing": int(config.max_ongoing_requests),
+            "max_ongoing": max_ongoing,
             "autoscaling": config.autoscaling_config is not None,
         }
         self._key = registry_key(self._app_name, context.replica_id.unique_id)
@@ -265,7 +259,6 @@ class DirectEndpoint:
                 message = unpack_direct_message(request)
             except DirectMessageError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            self.calls += 1
             if group:
                 if not (isinstance(message, list) and len(message) == 2):
                     await context.abort(
