@@ -311,8 +311,10 @@ def _known_ray_transport_hang(request: pytest.FixtureRequest) -> None:
     Seen in CI (stop 22, and 2026-12-06) and in local runs: in these two tests, on the Ray
     actor-call transport, a call to the batch probe sometimes never reaches the replica (its
     log shows none of the test's requests) and every later call of that transport to the
-    application in the process waits too, until its 120 s deadline. Not explained and not
-    fixed; the gRPC transport (the default) has not shown it in these tests since stop 22.
+    application in the process waits too, until its 120 s deadline. The gRPC transport showed
+    the same symptom once in CI (2026-12-07), from a race in Serve's router set-up that
+    ServeRouter now detects and repairs (test_serve_core's router test); whether the Ray
+    transport's hang has the same cause is not known, so its mark stays.
     """
     if request.node.callspec.params.get("inference") == "ray":
         request.applymarker(

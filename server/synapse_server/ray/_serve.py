@@ -79,6 +79,10 @@ REPLICA_MESSAGE_LIMIT_ENV = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
 #: What a request or answer gains over its payload on the way to a replica (the pickled
 #: serve protocol message and Serve's own envelope).
 _REPLICA_FRAMING_BYTES = 1 << 20
+# A new handle's router is set up from one first poll of Serve's controller, answered in
+# milliseconds; see ServeRouter._set_up_handle for why one may never be.
+_ROUTER_SETUP_S = 3.0
+_ROUTER_SETUP_TRIES = 3
 
 
 def _allow_replica_messages(limit: int) -> None:
@@ -224,8 +228,34 @@ class ServeRouter:
             if app is None:
                 await self._runtime.ensure_started()
                 shared = await asyncio.to_thread(_app_handle, app_name)
-                app = self._apps[app_name] = _loop_handle(shared)
+                app = self._apps[app_name] = await self._set_up_handle(shared)
             return app
+
+    async def _set_up_handle(self, shared: Any) -> Any:
+        """A loop handle of the deployment whose router has heard from Serve's controller.
+
+        Serve's router learns the deployment's config and replicas from a first poll of its
+        own, which Serve stops as soon as the process's shared poller (per event loop) sends
+        it an update. When that poller already follows the deployment (an earlier handle of
+        it on this loop) and a replica-set update reaches it while the new router's poll is
+        in flight, the poll's answer is dropped: the router may get the replicas but never
+        the config, and every request on it waits until its deadline (seen in CI with Ray
+        2.60, after a model load had just changed the replicas' model ids). A router not set
+        up within ``_ROUTER_SETUP_S`` is shut down and replaced; the last try is kept
+        whatever its state, and the calls on it wait within their own deadlines.
+        """
+        handle = _loop_handle(shared)
+        for _ in range(_ROUTER_SETUP_TRIES - 1):
+            if await _router_set_up(handle, _ROUTER_SETUP_S):
+                break
+            logger.warning(
+                "Serve's router for %r got no deployment config within %.0f s: replacing it",
+                shared.app_name,
+                _ROUTER_SETUP_S,
+            )
+            self._shut_down(handle)
+            handle = _loop_handle(shared)
+        return handle
 
     def _enter(self, app: Any) -> None:
         key = id(app)
@@ -465,6 +495,20 @@ def _is_message_too_large(exc: BaseException) -> bool:
         except Exception:
             return False
     return False
+
+
+async def _router_set_up(handle: Any, timeout_s: float) -> bool:
+    """Whether the handle's router received its deployment config within ``timeout_s``."""
+    router = getattr(handle._router, "_asyncio_router", None)
+    ready = getattr(router, "_request_router_initialized", None)
+    if not isinstance(ready, asyncio.Event):
+        return True  # a Serve without this state: nothing to check, the call's deadline holds
+    try:
+        async with asyncio.timeout(timeout_s):
+            await ready.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 async def _shutdown_handle(handle: Any) -> None:
