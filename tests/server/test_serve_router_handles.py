@@ -84,3 +84,54 @@ async def test_a_missing_application_leaves_nothing_behind(made: list[_Handle]) 
     await router._handle("later", "1")
     assert [h.app_name for h in made] == ["later"]
     await router.close()
+
+
+class _SetUp:
+    """Stands for Serve's router state: set once the router got its deployment config."""
+
+    def __init__(self, ready: bool) -> None:
+        self._request_router_initialized = asyncio.Event()
+        if ready:
+            self._request_router_initialized.set()
+
+
+async def test_a_router_without_its_config_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    readiness = iter([False, True])
+    handles: list[_Handle] = []
+
+    def loop_handle(shared: str) -> _Handle:
+        handle = _Handle(shared)
+        handle._router = type("R", (), {"_asyncio_router": _SetUp(next(readiness))})()  # type: ignore[attr-defined]
+        handles.append(handle)
+        return handle
+
+    monkeypatch.setattr(_serve, "_app_handle", lambda name: name)
+    monkeypatch.setattr(_serve, "_loop_handle", loop_handle)
+    monkeypatch.setattr(_serve, "_ROUTER_SETUP_S", 0.05)
+    router = ServeRouter(_Runtime(), transport="ray")  # type: ignore[arg-type]
+    app, _ = await router._handle("app", "1")
+    assert app is handles[1] and len(handles) == 2
+    await asyncio.sleep(0)  # the stuck one's shutdown task runs
+    assert handles[0].shut_down and not handles[1].shut_down
+    await router.close()
+
+
+async def test_the_last_try_is_kept_whatever_its_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    handles: list[_Handle] = []
+
+    def loop_handle(shared: str) -> _Handle:
+        handle = _Handle(shared)
+        handle._router = type("R", (), {"_asyncio_router": _SetUp(False)})()  # type: ignore[attr-defined]
+        handles.append(handle)
+        return handle
+
+    monkeypatch.setattr(_serve, "_app_handle", lambda name: name)
+    monkeypatch.setattr(_serve, "_loop_handle", loop_handle)
+    monkeypatch.setattr(_serve, "_ROUTER_SETUP_S", 0.05)
+    router = ServeRouter(_Runtime(), transport="ray")  # type: ignore[arg-type]
+    app, _ = await router._handle("app", "1")
+    assert len(handles) == _serve._ROUTER_SETUP_TRIES and app is handles[-1]
+    await router.close()
+    assert all(h.shut_down for h in handles)

@@ -228,10 +228,10 @@ class ServeRouter:
             if app is None:
                 await self._runtime.ensure_started()
                 shared = await asyncio.to_thread(_app_handle, app_name)
-                app = self._apps[app_name] = await self._set_up_handle(shared)
+                app = self._apps[app_name] = await self._set_up_handle(app_name, shared)
             return app
 
-    async def _set_up_handle(self, shared: Any) -> Any:
+    async def _set_up_handle(self, app_name: str, shared: Any) -> Any:
         """A loop handle of the deployment whose router has heard from Serve's controller.
 
         Serve's router learns the deployment's config and replicas from a first poll of its
@@ -250,7 +250,7 @@ class ServeRouter:
                 break
             logger.warning(
                 "Serve's router for %r got no deployment config within %.0f s: replacing it",
-                shared.app_name,
+                app_name,
                 _ROUTER_SETUP_S,
             )
             self._shut_down(handle)
@@ -499,7 +499,7 @@ def _is_message_too_large(exc: BaseException) -> bool:
 
 async def _router_set_up(handle: Any, timeout_s: float) -> bool:
     """Whether the handle's router received its deployment config within ``timeout_s``."""
-    router = getattr(handle._router, "_asyncio_router", None)
+    router = getattr(getattr(handle, "_router", None), "_asyncio_router", None)
     ready = getattr(router, "_request_router_initialized", None)
     if not isinstance(ready, asyncio.Event):
         return True  # a Serve without this state: nothing to check, the call's deadline holds
