@@ -646,47 +646,35 @@ async def test_a_forgotten_app_keeps_its_router_until_its_calls_end(deployed: No
 async def test_a_router_that_missed_its_first_poll_is_replaced(
     deployed: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Serve stops a new router's own first poll once the shared poller sends the router an
-    update; an answer that comes after the stop is dropped, and a router that got no config
-    that way would hold its requests until their deadlines. The state is made here by
-    stopping the first router's poll right after it is sent; kept, that router fails the
-    call with DEADLINE_EXCEEDED, as the batching tests did in CI."""
+    """Serve stops a new router's own first poll once the process's shared poller sends the
+    router an update, and drops an answer that comes after the stop; when the shared poller
+    already followed the deployment, it does not send the config, and the router holds its
+    requests until their deadlines. Made here for the first router: its poll is stopped
+    right after it is sent, and the shared poller never hears of it. Kept, that router fails
+    the call with DEADLINE_EXCEEDED, as the batching tests did in CI."""
     from ray.serve._private.router import SharedRouterLongPollClient
     from synapse_server.ray import _serve as serve_module
 
     made: list[Any] = []
-    real = serve_module._loop_handle
+    real_handle = serve_module._loop_handle
+    real_register = SharedRouterLongPollClient.register
+
+    def register_all_but_the_first(self: Any, router: Any) -> None:
+        if made:
+            real_register(self, router)
 
     def first_one_stuck(shared: Any) -> Any:
-        handle = real(shared)
+        handle = real_handle(shared)
         if not made:
             poller = handle._router._asyncio_router.long_poll_client
-            # Queued after the poll's send and the router's registration with the shared
-            # poller (both queued by the handle's set-up): the answer arrives to a stopped
-            # poller, as when the shared poller's update comes first.
+            # Queued after the poll's send (queued by the handle's set-up).
             asyncio.get_running_loop().call_soon(poller.stop)
         made.append(handle)
         return handle
 
-    token = ServeKeyring(SECRET).model_id_for(TENANT, "probe-app", "2")
-    # An earlier router of the deployment on this loop: the shared poller follows it, and
-    # would not send a new router the config it already has.
-    earlier = ServeRouter(RayRuntime(), transport="grpc")
-    await earlier.call("probe-app", token, ServeRequest(path="/started"), timeout_s=60)
-    earlier_router = earlier._apps["probe-app"]._router._asyncio_router
-    shared = SharedRouterLongPollClient.get_or_create(
-        earlier_router._controller_handle, asyncio.get_running_loop()
-    )
-
-    def followed() -> list[int]:
-        ids = shared.long_poll_client.snapshot_ids
-        return [v for k, v in list(ids.items()) if k[1:] == (earlier_router.deployment_id,)]
-
-    deadline = time.monotonic() + 120
-    while len(followed()) != 2 or min(followed()) < 0:
-        assert time.monotonic() < deadline, "the shared poller never got the deployment's state"
-        await asyncio.sleep(0.2)
+    monkeypatch.setattr(SharedRouterLongPollClient, "register", register_all_but_the_first)
     monkeypatch.setattr(serve_module, "_loop_handle", first_one_stuck)
+    token = ServeKeyring(SECRET).model_id_for(TENANT, "probe-app", "2")
     router = ServeRouter(RayRuntime(), transport="grpc")
     try:
         reply = await router.call("probe-app", token, ServeRequest(path="/started"), timeout_s=30)
@@ -695,4 +683,3 @@ async def test_a_router_that_missed_its_first_poll_is_replaced(
         assert not made[0]._router._asyncio_router._request_router_initialized.is_set()
     finally:
         await router.close()
-        await earlier.close()
