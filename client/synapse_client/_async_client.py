@@ -28,6 +28,7 @@ from ._jobs import (
     finished_terminal,
     inline_result,
     job_timeout,
+    raise_for_terminal,
     remaining,
     result_stream_start,
 )
@@ -75,19 +76,24 @@ class AsyncJobHandle(JobHandleBase["AsyncClient"]):
         """Waits for the job to finish and returns its parsed JSON result.
 
         Raises :class:`JobFailedError`, :class:`JobCancelledError`, or
-        :class:`JobTimeoutError` after ``timeout`` seconds (the job keeps running).
+        :class:`JobTimeoutError` after ``timeout`` seconds (the job keeps running). Once this
+        handle's :meth:`events` delivered the terminal event, an inline result needs no call.
         """
         if self._result is not UNSET:
             return self._result
         deadline = deadline_after(timeout)
         with job_timeout(self._id, timeout):
-            job = await self._client.get_job(
-                self._id, timeout=remaining(deadline), with_params=False
-            )
-            sequencer = EventSequencer(self._id, result_stream_start(job))
-            async for _ in self._follow(sequencer, deadline):
-                pass
-            terminal = finished_terminal(sequencer)
+            terminal = self._terminal
+            if terminal is None:
+                job = await self._client.get_job(
+                    self._id, timeout=remaining(deadline), with_params=False
+                )
+                sequencer = EventSequencer(self._id, result_stream_start(job))
+                async for _ in self._follow(sequencer, deadline):
+                    pass
+                terminal = finished_terminal(sequencer)
+            else:
+                raise_for_terminal(self._id, terminal)
             if terminal.result_inline:
                 value = inline_result(self._id, terminal)
             else:
@@ -123,7 +129,7 @@ class AsyncJobHandle(JobHandleBase["AsyncClient"]):
                 async with self._client._stream(call) as responses:
                     async for response in responses:
                         for event in follower.accept(response):
-                            yield event
+                            yield self._note(event)
                 failure = follower.end_of_stream()
             except RpcFailedError as error:
                 failure = error

@@ -28,6 +28,7 @@ from ._jobs import (
     finished_terminal,
     inline_result,
     job_timeout,
+    raise_for_terminal,
     remaining,
     result_stream_start,
 )
@@ -80,17 +81,22 @@ class JobHandle(JobHandleBase["Client"]):
 
         Raises :class:`JobFailedError` (with the plugin's error type, message and traceback),
         :class:`JobCancelledError`, or :class:`JobTimeoutError` after ``timeout`` seconds
-        (the job keeps running).
+        (the job keeps running). Once this handle's :meth:`events` delivered the terminal
+        event, an inline result needs no call.
         """
         if self._result is not UNSET:
             return self._result
         deadline = deadline_after(timeout)
         with job_timeout(self._id, timeout):
-            job = self._client.get_job(self._id, timeout=remaining(deadline), with_params=False)
-            sequencer = EventSequencer(self._id, result_stream_start(job))
-            for _ in self._follow(sequencer, deadline):
-                pass
-            terminal = finished_terminal(sequencer)
+            terminal = self._terminal
+            if terminal is None:
+                job = self._client.get_job(self._id, timeout=remaining(deadline), with_params=False)
+                sequencer = EventSequencer(self._id, result_stream_start(job))
+                for _ in self._follow(sequencer, deadline):
+                    pass
+                terminal = finished_terminal(sequencer)
+            else:
+                raise_for_terminal(self._id, terminal)
             if terminal.result_inline:
                 value = inline_result(self._id, terminal)
             else:
@@ -126,7 +132,7 @@ class JobHandle(JobHandleBase["Client"]):
             try:
                 with self._client._stream(call) as responses:
                     for response in responses:
-                        yield from follower.accept(response)
+                        yield from map(self._note, follower.accept(response))
                 failure = follower.end_of_stream()
             except RpcFailedError as error:
                 failure = error

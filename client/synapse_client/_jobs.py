@@ -82,6 +82,13 @@ class JobHandleBase(Generic[C]):
         #: From run_action: False when its request_id matched a job that already existed.
         self.created = created
         self._result: Any = UNSET
+        # The terminal event this handle's events() delivered: result() needs no more calls.
+        self._terminal: TerminalEvent | None = None
+
+    def _note(self, event: JobEvent) -> JobEvent:
+        if isinstance(event.payload, TerminalEvent):
+            self._terminal = event.payload
+        return event
 
     @property
     def id(self) -> str:

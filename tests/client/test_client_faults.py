@@ -32,6 +32,7 @@ from synapse_client import (
     FieldViolation,
     InternalError,
     InvalidArgumentError,
+    JobFailedError,
     JobTimeoutError,
     NotFoundError,
     ProtocolError,
@@ -433,3 +434,53 @@ async def test_bad_inline_result_is_a_protocol_error_in_both_clients(
         else:
             async with AsyncClient(address) as aclient:
                 await aclient.job("j1").result(timeout=10)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_result_after_following_events_makes_no_call(
+    fault_server: tuple[str, FaultScript], flavour: str
+) -> None:
+    address, script = fault_server
+    script.events = [progress(1, 50), _terminal_ok(2, b'{"n": 7}')]
+    if flavour == "sync":
+        with Client(address) as client:
+            handle = client.job("j1")
+            assert [e.seq for e in handle.events()] == [1, 2]
+            calls_before = (len(script.metadata), len(script.stream_requests))
+            assert handle.result(timeout=10) == {"n": 7}
+    else:
+        async with AsyncClient(address) as aclient:
+            ahandle = aclient.job("j1")
+            assert [e.seq async for e in ahandle.events()] == [1, 2]
+            calls_before = (len(script.metadata), len(script.stream_requests))
+            assert await ahandle.result(timeout=10) == {"n": 7}
+    assert (len(script.metadata), len(script.stream_requests)) == calls_before
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_a_failure_seen_in_events_is_raised_by_result(
+    fault_server: tuple[str, FaultScript], flavour: str
+) -> None:
+    address, script = fault_server
+    failed = event(
+        2,
+        terminal=job_event_pb2.TerminalEvent(
+            state=job_pb2.JOB_STATE_FAILED,
+            error=job_pb2.JobError(type="ValueError", message="bad row"),
+        ),
+    )
+    script.events = [progress(1, 50), failed]
+    if flavour == "sync":
+        with Client(address) as client:
+            handle = client.job("j1")
+            list(handle.events())
+            with pytest.raises(JobFailedError, match="bad row"):
+                handle.result(timeout=10)
+    else:
+        async with AsyncClient(address) as aclient:
+            ahandle = aclient.job("j1")
+            [e async for e in ahandle.events()]
+            with pytest.raises(JobFailedError, match="bad row"):
+                await ahandle.result(timeout=10)
+    # Only the events stream was opened: the result came from its terminal event.
+    assert len(script.stream_requests) == 1
