@@ -255,6 +255,7 @@ class SynapseServer:
             environment=job_environment,
             warm_workers=s.warm_workers,
             preload_plugins=s.preload_plugins,
+            local_artifacts=models.artifacts.files.blob_dir,
         )
         await executor.prewarm()
         self._catalog, self._local_executor = catalog, executor

@@ -342,3 +342,39 @@ def test_the_async_client_uploads_lists_downloads_and_fetches_outputs(
                 await client.get_dataset(dataset.id)
 
     asyncio.run(scenario())
+
+
+def test_a_local_worker_copies_the_dataset_from_the_store(
+    server: RunningServer, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker on the server's machine reads the stored file, not a download through the
+    server; the job's output is the same as a downloading worker's (the other tests)."""
+    from synapse_server.core.datasets import DatasetRegistryService
+
+    downloaded: list[str] = []
+    real = DatasetRegistryService.download
+
+    async def counting(self: Any, tenant: str, dataset_id: str, chunk_size: int = 0) -> Any:
+        downloaded.append(dataset_id)
+        return await real(self, tenant, dataset_id, chunk_size)
+
+    monkeypatch.setattr(DatasetRegistryService, "download", counting)
+    table, features = _features_table(2000, seed=5)
+    source = tmp_path / "rows.parquet"
+    pq.write_table(table, source)
+    expected = np.array(reference_outputs(model_dir, features.tolist()), dtype=np.float32)
+    with Client(server.address, token="token-alice", timeout=60) as client:
+        model_id = _register(client, model_dir, tmp_path)
+        dataset = client.upload_dataset(source, name="local-rows")
+        handle = client.run_action(
+            "batch-inference",
+            "batch_inference_dataset",
+            {"model_id": model_id, "dataset": dataset.id, "feature_columns": ["features"]},
+        )
+        assert handle.result(timeout=120)["rows"] == 2000
+        assert dataset.id not in downloaded
+        out = tmp_path / "out.parquet"
+        output = handle.download_output(out)
+        assert downloaded == [output.id]
+    got = np.asarray(pq.read_table(out).column("prediction").to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-5)

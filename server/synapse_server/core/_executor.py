@@ -30,7 +30,12 @@ from synapse_server.core._memory import (
 )
 from synapse_server.core._models import Job
 from synapse_server.core._plugin_code import PluginCode
-from synapse_server.core._scratch import JOB_SCRATCH_ENV, new_job_scratch, remove_scratch
+from synapse_server.core._scratch import (
+    JOB_SCRATCH_ENV,
+    LOCAL_ARTIFACTS_ENV,
+    new_job_scratch,
+    remove_scratch,
+)
 from synapse_server.core._spawn import SpawnedProcess, spawn
 from synapse_server.core._standby import ForkServer, ForkServerError, ForkServerPool
 
@@ -204,6 +209,10 @@ class LocalProcessExecutor:
     ``_plugin_code``), never from the live plugin directory: a fork server started again after
     a crash runs the same code as before, and a job runs the digest it was validated against
     (a job queued across a reload gets a fresh worker process with its older snapshot).
+
+    ``local_artifacts``: the server's artifact blob directory, which workers on this machine
+    copy their datasets from (checked against the sha256 the server names) instead of
+    downloading them through the server; None: every dataset is downloaded.
     """
 
     def __init__(
@@ -218,10 +227,12 @@ class LocalProcessExecutor:
         warm_workers: int = 1,
         preload_plugins: Sequence[str] = (),
         memory_check_seconds: float = 0.5,
+        local_artifacts: Path | None = None,
     ) -> None:
         if warm_workers < 0:
             raise ValueError("warm_workers must be >= 0")
         self._address = worker_address
+        self._local_artifacts = local_artifacts
         self._environment = environment
         self._catalog = catalog
         self._memory_limit_mb = memory_limit_mb or None
@@ -364,6 +375,8 @@ class LocalProcessExecutor:
         # outright leaves its dataset copy and outputs behind otherwise.
         scratch = new_job_scratch(job.id, {**os.environ, **extra_env})
         extra_env = {**extra_env, JOB_SCRATCH_ENV: str(scratch)}
+        if self._local_artifacts is not None:
+            extra_env = {**extra_env, LOCAL_ARTIFACTS_ENV: str(self._local_artifacts)}
         try:
             outcome = await self._launch(job, code, credential, extra_env, trace_context)
         except BaseException:

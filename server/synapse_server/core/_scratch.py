@@ -20,12 +20,22 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["JOB_SCRATCH_ENV", "SCRATCH_ENV", "new_job_scratch", "remove_scratch"]
+__all__ = [
+    "JOB_SCRATCH_ENV",
+    "LOCAL_ARTIFACTS_ENV",
+    "SCRATCH_ENV",
+    "new_job_scratch",
+    "remove_scratch",
+]
 
 #: Where job scratch directories are made (default: the temp directory).
 SCRATCH_ENV = "SYNAPSE_DATASET_SCRATCH"
 #: The exact scratch directory of one worker, chosen by whoever launches it.
 JOB_SCRATCH_ENV = "SYNAPSE_JOB_SCRATCH"
+#: The server's artifact blob directory, given to workers on the server's own machine: a
+#: dataset the server names is copied from it into the scratch directory (checked against
+#: its sha256) instead of downloaded through the server.
+LOCAL_ARTIFACTS_ENV = "SYNAPSE_LOCAL_ARTIFACTS"
 
 
 def new_job_scratch(job_id: str, environ: Mapping[str, str] | None = None) -> Path:

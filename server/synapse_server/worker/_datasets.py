@@ -4,17 +4,22 @@ installs in the run context (local, task and job modes alike).
 A reference (an id ``ds-...`` or a name, the newest of that name) is looked up as the job's
 tenant through ``DatasetService`` with the job's credential, and the file is downloaded once
 (checked against its sha256) into the job's scratch directory, so the runner reads a local
-file however far the server is. An output sink is a Parquet file in the same directory; its
-``commit`` uploads it through ``WorkerService.UploadJobOutput``, where the server keeps it
-staged: it becomes a dataset only if the job succeeds. The directory goes with the job.
+file however far the server is. A worker on the server's own machine (``LOCAL_ARTIFACTS_ENV``
+set by the local executor) copies the file from the server's artifact store instead, also
+checked against the sha256 the server named, and downloads it when that fails. An output
+sink is a Parquet file in the same directory; its ``commit`` uploads it through
+``WorkerService.UploadJobOutput``, where the server keeps it staged: it becomes a dataset
+only if the job succeeds. The directory goes with the job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -24,7 +29,8 @@ from typing import TYPE_CHECKING, Any, cast
 from synapse.plugin.v1 import worker_service_pb2, worker_service_pb2_grpc
 from synapse_sdk.runtime import PlatformInfo
 
-from synapse_server.core._scratch import JOB_SCRATCH_ENV, SCRATCH_ENV
+from synapse_server.core._scratch import JOB_SCRATCH_ENV, LOCAL_ARTIFACTS_ENV, SCRATCH_ENV
+from synapse_server.core.artifacts._files import blob_path
 
 if TYPE_CHECKING:
     from synapse_sdk.datasets import DatasetSource
@@ -143,7 +149,7 @@ class WorkerDatasets:
         except NotFoundError:
             raise DatasetNotFoundError(ref) from None
         path = self._directory() / f"{info.sha256}.{_EXTENSIONS.get(info.format, 'data')}"
-        if not path.exists():
+        if not path.exists() and not _copy_local_artifact(info.sha256, path):
             client.download_dataset(info.id, path)
         source = DatasetSource(
             dataset_id=info.id,
@@ -173,3 +179,43 @@ class WorkerDatasets:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _copy_local_artifact(sha256: str, dest: Path) -> bool:
+    """Copy the server's stored file ``sha256`` to ``dest``; whether it was.
+
+    Only where the local executor named the store's directory. A copy, not a link: the job
+    may write to its scratch files, and the store's must not change. The bytes are hashed on
+    the way and must match ``sha256`` (the server's digest for the tenant's dataset); a file
+    that is missing, not readable, not a regular file, a symlink or damaged is left to the
+    download instead, where the server reports a damaged file as such.
+    """
+    blobs = os.environ.get(LOCAL_ARTIFACTS_ENV)
+    if not blobs:
+        return False
+    partial = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+    try:
+        source = blob_path(Path(blobs), sha256)
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+        with open(fd, "rb") as src:
+            if not _is_regular(src.fileno()):
+                return False
+            digest = hashlib.sha256()
+            with open(partial, "xb") as out:
+                while data := src.read(_UPLOAD_CHUNK):
+                    digest.update(data)
+                    out.write(data)
+        if digest.hexdigest() != sha256:
+            logger.warning("the stored file of %s does not match its sha256: downloading", sha256)
+            return False
+        os.replace(partial, dest)
+        return True
+    except Exception:  # any failure falls back to the download, which reports real ones
+        logger.debug("dataset file %s not copied from the local store", sha256, exc_info=True)
+        return False
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _is_regular(fd: int) -> bool:
+    return stat.S_ISREG(os.fstat(fd).st_mode)

@@ -22,7 +22,7 @@ from synapse_sdk.models import ModelIntegrityError
 from synapse_server.core._errors import InvalidArgumentError, ServerError
 from synapse_server.core._storage import StorageGuard
 
-__all__ = ["ArtifactStore", "ArtifactTooLargeError", "PendingArtifact"]
+__all__ = ["ArtifactStore", "ArtifactTooLargeError", "PendingArtifact", "blob_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,13 @@ def _check_sha(sha256: str) -> str:
     if len(sha256) != 64 or not set(sha256) <= _HEX:
         raise InvalidArgumentError(f"not a lower-case hex sha256: {sha256!r}")
     return sha256
+
+
+def blob_path(blob_dir: Path, sha256: str) -> Path:
+    """Where the artifact with this checksum lives under ``blob_dir`` (the store's layout,
+    which local workers read datasets from too)."""
+    _check_sha(sha256)
+    return blob_dir / sha256[:2] / sha256
 
 
 class PendingArtifact:
@@ -114,8 +121,7 @@ class ArtifactStore:
 
     def path_for(self, sha256: str) -> Path:
         """Where the artifact with this checksum lives (whether or not it exists)."""
-        _check_sha(sha256)
-        return self.blob_dir / sha256[:2] / sha256
+        return blob_path(self.blob_dir, sha256)
 
     def exists(self, sha256: str) -> bool:
         """True when an artifact with this checksum is stored."""
