@@ -317,7 +317,16 @@ class SynapseServer:
             )
         grpc_server = build_grpc_server(
             s,
-            _grpc_services(s, self._jobs, models, datasets, deployments, inference, self._serving),
+            _grpc_services(
+                s,
+                self._jobs,
+                models,
+                datasets,
+                deployments,
+                inference,
+                self._serving,
+                executor.job_scratch,
+            ),
             issuer,
             serve_keys=keyring,
             telemetry=telemetry,
@@ -506,8 +515,12 @@ def _grpc_services(
     deployments: DeploymentService,
     inference: InferenceService,
     serving: Callable[[], bool],
+    job_scratch: Callable[[str], Path | None],
 ) -> list[ServiceRegistration]:
-    """The services on the platform's port, each a servicer over its core service."""
+    """The services on the platform's port, each a servicer over its core service.
+
+    ``job_scratch``: the local executor's scratch directory of a running job's worker.
+    """
     services = [
         ServiceRegistration(
             ActionServicer(jobs, s.keepalive_seconds, s.max_message_bytes),
@@ -515,7 +528,7 @@ def _grpc_services(
             service_name(action_service_pb2, "ActionService"),
         ),
         ServiceRegistration(
-            WorkerServicer(jobs, datasets),
+            WorkerServicer(jobs, datasets, job_scratch),
             worker_service_pb2_grpc.add_WorkerServiceServicer_to_server,
             service_name(worker_service_pb2, "WorkerService"),
         ),

@@ -344,6 +344,55 @@ def test_the_async_client_uploads_lists_downloads_and_fetches_outputs(
     asyncio.run(scenario())
 
 
+def test_a_local_worker_hands_its_output_over_by_file(
+    server: RunningServer, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker on the server's machine names its finished output file and the server copies
+    it from the job's scratch directory: no chunk of the output crosses gRPC, and the output
+    is the reference's."""
+    from synapse_server.grpc import _servicers
+
+    opened: list[tuple[Path, str]] = []
+    streamed: list[str] = []
+    real_open, real_chunks = _servicers.open_scratch_file, _servicers.upload_chunks
+
+    def recording_open(scratch: Path, name: str) -> int:
+        opened.append((Path(scratch), name))
+        return real_open(scratch, name)
+
+    def recording_chunks(stream: Any, rpc: str) -> Any:
+        streamed.append(rpc)
+        return real_chunks(stream, rpc)
+
+    monkeypatch.setattr(_servicers, "open_scratch_file", recording_open)
+    monkeypatch.setattr(_servicers, "upload_chunks", recording_chunks)
+    table, features = _features_table(1500, seed=9)
+    source = tmp_path / "rows.parquet"
+    pq.write_table(table, source)
+    expected = np.array(reference_outputs(model_dir, features.tolist()), dtype=np.float32)
+    with Client(server.address, token="token-alice", timeout=60) as client:
+        model_id = _register(client, model_dir, tmp_path)
+        dataset = client.upload_dataset(source, name="handed-over")
+        handle = client.run_action(
+            "batch-inference",
+            "batch_inference_dataset",
+            {"model_id": model_id, "dataset": dataset.id, "feature_columns": ["features"]},
+        )
+        assert handle.result(timeout=120)["rows"] == 1500
+        out = tmp_path / "out.parquet"
+        output = handle.download_output(out)
+    assert streamed == []
+    assert len(opened) == 1
+    scratch, name = opened[0]
+    assert scratch.name.startswith(f"synapse-job-{handle.id}-")
+    assert name.startswith("output-") and name.endswith(".parquet")
+    # The job ended: its scratch directory (and the worker's file) is gone, the copy stays.
+    assert not scratch.exists()
+    assert output.num_rows == 1500
+    got = np.asarray(pq.read_table(out).column("prediction").to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_a_local_worker_copies_the_dataset_from_the_store(
     server: RunningServer, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

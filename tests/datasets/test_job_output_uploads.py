@@ -1,10 +1,11 @@
 """WorkerService.UploadJobOutput through a real grpc.aio server with the auth interceptor: only
 the job's own worker, only while its job runs; a job that ends during the upload keeps
-nothing."""
+nothing; a file named by ``local_file`` is read only from that job's own scratch directory."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -52,6 +53,8 @@ class Server:
         self.loop = asyncio.new_event_loop()
         self.issuer = WorkerCredentialIssuer(secrets.token_bytes(32))
         self.jobs = FakeJobs()
+        # Jobs whose worker this server "launched" on its machine: their scratch directory.
+        self.scratch: dict[str, Path] = {}
         ready = threading.Event()
 
         async def start() -> None:
@@ -62,7 +65,11 @@ class Server:
             models = ModelRegistryService.for_data_dir(models_store, root)
             self.registry = DatasetRegistryService(self.store, models.artifacts)
             await models.open()
-            servicer = WorkerServicer(self.jobs, self.registry)  # type: ignore[arg-type]
+            servicer = WorkerServicer(
+                self.jobs,  # type: ignore[arg-type]
+                self.registry,
+                self.scratch.get,
+            )
             self.grpc = GrpcServer(
                 [
                     ServiceRegistration(
@@ -164,3 +171,80 @@ def test_a_job_that_ends_during_the_upload_keeps_nothing(server: Server, tmp_pat
         _upload(server, token, "job-late", "out", data)
     assert _code(err) is grpc.StatusCode.FAILED_PRECONDITION
     assert "job-late" not in server.call(server.store.staged_jobs())
+
+
+def _hand_over(server: Server, token: str, job_id: str, local_file: str, *extra: bytes) -> Any:
+    def requests() -> Iterator[worker_service_pb2.UploadJobOutputRequest]:
+        yield worker_service_pb2.UploadJobOutputRequest(
+            info=worker_service_pb2.JobOutputInfo(
+                job_id=job_id, name="predictions", local_file=local_file
+            )
+        )
+        for chunk in extra:
+            yield worker_service_pb2.UploadJobOutputRequest(chunk=chunk)
+
+    return server.stub.UploadJobOutput(
+        requests(), metadata=[("authorization", f"Bearer {token}")], timeout=20
+    ).output
+
+
+def _scratch(server: Server, root: Path, job_id: str) -> Path:
+    scratch = root / f"synapse-job-{job_id}"
+    scratch.mkdir()
+    server.scratch[job_id] = scratch
+    return scratch
+
+
+def test_a_file_in_the_jobs_scratch_directory_is_copied(server: Server, tmp_path: Path) -> None:
+    scratch = _scratch(server, tmp_path, "job-local")
+    data = write_parquet(scratch / "output-1.parquet", 12).read_bytes()
+    token = server.issuer.mint("job-local", "tenant-a")
+    output = _hand_over(server, token, "job-local", "output-1.parquet")
+    assert output.num_rows == 12 and output.size_bytes == len(data)
+    assert (scratch / "output-1.parquet").read_bytes() == data  # the worker's file stays
+    server.call(server.registry.commit_outputs("job-local"))
+    [stored] = server.call(server.registry.job_outputs("tenant-a", "job-local"))
+    assert stored.id == output.id
+
+
+def test_a_hand_over_the_server_cannot_take_is_refused_with_nothing_staged(
+    server: Server, tmp_path: Path
+) -> None:
+    token = server.issuer.mint("job-far", "tenant-a")
+    # No scratch directory of this job on the server's machine (a Ray worker, say).
+    with pytest.raises(grpc.RpcError) as err:
+        _hand_over(server, token, "job-far", "output.parquet")
+    assert _code(err) is grpc.StatusCode.FAILED_PRECONDITION
+    scratch = _scratch(server, tmp_path, "job-odd")
+    data = write_parquet(scratch / "out.parquet", 3).read_bytes()
+    odd = server.issuer.mint("job-odd", "tenant-a")
+    with pytest.raises(grpc.RpcError) as err:  # both a file name and the bytes
+        _hand_over(server, odd, "job-odd", "out.parquet", data)
+    assert _code(err) is grpc.StatusCode.INVALID_ARGUMENT
+    (scratch / "junk").write_bytes(b"not parquet")
+    os.mkfifo(scratch / "pipe")
+    for name in ("missing.parquet", "../out.parquet", "pipe", "junk", "x" * 100_000):
+        with pytest.raises(grpc.RpcError) as err:
+            _hand_over(server, odd, "job-odd", name)
+        assert _code(err) is grpc.StatusCode.INVALID_ARGUMENT, name
+        assert len(err.value.details()) < 300  # type: ignore[attr-defined]
+    assert not {"job-far", "job-odd"} & server.call(server.store.staged_jobs())
+
+
+def test_a_worker_cannot_name_another_jobs_file(server: Server, tmp_path: Path) -> None:
+    """Tenant b's worker names tenant a's output: the name is looked up only in b's own
+    scratch directory, and a's id in b's credential is refused as before."""
+    a = _scratch(server, tmp_path, "job-tenant-a")
+    write_parquet(a / "output-a.parquet", 4)
+    _scratch(server, tmp_path, "job-tenant-b")
+    token_b = server.issuer.mint("job-tenant-b", "tenant-b")
+    with pytest.raises(grpc.RpcError) as err:
+        _hand_over(server, token_b, "job-tenant-b", "output-a.parquet")
+    assert _code(err) is grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        _hand_over(server, token_b, "job-tenant-b", "../synapse-job-job-tenant-a/output-a.parquet")
+    assert _code(err) is grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        _hand_over(server, token_b, "job-tenant-a", "output-a.parquet")
+    assert _code(err) is grpc.StatusCode.PERMISSION_DENIED
+    assert not {"job-tenant-a", "job-tenant-b"} & server.call(server.store.staged_jobs())

@@ -2,7 +2,9 @@
 
 The copy must be exactly the stored file the server named (by sha256, for the job's tenant),
 and anything else (no store given, a missing, damaged, linked or odd file) falls back to the
-download through the server. The real path runs in test_dataset_jobs_e2e.
+download through the server. Its output goes the other way: the worker names the finished
+file in its scratch directory and sends the bytes only when the server will not copy it. The
+real paths run in test_dataset_jobs_e2e.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import pytest
+from synapse.plugin.v1 import dataset_pb2, worker_service_pb2
 from synapse_server.core._scratch import JOB_SCRATCH_ENV, LOCAL_ARTIFACTS_ENV
 from synapse_server.core.artifacts._files import blob_path
 from synapse_server.worker._datasets import WorkerDatasets
@@ -122,3 +126,67 @@ def test_a_malformed_digest_is_downloaded(store: Path) -> None:
     client = _Client(sha256="Z" * 64)
     _resolve(client)
     assert client.downloads == ["ds-0123"]
+
+
+class _Refusal(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+
+class _WorkerStub:
+    """UploadJobOutput as the worker sees it: ``refuse`` answers a hand-over by file name."""
+
+    def __init__(self, refuse: grpc.StatusCode | None = None) -> None:
+        self.refuse = refuse
+        self.calls: list[tuple[str, int]] = []  # (local_file, bytes sent)
+
+    def UploadJobOutput(self, requests: Any, metadata: Any) -> Any:
+        first, *rest = list(requests)
+        self.calls.append((first.info.local_file, sum(len(r.chunk) for r in rest)))
+        if first.info.local_file and self.refuse is not None:
+            raise _Refusal(self.refuse)
+        return worker_service_pb2.UploadJobOutputResponse(output=dataset_pb2.Dataset(num_rows=3))
+
+
+def _commit(stub: _WorkerStub) -> Path:
+    datasets = WorkerDatasets(None, "job-1", stub, ())  # type: ignore[arg-type]
+    sink = datasets.open_sink("predictions")
+    Path(sink.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(sink.path).write_bytes(DATA)
+    sink.commit(3)
+    return Path(sink.path)
+
+
+def test_a_local_worker_names_its_output_file(store: Path) -> None:
+    stub = _WorkerStub()
+    path = _commit(stub)
+    assert stub.calls == [(path.name, 0)]  # the name, not one byte
+
+
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT]
+)
+def test_a_refused_hand_over_sends_the_bytes(store: Path, code: grpc.StatusCode) -> None:
+    stub = _WorkerStub(refuse=code)
+    path = _commit(stub)
+    assert stub.calls == [(path.name, 0), ("", len(DATA))]
+
+
+def test_any_other_error_of_the_hand_over_fails_the_commit(store: Path) -> None:
+    stub = _WorkerStub(refuse=grpc.StatusCode.PERMISSION_DENIED)
+    with pytest.raises(grpc.RpcError):
+        _commit(stub)
+    assert len(stub.calls) == 1
+
+
+def test_a_worker_in_a_directory_the_server_did_not_choose_sends_the_bytes(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ray workers, or a worker without the local store: the server cannot read their files.
+    monkeypatch.delenv(LOCAL_ARTIFACTS_ENV)
+    stub = _WorkerStub()
+    _commit(stub)
+    assert stub.calls == [("", len(DATA))]

@@ -1,12 +1,23 @@
 """A job worker's scratch directory, chosen and removed by whoever launches it
-(``core._scratch``)."""
+(``core._scratch``), and the output file a worker names in it for the server to copy."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import tempfile
+import time
 from pathlib import Path
 
-from synapse_server.core._scratch import SCRATCH_ENV, new_job_scratch, remove_scratch
+import pytest
+from synapse_server.core import InvalidArgumentError
+from synapse_server.core._scratch import (
+    SCRATCH_ENV,
+    new_job_scratch,
+    open_scratch_file,
+    read_chunks,
+    remove_scratch,
+)
 
 
 def test_each_launch_gets_its_own_path_under_the_scratch_parent(tmp_path: Path) -> None:
@@ -41,3 +52,81 @@ def test_a_link_or_a_file_at_the_path_is_left_alone(tmp_path: Path) -> None:
     file.write_text("not a directory")
     assert remove_scratch(link) is False and remove_scratch(file) is False
     assert (target / "keep").exists() and file.exists()
+
+
+def _read(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
+def _refused(scratch: Path, name: str) -> str:
+    with pytest.raises(InvalidArgumentError) as err:
+        open_scratch_file(scratch, name)
+    assert err.value.field == "local_file"
+    return str(err.value)
+
+
+def test_a_plain_file_in_the_scratch_directory_is_opened(tmp_path: Path) -> None:
+    (tmp_path / "output-1.parquet").write_bytes(b"PAR1 rows PAR1")
+    assert _read(open_scratch_file(tmp_path, "output-1.parquet")) == b"PAR1 rows PAR1"
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/etc/passwd", "x\0y"])
+def test_only_a_plain_name_is_accepted(tmp_path: Path, name: str) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "b").write_text("in a subdirectory")
+    message = _refused(tmp_path, name)
+    assert "plain file name" in message
+    assert name not in message or name in ("", ".")  # the name is never echoed
+
+
+def test_what_the_worker_could_point_elsewhere_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("the server's file")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "link").symlink_to(secret)
+    os.link(secret, scratch / "hard")  # a hard link to a file the job could not read
+    (scratch / "dir").mkdir()
+    assert "no such file" in _refused(scratch, "link")
+    assert "hard links" in _refused(scratch, "hard")
+    assert "not a regular file" in _refused(scratch, "dir")
+    assert "no such file" in _refused(scratch, "missing")
+    # The scratch directory itself swapped for a symlink to another directory.
+    moved = tmp_path / "moved"
+    scratch.rename(moved)
+    scratch.symlink_to(moved)
+    (moved / "plain").write_text("x")
+    assert "scratch directory" in _refused(scratch, "plain")
+    assert "scratch directory" in _refused(tmp_path / "gone", "plain")
+    assert secret.read_text() == "the server's file"
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe")
+    started = time.monotonic()
+    assert "not a regular file" in _refused(tmp_path, "pipe")
+    assert time.monotonic() - started < 5  # opening a FIFO for reading would block
+
+
+def test_no_descriptor_is_left_open_by_a_refusal(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "pipe")
+    before = len(os.listdir("/proc/self/fd"))
+    for name in ("dir", "pipe", "missing", ".."):
+        _refused(tmp_path, name)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_read_chunks_reads_the_file_and_closes_it(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    (tmp_path / "f").write_bytes(data)
+    fd = open_scratch_file(tmp_path, "f")
+
+    async def collect() -> list[bytes]:
+        return [chunk async for chunk in read_chunks(fd, chunk_size=100_000)]
+
+    chunks = asyncio.run(collect())
+    assert b"".join(chunks) == data and len(chunks) == 3
+    with pytest.raises(OSError):
+        os.fstat(fd)

@@ -242,6 +242,8 @@ class LocalProcessExecutor:
         self._python = python or sys.executable
         self._log_dir = log_dir
         self._processes: dict[str, SpawnedProcess] = {}
+        # The scratch directory of each job whose worker runs now (see job_scratch).
+        self._scratch: dict[str, Path] = {}
         self._forked: dict[str, ForkServer] = {}
         self._preload = list(preload_plugins)
         self._fork_servers = ForkServerPool(self._spawn_fork_server) if warm_workers else None
@@ -377,17 +379,30 @@ class LocalProcessExecutor:
         extra_env = {**extra_env, JOB_SCRATCH_ENV: str(scratch)}
         if self._local_artifacts is not None:
             extra_env = {**extra_env, LOCAL_ARTIFACTS_ENV: str(self._local_artifacts)}
+        self._scratch[job.id] = scratch
         try:
             outcome = await self._launch(job, code, credential, extra_env, trace_context)
         except BaseException:
+            self._forget_scratch(job.id, scratch)
             # Withdrawn (the worker was killed) or failed: removed in the background (not
             # at all if the server is past running threads: it is going down).
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().run_in_executor(None, remove_scratch, scratch)
             raise
+        self._forget_scratch(job.id, scratch)
         # Before the job's end is stored, so a finished job holds no disk.
         await asyncio.to_thread(remove_scratch, scratch)
         return outcome
+
+    def job_scratch(self, job_id: str) -> Path | None:
+        """The scratch directory of the job's running worker on this machine, if it has one:
+        where the worker may leave a finished output for the server to copy."""
+        return self._scratch.get(job_id)
+
+    def _forget_scratch(self, job_id: str, scratch: Path) -> None:
+        # Only this launch's: a later launch of the job may have named its own by now.
+        if self._scratch.get(job_id) == scratch:
+            del self._scratch[job_id]
 
     async def _launch(
         self,

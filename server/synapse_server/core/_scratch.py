@@ -9,22 +9,32 @@ the worker in ``SYNAPSE_JOB_SCRATCH``, and removes it once the worker has ended
 (:func:`remove_scratch`): the local executor, and the Ray supervisor on the worker's node.
 Without that, every killed dataset job would leave its dataset copy and partial output
 behind until the disk filled.
+
+A worker the local executor launched may hand a finished output over by naming its file in
+that directory instead of streaming the bytes (:func:`open_scratch_file`, where the server
+checks what it is about to read: the worker runs plugin code).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import stat
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+
+from synapse_server.core._errors import InvalidArgumentError
 
 __all__ = [
     "JOB_SCRATCH_ENV",
     "LOCAL_ARTIFACTS_ENV",
     "SCRATCH_ENV",
     "new_job_scratch",
+    "open_scratch_file",
+    "read_chunks",
     "remove_scratch",
 ]
 
@@ -56,3 +66,60 @@ def remove_scratch(path: str | os.PathLike[str] | None) -> bool:
         return False
     shutil.rmtree(path, ignore_errors=True)
     return True
+
+
+def _refuse(reason: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"local_file: {reason}", field="local_file")
+
+
+def open_scratch_file(scratch: str | os.PathLike[str], name: str) -> int:
+    """A read-only descriptor of the file ``name`` in the worker scratch directory
+    ``scratch``, for the server to copy (the caller closes it).
+
+    The worker runs plugin code, so nothing it names is trusted: ``name`` must be a plain
+    file name; neither the directory nor the file may be a symlink (the file is opened
+    relative to the directory's descriptor, both with ``O_NOFOLLOW``); both must belong to
+    this process's user; the file must be a regular file with no other hard link (a link to
+    a file elsewhere, which the job could not read itself, is refused), and a FIFO or device
+    is never waited on (``O_NONBLOCK``). Raises InvalidArgumentError naming the failed check,
+    never echoing ``name``.
+    """
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise _refuse("must be a plain file name in the job's scratch directory")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        dir_fd = os.open(scratch, flags | os.O_DIRECTORY)
+    except OSError:
+        raise _refuse("the job's scratch directory is missing or not a directory") from None
+    try:
+        if os.fstat(dir_fd).st_uid != os.geteuid():
+            raise _refuse("the job's scratch directory belongs to another user")
+        try:
+            fd = os.open(name, flags | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError:
+            raise _refuse("no such file in the job's scratch directory (or a symlink)") from None
+    finally:
+        os.close(dir_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _refuse("not a regular file")
+        if info.st_uid != os.geteuid():
+            raise _refuse("the file belongs to another user")
+        if info.st_nlink != 1:
+            raise _refuse("the file has other hard links")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+async def read_chunks(fd: int, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """The bytes of the open file ``fd`` from its start, ``chunk_size`` at a time (read in a
+    thread); closes ``fd`` when done or dropped."""
+    try:
+        while data := await asyncio.to_thread(os.read, fd, chunk_size):
+            yield data
+    finally:
+        os.close(fd)

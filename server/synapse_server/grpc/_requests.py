@@ -149,7 +149,11 @@ STRING_LIMITS: Mapping[str, Mapping[str, int]] = {
     _P + "ReportEventsRequest": {},
     _P + "ReportEventsOpen": {"job_id": MAX_ID_CHARS, "worker_id": MAX_ID_CHARS},
     _P + "UploadJobOutputRequest": {},
-    _P + "JobOutputInfo": {"job_id": MAX_ID_CHARS, "name": MAX_NAME_CHARS},
+    _P + "JobOutputInfo": {
+        "job_id": MAX_ID_CHARS,
+        "name": MAX_NAME_CHARS,
+        "local_file": MAX_NAME_CHARS,
+    },
     # Open Inference Protocol v2: model names are serve application names, versions model
     # ids; the values of string parameters are the endpoint's data (bounded by the message).
     "inference.ModelReadyRequest": {"name": MAX_NAME_CHARS, "version": MAX_ID_CHARS},

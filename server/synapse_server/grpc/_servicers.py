@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,6 +28,7 @@ from synapse_server.core import (
 )
 from synapse_server.core._jobs import JobService, WorkerReport
 from synapse_server.core._paging import checked_page_size
+from synapse_server.core._scratch import open_scratch_file, read_chunks
 from synapse_server.core.datasets import DatasetRegistryService
 from synapse_server.grpc import _converters as conv
 from synapse_server.grpc._auth import current_principal
@@ -215,11 +217,35 @@ def worker_reports(
 
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     """WorkerService over :class:`JobService` (internal: platform workers only); job outputs
-    go to ``datasets`` (None: this server stores none)."""
+    go to ``datasets`` (None: this server stores none). ``job_scratch``: the scratch directory
+    of a job whose worker this server launched on its own machine (None: no job has one),
+    from which an output named by ``local_file`` is copied."""
 
-    def __init__(self, jobs: JobService, datasets: DatasetRegistryService | None = None) -> None:
+    def __init__(
+        self,
+        jobs: JobService,
+        datasets: DatasetRegistryService | None = None,
+        job_scratch: Callable[[str], Path | None] | None = None,
+    ) -> None:
         self._jobs = jobs
         self._datasets = datasets
+        self._job_scratch = job_scratch
+
+    async def _local_output(
+        self, job_id: str, name: str, stream: AsyncIterator[object]
+    ) -> AsyncIterator[bytes]:
+        """The chunks of output file ``name`` in the job's scratch directory (checked as
+        ``open_scratch_file`` says); nothing may follow the info message."""
+        scratch = self._job_scratch(job_id) if self._job_scratch is not None else None
+        if scratch is None:
+            raise FailedPreconditionError(
+                f"job {job_id}'s worker has no scratch directory on this server's machine: "
+                "send the output's chunks"
+            )
+        if await anext(stream, None) is not None:
+            raise InvalidArgumentError("no chunk may follow an info that names a local_file")
+        fd = await asyncio.to_thread(open_scratch_file, scratch, name)
+        return read_chunks(fd)
 
     @map_errors
     async def UploadJobOutput(  # type: ignore[override]  # noqa: N802
@@ -227,7 +253,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         request_iterator: AsyncIterator[worker_service_pb2.UploadJobOutputRequest],
         context: grpc.aio.ServicerContext,
     ) -> worker_service_pb2.UploadJobOutputResponse:
-        """Info first, then the Parquet file's chunks: staged until the job succeeds."""
+        """Info first, then the Parquet file's chunks (or none: the info names the file in the
+        job's scratch directory); staged until the job succeeds."""
         claims = _worker()
         if self._datasets is None:
             raise FailedPreconditionError("this server's store keeps no job outputs")
@@ -237,9 +264,11 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             raise InvalidArgumentError("the first UploadJobOutput message must carry info")
         job = self._jobs.running_job(claims, first.info.job_id)
         bind_log_context(job_id=job.id)
-        record = await self._datasets.stage_output(
-            job.tenant, job.id, first.info.name, upload_chunks(stream, "UploadJobOutput")
-        )
+        if first.info.local_file:
+            chunks = await self._local_output(job.id, first.info.local_file, stream)
+        else:
+            chunks = upload_chunks(stream, "UploadJobOutput")
+        record = await self._datasets.stage_output(job.tenant, job.id, first.info.name, chunks)
         if not self._jobs.is_running(job.id):
             # The job ended while the file came in: its end already dropped what was staged
             # before, and this must not outlive it either.

@@ -9,7 +9,9 @@ set by the local executor) copies the file from the server's artifact store inst
 checked against the sha256 the server named, and downloads it when that fails. An output
 sink is a Parquet file in the same directory; its ``commit`` uploads it through
 ``WorkerService.UploadJobOutput``, where the server keeps it staged: it becomes a dataset
-only if the job succeeds. The directory goes with the job.
+only if the job succeeds. A worker on the server's machine names the file in the scratch
+directory the server chose for it instead, and the server copies it from there (sending the
+bytes when the server refuses). The directory goes with the job.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import grpc
 from synapse.plugin.v1 import worker_service_pb2, worker_service_pb2_grpc
 from synapse_sdk.runtime import PlatformInfo
 
@@ -54,12 +57,15 @@ class WorkerOutputSink:
         job_id: str,
         stub: worker_service_pb2_grpc.WorkerServiceStub,
         metadata: Sequence[tuple[str, str]],
+        *,
+        local: bool = False,
     ) -> None:
         self.name = name
         self.path = str(path)
         self._job_id = job_id
         self._stub = stub
         self._metadata = tuple(metadata)
+        self._local = local
         self.committed: int | None = None
 
     def _requests(self) -> Iterator[worker_service_pb2.UploadJobOutputRequest]:
@@ -70,9 +76,37 @@ class WorkerOutputSink:
             while data := fh.read(_UPLOAD_CHUNK):
                 yield worker_service_pb2.UploadJobOutputRequest(chunk=data)
 
+    def _hand_over(self) -> worker_service_pb2.UploadJobOutputResponse | None:
+        """Name the file for the server to copy from the job's scratch directory; None when
+        the server will not (then the bytes are sent)."""
+        info = worker_service_pb2.JobOutputInfo(
+            job_id=self._job_id, name=self.name, local_file=Path(self.path).name
+        )
+        try:
+            return cast(
+                worker_service_pb2.UploadJobOutputResponse,
+                self._stub.UploadJobOutput(
+                    iter([worker_service_pb2.UploadJobOutputRequest(info=info)]),
+                    metadata=self._metadata,
+                ),
+            )
+        except grpc.RpcError as exc:
+            # Refused (no scratch directory of this job on the server's machine, a file it
+            # will not read, a server that predates local_file and finds no chunks): the
+            # upload reports any error that is not about the hand-over itself.
+            if exc.code() not in (  # type: ignore[attr-defined]
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ):
+                raise
+            logger.info("output %r: the server did not copy the file, sending it", self.name)
+            return None
+
     def commit(self, num_rows: int) -> None:
         """Upload the finished file as the job's output (kept if the job succeeds)."""
-        response = self._stub.UploadJobOutput(self._requests(), metadata=self._metadata)
+        response = self._hand_over() if self._local else None
+        if response is None:
+            response = self._stub.UploadJobOutput(self._requests(), metadata=self._metadata)
         if response.output.num_rows != num_rows:
             raise RuntimeError(
                 f"output {self.name!r}: the server read {response.output.num_rows} rows, the "
@@ -167,8 +201,14 @@ class WorkerDatasets:
     def open_sink(self, name: str) -> WorkerOutputSink:
         """A fresh sink for output ``name`` (the server checks the name at commit)."""
         # The file is named by a uuid: the output's name is the caller's text.
-        path = self._directory() / f"output-{uuid.uuid4().hex}.parquet"
-        return WorkerOutputSink(name, path, self._job_id, self._stub, self._metadata)
+        directory = self._directory()
+        path = directory / f"output-{uuid.uuid4().hex}.parquet"
+        # The server can read the file itself when it launched this worker on its machine
+        # (the local executor names its artifact store) and chose this directory.
+        local = bool(os.environ.get(LOCAL_ARTIFACTS_ENV)) and str(directory) == os.environ.get(
+            JOB_SCRATCH_ENV
+        )
+        return WorkerOutputSink(name, path, self._job_id, self._stub, self._metadata, local=local)
 
     def close(self) -> None:
         """Close the client and remove the job's directory (datasets and unsent outputs)."""

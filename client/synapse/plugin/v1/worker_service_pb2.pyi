@@ -125,12 +125,14 @@ class ReportEventsResponse(_message.Message):
     def __init__(self, acked_worker_seq: _Optional[int] = ..., cancel_requested: bool = ...) -> None: ...
 
 class JobOutputInfo(_message.Message):
-    __slots__ = ("job_id", "name")
+    __slots__ = ("job_id", "name", "local_file")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FILE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    local_file: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., local_file: _Optional[str] = ...) -> None: ...
 
 class UploadJobOutputRequest(_message.Message):
     __slots__ = ("info", "chunk")
