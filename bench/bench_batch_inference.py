@@ -4,8 +4,9 @@ For each input count (default 10k and 100k) the same inputs, the same MLP (built
 ``examples.models``: safetensors weights), the same batch size and the same torch thread count
 are used twice:
 
-* **platform**: a real in-process SynapseServer (worker processes, SQLite, gRPC); the model is
-  registered once through ``ModelService``; the clock runs from ``run_action`` to the parsed
+* **platform**: a real SynapseServer (worker processes, SQLite, gRPC), by default in a
+  process of its own started as ``synapse serve`` (``--server thread``: in a thread of the
+  bench's process); the model is registered once through ``ModelService``; the clock runs from ``run_action`` to the parsed
   result in the client, so it includes job start (the job's worker process is forked by the
   plugin's fork server, which the warm-up job starts), params transfer, model
   download/cache, per-batch progress reporting and result transfer (GetJobResult for large
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import importlib.util
 import json
@@ -48,11 +50,13 @@ import logging
 import os
 import platform
 import random
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,7 +79,54 @@ def _load_plugin_module(name: str) -> Any:
     return module
 
 
-def _start_server(data_dir: Path) -> tuple[Any, asyncio.AbstractEventLoop, threading.Thread]:
+@contextlib.contextmanager
+def _server(kind: str, data_dir: Path) -> Iterator[str]:
+    """A server with the example plugins on the embedded store; yields its address.
+
+    ``process``: ``synapse serve`` in a process of its own, as users run it. ``thread``: a
+    SynapseServer on an event loop in a thread of this process, which then shares the GIL
+    with the bench's client (its event stream, the output's download).
+    """
+    if kind == "process":
+        data_dir.mkdir(parents=True, exist_ok=True)
+        out, log = data_dir / "server.out", data_dir / "server.log"
+        proc = subprocess.Popen(
+            [
+                str(ROOT / ".venv" / "bin" / "synapse"),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(data_dir),
+                "--plugin-dir",
+                str(EXAMPLE_PLUGINS),
+            ],
+            stdout=out.open("wb"),
+            stderr=log.open("wb"),
+            cwd=ROOT,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            address = ""
+            while not address:
+                for line in out.read_text().splitlines():
+                    if line.startswith("synapse server listening on "):
+                        address = line.removeprefix("synapse server listening on ").strip()
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the server exited: {log.read_text()[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the server did not start within 120 s")
+                time.sleep(0.05)
+            yield address
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        return
+
     from synapse_server.app import SynapseServer
     from synapse_server.settings import ServerSettings
 
@@ -87,7 +138,12 @@ def _start_server(data_dir: Path) -> tuple[Any, asyncio.AbstractEventLoop, threa
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(60)
-    return server, loop, thread
+    try:
+        yield server.address
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(1.0), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -288,6 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2, help="best of N for both sides")
+    parser.add_argument(
+        "--server",
+        choices=("process", "thread"),
+        default="process",
+        help="the server in a process of its own (as users run it) or in a thread of the "
+        "bench's process",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -308,11 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SYNAPSE_MODEL_CACHE"] = str(work / "cache")
         model_dir = build_model_dir(work / "mlp", MLPConfig(hidden=args.hidden))
         archive, fmt = pack_path(model_dir, work)
-        server, loop, thread = _start_server(work / "data")
-        try:
+        with _server(args.server, work / "data") as address:
             # Job messages echo their params: 100k inputs are ~5 MB, over gRPC's 4 MB default.
             options = (("grpc.max_receive_message_length", 64 << 20),)
-            with Client(server.address, timeout=600, channel_options=options) as client:
+            with Client(address, timeout=600, channel_options=options) as client:
                 model = client.register_model(archive, "bench-mlp", archive_format=fmt.value)
                 # Warm the worker-side cache and imports once, outside the measurements.
                 client.run_action(
@@ -365,10 +427,6 @@ def main(argv: list[str] | None = None) -> int:
                         }
                     )
                     print(json.dumps(rows[-1]), flush=True)
-        finally:
-            asyncio.run_coroutine_threadsafe(server.stop(1.0), loop).result(60)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
     RESULTS_DIR.mkdir(exist_ok=True)
     kind = "batch_inference" if args.source == "inline" else "batch_inference_dataset"
     out = RESULTS_DIR / f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
