@@ -6,9 +6,10 @@ are used twice:
 
 * **platform**: a real SynapseServer (worker processes, SQLite, gRPC), by default in a
   process of its own started as ``synapse serve`` (``--server thread``: in a thread of the
-  bench's process); the model is registered once through ``ModelService``; the clock runs from ``run_action`` to the parsed
-  result in the client, so it includes job start (the job's worker process is forked by the
-  plugin's fork server, which the warm-up job starts), params transfer, model
+  bench's process); the model is registered once through ``ModelService``; the clock runs
+  from ``run_action`` to the parsed result in the client, so it includes job start (the
+  job's worker process is forked by the plugin's fork server, which the warm-up job
+  starts), params transfer, model
   download/cache, per-batch progress reporting and result transfer (GetJobResult for large
   results);
 * **baseline**: in this process, the model loaded once by the plugin's own loader
