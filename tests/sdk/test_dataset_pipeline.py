@@ -23,7 +23,7 @@ from synapse_sdk.datasets import (
     LocalDatasets,
     LocalOutputSink,
 )
-from synapse_sdk.datasets._pipeline import ReadAhead, RowGroupWriter
+from synapse_sdk.datasets._pipeline import ReadAhead, RowGroupWriter, dictionary_columns
 from synapse_sdk.errors import ActionCancelledError
 
 pytestmark = pytest.mark.timeout(60)
@@ -223,3 +223,42 @@ def test_warm_up_imports_what_a_first_conversion_would_and_starts_no_thread() ->
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_floating_point_columns_are_written_without_a_dictionary(tmp_path: Path) -> None:
+    n = 1000
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "id": pa.array(np.arange(n)),
+            "label": pa.array(["cat", "dog"] * (n // 2)),
+            "score": pa.array(np.linspace(0, 1, n), pa.float64()),
+            "half": pa.array(np.ones(n, dtype=np.float16)),
+            "vector": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.zeros(2 * n, dtype=np.float32)), 2
+            ),
+            "tags": pa.array([["a", "b"]] * n, pa.list_(pa.string())),
+            "pair": pa.array([{"x": 1.5, "name": "p"}] * n),
+            "attrs": pa.array([[("k", 0.5)]] * n, pa.map_(pa.string(), pa.float32())),
+        }
+    )
+    assert dictionary_columns(batch.schema) == [
+        "id",
+        "label",
+        "tags.list.element",
+        "pair.name",
+        "attrs.key_value.key",
+    ]
+    writer = RowGroupWriter(str(tmp_path / "out.parquet"))
+    writer.write(batch)
+    writer.close(batch.schema)
+    file = pq.ParquetFile(tmp_path / "out.parquet")
+    group = file.metadata.row_group(0)
+    encodings = {
+        group.column(i).path_in_schema: group.column(i).encodings for i in range(group.num_columns)
+    }
+    # The paths named are the file's own (a wrong one would silently lose its dictionary).
+    assert set(dictionary_columns(batch.schema)) < set(encodings)
+    for path, used in encodings.items():
+        dictionary = "RLE_DICTIONARY" in used or "PLAIN_DICTIONARY" in used
+        assert dictionary == (path in dictionary_columns(batch.schema)), path
+    assert file.read().equals(pa.Table.from_batches([batch]))
