@@ -201,11 +201,19 @@ def _write_rows(path: Path, count: int) -> None:
     pq.write_table(table, path)
 
 
-def _plain_parquet_loop(module: Any, source: Path, out: Path, batch_size: int) -> int:
-    """The baseline: read ``source`` batch by batch, infer, write ``out``; the rows written."""
+def _plain_parquet_loop(
+    module: Any, source: Path, out: Path, batch_size: int, encoding: str = "pyarrow"
+) -> int:
+    """The baseline: read ``source`` batch by batch, infer, write ``out``; the rows written.
+
+    ``encoding``: ``pyarrow`` writes with pyarrow's defaults (a dictionary for every column),
+    as a plain loop would; ``platform`` skips the dictionary of floating-point columns as the
+    platform's writer does (``synapse_sdk.datasets._pipeline.dictionary_columns``).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
+    from synapse_sdk.datasets._pipeline import dictionary_columns
 
     rows = 0
     writer: Any = None
@@ -226,7 +234,8 @@ def _plain_parquet_loop(module: Any, source: Path, out: Path, batch_size: int) -
                 names=["id", "prediction"],
             )
             if writer is None:
-                writer = pq.ParquetWriter(out, table.schema)
+                dictionary = dictionary_columns(table.schema) if encoding == "platform" else True
+                writer = pq.ParquetWriter(out, table.schema, use_dictionary=dictionary)
             writer.write_batch(table)
             rows += batch.num_rows
     finally:
@@ -297,7 +306,14 @@ def _dataset_rows(
         for attempt in range(args.repeats):
             base_out = work / f"baseline-{count}-{attempt}.parquet"
             t, written = _timed(
-                functools.partial(_plain_parquet_loop, module, source, base_out, args.batch_size)
+                functools.partial(
+                    _plain_parquet_loop,
+                    module,
+                    source,
+                    base_out,
+                    args.batch_size,
+                    args.baseline_encoding,
+                )
             )
             assert written == count
             base_times.append(t)
@@ -319,6 +335,7 @@ def _dataset_rows(
                 "threads": args.threads,
                 "dataset_bytes": dataset.size_bytes,
                 "baseline_s": round(base, 3),
+                "baseline_encoding": args.baseline_encoding,
                 "platform_s": round(plat, 3),
                 "baseline_items_per_s": round(count / base),
                 "platform_items_per_s": round(count / plat),
@@ -351,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
         default="process",
         help="the server in a process of its own (as users run it) or in a thread of the "
         "bench's process",
+    )
+    parser.add_argument(
+        "--baseline-encoding",
+        choices=("pyarrow", "platform"),
+        default="pyarrow",
+        help="the dataset baseline's Parquet writer: pyarrow's defaults (a plain loop), or "
+        "no dictionary for floating-point columns, as the platform writes its outputs",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

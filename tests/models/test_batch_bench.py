@@ -36,6 +36,12 @@ def test_bench_batch_inference_dataset_smoke() -> None:
             "1",
             "--batch-size",
             "64",
+            # The other server kind than the inline test's, and the baseline writing as the
+            # platform does.
+            "--server",
+            "thread",
+            "--baseline-encoding",
+            "platform",
         ],
         capture_output=True,
         text=True,
@@ -45,3 +51,4 @@ def test_bench_batch_inference_dataset_smoke() -> None:
     # Both outputs were compared with the plain loop's file inside the bench.
     assert '"source": "dataset", "inputs": 50,' in done.stdout
     assert '"inputs": 700,' in done.stdout and '"downloaded":' in done.stdout
+    assert '"baseline_encoding": "platform"' in done.stdout
