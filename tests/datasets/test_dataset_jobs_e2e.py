@@ -354,9 +354,9 @@ def test_a_local_worker_hands_its_output_over_by_file(
 
     opened: list[tuple[Path, str]] = []
     streamed: list[str] = []
-    real_open, real_chunks = _servicers.open_scratch_file, _servicers.upload_chunks
+    real_open, real_chunks = _servicers.scratch_file_chunks, _servicers.upload_chunks
 
-    def recording_open(scratch: Path, name: str) -> int:
+    def recording_open(scratch: Path, name: str) -> Any:
         opened.append((Path(scratch), name))
         return real_open(scratch, name)
 
@@ -364,7 +364,7 @@ def test_a_local_worker_hands_its_output_over_by_file(
         streamed.append(rpc)
         return real_chunks(stream, rpc)
 
-    monkeypatch.setattr(_servicers, "open_scratch_file", recording_open)
+    monkeypatch.setattr(_servicers, "scratch_file_chunks", recording_open)
     monkeypatch.setattr(_servicers, "upload_chunks", recording_chunks)
     table, features = _features_table(1500, seed=9)
     source = tmp_path / "rows.parquet"

@@ -173,12 +173,17 @@ def test_a_job_that_ends_during_the_upload_keeps_nothing(server: Server, tmp_pat
     assert "job-late" not in server.call(server.store.staged_jobs())
 
 
-def _hand_over(server: Server, token: str, job_id: str, local_file: str, *extra: bytes) -> Any:
+def _hand_over(
+    server: Server,
+    token: str,
+    job_id: str,
+    local_file: str,
+    *extra: bytes,
+    name: str = "predictions",
+) -> Any:
     def requests() -> Iterator[worker_service_pb2.UploadJobOutputRequest]:
         yield worker_service_pb2.UploadJobOutputRequest(
-            info=worker_service_pb2.JobOutputInfo(
-                job_id=job_id, name="predictions", local_file=local_file
-            )
+            info=worker_service_pb2.JobOutputInfo(job_id=job_id, name=name, local_file=local_file)
         )
         for chunk in extra:
             yield worker_service_pb2.UploadJobOutputRequest(chunk=chunk)
@@ -229,6 +234,29 @@ def test_a_hand_over_the_server_cannot_take_is_refused_with_nothing_staged(
         assert _code(err) is grpc.StatusCode.INVALID_ARGUMENT, name
         assert len(err.value.details()) < 300  # type: ignore[attr-defined]
     assert not {"job-far", "job-odd"} & server.call(server.store.staged_jobs())
+
+
+def test_no_refused_hand_over_leaves_a_descriptor_open(server: Server, tmp_path: Path) -> None:
+    """The server runs in this process: its open files are this process's."""
+    scratch = _scratch(server, tmp_path, "job-fds")
+    write_parquet(scratch / "out.parquet", 3)
+    (scratch / "junk").write_bytes(b"not parquet")
+    token = server.issuer.mint("job-fds", "tenant-a")
+    _hand_over(server, token, "job-fds", "out.parquet")  # warm: the channel's own files
+    before = len(os.listdir("/proc/self/fd"))
+    # Refused before the file is read (bad output names), and after (not Parquet).
+    cases = (
+        ("out.parquet", " "),
+        ("out.parquet", "ds-0123"),
+        ("out.parquet", "a\x01"),
+        ("junk", "out"),
+    )
+    for _ in range(20):
+        for local_file, name in cases:
+            with pytest.raises(grpc.RpcError) as err:
+                _hand_over(server, token, "job-fds", local_file, name=name)
+            assert _code(err) is grpc.StatusCode.INVALID_ARGUMENT
+    assert len(os.listdir("/proc/self/fd")) <= before
 
 
 def test_a_worker_cannot_name_another_jobs_file(server: Server, tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ from synapse_server.core._scratch import (
     SCRATCH_ENV,
     new_job_scratch,
     open_scratch_file,
-    read_chunks,
     remove_scratch,
+    scratch_file_chunks,
 )
 
 
@@ -118,15 +118,24 @@ def test_no_descriptor_is_left_open_by_a_refusal(tmp_path: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) == before
 
 
-def test_read_chunks_reads_the_file_and_closes_it(tmp_path: Path) -> None:
+def test_the_chunks_open_the_file_only_when_read_and_close_it(tmp_path: Path) -> None:
     data = os.urandom(300_000)
     (tmp_path / "f").write_bytes(data)
-    fd = open_scratch_file(tmp_path, "f")
 
     async def collect() -> list[bytes]:
-        return [chunk async for chunk in read_chunks(fd, chunk_size=100_000)]
+        before = len(os.listdir("/proc/self/fd"))  # with the event loop's own
+        never_read = scratch_file_chunks(tmp_path, "f")
+        assert len(os.listdir("/proc/self/fd")) == before  # nothing opened yet
+        del never_read
+        chunks = [c async for c in scratch_file_chunks(tmp_path, "f", chunk_size=100_000)]
+        # Dropped after one chunk: closed when the generator is.
+        partial = scratch_file_chunks(tmp_path, "f", chunk_size=100_000)
+        await anext(partial)
+        await partial.aclose()
+        with pytest.raises(InvalidArgumentError):
+            await anext(scratch_file_chunks(tmp_path, "missing"))
+        assert len(os.listdir("/proc/self/fd")) == before
+        return chunks
 
     chunks = asyncio.run(collect())
     assert b"".join(chunks) == data and len(chunks) == 3
-    with pytest.raises(OSError):
-        os.fstat(fd)

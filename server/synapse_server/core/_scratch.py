@@ -34,8 +34,8 @@ __all__ = [
     "SCRATCH_ENV",
     "new_job_scratch",
     "open_scratch_file",
-    "read_chunks",
     "remove_scratch",
+    "scratch_file_chunks",
 ]
 
 #: Where job scratch directories are made (default: the temp directory).
@@ -115,9 +115,19 @@ def open_scratch_file(scratch: str | os.PathLike[str], name: str) -> int:
     return fd
 
 
-async def read_chunks(fd: int, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-    """The bytes of the open file ``fd`` from its start, ``chunk_size`` at a time (read in a
-    thread); closes ``fd`` when done or dropped."""
+async def scratch_file_chunks(
+    scratch: str | os.PathLike[str], name: str, chunk_size: int = 1 << 20
+) -> AsyncIterator[bytes]:
+    """The bytes of the file ``name`` in ``scratch`` (opened as :func:`open_scratch_file`
+    says, at the first chunk asked for), ``chunk_size`` at a time, read in a thread.
+
+    Nothing is opened before the first chunk is asked for: a consumer that fails before
+    reading (a bad output name, say) leaves no descriptor behind. The file is closed when
+    the chunks end, fail or are dropped. The open itself runs on the caller's thread: a few
+    system calls on a local directory, never a wait (``O_NONBLOCK``), and no cancellation can
+    come between it and the ``try`` that closes the file.
+    """
+    fd = open_scratch_file(scratch, name)
     try:
         while data := await asyncio.to_thread(os.read, fd, chunk_size):
             yield data

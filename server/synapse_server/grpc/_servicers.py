@@ -28,7 +28,7 @@ from synapse_server.core import (
 )
 from synapse_server.core._jobs import JobService, WorkerReport
 from synapse_server.core._paging import checked_page_size
-from synapse_server.core._scratch import open_scratch_file, read_chunks
+from synapse_server.core._scratch import scratch_file_chunks
 from synapse_server.core.datasets import DatasetRegistryService
 from synapse_server.grpc import _converters as conv
 from synapse_server.grpc._auth import current_principal
@@ -235,7 +235,8 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self, job_id: str, name: str, stream: AsyncIterator[object]
     ) -> AsyncIterator[bytes]:
         """The chunks of output file ``name`` in the job's scratch directory (checked as
-        ``open_scratch_file`` says); nothing may follow the info message."""
+        ``open_scratch_file`` says, when the first chunk is read); nothing may follow the info
+        message."""
         scratch = self._job_scratch(job_id) if self._job_scratch is not None else None
         if scratch is None:
             raise FailedPreconditionError(
@@ -244,8 +245,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             )
         if await anext(stream, None) is not None:
             raise InvalidArgumentError("no chunk may follow an info that names a local_file")
-        fd = await asyncio.to_thread(open_scratch_file, scratch, name)
-        return read_chunks(fd)
+        return scratch_file_chunks(scratch, name)
 
     @map_errors
     async def UploadJobOutput(  # type: ignore[override]  # noqa: N802
