@@ -260,8 +260,10 @@ def test_no_refused_hand_over_leaves_a_descriptor_open(server: Server, tmp_path:
 
 
 def test_a_worker_cannot_name_another_jobs_file(server: Server, tmp_path: Path) -> None:
-    """Tenant b's worker names tenant a's output: the name is looked up only in b's own
-    scratch directory, and a's id in b's credential is refused as before."""
+    """Tenant b's worker names tenant a's output file: the name is looked up only in the
+    scratch directory of the job b's credential is for, and naming a's job is refused as
+    before. (Both workers run as the server's user: moving a's file into b's directory
+    would pass, as docs/contract.md says; the check is where the server looks.)"""
     a = _scratch(server, tmp_path, "job-tenant-a")
     write_parquet(a / "output-a.parquet", 4)
     _scratch(server, tmp_path, "job-tenant-b")

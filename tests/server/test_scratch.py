@@ -13,6 +13,7 @@ import pytest
 from synapse_server.core import InvalidArgumentError
 from synapse_server.core._scratch import (
     SCRATCH_ENV,
+    _ScratchReader,
     new_job_scratch,
     open_scratch_file,
     remove_scratch,
@@ -62,7 +63,7 @@ def _read(fd: int) -> bytes:
 def _refused(scratch: Path, name: str) -> str:
     with pytest.raises(InvalidArgumentError) as err:
         open_scratch_file(scratch, name)
-    assert err.value.field == "local_file"
+    assert err.value.field == "info.local_file"
     return str(err.value)
 
 
@@ -139,3 +140,44 @@ def test_the_chunks_open_the_file_only_when_read_and_close_it(tmp_path: Path) ->
 
     chunks = asyncio.run(collect())
     assert b"".join(chunks) == data and len(chunks) == 3
+
+
+def test_a_file_that_grows_is_read_up_to_its_size_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "growing"
+    path.write_bytes(b"a" * 250_000)
+
+    async def collect() -> bytes:
+        out = b""
+        async for chunk in scratch_file_chunks(tmp_path, "growing", chunk_size=100_000):
+            out += chunk
+            if len(out) < 1_000_000:  # the worker keeps writing (a bounded test either way)
+                with path.open("ab") as fh:
+                    fh.write(b"b" * 100_000)
+        return out
+
+    assert asyncio.run(collect()) == b"a" * 250_000
+
+
+def test_a_close_waits_for_the_read_in_flight_off_the_event_loop(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    reader = _ScratchReader(tmp_path, "f")
+    reader.open()
+    fd = reader._fd
+    assert fd is not None
+
+    async def scenario() -> None:
+        reader._lock.acquire()  # a read in flight in a thread
+        started = time.monotonic()
+        reader.close_soon()
+        assert time.monotonic() - started < 1  # the loop did not wait for it
+        os.fstat(fd)  # still open: the read may still use it
+        reader._lock.release()
+        for _ in range(500):
+            if reader._fd is None:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+    assert reader._fd is None and reader.read(10) == b""
+    with pytest.raises(OSError):
+        os.fstat(fd)

@@ -22,6 +22,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -69,7 +70,7 @@ def remove_scratch(path: str | os.PathLike[str] | None) -> bool:
 
 
 def _refuse(reason: str) -> InvalidArgumentError:
-    return InvalidArgumentError(f"local_file: {reason}", field="local_file")
+    return InvalidArgumentError(f"local_file: {reason}", field="info.local_file")
 
 
 def open_scratch_file(scratch: str | os.PathLike[str], name: str) -> int:
@@ -115,21 +116,71 @@ def open_scratch_file(scratch: str | os.PathLike[str], name: str) -> int:
     return fd
 
 
+class _ScratchReader:
+    """One scratch file, opened, read and closed under a lock.
+
+    The open and each read run in a worker thread; the lock makes the close wait for the one
+    in flight, so a descriptor is never closed (and its number reused by another open) while
+    a thread is about to read from it. Reads stop at the size the file had when opened: a
+    file that keeps growing cannot keep the server reading.
+    """
+
+    def __init__(self, scratch: str | os.PathLike[str], name: str) -> None:
+        self._scratch, self._name = scratch, name
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._left = 0
+        self._closed = False
+
+    def open(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._fd = open_scratch_file(self._scratch, self._name)
+                self._left = os.fstat(self._fd).st_size
+
+    def read(self, size: int) -> bytes:
+        with self._lock:
+            if self._fd is None or self._left <= 0:
+                return b""
+            data = os.read(self._fd, min(size, self._left))
+            self._left -= len(data)
+            return data
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def close_soon(self) -> None:
+        """Close now if no open or read is in flight, else in a thread once it is done (the
+        event loop never waits on the file system)."""
+        if self._lock.acquire(blocking=False):
+            self._lock.release()
+            self.close()
+            return
+        try:
+            asyncio.get_running_loop().run_in_executor(None, self.close)
+        except RuntimeError:  # no loop, or its executor is shut down: the server is going
+            self.close()
+
+
 async def scratch_file_chunks(
     scratch: str | os.PathLike[str], name: str, chunk_size: int = 1 << 20
 ) -> AsyncIterator[bytes]:
     """The bytes of the file ``name`` in ``scratch`` (opened as :func:`open_scratch_file`
-    says, at the first chunk asked for), ``chunk_size`` at a time, read in a thread.
+    says, at the first chunk asked for), ``chunk_size`` at a time, up to the size it had when
+    opened; the open and the reads run in a thread.
 
     Nothing is opened before the first chunk is asked for: a consumer that fails before
     reading (a bad output name, say) leaves no descriptor behind. The file is closed when
-    the chunks end, fail or are dropped. The open itself runs on the caller's thread: a few
-    system calls on a local directory, never a wait (``O_NONBLOCK``), and no cancellation can
-    come between it and the ``try`` that closes the file.
+    the chunks end, fail or are dropped, a cancelled read included.
     """
-    fd = open_scratch_file(scratch, name)
+    reader = _ScratchReader(scratch, name)
     try:
-        while data := await asyncio.to_thread(os.read, fd, chunk_size):
+        await asyncio.to_thread(reader.open)
+        while data := await asyncio.to_thread(reader.read, chunk_size):
             yield data
     finally:
-        os.close(fd)
+        reader.close_soon()

@@ -151,9 +151,16 @@ class DatasetRegistryService:
             self._artifacts.files.begin, self._limits.max_dataset_bytes, what
         )
         try:
-            async for chunk in chunks:
-                if chunk:
-                    await asyncio.to_thread(pending.write, chunk)
+            try:
+                async for chunk in chunks:
+                    if chunk:
+                        await asyncio.to_thread(pending.write, chunk)
+            finally:
+                # A source left part-read (past the size limit, cancelled) lets go of what
+                # it holds (a file, a stream) now, not when it is collected.
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
             sha256 = await asyncio.to_thread(pending.finish)
         except BaseException:
             await asyncio.to_thread(pending.discard)
