@@ -18,8 +18,14 @@ from typing import Any
 import grpc
 import pytest
 from synapse.plugin.v1 import dataset_pb2, worker_service_pb2
+from synapse_server.core import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+)
 from synapse_server.core._scratch import JOB_SCRATCH_ENV, LOCAL_ARTIFACTS_ENV
 from synapse_server.core.artifacts._files import blob_path
+from synapse_server.grpc._errors import status_for
 from synapse_server.worker._datasets import WorkerDatasets
 
 DATA = b"PAR1" + bytes(range(256)) * 5000 + b"PAR1"
@@ -129,18 +135,28 @@ def test_a_malformed_digest_is_downloaded(store: Path) -> None:
 
 
 class _Refusal(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode) -> None:
-        self._code = code
+    """What the worker's stub raises for ``error`` raised in the server: the status the
+    server's error mapping gives it, details included."""
+
+    def __init__(self, error: Exception) -> None:
+        self._status = status_for(error)
 
     def code(self) -> grpc.StatusCode:
-        return self._code
+        return self._status.code  # type: ignore[no-any-return]
+
+    def details(self) -> str:
+        return self._status.details  # type: ignore[no-any-return]
+
+    def trailing_metadata(self) -> Any:
+        return self._status.trailing_metadata
 
 
 class _WorkerStub:
-    """UploadJobOutput as the worker sees it: ``refuse`` answers a hand-over by file name."""
+    """UploadJobOutput as the worker sees it: ``refuse`` answers a hand-over by file name,
+    ``fail`` any upload."""
 
-    def __init__(self, refuse: grpc.StatusCode | None = None) -> None:
-        self.refuse = refuse
+    def __init__(self, refuse: Exception | None = None, fail: Exception | None = None) -> None:
+        self.refuse, self.fail = refuse, fail
         self.calls: list[tuple[str, int]] = []  # (local_file, bytes sent)
 
     def UploadJobOutput(self, requests: Any, metadata: Any) -> Any:
@@ -148,6 +164,8 @@ class _WorkerStub:
         self.calls.append((first.info.local_file, sum(len(r.chunk) for r in rest)))
         if first.info.local_file and self.refuse is not None:
             raise _Refusal(self.refuse)
+        if self.fail is not None:
+            raise _Refusal(self.fail)
         return worker_service_pb2.UploadJobOutputResponse(output=dataset_pb2.Dataset(num_rows=3))
 
 
@@ -167,19 +185,43 @@ def test_a_local_worker_names_its_output_file(store: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "code", [grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT]
+    "refusal",
+    [
+        FailedPreconditionError("job j's worker has no scratch directory on this machine"),
+        InvalidArgumentError("local_file: not a regular file", field="info.local_file"),
+    ],
 )
-def test_a_refused_hand_over_sends_the_bytes(store: Path, code: grpc.StatusCode) -> None:
-    stub = _WorkerStub(refuse=code)
+def test_a_refused_hand_over_sends_the_bytes(store: Path, refusal: Exception) -> None:
+    stub = _WorkerStub(refuse=refusal)
     path = _commit(stub)
     assert stub.calls == [(path.name, 0), ("", len(DATA))]
 
 
-def test_any_other_error_of_the_hand_over_fails_the_commit(store: Path) -> None:
-    stub = _WorkerStub(refuse=grpc.StatusCode.PERMISSION_DENIED)
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionDeniedError("this worker credential is for another job"),
+        # The upload's own errors: sending the bytes would get them again.
+        InvalidArgumentError("name is required", field="info.name"),
+        InvalidArgumentError("not a valid Parquet file: bad footer"),
+    ],
+)
+def test_any_other_error_of_the_hand_over_fails_the_commit(store: Path, error: Exception) -> None:
+    stub = _WorkerStub(refuse=error)
     with pytest.raises(grpc.RpcError):
         _commit(stub)
     assert len(stub.calls) == 1
+
+
+def test_the_fallback_upload_reports_its_own_error(store: Path) -> None:
+    stub = _WorkerStub(
+        refuse=FailedPreconditionError("no scratch directory"),
+        fail=FailedPreconditionError("job 'job-1' has already finished"),
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        _commit(stub)
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert len(stub.calls) == 2
 
 
 def test_a_worker_in_a_directory_the_server_did_not_choose_sends_the_bytes(

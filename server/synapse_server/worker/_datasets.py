@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from synapse.plugin.v1 import worker_service_pb2, worker_service_pb2_grpc
 from synapse_sdk.runtime import PlatformInfo
 
@@ -45,6 +47,27 @@ logger = logging.getLogger(__name__)
 _ID_PREFIX = "ds-"
 _UPLOAD_CHUNK = 1 << 20
 _EXTENSIONS = {"parquet": "parquet", "jsonl": "jsonl", "npy": "npy"}
+
+
+def _hand_over_refused(exc: grpc.RpcError) -> bool:
+    """Whether the server declined to copy a named output file (then its bytes are sent):
+    FAILED_PRECONDITION when it has no scratch directory of this job on its machine (a job
+    that already ended gets it too, and its upload then fails the same way), or
+    INVALID_ARGUMENT naming ``info.local_file`` (a file it will not read). Any other error,
+    a bad output name or an invalid file say, is the upload's own."""
+    code = exc.code()  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return True
+    if code != grpc.StatusCode.INVALID_ARGUMENT:
+        return False
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request) and any(
+            violation.field == "info.local_file" for violation in bad_request.field_violations
+        ):
+            return True
+    return False
 
 
 class WorkerOutputSink:
@@ -91,13 +114,7 @@ class WorkerOutputSink:
                 ),
             )
         except grpc.RpcError as exc:
-            # Refused (no scratch directory of this job on the server's machine, a file it
-            # will not read, a server that predates local_file and finds no chunks): the
-            # upload reports any error that is not about the hand-over itself.
-            if exc.code() not in (  # type: ignore[attr-defined]
-                grpc.StatusCode.FAILED_PRECONDITION,
-                grpc.StatusCode.INVALID_ARGUMENT,
-            ):
+            if not _hand_over_refused(exc):
                 raise
             logger.info("output %r: the server did not copy the file, sending it", self.name)
             return None
