@@ -239,6 +239,20 @@ def test_floating_point_columns_are_written_without_a_dictionary(tmp_path: Path)
             "tags": pa.array([["a", "b"]] * n, pa.list_(pa.string())),
             "pair": pa.array([{"x": 1.5, "name": "p"}] * n),
             "attrs": pa.array([[("k", 0.5)]] * n, pa.map_(pa.string(), pa.float32())),
+            "counts": pa.array([[1, 2]] * n, pa.large_list(pa.int64())),
+            "boxes": pa.array(
+                [[{"x": 1, "y": 0.5}]] * n,
+                pa.list_(pa.struct([("x", pa.int32()), ("y", pa.float64())])),
+            ),
+            "kind": pa.array(["a", "b"] * (n // 2)).dictionary_encode(),
+            "uuid": pa.ExtensionArray.from_storage(
+                pa.uuid(), pa.array([b"0123456789abcdef"] * n, pa.binary(16))
+            ),
+            "tensor": pa.ExtensionArray.from_storage(
+                pa.fixed_shape_tensor(pa.float32(), [2]),
+                pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(2 * n, np.float32)), 2),
+            ),
+            "view": pa.array([[1, 2]] * n, pa.list_view(pa.int32())),
         }
     )
     assert dictionary_columns(batch.schema) == [
@@ -247,6 +261,11 @@ def test_floating_point_columns_are_written_without_a_dictionary(tmp_path: Path)
         "tags.list.element",
         "pair.name",
         "attrs.key_value.key",
+        "counts.list.element",
+        "boxes.list.element.x",
+        "kind",
+        "uuid",
+        "view.list.element",
     ]
     writer = RowGroupWriter(str(tmp_path / "out.parquet"))
     writer.write(batch)

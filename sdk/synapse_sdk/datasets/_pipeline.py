@@ -126,7 +126,10 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     paths: list[str] = []
 
     def walk(path: str, type_: pa.DataType) -> None:
-        if pa.types.is_struct(type_):
+        if isinstance(type_, pa.BaseExtensionType):
+            # Written as its storage (a tensor as a fixed-size list, a uuid as bytes).
+            walk(path, type_.storage_type)
+        elif pa.types.is_struct(type_):
             for child in type_:
                 walk(f"{path}.{child.name}", child.type)
         elif pa.types.is_map(type_):
@@ -136,6 +139,8 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
             pa.types.is_list(type_)
             or pa.types.is_large_list(type_)
             or pa.types.is_fixed_size_list(type_)
+            or pa.types.is_list_view(type_)
+            or pa.types.is_large_list_view(type_)
         ):
             walk(f"{path}.list.element", type_.value_type)
         elif not pa.types.is_floating(type_):
