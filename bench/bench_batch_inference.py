@@ -91,21 +91,24 @@ def _server(kind: str, data_dir: Path) -> Iterator[str]:
     if kind == "process":
         data_dir.mkdir(parents=True, exist_ok=True)
         out, log = data_dir / "server.out", data_dir / "server.log"
-        proc = subprocess.Popen(
-            [
-                str(ROOT / ".venv" / "bin" / "synapse"),
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                str(data_dir),
-                "--plugin-dir",
-                str(EXAMPLE_PLUGINS),
-            ],
-            stdout=out.open("wb"),
-            stderr=log.open("wb"),
-            cwd=ROOT,
-        )
+        with out.open("wb") as out_file, log.open("wb") as log_file:
+            # python -m synapse_server is `synapse serve` in whatever environment runs this.
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "synapse_server",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                    str(data_dir),
+                    "--plugin-dir",
+                    str(EXAMPLE_PLUGINS),
+                ],
+                stdout=out_file,
+                stderr=log_file,
+                cwd=ROOT,
+            )
         try:
             deadline = time.monotonic() + 120
             address = ""
