@@ -51,8 +51,6 @@ import logging
 import os
 import platform
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -89,46 +87,14 @@ def _server(kind: str, data_dir: Path) -> Iterator[str]:
     with the bench's client (its event stream, the output's download).
     """
     if kind == "process":
+        from bench_infer import start_server, stop_server
+
         data_dir.mkdir(parents=True, exist_ok=True)
-        out, log = data_dir / "server.out", data_dir / "server.log"
-        with out.open("wb") as out_file, log.open("wb") as log_file:
-            # python -m synapse_server is `synapse serve` in whatever environment runs this.
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "synapse_server",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--data-dir",
-                    str(data_dir),
-                    "--plugin-dir",
-                    str(EXAMPLE_PLUGINS),
-                ],
-                stdout=out_file,
-                stderr=log_file,
-                cwd=ROOT,
-            )
+        proc, address = start_server(data_dir, None, EXAMPLE_PLUGINS)
         try:
-            deadline = time.monotonic() + 120
-            address = ""
-            while not address:
-                for line in out.read_text().splitlines():
-                    if line.startswith("synapse server listening on "):
-                        address = line.removeprefix("synapse server listening on ").strip()
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the server exited: {log.read_text()[-2000:]}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the server did not start within 120 s")
-                time.sleep(0.05)
             yield address
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_server(proc)
         return
 
     from synapse_server.app import SynapseServer

@@ -100,12 +100,13 @@ def start_ray(http_port: int, grpc_port: int) -> str:
 
 def start_server(
     data_dir: Path,
-    gcs_address: str,
+    gcs_address: str | None,
     plugin_dir: Path = ROOT / "examples" / "plugins",
     serve_transport: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``synapse serve`` on a free port, connected to this bench's Ray, with the plugins of
-    ``plugin_dir`` (and ``--serve-transport`` when given); returns (proc, address)."""
+    """``synapse serve`` on a free port, connected to this bench's Ray (None: the server
+    starts a local Ray only when something needs it), with the plugins of ``plugin_dir``
+    (and ``--serve-transport`` when given); returns (proc, address)."""
     env = {
         **os.environ,
         "SYNAPSE_SERVER_SECRET": SECRET,
@@ -124,8 +125,7 @@ def start_server(
             str(data_dir / "data"),
             "--plugin-dir",
             str(plugin_dir),
-            "--ray-address",
-            gcs_address,
+            *(["--ray-address", gcs_address] if gcs_address else []),
             *(["--serve-transport", serve_transport] if serve_transport else []),
         ],
         stdout=out.open("wb"),

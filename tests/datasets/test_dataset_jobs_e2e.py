@@ -344,6 +344,32 @@ def test_the_async_client_uploads_lists_downloads_and_fetches_outputs(
     asyncio.run(scenario())
 
 
+def _run_features_job(
+    server: RunningServer, model_dir: Path, tmp_path: Path, rows: int, seed: int, name: str
+) -> tuple[Any, Any, Any]:
+    """Upload ``rows`` feature rows as dataset ``name``, run ``batch_inference_dataset`` over
+    them and download its output, checked against the reference model: (handle, dataset,
+    output)."""
+    table, features = _features_table(rows, seed=seed)
+    source = tmp_path / "rows.parquet"
+    pq.write_table(table, source)
+    expected = np.array(reference_outputs(model_dir, features.tolist()), dtype=np.float32)
+    with Client(server.address, token="token-alice", timeout=60) as client:
+        model_id = _register(client, model_dir, tmp_path)
+        dataset = client.upload_dataset(source, name=name)
+        handle = client.run_action(
+            "batch-inference",
+            "batch_inference_dataset",
+            {"model_id": model_id, "dataset": dataset.id, "feature_columns": ["features"]},
+        )
+        assert handle.result(timeout=120)["rows"] == rows
+        out = tmp_path / "out.parquet"
+        output = handle.download_output(out)
+    got = np.asarray(pq.read_table(out).column("prediction").to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    return handle, dataset, output
+
+
 def test_a_local_worker_hands_its_output_over_by_file(
     server: RunningServer, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -366,21 +392,7 @@ def test_a_local_worker_hands_its_output_over_by_file(
 
     monkeypatch.setattr(_servicers, "scratch_file_chunks", recording_open)
     monkeypatch.setattr(_servicers, "upload_chunks", recording_chunks)
-    table, features = _features_table(1500, seed=9)
-    source = tmp_path / "rows.parquet"
-    pq.write_table(table, source)
-    expected = np.array(reference_outputs(model_dir, features.tolist()), dtype=np.float32)
-    with Client(server.address, token="token-alice", timeout=60) as client:
-        model_id = _register(client, model_dir, tmp_path)
-        dataset = client.upload_dataset(source, name="handed-over")
-        handle = client.run_action(
-            "batch-inference",
-            "batch_inference_dataset",
-            {"model_id": model_id, "dataset": dataset.id, "feature_columns": ["features"]},
-        )
-        assert handle.result(timeout=120)["rows"] == 1500
-        out = tmp_path / "out.parquet"
-        output = handle.download_output(out)
+    handle, _, output = _run_features_job(server, model_dir, tmp_path, 1500, 9, "handed-over")
     assert streamed == []
     assert len(opened) == 1
     scratch, name = opened[0]
@@ -389,8 +401,6 @@ def test_a_local_worker_hands_its_output_over_by_file(
     # The job ended: its scratch directory (and the worker's file) is gone, the copy stays.
     assert not scratch.exists()
     assert output.num_rows == 1500
-    got = np.asarray(pq.read_table(out).column("prediction").to_pylist(), dtype=np.float32)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_a_local_worker_copies_the_dataset_from_the_store(
@@ -408,22 +418,6 @@ def test_a_local_worker_copies_the_dataset_from_the_store(
         return await real(self, tenant, dataset_id, chunk_size)
 
     monkeypatch.setattr(DatasetRegistryService, "download", counting)
-    table, features = _features_table(2000, seed=5)
-    source = tmp_path / "rows.parquet"
-    pq.write_table(table, source)
-    expected = np.array(reference_outputs(model_dir, features.tolist()), dtype=np.float32)
-    with Client(server.address, token="token-alice", timeout=60) as client:
-        model_id = _register(client, model_dir, tmp_path)
-        dataset = client.upload_dataset(source, name="local-rows")
-        handle = client.run_action(
-            "batch-inference",
-            "batch_inference_dataset",
-            {"model_id": model_id, "dataset": dataset.id, "feature_columns": ["features"]},
-        )
-        assert handle.result(timeout=120)["rows"] == 2000
-        assert dataset.id not in downloaded
-        out = tmp_path / "out.parquet"
-        output = handle.download_output(out)
-        assert downloaded == [output.id]
-    got = np.asarray(pq.read_table(out).column("prediction").to_pylist(), dtype=np.float32)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    _, dataset, output = _run_features_job(server, model_dir, tmp_path, 2000, 5, "local-rows")
+    assert dataset.id not in downloaded
+    assert downloaded == [output.id]  # the output's own download, by the client
